@@ -1,0 +1,36 @@
+"""Norm-type regularizers on raw θ: ℓ2, the ℓp family (p ∈ [1, ∞]) and the distance to θ0.
+
+All take θ [B, P] and return [B]. ``dist_to_init`` depends on θ0 (``depends_on="init"``): only
+pairs that share θ0 may refute it; by Theorem 1 of the paper it is exact for strictly
+monotone σ (linear, leaky ReLU) and refuted for ReLU (Theorem 3).
+"""
+from __future__ import annotations
+
+import torch
+
+import ibtest
+
+
+def l2_norm(theta: torch.Tensor, ctx: ibtest.Context) -> torch.Tensor:
+    return torch.linalg.vector_norm(theta, ord=2, dim=-1)
+
+
+def lp_norm(theta: torch.Tensor, ctx: ibtest.Context, p: float) -> torch.Tensor:
+    if p < 1:
+        raise ValueError(f"lp_norm needs p >= 1, got {p}")
+    return torch.linalg.vector_norm(theta, ord=float(p), dim=-1)
+
+
+def dist_to_init(theta: torch.Tensor, ctx: ibtest.Context) -> torch.Tensor:
+    return torch.linalg.vector_norm(theta - ctx.init, ord=2, dim=-1)
+
+
+@ibtest.hookimpl
+def ibtest_hypotheses():
+    return [
+        ibtest.Hypothesis(name="l2_norm", fn=l2_norm, depends_on="params", doc="Euclidean norm |theta|_2"),
+        ibtest.Hypothesis(name="lp_norm", fn=lp_norm, depends_on="params", params={"p": 2.0},
+                          doc="l_p norm |theta|_p, a family over p in [1, inf]"),
+        ibtest.Hypothesis(name="dist_to_init", fn=dist_to_init, depends_on="init",
+                          doc="distance to the initialization |theta - theta0|_2"),
+    ]

@@ -1,0 +1,58 @@
+"""ibtest: put a conjecture about the implicit regularization of gradient flow to the test.
+
+Public API for plugin authors: :data:`hookimpl` and the spec objects of :mod:`ibtest.specs`.
+For notebooks: :func:`run_study`.
+"""
+from __future__ import annotations
+
+from .hookspecs import hookimpl
+from .specs import (
+    Construction,
+    Context,
+    DataBatch,
+    Dataset,
+    Hypothesis,
+    Init,
+    Model,
+    ModelBase,
+    NewPairs,
+    Option,
+    PairBatch,
+    Partners,
+    PiecewiseLinearNeuron,
+    SolveResult,
+    Solver,
+    TripleBatch,
+)
+
+__version__ = "0.1.0"
+
+
+def run_study(study, **kwargs):
+    """Run a study (a path to a YAML file, or a dict) and return its :class:`~ibtest.engine.StudyResult`."""
+    from .api import run_study as _run
+
+    return _run(study, **kwargs)
+
+
+__all__ = [
+    "hookimpl",
+    "Construction",
+    "Context",
+    "DataBatch",
+    "Dataset",
+    "Hypothesis",
+    "Init",
+    "Model",
+    "ModelBase",
+    "NewPairs",
+    "Option",
+    "PairBatch",
+    "Partners",
+    "PiecewiseLinearNeuron",
+    "SolveResult",
+    "Solver",
+    "TripleBatch",
+    "run_study",
+    "__version__",
+]

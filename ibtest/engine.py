@@ -1,0 +1,318 @@
+"""The engine: instances → triples → admissible pairs → evaluations → verdicts.
+
+Data flows one way (shared/DESIGN.md). Everything is batched: instances are solved in chunks of
+``study.chunk_size``; constructions, cross-fit checks and hypothesis evaluations work on whole
+tensors. A failing plugin is reported in its row (``errors``) and the rest of the study goes on.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import status as st
+from .batch import Pairs, Triples, cat_padded
+from .specs import ModelBase, NewPairs, PairBatch, Partners, SolveResult, TripleBatch
+from .study import PluginUse, Study
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Phase:
+    """Timing of one engine phase (for the run summary: solves/s per phase)."""
+
+    name: str
+    count: int
+    seconds: float
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class Context:
+    """Everything the later phases need: the study, the model instance, the solver and its settings."""
+
+    study: Study
+    model: ModelBase
+    solver: Any
+    solver_options: dict[str, Any]
+    fit_tol: float
+    device: torch.device
+    phases: list[Phase] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    progress: Callable[[str, int], Any] | None = None
+    solve_calls: int = 0
+
+
+def _seed(*parts: int) -> torch.Generator:
+    s = 0
+    for p in parts:
+        s = (s * 1_000_003 + int(p) + 7919) % (2**63 - 1)
+    return torch.Generator().manual_seed(s)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _label(use: PluginUse, opts: dict[str, Any]) -> str:
+    varying = [k for k, v in use.options.items() if isinstance(v, list) and use.spec.options[k].sweep]
+    shown = ", ".join(f"{k}={_fmt(opts[k])}" for k in varying)
+    return f"{use.name}({shown})" if shown else use.name
+
+
+# ------------------------------------------------------------------------------------------
+# instances
+# ------------------------------------------------------------------------------------------
+def make_instances(ctx: Context) -> Triples:
+    """All (dataset, θ0) instances of a study, unsolved (theta = theta0, status = BUDGET).
+
+    Inits are drawn once per (init entry, d) and shared by every dataset of that dimension, so
+    datasets run from the same θ0 and own-triple pairs can share an initialization.
+    """
+    study, model = ctx.study, ctx.model
+    parts, labels, dids = [], [], []
+    did = 0
+    for i, use in enumerate(study.datasets):
+        for j, opts in enumerate(use.expand()):
+            batch = use.spec.generate(rng=_seed(study.seed, 1, i, j), **opts)
+            base = _label(use, opts)
+            for k in range(batch.X.shape[0]):
+                parts.append((batch.X[k : k + 1].to(torch.float64), batch.y[k : k + 1].to(torch.float64),
+                              batch.mask[k : k + 1].to(torch.float64)))
+                sub = batch.labels[k] if k < len(batch.labels) else str(k)
+                labels.append(f"{base} {sub}".strip() if batch.X.shape[0] > 1 else base)
+                dids.append(did)
+                did += 1
+    X, y, mask = cat_padded(parts)
+    d = X.shape[-1]
+    P = model.n_params(d)
+    thetas, init_labels, iids = [], [], []
+    iid = 0
+    for ii, (use, count) in enumerate(zip(study.inits, study.init_counts)):
+        for jj, opts in enumerate(use.expand()):
+            th0 = use.spec.sample(model=model, d=d, count=count, rng=_seed(study.seed, 2, ii, jj), **opts)
+            th0 = torch.as_tensor(th0, dtype=torch.float64).reshape(count, P)
+            base = _label(use, opts)
+            for c in range(count):
+                thetas.append(th0[c])
+                init_labels.append(f"{base}#{c}" if count > 1 else base)
+                iids.append(iid)
+                iid += 1
+    N_d, N_i = X.shape[0], len(thetas)
+    di = torch.arange(N_d).repeat_interleave(N_i)
+    ii_ = torch.arange(N_i).repeat(N_d)
+    theta0 = torch.stack(thetas)[ii_]
+    dev = ctx.device
+    return Triples(
+        X=X[di].to(dev), y=y[di].to(dev), mask=mask[di].to(dev), theta0=theta0.to(dev), theta=theta0.clone().to(dev),
+        status=torch.full((N_d * N_i,), st.BUDGET, dtype=torch.int64),
+        loss=torch.full((N_d * N_i,), float("nan"), dtype=torch.float64),
+        dataset_id=torch.tensor(dids)[di], init_id=torch.tensor(iids)[ii_],
+        parent=torch.full((N_d * N_i,), -1, dtype=torch.int64),
+        labels=[labels[k] for k in di.tolist()], init_labels=[init_labels[k] for k in ii_.tolist()],
+        origin=["study"] * (N_d * N_i),
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# solving
+# ------------------------------------------------------------------------------------------
+def solve(ctx: Context, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
+          options: dict[str, Any] | None = None, phase: str = "solve") -> SolveResult:
+    """Solve B instances in chunks; a solver exception marks its chunk FAILED and goes on."""
+    opts = dict(ctx.solver_options if options is None else options)
+    B = theta0.shape[0]
+    t0 = time.perf_counter()
+    thetas, stats, losses, infos = [], [], [], []
+    chunk = max(1, ctx.study.chunk_size)
+    for s in range(0, B, chunk):
+        sl = slice(s, min(B, s + chunk))
+        ctx.solve_calls += 1
+        try:
+            res = ctx.solver.solve(ctx.model, X[sl], y[sl], mask[sl], theta0[sl], **opts)
+        except Exception as exc:  # keep going: report the failure in the summary
+            ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} raised on instances "
+                              f"{sl.start}..{sl.stop - 1}: {type(exc).__name__}: {exc}")
+            k = sl.stop - sl.start
+            res = SolveResult(theta0[sl].clone(), torch.full((k,), st.FAILED, dtype=torch.int64),
+                              torch.full((k,), float("nan"), dtype=torch.float64), {})
+        thetas.append(res.theta.detach())
+        stats.append(res.status.to(torch.int64).cpu())
+        losses.append(res.loss.detach())
+        infos.append(res.info)
+        if ctx.progress:
+            ctx.progress(phase, sl.stop - sl.start)
+    theta = torch.cat(thetas) if thetas else theta0.clone()
+    status = torch.cat(stats) if stats else torch.zeros(0, dtype=torch.int64)
+    loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
+    info: dict[str, Tensor] = {}
+    for key in set().union(*[set(i) for i in infos]) if infos else set():
+        info[key] = torch.cat([
+            i[key].detach().to(torch.float64).cpu() if key in i
+            else torch.full((t.shape[0],), float("nan"), dtype=torch.float64)
+            for i, t in zip(infos, thetas)
+        ])
+    counts = {st.name(c): int((status == c).sum()) for c in st.NAMES if int((status == c).sum())}
+    ctx.phases.append(Phase(phase, B, time.perf_counter() - t0, counts))
+    return SolveResult(theta, status, loss, info)
+
+
+def solve_into(ctx: Context, t: Triples, phase: str) -> Triples:
+    res = solve(ctx, t.X, t.y, t.mask, t.theta0, phase=phase)
+    t.theta, t.status, t.loss, t.info = res.theta, res.status, res.loss.to(torch.float64), res.info
+    return t
+
+
+# ------------------------------------------------------------------------------------------
+# pairs
+# ------------------------------------------------------------------------------------------
+def _distinct(ta: Tensor, tb: Tensor) -> Tensor:
+    scale = torch.maximum(ta.norm(dim=-1), tb.norm(dim=-1)).clamp_min(1.0)
+    return (ta - tb).norm(dim=-1) > 1e-9 * scale
+
+
+def admissible(ctx: Context, t: Triples, a: Tensor, b: Tensor, source: list[str]) -> Pairs:
+    """Keep the pairs (a, b) whose two sides converged and fit each other's dataset."""
+    if a.numel() == 0:
+        return Pairs.empty()
+    m = ctx.model
+    conv = (t.status[a] == st.CONVERGED) & (t.status[b] == st.CONVERGED)
+    cab = m.loss(t.theta[a], t.X[b], t.y[b], t.mask[b]).detach().cpu()
+    cba = m.loss(t.theta[b], t.X[a], t.y[a], t.mask[a]).detach().cpu()
+    ok = conv & (cab <= ctx.fit_tol) & (cba <= ctx.fit_tol)
+    same = (t.theta0[a] == t.theta0[b]).all(-1).cpu()
+    keep = ok.nonzero().flatten()
+    return Pairs(a[keep], b[keep], [source[i] for i in keep.tolist()], same[keep], cab[keep], cba[keep],
+                 _distinct(t.theta[a[keep]], t.theta[b[keep]]).cpu())
+
+
+def own_pairs(ctx: Context, t: Triples, idx: Tensor) -> Pairs:
+    """Pairs among the study's own converged triples: same θ0 on two datasets, or two θ0 on one dataset.
+
+    Quadratic in a group's size, so each group is capped at ``verdict.max_group_pairs`` pairs.
+    """
+    cap = ctx.study.verdict.max_group_pairs
+    conv = idx[t.status[idx] == st.CONVERGED]
+    a_all, b_all, src = [], [], []
+    for key, what in ((t.init_id, "same init"), (t.dataset_id, "same dataset")):
+        k = key[conv]
+        for g in torch.unique(k).tolist():
+            members = conv[k == g]
+            if members.numel() < 2:
+                continue
+            ia, ib = torch.triu_indices(members.numel(), members.numel(), 1)
+            ia, ib = ia[:cap], ib[:cap]
+            a_all.append(members[ia])
+            b_all.append(members[ib])
+            src += [f"study ({what})"] * ia.numel()
+    if not a_all:
+        return Pairs.empty()
+    return admissible(ctx, t, torch.cat(a_all), torch.cat(b_all), src)
+
+
+def _triple_batch(t: Triples, idx: Tensor) -> TripleBatch:
+    return TripleBatch(t.X[idx], t.y[idx], t.mask[idx], t.theta0[idx], t.theta[idx], [t.labels[i] for i in idx.tolist()])
+
+
+def _new_triples(ctx: Context, X, y, mask, theta0, labels, origin, parent, init_id, dataset_base) -> Triples:
+    k = theta0.shape[0]
+    return Triples(
+        X=X, y=y, mask=mask, theta0=theta0, theta=theta0.clone(),
+        status=torch.full((k,), st.BUDGET, dtype=torch.int64),
+        loss=torch.full((k,), float("nan"), dtype=torch.float64),
+        dataset_id=torch.arange(dataset_base, dataset_base + k), init_id=init_id, parent=parent,
+        labels=labels, init_labels=[f"θ0 of #{int(p)}" for p in parent.tolist()], origin=[origin] * k,
+    )
+
+
+def run_triple_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
+    """Partner datasets from every converged study triple; solve; keep admissible pairs."""
+    src_idx = ((t.status == st.CONVERGED) & (t.parent < 0)).nonzero().flatten()
+    for use in ctx.study.constructions:
+        if use.spec.stage != "triple" or src_idx.numel() == 0:
+            continue
+        for opts in use.expand():
+            try:
+                out: Partners = use.spec.build(model=ctx.model, triples=_triple_batch(t, src_idx),
+                                               rng=_seed(ctx.study.seed, 3, len(t)), **opts)
+            except Exception as exc:
+                ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
+                continue
+            if out is None or out.X.shape[0] == 0:
+                continue
+            parent = src_idx[out.source]
+            new = _new_triples(ctx, out.X.to(torch.float64), out.y.to(torch.float64), out.mask.to(torch.float64),
+                               t.theta0[parent], list(out.labels), use.name, parent, t.init_id[parent],
+                               int(t.dataset_id.max()) + 1)
+            solve_into(ctx, new, f"solve partners ({use.name})")
+            ids = t.append(new)
+            pairs.extend(admissible(ctx, t, parent, ids, [use.name] * ids.numel()))
+
+
+def run_pair_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
+    """Constructions on admissible, distinct pairs (e.g. rotations); solve both new sides."""
+    for use in ctx.study.constructions:
+        if use.spec.stage != "pair":
+            continue
+        base = pairs.select(pairs.distinct.nonzero().flatten())
+        if len(base) == 0:
+            continue
+        pb = PairBatch(t.X[base.a], t.y[base.a], t.mask[base.a], t.X[base.b], t.y[base.b], t.mask[base.b],
+                       t.theta0[base.a], [f"{t.labels[i]} | {t.labels[j]}" for i, j in zip(base.a.tolist(), base.b.tolist())])
+        for opts in use.expand():
+            try:
+                out: NewPairs = use.spec.build(model=ctx.model, pairs=pb, rng=_seed(ctx.study.seed, 4, len(t)), **opts)
+            except Exception as exc:
+                ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
+                continue
+            if out is None or out.pairs.theta0.shape[0] == 0:
+                continue
+            p = out.pairs
+            k = p.theta0.shape[0]
+            parent = base.a[out.source]
+            X, y, m = cat_padded([(p.Xa, p.ya, p.maska), (p.Xb, p.yb, p.maskb)])
+            iid = torch.arange(int(t.init_id.max()) + 1, int(t.init_id.max()) + 1 + k)
+            labels = [f"{use.name}: {l} (side a)" for l in p.labels] + [f"{use.name}: {l} (side b)" for l in p.labels]
+            new = _new_triples(ctx, X, y, m, torch.cat([p.theta0, p.theta0]), labels, use.name,
+                               torch.cat([parent, base.b[out.source]]), torch.cat([iid, iid]),
+                               int(t.dataset_id.max()) + 1)
+            solve_into(ctx, new, f"solve pairs ({use.name})")
+            ids = t.append(new)
+            pairs.extend(admissible(ctx, t, ids[:k], ids[k:], [use.name] * k))
+
+
+# ------------------------------------------------------------------------------------------
+def build_context(study: Study, progress=None) -> Context:
+    model = study.model.spec.factory(**study.model.options)
+    options = dict(study.solver.options)
+    fit_tol = float(options.get("fit_tol", 1e-20))
+    dev = torch.device("cuda" if study.device == "cuda" and torch.cuda.is_available() else "cpu")
+    return Context(study, model, study.solver.spec, options, fit_tol, dev, progress=progress)
+
+
+def run_engine(ctx: Context) -> tuple[Triples, Pairs]:
+    """Solve the study's instances, build and solve partners, return all triples and admissible pairs."""
+    t = make_instances(ctx)
+    solve_into(ctx, t, "solve")
+    pairs = Pairs.empty()
+    t0 = time.perf_counter()
+    study_idx = torch.arange(len(t))
+    pairs.extend(own_pairs(ctx, t, study_idx))
+    ctx.phases.append(Phase("own pairs", len(t), time.perf_counter() - t0))
+    run_triple_constructions(ctx, t, pairs)
+    run_pair_constructions(ctx, t, pairs)
+    return t, pairs
+
+
+def format_exception(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

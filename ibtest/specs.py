@@ -1,0 +1,350 @@
+"""The spec objects plugins return from their hooks.
+
+Every plugin kind (model, dataset, init, solver, construction, hypothesis) is described by one
+small frozen dataclass: a ``name`` (unique per kind), a one-line ``doc``, the ``options`` it accepts
+(each an :class:`Option` with a default and a type that pydantic validates) and the callable that
+does the work. Conventions shared by all of them:
+
+* tensors are ``torch.float64``; a batch dimension ``B`` comes first;
+* a dataset is ``X [B, n, d]``, ``y [B, n]`` and ``mask [B, n]`` (1.0 for a real point, 0.0 for
+  padding, so datasets of different ``n`` share one batch);
+* parameters are one flat vector per instance, ``theta [B, P]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a plugin accepts in a study.
+
+    ``type`` is any type pydantic can validate (``float``, ``int``, ``list[float]``,
+    ``Literal[0, 1]`` ...). With ``sweep=True`` the study may also give a list of such values;
+    the engine then expands the option into one plugin instance per value (a family).
+    """
+
+    default: Any = None
+    type: Any = Any
+    doc: str = ""
+    sweep: bool = False
+    required: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PiecewiseLinearNeuron:
+    """Declares f_w(x) = σ(⟨w, x⟩) with σ piecewise linear: σ(z) = pos·z (z > 0), neg·z (z < 0).
+
+    ``at_zero`` is the convention σ'(0) used by gradient flow when a pre-activation is exactly
+    0. Between activation switches the flow of such a model is linear, which is what the
+    ``exact`` solver exploits. θ = w, so P = d.
+    """
+
+    pos: float = 1.0
+    neg: float = 0.0
+    at_zero: float = 1.0
+
+
+class ModelBase:
+    """Base class of a model instance (a model spec's ``factory`` returns one).
+
+    Subclasses implement :meth:`n_params` and :meth:`predict`; the square loss and its gradient
+    follow. The gradient defaults to autograd; override :meth:`grad` with a hand-written one for
+    speed or to fix a σ'(0) convention autograd would not follow.
+    """
+
+    #: set by models whose flow is linear between switches (the ``exact`` solver reads it)
+    piecewise: PiecewiseLinearNeuron | None = None
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)
+
+    # -- structure -----------------------------------------------------------------------
+    def n_params(self, d: int) -> int:
+        """Length P of θ for inputs of dimension d."""
+        raise NotImplementedError
+
+    def blocks(self, d: int) -> dict[str, slice]:
+        """Named blocks of θ for reports (default: one block ``theta``)."""
+        return {"theta": slice(0, self.n_params(d))}
+
+    # -- maths ---------------------------------------------------------------------------
+    def predict(self, theta: Tensor, X: Tensor) -> Tensor:
+        """f_θ(x_i) for θ [B, P] and X [B, n, d]; returns [B, n]."""
+        raise NotImplementedError
+
+    def loss(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """Square loss L(θ) = ½ Σ_i mask_i (f_θ(x_i) − y_i)²; returns [B]."""
+        r = (self.predict(theta, X) - y) * mask
+        return 0.5 * (r * r).sum(-1)
+
+    def grad(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """∇_θ L(θ) [B, P]; gradient flow is dθ/dt = −grad."""
+        with torch.enable_grad():
+            th = theta.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.loss(th, X, y, mask).sum(), th)
+        return g
+
+    def predictor(self, theta: Tensor) -> Tensor:
+        """End-to-end predictor (β of a diagonal net, u = v·w, the product matrix, flattened).
+
+        Defaults to θ itself: hypotheses declared ``on="predictor"`` then see θ.
+        """
+        return theta
+
+    def rotate(self, theta: Tensor, M: Tensor) -> Tensor:
+        """θ' such that f_θ'(M x) = f_θ(x) for an orthogonal M [B, d, d] (rotation equivariance).
+
+        Models that support the ``rotate`` construction override this; the default refuses.
+        """
+        raise NotImplementedError(f"model {type(self).__name__} does not define rotate()")
+
+    def first_layer(self, theta: Tensor) -> Tensor | None:
+        """Input weights of the hidden units [B, m, d] (a single neuron: m = 1), or None."""
+        return None
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model family. ``factory(**options)`` returns a :class:`ModelBase` instance."""
+
+    name: str
+    factory: Callable[..., ModelBase]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets and inits
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DataBatch:
+    """k datasets of one shape: X [k, n, d], y [k, n], a label per dataset (for reports)."""
+
+    X: Tensor
+    y: Tensor
+    labels: list[str]
+    mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask is None:
+            self.mask = torch.ones_like(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset family: ``generate(rng, **options) -> DataBatch``.
+
+    Options marked ``sweep=True`` may be lists in a study; ``generate`` is then called once per
+    combination with scalar values. ``rng`` is a seeded ``torch.Generator``.
+    """
+
+    name: str
+    generate: Callable[..., DataBatch]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Init:
+    """An initialization: ``sample(model, d, count, rng, **options) -> theta0 [count, P]``."""
+
+    name: str
+    sample: Callable[..., Tensor]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Solvers
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SolveResult:
+    """What a solver returns for a batch of B instances.
+
+    ``theta`` [B, P] the limit θ∞ (or the last iterate), ``status`` [B] int64 codes of
+    :mod:`ibtest.status`, ``loss`` [B] the loss at ``theta``; ``info`` holds optional per-instance
+    diagnostics ([B] tensors: ``t`` the flow time reached, ``steps``, ``drift`` a bound on
+    ‖θ(t) − θ(∞)‖, ``growth`` for diverging runs ...).
+    """
+
+    theta: Tensor
+    status: Tensor
+    loss: Tensor
+    info: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Solver:
+    """A gradient-flow solver.
+
+    ``solve(model, X, y, mask, theta0, **options) -> SolveResult``; batched over instances.
+    ``applies(model) -> str | None`` returns a reason when the solver cannot handle the model.
+    ``tighten(options) -> options`` returns the settings of a re-solve with a smaller error, used
+    to measure the solver error of every θ∞ a verdict rests on.
+    """
+
+    name: str
+    solve: Callable[..., SolveResult]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+    applies: Callable[[ModelBase], str | None] = lambda model: None
+    tighten: Callable[[dict[str, Any]], dict[str, Any]] = lambda options: dict(options)
+
+
+# --------------------------------------------------------------------------------------------
+# Constructions
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TripleBatch:
+    """Converged triples handed to a construction: X, y, mask [k, ...], theta0, theta [k, P]."""
+
+    X: Tensor
+    y: Tensor
+    mask: Tensor
+    theta0: Tensor
+    theta: Tensor
+    labels: list[str]
+
+
+@dataclass
+class Partners:
+    """Datasets D2 built from triples, all run from the *same* θ0 as their source triple.
+
+    X [k, n2, d], y [k, n2], mask [k, n2]; ``source`` [k] int64 indexes the TripleBatch;
+    ``labels`` describe each D2 (e.g. ``"blocking γ=5"``).
+    """
+
+    X: Tensor
+    y: Tensor
+    mask: Tensor
+    source: Tensor
+    labels: list[str]
+
+
+@dataclass
+class PairBatch:
+    """Admissible pairs handed to a pair-stage construction: side a and side b, [k, ...] each."""
+
+    Xa: Tensor
+    ya: Tensor
+    maska: Tensor
+    Xb: Tensor
+    yb: Tensor
+    maskb: Tensor
+    theta0: Tensor
+    labels: list[str]
+
+
+@dataclass
+class NewPairs:
+    """Fresh instance pairs (both sides solved by the engine from ``theta0``)."""
+
+    pairs: PairBatch
+    source: Tensor  # [k] index into the PairBatch the construction received
+
+
+@dataclass(frozen=True)
+class Construction:
+    """A pair construction.
+
+    ``stage="triple"``: ``build(model, triples, rng, **options) -> Partners`` (a D2 per source
+    triple, same θ0, built so that θ1 fits D2). ``stage="pair"``: ``build(model, pairs, rng,
+    **options) -> NewPairs`` (e.g. rotations of an admissible pair). The engine solves what is
+    built and keeps a pair only if both sides converged and each solution fits the other dataset.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+    stage: Literal["triple", "pair"] = "triple"
+
+
+# --------------------------------------------------------------------------------------------
+# Hypotheses
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    """What a hypothesis may read besides θ, limited by its declared dependence.
+
+    ``model`` always; ``init`` [B, P] for ``depends_on`` "init" or "data"; ``X`` [B, n, d], ``y``,
+    ``mask`` for "data" only. ``study`` holds study-level values (e.g. ``alpha``).
+    """
+
+    model: ModelBase
+    init: Tensor | None = None
+    X: Tensor | None = None
+    y: Tensor | None = None
+    mask: Tensor | None = None
+    study: Mapping[str, Any] = field(default_factory=dict)
+
+
+DependsOn = Literal["params", "init", "data"]
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A family of candidate implicit regularizers R_p(θ; ctx), or of invariants C_p(θ; ctx).
+
+    ``fn(theta [B, P] or predictor [B, Q], ctx, **params) -> [B]`` (an invariant may return
+    [B, k]: every component must be conserved). ``params`` holds defaults; a study may give a
+    list for any of them to test a family. ``on`` says whether ``fn`` sees raw θ (``"theta"``)
+    or the model's end-to-end predictor (``"predictor"``). ``kind="regularizer"`` claims
+    θ∞ ∈ argmin over Z(D) of R; ``kind="invariant"`` claims C(θ∞) = C(θ0).
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    depends_on: DependsOn = "params"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = ""
+    kind: Literal["regularizer", "invariant"] = "regularizer"
+    on: Literal["theta", "predictor"] = "theta"
+    atol: float = 1e-9
+    rtol: float = 1e-9
+
+
+SPEC_TYPES: dict[str, type] = {
+    "models": Model,
+    "datasets": Dataset,
+    "inits": Init,
+    "solvers": Solver,
+    "constructions": Construction,
+    "hypotheses": Hypothesis,
+}
+
+
+def replace(spec: Any, **changes: Any) -> Any:
+    """dataclasses.replace, re-exported for plugin authors."""
+    return dataclasses.replace(spec, **changes)
+
+
+__all__: Sequence[str] = [
+    "Option",
+    "PiecewiseLinearNeuron",
+    "ModelBase",
+    "Model",
+    "DataBatch",
+    "Dataset",
+    "Init",
+    "SolveResult",
+    "Solver",
+    "TripleBatch",
+    "Partners",
+    "PairBatch",
+    "NewPairs",
+    "Construction",
+    "Context",
+    "Hypothesis",
+    "SPEC_TYPES",
+]

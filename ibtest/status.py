@@ -1,0 +1,28 @@
+"""Status codes of a solved triple (D, θ0, θ∞).
+
+Stored as small integers in a ``torch.int64`` tensor ``[B]`` so that batched solvers can write
+them without Python objects. Only ``CONVERGED`` triples enter verdicts; the others are counted.
+"""
+from __future__ import annotations
+
+CONVERGED = 0  # loss(θ∞) ≤ fit_tol and θ∞ is a limit (drift bounded)
+STALLED = 1  # stationary point (or limit) with loss > fit_tol
+DIVERGED = 2  # ‖θ‖ → ∞ or a non-finite value appeared
+BUDGET = 3  # step, piece or time budget exhausted before a limit was certified
+SLIDING = 4  # Filippov sliding mode on a kink: no classical GF solution to follow
+FAILED = 5  # the solver raised for this instance (reported, never judged)
+
+NAMES = {
+    CONVERGED: "converged",
+    STALLED: "stalled",
+    DIVERGED: "diverged",
+    BUDGET: "budget",
+    SLIDING: "sliding",
+    FAILED: "failed",
+}
+CODES = {v: k for k, v in NAMES.items()}
+
+
+def name(code: int) -> str:
+    """Human name of a status code."""
+    return NAMES.get(int(code), f"unknown({int(code)})")

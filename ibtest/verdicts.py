@@ -1,0 +1,364 @@
+"""Hypothesis evaluation, witnesses, margins and verdicts.
+
+For a regularizer R and an admissible pair (θa, θb) (each fits the other's dataset), a valid R
+must rate them equal. The pair refutes R when
+
+    |R(θa) − R(θb)| > margin = max(atol, rtol·max(|R(θa)|, |R(θb)|))
+                                + safety · (‖∇R(θa)‖·err_a + ‖∇R(θb)‖·err_b),
+
+where err is the *measured* solver error of each side: ‖θ∞ − θ∞'‖ with θ∞' re-solved at the
+solver's tightened settings (``Solver.tighten``). The pair is re-checked on the re-solved θ∞'
+(both still converged, still cross-fitting) before it certifies anything. An invariant C is
+refuted by one converged triple with ‖C(θ∞) − C(θ0)‖∞ beyond the same kind of margin.
+
+Which pairs count: ``params`` hypotheses every admissible pair; ``init`` only pairs sharing θ0;
+``data`` none (a cross-dataset comparison proves nothing for a data-dependent R) → inconclusive.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import status as st
+from .batch import Pairs, Triples
+from .engine import Context, solve
+from .specs import Context as HypContext
+from .study import HypothesisUse
+
+Tensor = torch.Tensor
+RECHECK_TOP = 4  # candidate pairs re-solved per member
+
+
+@dataclass
+class Evidence:
+    """The strongest pair (or triple) for one hypothesis member."""
+
+    a: int
+    b: int  # -1 for an invariant (one triple)
+    Ra: float
+    Rb: float
+    gap: float
+    margin: float
+    err_a: float
+    err_b: float
+    grad_a: float
+    grad_b: float
+    source: str
+    theta_a: Tensor | None = None  # re-solved solutions the verdict rests on
+    theta_b: Tensor | None = None
+
+
+@dataclass
+class MemberResult:
+    """Verdict of one hypothesis member (a hypothesis with one value per parameter)."""
+
+    hypothesis: str
+    params: dict[str, Any]
+    kind: str
+    depends_on: str
+    verdict: str
+    expect: str | None
+    n_pairs: int = 0
+    n_distinct: int = 0
+    max_rel_gap: float = 0.0
+    evidence: Evidence | None = None
+    reason: str = ""
+    certificate: str | None = None
+    error: str | None = None
+    spec: Any = None
+    use: HypothesisUse | None = None
+
+    @property
+    def label(self) -> str:
+        if not self.params:
+            return self.hypothesis
+        return f"{self.hypothesis}[{', '.join(f'{k}={_fmt(v)}' for k, v in self.params.items())}]"
+
+    @property
+    def held(self) -> bool | None:
+        return None if self.expect is None else self.expect == self.verdict
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else f"{v:g}"
+    return str(v)
+
+
+# ------------------------------------------------------------------------------------------
+def hyp_context(ctx: Context, t: Triples, idx: Tensor, spec: Any, theta0: Tensor | None = None) -> HypContext:
+    """What a hypothesis may see at triples ``idx``, limited by its ``depends_on``."""
+    c = HypContext(model=ctx.model, study={"seed": ctx.study.seed, **ctx.study.extra})
+    if spec.depends_on in ("init", "data"):
+        c.init = (t.theta0[idx] if theta0 is None else theta0)
+        if spec.on == "predictor":
+            c.init = ctx.model.predictor(c.init)
+    if spec.depends_on == "data":
+        c.X, c.y, c.mask = t.X[idx], t.y[idx], t.mask[idx]
+    return c
+
+
+def evaluate(ctx: Context, spec: Any, params: dict, theta: Tensor, hctx: HypContext) -> tuple[Tensor, Tensor]:
+    """R [T] (or C [T, k]) and the gradient norm of each component summed, [T], by autograd."""
+    with torch.enable_grad():
+        th = theta.detach().clone().requires_grad_(True)
+        x = ctx.model.predictor(th) if spec.on == "predictor" else th
+        R = spec.fn(x, hctx, **params)
+        if not isinstance(R, torch.Tensor):
+            raise TypeError(f"returned {type(R).__name__}, expected a tensor of shape [B]")
+        if R.shape[0] != theta.shape[0] or (spec.kind == "regularizer" and R.dim() != 1):
+            raise TypeError(f"returned shape {tuple(R.shape)}, expected [{theta.shape[0]}]"
+                            + ("" if spec.kind == "regularizer" else " or [B, k]"))
+        R2 = R.reshape(R.shape[0], -1)
+        gnorm = torch.zeros(theta.shape[0], dtype=torch.float64)
+        for k in range(R2.shape[1]):
+            if not R2.requires_grad:
+                break
+            (g,) = torch.autograd.grad(R2[:, k].sum(), th, retain_graph=True, allow_unused=True)
+            if g is not None:
+                gnorm = gnorm + torch.nan_to_num(g.detach().norm(dim=-1), nan=float("inf"))
+    return R.detach().to(torch.float64), gnorm
+
+
+# ------------------------------------------------------------------------------------------
+class ErrorMeter:
+    """Measured solver error of triples: ‖θ∞ − θ∞'‖ with θ∞' solved at tightened settings."""
+
+    def __init__(self, ctx: Context, t: Triples):
+        self.ctx, self.t = ctx, t
+        self.err: dict[int, float] = {}
+        self.tight_theta: dict[int, Tensor] = {}
+        self.tight_status: dict[int, int] = {}
+
+    def measure(self, idx: list[int]) -> None:
+        todo = sorted({i for i in idx if i not in self.err})
+        if not todo:
+            return
+        t = self.t
+        ix = torch.tensor(todo)
+        opts = self.ctx.solver.tighten(dict(self.ctx.solver_options))
+        res = solve(self.ctx, t.X[ix], t.y[ix], t.mask[ix], t.theta0[ix], options=opts, phase="re-solve (tight)")
+        diff = (res.theta - t.theta[ix]).norm(dim=-1)
+        for k, i in enumerate(todo):
+            self.err[i] = float(diff[k])
+            self.tight_theta[i] = res.theta[k]
+            self.tight_status[i] = int(res.status[k])
+
+
+def _eligible(spec: Any, pairs: Pairs) -> Tensor:
+    if spec.depends_on == "params":
+        return torch.ones(len(pairs), dtype=torch.bool)
+    if spec.depends_on == "init":
+        return pairs.same_init.clone()
+    return torch.zeros(len(pairs), dtype=torch.bool)
+
+
+@dataclass
+class _Scored:
+    """A regularizer member's pairs scored on the first solutions (before any re-solve)."""
+
+    result: MemberResult
+    p: Pairs | None = None
+    Ra: Tensor | None = None
+    Rb: Tensor | None = None
+    G: Tensor | None = None
+    gap: Tensor | None = None
+    floor: Tensor | None = None
+    rel: Tensor | None = None
+    cand: list[int] = field(default_factory=list)
+
+    def triples_to_measure(self) -> list[int]:
+        if self.p is None:
+            return []
+        return [int(self.p.a[k]) for k in self.cand] + [int(self.p.b[k]) for k in self.cand]
+
+
+def score_regularizer(ctx: Context, t: Triples, pairs: Pairs, use: HypothesisUse, params: dict) -> _Scored:
+    """R on both sides of every eligible pair, and the candidate witnesses to re-check."""
+    spec = use.spec
+    r = MemberResult(use.name, params, spec.kind, spec.depends_on, "inconclusive", use.expect, spec=spec, use=use)
+    sc = _Scored(r)
+    if spec.depends_on == "data":
+        r.reason = ("not applicable: a data-dependent R cannot be refuted by comparing R across "
+                    "datasets, only by a witness inside one Z(D)")
+        return sc
+    sel = _eligible(spec, pairs).nonzero().flatten()
+    p = pairs.select(sel)
+    r.n_pairs, r.n_distinct = len(p), int(p.distinct.sum())
+    if len(p) == 0:
+        r.reason = "no admissible pair" + (" sharing θ0" if spec.depends_on == "init" else "")
+        return sc
+    used = torch.unique(torch.cat([p.a, p.b]))
+    R_all, G_all = evaluate(ctx, spec, params, t.theta[used], hyp_context(ctx, t, used, spec))
+    pos = torch.full((len(t),), -1, dtype=torch.int64)
+    pos[used] = torch.arange(used.numel())
+    Ra, Rb = R_all[pos[p.a]], R_all[pos[p.b]]
+    gap = (Ra - Rb).abs()
+    scale = torch.maximum(Ra.abs(), Rb.abs())
+    floor = torch.clamp(use.rtol * scale, min=use.atol)
+    rel = gap / scale.clamp_min(1e-300)
+    r.max_rel_gap = float(torch.nan_to_num(rel, nan=0.0).max()) if rel.numel() else 0.0
+    nonfinite = ~torch.isfinite(gap)
+    if bool(nonfinite.any()):
+        r.error = f"R is not finite on {int(nonfinite.sum())} solution(s)"
+    order = torch.argsort(torch.where(torch.isfinite(gap), gap / floor, torch.zeros_like(gap)), descending=True)
+    cand = [int(k) for k in order[:RECHECK_TOP] if bool(gap[k] > floor[k])]
+    G = torch.stack([G_all[pos[p.a]], G_all[pos[p.b]]], -1)
+    sc.p, sc.Ra, sc.Rb, sc.G, sc.gap, sc.floor, sc.rel, sc.cand = p, Ra, Rb, G, gap, floor, rel, cand
+    return sc
+
+
+def finish_regularizer(ctx: Context, t: Triples, sc: _Scored, params: dict, meter: ErrorMeter) -> MemberResult:
+    """Re-check the candidates on re-solved solutions; decide the verdict."""
+    r, p = sc.result, sc.p
+    if p is None:
+        return r
+    use, spec = r.use, r.spec
+    best_ratio, best = -1.0, None
+    for k in sc.cand:
+        ev = _recheck_pair(ctx, t, spec, params, use, meter, int(p.a[k]), int(p.b[k]), p.source[k])
+        if ev is None:
+            continue
+        ratio = ev.gap / ev.margin if ev.margin > 0 else math.inf
+        if ratio > best_ratio:
+            best_ratio, best = ratio, ev
+    if best is not None and best.gap > best.margin:
+        r.verdict, r.evidence = "falsified", best
+        r.reason = f"certified witness from {best.source}: |ΔR| = {best.gap:.3g} > margin {best.margin:.3g}"
+        return r
+    # survives or inconclusive: report the closest call (largest relative gap)
+    k = int(torch.argmax(torch.nan_to_num(sc.rel, nan=0.0)))
+    r.evidence = best or Evidence(int(p.a[k]), int(p.b[k]), float(sc.Ra[k]), float(sc.Rb[k]), float(sc.gap[k]),
+                                  float(sc.floor[k]), float("nan"), float("nan"), float(sc.G[k, 0]),
+                                  float(sc.G[k, 1]), p.source[k])
+    if r.n_pairs >= ctx.study.verdict.min_pairs:
+        r.verdict = "survives"
+        r.reason = f"{r.n_pairs} admissible pairs ({r.n_distinct} distinct), no witness beyond the margin"
+    else:
+        r.reason = f"too few admissible pairs ({r.n_pairs} < min_pairs {ctx.study.verdict.min_pairs})"
+    return r
+
+
+def _recheck_pair(ctx, t, spec, params, use, meter: ErrorMeter, a: int, b: int, source: str) -> Evidence | None:
+    """Re-evaluate a candidate pair on its re-solved (tight) solutions; None if it no longer qualifies."""
+    recheck = ctx.study.verdict.recheck
+    if recheck:
+        if meter.tight_status.get(a) != st.CONVERGED or meter.tight_status.get(b) != st.CONVERGED:
+            return None
+        tha, thb = meter.tight_theta[a], meter.tight_theta[b]
+        ea, eb = meter.err[a], meter.err[b]
+        # the re-solved pair must still be admissible
+        m = ctx.model
+        cab = float(m.loss(tha[None], t.X[b : b + 1], t.y[b : b + 1], t.mask[b : b + 1])[0])
+        cba = float(m.loss(thb[None], t.X[a : a + 1], t.y[a : a + 1], t.mask[a : a + 1])[0])
+        if not (cab <= ctx.fit_tol and cba <= ctx.fit_tol):
+            return None
+    else:
+        tha, thb = t.theta[a], t.theta[b]
+        ea = eb = float(t.info.get("drift", torch.zeros(len(t)))[a]) if "drift" in t.info else 0.0
+    idx = torch.tensor([a, b])
+    R, G = evaluate(ctx, spec, params, torch.stack([tha, thb]), hyp_context(ctx, t, idx, spec))
+    Ra, Rb = float(R[0]), float(R[1])
+    gap = abs(Ra - Rb)
+    floor = max(use.atol, use.rtol * max(abs(Ra), abs(Rb)))
+    margin = floor + ctx.study.verdict.safety * (float(G[0]) * ea + float(G[1]) * eb)
+    return Evidence(a, b, Ra, Rb, gap, margin, ea, eb, float(G[0]), float(G[1]), source, tha, thb)
+
+
+def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, meter: ErrorMeter) -> MemberResult:
+    spec = use.spec
+    r = MemberResult(use.name, params, spec.kind, spec.depends_on, "inconclusive", use.expect, spec=spec, use=use)
+    idx = (t.status == st.CONVERGED).nonzero().flatten()
+    r.n_pairs = int(idx.numel())
+    if idx.numel() == 0:
+        r.reason = "no converged triple"
+        return r
+    hctx = hyp_context(ctx, t, idx, spec)
+    C1, G1 = evaluate(ctx, spec, params, t.theta[idx], hctx)
+    C0, _ = evaluate(ctx, spec, params, t.theta0[idx], hctx)
+    C1, C0 = C1.reshape(idx.numel(), -1), C0.reshape(idx.numel(), -1)
+    gap = (C1 - C0).abs().amax(-1)
+    scale = torch.maximum(C1.abs().amax(-1), C0.abs().amax(-1))
+    floor = torch.clamp(use.rtol * scale, min=use.atol)
+    r.max_rel_gap = float((gap / scale.clamp_min(1e-300)).max())
+    order = torch.argsort(gap / floor, descending=True)
+    cand = [int(k) for k in order[:RECHECK_TOP] if bool(gap[k] > floor[k])]
+    if cand and ctx.study.verdict.recheck:
+        meter.measure([int(idx[k]) for k in cand])
+    best = None
+    for k in cand:
+        i = int(idx[k])
+        if ctx.study.verdict.recheck and meter.tight_status.get(i) != st.CONVERGED:
+            continue
+        th = meter.tight_theta[i] if ctx.study.verdict.recheck else t.theta[i]
+        e = meter.err.get(i, 0.0)
+        one = torch.tensor([i])
+        c1, g1 = evaluate(ctx, spec, params, th[None], hyp_context(ctx, t, one, spec))
+        c0, _ = evaluate(ctx, spec, params, t.theta0[one], hyp_context(ctx, t, one, spec))
+        g = float((c1 - c0).abs().max())
+        sc = max(float(c1.abs().max()), float(c0.abs().max()))
+        margin = max(use.atol, use.rtol * sc) + ctx.study.verdict.safety * float(g1[0]) * e
+        ev = Evidence(i, -1, float(c1.flatten()[0]), float(c0.flatten()[0]), g, margin, e, 0.0, float(g1[0]), 0.0,
+                      "study", th, t.theta0[i])
+        if best is None or ev.gap / ev.margin > best.gap / best.margin:
+            best = ev
+    if best is not None and best.gap > best.margin:
+        r.verdict, r.evidence = "falsified", best
+        r.reason = f"C(θ∞) ≠ C(θ0): |ΔC| = {best.gap:.3g} > margin {best.margin:.3g}"
+        return r
+    k = int(torch.argmax(gap / floor))
+    r.evidence = best or Evidence(int(idx[k]), -1, float(C1[k, 0]), float(C0[k, 0]), float(gap[k]), float(floor[k]),
+                                  float("nan"), 0.0, float(G1[k]), 0.0, "study")
+    if r.n_pairs >= ctx.study.verdict.min_pairs:
+        r.verdict = "survives"
+        r.reason = f"conserved on {r.n_pairs} converged triples (largest change {float(gap.max()):.3g})"
+    else:
+        r.reason = f"too few converged triples ({r.n_pairs} < min_pairs)"
+    return r
+
+
+def judge_all(ctx: Context, t: Triples, pairs: Pairs, also_measure: list[int] = ()) -> tuple[list[MemberResult], ErrorMeter]:
+    """Verdict of every member of every hypothesis; a raising hypothesis gets an error row.
+
+    Two passes: score every member on the first solutions, re-solve the union of all candidate
+    triples (plus ``also_measure``) at tighter settings in one batch, then decide.
+    """
+    meter = ErrorMeter(ctx, t)
+    scored: list[Any] = []
+    for use in ctx.study.hypotheses:
+        for params in use.members:
+            try:
+                if use.spec.kind == "invariant":
+                    scored.append(("inv", use, params, None))
+                else:
+                    scored.append(("reg", use, params, score_regularizer(ctx, t, pairs, use, params)))
+            except Exception as exc:
+                scored.append(("err", use, params, exc))
+    if ctx.study.verdict.recheck:
+        todo = list(also_measure)
+        for kind, _, _, sc in scored:
+            if kind == "reg":
+                todo += sc.triples_to_measure()
+        conv = (t.status == st.CONVERGED).nonzero().flatten()
+        if any(k == "inv" for k, *_ in scored):
+            todo += conv[:RECHECK_TOP * 4].tolist()
+        meter.measure(todo)
+    out: list[MemberResult] = []
+    for kind, use, params, sc in scored:
+        try:
+            if kind == "err":
+                raise sc
+            if kind == "inv":
+                out.append(judge_invariant(ctx, t, use, params, meter))
+            else:
+                out.append(finish_regularizer(ctx, t, sc, params, meter))
+        except Exception as exc:
+            r = MemberResult(use.name, params, use.spec.kind, use.spec.depends_on, "error", use.expect,
+                             spec=use.spec, use=use)
+            r.error = f"{type(exc).__name__}: {exc}"
+            r.reason = f"hypothesis raised: {r.error}"
+            out.append(r)
+    return out, meter

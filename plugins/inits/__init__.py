@@ -1,0 +1,1 @@
+"""Built-in initializations: every module here registers its own ``ibtest_inits`` hook."""

@@ -1,0 +1,96 @@
+"""Single neurons f_w(x) = σ(⟨w, x⟩) with a piecewise-linear σ, and the linear model.
+
+θ = w ∈ R^d (P = d). σ(z) = pos·z for z > 0 and neg·z for z < 0; gradient flow uses the
+declared σ'(0) (``relu_grad_at_zero``) when a pre-activation is exactly 0, as Vardi & Shamir
+do (they start at w(0) = 0 with σ'(0) = 1). The hand-written gradient follows that convention;
+autograd would not.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+import ibtest
+from ibtest import Option, PiecewiseLinearNeuron
+
+
+class PiecewiseNeuron(ibtest.ModelBase):
+    """f_w(x) = σ(⟨w, x⟩) for σ given by a :class:`PiecewiseLinearNeuron`."""
+
+    def __init__(self, piecewise: PiecewiseLinearNeuron, **options):
+        super().__init__(**options)
+        self.piecewise = piecewise
+
+    def n_params(self, d: int) -> int:
+        return d
+
+    def blocks(self, d: int) -> dict[str, slice]:
+        return {"w": slice(0, d)}
+
+    def preactivation(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """z_i = ⟨w, x_i⟩, [B, n]."""
+        return torch.einsum("bnd,bd->bn", X, theta)
+
+    def _slopes(self, z: torch.Tensor) -> torch.Tensor:
+        pw = self.piecewise
+        return torch.where(z > 0, pw.pos, torch.where(z < 0, pw.neg, pw.at_zero)).to(z.dtype)
+
+    def predict(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        z = self.preactivation(theta, X)
+        pw = self.piecewise
+        return torch.where(z > 0, pw.pos * z, pw.neg * z)
+
+    def grad(self, theta, X, y, mask):
+        z = self.preactivation(theta, X)
+        r = (self.predict(theta, X) - y) * mask * self._slopes(z)
+        return torch.einsum("bn,bnd->bd", r, X)
+
+    def rotate(self, theta: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        """f_{Mw}(Mx) = f_w(x) for orthogonal M."""
+        return torch.einsum("bij,bj->bi", M, theta)
+
+    def first_layer(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta.unsqueeze(1)
+
+
+def relu_neuron(relu_grad_at_zero: Literal[0, 1] = 1) -> PiecewiseNeuron:
+    return PiecewiseNeuron(
+        PiecewiseLinearNeuron(pos=1.0, neg=0.0, at_zero=float(relu_grad_at_zero)),
+        relu_grad_at_zero=relu_grad_at_zero,
+    )
+
+
+def leaky_relu_neuron(slope: float = 0.1) -> PiecewiseNeuron:
+    if not 0.0 < slope:
+        raise ValueError(f"slope must be > 0 (got {slope}); slope 0 is relu_neuron")
+    return PiecewiseNeuron(PiecewiseLinearNeuron(pos=1.0, neg=float(slope), at_zero=1.0), slope=slope)
+
+
+def linear() -> PiecewiseNeuron:
+    return PiecewiseNeuron(PiecewiseLinearNeuron(pos=1.0, neg=1.0, at_zero=1.0))
+
+
+@ibtest.hookimpl
+def ibtest_models():
+    return [
+        ibtest.Model(
+            name="relu_neuron",
+            factory=relu_neuron,
+            doc="single ReLU neuron f(x) = max(0, <w, x>), sigma'(0) chosen by the study",
+            options={
+                "relu_grad_at_zero": Option(1, Literal[0, 1], "sigma'(0) used by the flow (the paper: 1)"),
+            },
+        ),
+        ibtest.Model(
+            name="leaky_relu_neuron",
+            factory=leaky_relu_neuron,
+            doc="single leaky ReLU neuron f(x) = <w, x> if > 0 else slope * <w, x>",
+            options={"slope": Option(0.1, float, "slope for negative pre-activations (> 0)")},
+        ),
+        ibtest.Model(
+            name="linear",
+            factory=linear,
+            doc="linear model f(x) = <w, x>",
+        ),
+    ]
