@@ -164,7 +164,7 @@ def load(path: str | Path) -> dict[str, Any]:
 
 def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
     """Re-solve both instances of a certificate at a tighter tolerance and re-judge the claim."""
-    from .manager import load_registry
+    from .manager import SINGULAR, load_registry
 
     cert = load(path)
     files = list(extra_plugins) + [f for f in cert.get("plugins", []) if Path(f).is_file()]
@@ -172,7 +172,7 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
     for kind, key in (("models", cert["model"]["name"]), ("solvers", cert["solver"]["name"]),
                       ("hypotheses", cert["hypothesis"]["name"])):
         if key not in reg.items[kind]:
-            raise UserError(f"certificate {path}: {kind[:-1]} {key!r} is not registered here "
+            raise UserError(f"certificate {path}: {SINGULAR[kind]} {key!r} is not registered here "
                             f"(install its plugin or pass --plugin FILE)")
     model = reg.get("models", cert["model"]["name"]).factory(**cert["model"]["options"])
     solver = reg.get("solvers", cert["solver"]["name"])

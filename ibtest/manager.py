@@ -24,6 +24,8 @@ from .errors import PluginError
 from .specs import SPEC_TYPES
 
 ENTRY_POINT_GROUP = "ibtest"
+SINGULAR = {"models": "model", "datasets": "dataset", "inits": "init", "solvers": "solver",
+            "constructions": "construction", "hypotheses": "hypothesis"}
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Registry:
             if spec.name in self.items[kind]:
                 other = self.items[kind][spec.name]
                 raise PluginError(
-                    f"duplicate {kind[:-1]} name {spec.name!r}: registered by plugin {other.plugin} "
+                    f"duplicate {SINGULAR[kind]} name {spec.name!r}: registered by plugin {other.plugin} "
                     f"({other.source}) and again by plugin {plugin} ({source})"
                 )
             self.items[kind][spec.name] = Registered(kind, spec, plugin, source)

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .errors import StudyError
-from .manager import Registry
+from .manager import SINGULAR, Registry
 from .specs import Option
 from .yamlpos import format_path, line_of, load_with_lines
 
@@ -198,7 +198,7 @@ def _resolve_plugin(
         known = ", ".join(registry.names(kind)) or "none registered"
         problems.append(
             f"{src}:{line_of(lines, path + ('name',))}: {format_path(path + ('name',))}: "
-            f"unknown {kind[:-1]} {name!r} (known: {known})"
+            f"unknown {SINGULAR[kind]} {name!r} (known: {known})"
         )
         return None
     spec = registry.get(kind, name)
@@ -212,7 +212,7 @@ def _resolve_plugin(
             allowed = ", ".join(sorted(spec.options)) or "none"
             problems.append(
                 f"{src}:{line_of(lines, p)}: {format_path(p)}: unknown option {key!r} for "
-                f"{kind[:-1]} {name!r} (options: {allowed})"
+                f"{SINGULAR[kind]} {name!r} (options: {allowed})"
             )
             continue
         try:
@@ -227,7 +227,7 @@ def _resolve_plugin(
         if opt.required and ref.get(key) is None:
             problems.append(
                 f"{src}:{line_of(lines, path)}: {format_path(path + (key,))}: required option of "
-                f"{kind[:-1]} {name!r} is missing"
+                f"{SINGULAR[kind]} {name!r} is missing"
             )
     return PluginUse(kind, name, spec, options, path)
 
