@@ -1,4 +1,10 @@
-"""Python API: run a study (file or dict) and get a result object with tables and verdicts."""
+"""Python API: run a study (file or dict), resume one, and get a result object.
+
+``run_study(path_or_dict)`` returns a :class:`StudyResult` (a list of them for a sweep) with
+``.table()``, ``.verdicts``, ``.certificates``, ``.to_json()``. With ``write=True`` (default) the
+run directory holds ``results.sqlite`` (written as the run goes), ``results.json``, ``report.md``
+and ``certificates/``; ``resume_run(RUN_DIR)`` finishes an interrupted run from its store.
+"""
 from __future__ import annotations
 
 import copy
@@ -7,16 +13,19 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+import yaml
 
 from . import certificate, report
 from . import status as st
 from .batch import Pairs, Triples
 from .engine import Context, Phase, build_context, run_engine
-from .manager import Registry, load_registry
-from .study import Study, load_study, plugin_files_of, validate
+from .errors import UserError
+from .progress import Progress
+from .store import Store, open_run
+from .study import Study, load_study, load_study_text
 from .verdicts import MemberResult, judge_all
 
 
@@ -36,6 +45,7 @@ class StudyResult:
     sweep_value: Any = None
     solve_calls: int = 0
     solver_error: float | None = None
+    model: Any = None
 
     @property
     def verdicts(self) -> dict[str, str]:
@@ -50,23 +60,19 @@ class StudyResult:
         return 0 if self.expectations_held else 1
 
     def table(self, fmt: str = "simple") -> str:
-        return report.table(report.verdict_rows(self.members), fmt)
+        """The verdict table (one row per hypothesis member)."""
+        return report.table(report.verdict_rows(self.to_json()["verdicts"]), fmt)
 
-    def triples_table(self, fmt: str = "simple") -> str:
-        setting = self.study.report.triples
-        if setting is False:
-            return ""
-        limit = None if setting is True else int(setting)
-        limit = 50 if limit is None and sum(o == "study" for o in self.triples.origin) > 50 else limit
-        return report.table(report.triple_rows(self.triples, limit, self.study.report.digits), fmt)
+    def render(self, fmt: str = "table") -> str:
+        """The full report as ``ibtest run`` prints it (``table``), or markdown / json / html."""
+        return report.render(self.to_json(), fmt)
 
     def summary(self) -> str:
-        counts = report.status_counts(self.triples)
-        n_pairs = len(self.pairs)
+        counts = report_counts(self.triples)
         lines = [
             f"study {self.study.name}: {sum(counts.values())} instances "
             f"({', '.join(f'{k} {v}' for k, v in counts.items())}), {len(self.triples)} solves in all, "
-            f"{n_pairs} admissible pairs ({int(self.pairs.distinct.sum())} distinct), {self.seconds:.2f} s",
+            f"{len(self.pairs)} admissible pairs ({int(self.pairs.distinct.sum())} distinct), {self.seconds:.2f} s",
         ]
         if self.solver_error is not None:
             lines.append(f"measured solver error (re-solved at tighter settings): max |Δθ| = {self.solver_error:.3g}")
@@ -75,50 +81,66 @@ class StudyResult:
     def to_json(self) -> dict[str, Any]:
         t = self.triples
         study_idx = [i for i in range(len(t)) if t.origin[i] == "study"]
-        return {
+        num = certificate._num
+        show_pred = self.model is not None and type(self.model).predictor is not _base_predictor()
+
+        def triple(i: int) -> dict[str, Any]:
+            row = {"index": i, "dataset": t.labels[i], "init": t.init_labels[i], "status": st.name(t.status[i]),
+                   "loss": num(float(t.loss[i])), "theta": t.theta[i].tolist(), "theta0": t.theta0[i].tolist()}
+            if show_pred:
+                row["predictor"] = self.model.predictor(t.theta[i][None])[0].tolist()
+            for k in ("pieces", "steps"):
+                if k in t.info and not torch.isnan(t.info[k][i]):
+                    row[k] = int(t.info[k][i])
+            return row
+
+        return certificate._jsonable({
             "study": self.study.name,
+            "description": self.study.description,
             "source": self.study.source,
+            "solver": self.study.solver.name,
             "sweep_value": self.sweep_value,
             "seconds": self.seconds,
             "expectations_held": self.expectations_held,
+            "report": {"triples": self.study.report.triples, "digits": self.study.report.digits},
+            "summary": self.summary(),
             "verdicts": [
-                {"hypothesis": m.hypothesis, "params": certificate._jsonable(m.params), "label": m.label,
+                {"hypothesis": m.hypothesis, "params": m.params, "label": m.label,
                  "kind": m.kind, "depends_on": m.depends_on, "verdict": m.verdict, "expect": m.expect,
                  "held": m.held, "pairs": m.n_pairs, "distinct": m.n_distinct,
-                 "max_rel_gap": certificate._num(m.max_rel_gap), "reason": m.reason, "error": m.error,
+                 "max_rel_gap": m.max_rel_gap, "reason": m.reason, "error": m.error,
                  "certificate": m.certificate,
                  "evidence": None if m.evidence is None else {
-                     "gap": certificate._num(m.evidence.gap), "margin": certificate._num(m.evidence.margin),
-                     "R_a": certificate._num(m.evidence.Ra), "R_b": certificate._num(m.evidence.Rb),
-                     "source": m.evidence.source}}
+                     "gap": m.evidence.gap, "margin": m.evidence.margin, "R_a": m.evidence.Ra,
+                     "R_b": m.evidence.Rb, "source": m.evidence.source}}
                 for m in self.members
             ],
-            "triples": [
-                {"index": i, "dataset": t.labels[i], "init": t.init_labels[i], "status": st.name(t.status[i]),
-                 "loss": certificate._num(float(t.loss[i])), "theta": t.theta[i].tolist(),
-                 "theta0": t.theta0[i].tolist()}
-                for i in study_idx
-            ],
-            "status_counts": report.status_counts(t),
+            "triples": [triple(i) for i in study_idx],
+            "status_counts": report_counts(t),
             "solves": len(t),
+            "solver_calls": self.solve_calls,
             "pairs": {"admissible": len(self.pairs), "distinct": int(self.pairs.distinct.sum()),
                       "by_source": {s: self.pairs.source.count(s) for s in sorted(set(self.pairs.source))}},
-            "phases": [{"name": p.name, "instances": p.count, "seconds": p.seconds, "statuses": p.statuses}
-                       for p in self.phases],
+            "phases": [{"name": p.name, "instances": p.count, "seconds": p.seconds, "statuses": p.statuses,
+                        "calls": p.calls} for p in self.phases],
             "errors": self.errors,
             "measured_solver_error": self.solver_error,
-        }
+        })
 
     def markdown(self) -> str:
-        parts = [f"# {self.study.name}", "", self.study.description or "", "", "## Verdicts", "",
-                 self.table("github"), "", "## Summary", "", "```", self.summary(), "```", ""]
-        tt = self.triples_table("github")
-        if tt:
-            parts += ["## Solved triples", "", tt, ""]
-        parts += ["## Phases", "", report.table(report.phase_rows(self.phases), "github"), ""]
-        if self.errors:
-            parts += ["## Errors", ""] + [f"- {e}" for e in self.errors] + [""]
-        return "\n".join(parts)
+        return report.render_markdown(self.to_json())
+
+
+def _base_predictor():
+    from .specs import ModelBase
+
+    return ModelBase.predictor
+
+
+def report_counts(t: Triples) -> dict[str, int]:
+    study = torch.tensor([o == "study" for o in t.origin], dtype=torch.bool)
+    s = t.status[study]
+    return {st.name(c): int((s == c).sum()) for c in st.NAMES if int((s == c).sum())}
 
 
 def _apply_sweep(study: Study, value: Any) -> Study:
@@ -139,62 +161,123 @@ def _apply_sweep(study: Study, value: Any) -> Study:
     return s
 
 
-def run_loaded(study: Study, *, out_dir: str | Path | None = None, write: bool = True,
-               progress: Callable[[str, int], Any] | None = None, sweep_value: Any = None) -> StudyResult:
-    """Run a validated study once (no sweep)."""
+def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store | None = None,
+               progress: Progress | None = None, sweep_value: Any = None) -> StudyResult:
+    """Run a validated study once (no sweep). ``out_dir`` None: nothing is written."""
     t0 = time.perf_counter()
-    ctx = build_context(study, progress=progress)
+    ctx = build_context(study, progress=progress, store=store)
     triples, pairs = run_engine(ctx)
+    if store is not None:
+        store.write_triples(triples)
+        store.write_pairs(pairs)
     # a sample of solver-error measurements for the summary, on top of those the verdicts need
     sample = (triples.status == st.CONVERGED).nonzero().flatten()[:16].tolist()
     members, meter = judge_all(ctx, triples, pairs, also_measure=sample)
     solver_error = max(meter.err.values()) if meter.err else None
     res = StudyResult(study, triples, pairs, members, ctx.phases, ctx.errors, 0.0, sweep_value=sweep_value,
-                      solve_calls=ctx.solve_calls, solver_error=solver_error)
-    if write:
-        res.run_dir = Path(out_dir) if out_dir else default_run_dir(study)
-        write_outputs(res, ctx)
+                      solve_calls=ctx.solve_calls, solver_error=solver_error, model=ctx.model)
+    if out_dir is not None:
+        res.run_dir = Path(out_dir)
+        write_certificates(res, ctx)
     res.seconds = time.perf_counter() - t0
     if res.run_dir is not None:
-        (res.run_dir / "results.json").write_text(json.dumps(certificate._jsonable(res.to_json()), indent=1))
+        data = res.to_json()
+        (res.run_dir / "results.json").write_text(json.dumps(data, indent=1))
+        (res.run_dir / "report.md").write_text(report.render_markdown(data))
     return res
 
 
-def default_run_dir(study: Study) -> Path:
+def default_run_dir(study_name: str) -> Path:
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return Path("runs") / f"{certificate.slug(study.name)}-{stamp}"
+    return Path("runs") / f"{certificate.slug(study_name)}-{stamp}"
 
 
-def write_outputs(res: StudyResult, ctx: Context) -> None:
+def write_certificates(res: StudyResult, ctx: Context) -> None:
     d = res.run_dir
     d.mkdir(parents=True, exist_ok=True)
-    per_member = res.study.verdict.max_certificates
-    if per_member > 0:
-        tight = ctx.solver.tighten(dict(ctx.solver_options))
-        for m in res.members:
-            if m.verdict != "falsified" or m.evidence is None:
-                continue
-            path = d / "certificates" / f"{certificate.slug(m.label)}.json"
-            certificate.write(certificate.build(ctx, res.triples, m, tight), path)
-            m.certificate = str(path)
-            res.certificates.append(str(path))
-    (d / "report.md").write_text(res.markdown())
+    if res.study.verdict.max_certificates <= 0:
+        return
+    tight = ctx.solver.tighten(dict(ctx.solver_options))
+    for m in res.members:
+        if m.verdict != "falsified" or m.evidence is None:
+            continue
+        path = d / "certificates" / f"{certificate.slug(m.label)}.json"
+        certificate.write(certificate.build(ctx, res.triples, m, tight), path)
+        m.certificate = str(path)
+        res.certificates.append(str(path))
+
+
+def _execute(st_: Study, out: Path | None, store: Store | None, progress) -> StudyResult | list[StudyResult]:
+    try:
+        if st_.sweep is None:
+            result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress)
+            payload: Any = result.to_json()
+        else:
+            result = []
+            for k, v in enumerate(st_.sweep.values):
+                sub = out / f"sweep-{k:02d}" if out is not None else None
+                result.append(run_loaded(_apply_sweep(st_, v), out_dir=sub, store=store, progress=progress,
+                                         sweep_value=v))
+            payload = {"sweep": st_.sweep.path, "runs": [r.to_json() for r in result]}
+        if store is not None:
+            store.write_results(payload)
+            store.set_meta(state="finished", finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        return result
+    finally:
+        if store is not None:
+            store.close()
 
 
 def run_study(study: str | Path | dict, *, plugins: list[str] = (), out_dir: str | Path | None = None,
-              write: bool = True, progress=None) -> StudyResult | list[StudyResult]:
+              write: bool = True, progress: Progress | None = None) -> StudyResult | list[StudyResult]:
     """Run a study given as a YAML path or a dict. Returns a list of results for a sweep."""
     if isinstance(study, dict):
-        files = list(plugins) + plugin_files_of(study, Path.cwd())
-        reg: Registry = load_registry(files)
-        st_ = validate(study, reg, src="<dict>", plugin_files=files)
+        text, src, base = yaml.safe_dump(study, sort_keys=False), "<dict>", Path.cwd()
     else:
-        st_, reg = load_study(study, list(plugins))
-    if st_.sweep is None:
-        return run_loaded(st_, out_dir=out_dir, write=write, progress=progress)
-    results = []
-    base = Path(out_dir) if out_dir else default_run_dir(st_)
-    for k, v in enumerate(st_.sweep.values):
-        sub = base / f"sweep-{k:02d}" if write else None
-        results.append(run_loaded(_apply_sweep(st_, v), out_dir=sub, write=write, progress=progress, sweep_value=v))
-    return results
+        p = Path(study)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise UserError(f"study {p}: cannot read: {exc.strerror or exc}") from None
+        src, base = str(study), p.resolve().parent
+    st_, _ = load_study_text(text, src, base, list(plugins))
+    out = None
+    store = None
+    if write:
+        out = Path(out_dir) if out_dir else default_run_dir(st_.name)
+        if (out / "results.sqlite").exists():
+            raise UserError(f"run directory {out} already holds a run: resume it with "
+                            f"'ibtest run --resume {out}' or choose another --out")
+        store = Store(out)
+        from .certificate import versions
+
+        store.set_meta(study_text=text, study_source=src, plugins=st_.plugin_files, state="running",
+                       created=_dt.datetime.now().isoformat(timespec="seconds"), versions=versions())
+    return _execute(st_, out, store, progress)
+
+
+def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progress | None = None):
+    """Finish (or re-render) a stored run: every stored solve is reused, nothing is recomputed."""
+    store = open_run(run_dir)
+    meta = store.meta()
+    if "study_text" not in meta:
+        store.close()
+        raise UserError(f"run {run_dir}: the store holds no study (not started by 'ibtest run')")
+    files = list(plugins) + [f for f in meta.get("plugins", []) if f not in plugins]
+    st_, _ = load_study_text(meta["study_text"], meta.get("study_source", "<stored study>"), Path(run_dir), files)
+    store.set_meta(state="running", resumed=_dt.datetime.now().isoformat(timespec="seconds"))
+    return _execute(st_, Path(run_dir), store, progress)
+
+
+def load_results(run_dir: str | Path) -> dict[str, Any]:
+    """The stored results of a finished run (no solving)."""
+    store = open_run(run_dir)
+    try:
+        res = store.results()
+        state = store.meta().get("state")
+    finally:
+        store.close()
+    if res is None:
+        raise UserError(f"run {run_dir} has no results yet (state: {state}); finish it with "
+                        f"'ibtest run --resume {run_dir}'")
+    return res

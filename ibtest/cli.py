@@ -37,45 +37,22 @@ def resolve_study(arg: str | None) -> Path:
     raise UserError(f"study {arg}: no such file, and not a built-in study (built-in: {', '.join(sorted(known))})")
 
 
-def _progress_factory(quiet: bool):
-    if quiet or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    bars: dict[str, object] = {}
-
-    def progress(phase: str, n: int):
-        bar = bars.get(phase)
-        if bar is None:
-            bar = bars[phase] = tqdm(desc=phase, unit="inst", leave=False, file=sys.stderr)
-        bar.update(n)
-
-    return progress
-
-
 def cmd_run(args) -> int:
     from . import report
-    from .api import run_study
+    from .api import resume_run, run_study
+    from .progress import Progress
 
-    path = resolve_study(args.study)
-    results = run_study(path, plugins=args.plugin, out_dir=args.out, progress=_progress_factory(args.quiet))
+    progress = Progress(enabled=False if args.quiet else None)
+    if args.resume:
+        if args.study:
+            raise UserError("give either a study or --resume RUN, not both")
+        results = resume_run(args.resume, plugins=args.plugin, progress=progress)
+    else:
+        results = run_study(resolve_study(args.study), plugins=args.plugin, out_dir=args.out, progress=progress)
     if isinstance(results, list):
         return _print_sweep(results, args)
     res = results
-    if not args.quiet:
-        tt = res.triples_table()
-        if tt:
-            print(f"Solved triples ({res.study.solver.name} solver):")
-            print(tt)
-            print()
-    print(res.table())
-    print()
-    print(res.summary())
-    if not args.quiet:
-        print("\nphases:")
-        print(report.table(report.phase_rows(res.phases)))
+    print(report.render_table(res.to_json(), verbose=not args.quiet))
     for e in res.errors:
         print(f"error: {e}", file=sys.stderr)
     print(f"\nrun directory: {res.run_dir}")
@@ -88,29 +65,51 @@ def cmd_run(args) -> int:
 def _print_sweep(results, args) -> int:
     from . import report
 
-    head = results[0].study.sweep.path
-    rows = []
-    for r in results:
-        row = {head: report.fmt_num(r.sweep_value) if isinstance(r.sweep_value, float) else r.sweep_value}
-        counts = report.status_counts(r.triples)
-        row["statuses"] = ", ".join(f"{k} {v}" for k, v in counts.items())
-        t = r.triples
-        study_idx = [i for i in range(len(t)) if t.origin[i] == "study"]
-        if len(study_idx) <= 6:
-            model = r.study.model.spec.factory(**r.study.model.options)
-            for i in study_idx:
-                row[f"predictor: {t.labels[i]}"] = report.fmt_vec(model.predictor(t.theta[i][None])[0], 5)
-        for m in r.members:
-            row[m.label] = m.verdict
-        rows.append(row)
-    print(f"Sweep over {head}:")
-    print(report.table(rows))
-    for r in results:
-        for m in r.members:
-            if m.certificate:
-                print(f"  {head}={r.sweep_value}: {m.label}: certificate {m.certificate}")
-    print(f"\nrun directories: {results[0].run_dir.parent if results[0].run_dir else '-'}")
+    print(report.render_sweep([r.to_json() for r in results], results[0].study.sweep.path))
+    print(f"\nrun directory: {results[0].run_dir.parent if results[0].run_dir else '-'}")
     return 0 if all(r.expectations_held for r in results) else 1
+
+
+def cmd_report(args) -> int:
+    from . import report
+    from .api import load_results
+
+    res = load_results(args.run)
+    if "runs" in res:  # a sweep
+        if args.format == "json":
+            import json
+
+            print(json.dumps(res, indent=1))
+        else:
+            print(report.render_sweep(res["runs"], res["sweep"]))
+        return 0
+    print(report.render(res, args.format))
+    return 0
+
+
+def cmd_diff(args) -> int:
+    from . import report
+    from .api import load_results
+
+    a, b = load_results(args.run_a), load_results(args.run_b)
+    if "runs" in a or "runs" in b:
+        raise UserError("diff compares two single runs, not sweeps")
+    lines = report.diff(a, b)
+    if not lines:
+        print(f"no differences between {args.run_a} and {args.run_b}")
+        return 0
+    print(f"differences from {args.run_a} (A) to {args.run_b} (B):")
+    print("\n".join(f"  {l}" for l in lines))
+    return 1
+
+
+def cmd_new(args) -> int:
+    from .templates import write_template
+
+    paths = write_template(args.kind, args.name, args.dir)
+    for p in (paths if isinstance(paths, (list, tuple)) else [paths]):
+        print(f"wrote {p}")
+    return 0
 
 
 def cmd_list(args) -> int:
@@ -162,8 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", parents=[plug], help="run a YAML study (default: the paper's Theorem 3 study)")
     r.add_argument("study", nargs="?", help=f"study file or built-in study name (default {DEFAULT_STUDY})")
     r.add_argument("--out", help="run directory (default runs/<study>-<time>)")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no triples table")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no triples or phase table")
+    r.add_argument("--resume", metavar="RUN", help="finish an interrupted run from its results store")
     r.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("report", help="re-render a finished run without solving anything")
+    rep.add_argument("run", metavar="RUN")
+    rep.add_argument("--format", choices=["table", "markdown", "json", "html"], default="table")
+    rep.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("diff", help="compare two runs: verdicts that changed, numbers that moved")
+    d.add_argument("run_a", metavar="RUN_A")
+    d.add_argument("run_b", metavar="RUN_B")
+    d.set_defaults(func=cmd_diff)
+
+    n = sub.add_parser("new", help="write a commented, working template plugin and its test")
+    n.add_argument("kind", choices=["hypothesis", "model", "dataset"])
+    n.add_argument("name")
+    n.add_argument("--dir", default=".", help="directory to write into (default: .)")
+    n.set_defaults(func=cmd_new)
 
     lst = sub.add_parser("list", parents=[plug], help="list every registered plugin with its source and doc")
     lst.set_defaults(func=cmd_list)

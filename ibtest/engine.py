@@ -9,13 +9,15 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from . import status as st
 from .batch import Pairs, Triples, cat_padded
+from .progress import Progress, Quiet
 from .specs import ModelBase, NewPairs, PairBatch, Partners, SolveResult, TripleBatch
+from .store import Store, solve_key
 from .study import PluginUse, Study
 
 Tensor = torch.Tensor
@@ -29,6 +31,7 @@ class Phase:
     count: int
     seconds: float
     statuses: dict[str, int] = field(default_factory=dict)
+    calls: int = 0  # solver invocations (chunks not found in the results store)
 
     @property
     def rate(self) -> float:
@@ -47,7 +50,8 @@ class Context:
     device: torch.device
     phases: list[Phase] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
-    progress: Callable[[str, int], Any] | None = None
+    progress: Progress = field(default_factory=Quiet)
+    store: Store | None = None
     solve_calls: int = 0
 
 
@@ -129,29 +133,47 @@ def make_instances(ctx: Context) -> Triples:
 # ------------------------------------------------------------------------------------------
 def solve(ctx: Context, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
           options: dict[str, Any] | None = None, phase: str = "solve") -> SolveResult:
-    """Solve B instances in chunks; a solver exception marks its chunk FAILED and goes on."""
+    """Solve B instances in chunks of ``study.chunk_size``.
+
+    With a results store, each chunk is looked up by the hash of its inputs first and stored as
+    soon as it is solved, so a resumed run recomputes nothing. A solver exception marks its
+    chunk FAILED and the study goes on.
+    """
     opts = dict(ctx.solver_options if options is None else options)
     B = theta0.shape[0]
     t0 = time.perf_counter()
     thetas, stats, losses, infos = [], [], [], []
     chunk = max(1, ctx.study.chunk_size)
+    settings = {"solver": ctx.study.solver.name, "options": opts, "model": ctx.study.model.name,
+                "model_options": ctx.study.model.options}
+    calls = 0
+    ctx.progress.start(phase, B)
     for s in range(0, B, chunk):
         sl = slice(s, min(B, s + chunk))
-        ctx.solve_calls += 1
-        try:
-            res = ctx.solver.solve(ctx.model, X[sl], y[sl], mask[sl], theta0[sl], **opts)
-        except Exception as exc:  # keep going: report the failure in the summary
-            ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} raised on instances "
-                              f"{sl.start}..{sl.stop - 1}: {type(exc).__name__}: {exc}")
-            k = sl.stop - sl.start
-            res = SolveResult(theta0[sl].clone(), torch.full((k,), st.FAILED, dtype=torch.int64),
-                              torch.full((k,), float("nan"), dtype=torch.float64), {})
-        thetas.append(res.theta.detach())
+        res, key = None, None
+        if ctx.store is not None:
+            key = solve_key([X[sl], y[sl], mask[sl], theta0[sl]], settings)
+            res = ctx.store.get_solve(key)
+        if res is None:
+            ctx.solve_calls += 1
+            calls += 1
+            c0 = time.perf_counter()
+            try:
+                res = ctx.solver.solve(ctx.model, X[sl], y[sl], mask[sl], theta0[sl], **opts)
+            except Exception as exc:  # keep going: report the failure in the summary
+                ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} raised on instances "
+                                  f"{sl.start}..{sl.stop - 1}: {type(exc).__name__}: {exc}")
+                k = sl.stop - sl.start
+                res = SolveResult(theta0[sl].clone(), torch.full((k,), st.FAILED, dtype=torch.int64),
+                                  torch.full((k,), float("nan"), dtype=torch.float64), {})
+            else:
+                if ctx.store is not None:
+                    ctx.store.put_solve(key, phase, res, time.perf_counter() - c0)
+        thetas.append(res.theta.detach().to(theta0.device))
         stats.append(res.status.to(torch.int64).cpu())
-        losses.append(res.loss.detach())
+        losses.append(res.loss.detach().to(torch.float64))
         infos.append(res.info)
-        if ctx.progress:
-            ctx.progress(phase, sl.stop - sl.start)
+        ctx.progress.update(sl.stop - sl.start)
     theta = torch.cat(thetas) if thetas else theta0.clone()
     status = torch.cat(stats) if stats else torch.zeros(0, dtype=torch.int64)
     loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
@@ -163,7 +185,10 @@ def solve(ctx: Context, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
             for i, t in zip(infos, thetas)
         ])
     counts = {st.name(c): int((status == c).sum()) for c in st.NAMES if int((status == c).sum())}
-    ctx.phases.append(Phase(phase, B, time.perf_counter() - t0, counts))
+    ph = Phase(phase, B, time.perf_counter() - t0, counts, calls)
+    ctx.phases.append(ph)
+    ctx.progress.end(f"{phase}: {B} instances ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}), "
+                     f"{ph.seconds:.2f} s" + ("" if calls or not B else ", all from the results store"))
     return SolveResult(theta, status, loss, info)
 
 
@@ -292,12 +317,12 @@ def run_pair_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-def build_context(study: Study, progress=None) -> Context:
+def build_context(study: Study, progress: Progress | None = None, store: Store | None = None) -> Context:
     model = study.model.spec.factory(**study.model.options)
     options = dict(study.solver.options)
     fit_tol = float(options.get("fit_tol", 1e-20))
     dev = torch.device("cuda" if study.device == "cuda" and torch.cuda.is_available() else "cpu")
-    return Context(study, model, study.solver.spec, options, fit_tol, dev, progress=progress)
+    return Context(study, model, study.solver.spec, options, fit_tol, dev, progress=progress or Quiet(), store=store)
 
 
 def run_engine(ctx: Context) -> tuple[Triples, Pairs]:

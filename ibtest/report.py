@@ -1,73 +1,80 @@
-"""Rendering results: the verdict table, the triples table, the run summary, markdown and JSON."""
+"""Rendering a run's results (the JSON of :meth:`StudyResult.to_json`) as tables and documents.
+
+Everything renders from that JSON alone, so ``ibtest report RUN`` re-renders exactly what
+``ibtest run`` printed, without solving anything.
+"""
 from __future__ import annotations
 
+import html
+import json
 import math
 from typing import Any, Iterable
 
-import torch
 from tabulate import tabulate
 
-from . import status as st
+FORMATS = ("table", "markdown", "json", "html")
 
 
-def fmt_num(x: float, digits: int = 6) -> str:
-    if x is None:
-        return ""
+def fmt_num(x: Any, digits: int = 6) -> str:
+    if x is None or isinstance(x, str):
+        return "" if x is None else x
     if isinstance(x, float) and math.isnan(x):
         return ""
     return f"{x:.{digits}g}"
 
 
-def fmt_vec(v: torch.Tensor, digits: int = 6, max_len: int = 8) -> str:
-    vals = [fmt_num(float(x), digits) for x in v.tolist()[:max_len]]
-    more = ", …" if v.numel() > max_len else ""
-    return "(" + ", ".join(vals) + more + ")"
+def fmt_vec(v: Any, digits: int = 6, max_len: int = 8) -> str:
+    vals = v.tolist() if hasattr(v, "tolist") else list(v)
+    shown = [fmt_num(float(x), digits) for x in vals[:max_len]]
+    more = ", …" if len(vals) > max_len else ""
+    return "(" + ", ".join(shown) + more + ")"
 
 
-def verdict_rows(members: Iterable[Any], digits: int = 4) -> list[dict[str, Any]]:
+def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[dict[str, Any]]:
     rows = []
-    for r in members:
-        ev = r.evidence
-        if r.verdict == "falsified" and ev is not None:
-            evidence = f"|ΔR|={fmt_num(ev.gap, digits)} > margin {fmt_num(ev.margin, 2)}"
-        elif ev is not None and r.verdict in ("survives", "inconclusive") and r.n_pairs:
-            evidence = f"closest: rel gap {fmt_num(r.max_rel_gap, 2)}"
+    for v in verdicts:
+        ev = v.get("evidence") or {}
+        regularizer = v["kind"] == "regularizer"
+        if v["verdict"] == "falsified" and ev:
+            delta = "ΔR" if regularizer else "ΔC"
+            evidence = f"|{delta}|={fmt_num(ev['gap'], digits)} > margin {fmt_num(ev['margin'], 2)}"
+        elif v["verdict"] in ("survives", "inconclusive") and v["pairs"] and ev:
+            evidence = f"closest: rel gap {fmt_num(v['max_rel_gap'], 2)}"
         else:
             evidence = ""
-        held = "" if r.expect is None else ("✓" if r.held else "✗ expected " + r.expect)
+        held = "" if v["expect"] is None else ("✓" if v["held"] else "✗ expected " + v["expect"])
         rows.append({
-            "hypothesis": r.label,
-            "depends on": r.depends_on if r.kind == "regularizer" else "invariant",
-            "verdict": r.verdict.upper() if r.verdict == "falsified" else r.verdict,
+            "hypothesis": v["label"],
+            "depends on": v["depends_on"] if regularizer else "invariant",
+            "verdict": v["verdict"].upper() if v["verdict"] == "falsified" else v["verdict"],
             "expect": held,
-            "pairs": r.n_pairs if r.kind == "regularizer" else f"{r.n_pairs} triples",
-            "distinct": r.n_distinct if r.kind == "regularizer" else "",
-            "evidence": evidence or (r.reason if r.verdict in ("inconclusive", "error") else ""),
-            "certificate": r.certificate or "",
+            "pairs": v["pairs"] if regularizer else f"{v['pairs']} triples",
+            "distinct": v["distinct"] if regularizer else "",
+            "evidence": evidence or (v["reason"] if v["verdict"] in ("inconclusive", "error") else ""),
+            "certificate": v.get("certificate") or "",
         })
     return rows
 
 
-def triple_rows(t, limit: int | None, digits: int = 6, blocks: dict | None = None) -> list[dict[str, Any]]:
-    idx = [i for i in range(len(t)) if t.origin[i] == "study"]
-    if limit is not None:
-        idx = idx[:limit]
+def triple_rows(triples: list[dict[str, Any]], digits: int = 6) -> list[dict[str, Any]]:
     rows = []
-    for i in idx:
-        row = {"#": i, "dataset": t.labels[i], "init": t.init_labels[i], "status": st.name(t.status[i]),
-               "loss": fmt_num(float(t.loss[i]), 3), "θ∞": fmt_vec(t.theta[i], digits)}
-        if "pieces" in t.info:
-            row["pieces"] = int(t.info["pieces"][i]) if not math.isnan(float(t.info["pieces"][i])) else ""
-        elif "steps" in t.info:
-            row["steps"] = int(t.info["steps"][i]) if not math.isnan(float(t.info["steps"][i])) else ""
+    for t in triples:
+        row = {"#": t["index"], "dataset": t["dataset"], "init": t["init"], "status": t["status"],
+               "loss": fmt_num(t["loss"], 3), "θ∞": fmt_vec(t["theta"], digits)}
+        if t.get("predictor") is not None:
+            row["predictor"] = fmt_vec(t["predictor"], digits)
+        for k in ("pieces", "steps"):
+            if t.get(k) is not None:
+                row[k] = t[k]
         rows.append(row)
     return rows
 
 
-def phase_rows(phases) -> list[dict[str, Any]]:
-    return [{"phase": p.name, "instances": p.count, "seconds": f"{p.seconds:.3f}",
-             "per second": f"{p.rate:,.0f}" if p.seconds > 0 else "",
-             "statuses": ", ".join(f"{k} {v}" for k, v in p.statuses.items())} for p in phases]
+def phase_rows(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"phase": p["name"], "instances": p["instances"], "solver calls": p.get("calls", ""),
+             "seconds": f"{p['seconds']:.3f}",
+             "per second": f"{p['instances'] / p['seconds']:,.0f}" if p["seconds"] > 0 else "",
+             "statuses": ", ".join(f"{k} {v}" for k, v in p["statuses"].items())} for p in phases]
 
 
 def table(rows: list[dict[str, Any]], fmt: str = "simple") -> str:
@@ -76,7 +83,122 @@ def table(rows: list[dict[str, Any]], fmt: str = "simple") -> str:
     return tabulate(rows, headers="keys", tablefmt=fmt, disable_numparse=True)
 
 
-def status_counts(t) -> dict[str, int]:
-    study = torch.tensor([o == "study" for o in t.origin])
-    s = t.status[study]
-    return {st.name(c): int((s == c).sum()) for c in st.NAMES if int((s == c).sum())}
+def _triples_limit(res: dict[str, Any]) -> list[dict[str, Any]]:
+    setting = res.get("report", {}).get("triples", True)
+    if setting is False:
+        return []
+    limit = 50 if setting is True else int(setting)
+    return res["triples"][:limit]
+
+
+def render_table(res: dict[str, Any], *, verbose: bool = True) -> str:
+    """What ``ibtest run`` prints on stdout (and ``ibtest report`` re-prints)."""
+    digits = res.get("report", {}).get("digits", 6)
+    out = []
+    shown = _triples_limit(res)
+    if verbose and shown:
+        more = len(res["triples"]) - len(shown)
+        out += [f"Solved triples ({res['solver']} solver):", table(triple_rows(shown, digits))]
+        if more > 0:
+            out.append(f"... and {more} more triples (see results.json)")
+        out.append("")
+    out += [table(verdict_rows(res["verdicts"])), "", res["summary"]]
+    if verbose:
+        out += ["", "phases:", table(phase_rows(res["phases"]))]
+    return "\n".join(out)
+
+
+def render_markdown(res: dict[str, Any]) -> str:
+    digits = res.get("report", {}).get("digits", 6)
+    parts = [f"# {res['study']}", "", res.get("description") or "", "", "## Verdicts", "",
+             table(verdict_rows(res["verdicts"]), "github"), "", "## Summary", "", "```", res["summary"], "```", ""]
+    shown = _triples_limit(res)
+    if shown:
+        parts += ["## Solved triples", "", table(triple_rows(shown, digits), "github"), ""]
+    parts += ["## Phases", "", table(phase_rows(res["phases"]), "github"), ""]
+    if res.get("errors"):
+        parts += ["## Errors", ""] + [f"- {e}" for e in res["errors"]] + [""]
+    return "\n".join(parts)
+
+
+def render_html(res: dict[str, Any]) -> str:
+    digits = res.get("report", {}).get("digits", 6)
+    esc = html.escape
+    body = [f"<h1>{esc(res['study'])}</h1>", f"<p>{esc(res.get('description') or '')}</p>",
+            "<h2>Verdicts</h2>", table(verdict_rows(res["verdicts"]), "html"),
+            f"<h2>Summary</h2><pre>{esc(res['summary'])}</pre>"]
+    shown = _triples_limit(res)
+    if shown:
+        body += ["<h2>Solved triples</h2>", table(triple_rows(shown, digits), "html")]
+    body += ["<h2>Phases</h2>", table(phase_rows(res["phases"]), "html")]
+    style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(res['study'])}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+
+
+def render(res: dict[str, Any], fmt: str = "table") -> str:
+    if fmt == "table":
+        return render_table(res)
+    if fmt == "markdown":
+        return render_markdown(res)
+    if fmt == "json":
+        return json.dumps(res, indent=1)
+    if fmt == "html":
+        return render_html(res)
+    raise ValueError(f"unknown format {fmt!r} (formats: {', '.join(FORMATS)})")
+
+
+def diff(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> list[str]:
+    """Verdicts that changed and numbers that moved between two runs' results."""
+    lines = []
+    va = {v["label"]: v for v in a["verdicts"]}
+    vb = {v["label"]: v for v in b["verdicts"]}
+    for label in sorted(set(va) | set(vb)):
+        x, y = va.get(label), vb.get(label)
+        if x is None or y is None:
+            lines.append(f"{label}: only in run {'B' if x is None else 'A'} ({(y or x)['verdict']})")
+            continue
+        if x["verdict"] != y["verdict"]:
+            lines.append(f"{label}: verdict {x['verdict']} -> {y['verdict']}")
+        for key in ("pairs", "distinct"):
+            if x[key] != y[key]:
+                lines.append(f"{label}: {key} {x[key]} -> {y[key]}")
+        gx = (x.get("evidence") or {}).get("gap")
+        gy = (y.get("evidence") or {}).get("gap")
+        if isinstance(gx, float) and isinstance(gy, float) and abs(gx - gy) > rel * max(abs(gx), abs(gy), 1e-300):
+            lines.append(f"{label}: evidence gap {gx:.6g} -> {gy:.6g}")
+    if a.get("status_counts") != b.get("status_counts"):
+        lines.append(f"statuses: {a.get('status_counts')} -> {b.get('status_counts')}")
+    ta = {(t["dataset"], t["init"]): t for t in a["triples"]}
+    for t in b["triples"]:
+        s = ta.get((t["dataset"], t["init"]))
+        if s is None:
+            continue
+        d = math.sqrt(sum((p - q) ** 2 for p, q in zip(s["theta"], t["theta"]))) if len(s["theta"]) == len(t["theta"]) else math.inf
+        if s["status"] != t["status"]:
+            lines.append(f"triple {t['dataset']} / {t['init']}: status {s['status']} -> {t['status']}")
+        if d > rel * max(1.0, math.sqrt(sum(p * p for p in t["theta"]))):
+            lines.append(f"triple {t['dataset']} / {t['init']}: theta moved by {d:.3g}")
+    return lines
+
+
+def render_sweep(runs: list[dict[str, Any]], path: str) -> str:
+    """One row per sweep value: statuses, the end-to-end predictor of each study triple, verdicts."""
+    rows = []
+    for r in runs:
+        v = r["sweep_value"]
+        row: dict[str, Any] = {path: fmt_num(v) if isinstance(v, float) else v}
+        row["statuses"] = ", ".join(f"{k} {n}" for k, n in r["status_counts"].items())
+        if len(r["triples"]) <= 6:
+            for t in r["triples"]:
+                vec = t.get("predictor", t["theta"])
+                row[f"{'predictor' if 'predictor' in t else 'θ∞'}: {t['dataset']}"] = fmt_vec(vec, 5)
+        for m in r["verdicts"]:
+            row[m["label"]] = m["verdict"]
+        rows.append(row)
+    out = [f"Sweep over {path}:", table(rows)]
+    for r in runs:
+        for m in r["verdicts"]:
+            if m.get("certificate"):
+                out.append(f"  {path}={r['sweep_value']}: {m['label']}: certificate {m['certificate']}")
+    return "\n".join(out)

@@ -259,12 +259,16 @@ def _hypothesis_members(spec: Any, given: dict[str, Any], path, src, lines, prob
 
 def read_study_file(path: str | Path) -> tuple[dict[str, Any], dict, str]:
     """Read a YAML study; returns (data, line map, source name). Syntax errors are StudyErrors."""
-    p = Path(path)
     src = str(path)
     try:
-        text = p.read_text()
+        text = Path(path).read_text()
     except OSError as exc:
         raise StudyError(src, [f"{src}: cannot read: {exc.strerror or exc}"]) from None
+    return parse_study_text(text, src)
+
+
+def parse_study_text(text: str, src: str) -> tuple[dict[str, Any], dict, str]:
+    """Parse study YAML text; returns (data, line map, source name)."""
     try:
         data, lines = load_with_lines(text)
     except yaml.YAMLError as exc:
@@ -365,10 +369,20 @@ def validate(
 
 def load_study(path: str | Path, extra_plugins: list[str] = ()) -> tuple[Study, Registry]:
     """Read, load the plugins it needs, and validate a study file."""
+    data, lines, src = read_study_file(path)
+    return _finish_load(data, lines, src, Path(path).resolve().parent, extra_plugins)
+
+
+def load_study_text(text: str, src: str, base: Path, extra_plugins: list[str] = ()) -> tuple[Study, Registry]:
+    """Like :func:`load_study` for study text (a stored run's study); ``base`` resolves ``plugins:``."""
+    data, lines, src = parse_study_text(text, src)
+    return _finish_load(data, lines, src, base, extra_plugins)
+
+
+def _finish_load(data, lines, src, base: Path, extra_plugins) -> tuple[Study, Registry]:
     from .manager import load_registry
 
-    data, lines, src = read_study_file(path)
-    files = list(extra_plugins) + plugin_files_of(data, Path(path).resolve().parent)
+    files = list(extra_plugins) + [f for f in plugin_files_of(data, base) if f not in extra_plugins]
     registry = load_registry(files)
     return validate(data, registry, src=src, lines=lines, plugin_files=files), registry
 
