@@ -23,6 +23,7 @@ from .specs import (
     SolveResult,
     Solver,
     TripleBatch,
+    replace,
 )
 
 __version__ = "0.1.0"
@@ -53,6 +54,7 @@ __all__ = [
     "SolveResult",
     "Solver",
     "TripleBatch",
+    "replace",
     "run_study",
     "__version__",
 ]

@@ -251,7 +251,7 @@ def run_study(study: str | Path | dict, *, plugins: list[str] = (), out_dir: str
         store = Store(out)
         from .certificate import versions
 
-        store.set_meta(study_text=text, study_source=src, plugins=st_.plugin_files, state="running",
+        store.set_meta(study_text=text, study_source=src, study_base=str(base), plugins=st_.plugin_files, state="running",
                        created=_dt.datetime.now().isoformat(timespec="seconds"), versions=versions())
     return _execute(st_, out, store, progress)
 
@@ -264,7 +264,8 @@ def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progre
         store.close()
         raise UserError(f"run {run_dir}: the store holds no study (not started by 'ibtest run')")
     files = list(plugins) + [f for f in meta.get("plugins", []) if f not in plugins]
-    st_, _ = load_study_text(meta["study_text"], meta.get("study_source", "<stored study>"), Path(run_dir), files)
+    base = Path(meta.get("study_base", run_dir))
+    st_, _ = load_study_text(meta["study_text"], meta.get("study_source", "<stored study>"), base, files)
     store.set_meta(state="running", resumed=_dt.datetime.now().isoformat(timespec="seconds"))
     return _execute(st_, Path(run_dir), store, progress)
 
