@@ -92,6 +92,8 @@ class StudyResult:
             for k in ("pieces", "steps"):
                 if k in t.info and not torch.isnan(t.info[k][i]):
                     row[k] = int(t.info[k][i])
+            if "growth" in t.info and int(t.status[i]) == st.DIVERGED and torch.isfinite(t.info["growth"][i]):
+                row["growth"] = float(t.info["growth"][i])
             return row
 
         return certificate._jsonable({
@@ -108,7 +110,7 @@ class StudyResult:
                 {"hypothesis": m.hypothesis, "params": m.params, "label": m.label,
                  "kind": m.kind, "depends_on": m.depends_on, "verdict": m.verdict, "expect": m.expect,
                  "held": m.held, "pairs": m.n_pairs, "distinct": m.n_distinct,
-                 "max_rel_gap": m.max_rel_gap, "reason": m.reason, "error": m.error,
+                 "max_rel_gap": m.max_rel_gap, "worst": m.worst, "reason": m.reason, "error": m.error,
                  "certificate": m.certificate,
                  "evidence": None if m.evidence is None else {
                      "gap": m.evidence.gap, "margin": m.evidence.margin, "R_a": m.evidence.Ra,

@@ -106,12 +106,14 @@ def build(ctx, t, member, options_tight: dict[str, Any]) -> dict[str, Any]:
     }
     if ev.b < 0:  # invariant: one triple
         loss = float(m.loss(ev.theta_a[None], t.X[a : a + 1], t.y[a : a + 1], t.mask[a : a + 1])[0])
-        base.update({
-            "claim": f"{member.label} is conserved by gradient flow: C(theta_inf) = C(theta0)",
-            "refutation": f"|C(theta_inf) - C(theta0)| = {ev.gap:.6g} > margin {ev.margin:.6g}",
-            "a": _side(t, a, ev.theta_a, loss, ev.Ra, ev.err_a),
-            "C_init": _num(ev.Rb),
-        })
+        if spec.kind == "bound":
+            claim = f"{member.label}: B(theta_inf) <= {ev.Rb:.6g} whenever gradient flow converges"
+            refutation = f"B(theta_inf) = {ev.Ra:.6g} exceeds the bound by {ev.gap:.6g} > margin {ev.margin:.6g}"
+        else:
+            claim = f"{member.label} is conserved by gradient flow: C(theta_inf) = C(theta0)"
+            refutation = f"|C(theta_inf) - C(theta0)| = {ev.gap:.6g} > margin {ev.margin:.6g}"
+        base.update({"claim": claim, "refutation": refutation,
+                     "a": _side(t, a, ev.theta_a, loss, ev.Ra, ev.err_a), "C_init": _num(ev.Rb)})
         return base
     b = ev.b
 
@@ -177,7 +179,8 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
     model = reg.get("models", cert["model"]["name"]).factory(**cert["model"]["options"])
     solver = reg.get("solvers", cert["solver"]["name"])
     hspec = reg.get("hypotheses", cert["hypothesis"]["name"])
-    params = cert["hypothesis"]["params"]
+    params = dict(cert["hypothesis"]["params"])
+    bound = params.pop("bound", hspec.bound) if hspec.kind == "bound" else None
     opts = solver.tighten(dict(cert["solver"].get("tightened") or cert["solver"]["options"]))
     fit_tol = float(cert["fit_tol"])
     theta0 = torch.tensor(cert["theta0"], dtype=torch.float64)[None]
@@ -196,12 +199,11 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
         lines.append(f"  side {s}: re-solved status={st.name(res.status[0])} loss={float(res.loss[0]):.3g} "
                      f"|theta - theta_cert| = {err:.3g}")
     ok = all(sol[s][1] == st.CONVERGED for s in sides)
-    hctx = HypContext(model=model)
 
     def R(theta: torch.Tensor, X, y, mask):
         c = HypContext(model=model)
         if hspec.depends_on in ("init", "data"):
-            c.init = model.predictor(theta0) if hspec.on == "predictor" else theta0
+            c.init, c.init_predictor = theta0, model.predictor(theta0)
         if hspec.depends_on == "data":
             c.X, c.y, c.mask = X, y, mask
         with torch.enable_grad():
@@ -233,10 +235,16 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
     elif len(sides) == 1 and ok:
         ta, _, _, ea = sol["a"]
         Xa, ya, ma = data["a"]
-        (C1, g1), (C0, _) = R(ta, Xa, ya, ma), R(theta0[0], Xa, ya, ma)
-        gap = float((C1 - C0).abs().max())
+        C1, g1 = R(ta, Xa, ya, ma)
+        if bound is not None:
+            C0 = torch.tensor([float(bound)], dtype=torch.float64)
+            gap = float((C1 - C0).max())
+        else:
+            C0, _ = R(theta0[0], Xa, ya, ma)
+            gap = float((C1 - C0).abs().max())
         margin = max(atol, rtol * max(float(C1.abs().max()), float(C0.abs().max()))) + safety * g1 * ea
-        lines.append(f"  |C(theta_inf) - C(theta0)| = {gap:.3g}, margin = {margin:.3g}")
+        what = "B(theta_inf) - bound" if bound is not None else "|C(theta_inf) - C(theta0)|"
+        lines.append(f"  {what} = {gap:.3g}, margin = {margin:.3g}")
         ok = gap > margin
     lines.append("  refutation CONFIRMED" if ok else "  refutation WITHDRAWN")
     return VerifyResult(ok, lines)

@@ -204,8 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ibtest: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("ibtest: interrupted", file=sys.stderr)
+        print("ibtest: interrupted (a run keeps what it stored: finish it with 'ibtest run --resume RUN')",
+              file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

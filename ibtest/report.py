@@ -36,8 +36,10 @@ def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[di
         ev = v.get("evidence") or {}
         regularizer = v["kind"] == "regularizer"
         if v["verdict"] == "falsified" and ev:
-            delta = "ΔR" if regularizer else "ΔC"
-            evidence = f"|{delta}|={fmt_num(ev['gap'], digits)} > margin {fmt_num(ev['margin'], 2)}"
+            delta = {"regularizer": "|ΔR|", "invariant": "|ΔC|", "bound": "B - bound"}[v["kind"]]
+            evidence = f"{delta}={fmt_num(ev['gap'], digits)} > margin {fmt_num(ev['margin'], 2)}"
+        elif v["kind"] == "bound" and v.get("worst") is not None and v["verdict"] == "survives":
+            evidence = f"worst {fmt_num(v['worst'], digits)} <= {fmt_num(v['params'].get('bound'), digits)}"
         elif v["verdict"] in ("survives", "inconclusive") and v["pairs"] and ev:
             evidence = f"closest: rel gap {fmt_num(v['max_rel_gap'], 2)}"
         else:
@@ -45,7 +47,7 @@ def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[di
         held = "" if v["expect"] is None else ("✓" if v["held"] else "✗ expected " + v["expect"])
         rows.append({
             "hypothesis": v["label"],
-            "depends on": v["depends_on"] if regularizer else "invariant",
+            "depends on": v["depends_on"] if regularizer else v["kind"],
             "verdict": v["verdict"].upper() if v["verdict"] == "falsified" else v["verdict"],
             "expect": held,
             "pairs": v["pairs"] if regularizer else f"{v['pairs']} triples",
@@ -66,6 +68,8 @@ def triple_rows(triples: list[dict[str, Any]], digits: int = 6) -> list[dict[str
         for k in ("pieces", "steps"):
             if t.get(k) is not None:
                 row[k] = t[k]
+        if t.get("growth") is not None:
+            row["|θ| growth"] = fmt_num(t["growth"], 3)
         rows.append(row)
     return rows
 

@@ -277,12 +277,14 @@ class Construction:
 class Context:
     """What a hypothesis may read besides θ, limited by its declared dependence.
 
-    ``model`` always; ``init`` [B, P] for ``depends_on`` "init" or "data"; ``X`` [B, n, d], ``y``,
-    ``mask`` for "data" only. ``study`` holds study-level values (e.g. ``alpha``).
+    ``model`` always; ``init`` (raw θ0, [B, P]) and ``init_predictor`` (the model's predictor at
+    θ0) for ``depends_on`` "init" or "data"; ``X`` [B, n, d], ``y``, ``mask`` for "data" only.
+    ``study`` holds study-level values (the seed).
     """
 
     model: ModelBase
     init: Tensor | None = None
+    init_predictor: Tensor | None = None
     X: Tensor | None = None
     y: Tensor | None = None
     mask: Tensor | None = None
@@ -294,13 +296,16 @@ DependsOn = Literal["params", "init", "data"]
 
 @dataclass(frozen=True)
 class Hypothesis:
-    """A family of candidate implicit regularizers R_p(θ; ctx), or of invariants C_p(θ; ctx).
+    """A family of candidate implicit regularizers R_p(θ; ctx), invariants or bounds.
 
     ``fn(theta [B, P] or predictor [B, Q], ctx, **params) -> [B]`` (an invariant may return
     [B, k]: every component must be conserved). ``params`` holds defaults; a study may give a
     list for any of them to test a family. ``on`` says whether ``fn`` sees raw θ (``"theta"``)
-    or the model's end-to-end predictor (``"predictor"``). ``kind="regularizer"`` claims
-    θ∞ ∈ argmin over Z(D) of R; ``kind="invariant"`` claims C(θ∞) = C(θ0).
+    or the model's end-to-end predictor (``"predictor"``). The claim depends on ``kind``:
+
+    * ``"regularizer"``: θ∞ ∈ argmin over Z(D) of R (refuted by an admissible pair);
+    * ``"invariant"``: C(θ∞) = C(θ0) for every converged triple;
+    * ``"bound"``: B(θ∞; ctx) ≤ ``bound`` for every converged triple (e.g. Theorem 8's ratio ≤ 2).
     """
 
     name: str
@@ -308,10 +313,11 @@ class Hypothesis:
     depends_on: DependsOn = "params"
     params: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
-    kind: Literal["regularizer", "invariant"] = "regularizer"
+    kind: Literal["regularizer", "invariant", "bound"] = "regularizer"
     on: Literal["theta", "predictor"] = "theta"
     atol: float = 1e-9
     rtol: float = 1e-9
+    bound: float | None = None
 
 
 SPEC_TYPES: dict[str, type] = {

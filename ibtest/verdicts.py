@@ -66,6 +66,7 @@ class MemberResult:
     max_rel_gap: float = 0.0
     evidence: Evidence | None = None
     reason: str = ""
+    worst: float | None = None  # bounds: the largest value over converged triples
     certificate: str | None = None
     error: str | None = None
     spec: Any = None
@@ -94,8 +95,7 @@ def hyp_context(ctx: Context, t: Triples, idx: Tensor, spec: Any, theta0: Tensor
     c = HypContext(model=ctx.model, study={"seed": ctx.study.seed, **ctx.study.extra})
     if spec.depends_on in ("init", "data"):
         c.init = (t.theta0[idx] if theta0 is None else theta0)
-        if spec.on == "predictor":
-            c.init = ctx.model.predictor(c.init)
+        c.init_predictor = ctx.model.predictor(c.init)
     if spec.depends_on == "data":
         c.X, c.y, c.mask = t.X[idx], t.y[idx], t.mask[idx]
     return c
@@ -190,6 +190,8 @@ def score_regularizer(ctx: Context, t: Triples, pairs: Pairs, use: HypothesisUse
     r.n_pairs, r.n_distinct = len(p), int(p.distinct.sum())
     if len(p) == 0:
         r.reason = "no admissible pair" + (" sharing θ0" if spec.depends_on == "init" else "")
+        if not bool((t.status == st.CONVERGED).any()):
+            r.reason = _no_converged_reason(t)
         return sc
     used = torch.unique(torch.cat([p.a, p.b]))
     R_all, G_all = evaluate(ctx, spec, params, t.theta[used], hyp_context(ctx, t, used, spec))
@@ -268,19 +270,49 @@ def _recheck_pair(ctx, t, spec, params, use, meter: ErrorMeter, a: int, b: int, 
     return Evidence(a, b, Ra, Rb, gap, margin, ea, eb, float(G[0]), float(G[1]), source, tha, thb)
 
 
+def _no_converged_reason(t: Triples) -> str:
+    counts = {st.name(c): int((t.status == c).sum()) for c in st.NAMES if int((t.status == c).sum())}
+    text = "no converged triple (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+    if "growth" in t.info and counts.get("diverged"):
+        g = t.info["growth"][t.status == st.DIVERGED]
+        g = g[torch.isfinite(g)]
+        if g.numel():
+            text += f"; diverged runs grew |θ| by up to {float(g.max()):.3g}x"
+    return text
+
+
+def _reference(ctx, spec, params, t, idx, hctx) -> Tensor:
+    """What C(θ∞) is compared with: C(θ0) for an invariant, the bound for a bound."""
+    if spec.kind == "bound":
+        return torch.full((idx.numel(), 1), float(params.get("bound", spec.bound)), dtype=torch.float64)
+    C0, _ = evaluate(ctx, spec, params, t.theta0[idx], hctx)
+    return C0.reshape(idx.numel(), -1)
+
+
+def _excess(spec, C1: Tensor, C0: Tensor) -> Tensor:
+    """How far the claim is broken: |C1 − C0| (invariant) or C1 − bound (bound), per triple."""
+    if spec.kind == "bound":
+        return (C1 - C0).amax(-1)
+    return (C1 - C0).abs().amax(-1)
+
+
 def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, meter: ErrorMeter) -> MemberResult:
+    """Invariants (C(θ∞) = C(θ0)) and bounds (B(θ∞) ≤ bound), judged on single converged triples."""
     spec = use.spec
+    fparams = {k: v for k, v in params.items() if not (spec.kind == "bound" and k == "bound")}
     r = MemberResult(use.name, params, spec.kind, spec.depends_on, "inconclusive", use.expect, spec=spec, use=use)
     idx = (t.status == st.CONVERGED).nonzero().flatten()
     r.n_pairs = int(idx.numel())
     if idx.numel() == 0:
-        r.reason = "no converged triple"
+        r.reason = _no_converged_reason(t)
         return r
     hctx = hyp_context(ctx, t, idx, spec)
-    C1, G1 = evaluate(ctx, spec, params, t.theta[idx], hctx)
-    C0, _ = evaluate(ctx, spec, params, t.theta0[idx], hctx)
-    C1, C0 = C1.reshape(idx.numel(), -1), C0.reshape(idx.numel(), -1)
-    gap = (C1 - C0).abs().amax(-1)
+    C1, G1 = evaluate(ctx, spec, fparams, t.theta[idx], hctx)
+    C1 = C1.reshape(idx.numel(), -1)
+    C0 = _reference(ctx, spec, params, t, idx, hctx)
+    if spec.kind == "bound":
+        r.worst = float(C1.amax(-1).max())
+    gap = _excess(spec, C1, C0)
     scale = torch.maximum(C1.abs().amax(-1), C0.abs().amax(-1))
     floor = torch.clamp(use.rtol * scale, min=use.atol)
     r.max_rel_gap = float((gap / scale.clamp_min(1e-300)).max())
@@ -296,9 +328,11 @@ def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, 
         th = meter.tight_theta[i] if ctx.study.verdict.recheck else t.theta[i]
         e = meter.err.get(i, 0.0)
         one = torch.tensor([i])
-        c1, g1 = evaluate(ctx, spec, params, th[None], hyp_context(ctx, t, one, spec))
-        c0, _ = evaluate(ctx, spec, params, t.theta0[one], hyp_context(ctx, t, one, spec))
-        g = float((c1 - c0).abs().max())
+        hc = hyp_context(ctx, t, one, spec)
+        c1, g1 = evaluate(ctx, spec, fparams, th[None], hc)
+        c1 = c1.reshape(1, -1)
+        c0 = _reference(ctx, spec, params, t, one, hc)
+        g = float(_excess(spec, c1, c0)[0])
         sc = max(float(c1.abs().max()), float(c0.abs().max()))
         margin = max(use.atol, use.rtol * sc) + ctx.study.verdict.safety * float(g1[0]) * e
         ev = Evidence(i, -1, float(c1.flatten()[0]), float(c0.flatten()[0]), g, margin, e, 0.0, float(g1[0]), 0.0,
@@ -307,14 +341,17 @@ def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, 
             best = ev
     if best is not None and best.gap > best.margin:
         r.verdict, r.evidence = "falsified", best
-        r.reason = f"C(θ∞) ≠ C(θ0): |ΔC| = {best.gap:.3g} > margin {best.margin:.3g}"
+        r.reason = (f"C(θ∞) ≠ C(θ0): |ΔC| = {best.gap:.3g} > margin {best.margin:.3g}" if spec.kind == "invariant"
+                    else f"bound broken: value {best.Ra:.6g} exceeds {best.Rb:.6g} by {best.gap:.3g} > margin {best.margin:.3g}")
         return r
     k = int(torch.argmax(gap / floor))
     r.evidence = best or Evidence(int(idx[k]), -1, float(C1[k, 0]), float(C0[k, 0]), float(gap[k]), float(floor[k]),
                                   float("nan"), 0.0, float(G1[k]), 0.0, "study")
     if r.n_pairs >= ctx.study.verdict.min_pairs:
         r.verdict = "survives"
-        r.reason = f"conserved on {r.n_pairs} converged triples (largest change {float(gap.max()):.3g})"
+        r.reason = (f"conserved on {r.n_pairs} converged triples (largest change {float(gap.max()):.3g})"
+                    if spec.kind == "invariant" else
+                    f"holds on {r.n_pairs} converged triples (worst value {r.worst:.6g} <= {float(C0[0, 0]):.6g})")
     else:
         r.reason = f"too few converged triples ({r.n_pairs} < min_pairs)"
     return r
@@ -331,7 +368,7 @@ def judge_all(ctx: Context, t: Triples, pairs: Pairs, also_measure: list[int] = 
     for use in ctx.study.hypotheses:
         for params in use.members:
             try:
-                if use.spec.kind == "invariant":
+                if use.spec.kind in ("invariant", "bound"):
                     scored.append(("inv", use, params, None))
                 else:
                     scored.append(("reg", use, params, score_regularizer(ctx, t, pairs, use, params)))
