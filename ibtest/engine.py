@@ -221,6 +221,29 @@ def admissible(ctx: Context, t: Triples, a: Tensor, b: Tensor, source: list[str]
                  _distinct(t.theta[a[keep]], t.theta[b[keep]]).cpu())
 
 
+def group_pairs(keys: Tensor, cap: int) -> tuple[Tensor, Tensor]:
+    """All pairs (i < j) of positions with equal ``keys``, at most ``cap`` per group.
+
+    Vectorized: a Python loop runs over the distinct group *sizes* only, never over groups.
+    """
+    order = torch.argsort(keys, stable=True)
+    _, counts = torch.unique_consecutive(keys[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    out_a, out_b = [], []
+    for size in torch.unique(counts).tolist():
+        if size < 2:
+            continue
+        first = starts[counts == size]
+        ia, ib = torch.triu_indices(size, size, 1)
+        ia, ib = ia[:cap], ib[:cap]
+        out_a.append(order[(first[:, None] + ia[None]).flatten()])
+        out_b.append(order[(first[:, None] + ib[None]).flatten()])
+    if not out_a:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, empty.clone()
+    return torch.cat(out_a), torch.cat(out_b)
+
+
 def own_pairs(ctx: Context, t: Triples, idx: Tensor) -> Pairs:
     """Pairs among the study's own converged triples: same θ0 on two datasets, or two θ0 on one dataset.
 
@@ -230,19 +253,14 @@ def own_pairs(ctx: Context, t: Triples, idx: Tensor) -> Pairs:
     conv = idx[t.status[idx] == st.CONVERGED]
     a_all, b_all, src = [], [], []
     for key, what in ((t.init_id, "same init"), (t.dataset_id, "same dataset")):
-        k = key[conv]
-        for g in torch.unique(k).tolist():
-            members = conv[k == g]
-            if members.numel() < 2:
-                continue
-            ia, ib = torch.triu_indices(members.numel(), members.numel(), 1)
-            ia, ib = ia[:cap], ib[:cap]
-            a_all.append(members[ia])
-            b_all.append(members[ib])
-            src += [f"study ({what})"] * ia.numel()
-    if not a_all:
+        ia, ib = group_pairs(key[conv], cap)
+        a_all.append(conv[ia])
+        b_all.append(conv[ib])
+        src += [f"study ({what})"] * ia.numel()
+    a, b = torch.cat(a_all), torch.cat(b_all)
+    if a.numel() == 0:
         return Pairs.empty()
-    return admissible(ctx, t, torch.cat(a_all), torch.cat(b_all), src)
+    return admissible(ctx, t, a, b, src)
 
 
 def _triple_batch(t: Triples, idx: Tensor) -> TripleBatch:
