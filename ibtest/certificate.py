@@ -75,7 +75,7 @@ def _side(t, i: int, theta: torch.Tensor, loss: float, R: float, err: float) -> 
     n = int(t.mask[i].sum())
     keep = t.mask[i] > 0
     return {
-        "label": t.labels[i], "origin": t.origin[i],
+        "label": t.labels[i], "origin": t.origin[i], "theta0": _tensor(t.theta0[i]),
         "X": _tensor(t.X[i][keep]), "y": _tensor(t.y[i][keep]),
         "theta": _tensor(theta), "loss": loss, "R": _num(R), "measured_error": err, "n": n,
     }
@@ -183,7 +183,8 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
     bound = params.pop("bound", hspec.bound) if hspec.kind == "bound" else None
     opts = solver.tighten(dict(cert["solver"].get("tightened") or cert["solver"]["options"]))
     fit_tol = float(cert["fit_tol"])
-    theta0 = torch.tensor(cert["theta0"], dtype=torch.float64)[None]
+    theta0s = {s: torch.tensor(cert[s].get("theta0", cert["theta0"]), dtype=torch.float64)[None]
+               for s in ("a", "b") if s in cert}
     sides = ["a", "b"] if "b" in cert else ["a"]
     lines = [f"Replaying {path}", f"  claim: {cert.get('claim', '')}"]
     sol, data = {}, {}
@@ -191,7 +192,7 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
         X = torch.tensor(cert[s]["X"], dtype=torch.float64)[None]
         y = torch.tensor(cert[s]["y"], dtype=torch.float64)[None]
         mask = torch.ones_like(y)
-        res = solver.solve(model, X, y, mask, theta0, **opts)
+        res = solver.solve(model, X, y, mask, theta0s[s], **opts)
         th_cert = torch.tensor(cert[s]["theta"], dtype=torch.float64)
         err = float((res.theta[0] - th_cert).norm())
         sol[s] = (res.theta[0], int(res.status[0]), float(res.loss[0]), err)
@@ -200,7 +201,7 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
                      f"|theta - theta_cert| = {err:.3g}")
     ok = all(sol[s][1] == st.CONVERGED for s in sides)
 
-    def R(theta: torch.Tensor, X, y, mask):
+    def R(theta: torch.Tensor, X, y, mask, theta0: torch.Tensor):
         c = HypContext(model=model)
         if hspec.depends_on in ("init", "data"):
             c.init, c.init_predictor = theta0, model.predictor(theta0)
@@ -227,7 +228,7 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
         cba = float(model.loss(tb[None], Xa, ya, ma)[0])
         lines.append(f"  cross-fit: L(theta_a; D_b) = {cab:.3g}, L(theta_b; D_a) = {cba:.3g} (fit_tol {fit_tol:.3g})")
         ok = cab <= fit_tol and cba <= fit_tol
-        (Ra, ga), (Rb, gb) = R(ta, Xa, ya, ma), R(tb, Xb, yb, mb)
+        (Ra, ga), (Rb, gb) = R(ta, Xa, ya, ma, theta0s["a"]), R(tb, Xb, yb, mb, theta0s["b"])
         gap = float((Ra - Rb).abs().max())
         margin = max(atol, rtol * max(float(Ra.abs().max()), float(Rb.abs().max()))) + safety * (ga * ea + gb * eb)
         lines.append(f"  R(theta_a) = {float(Ra[0]):.12g}, R(theta_b) = {float(Rb[0]):.12g}, |gap| = {gap:.3g}, margin = {margin:.3g}")
@@ -235,12 +236,12 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
     elif len(sides) == 1 and ok:
         ta, _, _, ea = sol["a"]
         Xa, ya, ma = data["a"]
-        C1, g1 = R(ta, Xa, ya, ma)
+        C1, g1 = R(ta, Xa, ya, ma, theta0s["a"])
         if bound is not None:
             C0 = torch.tensor([float(bound)], dtype=torch.float64)
             gap = float((C1 - C0).max())
         else:
-            C0, _ = R(theta0[0], Xa, ya, ma)
+            C0, _ = R(theta0s["a"][0], Xa, ya, ma, theta0s["a"])
             gap = float((C1 - C0).abs().max())
         margin = max(atol, rtol * max(float(C1.abs().max()), float(C0.abs().max()))) + safety * g1 * ea
         what = "B(theta_inf) - bound" if bound is not None else "|C(theta_inf) - C(theta0)|"

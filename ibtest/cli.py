@@ -53,6 +53,10 @@ def cmd_run(args) -> int:
         return _print_sweep(results, args)
     res = results
     print(report.render_table(res.to_json(), verbose=not args.quiet))
+    if args.plot:
+        from .plots import plot_run
+
+        print(f"\nfigure written to {plot_run(res, args.plot)}")
     for e in res.errors:
         print(f"error: {e}", file=sys.stderr)
     print(f"\nrun directory: {res.run_dir}")
@@ -163,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/<study>-<time>)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no triples or phase table")
     r.add_argument("--resume", metavar="RUN", help="finish an interrupted run from its results store")
+    r.add_argument("--plot", metavar="FILE.png", help="draw R(theta_b) - R(theta_a) over admissible pairs against the margin")
     r.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="re-render a finished run without solving anything")

@@ -15,7 +15,8 @@ def describe(cert: dict) -> list[str]:
         f"  claim: {cert.get('claim', '')}",
         f"  model: {cert['model']['name']} {cert['model']['options']}",
         f"  solver: {cert['solver']['name']} {cert['solver']['options']}",
-        f"  theta0 = {cert['theta0']}",
+        f"  theta0 = {cert['theta0']}" + ("" if all(cert[s].get("theta0", cert["theta0"]) == cert["theta0"]
+                                                     for s in ("a", "b") if s in cert) else " (side a; the sides differ)"),
     ]
     for s in ("a", "b"):
         if s not in cert:
@@ -24,6 +25,7 @@ def describe(cert: dict) -> list[str]:
         lines += [
             f"  dataset {s} ({side['label']}):",
             *[f"    x = {x}, y = {y}" for x, y in zip(side["X"], side["y"])],
+            *([f"    theta0 of this side = {side['theta0']}"] if side.get("theta0") not in (None, cert["theta0"]) else []),
             f"    theta_{s} = {side['theta']}",
             f"    loss = {side['loss']:.3g}, R = {side['R']}, measured solver error = {side['measured_error']:.3g}",
         ]

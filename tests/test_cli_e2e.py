@@ -93,6 +93,13 @@ def test_linear_control(cli, tmp_path):
     res = results_json(tmp_path / "run")
     dist = next(v for v in res["verdicts"] if v["label"] == "dist_to_init")
     assert dist["pairs"] >= 50 and dist["max_rel_gap"] < 1e-10
+    # l2 is refuted by two inits on one dataset: the certificate keeps each side's own θ0
+    cert = tmp_path / "run" / "certificates" / "l2_norm.json"
+    data = json.loads(cert.read_text())
+    assert data["a"]["theta0"] != data["b"]["theta0"]
+    v = cli("verify", cert)
+    assert v.code == 0 and "CONFIRMED" in v.out, v
+    assert cli("show", cert).code == 0
 
 
 def test_leaky_relu_control(cli, tmp_path):
