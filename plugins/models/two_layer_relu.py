@@ -1,0 +1,110 @@
+"""One-hidden-layer ReLU network f(x) = Σ_j v_j σ(⟨w_j, x⟩).
+
+θ = (W flattened row-major [m·d], v [m]), P = m·d + m; blocks ``w`` and ``v``. The gradient is
+hand-written so that it follows the declared σ'(0) (``relu_grad_at_zero``) at a pre-activation
+that is exactly 0 (autograd would not). With ``train_output=False`` the output weights are
+frozen (their gradient is 0). The model exposes ``hidden_preactivations`` so the adaptive
+solver can detect Filippov sliding on a kink.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+import ibtest
+from ibtest import Option
+
+
+class TwoLayerReLU(ibtest.ModelBase):
+    """f(x) = Σ_j v_j max(0, ⟨w_j, x⟩) with width m."""
+
+    def __init__(self, width: int = 1, train_output: bool = True, relu_grad_at_zero: int = 1):
+        if int(width) < 1:
+            raise ValueError(f"width must be >= 1 (got {width})")
+        if relu_grad_at_zero not in (0, 1):
+            raise ValueError(f"relu_grad_at_zero must be 0 or 1 (got {relu_grad_at_zero})")
+        super().__init__(width=int(width), train_output=bool(train_output),
+                         relu_grad_at_zero=int(relu_grad_at_zero))
+        self.m = int(width)
+        self.train_output = bool(train_output)
+        self.at_zero = float(relu_grad_at_zero)
+
+    # -- structure -----------------------------------------------------------------------
+    def n_params(self, d: int) -> int:
+        return self.m * d + self.m
+
+    def blocks(self, d: int) -> dict[str, slice]:
+        return {"w": slice(0, self.m * d), "v": slice(self.m * d, self.m * d + self.m)}
+
+    def split(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [B, m, d], v [B, m]) views of θ."""
+        m = self.m
+        d = (theta.shape[-1] - m) // m
+        return theta[:, : m * d].reshape(-1, m, d), theta[:, m * d:]
+
+    # -- maths ---------------------------------------------------------------------------
+    def hidden_preactivations(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """z_ij = ⟨w_j, x_i⟩, [B, n, m]."""
+        W, _ = self.split(theta)
+        return torch.matmul(X, W.transpose(1, 2))
+
+    def predict(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        W, v = self.split(theta)
+        z = torch.matmul(X, W.transpose(1, 2))
+        return torch.matmul(z.clamp_min(0.0), v.unsqueeze(-1)).squeeze(-1)
+
+    def grad(self, theta, X, y, mask):
+        # matmul rather than einsum: these tensors are tiny and per-call overhead dominates
+        W, v = self.split(theta)
+        z = torch.matmul(X, W.transpose(1, 2))  # [B, n, m]
+        a = z.clamp_min(0.0)
+        r = (torch.matmul(a, v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
+        s = (z >= 0) if self.at_zero == 1.0 else (z > 0)  # σ'(z) with the declared σ'(0)
+        c = r.unsqueeze(-1) * s * v.unsqueeze(1)  # [B, n, m]
+        gW = torch.matmul(c.transpose(1, 2), X)  # [B, m, d]
+        if self.train_output:
+            gv = torch.matmul(r.unsqueeze(1), a).squeeze(1)
+        else:
+            gv = torch.zeros_like(v)
+        return torch.cat([gW.flatten(1), gv], dim=-1)
+
+    def predictor(self, theta: torch.Tensor) -> torch.Tensor:
+        """u = v·w [B, d] for m = 1; the concatenation of v_j·w_j [B, m·d] for m > 1."""
+        W, v = self.split(theta)
+        return (v.unsqueeze(-1) * W).reshape(theta.shape[0], -1)
+
+    def rotate(self, theta: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+        """w_j → M w_j (v unchanged): f_θ'(M x) = f_θ(x) for orthogonal M [B, d, d]."""
+        W, v = self.split(theta)
+        W2 = torch.einsum("bij,bmj->bmi", M, W)
+        return torch.cat([W2.reshape(theta.shape[0], -1), v], dim=-1)
+
+    def first_layer(self, theta: torch.Tensor) -> torch.Tensor:
+        return self.split(theta)[0]
+
+    def balancedness(self, theta: torch.Tensor) -> torch.Tensor:
+        """v_j² − ‖w_j‖², [B, m] (conserved by gradient flow)."""
+        W, v = self.split(theta)
+        return v * v - (W * W).sum(-1)
+
+
+def two_layer_relu(width: int = 1, train_output: bool = True,
+                   relu_grad_at_zero: Literal[0, 1] = 1) -> TwoLayerReLU:
+    return TwoLayerReLU(width=width, train_output=train_output, relu_grad_at_zero=relu_grad_at_zero)
+
+
+@ibtest.hookimpl
+def ibtest_models():
+    return [
+        ibtest.Model(
+            name="two_layer_relu",
+            factory=two_layer_relu,
+            doc="one-hidden-layer ReLU net f(x) = sum_j v_j max(0, <w_j, x>)",
+            options={
+                "width": Option(1, int, "number m of hidden units"),
+                "train_output": Option(True, bool, "train the output weights v (False: v frozen)"),
+                "relu_grad_at_zero": Option(1, Literal[0, 1], "sigma'(0) used by the flow"),
+            },
+        )
+    ]
