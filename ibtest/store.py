@@ -143,11 +143,15 @@ class Store:
             self.db.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def write_results(self, results: dict[str, Any]) -> None:
+        """Store a finished run's JSON (a sweep: ``{"sweep": path, "runs": [...]}``) and its verdicts."""
+        if "runs" in results:  # a sweep: one verdict row per (value, member)
+            rows = [(f"{results['sweep']}={r['sweep_value']}: {v['label']}", v["hypothesis"], v["verdict"],
+                     v["expect"], json.dumps(v)) for r in results["runs"] for v in r["verdicts"]]
+        else:
+            rows = [(v["label"], v["hypothesis"], v["verdict"], v["expect"], json.dumps(v)) for v in results["verdicts"]]
         with self.db:
             self.db.execute("DELETE FROM verdicts")
-            self.db.executemany(
-                "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)",
-                [(v["label"], v["hypothesis"], v["verdict"], v["expect"], json.dumps(v)) for v in results["verdicts"]])
+            self.db.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)", rows)
             self.db.execute("INSERT OR REPLACE INTO results VALUES (1, ?)", (json.dumps(results),))
 
     def results(self) -> dict[str, Any] | None:
