@@ -46,6 +46,7 @@ class StudyResult:
     solve_calls: int = 0
     solver_error: float | None = None
     model: Any = None
+    json_cache: dict[str, Any] | None = None  # to_json() of the finished run, computed once
 
     @property
     def verdicts(self) -> dict[str, str]:
@@ -182,10 +183,10 @@ def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store 
         res.run_dir = Path(out_dir)
         write_certificates(res, ctx)
     res.seconds = time.perf_counter() - t0
+    res.json_cache = res.to_json()
     if res.run_dir is not None:
-        data = res.to_json()
-        (res.run_dir / "results.json").write_text(json.dumps(data, indent=1))
-        (res.run_dir / "report.md").write_text(report.render_markdown(data))
+        (res.run_dir / "results.json").write_text(json.dumps(res.json_cache, indent=1))
+        (res.run_dir / "report.md").write_text(report.render_markdown(res.json_cache))
     return res
 
 
@@ -213,14 +214,14 @@ def _execute(st_: Study, out: Path | None, store: Store | None, progress) -> Stu
     try:
         if st_.sweep is None:
             result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress)
-            payload: Any = result.to_json()
+            payload: Any = result.json_cache
         else:
             result = []
             for k, v in enumerate(st_.sweep.values):
                 sub = out / f"sweep-{k:02d}" if out is not None else None
                 result.append(run_loaded(_apply_sweep(st_, v), out_dir=sub, store=store, progress=progress,
                                          sweep_value=v))
-            payload = {"sweep": st_.sweep.path, "runs": [r.to_json() for r in result]}
+            payload = {"sweep": st_.sweep.path, "runs": [r.json_cache for r in result]}
         if store is not None:
             store.write_results(payload)
             store.set_meta(state="finished", finished=_dt.datetime.now().isoformat(timespec="seconds"))

@@ -52,7 +52,7 @@ def cmd_run(args) -> int:
     if isinstance(results, list):
         return _print_sweep(results, args)
     res = results
-    print(report.render_table(res.to_json(), verbose=not args.quiet))
+    print(report.render_table(res.json_cache or res.to_json(), verbose=not args.quiet))
     if args.plot:
         from .plots import plot_run
 
@@ -69,7 +69,7 @@ def cmd_run(args) -> int:
 def _print_sweep(results, args) -> int:
     from . import report
 
-    print(report.render_sweep([r.to_json() for r in results], results[0].study.sweep.path))
+    print(report.render_sweep([r.json_cache or r.to_json() for r in results], results[0].study.sweep.path))
     print(f"\nrun directory: {results[0].run_dir.parent if results[0].run_dir else '-'}")
     return 0 if all(r.expectations_held for r in results) else 1
 

@@ -234,7 +234,9 @@ def group_pairs(keys: Tensor, cap: int) -> tuple[Tensor, Tensor]:
         if size < 2:
             continue
         first = starts[counts == size]
-        ia, ib = torch.triu_indices(size, size, 1)
+        # only the rows the cap can reach: O(cap + size) memory, not O(size²)
+        rows = min(size - 1, cap // (size - 1) + 1)
+        ia, ib = torch.triu_indices(rows, size, 1)
         ia, ib = ia[:cap], ib[:cap]
         out_a.append(order[(first[:, None] + ia[None]).flatten()])
         out_b.append(order[(first[:, None] + ib[None]).flatten()])

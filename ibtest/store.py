@@ -7,7 +7,7 @@ chunk being solved:
 * ``solves``: every solver call on a chunk of instances, keyed by a SHA-256 of its inputs
   (X, y, mask, θ0, solver name and settings, model name and options). A resumed run replays the
   same deterministic pipeline and takes every stored chunk from here instead of solving it;
-* ``triples``, ``pairs``, ``verdicts``: readable tables of what the run produced;
+* ``triples``, ``pairs``, ``verdicts``: tables of what the run produced (θ as raw float64 bytes);
 * ``results``: the finished run's JSON, from which ``ibtest report`` re-renders without solving.
 
 Tensors are stored as raw float64 / int64 bytes with their shape.
@@ -33,7 +33,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS solves (key TEXT PRIMARY KEY, phase TEXT, n INTEGER, seconds REAL,
                                    payload BLOB, created REAL);
 CREATE TABLE IF NOT EXISTS triples (idx INTEGER PRIMARY KEY, origin TEXT, dataset TEXT, init TEXT,
-                                    parent INTEGER, status TEXT, loss REAL, theta TEXT, theta0 TEXT);
+                                    parent INTEGER, status TEXT, loss REAL, theta BLOB, theta0 BLOB);
 CREATE TABLE IF NOT EXISTS pairs (id INTEGER PRIMARY KEY, a INTEGER, b INTEGER, source TEXT,
                                   same_init INTEGER, distinct_ INTEGER, cross_ab REAL, cross_ba REAL);
 CREATE TABLE IF NOT EXISTS verdicts (label TEXT PRIMARY KEY, hypothesis TEXT, verdict TEXT,
@@ -128,9 +128,11 @@ class Store:
     def write_triples(self, t) -> None:
         from . import status as st
 
-        rows = [(i, t.origin[i], t.labels[i], t.init_labels[i], int(t.parent[i]), st.name(t.status[i]),
-                 float(t.loss[i]), json.dumps(t.theta[i].tolist()), json.dumps(t.theta0[i].tolist()))
-                for i in range(len(t))]
+        theta = t.theta.detach().cpu().to(torch.float64).numpy()
+        theta0 = t.theta0.detach().cpu().to(torch.float64).numpy()
+        status = [st.name(c) for c in t.status.tolist()]
+        rows = [(i, t.origin[i], t.labels[i], t.init_labels[i], p, status[i], loss, theta[i].tobytes(), theta0[i].tobytes())
+                for i, (p, loss) in enumerate(zip(t.parent.tolist(), t.loss.tolist()))]
         with self.db:
             self.db.execute("DELETE FROM triples")
             self.db.executemany("INSERT INTO triples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)

@@ -238,3 +238,25 @@ def test_tighten():
     b = solve_exact(X, y, m, w0, RELU, root_tol=opts["root_tol"], grid=opts["grid"])
     assert (a.theta - b.theta).abs().max() < 1e-10
     assert torch.equal(a.status, b.status)
+
+
+def test_point_leaving_the_kink_is_not_switched_back_at_t0():
+    # gaussian study instance: after 3 pieces the zero-label point 2 sits on the kink with its
+    # limit on the kink too; its e^{λ_slow t}·G(t) starts at −1.7e-16 (rounding of z(∞)) where
+    # it should be 0, and once read that as a switch at t ≈ 1e-41, again and again, until the
+    # piece budget ran out (status BUDGET, 64 pieces, ~2 s).  G(0)'s error now widens the grid's
+    # rounding allowance for points that start on the kink (as in the reference).
+    X = torch.tensor([[
+        [-1.38121290029959987, -0.90178855918534329, 0.21867190547198409, -0.68502363692814183, -0.32057426824199858],
+        [-0.22221822595350230, -1.29819371157172192, 0.93382738537446297, -1.39664098057599917, 0.02952623527387667],
+        [-0.58890507539084092, -0.87769893668513732, -0.01529935297988540, -0.95092880331746155, -0.53119223434963703],
+        [-0.14450640845551591, -0.17825460415312563, -0.31809070682544821, -0.08661771329688067, 0.75872474753520724],
+    ]], dtype=F64)
+    y = torch.tensor([[0.51398193020492167, 0.0, 0.19048971061788383, 0.36076107859130935]], dtype=F64)
+    w0 = torch.tensor([[-0.04660971478090464, -0.00572999557776972, -0.04108026275820756,
+                        -0.00419502721584408, 0.01311230201861607]], dtype=F64)
+    r = solve_exact(X, y, torch.ones_like(y), w0, RELU)
+    wr, sr = solve_exact_reference(X[0].numpy(), y[0].numpy(), w0[0].numpy(), 1.0, 0.0, 1.0)
+    assert sr == CONVERGED and int(r.status[0]) == CONVERGED
+    assert int(r.info["pieces"][0]) == 4
+    assert np.abs(r.theta[0].numpy() - wr).max() < 1e-10

@@ -24,8 +24,10 @@ kink (just switched, or exactly 0) has a root at t = 0 and ν−1 roots left.  �
 Exactly one root possible (ν' = 1, or ν' = 2 with G(∞) < 0): bracketed on a coarse log grid.
 Otherwise a log grid of ``grid`` points brackets the first sign change, and each discrete local
 minimum before it is refined (bisection on G') to catch dips between grid points.  Brackets are
-refined by Illinois with bisection safeguards to ``root_tol`` relative.  A grid value counts as
-negative only below −64·eps·(|L| + Σ|a_ik| e^{−λ_k t}), so rounding never triggers a switch.
+refined by Newton with bisection safeguards to ``root_tol`` relative.  A grid value counts as
+negative only below −64·eps·(|L| + Σ|a_ik| e^{−λ_k t}) − δ_i, so rounding never triggers a
+switch; δ_i = |G_i(0)| for a point that starts on the kink (0 in exact arithmetic: the error of
+its coefficients), else 0.
 
 Limits on the kink (touching, never switching)
 ----------------------------------------------
@@ -129,18 +131,16 @@ def _leave_dir(A: Tensor, r: Tensor, Xw: Tensor, xn: Tensor) -> Tensor:
 
 def _G(t: Tensor, s: Tensor, L: Tensor, a: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
     """G = s(L + Σ_k a_k e^{−λ_k t}) and its rounding allowance; t [P, m] -> [P, m]."""
-    E = torch.exp(-lam.unsqueeze(-1) * t.unsqueeze(1))  # [P, d, m]
-    g = L.unsqueeze(-1) + (a.unsqueeze(1) @ E).squeeze(1)
-    noise = NOISE * (L.abs().unsqueeze(-1) + (a.abs().unsqueeze(1) @ E).squeeze(1))
+    E = (-lam).unsqueeze(-1) * t.unsqueeze(1)  # [P, d, m]
+    E.exp_()
+    both = torch.stack([a, a.abs()], dim=1) @ E  # [P, 2, m]
+    g = L.unsqueeze(-1) + both[:, 0]
+    noise = NOISE * (L.abs().unsqueeze(-1) + both[:, 1])
     return s.unsqueeze(-1) * g, noise
 
 
 def _G1(t: Tensor, s: Tensor, L: Tensor, a: Tensor, lam: Tensor) -> Tensor:
     return s * (L + (a * torch.exp(-lam * t.unsqueeze(-1))).sum(-1))
-
-
-def _dG1(t: Tensor, s: Tensor, a: Tensor, lam: Tensor) -> Tensor:
-    return -s * (a * lam * torch.exp(-lam * t.unsqueeze(-1))).sum(-1)
 
 
 def _log_grid(lo: Tensor, hi: Tensor, m: int) -> Tensor:
@@ -150,12 +150,18 @@ def _log_grid(lo: Tensor, hi: Tensor, m: int) -> Tensor:
     return torch.cat([torch.zeros_like(lo).unsqueeze(-1), g], dim=-1)
 
 
-def _brackets(s, L, a, lam, t_lo, t_hi, m: int, dips: bool, chunk: int = 4096):
+def _brackets(s, L, a, lam, t_lo, t_hi, m: int, dips: bool, defect: Tensor | None = None,
+              chunk: int = 4096):
     """First bracket of a root of G on [0, t_hi] for each pair.
 
     Returns (found [P] bool, lo, hi, flo, fhi); with ``dips`` also discrete local minima before
-    the first sign change are refined and a dip below zero yields an earlier bracket.
+    the first sign change are refined and a dip below zero yields an earlier bracket (the fine
+    grid, evaluated where needed: see :func:`_fine_brackets`).
     """
+    if defect is None:
+        defect = torch.zeros_like(L)
+    if dips:
+        return _fine_brackets(s, L, a, lam, t_lo, t_hi, m, defect)
     P = s.shape[0]
     out_found = torch.zeros(P, dtype=torch.bool)
     out = torch.zeros(4, P, dtype=F64)
@@ -163,53 +169,173 @@ def _brackets(s, L, a, lam, t_lo, t_hi, m: int, dips: bool, chunk: int = 4096):
         sl = slice(c0, min(P, c0 + chunk))
         tg = _log_grid(t_lo[sl], t_hi[sl], m)
         g, nz = _G(tg, s[sl], L[sl], a[sl], lam[sl])
-        neg = g < -nz
+        neg = g < -(nz + defect[sl].unsqueeze(-1))
         neg[:, 0] = False
         has = neg.any(-1)
         jf = torch.where(has, neg.to(torch.uint8).argmax(-1), torch.full_like(has, m + 1, dtype=torch.int64))
         p = torch.arange(sl.stop - sl.start)
         jc = jf.clamp(max=m)
-        lo = tg[p, jc - 1]
-        hi = tg[p, jc]
-        flo = g[p, jc - 1].clamp_min(1e-300)
-        fhi = g[p, jc]
-        if dips:
-            gm, gj, gp = g[:, :-2], g[:, 1:-1], g[:, 2:]
-            nj = nz[:, 1:-1]
-            mag = nj / NOISE
-            jj = torch.arange(1, m, device=g.device)
-            cand = ((gm > gj + nj) & (gp >= gj) & (gj >= -nj) & (gj <= DIP_FRAC * mag)
-                    & (jj.unsqueeze(0) < jf.unsqueeze(-1)))
-            if bool(cand.any()):
-                pi, ji = cand.nonzero(as_tuple=True)
-                j = ji + 1
-                a_, b_ = tg[pi, j - 1], tg[pi, j + 1]
-                S, Lp, A_, lm = s[sl][pi], L[sl][pi], a[sl][pi], lam[sl][pi]
-                for _ in range(48):  # bisection on G' (G' < 0 left of the minimum)
-                    mid = 0.5 * (a_ + b_)
-                    up = _dG1(mid, S, A_, lm) >= 0
-                    b_ = torch.where(up, mid, b_)
-                    a_ = torch.where(up, a_, mid)
-                tm = 0.5 * (a_ + b_)
-                gmin = _G1(tm, S, Lp, A_, lm)
-                nmin = NOISE * (Lp.abs() + (A_.abs() * torch.exp(-lm * tm.unsqueeze(-1))).sum(-1))
-                dip = gmin < -nmin
-                if bool(dip.any()):
-                    pi, j, tm, gmin = pi[dip], j[dip], tm[dip], gmin[dip]
-                    # earliest dip per pair (ji ascending within a pair after nonzero())
-                    key = torch.full((sl.stop - sl.start,), m + 2, dtype=torch.int64)
-                    key.scatter_reduce_(0, pi, j, reduce="amin")
-                    first = j == key[pi]
-                    pi, j, tm, gmin = pi[first], j[first], tm[first], gmin[first]
-                    # j < jf: the dip bracket [t_{j-1}, t_min] precedes the first sign change
-                    has[pi] = True
-                    lo[pi] = tg[pi, j - 1]
-                    hi[pi] = tm
-                    flo[pi] = g[pi, j - 1].clamp_min(1e-300)
-                    fhi[pi] = gmin
         out_found[sl] = has
-        out[0, sl], out[1, sl], out[2, sl], out[3, sl] = lo, hi, flo, fhi
+        out[0, sl], out[1, sl] = tg[p, jc - 1], tg[p, jc]
+        out[2, sl], out[3, sl] = g[p, jc - 1].clamp_min(1e-300), g[p, jc]
     return out_found, out[0], out[1], out[2], out[3]
+
+
+#: fine-grid points per interval of the certificate subgrid
+STRIDE = 8
+
+
+def _fine_brackets(s, L, a, lam, t_lo, t_hi, m: int, defect: Tensor):
+    r"""The fine-grid bracket of :func:`_brackets` (``dips``), evaluating the grid where needed.
+
+    The fine grid is t_0 = 0, t_j = t_lo·r^{j−1} (j = 1 … m).  A grid point j matters only if it
+    can be negative (g_j < −noise_j) or a dip candidate (a discrete local minimum with
+    g_j ≤ DIP_FRAC·mag_j).  On a subgrid (every STRIDE-th point) each interval I = [t_a, t_b]
+    is first certified free of both, from bounds that hold for every t in I (each term
+    a_k e^{−λ_k t} is monotone in t), with an allowance ``err`` ≥ 4× the rounding error of a
+    grid value:
+
+    * value: min_I G − err > DIP_FRAC·max_I mag — no point of I is low;
+    * rising: min_I G' · (smallest grid spacing in I) > 2·err and g(t_a) ≥ −½·noise — G rises
+      by more than the rounding between consecutive grid points, so none is a local minimum
+      and none is negative;
+    * falling: the same with max G' < 0 on I and the next interval (every point of I has a
+      lower right neighbour, so none is a local minimum) and g(t_b) ≥ 2·err.
+
+    Only uncertified intervals, up to the first subgrid point with a sign change, are evaluated
+    point by point; the bracket is then the one the full fine grid gives.
+    """
+    P, d = a.shape
+    dev = a.device
+    chunk = max(256, (1 << 22) // ((m // STRIDE + 3) * max(d, 1)))  # ~32 MB per subgrid tensor
+    if P > chunk:
+        parts = [_fine_brackets(s[c:c + chunk], L[c:c + chunk], a[c:c + chunk], lam[c:c + chunk],
+                                t_lo[c:c + chunk], t_hi[c:c + chunk], m, defect[c:c + chunk])
+                 for c in range(0, P, chunk)]
+        return tuple(torch.cat(x) for x in zip(*parts))
+    found = torch.zeros(P, dtype=torch.bool, device=dev)
+    out = torch.zeros(4, P, dtype=F64, device=dev)
+    if P == 0:
+        return found, out[0], out[1], out[2], out[3]
+    f = torch.linspace(0.0, 1.0, m, dtype=F64, device=dev)
+    llo = torch.log(t_lo)
+    lr = torch.log(t_hi / t_lo)
+    sL = s * L
+    aL = L.abs()
+    sa = s.unsqueeze(-1) * a
+    aa = a.abs()
+    sum_aa = aa.sum(-1)
+
+    def times(pi, j):  # fine grid points t_j of pairs pi (identical to _log_grid's values)
+        tj = torch.exp(llo[pi] + lr[pi] * f[(j - 1).clamp_min(0)])
+        return torch.where(j > 0, tj, 0.0)
+
+    def values(pi, t):  # g = s·G and its term magnitude at times t [N, K] of pairs pi [N]
+        Ek = torch.exp(-lam[pi].unsqueeze(1) * t.unsqueeze(-1))  # [N, K, d]
+        gm = Ek @ torch.stack([sa[pi], aa[pi]], dim=-1)  # [N, K, 2]
+        return sL[pi].unsqueeze(-1) + gm[..., 0], aL[pi].unsqueeze(-1) + gm[..., 1]
+
+    # -- certificate on the subgrid ----------------------------------------------------------
+    C = [0] + list(range(1, m + 1, STRIDE))
+    if C[-1] != m:
+        C.append(m)
+    Ci = torch.tensor(C, dtype=torch.int64, device=dev)
+    nI = len(C) - 1
+    ar = torch.arange(P, device=dev)
+    tc = times(ar.unsqueeze(-1), Ci.unsqueeze(0))  # [P, nI+1]
+    # Each term T_k = s·a_k e^{−λ_k t} is monotone (λ_k ≥ 0): falling if s·a_k > 0, rising
+    # if s·a_k < 0, so over I = [t_a, t_b]: min_I G = s·L + P(t_b) + N(t_a), with P (N) the sum
+    # of the positive (negative) terms; for G' = Σ −λ_k T_k: min_I G' = DP(t_a) + DN(t_b) and
+    # max G' over [t_a, t_c] = DP(t_c) + DN(t_a).
+    Ec = torch.exp(-lam.unsqueeze(1) * tc.unsqueeze(-1))  # [P, nI+1, d]
+    sp, sn = sa.clamp_min(0.0), sa.clamp_max(0.0)
+    W = torch.stack([sp, sn, -lam * sp, -lam * sn], dim=-1)  # [P, d, 4]
+    R = Ec @ W  # [P, nI+1, 4]
+    Pc, Nc, DP, DN = R.unbind(-1)
+    gc = sL.unsqueeze(-1) + (Pc + Nc)
+    magc = aL.unsqueeze(-1) + (Pc - Nc)
+    lbG = sL.unsqueeze(-1) + (Pc[:, 1:] + Nc[:, :-1])
+    ub_mag = magc[:, :-1]
+    err = (4 * EPS) * ((d + 3) * ub_mag + sum_aa.unsqueeze(-1))
+    cert = lbG - err > DIP_FRAC * (1 + 1e-9) * ub_mag
+    guard = (1e-10 + EPS) * (a * lam).abs().sum(-1, keepdim=True)
+    lbD = DP[:, :-1] + DN[:, 1:] - guard
+    rm1 = torch.expm1(lr / max(m - 1, 1)).unsqueeze(-1)
+    h = torch.cat([tc[:, 1:2], 0.5 * tc[:, 1:-1] * rm1], dim=-1)
+    rising = (lbD * h > 2 * err) & (gc[:, :-1] >= -0.5 * NOISE * magc[:, 1:]) & (rm1 > 1e-6)
+    # falling through t_{jb+1} (the right neighbour of the last point of I): over the
+    # interval and the next one (the last interval has no candidate at its right end)
+    DPn = torch.cat([DP[:, 2:], DP[:, -1:]], dim=1)
+    ubD = DPn + DN[:, :-1] + guard
+    hf = 0.5 * torch.cat([tc[:, 1:2], tc[:, 1:-1]], dim=-1) * rm1  # t_{j+1} − t_j, j ≥ max(ja, 1)
+    falling = (ubD * hf < -2 * err) & (gc[:, 1:] >= 2 * err) & (rm1 > 1e-6)
+    cert |= rising | falling
+    # intervals to evaluate: uncertified ones up to the first subgrid sign change
+    negc = gc[:, 1:] < -(NOISE * magc[:, 1:] + defect.unsqueeze(-1))
+    ii = torch.arange(nI, device=dev)
+    first_c = torch.where(negc.any(-1), negc.to(torch.uint8).argmax(-1), nI)
+    todo = ~cert & (ii.unsqueeze(0) <= first_c.unsqueeze(-1))
+    if not bool(todo.any()):
+        return found, out[0], out[1], out[2], out[3]
+
+    # -- fine points of those intervals (windows t_{ja} … t_{jb+1}) -------------------------
+    wp, wi = todo.nonzero(as_tuple=True)
+    ja, jb = Ci[wi], Ci[wi + 1]
+    K = max(C[i + 1] - C[i] for i in range(nI)) + 2
+    q = torch.arange(K, device=dev)
+    jw = ja.unsqueeze(-1) + q  # [N, K] fine indices
+    valid = jw <= torch.clamp(jb + 1, max=m).unsqueeze(-1)
+    jw = torch.where(valid, jw, jb.unsqueeze(-1))
+    tw = times(wp.unsqueeze(-1), jw)
+    g, mag = values(wp, tw)
+    nz = NOISE * mag + defect[wp].unsqueeze(-1)
+    inI = valid & (q > 0) & (jw <= jb.unsqueeze(-1))
+    neg = inI & (g < -nz)
+    hasw = neg.any(-1)
+    qf = neg.to(torch.uint8).argmax(-1)
+    jfw = torch.where(hasw, ja + qf, m + 1)
+    jf = torch.full((P,), m + 1, dtype=torch.int64, device=dev)
+    jf.scatter_reduce_(0, wp, jfw, reduce="amin")
+    sel = hasw & (jfw == jf[wp])
+    if bool(sel.any()):
+        n_ = sel.nonzero().squeeze(1)
+        pi, qq = wp[n_], qf[n_]
+        found[pi] = True
+        out[0, pi], out[1, pi] = tw[n_, qq - 1], tw[n_, qq]
+        out[2, pi], out[3, pi] = g[n_, qq - 1].clamp_min(1e-300), g[n_, qq]
+    # dip candidates before the first sign change
+    gm, gj, gp = g[:, :-2], g[:, 1:-1], g[:, 2:]
+    nj = nz[:, 1:-1]
+    jj = jw[:, 1:-1]
+    cand = (inI[:, 1:-1] & (jj <= m - 1) & (gm > gj + nj) & (gp >= gj) & (gj >= -nj)
+            & (gj <= DIP_FRAC * mag[:, 1:-1]) & (jj < jf[wp].unsqueeze(-1)))
+    if bool(cand.any()):
+        n_, qi = cand.nonzero(as_tuple=True)
+        q1 = qi + 1
+        pi, j = wp[n_], jw[n_, q1]
+        a_, b_ = tw[n_, q1 - 1], tw[n_, q1 + 1]
+        S, Lp, A_, lm = s[pi], L[pi], a[pi], lam[pi]
+        cD, nl = -S.unsqueeze(-1) * A_ * lm, -lm  # G'(t) = Σ cD_k e^{−λ_k t}
+        for _ in range(48):  # bisection on G' (G' < 0 left of the minimum)
+            mid = 0.5 * (a_ + b_)
+            up = (cD * torch.exp(nl * mid.unsqueeze(-1))).sum(-1) >= 0
+            b_ = torch.where(up, mid, b_)
+            a_ = torch.where(up, a_, mid)
+        tm = 0.5 * (a_ + b_)
+        gmin = _G1(tm, S, Lp, A_, lm)
+        nmin = NOISE * (Lp.abs() + (A_.abs() * torch.exp(-lm * tm.unsqueeze(-1))).sum(-1)) + defect[pi]
+        dip = gmin < -nmin
+        if bool(dip.any()):
+            n_, q1, pi, j, tm, gmin = n_[dip], q1[dip], pi[dip], j[dip], tm[dip], gmin[dip]
+            key = torch.full((P,), m + 2, dtype=torch.int64, device=dev)
+            key.scatter_reduce_(0, pi, j, reduce="amin")
+            first = j == key[pi]
+            n_, q1, pi, tm, gmin = n_[first], q1[first], pi[first], tm[first], gmin[first]
+            # j < jf: the dip bracket [t_{j-1}, t_min] precedes the first sign change
+            found[pi] = True
+            out[0, pi], out[1, pi] = tw[n_, q1 - 1], tm
+            out[2, pi], out[3, pi] = g[n_, q1 - 1].clamp_min(1e-300), gmin
+    return found, out[0], out[1], out[2], out[3]
 
 
 def _refine(s, L, a, lam, lo, hi, flo, fhi, root_tol: float, max_iter: int = 100) -> Tensor:
@@ -217,29 +343,39 @@ def _refine(s, L, a, lam, lo, hi, flo, fhi, root_tol: float, max_iter: int = 100
 
     A Newton step that leaves the bracket is replaced by a bisection (in log t while the
     bracket spans more than a factor 2).  Stops when the step or the bracket is below
-    ``root_tol`` relative; returns the last iterate.
+    ``root_tol`` relative; returns the last iterate.  Converged pairs leave the working set.
     """
     x = torch.where(lo > 0, torch.sqrt(lo * hi), 0.5 * (lo + hi))
-    done = torch.zeros_like(lo, dtype=torch.bool)
+    out = x.clone()
+    act = torch.arange(x.shape[0], device=x.device)
     for _ in range(max_iter):
+        if act.numel() == 0:
+            break
         E = torch.exp(-lam * x.unsqueeze(-1))
         aE = a * E
         f = s * (L + aE.sum(-1))
         fp = -s * (aE * lam).sum(-1)
         neg = f < 0
-        hi = torch.where(neg & ~done, x, hi)
-        lo = torch.where(~neg & ~done, x, lo)
+        hi = torch.where(neg, x, hi)
+        lo = torch.where(neg, lo, x)
         xn = x - f / fp
-        ok = torch.isfinite(xn) & (xn > lo) & (xn < hi)
+        inb = torch.isfinite(xn) & (xn >= lo) & (xn <= hi)
+        # a Newton step below the tolerance converges, also when it lands on the bracket end
+        # that x has just become (else bisection would go on until the bracket is narrow)
+        small = inb & ((xn - x).abs() <= root_tol * x.abs())
+        ok = small | (inb & (xn > lo) & (xn < hi))
         bis = torch.where((lo > 0) & (hi > 2 * lo), torch.sqrt(lo * hi), 0.5 * (lo + hi))
         xn = torch.where(ok, xn, bis)
-        conv = ((xn - x).abs() <= root_tol * x.abs()) | ((hi - lo) <= root_tol * hi) | (f == 0)
-        conv = conv & ok | ((hi - lo) <= root_tol * hi) | (f == 0)
-        x = torch.where(done, x, torch.where(f == 0, x, xn))
-        done |= conv
-        if bool(done.all()):
-            break
-    return x
+        f0 = f == 0
+        conv = small | ((hi - lo) <= root_tol * hi) | f0
+        x = torch.where(f0, x, xn)
+        if bool(conv.any()):
+            out[act[conv]] = x[conv]
+            k = (~conv).nonzero().squeeze(1)
+            act, x, lo, hi = act[k], x[k], lo[k], hi[k]
+            s, L, a, lam = s[k], L[k], a[k], lam[k]
+    out[act] = x
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,6 +409,10 @@ def _next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: 
     Lam = torch.where(kink.unsqueeze(-1), lam_k, torch.where(posk, lam, 0.0).unsqueeze(1).expand(J, n, d))
     At = torch.where(Lam > 0, At, 0.0)
     ok = cand & ~(kink & ~has_sig)
+    # a point on the kink at the start has G(0) = 0 by construction: the computed value
+    # measures the error of its coefficients (with a limit on the kink it includes the z(∞)
+    # set to 0) and widens the rounding allowance of every grid value of that point
+    defect = torch.where(zero, (Lt + At.sum(-1)).abs(), 0.0)
     # Descartes count on the sequence (s·Lt, s·At by ascending rate)
     seq = torch.cat([Lt.unsqueeze(-1), At], dim=-1) * side.unsqueeze(-1)
     sg = torch.sign(seq)
@@ -295,11 +435,11 @@ def _next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: 
         if not bool(sel.any()):
             continue
         bi, pi = sel.nonzero(as_tuple=True)
-        s_, L_, A_, lm = side[bi, pi], Lt[bi, pi], At[bi, pi], Lam[bi, pi]
+        s_, L_, A_, lm, df = side[bi, pi], Lt[bi, pi], At[bi, pi], Lam[bi, pi], defect[bi, pi]
         lpos = torch.where(A_ != 0, lm, float("nan"))
         fast = torch.nan_to_num(lpos, nan=0.0).amax(-1)
         slow_ = torch.nan_to_num(lpos, nan=float("inf")).amin(-1)
-        found, lo, hi, flo, fhi = _brackets(s_, L_, A_, lm, T_LO / fast, T_HI / slow_, m, dips)
+        found, lo, hi, flo, fhi = _brackets(s_, L_, A_, lm, T_LO / fast, T_HI / slow_, m, dips, df)
         f = found
         parts.append((bi[f], pi[f], s_[f], L_[f], A_[f], lm[f], lo[f], hi[f], flo[f], fhi[f]))
     if parts:
@@ -321,8 +461,29 @@ def _next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: 
 # ----------------------------------------------------------------------------------------------
 def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
                 neuron: PiecewiseLinearNeuron, *, fit_tol: float = 1e-20, root_tol: float = 1e-14,
-                max_pieces: int = 64, grid: int = 192) -> SolveResult:
-    """Exact GF limit of B single-neuron instances (see the module docstring)."""
+                max_pieces: int = 64, grid: int = 192, threads: int = 1) -> SolveResult:
+    """Exact GF limit of B single-neuron instances (see the module docstring).
+
+    ``threads``: torch intra-op threads during the solve (restored afterwards; 0 leaves the
+    setting alone).  The tensors are small: on a 2-core box shared with other jobs, W1 ran
+    ~50× slower with 2 threads than with 1 (OpenMP hand-offs under contention).
+    """
+    prev = torch.get_num_threads()
+    change = bool(threads) and threads != prev
+    if change:
+        torch.set_num_threads(int(threads))
+    try:
+        with torch.no_grad():
+            return _solve_exact(X, y, mask, w0, neuron, fit_tol=fit_tol, root_tol=root_tol,
+                                max_pieces=max_pieces, grid=grid)
+    finally:
+        if change:
+            torch.set_num_threads(prev)
+
+
+def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
+                 neuron: PiecewiseLinearNeuron, *, fit_tol: float, root_tol: float,
+                 max_pieces: int, grid: int) -> SolveResult:
     X = torch.as_tensor(X, dtype=F64)
     y = torch.as_tensor(y, dtype=F64)
     w0 = torch.as_tensor(w0, dtype=F64)
@@ -407,34 +568,44 @@ def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
         go = (~done).nonzero().squeeze(1)
         winf = w.clone()
         if go.numel():
-            lam, Q = torch.linalg.eigh(A[go])
+            allgo = go.numel() == Ba
+
+            def G(t: Tensor) -> Tensor:  # rows of the instances that go on
+                return t if allgo else t[go]
+
+            lam, Q = torch.linalg.eigh(G(A))
             lmax = lam[:, -1:].clamp_min(0.0)
             posk = lam > EIG_TOL * lmax
             posk &= lmax > 0
-            wg = w[go]
-            u0 = _bmv(Q.transpose(1, 2), wg)
-            beta = _bmv(Q.transpose(1, 2), b[go])
+            wg = G(w)
+            ub = Q.transpose(1, 2) @ torch.stack([wg, G(b)], dim=-1)
+            u0, beta = ub[..., 0], ub[..., 1]
             uinf = torch.where(posk, beta / torch.where(posk, lam, 1.0), u0)
             du = u0 - uinf
             wi = _bmv(Q, uinf)
-            winf[go] = wi
+            if allgo:
+                winf = wi
+            else:
+                winf[go] = wi
             if can_switch:
-                XQ = Xw[go] @ Q
+                XQ = G(Xw) @ Q
                 a = XQ * du.unsqueeze(1)
-                zg = z[go]
-                zeta = torch.where(zero[go], 0.0, zg)
+                zg, zr = G(z), G(zero)
+                zeta = torch.where(zr, 0.0, zg)
                 L = zeta - a.sum(-1)
-                scale = xn[go] * (wg.norm(dim=-1) + wi.norm(dim=-1)).unsqueeze(-1) + 1e-300
-                cand = live[go] & (a != 0).any(-1)
+                scale = G(xn) * (wg.norm(dim=-1) + wi.norm(dim=-1)).unsqueeze(-1) + 1e-300
+                cand = G(live) & (a != 0).any(-1)
                 # a point never crosses if s·L + Σ min(s·a_k, 0) > 0 (every e^{−λt} ∈ (0, 1])
-                sd = side[go]
+                sd = G(side)
                 lb = sd * L + torch.clamp(sd.unsqueeze(-1) * a, max=0.0).sum(-1)
                 cand &= ~(lb > 0)
                 tstar = torch.full((go.numel(),), float("inf"), dtype=F64, device=dev)
                 sw = torch.zeros_like(cand)
                 ci = cand.any(1).nonzero().squeeze(1)
-                if ci.numel():
-                    ts, swc = _next_switch(lam[ci], posk[ci], a[ci], L[ci], sd[ci], zero[go][ci],
+                if ci.numel() == go.numel():
+                    tstar, sw = _next_switch(lam, posk, a, L, sd, zr, cand, scale, grid, root_tol)
+                elif ci.numel():
+                    ts, swc = _next_switch(lam[ci], posk[ci], a[ci], L[ci], sd[ci], zr[ci],
                                            cand[ci], scale[ci], grid, root_tol)
                     tstar[ci] = ts
                     sw[ci] = swc

@@ -66,8 +66,12 @@ def _point_function(lam, posk, a_i, L_i, scale_i, lmax):
     return S0, a, rt
 
 
-def _first_root(s, L, a, rates, root_tol, grid):
-    """First t > 0 with s·(L + Σ a e^{−rate t}) < 0, or inf."""
+def _first_root(s, L, a, rates, root_tol, grid, zero=False):
+    """First t > 0 with s·(L + Σ a e^{−rate t}) < 0, or inf.
+
+    ``zero``: the point starts on the kink, so G(0) = 0 in exact arithmetic; the computed |G(0)|
+    widens the rounding allowance of every grid value.
+    """
     nzr = rates[(a != 0) & (rates > 0)]
     if nzr.size == 0:
         return np.inf
@@ -75,13 +79,16 @@ def _first_root(s, L, a, rates, root_tol, grid):
     def G(t):
         return s * (L + np.sum(a * np.exp(-rates * t)))
 
+    defect = abs(G(0.0)) if zero else 0.0
+
     def noise(t):
-        return NOISE * (abs(L) + np.sum(np.abs(a) * np.exp(-rates * t)))
+        return NOISE * (abs(L) + np.sum(np.abs(a) * np.exp(-rates * t))) + defect
 
     ts = np.concatenate([[0.0], np.geomspace(T_LO / nzr.max(), T_HI / nzr.min(), grid)])
     E = np.exp(-np.outer(ts, rates))
     g = s * (L + E @ a)
-    nz = NOISE * (abs(L) + E @ np.abs(a))
+    mag = abs(L) + E @ np.abs(a)
+    nz = NOISE * mag + defect
     brackets = []
     neg = np.nonzero(g[1:] < -nz[1:])[0]
     jf = neg[0] + 1 if neg.size else len(ts)
@@ -89,7 +96,7 @@ def _first_root(s, L, a, rates, root_tol, grid):
         brackets.append((ts[jf - 1], ts[jf]))
     for j in range(1, min(jf, len(ts) - 1)):
         if (g[j - 1] > g[j] + nz[j] and g[j + 1] >= g[j] and g[j] >= -nz[j]
-                and g[j] <= DIP_FRAC * nz[j] / NOISE):
+                and g[j] <= DIP_FRAC * mag[j]):
             res = minimize_scalar(G, bounds=(ts[j - 1], ts[j + 1]), method="bounded",
                                   options={"xatol": 1e-14 * ts[j + 1]})
             if res.fun < -noise(res.x):
@@ -180,7 +187,7 @@ def solve_exact_reference(X, y, w0, pos: float = 1.0, neg: float = 0.0, at_zero:
             fn = _point_function(lam, posk, a[i], L[i], scale[i], lmax)
             if fn is None:
                 continue
-            roots[i] = _first_root(side[i], *fn, root_tol, grid)
+            roots[i] = _first_root(side[i], *fn, root_tol, grid, bool(zero[i]))
         tstar = roots.min()
         if not np.isfinite(tstar):
             return finish(winf)

@@ -1,0 +1,35 @@
+"""The benchmark runner's quick versions run and agree with the exact flow (no timing asserted)."""
+from __future__ import annotations
+
+import math
+
+from benchmarks import growth, memory, w1
+from benchmarks.__main__ import _table
+from benchmarks.e2e import phases, summary
+
+
+def test_w1_quick_numbers_are_finite_and_exact_agrees_with_reference():
+    r = w1.run(n=24, n_ref=6, n_loop=1, n_gd_batched=6, n_lsoda=1, repeat=1, gd_max_steps=100)
+    for k in ("exact_per_s", "loop_per_s", "gdb_per_s", "lsoda_per_s", "ref_per_s", "ratio_vs_loop",
+              "loop_err_max", "gdb_err_max", "lsoda_err_max"):
+        assert math.isfinite(r[k]) and r[k] >= 0, k
+    assert r["exact_max_err"] < 1e-10
+    assert r["exact_status_agree"] == r["ref_n"] == 6
+    assert r["lsoda_err_max"] < 1e-6  # an accurate ODE solve of the same flow
+    assert len(w1.table(r)) == 5
+    assert "| method |" in _table(["method"], [["x"]])
+
+
+def test_growth_quick_rates_are_positive():
+    r = growth.run(quick=True)
+    rows = r["batch"] + r["d"] + r["n"]
+    assert rows and all(math.isfinite(x["per_s"]) and x["per_s"] > 0 for x in rows)
+
+
+def test_phase_table_and_memory_study_parsing():
+    out = ("x\nstudy s: 3 instances, 1.0 s\n\nphases:\nphase  instances\n-----  ---------\n"
+           "solve  3\n\nrun directory: r\n")
+    assert phases(out).splitlines()[-1] == "solve  3"
+    assert summary(out).startswith("study s:")
+    text = memory.study_text(1_000_000)
+    assert "count: 1000000" in text and "bench-1000000" in text
