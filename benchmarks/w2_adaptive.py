@@ -60,7 +60,7 @@ def run(n_instances: int = 1000, n_baseline: int = 50, seed: int = 0, order: int
     m, d = 4, 4
     X, y, mask, th0 = make_w2(n_instances, seed)
     model = two_layer_relu(width=m)
-    solve_adaptive(model, X[:8], y[:8], mask[:8], th0[:8], order=order)  # warm-up
+    solve_adaptive(model, X[:8], y[:8], mask[:8], th0[:8], order=order, max_steps=200)  # warm-up
     t0 = time.perf_counter()
     res = solve_adaptive(model, X, y, mask, th0, order=order, max_steps=max_steps)
     t_adaptive = time.perf_counter() - t0
