@@ -25,7 +25,7 @@ from .engine import Context, Phase, build_context, run_engine
 from .errors import UserError
 from .progress import Progress
 from .store import Store, open_run
-from .study import Study, load_study, load_study_text
+from .study import Study, load_study_text
 from .verdicts import MemberResult, judge_all
 
 

@@ -13,7 +13,6 @@ import json
 import math
 import platform
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -7,7 +7,6 @@ tensors. A failing plugin is reported in its row (``errors``) and the rest of th
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,6 +357,3 @@ def run_engine(ctx: Context) -> tuple[Triples, Pairs]:
     run_pair_constructions(ctx, t, pairs)
     return t, pairs
 
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
