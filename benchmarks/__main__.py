@@ -58,7 +58,10 @@ def section_w1(quick: bool) -> tuple[dict, str]:
     md = ["## W1: single ReLU neuron, exact solver",
           f"{r['n']:,} instances, d = 5, n = 4, ReLU-teacher labels, Gaussian θ0 with ‖θ0‖ ≈ 0.1 "
           f"(statuses {r['status_counts']}; at most {r['max_pieces']} linear "
-          f"pieces). `exact` runs single-threaded (its `threads=1` default). The slow baselines run on "
+          f"pieces). `exact` runs with its defaults: one torch intra-op thread (`threads=1`) and "
+          f"`workers=0`, i.e. {r['workers']} Python thread(s) each solving a share of the batch (torch "
+          f"releases the GIL in its kernels); the `workers=1` row is the same solver on one thread. "
+          f"The slow baselines run on "
           f"the first instances only (column 'instances'); GD (lr 1e-2) stops at ‖∇L‖ ≤ 1e-9, "
           f"loss ≤ 1e-20 or {r['gd_max_steps']:,} steps (t = {r['gd_max_steps'] * 0.01:g}); LSODA integrates to t = 10⁴. Errors: max over "
           f"the instances timed (median in parentheses) of max_k |θ_k − θ_k(exact reference)|.", "",
@@ -138,10 +141,15 @@ def section_growth(quick: bool) -> tuple[dict, str]:
 def section_memory(counts: list[int]) -> tuple[list[dict], str]:
     from . import memory
 
-    res, rows, blocks = [], [], []
-    for count in counts:
-        r = memory.run(count)
-        res.append(r)
+    res = [memory.run(count) for count in counts]
+    return res, memory_markdown(res)
+
+
+def memory_markdown(res: list[dict]) -> str:
+    """The memory section from :func:`benchmarks.memory.run` results (one per instance count)."""
+    rows, blocks = [], []
+    for r in res:
+        count = r["count"]
         if "peak_rss_mb" not in r:
             rows.append([count, "—", "—", f"did not finish: {str(r)[:200]}"])
             continue
@@ -152,11 +160,11 @@ def section_memory(counts: list[int]) -> tuple[list[dict], str]:
         rows.append([count, r["peak_rss_mb"], r["seconds"], f"{r['rc']}{err}"])
         if r["phases"]:
             blocks += ["", f"{count:,} instances:", "", "```", r["summary"], "phases:", r["phases"], "```"]
-    md = ["## Memory (peak RSS of a streamed study)", "",
-          "`benchmarks/study_10k.yaml` with `count` instances, run as a subprocess (peak RSS of the "
-          "child from getrusage; target < 2 GB at 10^6 instances):", "",
-          _table(["instances", "peak RSS MB", "wall s", "exit code"], rows), *blocks]
-    return res, "\n".join(md)
+    return "\n".join(["## Memory (peak RSS of a streamed study)", "",
+                      "`benchmarks/study_10k.yaml` with `count` instances, run as a subprocess (peak RSS of "
+                      "the child from getrusage; target < 2 GB at 10^6 instances). The study streams in "
+                      "blocks of `block_size` = 20 000 instances (`ibtest/streaming.py`):", "",
+                      _table(["instances", "peak RSS MB", "wall s", "exit code"], rows), *blocks])
 
 
 # ----------------------------------------------------------------------------------------------

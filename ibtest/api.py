@@ -21,11 +21,12 @@ import yaml
 from . import certificate, report
 from . import status as st
 from .batch import Pairs, Triples
-from .engine import Context, Phase, build_context, run_engine
+from .engine import Context, Phase, build_context, plan_instances, run_block
 from .errors import UserError
 from .progress import Progress
 from .store import Store, open_run
 from .study import Study, load_study_text
+from .streaming import SAMPLE, Retainer, Tally
 from .verdicts import MemberResult, judge_all
 
 
@@ -47,6 +48,8 @@ class StudyResult:
     solver_error: float | None = None
     model: Any = None
     json_cache: dict[str, Any] | None = None  # to_json() of the finished run, computed once
+    tally: Tally | None = None  # counts and report rows over every block
+    blocks: int = 1  # > 1: a streamed study; ``triples`` / ``pairs`` hold the retained ones only
 
     @property
     def verdicts(self) -> dict[str, str]:
@@ -68,35 +71,27 @@ class StudyResult:
         """The full report as ``ibtest run`` prints it (``table``), or markdown / json / html."""
         return report.render(self.to_json(), fmt)
 
+    def _tally(self) -> Tally:
+        if self.tally is None:
+            self.tally = Tally(self.model, len(self.triples))
+            self.tally.add(self.triples, self.pairs)
+        return self.tally
+
     def summary(self) -> str:
-        counts = report_counts(self.triples)
+        ty = self._tally()
+        counts = ty.counts
         lines = [
             f"study {self.study.name}: {sum(counts.values())} instances "
-            f"({', '.join(f'{k} {v}' for k, v in counts.items())}), {len(self.triples)} solves in all, "
-            f"{len(self.pairs)} admissible pairs ({int(self.pairs.distinct.sum())} distinct), {self.seconds:.2f} s",
+            f"({', '.join(f'{k} {v}' for k, v in counts.items())}), {ty.n_solves} solves in all, "
+            f"{ty.n_pairs} admissible pairs ({ty.n_distinct} distinct), {self.seconds:.2f} s"
+            + (f", streamed in {self.blocks} blocks of {self.study.block_size}" if self.blocks > 1 else ""),
         ]
         if self.solver_error is not None:
             lines.append(f"measured solver error (re-solved at tighter settings): max |Δθ| = {self.solver_error:.3g}")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        t = self.triples
-        study_idx = [i for i in range(len(t)) if t.origin[i] == "study"]
-        num = certificate._num
-        show_pred = self.model is not None and type(self.model).predictor is not _base_predictor()
-
-        def triple(i: int) -> dict[str, Any]:
-            row = {"index": i, "dataset": t.labels[i], "init": t.init_labels[i], "status": st.name(t.status[i]),
-                   "loss": num(float(t.loss[i])), "theta": t.theta[i].tolist(), "theta0": t.theta0[i].tolist()}
-            if show_pred:
-                row["predictor"] = self.model.predictor(t.theta[i][None])[0].tolist()
-            for k in ("pieces", "steps"):
-                if k in t.info and not torch.isnan(t.info[k][i]):
-                    row[k] = int(t.info[k][i])
-            if "growth" in t.info and int(t.status[i]) == st.DIVERGED and torch.isfinite(t.info["growth"][i]):
-                row["growth"] = float(t.info["growth"][i])
-            return row
-
+        ty = self._tally()
         return certificate._jsonable({
             "study": self.study.name,
             "description": self.study.description,
@@ -118,12 +113,12 @@ class StudyResult:
                      "R_b": m.evidence.Rb, "source": m.evidence.source}}
                 for m in self.members
             ],
-            "triples": [triple(i) for i in study_idx],
-            "status_counts": report_counts(t),
-            "solves": len(t),
+            "triples": ty.rows,
+            "status_counts": ty.counts,
+            "solves": ty.n_solves,
             "solver_calls": self.solve_calls,
-            "pairs": {"admissible": len(self.pairs), "distinct": int(self.pairs.distinct.sum()),
-                      "by_source": {s: self.pairs.source.count(s) for s in sorted(set(self.pairs.source))}},
+            "pairs": {"admissible": ty.n_pairs, "distinct": ty.n_distinct, "by_source": ty.by_source},
+            "blocks": self.blocks,
             "phases": [{"name": p.name, "instances": p.count, "seconds": p.seconds, "statuses": p.statuses,
                         "calls": p.calls} for p in self.phases],
             "errors": self.errors,
@@ -132,18 +127,6 @@ class StudyResult:
 
     def markdown(self) -> str:
         return report.render_markdown(self.to_json())
-
-
-def _base_predictor():
-    from .specs import ModelBase
-
-    return ModelBase.predictor
-
-
-def report_counts(t: Triples) -> dict[str, int]:
-    study = torch.tensor([o == "study" for o in t.origin], dtype=torch.bool)
-    s = t.status[study]
-    return {st.name(c): int((s == c).sum()) for c in st.NAMES if int((s == c).sum())}
 
 
 def _apply_sweep(study: Study, value: Any) -> Study:
@@ -166,19 +149,42 @@ def _apply_sweep(study: Study, value: Any) -> Study:
 
 def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store | None = None,
                progress: Progress | None = None, sweep_value: Any = None) -> StudyResult:
-    """Run a validated study once (no sweep). ``out_dir`` None: nothing is written."""
+    """Run a validated study once (no sweep), streamed in blocks of ``study.block_size`` instances.
+
+    One block (the usual case): ``triples`` / ``pairs`` of the result hold the whole run. Several:
+    each block is solved, stored, scored and dropped (see :mod:`ibtest.streaming`).
+    ``out_dir`` None: nothing is written.
+    """
     t0 = time.perf_counter()
     ctx = build_context(study, progress=progress, store=store)
-    triples, pairs = run_engine(ctx)
+    plan = plan_instances(ctx)
+    size = max(1, study.block_size)
+    setting = study.report.triples
+    rows = max(study.report.json_triples, setting if setting is not True and setting is not False else 0)
+    tally = Tally(ctx.model, rows)
+    retainer = Retainer(ctx) if plan.n > size else None
     if store is not None:
-        store.write_triples(triples)
-        store.write_pairs(pairs)
-    # a sample of solver-error measurements for the summary, on top of those the verdicts need
-    sample = (triples.status == st.CONVERGED).nonzero().flatten()[:16].tolist()
-    members, meter = judge_all(ctx, triples, pairs, also_measure=sample)
+        store.clear_tables()
+    offset = n_pairs = 0
+    for start in range(0, plan.n, size):
+        t, pairs = run_block(ctx, plan.block(start, min(plan.n, start + size)), start)
+        if store is not None:
+            store.write_triples(t, offset)
+            store.write_pairs(pairs, offset, n_pairs)
+        tally.add(t, pairs)
+        if retainer is not None:
+            retainer.add(t, pairs)
+        offset, n_pairs = offset + len(t), n_pairs + len(pairs)
+    if retainer is None:
+        # a sample of solver-error measurements for the summary, on top of those the verdicts need
+        sample = (t.status == st.CONVERGED).nonzero().flatten()[:SAMPLE].tolist()
+        members, meter = judge_all(ctx, t, pairs, also_measure=sample)
+    else:
+        t, pairs, members, meter = retainer.finish(tally)
     solver_error = max(meter.err.values()) if meter.err else None
-    res = StudyResult(study, triples, pairs, members, ctx.phases, ctx.errors, 0.0, sweep_value=sweep_value,
-                      solve_calls=ctx.solve_calls, solver_error=solver_error, model=ctx.model)
+    res = StudyResult(study, t, pairs, members, ctx.phases, ctx.errors, 0.0, sweep_value=sweep_value,
+                      solve_calls=ctx.solve_calls, solver_error=solver_error, model=ctx.model, tally=tally,
+                      blocks=-(-plan.n // size))
     if out_dir is not None:
         res.run_dir = Path(out_dir)
         write_certificates(res, ctx)

@@ -60,6 +60,18 @@ class Triples:
     def __len__(self) -> int:
         return self.theta.shape[0]
 
+    def take(self, idx: Tensor) -> "Triples":
+        """The triples at positions ``idx`` (a copy), in that order."""
+        idx = idx.to(torch.int64)
+        pick = idx.tolist()
+        return Triples(
+            X=self.X[idx], y=self.y[idx], mask=self.mask[idx], theta0=self.theta0[idx], theta=self.theta[idx],
+            status=self.status[idx], loss=self.loss[idx], dataset_id=self.dataset_id[idx],
+            init_id=self.init_id[idx], parent=self.parent[idx], labels=[self.labels[i] for i in pick],
+            init_labels=[self.init_labels[i] for i in pick], origin=[self.origin[i] for i in pick],
+            info={k: v[idx] for k, v in self.info.items()},
+        )
+
     def append(self, other: "Triples") -> Tensor:
         """Append ``other`` (padding n as needed); return the indices it received."""
         start = len(self)
@@ -82,13 +94,16 @@ class Triples:
 class Pairs:
     """Admissible pairs: indices a, b into :class:`Triples`, how each was found.
 
+    ``code`` [k] int64 indexes ``names`` (where the pair came from: ``study (same init)``, a
+    construction's name, ...), so selecting or concatenating pairs never touches Python strings;
     ``same_init`` [k] bool: θ0 equal on both sides (required by ``init`` hypotheses);
     ``cross_ab`` = L(θ_a; D_b), ``cross_ba`` = L(θ_b; D_a); ``distinct``: θ_a ≠ θ_b.
     """
 
     a: Tensor
     b: Tensor
-    source: list[str]
+    code: Tensor
+    names: list[str]
     same_init: Tensor
     cross_ab: Tensor
     cross_ba: Tensor
@@ -99,17 +114,35 @@ class Pairs:
         z = torch.zeros(0, dtype=torch.int64)
         f = torch.zeros(0, dtype=torch.float64)
         b = torch.zeros(0, dtype=torch.bool)
-        return Pairs(z, z.clone(), [], b, f, f.clone(), b.clone())
+        return Pairs(z, z.clone(), z.clone(), [], b, f, f.clone(), b.clone())
 
     def __len__(self) -> int:
         return self.a.shape[0]
 
-    def extend(self, other: "Pairs") -> None:
-        for name in ("a", "b", "same_init", "cross_ab", "cross_ba", "distinct"):
+    def source(self, k: int) -> str:
+        """Where pair ``k`` came from."""
+        return self.names[int(self.code[k])]
+
+    def counts(self) -> dict[str, int]:
+        """Number of pairs per source name (sorted by name)."""
+        n = torch.bincount(self.code, minlength=len(self.names)).tolist() if len(self) else [0] * len(self.names)
+        return {name: c for name, c in sorted(zip(self.names, n)) if c}
+
+    def extend(self, other: "Pairs", offset: int = 0) -> None:
+        """Append ``other`` (its triple indices shifted by ``offset``), merging the source names."""
+        remap = torch.tensor([self._code_of(n) for n in other.names] or [0], dtype=torch.int64)
+        code = remap[other.code] if len(other) else other.code
+        for name, extra in (("a", other.a + offset), ("b", other.b + offset), ("code", code)):
+            setattr(self, name, torch.cat([getattr(self, name), extra]))
+        for name in ("same_init", "cross_ab", "cross_ba", "distinct"):
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
-        self.source += other.source
+
+    def _code_of(self, name: str) -> int:
+        if name not in self.names:
+            self.names.append(name)
+        return self.names.index(name)
 
     def select(self, idx: Tensor) -> "Pairs":
         idx = idx.to(torch.int64)
-        return Pairs(self.a[idx], self.b[idx], [self.source[i] for i in idx.tolist()],
+        return Pairs(self.a[idx], self.b[idx], self.code[idx], list(self.names),
                      self.same_init[idx], self.cross_ab[idx], self.cross_ba[idx], self.distinct[idx])

@@ -52,6 +52,20 @@ class Context:
     progress: Progress = field(default_factory=Quiet)
     store: Store | None = None
     solve_calls: int = 0
+    block_start: int = 0  # index of the first study instance of the block being run
+
+    def add_phase(self, ph: Phase) -> Phase:
+        """Record a phase; a phase of the same name (a later block of a streamed study) is merged."""
+        for old in self.phases:
+            if old.name == ph.name:
+                old.count += ph.count
+                old.seconds += ph.seconds
+                old.calls += ph.calls
+                for k, v in ph.statuses.items():
+                    old.statuses[k] = old.statuses.get(k, 0) + v
+                return old
+        self.phases.append(ph)
+        return ph
 
 
 def _seed(*parts: int) -> torch.Generator:
@@ -67,6 +81,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _construction_seed(ctx: Context, stage: int, n: int) -> torch.Generator:
+    """The generator a construction gets: from the study seed, the stage and the table size, and
+    for a later block of a streamed study its first instance (so blocks differ)."""
+    parts = (ctx.study.seed, stage, n) + ((ctx.block_start,) if ctx.block_start else ())
+    return _seed(*parts)
+
+
 def _label(use: PluginUse, opts: dict[str, Any]) -> str:
     varying = [k for k, v in use.options.items() if isinstance(v, list) and use.spec.options[k].sweep]
     shown = ", ".join(f"{k}={_fmt(opts[k])}" for k in varying)
@@ -76,55 +97,81 @@ def _label(use: PluginUse, opts: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------
 # instances
 # ------------------------------------------------------------------------------------------
-def make_instances(ctx: Context) -> Triples:
-    """All (dataset, θ0) instances of a study, unsolved (theta = theta0, status = BUDGET).
+@dataclass
+class InstancePlan:
+    """The study's instances, unmaterialised: every dataset × every θ0, dataset-major.
+
+    ``X`` [N_d, n, d], ``y`` / ``mask`` [N_d, n] hold each dataset once and ``theta0`` [N_i, P]
+    each init once; instance k is dataset k // N_i with init k % N_i. :meth:`block` builds the
+    :class:`Triples` of a range of instances, so a large study is streamed block by block
+    without ever holding N_d · N_i copies.
+    """
+
+    X: Tensor
+    y: Tensor
+    mask: Tensor
+    theta0: Tensor
+    labels: list[str]
+    init_labels: list[str]
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0] * self.theta0.shape[0]
+
+    def block(self, start: int, stop: int) -> Triples:
+        """Instances ``start`` … ``stop − 1`` as unsolved triples (theta = theta0, status BUDGET)."""
+        k = torch.arange(start, stop)
+        N_i = self.theta0.shape[0]
+        di, ii = k // N_i, k % N_i
+        dev, B = self.device, stop - start
+        th0 = self.theta0[ii].to(dev)
+        return Triples(
+            X=self.X[di].to(dev), y=self.y[di].to(dev), mask=self.mask[di].to(dev), theta0=th0, theta=th0.clone(),
+            status=torch.full((B,), st.BUDGET, dtype=torch.int64),
+            loss=torch.full((B,), float("nan"), dtype=torch.float64),
+            dataset_id=di, init_id=ii, parent=torch.full((B,), -1, dtype=torch.int64),
+            labels=[self.labels[j] for j in di.tolist()], init_labels=[self.init_labels[j] for j in ii.tolist()],
+            origin=["study"] * B,
+        )
+
+
+def plan_instances(ctx: Context) -> InstancePlan:
+    """Generate every dataset and every θ0 of the study once.
 
     Inits are drawn once per (init entry, d) and shared by every dataset of that dimension, so
     datasets run from the same θ0 and own-triple pairs can share an initialization.
     """
     study, model = ctx.study, ctx.model
-    parts, labels, dids = [], [], []
-    did = 0
+    parts, labels = [], []
     for i, use in enumerate(study.datasets):
         for j, opts in enumerate(use.expand()):
             batch = use.spec.generate(rng=_seed(study.seed, 1, i, j), **opts)
             base = _label(use, opts)
-            for k in range(batch.X.shape[0]):
-                parts.append((batch.X[k : k + 1].to(torch.float64), batch.y[k : k + 1].to(torch.float64),
-                              batch.mask[k : k + 1].to(torch.float64)))
-                sub = batch.labels[k] if k < len(batch.labels) else str(k)
-                labels.append(f"{base} {sub}".strip() if batch.X.shape[0] > 1 else base)
-                dids.append(did)
-                did += 1
+            k = batch.X.shape[0]
+            parts.append((batch.X.to(torch.float64), batch.y.to(torch.float64), batch.mask.to(torch.float64)))
+            if k == 1:
+                labels.append(base)
+            else:
+                subs = list(batch.labels[:k]) + [str(c) for c in range(len(batch.labels), k)]
+                labels += [f"{base} {sub}".strip() for sub in subs]
     X, y, mask = cat_padded(parts)
     d = X.shape[-1]
     P = model.n_params(d)
-    thetas, init_labels, iids = [], [], []
-    iid = 0
+    thetas, init_labels = [], []
     for ii, (use, count) in enumerate(zip(study.inits, study.init_counts)):
         for jj, opts in enumerate(use.expand()):
             th0 = use.spec.sample(model=model, d=d, count=count, rng=_seed(study.seed, 2, ii, jj), **opts)
-            th0 = torch.as_tensor(th0, dtype=torch.float64).reshape(count, P)
+            thetas.append(torch.as_tensor(th0, dtype=torch.float64).reshape(count, P))
             base = _label(use, opts)
-            for c in range(count):
-                thetas.append(th0[c])
-                init_labels.append(f"{base}#{c}" if count > 1 else base)
-                iids.append(iid)
-                iid += 1
-    N_d, N_i = X.shape[0], len(thetas)
-    di = torch.arange(N_d).repeat_interleave(N_i)
-    ii_ = torch.arange(N_i).repeat(N_d)
-    theta0 = torch.stack(thetas)[ii_]
-    dev = ctx.device
-    return Triples(
-        X=X[di].to(dev), y=y[di].to(dev), mask=mask[di].to(dev), theta0=theta0.to(dev), theta=theta0.clone().to(dev),
-        status=torch.full((N_d * N_i,), st.BUDGET, dtype=torch.int64),
-        loss=torch.full((N_d * N_i,), float("nan"), dtype=torch.float64),
-        dataset_id=torch.tensor(dids)[di], init_id=torch.tensor(iids)[ii_],
-        parent=torch.full((N_d * N_i,), -1, dtype=torch.int64),
-        labels=[labels[k] for k in di.tolist()], init_labels=[init_labels[k] for k in ii_.tolist()],
-        origin=["study"] * (N_d * N_i),
-    )
+            init_labels += [f"{base}#{c}" for c in range(count)] if count > 1 else [base]
+    return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device)
+
+
+def make_instances(ctx: Context) -> Triples:
+    """All (dataset, θ0) instances of a study as one block of unsolved triples."""
+    plan = plan_instances(ctx)
+    return plan.block(0, plan.n)
 
 
 # ------------------------------------------------------------------------------------------
@@ -185,7 +232,7 @@ def solve(ctx: Context, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
         ])
     counts = {st.name(c): int((status == c).sum()) for c in st.NAMES if int((status == c).sum())}
     ph = Phase(phase, B, time.perf_counter() - t0, counts, calls)
-    ctx.phases.append(ph)
+    ctx.add_phase(ph)
     ctx.progress.end(f"{phase}: {B} instances ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}), "
                      f"{ph.seconds:.2f} s" + ("" if calls or not B else ", all from the results store"))
     return SolveResult(theta, status, loss, info)
@@ -205,19 +252,23 @@ def _distinct(ta: Tensor, tb: Tensor) -> Tensor:
     return (ta - tb).norm(dim=-1) > 1e-9 * scale
 
 
-def admissible(ctx: Context, t: Triples, a: Tensor, b: Tensor, source: list[str]) -> Pairs:
-    """Keep the pairs (a, b) whose two sides converged and fit each other's dataset."""
+def admissible(ctx: Context, t: Triples, a: Tensor, b: Tensor, source: str | tuple[Tensor, list[str]]) -> Pairs:
+    """Keep the pairs (a, b) whose two sides converged and fit each other's dataset.
+
+    ``source`` names where the pairs came from: one name for all, or (codes [k], names).
+    """
     if a.numel() == 0:
         return Pairs.empty()
     m = ctx.model
+    code, names = (torch.zeros(a.numel(), dtype=torch.int64), [source]) if isinstance(source, str) else source
     conv = (t.status[a] == st.CONVERGED) & (t.status[b] == st.CONVERGED)
+    a, b, code = a[conv], b[conv], code[conv]
     cab = m.loss(t.theta[a], t.X[b], t.y[b], t.mask[b]).detach().cpu()
     cba = m.loss(t.theta[b], t.X[a], t.y[a], t.mask[a]).detach().cpu()
-    ok = conv & (cab <= ctx.fit_tol) & (cba <= ctx.fit_tol)
+    keep = ((cab <= ctx.fit_tol) & (cba <= ctx.fit_tol)).nonzero().flatten()
+    a, b = a[keep], b[keep]
     same = (t.theta0[a] == t.theta0[b]).all(-1).cpu()
-    keep = ok.nonzero().flatten()
-    return Pairs(a[keep], b[keep], [source[i] for i in keep.tolist()], same[keep], cab[keep], cba[keep],
-                 _distinct(t.theta[a[keep]], t.theta[b[keep]]).cpu())
+    return Pairs(a, b, code[keep], list(names), same, cab[keep], cba[keep], _distinct(t.theta[a], t.theta[b]).cpu())
 
 
 def group_pairs(keys: Tensor, cap: int) -> tuple[Tensor, Tensor]:
@@ -252,16 +303,16 @@ def own_pairs(ctx: Context, t: Triples, idx: Tensor) -> Pairs:
     """
     cap = ctx.study.verdict.max_group_pairs
     conv = idx[t.status[idx] == st.CONVERGED]
-    a_all, b_all, src = [], [], []
-    for key, what in ((t.init_id, "same init"), (t.dataset_id, "same dataset")):
+    a_all, b_all, codes = [], [], []
+    for code, key in enumerate((t.init_id, t.dataset_id)):
         ia, ib = group_pairs(key[conv], cap)
         a_all.append(conv[ia])
         b_all.append(conv[ib])
-        src += [f"study ({what})"] * ia.numel()
+        codes.append(torch.full((ia.numel(),), code, dtype=torch.int64))
     a, b = torch.cat(a_all), torch.cat(b_all)
     if a.numel() == 0:
         return Pairs.empty()
-    return admissible(ctx, t, a, b, src)
+    return admissible(ctx, t, a, b, (torch.cat(codes), ["study (same init)", "study (same dataset)"]))
 
 
 def _triple_batch(t: Triples, idx: Tensor) -> TripleBatch:
@@ -288,7 +339,7 @@ def run_triple_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
         for opts in use.expand():
             try:
                 out: Partners = use.spec.build(model=ctx.model, triples=_triple_batch(t, src_idx),
-                                               rng=_seed(ctx.study.seed, 3, len(t)), **opts)
+                                               rng=_construction_seed(ctx, 3, len(t)), **opts)
             except Exception as exc:
                 ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
                 continue
@@ -300,7 +351,7 @@ def run_triple_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
                                int(t.dataset_id.max()) + 1)
             solve_into(ctx, new, f"solve partners ({use.name})")
             ids = t.append(new)
-            pairs.extend(admissible(ctx, t, parent, ids, [use.name] * ids.numel()))
+            pairs.extend(admissible(ctx, t, parent, ids, use.name))
 
 
 def run_pair_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
@@ -315,7 +366,7 @@ def run_pair_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
                        t.theta0[base.a], [f"{t.labels[i]} | {t.labels[j]}" for i, j in zip(base.a.tolist(), base.b.tolist())])
         for opts in use.expand():
             try:
-                out: NewPairs = use.spec.build(model=ctx.model, pairs=pb, rng=_seed(ctx.study.seed, 4, len(t)), **opts)
+                out: NewPairs = use.spec.build(model=ctx.model, pairs=pb, rng=_construction_seed(ctx, 4, len(t)), **opts)
             except Exception as exc:
                 ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
                 continue
@@ -332,7 +383,7 @@ def run_pair_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
                                int(t.dataset_id.max()) + 1)
             solve_into(ctx, new, f"solve pairs ({use.name})")
             ids = t.append(new)
-            pairs.extend(admissible(ctx, t, ids[:k], ids[k:], [use.name] * k))
+            pairs.extend(admissible(ctx, t, ids[:k], ids[k:], use.name))
 
 
 # ------------------------------------------------------------------------------------------
@@ -344,16 +395,20 @@ def build_context(study: Study, progress: Progress | None = None, store: Store |
     return Context(study, model, study.solver.spec, options, fit_tol, dev, progress=progress or Quiet(), store=store)
 
 
-def run_engine(ctx: Context) -> tuple[Triples, Pairs]:
-    """Solve the study's instances, build and solve partners, return all triples and admissible pairs."""
-    t = make_instances(ctx)
+def run_block(ctx: Context, t: Triples, start: int = 0) -> tuple[Triples, Pairs]:
+    """Solve a block of study instances (the first is instance ``start``), pair them, build and
+    solve partners; return all its triples and admissible pairs (indices local to the block)."""
+    ctx.block_start = start
     solve_into(ctx, t, "solve")
     pairs = Pairs.empty()
     t0 = time.perf_counter()
-    study_idx = torch.arange(len(t))
-    pairs.extend(own_pairs(ctx, t, study_idx))
-    ctx.phases.append(Phase("own pairs", len(t), time.perf_counter() - t0))
+    pairs.extend(own_pairs(ctx, t, torch.arange(len(t))))
+    ctx.add_phase(Phase("own pairs", len(t), time.perf_counter() - t0))
     run_triple_constructions(ctx, t, pairs)
     run_pair_constructions(ctx, t, pairs)
     return t, pairs
 
+
+def run_engine(ctx: Context) -> tuple[Triples, Pairs]:
+    """Solve the study's instances in one block, build and solve partners, return all triples and pairs."""
+    return run_block(ctx, make_instances(ctx))

@@ -125,24 +125,33 @@ class Store:
         return int(self.db.execute("SELECT COUNT(*) FROM solves").fetchone()[0])
 
     # -- readable tables ---------------------------------------------------------------------
-    def write_triples(self, t) -> None:
+    def clear_tables(self) -> None:
+        """Empty the triples and pairs tables (a run, or a resumed one, rewrites them block by block)."""
+        with self.db:
+            self.db.execute("DELETE FROM triples")
+            self.db.execute("DELETE FROM pairs")
+
+    def write_triples(self, t, offset: int = 0) -> None:
+        """Append a block of triples; run-wide index = ``offset`` + position (parents likewise)."""
         from . import status as st
 
         theta = t.theta.detach().cpu().to(torch.float64).numpy()
         theta0 = t.theta0.detach().cpu().to(torch.float64).numpy()
         status = [st.name(c) for c in t.status.tolist()]
-        rows = [(i, t.origin[i], t.labels[i], t.init_labels[i], p, status[i], loss, theta[i].tobytes(), theta0[i].tobytes())
-                for i, (p, loss) in enumerate(zip(t.parent.tolist(), t.loss.tolist()))]
+        parent = torch.where(t.parent >= 0, t.parent + offset, t.parent).tolist()
+        rows = [(offset + i, t.origin[i], t.labels[i], t.init_labels[i], p, status[i], loss, theta[i].tobytes(),
+                 theta0[i].tobytes()) for i, (p, loss) in enumerate(zip(parent, t.loss.tolist()))]
         with self.db:
-            self.db.execute("DELETE FROM triples")
-            self.db.executemany("INSERT INTO triples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO triples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def write_pairs(self, p) -> None:
-        rows = [(k, int(p.a[k]), int(p.b[k]), p.source[k], int(p.same_init[k]), int(p.distinct[k]),
-                 float(p.cross_ab[k]), float(p.cross_ba[k])) for k in range(len(p))]
+    def write_pairs(self, p, offset: int = 0, first_id: int = 0) -> None:
+        """Append a block of pairs (ids from ``first_id``; triple indices shifted by ``offset``)."""
+        src = [p.names[c] for c in p.code.tolist()]
+        rows = list(zip(range(first_id, first_id + len(p)), (p.a + offset).tolist(), (p.b + offset).tolist(), src,
+                        p.same_init.int().tolist(), p.distinct.int().tolist(), p.cross_ab.tolist(),
+                        p.cross_ba.tolist()))
         with self.db:
-            self.db.execute("DELETE FROM pairs")
-            self.db.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self.db.executemany("INSERT OR REPLACE INTO pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def write_results(self, results: dict[str, Any]) -> None:
         """Store a finished run's JSON (a sweep: ``{"sweep": path, "runs": [...]}``) and its verdicts."""

@@ -61,6 +61,8 @@ class ReportSettings(_Strict):
     )
     triples: Union[bool, int] = Field(True, description="list solved triples (True, False or at most N rows)")
     digits: int = Field(6, ge=1, le=17)
+    json_triples: int = Field(1000, ge=0, description=(
+        "study triples listed in results.json (every triple is in results.sqlite)"))
 
 
 class SweepSettings(_Strict):
@@ -86,6 +88,9 @@ class StudyModel(_Strict):
     sweep: Union[SweepSettings, None] = None
     device: Literal["cpu", "cuda"] = "cpu"
     chunk_size: int = Field(20000, ge=1, description="instances solved per batch")
+    block_size: int = Field(20000, ge=1, description=(
+        "instances streamed through the whole pipeline at a time (memory is O(block)); own-triple "
+        "pairs are formed within a block"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -149,6 +154,7 @@ class Study:
     sweep: SweepSettings | None = None
     device: str = "cpu"
     chunk_size: int = 20000
+    block_size: int = 20000
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -363,7 +369,7 @@ def validate(
         init_counts=[r.count for r in init_refs], datasets=datasets, solver=solver,
         constructions=constructions, hypotheses=hyps, verdict=m.verdict, report=m.report,
         plugin_files=list(plugin_files or []), sweep=m.sweep, device=m.device,
-        chunk_size=m.chunk_size, description=m.description,
+        chunk_size=m.chunk_size, block_size=m.block_size, description=m.description,
     )
 
 

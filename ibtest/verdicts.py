@@ -101,10 +101,12 @@ def hyp_context(ctx: Context, t: Triples, idx: Tensor, spec: Any, theta0: Tensor
     return c
 
 
-def evaluate(ctx: Context, spec: Any, params: dict, theta: Tensor, hctx: HypContext) -> tuple[Tensor, Tensor]:
-    """R [T] (or C [T, k]) and the gradient norm of each component summed, [T], by autograd."""
-    with torch.enable_grad():
-        th = theta.detach().clone().requires_grad_(True)
+def evaluate(ctx: Context, spec: Any, params: dict, theta: Tensor, hctx: HypContext,
+             grad: bool = True) -> tuple[Tensor, Tensor | None]:
+    """R [T] (or C [T, k]) and, with ``grad``, the gradient norm of each component summed, [T], by
+    autograd (None without ``grad``: scoring every pair needs only R)."""
+    with torch.enable_grad() if grad else torch.no_grad():
+        th = theta.detach().clone().requires_grad_(grad)
         x = ctx.model.predictor(th) if spec.on == "predictor" else th
         R = spec.fn(x, hctx, **params)
         if not isinstance(R, torch.Tensor):
@@ -112,6 +114,8 @@ def evaluate(ctx: Context, spec: Any, params: dict, theta: Tensor, hctx: HypCont
         if R.shape[0] != theta.shape[0] or (spec.kind == "regularizer" and R.dim() != 1):
             raise TypeError(f"returned shape {tuple(R.shape)}, expected [{theta.shape[0]}]"
                             + ("" if spec.kind == "regularizer" else " or [B, k]"))
+        if not grad:
+            return R.detach().to(torch.float64), None
         R2 = R.reshape(R.shape[0], -1)
         gnorm = torch.zeros(theta.shape[0], dtype=torch.float64)
         for k in range(R2.shape[1]):
@@ -164,11 +168,18 @@ class _Scored:
     p: Pairs | None = None
     Ra: Tensor | None = None
     Rb: Tensor | None = None
-    G: Tensor | None = None
     gap: Tensor | None = None
     floor: Tensor | None = None
     rel: Tensor | None = None
     cand: list[int] = field(default_factory=list)
+    sel: Tensor | None = None  # positions of ``p`` in the pairs it was scored on
+
+    def keep(self) -> list[int]:
+        """Positions (in the scored pairs) a verdict can rest on: the candidates and the closest call."""
+        if self.p is None or self.sel is None:
+            return []
+        closest = int(torch.argmax(torch.nan_to_num(self.rel, nan=0.0)))
+        return sorted({int(self.sel[k]) for k in self.cand} | {int(self.sel[closest])})
 
     def triples_to_measure(self) -> list[int]:
         if self.p is None:
@@ -193,9 +204,12 @@ def score_regularizer(ctx: Context, t: Triples, pairs: Pairs, use: HypothesisUse
         if not bool((t.status == st.CONVERGED).any()):
             r.reason = _no_converged_reason(t)
         return sc
-    used = torch.unique(torch.cat([p.a, p.b]))
-    R_all, G_all = evaluate(ctx, spec, params, t.theta[used], hyp_context(ctx, t, used, spec))
-    pos = torch.full((len(t),), -1, dtype=torch.int64)
+    hit = torch.zeros(len(t), dtype=torch.bool)
+    hit[p.a] = True
+    hit[p.b] = True
+    used = hit.nonzero().flatten()
+    R_all, _ = evaluate(ctx, spec, params, t.theta[used], hyp_context(ctx, t, used, spec), grad=False)
+    pos = torch.zeros(len(t), dtype=torch.int64)
     pos[used] = torch.arange(used.numel())
     Ra, Rb = R_all[pos[p.a]], R_all[pos[p.b]]
     gap = (Ra - Rb).abs()
@@ -208,8 +222,8 @@ def score_regularizer(ctx: Context, t: Triples, pairs: Pairs, use: HypothesisUse
         r.error = f"R is not finite on {int(nonfinite.sum())} solution(s)"
     order = torch.argsort(torch.where(torch.isfinite(gap), gap / floor, torch.zeros_like(gap)), descending=True)
     cand = [int(k) for k in order[:RECHECK_TOP] if bool(gap[k] > floor[k])]
-    G = torch.stack([G_all[pos[p.a]], G_all[pos[p.b]]], -1)
-    sc.p, sc.Ra, sc.Rb, sc.G, sc.gap, sc.floor, sc.rel, sc.cand = p, Ra, Rb, G, gap, floor, rel, cand
+    sc.p, sc.Ra, sc.Rb, sc.gap, sc.floor, sc.rel, sc.cand = p, Ra, Rb, gap, floor, rel, cand
+    sc.sel = sel
     return sc
 
 
@@ -221,7 +235,7 @@ def finish_regularizer(ctx: Context, t: Triples, sc: _Scored, params: dict, mete
     use, spec = r.use, r.spec
     best_ratio, best = -1.0, None
     for k in sc.cand:
-        ev = _recheck_pair(ctx, t, spec, params, use, meter, int(p.a[k]), int(p.b[k]), p.source[k])
+        ev = _recheck_pair(ctx, t, spec, params, use, meter, int(p.a[k]), int(p.b[k]), p.source(k))
         if ev is None:
             continue
         ratio = ev.gap / ev.margin if ev.margin > 0 else math.inf
@@ -232,10 +246,13 @@ def finish_regularizer(ctx: Context, t: Triples, sc: _Scored, params: dict, mete
         r.reason = f"certified witness from {best.source}: |ΔR| = {best.gap:.3g} > margin {best.margin:.3g}"
         return r
     # survives or inconclusive: report the closest call (largest relative gap)
-    k = int(torch.argmax(torch.nan_to_num(sc.rel, nan=0.0)))
-    r.evidence = best or Evidence(int(p.a[k]), int(p.b[k]), float(sc.Ra[k]), float(sc.Rb[k]), float(sc.gap[k]),
-                                  float(sc.floor[k]), float("nan"), float("nan"), float(sc.G[k, 0]),
-                                  float(sc.G[k, 1]), p.source[k])
+    if best is None:
+        k = int(torch.argmax(torch.nan_to_num(sc.rel, nan=0.0)))
+        ab = torch.stack([p.a[k], p.b[k]])
+        _, G = evaluate(ctx, spec, params, t.theta[ab], hyp_context(ctx, t, ab, spec))
+        best = Evidence(int(p.a[k]), int(p.b[k]), float(sc.Ra[k]), float(sc.Rb[k]), float(sc.gap[k]),
+                        float(sc.floor[k]), float("nan"), float("nan"), float(G[0]), float(G[1]), p.source(k))
+    r.evidence = best
     if r.n_pairs >= ctx.study.verdict.min_pairs:
         r.verdict = "survives"
         r.reason = f"{r.n_pairs} admissible pairs ({r.n_distinct} distinct), no witness beyond the margin"
@@ -272,20 +289,64 @@ def _recheck_pair(ctx, t, spec, params, use, meter: ErrorMeter, a: int, b: int, 
 
 def _no_converged_reason(t: Triples) -> str:
     counts = {st.name(c): int((t.status == c).sum()) for c in st.NAMES if int((t.status == c).sum())}
-    text = "no converged triple (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+    growth = None
     if "growth" in t.info and counts.get("diverged"):
         g = t.info["growth"][t.status == st.DIVERGED]
         g = g[torch.isfinite(g)]
-        if g.numel():
-            text += f"; diverged runs grew |θ| by up to {float(g.max()):.3g}x"
+        growth = float(g.max()) if g.numel() else None
+    return no_converged_reason(counts, growth)
+
+
+def no_converged_reason(counts: dict[str, int], growth: float | None = None) -> str:
+    """Why nothing could be judged: the status counts (and how far diverged runs grew)."""
+    text = "no converged triple (" + ", ".join(f"{k} {v}" for k, v in counts.items()) + ")"
+    if growth is not None:
+        text += f"; diverged runs grew |θ| by up to {growth:.3g}x"
     return text
+
+
+@dataclass
+class Totals:
+    """A member's counts over every block of a streamed study (its verdict is decided on the
+    few triples kept from each block, its counts come from here)."""
+
+    n: int = 0  # admissible pairs judged (regularizer) or converged triples (invariant, bound)
+    distinct: int = 0
+    max_rel_gap: float = -math.inf
+    worst: float | None = None  # bounds: the largest value
+    largest: float = -math.inf  # invariants and bounds: the largest change / excess
+    error: str | None = None
+    no_pairs_reason: str | None = None
+
+    def add_scored(self, sc: "_Scored") -> None:
+        r = sc.result
+        self.n += r.n_pairs
+        self.distinct += r.n_distinct
+        self.max_rel_gap = max(self.max_rel_gap, r.max_rel_gap)
+        self.error = self.error or r.error
+
+    def add_invariant(self, s: "_InvScore") -> None:
+        if s.idx is None:
+            return
+        self.n += int(s.idx.numel())
+        self.max_rel_gap = max(self.max_rel_gap, s.max_rel_gap)
+        self.largest = max(self.largest, float(s.gap.max()))
+        if s.worst is not None:
+            self.worst = s.worst if self.worst is None else max(self.worst, s.worst)
+
+    def apply(self, r: MemberResult) -> None:
+        r.n_pairs, r.n_distinct = self.n, self.distinct
+        r.max_rel_gap = self.max_rel_gap if self.n else 0.0
+        r.error = r.error or self.error
+        if self.worst is not None:
+            r.worst = self.worst
 
 
 def _reference(ctx, spec, params, t, idx, hctx) -> Tensor:
     """What C(θ∞) is compared with: C(θ0) for an invariant, the bound for a bound."""
     if spec.kind == "bound":
         return torch.full((idx.numel(), 1), float(params.get("bound", spec.bound)), dtype=torch.float64)
-    C0, _ = evaluate(ctx, spec, params, t.theta0[idx], hctx)
+    C0, _ = evaluate(ctx, spec, params, t.theta0[idx], hctx, grad=False)
     return C0.reshape(idx.numel(), -1)
 
 
@@ -296,28 +357,67 @@ def _excess(spec, C1: Tensor, C0: Tensor) -> Tensor:
     return (C1 - C0).abs().amax(-1)
 
 
-def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, meter: ErrorMeter) -> MemberResult:
-    """Invariants (C(θ∞) = C(θ0)) and bounds (B(θ∞) ≤ bound), judged on single converged triples."""
+@dataclass
+class _InvScore:
+    """An invariant / bound member scored on the converged triples ``idx`` of one table."""
+
+    idx: Tensor | None = None
+    C0: Tensor | None = None
+    C1: Tensor | None = None
+    gap: Tensor | None = None
+    floor: Tensor | None = None
+    cand: list[int] = field(default_factory=list)
+    worst: float | None = None
+    max_rel_gap: float = 0.0
+
+    def keep(self) -> list[int]:
+        """Triples a verdict can rest on: the candidates and the closest call."""
+        if self.idx is None:
+            return []
+        closest = int(torch.argmax(self.gap / self.floor))
+        return sorted({int(self.idx[k]) for k in self.cand} | {int(self.idx[closest])})
+
+
+def score_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict) -> _InvScore:
+    """C(θ∞) against its reference on every converged triple, and the candidates to re-check."""
     spec = use.spec
     fparams = {k: v for k, v in params.items() if not (spec.kind == "bound" and k == "bound")}
-    r = MemberResult(use.name, params, spec.kind, spec.depends_on, "inconclusive", use.expect, spec=spec, use=use)
     idx = (t.status == st.CONVERGED).nonzero().flatten()
-    r.n_pairs = int(idx.numel())
     if idx.numel() == 0:
-        r.reason = _no_converged_reason(t)
-        return r
+        return _InvScore()
     hctx = hyp_context(ctx, t, idx, spec)
-    C1, G1 = evaluate(ctx, spec, fparams, t.theta[idx], hctx)
+    C1, _ = evaluate(ctx, spec, fparams, t.theta[idx], hctx, grad=False)
     C1 = C1.reshape(idx.numel(), -1)
     C0 = _reference(ctx, spec, params, t, idx, hctx)
-    if spec.kind == "bound":
-        r.worst = float(C1.amax(-1).max())
     gap = _excess(spec, C1, C0)
     scale = torch.maximum(C1.abs().amax(-1), C0.abs().amax(-1))
     floor = torch.clamp(use.rtol * scale, min=use.atol)
-    r.max_rel_gap = float((gap / scale.clamp_min(1e-300)).max())
     order = torch.argsort(gap / floor, descending=True)
-    cand = [int(k) for k in order[:RECHECK_TOP] if bool(gap[k] > floor[k])]
+    return _InvScore(idx, C0, C1, gap, floor, [int(k) for k in order[:RECHECK_TOP] if bool(gap[k] > floor[k])],
+                     float(C1.amax(-1).max()) if spec.kind == "bound" else None,
+                     float((gap / scale.clamp_min(1e-300)).max()))
+
+
+def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, meter: ErrorMeter,
+                    totals: Totals | None = None) -> MemberResult:
+    """Invariants (C(θ∞) = C(θ0)) and bounds (B(θ∞) ≤ bound), judged on single converged triples.
+
+    ``totals``: counts over a whole streamed study, of which ``t`` holds the retained triples.
+    """
+    spec = use.spec
+    fparams = {k: v for k, v in params.items() if not (spec.kind == "bound" and k == "bound")}
+    r = MemberResult(use.name, params, spec.kind, spec.depends_on, "inconclusive", use.expect, spec=spec, use=use)
+    s = score_invariant(ctx, t, use, params)
+    r.n_pairs, r.worst, r.max_rel_gap = (0, None, 0.0) if s.idx is None else (int(s.idx.numel()), s.worst, s.max_rel_gap)
+    largest = 0.0 if s.idx is None else float(s.gap.max())
+    if totals is not None:
+        totals.apply(r)
+        largest = totals.largest
+    if s.idx is None or r.n_pairs == 0:
+        r.reason = (totals.no_pairs_reason if totals is not None and totals.no_pairs_reason
+                    else _no_converged_reason(t))
+        return r
+    idx, cand = s.idx, s.cand
     if cand and ctx.study.verdict.recheck:
         meter.measure([int(idx[k]) for k in cand])
     best = None
@@ -344,34 +444,49 @@ def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, 
         r.reason = (f"C(θ∞) ≠ C(θ0): |ΔC| = {best.gap:.3g} > margin {best.margin:.3g}" if spec.kind == "invariant"
                     else f"bound broken: value {best.Ra:.6g} exceeds {best.Rb:.6g} by {best.gap:.3g} > margin {best.margin:.3g}")
         return r
-    k = int(torch.argmax(gap / floor))
-    r.evidence = best or Evidence(int(idx[k]), -1, float(C1[k, 0]), float(C0[k, 0]), float(gap[k]), float(floor[k]),
-                                  float("nan"), 0.0, float(G1[k]), 0.0, "study")
+    if best is None:
+        k = int(torch.argmax(s.gap / s.floor))
+        one = idx[k : k + 1]
+        _, g1 = evaluate(ctx, spec, fparams, t.theta[one], hyp_context(ctx, t, one, spec))
+        best = Evidence(int(idx[k]), -1, float(s.C1[k, 0]), float(s.C0[k, 0]), float(s.gap[k]),
+                        float(s.floor[k]), float("nan"), 0.0, float(g1[0]), 0.0, "study")
+    r.evidence = best
     if r.n_pairs >= ctx.study.verdict.min_pairs:
         r.verdict = "survives"
-        r.reason = (f"conserved on {r.n_pairs} converged triples (largest change {float(gap.max()):.3g})"
+        r.reason = (f"conserved on {r.n_pairs} converged triples (largest change {largest:.3g})"
                     if spec.kind == "invariant" else
-                    f"holds on {r.n_pairs} converged triples (worst value {r.worst:.6g} <= {float(C0[0, 0]):.6g})")
+                    f"holds on {r.n_pairs} converged triples (worst value {r.worst:.6g} <= {float(s.C0[0, 0]):.6g})")
     else:
         r.reason = f"too few converged triples ({r.n_pairs} < min_pairs)"
     return r
 
 
-def judge_all(ctx: Context, t: Triples, pairs: Pairs, also_measure: list[int] = ()) -> tuple[list[MemberResult], ErrorMeter]:
+def judge_all(ctx: Context, t: Triples, pairs: Pairs, also_measure: list[int] = (),
+              totals: dict[tuple[int, int], Totals] | None = None) -> tuple[list[MemberResult], ErrorMeter]:
     """Verdict of every member of every hypothesis; a raising hypothesis gets an error row.
 
     Two passes: score every member on the first solutions, re-solve the union of all candidate
-    triples (plus ``also_measure``) at tighter settings in one batch, then decide.
+    triples (plus ``also_measure``) at tighter settings in one batch, then decide. ``totals``
+    (keyed by (hypothesis position, member position)): the counts of a streamed study, whose
+    ``t`` and ``pairs`` hold only the retained triples and pairs.
     """
     meter = ErrorMeter(ctx, t)
     scored: list[Any] = []
-    for use in ctx.study.hypotheses:
-        for params in use.members:
+    for i, use in enumerate(ctx.study.hypotheses):
+        for j, params in enumerate(use.members):
+            tot = None if totals is None else totals[(i, j)]
             try:
+                if tot is not None and tot.error and tot.error.startswith("raised: "):
+                    raise _Raised(tot.error[len("raised: "):])
                 if use.spec.kind in ("invariant", "bound"):
-                    scored.append(("inv", use, params, None))
+                    scored.append(("inv", use, params, tot))
                 else:
-                    scored.append(("reg", use, params, score_regularizer(ctx, t, pairs, use, params)))
+                    sc = score_regularizer(ctx, t, pairs, use, params)
+                    if tot is not None:
+                        tot.apply(sc.result)
+                        if tot.n == 0 and tot.no_pairs_reason:
+                            sc.result.reason = tot.no_pairs_reason
+                    scored.append(("reg", use, params, sc))
             except Exception as exc:
                 scored.append(("err", use, params, exc))
     if ctx.study.verdict.recheck:
@@ -389,13 +504,17 @@ def judge_all(ctx: Context, t: Triples, pairs: Pairs, also_measure: list[int] = 
             if kind == "err":
                 raise sc
             if kind == "inv":
-                out.append(judge_invariant(ctx, t, use, params, meter))
+                out.append(judge_invariant(ctx, t, use, params, meter, totals=sc))
             else:
                 out.append(finish_regularizer(ctx, t, sc, params, meter))
         except Exception as exc:
             r = MemberResult(use.name, params, use.spec.kind, use.spec.depends_on, "error", use.expect,
                              spec=use.spec, use=use)
-            r.error = f"{type(exc).__name__}: {exc}"
+            r.error = str(exc) if isinstance(exc, _Raised) else f"{type(exc).__name__}: {exc}"
             r.reason = f"hypothesis raised: {r.error}"
             out.append(r)
     return out, meter
+
+
+class _Raised(Exception):
+    """A hypothesis that raised on an earlier block of a streamed study (message kept as is)."""

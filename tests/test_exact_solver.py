@@ -260,3 +260,24 @@ def test_point_leaving_the_kink_is_not_switched_back_at_t0():
     assert sr == CONVERGED and int(r.status[0]) == CONVERGED
     assert int(r.info["pieces"][0]) == 4
     assert np.abs(r.theta[0].numpy() - wr).max() < 1e-10
+
+
+def test_worker_threads_split_the_batch_without_changing_results():
+    """``workers`` threads each solve a share of the batch; every instance gets the single-worker
+    result (up to the round-off of a batched kernel), statuses and piece counts identical."""
+    from ibtest.solvers.exact import _workers
+
+    g = torch.Generator().manual_seed(11)
+    B, n, d = 301, 4, 5
+    X = torch.randn(B, n, d, generator=g, dtype=torch.float64)
+    wt = torch.randn(B, d, generator=g, dtype=torch.float64)
+    y = torch.relu((X @ wt.unsqueeze(-1)).squeeze(-1))
+    w0 = 0.1 * torch.randn(B, d, generator=g, dtype=torch.float64)
+    one = solve_exact(X, y, None, w0, RELU, workers=1)
+    three = solve_exact(X, y, None, w0, RELU, workers=3)
+    assert torch.equal(one.status, three.status)
+    assert torch.equal(one.info["pieces"], three.info["pieces"])
+    assert (one.theta - three.theta).abs().max() <= 1e-12
+    assert bool((one.status == CONVERGED).any()) and bool((one.status == STALLED).any())
+    # automatic choice: one worker for small batches, never more than the batch can share
+    assert _workers(0, 100) == 1 and _workers(5, 3) == 3 and 1 <= _workers(0, 10**6) <= 4

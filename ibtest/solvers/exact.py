@@ -461,24 +461,67 @@ def _next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: 
 # ----------------------------------------------------------------------------------------------
 def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
                 neuron: PiecewiseLinearNeuron, *, fit_tol: float = 1e-20, root_tol: float = 1e-14,
-                max_pieces: int = 64, grid: int = 192, threads: int = 1) -> SolveResult:
+                max_pieces: int = 64, grid: int = 192, threads: int = 1, workers: int = 0) -> SolveResult:
     """Exact GF limit of B single-neuron instances (see the module docstring).
 
     ``threads``: torch intra-op threads during the solve (restored afterwards; 0 leaves the
     setting alone).  The tensors are small: on a 2-core box shared with other jobs, W1 ran
     ~50× slower with 2 threads than with 1 (OpenMP hand-offs under contention).
+    ``workers``: Python threads, each solving a contiguous share of the batch (torch releases
+    the GIL inside its kernels, so large batches overlap); 0 = the CPUs this process may use,
+    at most :data:`MAX_WORKERS`, and one worker for batches under :data:`MIN_SHARE` per worker.
+    Every instance's result is that of a single-worker solve up to round-off (a batched
+    kernel's summation order may depend on the batch size: ~1e-16).
     """
+    B = int(X.shape[0])
+    k = _workers(workers, B)
     prev = torch.get_num_threads()
     change = bool(threads) and threads != prev
     if change:
         torch.set_num_threads(int(threads))
-    try:
+    opts = dict(fit_tol=fit_tol, root_tol=root_tol, max_pieces=max_pieces, grid=grid)
+
+    def part(sl: slice) -> SolveResult:
         with torch.no_grad():
-            return _solve_exact(X, y, mask, w0, neuron, fit_tol=fit_tol, root_tol=root_tol,
-                                max_pieces=max_pieces, grid=grid)
+            return _solve_exact(X[sl], y[sl], None if mask is None else mask[sl], w0[sl], neuron, **opts)
+
+    try:
+        if k <= 1:
+            return part(slice(0, B))
+        from concurrent.futures import ThreadPoolExecutor
+
+        cuts = [B * i // k for i in range(k + 1)]
+        with ThreadPoolExecutor(k) as ex:
+            parts = list(ex.map(part, [slice(cuts[i], cuts[i + 1]) for i in range(k)]))
+        return _concat(parts)
     finally:
         if change:
             torch.set_num_threads(prev)
+
+
+#: most worker threads ``workers=0`` picks, and the smallest share of the batch worth a thread
+MAX_WORKERS = 4
+MIN_SHARE = 2048
+
+
+def _workers(workers: int, B: int) -> int:
+    if workers > 0:
+        return max(1, min(int(workers), B))
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover (not Linux)
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, MAX_WORKERS, B // MIN_SHARE))
+
+
+def _concat(parts: list[SolveResult]) -> SolveResult:
+    keys = set().union(*[set(p.info) for p in parts])
+    info = {key: torch.cat([p.info[key] for p in parts]) for key in keys
+            if all(key in p.info and isinstance(p.info[key], Tensor) for p in parts)}
+    return SolveResult(torch.cat([p.theta for p in parts]), torch.cat([p.status for p in parts]),
+                       torch.cat([p.loss for p in parts]), info)
 
 
 def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
