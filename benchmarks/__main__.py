@@ -58,9 +58,9 @@ def section_w1(quick: bool) -> tuple[dict, str]:
     md = ["## W1: single ReLU neuron, exact solver",
           f"{r['n']:,} instances, d = 5, n = 4, ReLU-teacher labels, Gaussian θ0 with ‖θ0‖ ≈ 0.1 "
           f"(statuses {r['status_counts']}; at most {r['max_pieces']} linear "
-          f"pieces). `exact` runs with its defaults: one torch intra-op thread (`threads=1`) and "
-          f"`workers=0`, i.e. {r['workers']} Python thread(s) each solving a share of the batch (torch "
-          f"releases the GIL in its kernels); the `workers=1` row is the same solver on one thread. "
+          f"pieces). `exact` runs with its defaults: one torch intra-op thread (`threads=1`), one "
+          f"worker; the `workers={r['workers']}` row splits the batch over that many Python threads "
+          f"(torch releases the GIL in its kernels; it only pays when the cores are otherwise idle). "
           f"The slow baselines run on "
           f"the first instances only (column 'instances'); GD (lr 1e-2) stops at ‖∇L‖ ≤ 1e-9, "
           f"loss ≤ 1e-20 or {r['gd_max_steps']:,} steps (t = {r['gd_max_steps'] * 0.01:g}); LSODA integrates to t = 10⁴. Errors: max over "

@@ -505,6 +505,8 @@ def pair_gaps(result) -> dict[str, list[float]]:
     ``init``, none for ``data``), at the run's solutions θ∞ (not the re-solved ones a certificate
     rests on). For an invariant member the "gap" is C(θ∞) − C(θ0) on every converged triple (the
     component that moved most, signed). A member whose hypothesis raises gets an empty list.
+    For a streamed study (``result.blocks > 1``) these are the retained triples and pairs only:
+    each block's candidate witnesses and closest calls (:mod:`ibtest.streaming`).
     """
     from . import status as st
     from .verdicts import _eligible, evaluate, hyp_context
@@ -646,7 +648,11 @@ def plot_run(results, path: str | Path, *, dpi: int = 110) -> Path:
     ax.axvline(0, color="k", lw=0.6)
     ax.set_xlabel("R(θ2) − R(θ1) over admissible pairs  (shaded: |ΔR| ≤ margin; symlog axis, linear below "
                   f"{lin:.2g})")
-    ax.set_title("hypothesis members: gaps over pairs against the margin")
+    runs = results if isinstance(results, (list, tuple)) else [results]
+    streamed = any(getattr(r, "blocks", 1) > 1 for r in runs)
+    ax.set_title("hypothesis members: gaps over pairs against the margin"
+                 + ("\n(a streamed study: the pairs retained from each block, i.e. its candidate witnesses "
+                    "and closest calls)" if streamed else ""))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

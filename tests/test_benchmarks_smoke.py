@@ -16,7 +16,8 @@ def test_w1_quick_numbers_are_finite_and_exact_agrees_with_reference():
     assert r["exact_max_err"] < 1e-10
     assert r["exact_status_agree"] == r["ref_n"] == 6
     assert r["lsoda_err_max"] < 1e-6  # an accurate ODE solve of the same flow
-    assert len(w1.table(r)) == 5
+    assert len(w1.table(r)) == 6
+    assert r["workers_max_diff"] < 1e-12  # worker threads do not change the solutions
     assert "| method |" in _table(["method"], [["x"]])
 
 

@@ -461,7 +461,7 @@ def _next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: 
 # ----------------------------------------------------------------------------------------------
 def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
                 neuron: PiecewiseLinearNeuron, *, fit_tol: float = 1e-20, root_tol: float = 1e-14,
-                max_pieces: int = 64, grid: int = 192, threads: int = 1, workers: int = 0) -> SolveResult:
+                max_pieces: int = 64, grid: int = 192, threads: int = 1, workers: int = 1) -> SolveResult:
     """Exact GF limit of B single-neuron instances (see the module docstring).
 
     ``threads``: torch intra-op threads during the solve (restored afterwards; 0 leaves the
@@ -470,6 +470,8 @@ def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
     ``workers``: Python threads, each solving a contiguous share of the batch (torch releases
     the GIL inside its kernels, so large batches overlap); 0 = the CPUs this process may use,
     at most :data:`MAX_WORKERS`, and one worker for batches under :data:`MIN_SHARE` per worker.
+    Default 1: on a 2-core box where another job holds a core, 2 workers ran W1 at 0.6–0.95×
+    the speed of one (benchmarks/RESULTS.md has the comparison on the day's machine).
     Every instance's result is that of a single-worker solve up to round-off (a batched
     kernel's summation order may depend on the batch size: ~1e-16).
     """

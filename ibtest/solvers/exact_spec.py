@@ -32,7 +32,7 @@ SPEC = Solver(
         "root_tol": Option(1e-14, float, "relative tolerance of the switch times"),
         "max_pieces": Option(64, int, "budget of linear pieces"),
         "grid": Option(192, int, "points of the log-spaced bracketing grid per piece"),
-        "workers": Option(0, int, "threads sharing a large batch (0: one per CPU, at most 4; "
+        "workers": Option(1, int, "threads sharing a large batch (0: one per CPU, at most 4, and "
                                   "1 for batches under 2048 per thread)"),
     },
     applies=_applies,
