@@ -5,26 +5,29 @@ For notebooks: :func:`run_study`.
 """
 from __future__ import annotations
 
-from .hookspecs import hookimpl
-from .specs import (
-    Construction,
-    Context,
-    DataBatch,
-    Dataset,
-    Hypothesis,
-    Init,
-    Model,
-    ModelBase,
-    NewPairs,
-    Option,
-    PairBatch,
-    Partners,
-    PiecewiseLinearNeuron,
-    SolveResult,
-    Solver,
-    TripleBatch,
-    replace,
-)
+from ._startup import gc_paused
+
+with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collect
+    from .hookspecs import hookimpl
+    from .specs import (
+        Construction,
+        Context,
+        DataBatch,
+        Dataset,
+        Hypothesis,
+        Init,
+        Model,
+        ModelBase,
+        NewPairs,
+        Option,
+        PairBatch,
+        Partners,
+        PiecewiseLinearNeuron,
+        SolveResult,
+        Solver,
+        TripleBatch,
+        replace,
+    )
 
 __version__ = "0.1.0"
 

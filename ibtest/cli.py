@@ -38,9 +38,12 @@ def resolve_study(arg: str | None) -> Path:
 
 
 def cmd_run(args) -> int:
-    from . import report
-    from .api import resume_run, run_study
-    from .progress import Progress
+    from ._startup import gc_paused
+
+    with gc_paused():  # pydantic, the plugins: long-lived import-time objects
+        from . import report
+        from .api import resume_run, run_study
+        from .progress import Progress
 
     progress = Progress(enabled=False if args.quiet else None)
     if args.resume:
