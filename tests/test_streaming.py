@@ -137,3 +137,19 @@ def test_streamed_raising_hypothesis_and_no_converged_triple(tmp_path):
     for m in res.members:
         assert m.verdict == "inconclusive" and m.reason == "no converged triple (stalled 9)"
         assert m.n_pairs == 0
+
+
+def test_resuming_a_streamed_run_solves_nothing_and_rebuilds_the_tables(tmp_path):
+    from ibtest.api import resume_run
+
+    first = run_study(_study(block_size=8, n_datasets=20), out_dir=tmp_path / "run")
+    db = sqlite3.connect(tmp_path / "run" / "results.sqlite")
+    before = db.execute("SELECT COUNT(*), SUM(status = 'converged') FROM triples").fetchone()
+    db.close()
+    again = resume_run(tmp_path / "run")
+    assert again.solve_calls == 0 and again.blocks == first.blocks == 3
+    assert again.verdicts == first.verdicts
+    db = sqlite3.connect(tmp_path / "run" / "results.sqlite")
+    after = db.execute("SELECT COUNT(*), SUM(status = 'converged') FROM triples").fetchone()
+    db.close()
+    assert after == before and before[0] > 20
