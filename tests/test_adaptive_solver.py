@@ -230,3 +230,29 @@ def test_tighten_and_spec():
     assert SPEC.name == "adaptive" and SPEC.solve is solve_adaptive
     assert set(SPEC.options) >= {"rtol", "atol", "fit_tol", "drift_tol", "t_max", "max_steps", "div_norm"}
     assert SPEC.tighten(o)["rtol"] == t["rtol"]
+
+
+def test_batched_statuses_match_solo_solves():
+    """Instances leave the working set at different iterations (sliding, stalled, converged); the
+    per-instance bookkeeping (chatter counts, step-size limits, checkpoints) must follow its row."""
+    X = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[1.0, 0.0], [1.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]]], dtype=F64)
+    y = torch.tensor([[-1.0, 2.0], [1.0, 2.0], [1.0, 2.0]], dtype=F64)
+    theta0 = torch.tensor([[0.3, 0.05, 1.0], [0.3, 0.2, 1.0], [-0.5, -0.5, 0.0]], dtype=F64)
+    model = two_layer_relu(width=1)
+    mask = torch.ones_like(y)
+    res = solve_adaptive(model, X, y, mask, theta0, max_steps=20000)
+    assert res.status.tolist() == [st.SLIDING, st.CONVERGED, st.STALLED], res.status
+    for i in range(3):
+        alone = solve_adaptive(model, X[i:i + 1], y[i:i + 1], mask[i:i + 1], theta0[i:i + 1], max_steps=20000)
+        assert alone.status.item() == res.status[i].item()
+        assert torch.equal(alone.theta[0], res.theta[i])
+        assert alone.info["steps"].item() == res.info["steps"][i].item()
+
+
+def test_step_budget_counts_every_iteration():
+    X = torch.tensor([[[1.0, 0.0], [0.0, 1e-3]]], dtype=F64)
+    y = torch.tensor([[1.0, 1.0]], dtype=F64)
+    res = solve_adaptive(neurons.linear(), X, y, torch.ones_like(y), torch.zeros(1, 2, dtype=F64), max_steps=37)
+    assert res.status.item() == st.BUDGET
+    assert res.info["steps"].item() == 37
+    assert 0.0 < res.info["t"].item() < 1e7

@@ -12,6 +12,14 @@ overhead, not by arithmetic, so fewer steps win; on the stiff, stability-limited
 methods need about the same number of gradient evaluations per unit of time (real stability
 interval ≈ 6.0 for 12 stages against ≈ 3.3 for 6). ``order=5`` is kept for cross-checks.
 
+Per-step cost. A batched step is ~13 model gradients plus bookkeeping, each a string of tiny
+tensor operations, so the loop keeps the operation count low: one vector–matrix product and one
+``addcmul`` per stage on the flat [s, B·P] view of the stages (vector @ matrix, whose rounding does
+not depend on the batch size: an instance gets bit-identical answers alone and in a batch), one
+step counter for the whole batch (every active instance takes one step per iteration), and the
+rare-event rules (drift check, exact zero gradient, doubling checkpoints, chatter) each behind one
+cheap test, their bookkeeping run only when it fires.
+
 Kinks (an activation switching) are handled by step rejection: the error estimate of a step that
 straddles a switch is large, the step shrinks until the switch is resolved to the tolerance.
 
@@ -263,6 +271,10 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     tab = _tableau(int(order))
     S, A, bw, E, E3 = tab["S"], tab["A"], tab["b"], tab["E"], tab["E3"]
     _B_ROW[S] = bw
+    # per-stage coefficient vectors: one vector-matrix product per stage on the flat [s, b·P]
+    # view of the stages (vector @ matrix, not a [1, s] mm: its rounding does not depend on the
+    # batch size, so an instance gets the same answer alone and in a batch)
+    A_rows = [A[s, :s].contiguous() for s in range(S)]
     expo = -1.0 / (tab["err_order"] + 1.0)
     safety_fac, fac_min, fac_max = 0.9, 0.2, 10.0
 
@@ -292,7 +304,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     f = F(th, Xa, ya, ma)
     loss = model.loss(th, Xa, ya, ma)
     t = torch.zeros(B, dtype=dt)
-    steps = torch.zeros(B, dtype=torch.int64)
+    n_iter = 0  # every active instance takes one (accepted or rejected) step per iteration
 
     # initial step (Hairer, Nørsett & Wanner II.4)
     scale = atol + rtol * th.abs()
@@ -306,7 +318,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
                      (0.01 / dm.clamp_min(1e-300)) ** (1.0 / (tab["order"] + 1)))
     h = torch.minimum(100 * h0, h1).clamp(max=t_max)
 
-    rejected_since = torch.zeros(B, dtype=torch.bool)
+    growth_lim = torch.full((B,), fac_max, dtype=dt)  # 1 after a rejected step: no growth
     next_check = torch.full((B,), 1e6 * fit_tol, dtype=dt)  # run the drift check when loss ≤ this
     h_cap = torch.full((B,), math.inf, dtype=dt)
     drift = torch.full((B,), math.inf, dtype=dt)
@@ -320,8 +332,9 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     rate = torch.zeros(B, dtype=dt)
     if preact is not None:
         z_old = preact(th, Xa)
+        pos_old = z_old > 0
         chat = torch.zeros(z_old.shape, dtype=torch.int64)
-        quiet = torch.zeros(B, dtype=torch.int64)
+        quiet = torch.zeros(B, dtype=torch.int64)  # accepted steps since the last chatter event
     th0n = theta0.norm(dim=-1)
 
     def retire(sel: Tensor, code) -> None:
@@ -330,7 +343,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
         out_theta[gi] = th[sel]
         out_status[gi] = code if isinstance(code, int) else code[sel]
         out_t[gi] = t[sel]
-        out_steps[gi] = steps[sel]
+        out_steps[gi] = n_iter
         out_drift[gi] = drift[sel]
         out_gnorm[gi] = f[sel].norm(dim=-1)
         out_rate[gi] = rate[sel]
@@ -339,69 +352,78 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
         b = idx.numel()
         # ---- one embedded RK step for every active instance --------------------------------
         K = torch.empty(S + 1, b, P, dtype=dt)
+        Kf = K.view(S + 1, b * P)
         K[0] = f
         hc = h.unsqueeze(-1)
         for s in range(1, S):
-            dy = (A[s, :s] @ K[:s].reshape(s, -1)).reshape(b, P)
-            K[s] = F(th + hc * dy, Xa, ya, ma)
-        th_new = th + hc * (bw @ K[:S].reshape(S, -1)).reshape(b, P)
+            dy = (A_rows[s] @ Kf[:s]).view(b, P)
+            K[s] = F(torch.addcmul(th, hc, dy), Xa, ya, ma)
+        th_new = torch.addcmul(th, hc, (bw @ Kf[:S]).view(b, P))
         K[S] = F(th_new, Xa, ya, ma)
-        sc = atol + rtol * torch.maximum(th.abs(), th_new.abs())
-        Kf = K.reshape(S + 1, -1)
+        sc = torch.maximum(th.abs(), th_new.abs()).mul_(rtol).add_(atol)
+        e5 = (E @ Kf).view(b, P).div_(sc).square_().sum(-1)
         if E3 is None:
-            err = (h.unsqueeze(-1) * (E @ Kf).reshape(b, P) / sc).pow(2).mean(-1).sqrt()
+            err = h * (e5 / P).sqrt()
         else:
-            e5 = ((E @ Kf).reshape(b, P) / sc).pow(2).sum(-1)
-            e3 = ((E3 @ Kf).reshape(b, P) / sc).pow(2).sum(-1)
+            e3 = (E3 @ Kf).view(b, P).div_(sc).square_().sum(-1)
             den = (e5 + 0.01 * e3).clamp_min(1e-300)
             err = torch.where((e5 == 0) & (e3 == 0), torch.zeros_like(e5), h * e5 / (den * P).sqrt())
-        err = torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
+        err = torch.nan_to_num_(err, nan=math.inf, posinf=math.inf)
         accept = err <= 1.0
-        steps += 1
+        n_iter += 1
 
         # ---- step size update --------------------------------------------------------------
-        fac = torch.where(err == 0, torch.full_like(err, fac_max),
-                          (safety_fac * err.clamp_min(1e-300) ** expo).clamp(fac_min, fac_max))
-        fac = torch.where(accept & rejected_since, fac.clamp(max=1.0), fac)  # no growth after a reject
+        # err = 0 gives fac_max through the clamp; after a rejection the step may not grow
+        # (growth_lim = 1 then; a rejected step has fac < 1 anyway)
+        fac = torch.minimum(err.clamp_min(1e-300).pow_(expo).mul_(safety_fac).clamp_(fac_min, fac_max),
+                            growth_lim)
+        growth_lim = torch.where(accept, fac_max, 1.0)
         acc_c = accept.unsqueeze(-1)
+        h_acc = h * accept
         # ∫‖∇L‖²dt over the step by the method's own quadrature (weights b at the stages)
-        diss = diss + torch.where(accept, h * (bw @ (K[:S] * K[:S]).sum(-1)), 0.0)
+        diss.addcmul_(h_acc, bw @ Kf[:S].square().view(S, b, P).sum(-1))
         th_old = th
         th = torch.where(acc_c, th_new, th)
         f = torch.where(acc_c, K[S], f)
-        t = torch.where(accept, t + h, t)
-        loss_new = model.loss(th, Xa, ya, ma)
-        loss = torch.where(accept, loss_new, loss)
-        h_next = torch.minimum(h * fac, h_cap)
-        remaining = t_max - t
-        h_next = torch.minimum(h_next, remaining.clamp_min(0.0))
+        t = t + h_acc
+        loss = torch.where(accept, model.loss(th_new, Xa, ya, ma), loss)
+        # the step budget: h_cap (stability), and landing exactly on t_max
+        h_next = torch.minimum(h * fac, torch.minimum(h_cap, (t_max - t).clamp_min_(0.0)))
 
         # ---- sliding detection -------------------------------------------------------------
-        # examine the steps that were rejected or whose proposal flipped a pre-activation
-        sliding = torch.zeros(b, dtype=torch.bool)
+        # examine the steps that were rejected or whose proposal flipped a pre-activation. Chatter
+        # counts only change at events, so the 200-quiet-steps reset is applied lazily there.
+        sliding = None
         if preact is not None:
             z_new = preact(th_new, Xa)
-            look = ~accept | ((z_new > 0) != (z_old > 0)).flatten(1).any(-1)
-            any_ev = torch.zeros(b, dtype=torch.bool)
+            pos_new = z_new > 0
+            look = (pos_new != pos_old).flatten(1).any(-1).logical_or_(~accept)
+            quiet += accept
             if bool(look.any()):
                 ri = look.nonzero().squeeze(-1)
                 ev = _kink_evidence(preact, A, S, th_old[ri], K[:, ri], h[ri], Xa[ri], ma[ri])
-                chat[ri] += ev.long()
-                any_ev[ri] = ev.flatten(1).any(-1)
+                hit = ev.flatten(1).any(-1)
+                if bool(hit.any()):
+                    rj = ri[hit]
+                    stale = (quiet[rj] > 200).view(-1, *([1] * (chat.dim() - 1)))
+                    cj = torch.where(stale, torch.zeros_like(chat[rj]), chat[rj]) + ev[hit].long()
+                    chat[rj] = cj
+                    quiet[rj] = 0
+                    slid = cj.flatten(1).max(-1).values >= sliding_count
+                    if bool(slid.any()):
+                        sliding = torch.zeros(b, dtype=torch.bool)
+                        sliding[rj[slid]] = True
             z_old = torch.where(accept.view(-1, *([1] * (z_old.dim() - 1))), z_new, z_old)
-            quiet = torch.where(any_ev, torch.zeros_like(quiet), quiet + accept.long())
-            chat = torch.where((quiet > 200).view(-1, *([1] * (chat.dim() - 1))), torch.zeros_like(chat), chat)
-            sliding = chat.flatten(1).max(-1).values >= sliding_count
-        rejected_since = torch.where(accept, torch.zeros_like(rejected_since), torch.ones_like(rejected_since))
+            pos_old = z_old > 0
 
         # ---- status checks -----------------------------------------------------------------
+        # (rare events are found by one cheap test each; the full bookkeeping runs only then)
         thn = th.norm(dim=-1)
-        gnorm = f.norm(dim=-1)
-        nonfinite = ~(torch.isfinite(th).all(-1) & torch.isfinite(loss))
-        diverged = nonfinite | (thn > div_norm)
-        converged = torch.zeros(b, dtype=torch.bool)
-        cand = accept & ~diverged & (loss <= next_check)
+        diverged = ~(thn <= div_norm) | ~torch.isfinite(loss)  # non-finite θ or loss, or ‖θ‖ large
+        converged = None
+        cand = (loss <= next_check) & accept
         if bool(cand.any()):
+            cand &= ~diverged
             ci = cand.nonzero().squeeze(-1)
             dr, delta, lam_max = drift_bound(model, th[ci], Xa[ci], ya[ci], ma[ci], return_step=True)
             # keep later steps well inside the stability region (h·λ_max ≤ 2): at its edge an
@@ -415,17 +437,29 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
             drift[ci] = 1.5 * dr  # ‖θ_gn − θ(∞)‖ ≤ ‖θ − θ(∞)‖ + ‖J⁺r‖ ≤ 1.5 · bound
             th[ci[ok]] = th_gn[ok]
             loss[ci[ok]] = loss_gn[ok]
+            converged = torch.zeros(b, dtype=torch.bool)
             converged[ci[ok]] = True
             # next check once the loss has fallen so that √L scaling would meet drift_tol
             ratio = (drift_tol / dr.clamp_min(1e-300)) ** 2
             nxt = loss[ci] * torch.clamp(0.5 * ratio, max=0.25)
             next_check[ci] = torch.where(ok, next_check[ci], torch.minimum(nxt, 0.25 * loss[ci]))
-        stalled = accept & ~diverged & ~converged & (loss > fit_tol) & (gnorm == 0)
+        not_conv = ~diverged if converged is None else ~diverged & ~converged
+        stalled = None
+        zero_g = (f == 0).all(-1)
+        if bool(zero_g.any()):
+            stalled = accept & not_conv & (loss > fit_tol) & zero_g
 
         # doubling checkpoints (stalled by rate, power-law escape)
-        ck = accept & ~diverged & ~converged & (t >= ck_next)
-        escaped = torch.zeros(b, dtype=torch.bool)
+        escaped = None
+        ck = (t >= ck_next) & accept
         if bool(ck.any()):
+            ck &= not_conv
+            escaped = torch.zeros(b, dtype=torch.bool)
+            if stalled is None:
+                stalled = torch.zeros(b, dtype=torch.bool)
+            if sliding is None:
+                sliding = torch.zeros(b, dtype=torch.bool)
+            gnorm = f.norm(dim=-1)
             ci = ck.nonzero().squeeze(-1)
             rec = torch.stack([t[ci].log(), thn[ci].clamp_min(1e-300).log(),
                                loss[ci].clamp_min(1e-300).log(), gnorm[ci].clamp_min(1e-300).log()], -1)
@@ -467,30 +501,38 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
             diss[ci] = 0.0
             ck_loss[ci] = loss[ci]
 
-        budget = ~diverged & ~converged & ((t >= t_max) | (steps >= max_steps)
-                                           | (h_next <= 1e-15 * t.clamp_min(1.0)))
-        sliding = sliding & ~diverged & ~converged & ~stalled & ~escaped
-        drift = torch.where(converged | (loss <= fit_tol), drift, torch.full_like(drift, math.inf))
+        # the drift bound is kept only while the loss stays fitted (converged rows have loss_gn ≤ fit_tol)
+        drift.masked_fill_(loss > fit_tol, math.inf)
 
-        done = diverged | converged | stalled | escaped | sliding | budget
-        if bool(done.any()):
+        budget_all = n_iter >= max_steps
+        budget = h_next <= 1e-15 * t.clamp_min(1.0)  # the step underflowed (or t reached t_max)
+        done = diverged | budget
+        for flag in (converged, stalled, escaped, sliding):
+            if flag is not None:
+                done |= flag
+        if budget_all or bool(done.any()):
+            if budget_all:
+                done = torch.ones(b, dtype=torch.bool)
             code = torch.full((b,), st.BUDGET, dtype=torch.int64)
-            code[sliding] = st.SLIDING
-            code[stalled] = st.STALLED
-            code[escaped] = st.DIVERGED
-            code[converged] = st.CONVERGED
+            if sliding is not None:
+                code[sliding] = st.SLIDING
+            if stalled is not None:
+                code[stalled] = st.STALLED
+            if escaped is not None:
+                code[escaped] = st.DIVERGED
+            if converged is not None:
+                code[converged] = st.CONVERGED
             code[diverged] = st.DIVERGED
             retire(done, code)
             keep = ~done
-            idx, th, f, t, h_next, loss, steps = idx[keep], th[keep], f[keep], t[keep], h_next[keep], \
-                loss[keep], steps[keep]
+            idx, th, f, t, h_next, loss = idx[keep], th[keep], f[keep], t[keep], h_next[keep], loss[keep]
             Xa, ya, ma = Xa[keep], ya[keep], ma[keep]
-            rejected_since, next_check, drift = rejected_since[keep], next_check[keep], drift[keep]
+            growth_lim, next_check, drift = growth_lim[keep], next_check[keep], drift[keep]
             h_cap = h_cap[keep]
             ck_next, ck_hist, ck_n, rate = ck_next[keep], ck_hist[keep], ck_n[keep], rate[keep]
             diss, ck_loss = diss[keep], ck_loss[keep]
             if preact is not None:
-                chat, quiet, z_old = chat[keep], quiet[keep], z_old[keep]
+                chat, quiet, z_old, pos_old = chat[keep], quiet[keep], z_old[keep], pos_old[keep]
         h = h_next
 
     loss_out = model.loss(out_theta, X, y, mask)
