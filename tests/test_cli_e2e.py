@@ -146,3 +146,16 @@ def test_data_dependent_hypothesis_is_inconclusive(cli, tmp_path):
     r = cli("run", study, "--plugin", plugin, "--out", tmp_path / "run", "-q")
     assert r.code == 0, r
     assert "not applicable" in r.out
+
+
+def test_console_script_exit_codes_and_output_survive_the_fast_exit(tmp_path):
+    """The console script ends with os._exit after flushing: its output is complete, its exit
+    code is main()'s, and a reader that stops early (a closed pipe) costs no traceback."""
+    exe = shutil.which("ibtest") or str(Path(sys.executable).parent / "ibtest")
+    listed = subprocess.run([exe, "list"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and listed.stderr == ""
+    assert "relu_neuron" in listed.stdout and listed.stdout.rstrip().splitlines()[-1].strip()
+    bad = subprocess.run([exe, "run", str(tmp_path / "missing.yaml")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no such file" in bad.stderr
+    head = subprocess.run(f"'{exe}' list | head -n 1", shell=True, capture_output=True, text=True, timeout=120)
+    assert head.returncode == 0 and len(head.stdout.splitlines()) == 1 and "Traceback" not in head.stderr
