@@ -24,16 +24,21 @@ def _cli(*args: str) -> list[str]:
 
 
 def run_study(study: str, quiet: bool, repeat: int = 1) -> dict:
-    """Best wall time over ``repeat`` fresh runs; the stdout of the last one."""
-    best, out, rc = float("inf"), "", None
+    """Best wall time over ``repeat`` fresh runs (and every time, and ``python -c "import torch"``
+    timed right after each run, for the machine's speed at that moment); the stdout of the last."""
+    times, torch_times, out, rc = [], [], "", None
     for _ in range(max(1, repeat)):
         with tempfile.TemporaryDirectory(prefix="ibtest-bench-") as tmp:
             cmd = _cli("run", study, "--out", os.path.join(tmp, "run"), *(["-q"] if quiet else []))
             t0 = time.perf_counter()
             p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-            best = min(best, time.perf_counter() - t0)
+            times.append(time.perf_counter() - t0)
             out, rc = p.stdout + p.stderr, p.returncode
-    return {"seconds": best, "returncode": rc, "output": out, "phases": phases(out), "summary": summary(out)}
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], cwd=ROOT, capture_output=True)
+        torch_times.append(time.perf_counter() - t0)
+    return {"seconds": min(times), "times": times, "torch_import_times": torch_times, "returncode": rc,
+            "output": out, "phases": phases(out), "summary": summary(out)}
 
 
 def phases(output: str) -> str:
