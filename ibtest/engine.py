@@ -391,8 +391,13 @@ def build_context(study: Study, progress: Progress | None = None, store: Store |
     model = study.model.spec.factory(**study.model.options)
     options = dict(study.solver.options)
     fit_tol = float(options.get("fit_tol", 1e-20))
-    dev = torch.device("cuda" if study.device == "cuda" and torch.cuda.is_available() else "cpu")
-    return Context(study, model, study.solver.spec, options, fit_tol, dev, progress=progress or Quiet(), store=store)
+    cuda = study.device == "cuda" and torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    ctx = Context(study, model, study.solver.spec, options, fit_tol, dev, progress=progress or Quiet(), store=store)
+    if study.device == "cuda" and not cuda:
+        ctx.errors.append("device: cuda was asked for, but torch sees no CUDA device "
+                          "(torch.cuda.is_available() is False): the study ran on the cpu")
+    return ctx
 
 
 def run_block(ctx: Context, t: Triples, start: int = 0) -> tuple[Triples, Pairs]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
@@ -43,3 +44,15 @@ def test_yaml_line_map():
     assert lines[("b", 0, "c")] == 3 and lines[("b", 1, "d")] == 4
     assert line_of(lines, ("b", 1, "d", 7, "x")) == 4
     assert format_path(("hypotheses", 1, "params", "p")) == "hypotheses[1].params.p"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_without_a_gpu_runs_on_the_cpu_and_says_so():
+    from ibtest import run_study
+
+    study = {"study": "cuda-asked", "model": {"name": "relu_neuron"},
+             "datasets": [{"name": "vardi_shamir_theorem3", "gamma": [0, 5]}],
+             "solver": {"name": "exact"}, "hypotheses": [{"name": "l2_norm"}], "device": "cuda"}
+    res = run_study(study, write=False)
+    assert any("torch sees no CUDA device" in e and "ran on the cpu" in e for e in res.errors)
+    assert res.verdicts == {"l2_norm": "falsified"}

@@ -153,3 +153,4 @@ def test_resuming_a_streamed_run_solves_nothing_and_rebuilds_the_tables(tmp_path
     after = db.execute("SELECT COUNT(*), SUM(status = 'converged') FROM triples").fetchone()
     db.close()
     assert after == before and before[0] > 20
+
