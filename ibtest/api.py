@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from . import certificate, report
@@ -48,7 +47,7 @@ class StudyResult:
     solver_error: float | None = None
     model: Any = None
     json_cache: dict[str, Any] | None = None  # to_json() of the finished run, computed once
-    tally: Tally | None = None  # counts and report rows over every block
+    tally: Tally | None = None  # counts and report rows over every block (run_loaded sets it)
     blocks: int = 1  # > 1: a streamed study; ``triples`` / ``pairs`` hold the retained ones only
 
     @property
@@ -71,14 +70,8 @@ class StudyResult:
         """The full report as ``ibtest run`` prints it (``table``), or markdown / json / html."""
         return report.render(self.to_json(), fmt)
 
-    def _tally(self) -> Tally:
-        if self.tally is None:
-            self.tally = Tally(self.model, len(self.triples))
-            self.tally.add(self.triples, self.pairs)
-        return self.tally
-
     def summary(self) -> str:
-        ty = self._tally()
+        ty = self.tally
         counts = ty.counts
         lines = [
             f"study {self.study.name}: {sum(counts.values())} instances "
@@ -91,7 +84,7 @@ class StudyResult:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        ty = self._tally()
+        ty = self.tally
         return certificate._jsonable({
             "study": self.study.name,
             "description": self.study.description,

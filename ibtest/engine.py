@@ -230,7 +230,7 @@ def solve(ctx: Context, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
             else torch.full((t.shape[0],), float("nan"), dtype=torch.float64)
             for i, t in zip(infos, thetas)
         ])
-    counts = {st.name(c): int((status == c).sum()) for c in st.NAMES if int((status == c).sum())}
+    counts = st.counts(status)
     ph = Phase(phase, B, time.perf_counter() - t0, counts, calls)
     ctx.add_phase(ph)
     ctx.progress.end(f"{phase}: {B} instances ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}), "

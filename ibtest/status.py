@@ -23,6 +23,13 @@ NAMES = {
 CODES = {v: k for k, v in NAMES.items()}
 
 
+def counts(codes) -> dict[str, int]:
+    """How many of each status a ``torch.int64`` tensor of codes holds, in :data:`NAMES` order,
+    statuses that do not occur left out."""
+    n = codes.bincount(minlength=max(NAMES) + 1).tolist()
+    return {NAMES[c]: n[c] for c in NAMES if n[c]}
+
+
 def name(code: int) -> str:
     """Human name of a status code."""
     return NAMES.get(int(code), f"unknown({int(code)})")

@@ -19,6 +19,7 @@ pairs (two study datasets sharing θ0, or two θ0 on one dataset) are formed wit
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -83,11 +84,10 @@ class Tally:
             if pred is not None:
                 row["predictor"] = pred[r]
             for k in ("pieces", "steps"):
-                if k in extra and extra[k][r] == extra[k][r]:  # not NaN
+                if k in extra and not math.isnan(extra[k][r]):
                     row[k] = int(extra[k][r])
-            g = extra.get("growth", [float("nan")] * (r + 1))[r]
-            if status[r] == st.DIVERGED and g == g and abs(g) != float("inf"):
-                row["growth"] = float(g)
+            if status[r] == st.DIVERGED and "growth" in extra and math.isfinite(extra["growth"][r]):
+                row["growth"] = float(extra["growth"][r])
             rows.append(row)
         return rows
 
@@ -96,15 +96,11 @@ class Tally:
 
 
 def _count(into: dict[str, int], status: torch.Tensor) -> None:
-    if status.numel() == 0:
-        return
-    n = torch.bincount(status, minlength=max(st.NAMES) + 1).tolist()
-    for code in st.NAMES:
-        if n[code]:
-            into[st.name(code)] = into.get(st.name(code), 0) + n[code]
-    ordered = {st.name(c): into[st.name(c)] for c in st.NAMES if st.name(c) in into}
+    """Add the status counts of ``status`` to ``into``, keeping :data:`status.NAMES` order."""
+    add = st.counts(status)
+    merged = {k: into.get(k, 0) + add.get(k, 0) for k in st.NAMES.values() if k in into or k in add}
     into.clear()
-    into.update(ordered)
+    into.update(merged)
 
 
 class Retainer:
@@ -125,7 +121,7 @@ class Retainer:
         keep_triples: set[int] = set()
         for i, j, use, params in self.members:
             tot = self.totals[(i, j)]
-            if tot.error and tot.error.startswith("raised: "):
+            if tot.raised:
                 continue
             try:
                 if use.spec.kind in ("invariant", "bound"):
@@ -137,7 +133,7 @@ class Retainer:
                     tot.add_scored(sc)
                     keep_pairs.update(sc.keep())
             except Exception as exc:
-                tot.error = f"raised: {type(exc).__name__}: {exc}"
+                tot.raised = f"{type(exc).__name__}: {exc}"
         if self.kept is None:
             self.kept = t.take(torch.zeros(0, dtype=torch.int64))
         conv = ((t.status == st.CONVERGED) & (t.parent < 0)).nonzero().flatten()
@@ -159,12 +155,13 @@ class Retainer:
         """Verdicts on the retained triples, with every member's counts from its totals."""
         any_converged = tally.all_counts.get("converged", 0) > 0
         for (i, j, use, _) in self.members:
-            tot = self.totals[(i, j)]
-            if tot.n == 0 and use.spec.depends_on != "data" or use.spec.kind in ("invariant", "bound"):
-                if use.spec.kind in ("invariant", "bound") or not any_converged:
-                    tot.no_pairs_reason = tally.no_converged_reason()
-                else:
-                    tot.no_pairs_reason = "no admissible pair" + (" sharing θ0" if use.spec.depends_on == "init" else "")
+            tot, single = self.totals[(i, j)], use.spec.kind in ("invariant", "bound")
+            if tot.n or (use.spec.depends_on == "data" and not single):
+                continue  # judged on something, or a data-dependent R, which keeps its own reason
+            if single or not any_converged:
+                tot.no_pairs_reason = tally.no_converged_reason()
+            else:
+                tot.no_pairs_reason = "no admissible pair" + (" sharing θ0" if use.spec.depends_on == "init" else "")
         assert self.kept is not None, "finish() before any block"
         members, meter = judge_all(self.ctx, self.kept, self.pairs, also_measure=self.sample, totals=self.totals)
         return self.kept, self.pairs, members, meter

@@ -288,7 +288,7 @@ def _recheck_pair(ctx, t, spec, params, use, meter: ErrorMeter, a: int, b: int, 
 
 
 def _no_converged_reason(t: Triples) -> str:
-    counts = {st.name(c): int((t.status == c).sum()) for c in st.NAMES if int((t.status == c).sum())}
+    counts = st.counts(t.status)
     growth = None
     if "growth" in t.info and counts.get("diverged"):
         g = t.info["growth"][t.status == st.DIVERGED]
@@ -315,7 +315,8 @@ class Totals:
     max_rel_gap: float = -math.inf
     worst: float | None = None  # bounds: the largest value
     largest: float = -math.inf  # invariants and bounds: the largest change / excess
-    error: str | None = None
+    error: str | None = None  # R not finite somewhere
+    raised: str | None = None  # the hypothesis raised on a block: "Type: message"
     no_pairs_reason: str | None = None
 
     def add_scored(self, sc: "_Scored") -> None:
@@ -476,8 +477,8 @@ def judge_all(ctx: Context, t: Triples, pairs: Pairs, also_measure: list[int] = 
         for j, params in enumerate(use.members):
             tot = None if totals is None else totals[(i, j)]
             try:
-                if tot is not None and tot.error and tot.error.startswith("raised: "):
-                    raise _Raised(tot.error[len("raised: "):])
+                if tot is not None and tot.raised:
+                    raise _Raised(tot.raised)
                 if use.spec.kind in ("invariant", "bound"):
                     scored.append(("inv", use, params, tot))
                 else:

@@ -53,6 +53,7 @@ info: ``t`` time of the last switch, ``pieces`` linear pieces traversed, ``drift
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -509,8 +510,6 @@ MIN_SHARE = 2048
 def _workers(workers: int, B: int) -> int:
     if workers > 0:
         return max(1, min(int(workers), B))
-    import os
-
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover (not Linux)

@@ -127,7 +127,6 @@ def solve_exact_reference(X, y, w0, pos: float = 1.0, neg: float = 0.0, at_zero:
     zero = live & (np.abs(z) <= START_ZERO * xn * np.linalg.norm(w))
     side = np.where(z > 0, 1.0, -1.0)
     fresh = zero.copy()
-    status = None
 
     def finish(theta, code=None):
         zf = X @ theta
