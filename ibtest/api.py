@@ -259,17 +259,49 @@ def run_study(study: str | Path | dict, *, plugins: list[str] = (), out_dir: str
 
 
 def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progress | None = None):
-    """Finish (or re-render) a stored run: every stored solve is reused, nothing is recomputed."""
+    """Finish (or re-render) a stored run: every stored solve is reused, nothing is recomputed.
+
+    A store is data: the plugin files it lists (``meta.plugins``, the study's ``plugins:``) are
+    never imported on its say-so. Code comes from installed entry points and ``plugins`` (the
+    user's ``--plugin FILE``); a study that needs more is refused (UserError, exit 2) naming
+    what is missing and the files the run was made with.
+    """
+    from .manager import load_registry, require_registered
+    from .study import parse_study_text, plugin_files_of, validate
+
     store = open_run(run_dir)
-    meta = store.meta()
-    if "study_text" not in meta:
+    try:
+        meta = store.meta()
+        if "study_text" not in meta or not isinstance(meta["study_text"], str):
+            raise UserError(f"run {run_dir}: the store holds no study (not started by 'ibtest run')")
+        src = str(meta.get("study_source", "<stored study>"))
+        base = Path(str(meta.get("study_base", run_dir)))
+        data, lines, src = parse_study_text(meta["study_text"], src)
+        registry = load_registry(list(plugins))
+        stored = meta.get("plugins") if isinstance(meta.get("plugins"), list) else []
+        named = [str(f) for f in stored] + [f for f in plugin_files_of(data, base) if f not in stored]
+        require_registered(registry, _study_needs(data), what=f"run {run_dir}",
+                           named_files=[f for f in named if f not in plugins])
+        st_ = validate(data, registry, src=src, lines=lines, plugin_files=list(plugins))
+    except BaseException:
         store.close()
-        raise UserError(f"run {run_dir}: the store holds no study (not started by 'ibtest run')")
-    files = list(plugins) + [f for f in meta.get("plugins", []) if f not in plugins]
-    base = Path(meta.get("study_base", run_dir))
-    st_, _ = load_study_text(meta["study_text"], meta.get("study_source", "<stored study>"), base, files)
+        raise
     store.set_meta(state="running", resumed=_dt.datetime.now().isoformat(timespec="seconds"))
     return _execute(st_, Path(run_dir), store, progress)
+
+
+def _study_needs(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, name) of every plugin a study's raw data names (malformed entries are left to validate)."""
+    def name(ref: Any) -> Any:
+        return ref.get("name") if isinstance(ref, dict) else ref
+
+    needs: list[tuple[str, Any]] = [("models", name(data.get("model"))), ("solvers", name(data.get("solver")))]
+    inits = data.get("init", {"name": "zeros"})
+    needs += [("inits", name(r)) for r in (inits if isinstance(inits, list) else [inits])]
+    for kind, key in (("datasets", "datasets"), ("constructions", "constructions"), ("hypotheses", "hypotheses")):
+        refs = data.get(key) or []
+        needs += [(kind, name(r)) for r in (refs if isinstance(refs, list) else [])]
+    return [(k, n) for k, n in needs if isinstance(n, str)]
 
 
 def load_results(run_dir: str | Path) -> dict[str, Any]:
