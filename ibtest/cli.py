@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import UserError
-from .textsafe import clean, clean_tree
+from .textsafe import clean, clean_tree as _clean_tree
+
+
+MULTILINE = frozenset({"description", "summary"})  # stored free text whose line breaks are its own
+
+
+def clean_tree(obj):
+    """Stored results made safe to print (see :mod:`ibtest.textsafe`); paragraphs keep their breaks."""
+    return _clean_tree(obj, MULTILINE)
 
 DEFAULT_STUDY = "vardi_shamir_theorem3"
 

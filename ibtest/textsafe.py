@@ -40,12 +40,18 @@ def clean(text: Any, *, keep_newlines: bool = False) -> str:
     return (_CONTROL_KEEP_NL if keep_newlines else _CONTROL).sub(_escape, s)
 
 
-def clean_tree(obj: Any) -> Any:
-    """A copy of a JSON-like tree (dicts, lists, scalars) with every string :func:`clean`-ed."""
+def clean_tree(obj: Any, multiline: frozenset[str] | set[str] = frozenset()) -> Any:
+    """A copy of a JSON-like tree (dicts, lists, scalars) with every string :func:`clean`-ed.
+
+    Strings stored under a key in ``multiline`` (free-text paragraphs such as a study's
+    ``description``) keep their line breaks; every other control character is still escaped.
+    """
     if isinstance(obj, str):
         return clean(obj)
     if isinstance(obj, dict):
-        return {clean(k) if isinstance(k, str) else k: clean_tree(v) for k, v in obj.items()}
+        return {clean(k) if isinstance(k, str) else k:
+                clean(v, keep_newlines=True) if k in multiline and isinstance(v, str) else clean_tree(v, multiline)
+                for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [clean_tree(v) for v in obj]
+        return [clean_tree(v, multiline) for v in obj]
     return obj
