@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from . import fit
 from . import status as st
 from .batch import Pairs, Triples, cat_padded
 from .progress import Progress, Quiet
@@ -247,9 +248,13 @@ def solve_into(ctx: Context, t: Triples, phase: str) -> Triples:
 # ------------------------------------------------------------------------------------------
 # pairs
 # ------------------------------------------------------------------------------------------
+DISTINCT_RTOL = 1e-9  # two solutions are distinct when ‖θa − θb‖ > DISTINCT_RTOL · max(‖θa‖, ‖θb‖)
+
+
 def _distinct(ta: Tensor, tb: Tensor) -> Tensor:
-    scale = torch.maximum(ta.norm(dim=-1), tb.norm(dim=-1)).clamp_min(1.0)
-    return (ta - tb).norm(dim=-1) > 1e-9 * scale
+    """Relative to the solutions' own size, so a study scaled by any factor pairs alike."""
+    scale = torch.maximum(ta.norm(dim=-1), tb.norm(dim=-1))
+    return (ta - tb).norm(dim=-1) > DISTINCT_RTOL * scale
 
 
 def admissible(ctx: Context, t: Triples, a: Tensor, b: Tensor, source: str | tuple[Tensor, list[str]]) -> Pairs:
@@ -265,7 +270,9 @@ def admissible(ctx: Context, t: Triples, a: Tensor, b: Tensor, source: str | tup
     a, b, code = a[conv], b[conv], code[conv]
     cab = m.loss(t.theta[a], t.X[b], t.y[b], t.mask[b]).detach().cpu()
     cba = m.loss(t.theta[b], t.X[a], t.y[a], t.mask[a]).detach().cpu()
-    keep = ((cab <= ctx.fit_tol) & (cba <= ctx.fit_tol)).nonzero().flatten()
+    tol_b = fit.fit_threshold(m, t.X[b], t.y[b], t.mask[b], t.theta0[b], ctx.fit_tol).cpu()
+    tol_a = fit.fit_threshold(m, t.X[a], t.y[a], t.mask[a], t.theta0[a], ctx.fit_tol).cpu()
+    keep = ((cab <= tol_b) & (cba <= tol_a)).nonzero().flatten()
     a, b = a[keep], b[keep]
     same = (t.theta0[a] == t.theta0[b]).all(-1).cpu()
     return Pairs(a, b, code[keep], list(names), same, cab[keep], cba[keep], _distinct(t.theta[a], t.theta[b]).cpu())
@@ -390,7 +397,7 @@ def run_pair_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
 def build_context(study: Study, progress: Progress | None = None, store: Store | None = None) -> Context:
     model = study.model.spec.factory(**study.model.options)
     options = dict(study.solver.options)
-    fit_tol = float(options.get("fit_tol", 1e-20))
+    fit_tol = float(options.get("fit_tol", fit.DEFAULT_FIT_TOL))
     cuda = study.device == "cuda" and torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     ctx = Context(study, model, study.solver.spec, options, fit_tol, dev, progress=progress or Quiet(), store=store)

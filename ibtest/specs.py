@@ -315,8 +315,8 @@ class Hypothesis:
     doc: str = ""
     kind: Literal["regularizer", "invariant", "bound"] = "regularizer"
     on: Literal["theta", "predictor"] = "theta"
-    atol: float = 1e-9
-    rtol: float = 1e-9
+    atol: float = 0.0  # optional absolute floor of the margin; 0 keeps verdicts scale-free
+    rtol: float = 1e-9  # the margin's floor relative to |R| (see ibtest.evaluation)
     bound: float | None = None
 
 

@@ -1,11 +1,8 @@
 """Hypothesis evaluation, witnesses, margins and verdicts.
 
 For a regularizer R and an admissible pair (θa, θb) (each fits the other's dataset), a valid R
-must rate them equal. The pair refutes R when
-
-    |R(θa) − R(θb)| > margin = max(atol, rtol·max(|R(θa)|, |R(θb)|))
-                                + safety · (‖∇R(θa)‖·err_a + ‖∇R(θb)‖·err_b),
-
+must rate them equal. The pair refutes R when |R(θa) − R(θb)| exceeds the margin of
+:mod:`ibtest.evaluation` (tolerance floor relative to |R| plus safety · ‖∇R‖ · err per side),
 where err is the *measured* solver error of each side: ‖θ∞ − θ∞'‖ with θ∞' re-solved at the
 solver's tightened settings (``Solver.tighten``). The pair is re-checked on the re-solved θ∞'
 (both still converged, still cross-fitting) before it certifies anything. An invariant C is
@@ -13,6 +10,9 @@ refuted by one converged triple with ‖C(θ∞) − C(θ0)‖∞ beyond the sam
 
 Which pairs count: ``params`` hypotheses every admissible pair; ``init`` only pairs sharing θ0;
 ``data`` none (a cross-dataset comparison proves nothing for a data-dependent R) → inconclusive.
+"survives" is earned: it needs ``min_pairs`` admissible pairs with *distinct* solutions (two
+identical solutions rate every R alike and prove nothing). A hypothesis that returns NaN or ±inf
+anywhere gets an ``error`` row, never a survival.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ import torch
 from . import status as st
 from .batch import Pairs, Triples
 from .engine import Context, solve
+from . import evaluation as ev_mod
+from . import fit
 from .specs import Context as HypContext
 from .study import HypothesisUse
 
@@ -91,40 +93,17 @@ def _fmt(v: Any) -> str:
 
 # ------------------------------------------------------------------------------------------
 def hyp_context(ctx: Context, t: Triples, idx: Tensor, spec: Any, theta0: Tensor | None = None) -> HypContext:
-    """What a hypothesis may see at triples ``idx``, limited by its ``depends_on``."""
-    c = HypContext(model=ctx.model, study={"seed": ctx.study.seed, **ctx.study.extra})
-    if spec.depends_on in ("init", "data"):
-        c.init = (t.theta0[idx] if theta0 is None else theta0)
-        c.init_predictor = ctx.model.predictor(c.init)
-    if spec.depends_on == "data":
-        c.X, c.y, c.mask = t.X[idx], t.y[idx], t.mask[idx]
-    return c
+    """What a hypothesis may see at triples ``idx`` (see :func:`ibtest.evaluation.context`)."""
+    data = spec.depends_on == "data"
+    return ev_mod.context(ctx.model, spec, theta0=t.theta0[idx] if theta0 is None else theta0,
+                          X=t.X[idx] if data else None, y=t.y[idx] if data else None,
+                          mask=t.mask[idx] if data else None, study={"seed": ctx.study.seed, **ctx.study.extra})
 
 
 def evaluate(ctx: Context, spec: Any, params: dict, theta: Tensor, hctx: HypContext,
              grad: bool = True) -> tuple[Tensor, Tensor | None]:
-    """R [T] (or C [T, k]) and, with ``grad``, the gradient norm of each component summed, [T], by
-    autograd (None without ``grad``: scoring every pair needs only R)."""
-    with torch.enable_grad() if grad else torch.no_grad():
-        th = theta.detach().clone().requires_grad_(grad)
-        x = ctx.model.predictor(th) if spec.on == "predictor" else th
-        R = spec.fn(x, hctx, **params)
-        if not isinstance(R, torch.Tensor):
-            raise TypeError(f"returned {type(R).__name__}, expected a tensor of shape [B]")
-        if R.shape[0] != theta.shape[0] or (spec.kind == "regularizer" and R.dim() != 1):
-            raise TypeError(f"returned shape {tuple(R.shape)}, expected [{theta.shape[0]}]"
-                            + ("" if spec.kind == "regularizer" else " or [B, k]"))
-        if not grad:
-            return R.detach().to(torch.float64), None
-        R2 = R.reshape(R.shape[0], -1)
-        gnorm = torch.zeros(theta.shape[0], dtype=torch.float64)
-        for k in range(R2.shape[1]):
-            if not R2.requires_grad:
-                break
-            (g,) = torch.autograd.grad(R2[:, k].sum(), th, retain_graph=True, allow_unused=True)
-            if g is not None:
-                gnorm = gnorm + torch.nan_to_num(g.detach().norm(dim=-1), nan=float("inf"))
-    return R.detach().to(torch.float64), gnorm
+    """R [T] (or C [T, k]) and, with ``grad``, ‖∇R‖ [T] (see :func:`ibtest.evaluation.evaluate`)."""
+    return ev_mod.evaluate(ctx.model, spec, params, theta, hctx, grad=grad)
 
 
 # ------------------------------------------------------------------------------------------
@@ -153,11 +132,7 @@ class ErrorMeter:
 
 
 def _eligible(spec: Any, pairs: Pairs) -> Tensor:
-    if spec.depends_on == "params":
-        return torch.ones(len(pairs), dtype=torch.bool)
-    if spec.depends_on == "init":
-        return pairs.same_init.clone()
-    return torch.zeros(len(pairs), dtype=torch.bool)
+    return ev_mod.eligible(spec.depends_on, pairs.same_init)
 
 
 @dataclass
@@ -214,13 +189,10 @@ def score_regularizer(ctx: Context, t: Triples, pairs: Pairs, use: HypothesisUse
     Ra, Rb = R_all[pos[p.a]], R_all[pos[p.b]]
     gap = (Ra - Rb).abs()
     scale = torch.maximum(Ra.abs(), Rb.abs())
-    floor = torch.clamp(use.rtol * scale, min=use.atol)
+    floor = ev_mod.floor(use.atol, use.rtol, Ra, Rb)
     rel = gap / scale.clamp_min(1e-300)
-    r.max_rel_gap = float(torch.nan_to_num(rel, nan=0.0).max()) if rel.numel() else 0.0
-    nonfinite = ~torch.isfinite(gap)
-    if bool(nonfinite.any()):
-        r.error = f"R is not finite on {int(nonfinite.sum())} solution(s)"
-    order = torch.argsort(torch.where(torch.isfinite(gap), gap / floor, torch.zeros_like(gap)), descending=True)
+    r.max_rel_gap = float(rel.max()) if rel.numel() else 0.0
+    order = torch.argsort(gap / floor.clamp_min(1e-300), descending=True)
     cand = [int(k) for k in order[:RECHECK_TOP] if bool(gap[k] > floor[k])]
     sc.p, sc.Ra, sc.Rb, sc.gap, sc.floor, sc.rel, sc.cand = p, Ra, Rb, gap, floor, rel, cand
     sc.sel = sel
@@ -253,11 +225,15 @@ def finish_regularizer(ctx: Context, t: Triples, sc: _Scored, params: dict, mete
         best = Evidence(int(p.a[k]), int(p.b[k]), float(sc.Ra[k]), float(sc.Rb[k]), float(sc.gap[k]),
                         float(sc.floor[k]), float("nan"), float("nan"), float(G[0]), float(G[1]), p.source(k))
     r.evidence = best
-    if r.n_pairs >= ctx.study.verdict.min_pairs:
+    need = ctx.study.verdict.min_pairs
+    if r.n_distinct >= need:
         r.verdict = "survives"
         r.reason = f"{r.n_pairs} admissible pairs ({r.n_distinct} distinct), no witness beyond the margin"
+    elif r.n_distinct == 0:
+        r.reason = (f"no evidence: all {r.n_pairs} admissible pairs have identical solutions "
+                    "(an identical pair rates every R alike)")
     else:
-        r.reason = f"too few admissible pairs ({r.n_pairs} < min_pairs {ctx.study.verdict.min_pairs})"
+        r.reason = f"too few admissible pairs with distinct solutions ({r.n_distinct} < min_pairs {need})"
     return r
 
 
@@ -270,10 +246,9 @@ def _recheck_pair(ctx, t, spec, params, use, meter: ErrorMeter, a: int, b: int, 
         tha, thb = meter.tight_theta[a], meter.tight_theta[b]
         ea, eb = meter.err[a], meter.err[b]
         # the re-solved pair must still be admissible
-        m = ctx.model
-        cab = float(m.loss(tha[None], t.X[b : b + 1], t.y[b : b + 1], t.mask[b : b + 1])[0])
-        cba = float(m.loss(thb[None], t.X[a : a + 1], t.y[a : a + 1], t.mask[a : a + 1])[0])
-        if not (cab <= ctx.fit_tol and cba <= ctx.fit_tol):
+        ab = torch.tensor([b, a])
+        cross = fit.fits(ctx.model, torch.stack([tha, thb]), t.X[ab], t.y[ab], t.mask[ab], t.theta0[ab], ctx.fit_tol)
+        if not bool(cross.all()):
             return None
     else:
         tha, thb = t.theta[a], t.theta[b]
@@ -282,8 +257,8 @@ def _recheck_pair(ctx, t, spec, params, use, meter: ErrorMeter, a: int, b: int, 
     R, G = evaluate(ctx, spec, params, torch.stack([tha, thb]), hyp_context(ctx, t, idx, spec))
     Ra, Rb = float(R[0]), float(R[1])
     gap = abs(Ra - Rb)
-    floor = max(use.atol, use.rtol * max(abs(Ra), abs(Rb)))
-    margin = floor + ctx.study.verdict.safety * (float(G[0]) * ea + float(G[1]) * eb)
+    margin = float(ev_mod.margin(use.atol, use.rtol, ctx.study.verdict.safety, R[:1], R[1:], G[:1], G[1:],
+                                 tha[None], thb[None], ea, eb)[0])
     return Evidence(a, b, Ra, Rb, gap, margin, ea, eb, float(G[0]), float(G[1]), source, tha, thb)
 
 
@@ -375,7 +350,7 @@ class _InvScore:
         """Triples a verdict can rest on: the candidates and the closest call."""
         if self.idx is None:
             return []
-        closest = int(torch.argmax(self.gap / self.floor))
+        closest = int(torch.argmax(self.gap / self.floor.clamp_min(1e-300)))
         return sorted({int(self.idx[k]) for k in self.cand} | {int(self.idx[closest])})
 
 
@@ -392,8 +367,8 @@ def score_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict) 
     C0 = _reference(ctx, spec, params, t, idx, hctx)
     gap = _excess(spec, C1, C0)
     scale = torch.maximum(C1.abs().amax(-1), C0.abs().amax(-1))
-    floor = torch.clamp(use.rtol * scale, min=use.atol)
-    order = torch.argsort(gap / floor, descending=True)
+    floor = ev_mod.floor(use.atol, use.rtol, C1, C0)
+    order = torch.argsort(gap / floor.clamp_min(1e-300), descending=True)
     return _InvScore(idx, C0, C1, gap, floor, [int(k) for k in order[:RECHECK_TOP] if bool(gap[k] > floor[k])],
                      float(C1.amax(-1).max()) if spec.kind == "bound" else None,
                      float((gap / scale.clamp_min(1e-300)).max()))
@@ -434,8 +409,8 @@ def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, 
         c1 = c1.reshape(1, -1)
         c0 = _reference(ctx, spec, params, t, one, hc)
         g = float(_excess(spec, c1, c0)[0])
-        sc = max(float(c1.abs().max()), float(c0.abs().max()))
-        margin = max(use.atol, use.rtol * sc) + ctx.study.verdict.safety * float(g1[0]) * e
+        margin = float(ev_mod.margin(use.atol, use.rtol, ctx.study.verdict.safety, c1, c0, g1, None,
+                                     th[None], None, e)[0])
         ev = Evidence(i, -1, float(c1.flatten()[0]), float(c0.flatten()[0]), g, margin, e, 0.0, float(g1[0]), 0.0,
                       "study", th, t.theta0[i])
         if best is None or ev.gap / ev.margin > best.gap / best.margin:
@@ -446,7 +421,7 @@ def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, 
                     else f"bound broken: value {best.Ra:.6g} exceeds {best.Rb:.6g} by {best.gap:.3g} > margin {best.margin:.3g}")
         return r
     if best is None:
-        k = int(torch.argmax(s.gap / s.floor))
+        k = int(torch.argmax(s.gap / s.floor.clamp_min(1e-300)))
         one = idx[k : k + 1]
         _, g1 = evaluate(ctx, spec, fparams, t.theta[one], hyp_context(ctx, t, one, spec))
         best = Evidence(int(idx[k]), -1, float(s.C1[k, 0]), float(s.C0[k, 0]), float(s.gap[k]),

@@ -47,7 +47,8 @@ significant derivative D_j = ⟨x_i, (−A)^{j−1}(b − A w)⟩ must have the 
 inconsistent points flip, repeatedly.  No consistent pattern: Filippov sliding, status SLIDING.
 Points with x_i = 0 (padding included) never switch.
 
-Result: θ = w∞ of the last piece (exact limit), status CONVERGED (loss ≤ fit_tol), STALLED,
+Result: θ = w∞ of the last piece (exact limit), status CONVERGED (loss ≤ fit_tol · s, s the loss
+scale max(½‖y‖², L(w0)) of :mod:`ibtest.fit`), STALLED,
 BUDGET (max_pieces pieces used; θ = the current iterate), SLIDING, or DIVERGED (non-finite);
 info: ``t`` time of the last switch, ``pieces`` linear pieces traversed, ``drift`` zeros.
 """
@@ -694,9 +695,14 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
     f = torch.where(zf > 0, pos * zf, neg * zf)
     r = (f - ym) * m
     loss = 0.5 * (r * r).sum(-1)
+    # fit_tol is relative to the loss scale max(½‖y‖², L(w0)) (ibtest.fit)
+    z0 = _bmv(Xm, w0)
+    r0 = (torch.where(z0 > 0, pos * z0, neg * z0) - ym) * m
+    scale = torch.maximum(0.5 * (ym * ym * m).sum(-1), 0.5 * (r0 * r0).sum(-1))
+    fitted = loss <= fit_tol * scale
     unset = status < 0
-    status = torch.where(unset & (loss <= fit_tol), CONVERGED, status)
-    status = torch.where(unset & (loss > fit_tol), STALLED, status)
+    status = torch.where(unset & fitted, CONVERGED, status)
+    status = torch.where(unset & ~fitted, STALLED, status)
     bad = ~torch.isfinite(theta).all(-1) | ~torch.isfinite(loss)
     status = torch.where(bad, DIVERGED, status)
     info = {"t": t_out, "pieces": pieces_out, "drift": torch.zeros(B, dtype=F64, device=dev)}

@@ -136,7 +136,10 @@ def solve_exact_reference(X, y, w0, pos: float = 1.0, neg: float = 0.0, at_zero:
             return theta, DIVERGED
         if code is not None:
             return theta, code
-        return theta, CONVERGED if loss <= fit_tol else STALLED
+        z0 = X @ np.asarray(w0, dtype=float)
+        r0 = np.where(z0 > 0, pos * z0, neg * z0) - y
+        scale = max(0.5 * np.sum(y ** 2), 0.5 * np.sum(r0 ** 2))  # fit_tol is relative (ibtest.fit)
+        return theta, CONVERGED if loss <= fit_tol * scale else STALLED
 
     for _ in range(max_pieces):
         if fresh.any():

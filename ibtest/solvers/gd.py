@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import status as st
+from ..fit import fit_threshold
 from ..specs import ModelBase, Option, Solver, SolveResult
 
 
@@ -34,6 +35,7 @@ def solve_gd(
     status = torch.full((B,), st.BUDGET, dtype=torch.int64)
     done_steps = torch.zeros(B, dtype=torch.int64)
     active = torch.arange(B)
+    fit_abs = fit_threshold(model, X, y, mask, theta0, fit_tol)  # fit_tol is relative (ibtest.fit)
     k = 0
     while k < steps and active.numel():
         n = min(check_every, steps - k)
@@ -47,7 +49,7 @@ def solve_gd(
         g = model.grad(th, Xa, ya, ma).norm(dim=-1)
         finite = torch.isfinite(th).all(-1) & torch.isfinite(loss)
         diverged = ~finite | (th.norm(dim=-1) > div_norm)
-        conv = finite & (loss <= fit_tol)
+        conv = finite & (loss <= fit_abs[active])
         stalled = finite & ~conv & (g <= grad_tol)
         status[active[diverged]] = st.DIVERGED
         status[active[conv & ~diverged]] = st.CONVERGED
