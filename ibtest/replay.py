@@ -18,10 +18,15 @@ Everything that decides the verdict comes from the registry and the tool:
   cannot make the replay run for days. Negative or non-finite values are bad input.
 
 The replay then re-solves both sides at the solver's tightened settings and confirms only if
-every re-solved side converged, fits its own dataset, fits the other side's dataset (a pair), R
-(or C) is finite with a finite gradient, and the gap exceeds the margin
+every re-solved side converged, fits its own dataset, fits the other side's dataset (a pair; "fits"
+is :mod:`ibtest.fit`'s rule, relative to the dataset's loss scale), R (or C) is finite with a
+finite gradient, and the gap exceeds the engine's margin (:func:`ibtest.evaluation.margin`)
 
-    margin = max(atol, rtol·max|R|) + safety·Σ_sides ‖∇R(θ_s)‖·‖θ_s − θ_s(file)‖.
+    margin = floor + safety·Σ_sides ‖∇R(θ_s)‖·‖θ_s − θ_s(file)‖,
+
+the file's θ standing in for the engine's first solution: its distance to the re-solve is the
+measured error. Context, R, ∇R, the margin and the pair rule all come from
+:mod:`ibtest.evaluation`, as in the engine.
 
 It also recomputes the file's own numbers (R, gap, margin, losses) at the file's θ with the file's
 settings and reports each one that disagrees: they do not decide anything, but a reader should
@@ -34,20 +39,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Mapping
 
 import torch
 from pydantic import TypeAdapter, ValidationError
 
+from . import evaluation as ev_mod
+from . import fit
 from . import status as st
 from .certschema import load
 from .errors import UserError
-from .specs import Context as HypContext
 from .textsafe import clean
 
 DEFAULT_SAFETY = 10.0  # the study's verdict.safety default (ibtest.study.VerdictSettings)
-DEFAULT_FIT_TOL = 1e-20  # the engine's fit_tol when a solver declares none
+DEFAULT_FIT_TOL = fit.DEFAULT_FIT_TOL  # the engine's (relative) fit_tol when a solver declares none
 BUDGET_FACTOR = 100.0
 
 
@@ -169,40 +174,38 @@ def member_params(hspec: Any, given: Mapping[str, Any], where: str) -> tuple[dic
 # ------------------------------------------------------------------------------------------
 # the pieces the engine also has: pair rule, fit test, evaluation of R and its gradient
 # ------------------------------------------------------------------------------------------
-def pair_rule(depends_on: str, theta0_a: torch.Tensor, theta0_b: torch.Tensor) -> str | None:
-    """Why a pair is not valid evidence against a regularizer of this dependence (None: valid)."""
-    if depends_on == "params":
+def pair_invalid(depends_on: str, theta0_a: torch.Tensor, theta0_b: torch.Tensor) -> str | None:
+    """Why a pair is not valid evidence against a regularizer of this dependence (None: valid).
+
+    The rule is the engine's (:func:`ibtest.evaluation.eligible`): ``params`` any pair, ``init``
+    only a pair whose θ0 are equal, ``data`` none.
+    """
+    same = torch.tensor([bool(torch.equal(theta0_a, theta0_b))])
+    if bool(ev_mod.eligible(depends_on, same)[0]):
         return None
     if depends_on == "init":
-        if torch.equal(theta0_a, theta0_b):
-            return None
-        return "the hypothesis depends on the init, and the two sides start from different theta0: only a pair sharing theta0 can refute it"
-    return ("the hypothesis depends on the data: comparing R across two datasets refutes nothing "
-            "(only a witness inside one zero-loss set can)")
+        return ("the hypothesis depends on the init, and the two sides start from different theta0: "
+                f"it may be refuted by {ev_mod.pair_rule(depends_on)}")
+    return f"the hypothesis depends on the data: it may be refuted by {ev_mod.pair_rule(depends_on)}"
 
 
 def fits(model: Any, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-         theta0: torch.Tensor, fit_tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss [k] of θ [k, P] on datasets (X, y, mask) [k, ...] and whether it counts as a fit.
-
-    The one place verify decides "fits": loss finite and ≤ fit_tol. ``theta0`` [k, P] (the θ0 the
-    dataset was solved from) is passed for a scale-relative rule.
-    """
-    loss = model.loss(theta, X, y, mask).detach().to(torch.float64)
-    return loss, torch.isfinite(loss) & (loss <= fit_tol)
+         theta0: torch.Tensor, fit_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Loss [k] of θ [k, P] on datasets (X, y, mask) [k, ...], the loss at or below which it fits
+    [k] and whether it fits [k]: the one place verify decides "fits", by :mod:`ibtest.fit`
+    (relative to the scale of the dataset and the θ0 it was solved from)."""
+    with torch.no_grad():
+        loss = model.loss(theta, X, y, mask).detach().to(torch.float64)
+    thr = fit.fit_threshold(model, X, y, mask, theta0, fit_tol)
+    return loss, thr, fit.fits(model, theta, X, y, mask, theta0, fit_tol)
 
 
 def evaluate(model: Any, hspec: Any, params: dict, theta: torch.Tensor, theta0: torch.Tensor,
              X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """R [k] (C [k, m]) at θ [k, P] and Σ_components ‖∇R‖ [k], with the context the engine gives."""
-    from .verdicts import evaluate as engine_evaluate
-
-    c = HypContext(model=model)
-    if hspec.depends_on in ("init", "data"):
-        c.init, c.init_predictor = theta0, model.predictor(theta0)
-    if hspec.depends_on == "data":
-        c.X, c.y, c.mask = X, y, mask
-    return engine_evaluate(SimpleNamespace(model=model), hspec, params, theta, c)
+    """R [k] (C [k, m]) at θ [k, P] and Σ_components ‖∇R‖ [k], through :mod:`ibtest.evaluation`
+    (the context the engine gives; NonFiniteValue when R or ∇R is not finite)."""
+    c = ev_mod.context(model, hspec, theta0=theta0, X=X, y=y, mask=mask)
+    return ev_mod.evaluate(model, hspec, params, theta, c)
 
 
 # ------------------------------------------------------------------------------------------
@@ -319,6 +322,8 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
     def R(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             v, g = evaluate(model, hspec, params, theta, D.theta0, D.X, D.y, D.mask)
+        except ev_mod.NonFiniteValue:
+            raise
         except Exception as exc:
             raise UserError(f"{where}: hypothesis {hspec.name!r} raised on this certificate: "
                             f"{type(exc).__name__}: {clean(exc)}") from None
@@ -331,24 +336,26 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
         C0, _ = R(D.theta0)
         return C0
 
-    def margin_of(Rv: torch.Tensor, C0: torch.Tensor | None, g: torch.Tensor, err: torch.Tensor,
-                  atol: float, rtol: float, safety: float) -> tuple[float, float]:
-        """(gap, margin): |R_a − R_b| for a pair, max excess of C over its reference otherwise."""
+    def margin_of(Rv: torch.Tensor, C0: torch.Tensor | None, g: torch.Tensor, theta: torch.Tensor,
+                  err: torch.Tensor, atol: float, rtol: float, safety: float) -> tuple[float, float]:
+        """(gap, margin) as the engine sets them (:func:`ibtest.evaluation.margin`): |R_a − R_b| for a
+        pair, the largest excess of C over C(θ0) (|·|) or over the bound otherwise."""
         if pair:
             gap = float((Rv[0, 0] - Rv[1, 0]).abs())
-            scale = float(Rv[:, 0].abs().max())
+            m = ev_mod.margin(atol, rtol, safety, Rv[:1], Rv[1:], g[:1], g[1:], theta[:1], theta[1:],
+                              float(err[0]), float(err[1]))
         else:
             diff = Rv[0] - C0[0]
             gap = float(diff.max() if bound is not None else diff.abs().max())
-            scale = max(float(Rv[0].abs().max()), float(C0[0].abs().max()))
-        return gap, max(atol, rtol * scale) + safety * float((g * err).sum())
+            m = ev_mod.margin(atol, rtol, safety, Rv[:1], C0[:1], g[:1], None, theta[:1], None, float(err[0]))
+        return gap, float(m.flatten()[0])
 
     # 1. the file's own numbers, recomputed at the file's θ with the file's settings
     lines += _stored_check(cert, D, R, ref, margin_of, model, names, pair, rules)
 
     # 2. the pair must be valid evidence for this dependence
     if pair:
-        why = pair_rule(hspec.depends_on, D.theta0[0], D.theta0[1])
+        why = pair_invalid(hspec.depends_on, D.theta0[0], D.theta0[1])
         if why:
             lines += [f"  pair not valid: {why}", "  refutation WITHDRAWN"]
             return VerifyResult(False, lines)
@@ -364,37 +371,38 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
         raise UserError(f"{where}: solver {sspec.name!r} failed on this certificate's data: "
                         f"{type(exc).__name__}: {clean(exc)}") from None
     err = (theta - D.theta).norm(dim=-1)
-    own, own_ok = fits(model, theta, D.X, D.y, D.mask, D.theta0, rules.fit_tol)
+    own, own_thr, own_ok = fits(model, theta, D.X, D.y, D.mask, D.theta0, rules.fit_tol)
     ok = True
     for k, s in enumerate(names):
         conv = status[k] == st.CONVERGED and bool(own_ok[k])
         ok = ok and conv
         lines.append(f"  side {s}: re-solved status={st.name(status[k])} loss={float(own[k]):.3g} "
-                     f"|theta - theta_file| = {float(err[k]):.3g}"
+                     f"(fits at <= {float(own_thr[k]):.3g}) |theta - theta_file| = {float(err[k]):.3g}"
                      + ("" if conv else "  (not converged within fit_tol: no evidence)"))
     if ok and pair:
         sw = torch.tensor([1, 0])
-        cross, cross_ok = fits(model, theta, D.X[sw], D.y[sw], D.mask[sw], D.theta0[sw], rules.fit_tol)
-        lines.append(f"  cross-fit: L(theta_a; D_b) = {float(cross[0]):.3g}, L(theta_b; D_a) = {float(cross[1]):.3g} "
-                     f"(fit_tol {rules.fit_tol:.3g})")
+        cross, thr, cross_ok = fits(model, theta, D.X[sw], D.y[sw], D.mask[sw], D.theta0[sw], rules.fit_tol)
+        lines.append(f"  cross-fit: L(theta_a; D_b) = {float(cross[0]):.3g} (fits at <= {float(thr[0]):.3g}), "
+                     f"L(theta_b; D_a) = {float(cross[1]):.3g} (fits at <= {float(thr[1]):.3g})")
         ok = bool(cross_ok.all())
     if ok:
-        Rv, g = R(theta)
-        C0 = None if pair else ref(Rv)
-        finite = bool(torch.isfinite(Rv).all() and torch.isfinite(g).all()
-                      and (C0 is None or torch.isfinite(C0).all()) and torch.isfinite(err).all())
-        if not finite:
-            lines.append("  R or its gradient is not finite at the re-solved solutions: no evidence")
+        try:
+            Rv, g = R(theta)
+            C0 = None if pair else ref(Rv)
+            if not bool(torch.isfinite(err).all()):
+                raise ev_mod.NonFiniteValue("the measured solver error is not finite")
+            gap, margin = margin_of(Rv, C0, g, theta, err, rules.atol, rules.rtol, rules.safety)
+        except ev_mod.NonFiniteValue as exc:
+            lines.append(f"  at the re-solved solutions: {clean(exc)}: no evidence")
             ok = False
         else:
-            gap, margin = margin_of(Rv, C0, g, err, rules.atol, rules.rtol, rules.safety)
             if pair:
                 lines.append(f"  R(theta_a) = {float(Rv[0, 0]):.12g}, R(theta_b) = {float(Rv[1, 0]):.12g}, "
                              f"|gap| = {gap:.3g}, margin = {margin:.3g}")
             else:
                 what = "B(theta_inf) - bound" if bound is not None else "|C(theta_inf) - C(theta0)|"
                 lines.append(f"  {what} = {gap:.3g}, margin = {margin:.3g}")
-            ok = math.isfinite(margin) and gap > margin
+            ok = gap > margin
     lines.append("  refutation CONFIRMED" if ok else "  refutation WITHDRAWN")
     return VerifyResult(ok, lines)
 
@@ -405,17 +413,21 @@ def _stored_check(cert, D: _Data, R, ref, margin_of, model, names, pair: bool, r
     atol = float(h["atol"]) if h.get("atol") is not None else rules.atol
     rtol = float(h["rtol"]) if h.get("rtol") is not None else rules.rtol
     safety = float(cert["safety"]) if cert.get("safety") is not None else rules.safety
-    Rv, g = R(D.theta)
-    C0 = None if pair else ref(Rv)
     errs = torch.tensor([float(cert[s].get("measured_error") or 0.0) for s in names], dtype=torch.float64)
-    gap, margin = margin_of(Rv, C0, g, errs, atol, rtol, safety)
-    tol_R = max(0.1 * rules.atol, 0.0)
+    try:
+        Rv, g = R(D.theta)
+        C0 = None if pair else ref(Rv)
+        gap, margin = margin_of(Rv, C0, g, D.theta, errs, atol, rtol, safety)
+    except ev_mod.NonFiniteValue as exc:
+        return [f"  at the file's own theta and settings: {clean(exc)} (the stored numbers cannot be checked)"]
+    rnd = ev_mod.ROUNDING * g * D.theta.norm(dim=-1)  # round-off of R at each side, as in the floor
+    tol_R = float(rnd.sum())
     bad = []
     for k, s in enumerate(names):
         stored = cert[s].get("R")
         if isinstance(stored, list):
             stored = stored[0] if stored else None
-        if _disagree(stored, float(Rv[k, 0]), 1e-9, tol_R):
+        if _disagree(stored, float(Rv[k, 0]), 1e-9, float(rnd[k])):
             bad.append(f"R(theta_{s}) stored {_g(float(stored))}, recomputed {_g(float(Rv[k, 0]))}")
     if not pair and cert.get("C_init") is not None and C0 is not None:
         stored = cert["C_init"][0] if isinstance(cert["C_init"], list) else cert["C_init"]
@@ -425,16 +437,15 @@ def _stored_check(cert, D: _Data, R, ref, margin_of, model, names, pair: bool, r
         bad.append(f"gap stored {_g(float(cert['gap']))}, recomputed {_g(gap)}")
     if _disagree(cert.get("margin"), margin, 1e-6, 0.0):
         bad.append(f"margin stored {_g(float(cert['margin']))}, recomputed {_g(margin)}")
-    own, _ = fits(model, D.theta, D.X, D.y, D.mask, D.theta0, rules.fit_tol)
-    tol_L = 1e-3 * max(rules.fit_tol, float(cert.get("fit_tol") or 0.0))
+    own, thr, _ = fits(model, D.theta, D.X, D.y, D.mask, D.theta0, rules.fit_tol)
     for k, s in enumerate(names):
-        if _disagree(cert[s].get("loss"), float(own[k]), 1e-6, tol_L):
+        if _disagree(cert[s].get("loss"), float(own[k]), 1e-6, 1e-3 * float(thr[k])):
             bad.append(f"loss of side {s} stored {_g(float(cert[s]['loss']))}, recomputed {_g(float(own[k]))}")
     if pair and cert.get("cross_loss"):
         sw = torch.tensor([1, 0])
-        cross, _ = fits(model, D.theta, D.X[sw], D.y[sw], D.mask[sw], D.theta0[sw], rules.fit_tol)
+        cross, thr, _ = fits(model, D.theta, D.X[sw], D.y[sw], D.mask[sw], D.theta0[sw], rules.fit_tol)
         for k, key in enumerate(("theta_a_on_D_b", "theta_b_on_D_a")):
-            if _disagree(cert["cross_loss"][key], float(cross[k]), 1e-6, tol_L):
+            if _disagree(cert["cross_loss"][key], float(cross[k]), 1e-6, 1e-3 * float(thr[k])):
                 bad.append(f"cross_loss {key} stored {_g(float(cert['cross_loss'][key]))}, recomputed {_g(float(cross[k]))}")
     if not bad:
         return []
