@@ -27,6 +27,9 @@ from .errors import UserError
 
 FORMAT = "ibtest-certificate/1"
 MAX_BYTES = 32 * 2**20  # a genuine certificate is a few kB: two small datasets and their solutions
+#: a certificate is a counterexample (a few points in a few dimensions); beyond these the replay
+#: could run for hours (the exact solver is O(d³) per linear piece), so they are refused
+MAX_POINTS, MAX_DIM, MAX_PARAMS = 512, 128, 16384
 _NONFINITE = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "nan": math.nan,
               "Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
 
@@ -175,6 +178,8 @@ def check_shapes(cert: dict[str, Any], where: str) -> None:
     y [n], one d for both sides, θ and each θ0 of one length P."""
     d = None
     P = len(cert["theta0"])
+    if P > MAX_PARAMS:
+        raise UserError(f"{where}: field theta0: {P} parameters, more than the {MAX_PARAMS} a certificate may have")
     for s in ("a", "b"):
         side = cert.get(s)
         if side is None:
@@ -190,6 +195,9 @@ def check_shapes(cert: dict[str, Any], where: str) -> None:
         if d is not None and widths[0] != d:
             raise UserError(f"{where}: field {s}.X: {widths[0]} columns, side a has {d}")
         d = widths[0]
+        if len(X) > MAX_POINTS or d > MAX_DIM:
+            raise UserError(f"{where}: field {s}.X: {len(X)} points of dimension {d}; a certificate may hold at "
+                            f"most {MAX_POINTS} points of dimension at most {MAX_DIM}")
         if len(y) != len(X):
             raise UserError(f"{where}: field {s}.y: {len(y)} labels for {len(X)} points")
         for key in ("theta0", "theta"):

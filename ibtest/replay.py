@@ -53,7 +53,7 @@ from .textsafe import clean
 
 DEFAULT_SAFETY = 10.0  # the study's verdict.safety default (ibtest.study.VerdictSettings)
 DEFAULT_FIT_TOL = fit.DEFAULT_FIT_TOL  # the engine's (relative) fit_tol when a solver declares none
-BUDGET_FACTOR = 100.0
+BUDGET_FACTOR = 10.0
 
 
 @dataclass
@@ -132,7 +132,7 @@ def check_options(kind: str, name: str, spec: Any, given: Mapping[str, Any], whe
 
 
 def solver_options(spec: Any, given: Mapping[str, Any], where: str, path: str, notes: list[str]) -> dict:
-    """Checked solver options with the floors: ``*tol`` at most the default, budgets at most 100×."""
+    """Checked solver options with the floors: ``*tol`` at most the default, budgets at most BUDGET_FACTOR×."""
     opts = check_options("solver", spec.name, spec, given, where, path)
     for key, opt in spec.options.items():
         d, v = opt.default, opts[key]

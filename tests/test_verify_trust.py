@@ -447,5 +447,12 @@ def test_binary_and_huge_files_exit_2(tmp_path, cli, monkeypatch, theorem3_cert)
     r = cli("verify", _write(tmp_path, theorem3_cert))
     _one_line_error(r)
     assert "bytes" in r.err
+    monkeypatch.setattr(certschema, "MAX_BYTES", 10**8)
+    big = _copy(theorem3_cert)
+    for side in ("a", "b"):
+        big[side]["X"] = [[1.0] * 2000 for _ in big[side]["X"]]  # d = 2000: hours in the exact solver
+    r = cli("verify", _write(tmp_path, big, "wide.json"))
+    _one_line_error(r)
+    assert "dimension" in r.err
     _one_line_error(cli("verify", tmp_path))  # a directory
     _one_line_error(cli("verify", tmp_path / "absent.json"))
