@@ -24,6 +24,7 @@ import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from .errors import UserError
+from .textsafe import clean
 
 FORMAT = "ibtest-certificate/1"
 MAX_BYTES = 32 * 2**20  # a genuine certificate is a few kB: two small datasets and their solutions
@@ -146,7 +147,7 @@ def _where(loc: tuple) -> str:
             continue  # pydantic's union-member and validator tags
         else:
             out += ("." if out else "") + str(part)
-    return out or "<top level>"
+    return clean(out) or "<top level>"
 
 
 def validate(data: Any, where: str) -> dict[str, Any]:
