@@ -205,3 +205,43 @@ def test_identical_pairs_alone_are_no_evidence():
     for m in res.members:
         assert m.n_pairs > 0 and m.n_distinct == 0
         assert m.verdict == "inconclusive" and "identical" in m.reason
+
+
+# ------------------------------------------------------------------------------------------
+# one hypothesis context for the engine and the plugin-author kit
+# ------------------------------------------------------------------------------------------
+CTX_PLUGIN = '''
+import torch
+import ibtest
+
+def raw_init_only(beta, ctx):
+    # on="predictor": beta is [B, d]; ctx.init must be raw theta0 = (u, v), [B, 2d]
+    if ctx.init.shape[-1] != 2 * beta.shape[-1]:
+        raise AssertionError(f"ctx.init has {ctx.init.shape[-1]} columns, expected raw theta0 with "
+                             f"{2 * beta.shape[-1]}")
+    return (beta - ctx.init_predictor).norm(dim=-1)
+
+@ibtest.hookimpl
+def ibtest_hypotheses():
+    return [ibtest.Hypothesis(name="raw_init_only", fn=raw_init_only, depends_on="init", on="predictor")]
+'''
+
+
+def test_the_kit_and_the_engine_pass_the_same_context(tmp_path):
+    """ctx.init is raw θ0 for an on="predictor", depends_on="init" hypothesis in the engine and in
+    ibtest.testing.check_hypothesis alike (a diagonal net: θ0 = (u, v) has 2d entries, β has d)."""
+    from ibtest.testing import check_hypothesis
+
+    plugin = tmp_path / "ctx_plugin.py"
+    plugin.write_text(textwrap.dedent(CTX_PLUGIN))
+    R = check_hypothesis(plugin, "raw_init_only", model="diagonal_linear", d=3)
+    assert R.shape == (4,) and bool(torch.isfinite(R).all())
+    study = {
+        "study": "ctx", "seed": 0, "plugins": [str(plugin)], "model": {"name": "diagonal_linear"},
+        "init": {"name": "scaled", "alpha": 0.5},
+        "datasets": [{"name": "sparse_regression", "n": 2, "d": 3, "k": 1, "count": 2}],
+        "solver": {"name": "adaptive"}, "hypotheses": [{"name": "raw_init_only"}],
+    }
+    res = run_study(study, write=False)
+    (member,) = res.members
+    assert member.verdict != "error", member.error
