@@ -16,9 +16,13 @@ def l2_norm(theta: torch.Tensor, ctx: ibtest.Context) -> torch.Tensor:
 
 
 def lp_norm(theta: torch.Tensor, ctx: ibtest.Context, p: float) -> torch.Tensor:
-    if p < 1:
+    """‖θ‖_p computed as m·‖θ/m‖_p with m = max|θ_i| (a constant for autograd): |θ_i|^p would
+    under- or overflow float64 long before ‖θ‖_p does (p = 3 at |θ| ~ 1e±150)."""
+    if not p >= 1:
         raise ValueError(f"lp_norm needs p >= 1, got {p}")
-    return torch.linalg.vector_norm(theta, ord=float(p), dim=-1)
+    m = theta.detach().abs().amax(-1, keepdim=True)
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    return m.squeeze(-1) * torch.linalg.vector_norm(theta / m, ord=float(p), dim=-1)
 
 
 def dist_to_init(theta: torch.Tensor, ctx: ibtest.Context) -> torch.Tensor:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from . import certificate, report
+from . import certificate, fit, report
 from . import status as st
 from .batch import Pairs, Triples
 from .engine import Context, Phase, build_context, plan_instances, run_block
@@ -151,6 +151,9 @@ def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store 
     t0 = time.perf_counter()
     ctx = build_context(study, progress=progress, store=store)
     plan = plan_instances(ctx)
+    warning = fit.range_warning(plan.X, plan.y, plan.theta0)
+    if warning:
+        ctx.errors.append(warning)
     size = max(1, study.block_size)
     setting = study.report.triples
     rows = max(study.report.json_triples, setting if setting is not True and setting is not False else 0)

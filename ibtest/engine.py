@@ -207,7 +207,7 @@ def solve(ctx: Context, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
             c0 = time.perf_counter()
             try:
                 res = ctx.solver.solve(ctx.model, X[sl], y[sl], mask[sl], theta0[sl], **opts)
-            except Exception as exc:  # keep going: report the failure in the summary
+            except (Exception, SystemExit) as exc:  # keep going: report the failure in the summary
                 ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} raised on instances "
                                   f"{sl.start}..{sl.stop - 1}: {type(exc).__name__}: {exc}")
                 k = sl.stop - sl.start
@@ -347,7 +347,7 @@ def run_triple_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
             try:
                 out: Partners = use.spec.build(model=ctx.model, triples=_triple_batch(t, src_idx),
                                                rng=_construction_seed(ctx, 3, len(t)), **opts)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a plugin's sys.exit must not end the run
                 ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
                 continue
             if out is None or out.X.shape[0] == 0:
@@ -374,7 +374,7 @@ def run_pair_constructions(ctx: Context, t: Triples, pairs: Pairs) -> None:
         for opts in use.expand():
             try:
                 out: NewPairs = use.spec.build(model=ctx.model, pairs=pb, rng=_construction_seed(ctx, 4, len(t)), **opts)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a plugin's sys.exit must not end the run
                 ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
                 continue
             if out is None or out.pairs.theta0.shape[0] == 0:

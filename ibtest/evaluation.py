@@ -48,6 +48,10 @@ class NonFiniteValue(ValueError):
     """A hypothesis returned NaN or ±inf (or its gradient or margin is not finite)."""
 
 
+class PluginExit(RuntimeError):
+    """A plugin called ``sys.exit`` (SystemExit is not an Exception: caught here, reported in its row)."""
+
+
 def context(model: ModelBase, spec: Hypothesis, *, theta0: Tensor | None = None, X: Tensor | None = None,
             y: Tensor | None = None, mask: Tensor | None = None,
             study: Mapping[str, Any] | None = None) -> HypothesisContext:
@@ -79,7 +83,10 @@ def evaluate(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], thet
     with torch.enable_grad() if grad else torch.no_grad():
         th = theta.detach().clone().requires_grad_(grad)
         x = model.predictor(th) if spec.on == "predictor" else th
-        R = spec.fn(x, hctx, **params)
+        try:
+            R = spec.fn(x, hctx, **params)
+        except SystemExit as exc:  # a plugin must not end the run: its member gets an error row
+            raise PluginExit(f"called sys.exit({exc.code!r})") from None
         if not isinstance(R, torch.Tensor):
             raise TypeError(f"returned {type(R).__name__}, expected a tensor of shape [{B}]")
         if R.dim() == 0 or R.shape[0] != B or (spec.kind == "regularizer" and R.dim() != 1):

@@ -51,3 +51,30 @@ def fits(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, th
     with torch.no_grad():
         loss = model.loss(theta, X, y, mask).to(torch.float64)
     return torch.isfinite(loss) & (loss <= fit_threshold(model, X, y, mask, theta0, fit_tol))
+
+
+#: float64 keeps ~1e±308: the loss squares |y| and the squared gradient norm squares |X|·|y|, so
+#: non-zero magnitudes of X, y, θ0 and of the product max|X|·max|y| must lie in [SAFE_LO, SAFE_HI]
+SAFE_LO, SAFE_HI = 1e-150, 1e150
+
+
+def range_warning(X: Tensor, y: Tensor, theta0: Tensor) -> str | None:
+    """A sentence when the study's data or inits are at a scale float64 cannot square (non-zero
+    magnitudes of X, y, θ0, or max|X|·max|y|, outside [1e-150, 1e150]); None when it is safe."""
+    parts, top = [], {}
+    for name, v in (("X", X), ("y", y), ("theta0", theta0)):
+        a = v.detach().abs()
+        a = a[torch.isfinite(a) & (a > 0)]
+        if a.numel() == 0:
+            continue
+        lo, hi = float(a.min()), float(a.max())
+        top[name] = hi
+        if lo < SAFE_LO or hi > SAFE_HI:
+            parts.append(f"{name} holds values from {lo:.3g} to {hi:.3g}")
+    if "X" in top and "y" in top and not SAFE_LO <= top["X"] * top["y"] <= SAFE_HI:
+        parts.append(f"max|X|·max|y| = {top['X'] * top['y']:.3g}")
+    if not parts:
+        return None
+    return ("scale: " + "; ".join(parts) + f" (outside [{SAFE_LO:g}, {SAFE_HI:g}]): the loss squares y and the "
+            "squared gradient norm squares |X|·|y|, which float64 cannot hold at this scale; rescale the "
+            "data: the verdicts of this study are not meaningful in float64")

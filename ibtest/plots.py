@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .specs import Context as HypContext
+from .evaluation import context
 
 Tensor = torch.Tensor
 
@@ -210,12 +210,10 @@ class _Evaluator:
         for s in range(0, th_all.shape[0], chunk):
             th = th_all[s : s + chunk]
             B = th.shape[0]
-            c = HypContext(model=self.model)
-            if self.spec.depends_on in ("init", "data"):
-                init = init0[None].expand(B, -1)
-                c.init = self.model.predictor(init) if self.spec.on == "predictor" else init
-            if self.spec.depends_on == "data" and X is not None:
-                c.X, c.y, c.mask = X[None].expand(B, -1, -1), y[None].expand(B, -1), mask[None].expand(B, -1)
+            data = self.spec.depends_on == "data" and X is not None
+            c = context(self.model, self.spec, theta0=init0[None].expand(B, -1),
+                        X=X[None].expand(B, -1, -1) if data else None, y=y[None].expand(B, -1) if data else None,
+                        mask=mask[None].expand(B, -1) if data else None)
             x = self.model.predictor(th) if self.spec.on == "predictor" else th
             with torch.no_grad():
                 v = self.spec.fn(x, c, **self.params)

@@ -275,8 +275,9 @@ def check_hypothesis(plugin: str | Path | types.ModuleType | None, name: str, pa
 
     Checks: ``fn(theta, ctx, **params)`` returns a float tensor of shape [B] (an invariant may
     return [B, k]), finite values, the same values for each row evaluated alone (no mixing across
-    the batch), and a finite gradient by autograd (the margin uses ‖∇R‖). ``ctx`` holds ``init``
-    (a random θ0) and a random dataset, whatever the hypothesis declares. Returns R [B].
+    the batch), and a finite gradient by autograd (the margin uses ‖∇R‖). ``ctx`` is built by
+    :func:`ibtest.evaluation.context`, exactly as the engine builds it: ``init`` (a random raw θ0)
+    for "init"/"data" hypotheses, a random dataset for "data" ones. Returns R [B].
     """
     reg = _registry(plugin)
     spec = reg.get("hypotheses", name)
@@ -291,9 +292,10 @@ def check_hypothesis(plugin: str | Path | types.ModuleType | None, name: str, pa
     on_pred = spec.on == "predictor"
 
     def call(th, th0, Xs, ys):
-        from .specs import Context
+        from .evaluation import context
 
-        ctx = Context(model=m, init=m.predictor(th0) if on_pred else th0, X=Xs, y=ys, mask=torch.ones_like(ys))
+        # the context the engine builds (raw θ0 as ctx.init, also for on="predictor")
+        ctx = context(m, spec, theta0=th0, X=Xs, y=ys, mask=torch.ones_like(ys))
         return spec.fn(m.predictor(th) if on_pred else th, ctx, **pv)
 
     R = call(theta, theta0, X, y)
