@@ -456,3 +456,24 @@ def test_binary_and_huge_files_exit_2(tmp_path, cli, monkeypatch, theorem3_cert)
     assert "dimension" in r.err
     _one_line_error(cli("verify", tmp_path))  # a directory
     _one_line_error(cli("verify", tmp_path / "absent.json"))
+
+
+def test_a_hypothesis_returning_nan_is_withdrawn_not_confirmed(theorem3_cert, tmp_path, cli):
+    plugin = tmp_path / "nan_hyp.py"
+    plugin.write_text(
+        "import ibtest, torch\n@ibtest.hookimpl\ndef ibtest_hypotheses():\n"
+        "    return [ibtest.Hypothesis(name='nan_norm', fn=lambda theta, ctx: theta.norm(dim=-1) * float('nan'),\n"
+        "                              doc='NaN everywhere')]\n")
+    cert = _copy(theorem3_cert)
+    cert["hypothesis"]["name"] = "nan_norm"
+    r = cli("verify", _write(tmp_path, cert), "--plugin", plugin)
+    assert r.code == 1, r
+    assert "not finite" in r.out and "refutation WITHDRAWN" in r.out, r
+
+
+def test_solver_budgets_from_the_file_are_capped(theorem3_cert, tmp_path, cli):
+    cert = _copy(theorem3_cert)
+    cert["solver"]["tightened"]["max_pieces"] = 10**9
+    r = cli("verify", _write(tmp_path, cert))
+    assert r.code == 0, r
+    assert "solver max_pieces 1e+09 in the file is beyond 10x the default" in r.out, r
