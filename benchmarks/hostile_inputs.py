@@ -185,7 +185,10 @@ def option_cases(c: Corpus) -> None:
                 c.study("options", f"{'.'.join(map(str, where))}.{opt}: {v!r}", _dump(s))
     for where, opt in ((("datasets", 0), "n"), (("datasets", 0), "d"), (("datasets", 0), "count"), (("init",), "count")):
         c.study("counts", f"{'.'.join(map(str, where))}.{opt}: 10**12", _dump(_set(LINEAR, where + (opt,), HUGE)))
-    c.study("counts", "gaussian count: 1e9", _dump(LINEAR).replace("count: 2\n  labels", "count: 1.0e9\n  labels"))
+    c.study("counts", "gaussian count: 1e9 (a string in YAML 1.1)",
+            _dump(LINEAR).replace("count: 2\n  labels", "count: 1e9\n  labels"))
+    c.study("counts", "gaussian count: 1.0e+9", _dump(LINEAR).replace("count: 2\n  labels", "count: 1.0e+9\n  labels"))
+    c.study("counts", "gaussian count: 1000000000", _dump(_set(LINEAR, ("datasets", 0, "count"), 10**9)))
     c.study("counts", "pad_to: 10**12", _dump(_set(THEOREM3, ("datasets", 0, "pad_to"), HUGE)))
     c.study("counts", "matrix completion custom size -2", _dump(_set(LINEAR, ("datasets", 0), {
         "name": "matrix_completion", "preset": "custom", "size": -2, "entries": [[1, 1, 1.0]]})))
