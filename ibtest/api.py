@@ -7,7 +7,7 @@ and ``certificates/``; ``resume_run(RUN_DIR)`` finishes an interrupted run from 
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import datetime as _dt
 import json
 import time
@@ -261,17 +261,33 @@ def run_study(study: str | Path | dict, *, plugins: list[str] = (), out_dir: str
         if (out / "results.sqlite").exists():
             raise UserError(f"run directory {out} already holds a run: resume it with "
                             f"'ibtest run --resume {out}' or choose another --out")
-        store = Store(out)
-        from .certificate import versions
-
-        try:
-            store.set_meta(study_text=text, study_source=src, study_base=str(base), plugins=st_.plugin_files,
-                           state="running", created=_dt.datetime.now().isoformat(timespec="seconds"),
-                           versions=versions())
-        except UserError:
-            store.close()
-            raise
+        store = _start_store(out, text=text, src=src, base=base, plugins=st_.plugin_files)
     return _execute(st_, out, store, progress, plans)
+
+
+def _start_store(out: Path, **study: Any) -> Store:
+    """A new run's store holding its study. If even that cannot be written (a full disk, a
+    read-only place), what was created is removed, so the same ``--out`` works next time."""
+    from .certificate import versions
+
+    made_dir = not out.exists()
+    store = None
+    try:
+        store = Store(out)
+        store.set_meta(study_text=study["text"], study_source=study["src"], study_base=str(study["base"]),
+                       plugins=study["plugins"], state="running",
+                       created=_dt.datetime.now().isoformat(timespec="seconds"), versions=versions())
+        return store
+    except UserError as exc:
+        if store is not None:
+            store.close()
+        with contextlib.suppress(OSError):
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                (out / f"results.sqlite{suffix}").unlink(missing_ok=True)
+            if made_dir:
+                out.rmdir()
+        reason = str(exc).split(". What was stored", 1)[0]
+        raise UserError(f"{reason}; nothing was run: fix this, then run the study again") from None
 
 
 def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progress | None = None):

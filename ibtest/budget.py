@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .checks import check_n_params
 from .errors import UserError
 from .yamlpos import format_path, line_of
 
@@ -116,7 +117,9 @@ def check_study(study: Any, lines: dict) -> list[str]:
             continue
         d = sizes[0][3]
         try:
-            P = int(s.model.spec.factory(**s.model.options).n_params(d))
+            P = check_n_params(s.model.spec.factory(**s.model.options).n_params(d), s.model.name, d)
+        except UserError as exc:
+            return [f"{src}:{line_of(lines, ('model',))}: model: {exc}{suffix}"]
         except Exception as exc:  # noqa: BLE001 - a plugin's failure, named
             return [f"{src}:{line_of(lines, ('model',))}: model: {s.model.name!r}: n_params({d}) raised "
                     f"{type(exc).__name__}: {exc}{suffix}"]
