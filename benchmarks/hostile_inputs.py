@@ -12,6 +12,11 @@ directory, runs each through ``ibtest.cli.main`` in this process and classifies 
 Every study in the corpus is tiny, so a case that runs takes well under a second; sizes that
 would allocate much are chosen so large that the allocation fails at once (or is refused).
 Read-only media and a full disk are simulated by patching ``sqlite3.connect`` and file writes.
+
+Measured (issue 9): on main before the fix (commit 4935beb), 158 of the 708 inputs ended in a
+traceback (153) or a hang (5: alias bombs of 5, 6 and 9 levels, ``root_tol: -3`` and
+``root_tol: -.inf``); after it, none. The exit-2 share rose from 367 to 618 (inputs that ran
+to a meaningless result before, such as ``grid: -5`` or ``n: true``, are refused now).
 """
 from __future__ import annotations
 

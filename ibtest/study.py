@@ -293,10 +293,23 @@ def _pydantic_problems(exc: pydantic.ValidationError, src: str, lines: dict, dat
         if e["type"] == "missing":
             msg = "required field is missing"
         else:
-            msg = f"{msg} (got {_short(e.get('input'))})"
+            msg = f"{msg} (got {_short(e.get('input'))}{_text_hint(e.get('input'))})"
         if msg not in by_loc.setdefault(loc, []):
             by_loc[loc].append(msg)
     return [f"{src}:{line_of(lines, loc)}: {format_path(loc)}: {'; or '.join(msgs)}" for loc, msgs in by_loc.items()]
+
+
+def _text_hint(value: Any) -> str:
+    """YAML 1.1 reads ``1e9`` (no dot, no exponent sign) as text: say so where a number was due."""
+    if isinstance(value, str):
+        try:
+            x = float(value)
+        except ValueError:
+            return ""
+        if math.isfinite(x) and x == int(x) and abs(x) < 1e18:
+            return f"; YAML reads {value!r} as text, not a number: write {int(x)}"
+        return f"; YAML reads {value!r} as text, not a number: write it with a dot and a signed exponent (1.0e+9)"
+    return ""
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -336,7 +349,8 @@ def _resolve_plugin(
             detail = exc.errors()[0]["msg"] if isinstance(exc, pydantic.ValidationError) else str(exc)
             problems.append(
                 f"{src}:{line_of(lines, p)}: {format_path(p)}: {detail} (expected "
-                f"{_describe_type(opt.type)}{' or a list of them' if opt.sweep else ''}, got {_short(value)})"
+                f"{_describe_type(opt.type)}{' or a list of them' if opt.sweep else ''}, got {_short(value)}"
+                f"{_text_hint(value)})"
             )
     for key, opt in spec.options.items():
         if opt.required and ref.get(key) is None:

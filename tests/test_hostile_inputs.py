@@ -170,6 +170,13 @@ def test_huge_count_is_refused_with_a_memory_estimate(cli, tmp_path):
     assert "allowed (half of this machine's" in err
 
 
+def test_exponent_without_a_dot_is_text_in_yaml_and_the_message_says_so(cli, tmp_path):
+    p = write(tmp_path, LIN.replace("count: 2, labels", "count: 1e9, labels"))
+    refused(cli, tmp_path, p, "datasets[0].count:", "YAML reads '1e9' as text, not a number: write 1000000000")
+    p = write(tmp_path, LIN.replace("scale: 1.0, count: 2", "scale: 1.0, count: 1e3"))
+    refused(cli, tmp_path, p, "init.count:", "write 1000")
+
+
 def test_memory_limit_follows_the_machine(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(budget, "physical_memory", lambda: 2**30)  # a 1 GiB machine
     # 10^6 datasets of 2 x 3 with 2 inits: plan 80 MB, blocks of 20000: ~ 100 MB: fits
