@@ -178,6 +178,8 @@ def test_exponent_without_a_dot_is_text_in_yaml_and_the_message_says_so(cli, tmp
 
 
 def test_memory_limit_follows_the_machine(cli, tmp_path, monkeypatch):
+    # the example: count 1e9 Gaussian datasets of 4 x 5 hold 160 GB of X alone
+    assert budget.estimate(10**9, 4, 5, 1, 5, 20000) > 160e9
     monkeypatch.setattr(budget, "physical_memory", lambda: 2**30)  # a 1 GiB machine
     # 10^6 datasets of 2 x 3 with 2 inits: plan 80 MB, blocks of 20000: ~ 100 MB: fits
     assert budget.estimate(10**6, 2, 3, 2, 3, 20000) < 2**29
