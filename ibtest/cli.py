@@ -86,20 +86,37 @@ def _print_sweep(results, args) -> int:
     return 0 if all(r.expectations_held for r in results) else 1
 
 
+def _rendering(runs: str) -> "contextlib.AbstractContextManager[None]":
+    """Stored results that pass the shape check but still break the renderer are damaged."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise UserError(f"run {runs}: the stored results are damaged and cannot be rendered "
+                            f"({type(exc).__name__}: {exc})") from None
+
+    return guard()
+
+
 def cmd_report(args) -> int:
     from . import report
     from .api import load_results
 
     res = clean_tree(load_results(args.run))  # a stored run is data: no control characters reach the terminal
-    if "runs" in res:  # a sweep
-        if args.format == "json":
-            import json
+    with _rendering(args.run):
+        if "runs" in res:  # a sweep
+            if args.format == "json":
+                import json
 
-            print(json.dumps(res, indent=1))
+                text = json.dumps(res, indent=1)
+            else:
+                text = report.render_sweep(res["runs"], res["sweep"])
         else:
-            print(report.render_sweep(res["runs"], res["sweep"]))
-        return 0
-    print(report.render(res, args.format))
+            text = report.render(res, args.format)
+    print(text)
     return 0
 
 
@@ -110,7 +127,8 @@ def cmd_diff(args) -> int:
     a, b = clean_tree(load_results(args.run_a)), clean_tree(load_results(args.run_b))
     if "runs" in a or "runs" in b:
         raise UserError("diff compares two single runs, not sweeps")
-    lines = report.diff(a, b)
+    with _rendering(f"{args.run_a} or {args.run_b}"):
+        lines = report.diff(a, b)
     if not lines:
         print(f"no differences between {clean(args.run_a)} and {clean(args.run_b)}")
         return 0
