@@ -307,9 +307,9 @@ def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progre
     store = open_run(run_dir)
     try:
         meta = store.meta()
-        if "study_text" not in meta or not isinstance(meta["study_text"], str):
-            raise UserError(f"run {run_dir}: the store holds no study (not started by 'ibtest run')")
         _check_meta(meta, run_dir)
+        if "study_text" not in meta:
+            raise UserError(f"run {run_dir}: the store holds no study (not started by 'ibtest run')")
         src = str(meta.get("study_source", "<stored study>"))
         base = Path(str(meta.get("study_base", run_dir)))
         data, lines, src = parse_study_text(meta["study_text"], src)
