@@ -118,7 +118,7 @@ def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Ten
             certified |= kkt_certified(R, zs, x_inf)
         except RuntimeError:
             pass
-            method = "convex optimum" if zs is not None else method
+        method = "exact Z(D), convex optimum"
     theta_w = to_theta(x_best)
     ok = fit.fits(model, theta_w, X, y, mask, theta0, fit_tol)
     Rw, _ = ev.evaluate(model, spec, params, theta_w, hctx, grad=False)  # afresh, on θ'
