@@ -27,8 +27,8 @@ from .specs import CvxContext, Hypothesis, ModelBase
 from .zeroset import Polyhedron
 
 Tensor = torch.Tensor
-KKT_TOL = 1e-9
-CLARABEL = {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10, "max_iter": 200}
+KKT_TOL = 1e-8
+CLARABEL = {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9, "max_iter": 200}
 
 
 @dataclass
@@ -73,17 +73,38 @@ def kkt_certified(R, zs: Polyhedron, x: Tensor) -> Tensor:
     return (Pg.norm(dim=-1) <= KKT_TOL * g.norm(dim=-1).clamp_min(1e-300)) & inside
 
 
-def _row_ctx(hctx: Any, model: ModelBase, i: int) -> CvxContext:
-    def row(v):
-        return None if v is None else v[i].detach().cpu().numpy()
+_PROBLEMS: dict[tuple, Any] = {}
 
-    m = row(getattr(hctx, "mask", None))
-    keep = slice(None) if m is None else m > 0
-    X = row(getattr(hctx, "X", None))
-    y = row(getattr(hctx, "y", None))
-    return CvxContext(model=model, init=row(getattr(hctx, "init", None)),
-                      init_predictor=row(getattr(hctx, "init_predictor", None)),
-                      X=None if X is None else X[keep], y=None if y is None else y[keep])
+
+def _problem(spec: Hypothesis, params: Mapping[str, Any], model: ModelBase, shapes: tuple, hctx: Any):
+    """The cvxpy problem min cvx(x) s.t. A_eq x = b_eq, A_ub x ≤ b_ub with every datum a cvxpy
+    Parameter, built once per (hypothesis, parameters, shapes) and re-solved per instance
+    (cvxpy compiles a DPP problem once). Zero rows (padding) are the harmless 0 = 0, 0 ≤ 0."""
+    import cvxpy as cp
+
+    key = (spec.name, id(spec.cvx), tuple(sorted((k, float(v) if isinstance(v, (int, float)) else str(v))
+                                          for k, v in params.items())), shapes, id(model))
+    if key in _PROBLEMS:
+        return _PROBLEMS[key]
+    Q, m, k = shapes[:3]
+    x = cp.Variable(Q)
+    par: dict[str, Any] = {}
+    for name in ("init", "init_predictor", "X", "y"):
+        v = getattr(hctx, name, None)
+        if v is not None:
+            par[name] = cp.Parameter(tuple(v.shape[1:]))
+    ctx = CvxContext(model=model, **par)
+    Ae, be = cp.Parameter((m, Q)), cp.Parameter(m)
+    cons = [Ae @ x == be] if m else []
+    Au = bu = None
+    if k:
+        Au, bu = cp.Parameter((k, Q)), cp.Parameter(k)
+        cons.append(Au @ x <= bu)
+    prob = cp.Problem(cp.Minimize(spec.cvx(x, ctx, **params)), cons)
+    _PROBLEMS[key] = (prob, x, par, Ae, be, Au, bu)
+    if len(_PROBLEMS) > 256:
+        _PROBLEMS.pop(next(iter(_PROBLEMS)))
+    return _PROBLEMS[key]
 
 
 def _cvx(spec, params, R, zs: Polyhedron, x0: Tensor, hctx, model, limit: int) -> Optimum:
@@ -93,21 +114,27 @@ def _cvx(spec, params, R, zs: Polyhedron, x0: Tensor, hctx, model, limit: int) -
     B, Q = x0.shape
     xs = x0[rows].clone()
     ok = torch.zeros(rows.numel(), dtype=torch.bool)
-    for k, i in enumerate(rows.tolist()):
-        Ae, be = zs.A_eq[i].numpy(), zs.b_eq[i].numpy()
-        Au, bu = zs.A_ub[i].numpy(), zs.b_ub[i].numpy()
-        re, ru = np.abs(Ae).sum(1) > 0, np.abs(Au).sum(1) > 0
-        x = cp.Variable(Q)
-        cons = ([Ae[re] @ x == be[re]] if re.any() else []) + ([Au[ru] @ x <= bu[ru]] if ru.any() else [])
+    m, k = zs.A_eq.shape[1], zs.A_ub.shape[1]
+    shapes = (Q, m, k) + tuple(tuple(getattr(hctx, n).shape[1:]) if getattr(hctx, n, None) is not None else None
+                               for n in ("init", "init_predictor", "X", "y"))
+    try:
+        prob, x, par, Ae, be, Au, bu = _problem(spec, params, model, shapes, hctx)
+    except (cp.error.DCPError, ValueError, TypeError):
+        return Optimum(rows, zs.take(rows).project(xs), R(zs.take(rows).project(xs), rows), ok)
+    for j, i in enumerate(rows.tolist()):
+        for name, p in par.items():
+            p.value = getattr(hctx, name)[i].detach().cpu().numpy()
+        if m:
+            Ae.value, be.value = zs.A_eq[i].numpy(), zs.b_eq[i].numpy()
+        if k:
+            Au.value, bu.value = zs.A_ub[i].numpy(), zs.b_ub[i].numpy()
         try:
-            obj = spec.cvx(x, _row_ctx(hctx, model, i), **params)
-            prob = cp.Problem(cp.Minimize(obj), cons)
             prob.solve(solver="CLARABEL", **CLARABEL)
-        except (cp.error.SolverError, cp.error.DCPError, ValueError):
+        except (cp.error.SolverError, ValueError):
             continue
         if prob.status in ("optimal", "optimal_inaccurate") and x.value is not None:
-            xs[k] = torch.as_tensor(x.value, dtype=x0.dtype)
-            ok[k] = prob.status == "optimal"
+            xs[j] = torch.as_tensor(x.value, dtype=x0.dtype)
+            ok[j] = prob.status == "optimal"
     polished = zs.take(rows).project(xs, rounds=3, active_tol=1e-7)
     return Optimum(rows, polished, R(polished, rows), ok)
 

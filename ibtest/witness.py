@@ -38,6 +38,7 @@ from .zeroset import Polyhedron, gauss_newton_project, gn_tangent, zero_set
 
 Tensor = torch.Tensor
 S0 = 0.1
+TIE = 4 * torch.finfo(torch.float64).eps
 
 
 @dataclass
@@ -103,22 +104,36 @@ def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Ten
             return spec.fn(model.predictor(x) if spec.on == "predictor" else x, c, **params)
         method = "Gauss-Newton on r(θ) = 0"
 
-    x_best, R_best = _local(R, zs if exact else None, model, X, y, mask, x_inf, steps)
     certified = torch.zeros(T, dtype=torch.bool)
+    x_best = x_inf.detach().clone()
+    R_best = torch.full((T,), float("inf"), dtype=torch.float64)
     if exact and spec.convex:
+        # the global minimum first: rows it certifies need no local search
         opt = certify(spec, params, R, zs, x_inf, hctx, model, certify_limit)
         if opt is not None and opt.rows.numel():
-            better = torch.nan_to_num(opt.R, nan=float("inf")) < R_best[opt.rows]
-            rows = opt.rows
-            x_best[rows] = torch.where(better[:, None], opt.x, x_best[rows])
-            R_best[rows] = torch.where(better, opt.R, R_best[rows])
-            certified[rows] = opt.certified
+            # polish the solver's minimizer (accurate to ≈ √tol in x for a smooth R) by short steps on Z
+            r_ = opt.rows
+            xp, Rp = _local(lambda x: R(x, r_), zs.take(r_), model, X[r_], y[r_], mask[r_], opt.x, 30, s0=1e-4)
+            Ro = torch.nan_to_num(opt.R, nan=float("inf"))
+            x_best[r_] = torch.where((Rp <= Ro + TIE * Ro.abs())[:, None], xp, opt.x)
+            R_best[r_] = torch.minimum(Rp, Ro)
+            certified[opt.rows] = opt.certified
+            method = "exact Z(D), convex optimum"
         # a differentiable convex R at θ∞ on an affine Z: the KKT condition certifies θ∞ itself
         try:
-            certified |= kkt_certified(R, zs, x_inf)
+            kkt = kkt_certified(R, zs, x_inf)
+            certified |= kkt
+            R_best = torch.where(kkt & ~torch.isfinite(R_best), R_inf, R_best)
+            x_best = torch.where((kkt & (R_best == R_inf))[:, None], x_inf, x_best)
         except RuntimeError:
             pass
-        method = "exact Z(D), convex optimum"
+    rest = (~certified).nonzero().flatten()
+    if rest.numel():
+        xl, Rl = _local(lambda x: R(x, rest), zs.take(rest) if exact else None, model, X[rest], y[rest],
+                        mask[rest], x_inf[rest], steps)
+        better = Rl < R_best[rest]
+        x_best[rest] = torch.where(better[:, None], xl, x_best[rest])
+        R_best[rest] = torch.where(better, Rl, R_best[rest])
     theta_w = to_theta(x_best)
     ok = fit.fits(model, theta_w, X, y, mask, theta0, fit_tol)
     Rw, _ = ev.evaluate(model, spec, params, theta_w, hctx, grad=False)  # afresh, on θ'
@@ -130,8 +145,10 @@ def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Ten
     return SearchResult(R_inf, theta_w, Rw, ok, floor, sub, certified, method)
 
 
-def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int) -> tuple[Tensor, Tensor]:
-    """Projected subgradient descent on Z from x0 [T, Q]; the best point of each row and its R."""
+def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int,
+           s0: float = S0) -> tuple[Tensor, Tensor]:
+    """Projected subgradient descent on Z from x0 [T, Q]; the best point of each row and its R.
+    Step k has length s0·‖x0‖·(1e-5)^(k/(K−1))."""
     def project(x):
         return zs.project(x) if zs is not None else gauss_newton_project(model, x, X, y, mask, steps=3)
 
@@ -150,13 +167,14 @@ def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int) 
         g = torch.nan_to_num(g.detach())
         t = zs.tangent(g, x) if zs is not None else gn_tangent(model, g, x, X, y, mask)
         tn = t.norm(dim=-1, keepdim=True)
-        s = S0 * scale * (1e-5) ** (k / max(1, K - 1))
+        s = s0 * scale * (1e-5) ** (k / max(1, K - 1))
         x = project(x - torch.where(tn > 0, s * t / tn.clamp_min(1e-300), torch.zeros_like(t)))
         with torch.no_grad():
             v = torch.nan_to_num(R(x).detach(), nan=float("inf"))
         if zs is not None:
             v = torch.where(zs.violation(x) <= 1e-9 * (1 + scale[:, 0]), v, torch.full_like(v, float("inf")))
-        better = v < best_R
-        best_R = torch.where(better, v, best_R)
+        # ties at rounding level go to the later iterate (smaller steps: closer to the minimizer)
+        better = v <= best_R + TIE * best_R.abs()
+        best_R = torch.where(better, torch.minimum(v, best_R), best_R)
         best_x = torch.where(better[:, None], x, best_x)
     return best_x, best_R

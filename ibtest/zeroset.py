@@ -49,8 +49,11 @@ class Polyhedron:
         return self.A_ub.shape[1] == 0 or not bool(self.A_ub.abs().sum() > 0)
 
     def take(self, idx: Tensor) -> "Polyhedron":
-        return Polyhedron(self.on, self.A_eq[idx], self.b_eq[idx], self.A_ub[idx], self.b_ub[idx],
-                          self.feasible[idx])
+        out = Polyhedron(self.on, self.A_eq[idx], self.b_eq[idx], self.A_ub[idx], self.b_ub[idx],
+                         self.feasible[idx])
+        if getattr(self, "_pinv", None) is not None:
+            out._pinv = self._pinv[idx]
+        return out
 
     def violation(self, x: Tensor) -> Tensor:
         """Largest constraint violation per row [B]: max(|A_eq x − b_eq|, (A_ub x − b_ub)₊)."""
@@ -75,8 +78,19 @@ class Polyhedron:
             x = self._project_active(x, active)
         return x
 
+    def _eq_pinv(self) -> Tensor:
+        """A_eq⁺ [B, Q, m], computed once."""
+        if getattr(self, "_pinv", None) is None:
+            self._pinv = torch.linalg.pinv(self.A_eq)
+        return self._pinv
+
     def _project_active(self, x: Tensor, active: Tensor) -> Tensor:
         A, b = self.A_eq, self.b_eq
+        if not bool(active.any()):
+            if A.shape[1] == 0:
+                return x
+            r = torch.einsum("bmq,bq->bm", A, x) - b
+            return x - torch.einsum("bqm,bm->bq", self._eq_pinv(), r)
         if active.shape[1]:
             a = active.to(x.dtype)[..., None]
             A = torch.cat([A, self.A_ub * a], 1)
@@ -96,9 +110,13 @@ class Polyhedron:
             bind = (s > -tol * (1 + x.norm(dim=-1, keepdim=True)))
             # a binding row only blocks a step that would cross it: −g pointing outward
             out = torch.einsum("bkq,bq->bk", self.A_ub, -g) > 0
-            A = torch.cat([A, self.A_ub * (bind & out).to(g.dtype)[..., None]], 1)
+            blocked = bind & out
+            if bool(blocked.any()):
+                A = torch.cat([A, self.A_ub * blocked.to(g.dtype)[..., None]], 1)
+                return g - torch.einsum("bqm,bm->bq", torch.linalg.pinv(A), torch.einsum("bmq,bq->bm", A, g))
         if A.shape[1] == 0:
             return g
+        return g - torch.einsum("bqm,bm->bq", self._eq_pinv(), torch.einsum("bmq,bq->bm", A, g))
         return g - torch.einsum("bqm,bm->bq", torch.linalg.pinv(A), torch.einsum("bmq,bq->bm", A, g))
 
 
