@@ -103,6 +103,10 @@ def build(ctx, t, member, options_tight: dict[str, Any]) -> dict[str, Any]:
         "gap": ev.gap, "margin": ev.margin,
         "versions": versions(),
     }
+    if getattr(ev, "kind", "pair") == "witness":  # a search witness inside one Z(D)
+        from . import witness_cert
+
+        return witness_cert.build(ctx, t, member, options_tight, base)
     if ev.b < 0:  # invariant: one triple
         loss = float(m.loss(ev.theta_a[None], t.X[a : a + 1], t.y[a : a + 1], t.mask[a : a + 1])[0])
         if spec.kind == "bound":
@@ -168,6 +172,10 @@ def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
     from .manager import SINGULAR, load_registry
 
     cert = load(path)
+    if cert.get("kind") == "witness":  # one triple and a point of its zero-loss set
+        from . import witness_cert
+
+        return witness_cert.verify(path, cert, extra_plugins)
     files = list(extra_plugins) + [f for f in cert.get("plugins", []) if Path(f).is_file()]
     reg = load_registry(files)
     for kind, key in (("models", cert["model"]["name"]), ("solvers", cert["solver"]["name"]),

@@ -321,6 +321,10 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     from .manager import SINGULAR, load_registry
 
     cert = certmod._unnum(cert)
+    if cert.get("kind") == "witness":  # θ∞ and the witness θ' on Z(D)
+        from .witness_cert import plot as plot_witness
+
+        return plot_witness(cert, path, plugins)
     path = Path(path)
     files = list(plugins) + [f for f in cert.get("plugins", []) if Path(f).is_file()]
     reg = load_registry(files)

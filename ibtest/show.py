@@ -7,6 +7,10 @@ from . import certificate
 
 
 def describe(cert: dict) -> list[str]:
+    if cert.get("kind") == "witness":
+        from .witness_cert import describe as describe_witness
+
+        return describe_witness(cert)
     h = cert["hypothesis"]
     params = ", ".join(f"{k}={v}" for k, v in h["params"].items())
     lines = [
