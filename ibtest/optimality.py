@@ -54,7 +54,10 @@ def certify(spec: Hypothesis, params: Mapping[str, Any], R: Callable[[Tensor], T
     if spec.cvx is not None:
         return _cvx(spec, params, R, zs, x0, hctx, model, limit)
     if zs.affine:
-        return _newton(R, zs, x0)
+        try:
+            return _newton(R, zs, x0)
+        except RuntimeError:  # a singular Newton system (R not twice differentiable): no certificate
+            return None
     return None
 
 
