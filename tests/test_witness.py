@@ -118,7 +118,7 @@ def test_diagonal_net_q_alpha_certified(alpha):
     d.pop("sweep")
     res = run_study(d, write=False)
     m = _by_label(res)
-    q = m["q_alpha"]
+    q = next(r for r in res.members if r.hypothesis == "q_alpha")
     assert q.verdict == "survives", q.reason
     assert q.search.certified == q.search.searched > 0 and q.search.worst <= 1e-8
     if alpha == 3.0:
