@@ -17,6 +17,7 @@ point the verdict uses fits D to rounding; the verdict still re-checks it with `
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -132,7 +133,9 @@ def _cvx(spec, params, R, zs: Polyhedron, x0: Tensor, hctx, model, limit: int) -
         if k:
             Au.value, bu.value = zs.A_ub[i].numpy(), zs.b_ub[i].numpy()
         try:
-            prob.solve(solver="CLARABEL", **CLARABEL)
+            with warnings.catch_warnings():  # "may be inaccurate": read from prob.status below
+                warnings.simplefilter("ignore")
+                prob.solve(solver="CLARABEL", **CLARABEL)
         except (cp.error.SolverError, ValueError):
             continue
         if prob.status in ("optimal", "optimal_inaccurate") and x.value is not None:
