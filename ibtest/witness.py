@@ -77,7 +77,7 @@ def _sub_ctx(h: HypContext, rows: Tensor) -> HypContext:
 
 def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Tensor, y: Tensor, mask: Tensor,
            theta0: Tensor, theta: Tensor, fit_tol: float, *, atol: float = 0.0, rtol: float = 1e-9,
-           steps: int = 100, certify_limit: int = 64, study: Mapping[str, Any] | None = None) -> SearchResult:
+           steps: int = 100, certify_limit: int = 16, study: Mapping[str, Any] | None = None) -> SearchResult:
     """Search Z(D) of every row (triple) for a point with smaller R (see the module docstring).
 
     X [T, n, d], y / mask [T, n], theta0 / theta [T, P] (θ∞ of converged triples).
@@ -150,9 +150,9 @@ def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int,
     """Projected subgradient descent on Z from x0 [T, Q]; the best point of each row and its R.
     Step k has length s0·‖x0‖·(1e-5)^(k/(K−1))."""
     def project(x):
-        return zs.project(x) if zs is not None else gauss_newton_project(model, x, X, y, mask, steps=3)
+        return zs.fast_project(x) if zs is not None else gauss_newton_project(model, x, X, y, mask, steps=3)
 
-    x = project(x0.detach().clone())
+    x = zs.project(x0.detach().clone()) if zs is not None else project(x0.detach().clone())
     with torch.no_grad():
         best_R = torch.nan_to_num(R(x).detach(), nan=float("inf"))
     best_x = x.clone()
@@ -165,16 +165,20 @@ def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int,
         if g is None:
             break
         g = torch.nan_to_num(g.detach())
-        t = zs.tangent(g, x) if zs is not None else gn_tangent(model, g, x, X, y, mask)
+        t = zs.eq_tangent(g) if zs is not None else gn_tangent(model, g, x, X, y, mask)
         tn = t.norm(dim=-1, keepdim=True)
         s = s0 * scale * (1e-5) ** (k / max(1, K - 1))
         x = project(x - torch.where(tn > 0, s * t / tn.clamp_min(1e-300), torch.zeros_like(t)))
         with torch.no_grad():
             v = torch.nan_to_num(R(x).detach(), nan=float("inf"))
         if zs is not None:
-            v = torch.where(zs.violation(x) <= 1e-9 * (1 + scale[:, 0]), v, torch.full_like(v, float("inf")))
+            v = torch.where(zs.violation(x) <= 1e-7 * (1 + scale[:, 0]), v, torch.full_like(v, float("inf")))
         # ties at rounding level go to the later iterate (smaller steps: closer to the minimizer)
         better = v <= best_R + TIE * best_R.abs()
         best_R = torch.where(better, torch.minimum(v, best_R), best_R)
         best_x = torch.where(better[:, None], x, best_x)
+    if zs is not None and zs.A_ub.shape[1]:  # finish on Z exactly (binding one-sided rows as equalities)
+        best_x = zs.project(best_x, rounds=3, active_tol=1e-7)
+        with torch.no_grad():
+            best_R = torch.nan_to_num(R(best_x).detach(), nan=float("inf"))
     return best_x, best_R
