@@ -54,7 +54,7 @@ class VerdictSettings(_Strict):
     max_certificates: int = Field(1, ge=0, description="certificates written per falsified member")
     max_group_pairs: int = Field(4096, ge=0, description="own-triple pairs examined per group")
     search: bool = Field(True, description="search each converged triple's zero-loss set for a witness")
-    search_steps: int = Field(100, ge=0, description="projected (sub)gradient steps of the witness search")
+    search_steps: int = Field(40, ge=0, description="projected (sub)gradient steps of the witness search")
     certify_max: int = Field(16, ge=0, description=(
         "triples per member and block whose convex optimum is solved by cvxpy (≈ 10 ms each)"))
 

@@ -365,13 +365,15 @@ class _SearchScore:
 
 
 def score_search(ctx: Context, t: Triples, use: HypothesisUse, params: dict) -> _SearchScore | None:
-    """Search Z(D) of every converged triple of ``t`` for a witness against a regularizer member
-    (batched; see :mod:`ibtest.witness`). None when the study switched the search off or nothing
-    converged."""
+    """Search Z(D) of every converged *study* triple of ``t`` for a witness against a regularizer
+    member (batched; see :mod:`ibtest.witness`). Constructed partners are judged through their
+    pairs only (searching them too would cost ≈ 3× more on a study with two constructions).
+    None when the study switched the search off or nothing converged."""
     vs = ctx.study.verdict
     if not vs.search or use.spec.kind != "regularizer":
         return None
-    idx = (t.status == st.CONVERGED).nonzero().flatten()
+    study = torch.tensor([o == "study" for o in t.origin], dtype=torch.bool)
+    idx = ((t.status == st.CONVERGED) & study).nonzero().flatten()
     if idx.numel() == 0:
         return None
     from .witness import search

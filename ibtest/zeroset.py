@@ -99,7 +99,7 @@ class Polyhedron:
             return x
         return x - min_norm_solution(A, torch.einsum("bmq,bq->bm", A, x) - b)
 
-    def fast_project(self, x: Tensor, rounds: int = 4) -> Tensor:
+    def fast_project(self, x: Tensor, rounds: int = 2) -> Tensor:
         """A point of Z near x by alternating projections (the affine set of the equalities with
         its cached pseudo-inverse, then each one-sided row in turn, closed form): no factorization
         per call, so it is the search's inner step. Ends on the affine set; one-sided rows may be

@@ -201,3 +201,24 @@ def test_property_any_witness_fits_and_beats_the_margin(registry, seed, model, h
                            w_teacher[k : k + 1], th, 0.0, 0.0)
         assert float(R_inf[k] - R_w[0]) > float(margin[0])
     assert bool((res.sub >= 0).all()) and bool(torch.isfinite(res.sub).all())
+
+
+def test_default_gauss_newton_path_for_undeclared_variables(registry):
+    """l2 of raw θ on a diagonal net: Z(D) is declared in β only, so the search follows r(θ) = 0
+    by Gauss–Newton; whatever it returns must fit D and lower R."""
+    g = torch.Generator().manual_seed(0)
+    T, n, d = 3, 2, 4
+    X = torch.randn(T, n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(T, n, generator=g, dtype=torch.float64)
+    mask = torch.ones_like(y)
+    mdl = registry.get("models", "diagonal_linear").factory()
+    beta = torch.einsum("bpn,bn->bp", torch.linalg.pinv(X), y)
+    null = torch.randn(T, d, generator=g, dtype=torch.float64)
+    null = null - torch.einsum("bpn,bn->bp", torch.linalg.pinv(X), torch.einsum("bnp,bp->bn", X, null))
+    theta = (mdl.from_predictor(beta + 2.0 * null) ** 2 + 0.3).sqrt()  # u² and v² up by 0.3: same β
+    spec = registry.get("hypotheses", "l2_norm")
+    theta0 = torch.zeros_like(theta)
+    res = witness.search(mdl, spec, {}, X, y, mask, theta0, theta, 1e-20, steps=40)
+    assert res.method.startswith("Gauss-Newton")
+    assert bool(res.found.any())
+    assert bool(res.fits[res.found].all()) and bool((res.R[res.found] < res.R_inf[res.found]).all())
