@@ -222,3 +222,18 @@ def test_default_gauss_newton_path_for_undeclared_variables(registry):
     assert res.method.startswith("Gauss-Newton")
     assert bool(res.found.any())
     assert bool(res.fits[res.found].all()) and bool((res.R[res.found] < res.R_inf[res.found]).all())
+
+
+def test_streamed_study_keeps_search_witnesses_per_block():
+    d = _study("linear_zero_init.yaml", datasets=[{"name": "gaussian", "n": 3, "d": 6, "count": 4,
+                                                   "labels": "teacher_linear"}],
+               hypotheses=[{"name": "l2_norm", "expect": "survives"},
+                           {"name": "lp_norm", "params": {"p": 1}, "expect": "falsified"}])
+    one = run_study(d, write=False)
+    streamed = run_study(dict(d, block_size=2), write=False)
+    assert streamed.blocks == 2 and streamed.expectations_held, streamed.table()
+    assert one.verdicts == streamed.verdicts
+    for a, b in zip(one.members, streamed.members):
+        assert a.search.searched == b.search.searched == 4
+        assert a.search.certified == b.search.certified
+    assert streamed.members[1].evidence.kind == "witness"
