@@ -584,7 +584,7 @@ def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, 
         margin = float(ev_mod.margin(use.atol, use.rtol, ctx.study.verdict.safety, c1, c0, g1, None,
                                      th[None], None, e)[0])
         ev = Evidence(i, -1, float(c1.flatten()[0]), float(c0.flatten()[0]), g, margin, e, 0.0, float(g1[0]), 0.0,
-                      "study", th, t.theta0[i])
+                      "study", th, t.theta0[i], kind="triple")
         if best is None or ev.gap / ev.margin > best.gap / best.margin:
             best = ev
     if best is not None and best.gap > best.margin:
@@ -597,7 +597,7 @@ def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, 
         one = idx[k : k + 1]
         _, g1 = evaluate(ctx, spec, fparams, t.theta[one], hyp_context(ctx, t, one, spec))
         best = Evidence(int(idx[k]), -1, float(s.C1[k, 0]), float(s.C0[k, 0]), float(s.gap[k]),
-                        float(s.floor[k]), float("nan"), 0.0, float(g1[0]), 0.0, "study")
+                        float(s.floor[k]), float("nan"), 0.0, float(g1[0]), 0.0, "study", kind="triple")
     r.evidence = best
     if r.n_pairs >= ctx.study.verdict.min_pairs:
         r.verdict = "survives"
