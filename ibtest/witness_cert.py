@@ -21,7 +21,6 @@ import torch
 
 from . import evaluation as ev
 from . import fit
-from . import status as st
 
 KIND = "witness"
 

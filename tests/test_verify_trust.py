@@ -320,12 +320,16 @@ def test_huge_fit_tol_does_not_make_a_non_fit_fit(theorem3_cert, tmp_path, cli):
     cert = _copy(theorem3_cert)
     cert["b"]["y"][-1] = 1.0  # side b's solution no longer fits D_a (nor θ_a D_b)
     cert["fit_tol"] = 1e6
-    cert["solver"]["options"]["fit_tol"] = 1e6
-    cert["solver"]["tightened"]["fit_tol"] = 1e6
     r = cli("verify", _write(tmp_path, cert))
     assert r.code == 1, r
     assert "refutation WITHDRAWN" in r.out
     assert "fit_tol 1e+06 in the file is looser than the tool's 1e-20" in r.out, r
+    # as a solver option, a relative fit_tol of 1 or more is not a tolerance at all: bad input
+    cert["solver"]["options"]["fit_tol"] = 1e6
+    cert["solver"]["tightened"]["fit_tol"] = 1e6
+    r = cli("verify", _write(tmp_path, cert))
+    _one_line_error(r)
+    assert "fit_tol: Input should be less than 1" in r.err, r
 
 
 def test_stored_values_that_disagree_are_reported(theorem3_cert, tmp_path, cli):
