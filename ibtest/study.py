@@ -91,6 +91,8 @@ class StudyModel(_Strict):
     block_size: int = Field(20000, ge=1, description=(
         "instances streamed through the whole pipeline at a time (memory is O(block)); own-triple "
         "pairs are formed within a block"))
+    executor: Union[PluginRef, None] = Field(None, description=(
+        "where the blocks run: {name: local} (default) or {name: ray, address: ..., num_cpus_per_task: ...}"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -157,6 +159,7 @@ class Study:
     block_size: int = 20000
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    executor: PluginUse | None = None  # None: the local executor with its defaults
 
 
 # ----------------------------------------------------------------------------------------
@@ -355,6 +358,9 @@ def validate(
                 f"{src}:{line_of(lines, ('solver', 'name'))}: solver.name: solver {solver.name!r} "
                 f"cannot solve model {model.name!r}: {reason}"
             )
+    executor = None
+    if m.executor is not None:
+        executor = _resolve_plugin(registry, "executors", m.executor.model_dump(), ("executor",), src, lines, problems)
     if m.sweep is not None:
         head = m.sweep.path.split(".")[0]
         if head not in ("init", "model", "solver", "datasets"):
@@ -369,7 +375,7 @@ def validate(
         init_counts=[r.count for r in init_refs], datasets=datasets, solver=solver,
         constructions=constructions, hypotheses=hyps, verdict=m.verdict, report=m.report,
         plugin_files=list(plugin_files or []), sweep=m.sweep, device=m.device,
-        chunk_size=m.chunk_size, block_size=m.block_size, description=m.description,
+        chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
     )
 
 
