@@ -223,3 +223,68 @@ def test_unknown_executor_and_bad_options_exit_2(tmp_path, cli):
     study.write_text(study.read_text() + "executor: {name: local, workers: 3}\n")
     r = cli("run", study, "--out", tmp_path / "run")
     assert r.code == 2 and "executor.workers" in r.err and "unknown option" in r.err, r
+
+
+# -- the executor machinery without a cluster (fast) -------------------------------------------
+def _loaded(study_path: Path):
+    from ibtest.study import load_study
+
+    return load_study(study_path)[0]
+
+
+def test_block_rebuilt_from_shipped_plugin_text_equals_the_drivers_block(tmp_path):
+    """A worker on another machine has no copy of a --plugin file: the recipe carries its text,
+    the worker loads a copy, and the block it computes is the driver's, bit for bit."""
+    import torch
+
+    from ibtest.engine import build_context, plan_instances, run_block
+    from ibtest.executors import Recipe, run_recipe_block
+
+    study = _loaded(_write_study(tmp_path))
+    recipe = Recipe.of(study)
+    (path, text), = recipe.plugins
+    elsewhere = Recipe(recipe.raw, recipe.source, ((str(tmp_path / "gone" / "solver_plugin.py"), text),))
+    res = run_recipe_block(elsewhere, 8, 16)
+    ctx = build_context(study)
+    t, pairs = run_block(ctx, plan_instances(ctx).block(8, 16), 8)
+    assert torch.equal(res.triples.theta, t.theta) and torch.equal(res.triples.status, t.status)
+    assert res.triples.labels == t.labels and torch.equal(res.pairs.a, pairs.a) and torch.equal(res.pairs.b, pairs.b)
+    assert res.solve_calls == 2 and [k for k, *_ in res.solves] and not res.errors  # its solves come back to be stored
+    assert [p.name for p in res.phases][:2] == ["solve", "own pairs"]
+
+
+def test_stored_blocks_are_known_before_solving(tmp_path):
+    """On a resumed run a stored block is recognised from the driver's plan alone (the executor
+    then runs it on the driver, from the store, instead of sending it to a worker)."""
+    from ibtest.api import run_study
+    from ibtest.engine import build_context, plan_instances
+    from ibtest.executors import BlockJob
+    from ibtest.store import Store
+
+    study_path = _write_study(tmp_path)
+    run_study(study_path, out_dir=tmp_path / "run")
+    study = _loaded(study_path)
+    store = Store(tmp_path / "run")
+    try:
+        ctx = build_context(study, store=store)
+        job = BlockJob(ctx, plan_instances(ctx), study.block_size, None)
+        assert job.starts == [0, 8, 16, 24, 32, 40] and all(job.stored(s) for s in job.starts)
+    finally:
+        store.close()
+    fresh = Store(tmp_path / "fresh")
+    try:
+        ctx = build_context(study, store=fresh)
+        assert not any(BlockJob(ctx, plan_instances(ctx), 8, None).stored(s) for s in range(0, 48, 8))
+    finally:
+        fresh.close()
+
+
+def test_recipe_of_a_sweep_value_rebuilds_that_value(tmp_path):
+    from ibtest.api import _apply_sweep
+    from ibtest.executors import Recipe, rebuild
+
+    p = _write_study(tmp_path)
+    p.write_text(p.read_text() + "sweep: {path: init.scale, values: [0.1, 0.3]}\n")
+    study = _loaded(p)
+    ctx, plan = rebuild(Recipe.of(_apply_sweep(study, 0.3), 0.3))
+    assert ctx.study.inits[0].options["scale"] == 0.3 and plan.n == 48
