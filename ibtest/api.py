@@ -166,15 +166,16 @@ def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store 
     offset = n_pairs = 0
     t, pairs = None, None
 
-    def apply(bt: Triples, bp: Pairs) -> None:
-        """One block, in block order, wherever it ran: store tables, tally, retained candidates."""
+    def apply(bt: Triples, bp: Pairs, scores: dict | None) -> None:
+        """One block, in block order, wherever it ran: store tables, tally, retained candidates
+        (from the member ``scores`` a worker computed, else scored here)."""
         nonlocal offset, n_pairs, t, pairs
         if store is not None:
             store.write_triples(bt, offset)
             store.write_pairs(bp, offset, n_pairs)
         tally.add(bt, bp)
         if retainer is not None:
-            retainer.add(bt, bp)
+            retainer.add(bt, bp, scores)
         offset, n_pairs = offset + len(bt), n_pairs + len(bp)
         t, pairs = bt, bp
 

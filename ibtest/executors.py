@@ -39,6 +39,7 @@ from .hookspecs import hookimpl
 from .progress import Quiet
 from .specs import Executor, Option, SolveResult
 from .store import solve_key
+from .streaming import BlockScore, score_block
 from .study import PluginUse, Study
 
 DEFAULT = "local"
@@ -53,7 +54,8 @@ class Recipe:
 
     ``raw`` is the study as parsed from its YAML; ``plugins`` the (path, text) of every local plugin
     file (installed plugins come from the worker's own entry points); ``sweep_value`` the value of
-    ``study.sweep`` this run is for (``swept`` False: no sweep).
+    ``study.sweep`` this run is for (``swept`` False: no sweep); ``score``: the worker scores every
+    hypothesis member on its block (a streamed study; one block is judged whole on the driver).
     """
 
     raw: dict[str, Any]
@@ -61,21 +63,22 @@ class Recipe:
     plugins: tuple[tuple[str, str], ...]
     swept: bool = False
     sweep_value: Any = None
+    score: bool = True
 
     @classmethod
-    def of(cls, study: Study, sweep_value: Any = None) -> "Recipe":
+    def of(cls, study: Study, sweep_value: Any = None, score: bool = True) -> "Recipe":
         plugins = []
         for f in study.plugin_files:
             try:
                 plugins.append((str(f), Path(f).read_text()))
             except OSError as exc:
                 raise UserError(f"plugin file {f}: cannot read it to ship to the workers: {exc}") from None
-        return cls(study.raw, study.source, tuple(plugins), study.sweep is not None, sweep_value)
+        return cls(study.raw, study.source, tuple(plugins), study.sweep is not None, sweep_value, score)
 
     @property
     def key(self) -> str:
         """A digest of the recipe (workers cache the rebuilt study under it)."""
-        blob = json.dumps([self.raw, self.source, self.plugins, self.swept, self.sweep_value],
+        blob = json.dumps([self.raw, self.source, self.plugins, self.swept, self.sweep_value, self.score],
                           sort_keys=True, default=repr)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -83,8 +86,9 @@ class Recipe:
 @dataclass
 class BlockResult:
     """One block's output: its triples and pairs (indices local to the block), and for a block
-    computed elsewhere its phases, errors, solver calls and the solves to store (key, phase,
-    result, seconds). A block run by the driver itself has already recorded those in its context."""
+    computed elsewhere its phases, errors, solver calls, the solves to store (key, phase, result,
+    seconds) and its member scores (by (hypothesis, member) index; None: the driver scores the
+    block). A block run by the driver itself has already recorded those in its context."""
 
     start: int
     stop: int
@@ -94,6 +98,7 @@ class BlockResult:
     errors: list[str] = field(default_factory=list)
     solve_calls: int = 0
     solves: list[tuple[str, str, SolveResult, float]] = field(default_factory=list)
+    scores: dict[tuple[int, int], BlockScore] | None = None
 
 
 class RecordingStore:
@@ -247,14 +252,17 @@ class Ran:
 
 
 def run_blocks(ctx: Context, plan: InstancePlan, study: Study, sweep_value: Any,
-               apply: Callable[[Triples, Pairs], None]) -> Ran:
-    """Run every block of the study on its executor and ``apply`` each one in block order.
+               apply: Callable[[Triples, Pairs, dict[tuple[int, int], BlockScore] | None], None]) -> Ran:
+    """Run every block of the study on its executor and ``apply`` each one in block order
+    (its triples, pairs, and member scores when a worker computed them).
 
     A block's phases, errors and solver calls are merged into ``ctx`` before ``apply`` sees it, so
     the phase table and summary read as for a local run.
     """
     executor = make(study)
-    job = BlockJob(ctx, plan, study.block_size, Recipe.of(study, sweep_value) if executor.remote else None)
+    size = max(1, study.block_size)
+    recipe = Recipe.of(study, sweep_value, score=plan.n > size) if executor.remote else None
+    job = BlockJob(ctx, plan, size, recipe)
     t0 = time.perf_counter()
     executor.start()
     try:
@@ -270,7 +278,7 @@ def run_blocks(ctx: Context, plan: InstancePlan, study: Study, sweep_value: Any,
                 ctx.add_phase(ph)
             ctx.errors.extend(res.errors)
             ctx.solve_calls += res.solve_calls
-            apply(res.triples, res.pairs)
+            apply(res.triples, res.pairs, res.scores)
             done += 1
             if executor.remote:
                 ctx.progress.update(res.stop - res.start)
@@ -330,7 +338,8 @@ def rebuild(recipe: Recipe) -> tuple[Context, InstancePlan]:
 
 def run_recipe_block(recipe: Recipe, start: int, stop: int) -> BlockResult:
     """Run block ``start`` … ``stop − 1`` of a recipe's run in this process (a worker): the same
-    pipeline as the driver's, with no store; the block's new solves come back to be stored."""
+    pipeline as the driver's, with no store, and the member scores; the block's new solves come
+    back to be stored."""
     ctx, plan = rebuild(recipe)
     ctx.phases, ctx.errors, ctx.solve_calls = [], [], 0
     rec = RecordingStore()
@@ -339,4 +348,5 @@ def run_recipe_block(recipe: Recipe, start: int, stop: int) -> BlockResult:
         t, pairs = run_block(ctx, plan.block(start, stop), start)
     finally:
         ctx.store = None
-    return BlockResult(start, stop, t, pairs, ctx.phases, ctx.errors, ctx.solve_calls, rec.records)
+    scores = score_block(ctx, t, pairs) if recipe.score else None
+    return BlockResult(start, stop, t, pairs, ctx.phases, ctx.errors, ctx.solve_calls, rec.records, scores)

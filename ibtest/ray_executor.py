@@ -1,12 +1,13 @@
 """The ``ray`` executor: a study's blocks as Ray tasks on a cluster.
 
 Each task rebuilds the run from its :class:`~ibtest.executors.Recipe` (cached per worker process)
-and runs one block: solve, own pairs, constructions and partner solves. It returns the block's
-triples, pairs and new solves; the driver stores and scores them (the member scores stay on the
-driver, O(block) memory). The driver keeps at most ``max_in_flight`` blocks submitted and not yet
-applied, takes results with ``ray.wait`` as they finish, stores their solves at once and applies
-them in block order. A worker that dies is Ray's business: the task is retried (``max_retries``),
-and since the driver applies each block once, by its index, nothing is counted twice.
+and runs one block: solve, own pairs, constructions, partner solves and the member scores. It
+returns the block's triples, pairs, new solves and member scores (each member's block totals and
+the positions of its candidates); the driver stores, tallies and retains them. The driver keeps at
+most ``max_in_flight`` blocks submitted and not yet applied, takes results with ``ray.wait`` as
+they finish, stores their solves at once and applies them in block order. A worker that dies is
+Ray's business: the task is retried (``max_retries``), and since the driver applies each block
+once, by its index, nothing is counted twice.
 
 Ray is an optional extra (``pip install "ibtest[ray]"``) and is imported only here.
 """

@@ -251,6 +251,12 @@ def test_block_rebuilt_from_shipped_plugin_text_equals_the_drivers_block(tmp_pat
     assert res.triples.labels == t.labels and torch.equal(res.pairs.a, pairs.a) and torch.equal(res.pairs.b, pairs.b)
     assert res.solve_calls == 2 and [k for k, *_ in res.solves] and not res.errors  # its solves come back to be stored
     assert [p.name for p in res.phases][:2] == ["solve", "own pairs"]
+    # the member scores are computed with the block, and are those the driver would compute
+    from ibtest.streaming import score_block
+
+    here = score_block(ctx, t, pairs)
+    assert len(res.scores) == 4 and res.scores.keys() == here.keys()
+    assert all(res.scores[k] == here[k] for k in here) and res.scores[(0, 0)].totals.n > 0
 
 
 def test_stored_blocks_are_known_before_solving(tmp_path):
