@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -299,19 +300,17 @@ _BUILT: dict[str, tuple[Context, InstancePlan]] = {}  # recipe key -> rebuilt co
 
 
 def _plugin_path(path: str, text: str) -> str:
-    """The plugin file as the driver had it: its own path when this machine sees the same file,
-    else a copy of the shipped text in a temporary directory."""
-    p = Path(path)
-    try:
-        if p.is_file() and p.read_text() == text:
-            return str(p)
-    except OSError:
-        pass
-    d = Path(tempfile.gettempdir()) / "ibtest-plugins" / hashlib.sha256(text.encode()).hexdigest()[:16]
-    d.mkdir(parents=True, exist_ok=True)
-    copy = d / p.name
+    """Where this process loads a shipped plugin file from: a copy of the driver's text, in a
+    directory named by its digest. Never the original path, even where this machine sees it: a
+    long-lived worker caches a plugin module by its path, and the file may have changed since."""
+    digest = hashlib.sha256(f"{path}\0{text}".encode()).hexdigest()[:16]
+    d = Path(tempfile.gettempdir()) / "ibtest-plugins" / digest
+    copy = d / Path(path).name
     if not copy.is_file() or copy.read_text() != text:
-        copy.write_text(text)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{copy.name}.{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, copy)  # atomic: two workers may write it at once
     return str(copy)
 
 
