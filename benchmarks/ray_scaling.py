@@ -1,4 +1,4 @@
-"""Ray executor throughput (issue 14): ``python -m benchmarks.ray_scaling [--count N] [--block-size B]``.
+"""Ray executor throughput (issue 14): ``python -m benchmarks.ray_scaling [--count N] [--block-size B] [--repeat R]``.
 
 ``benchmarks/study_10k.yaml`` scaled to N instances, run in this process three times, in this
 order: the local executor, then a local Ray cluster started with ``num_cpus=1`` (one worker) and
@@ -88,33 +88,42 @@ def block_cost(count: int, block_size: int) -> dict:
             "bytes": size, "compute": compute, "scoring": scoring, **med, "driver": sum(med.values())}
 
 
-def run(count: int, block_size: int) -> dict:
+def run(count: int, block_size: int, repeat: int = 1) -> dict:
+    """The three configurations ``repeat`` times, round robin (the box is shared: a slow moment
+    hits one repetition, not one configuration); each keeps its best wall time."""
     import ray
 
-    out: dict = {"count": count, "block_size": block_size, "machine": machine(), "runs": []}
-    with tempfile.TemporaryDirectory(prefix="ibtest-ray-") as tmp:
-        runs = [("local", None), ("ray", 1), ("ray", 2)]
-        dirs = []
-        for k, (name, cpus) in enumerate(runs):
-            if cpus is not None:
-                t0 = time.perf_counter()
-                ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
-                start = time.perf_counter() - t0
-            d = Path(tmp) / f"run{k}"
-            try:
-                r = _run(_study(count, block_size, name), d)
-            finally:
-                if cpus is not None:
-                    ray.shutdown()
-            r["label"] = name if cpus is None else f"ray, {cpus} worker{'s' if cpus > 1 else ''}"
-            r["ray_start"] = start if cpus is not None else None
-            out["runs"].append(r)
-            dirs.append(d)
-        from ibtest import report
-        from ibtest.api import load_results
+    from ibtest import report
+    from ibtest.api import load_results
 
-        ref = load_results(dirs[0])
-        out["diffs"] = [report.diff(ref, load_results(d)) for d in dirs[1:]]
+    configs = [("local", None), ("ray", 1), ("ray", 2)]
+    out: dict = {"count": count, "block_size": block_size, "repeat": repeat, "machine": machine()}
+    best: dict[int, dict] = {}
+    walls: dict[int, list[float]] = {k: [] for k in range(len(configs))}
+    diffs: dict[int, list[str]] = {}
+    with tempfile.TemporaryDirectory(prefix="ibtest-ray-") as tmp:
+        for rep in range(repeat):
+            for k, (name, cpus) in enumerate(configs):
+                start = None
+                if cpus is not None:
+                    t0 = time.perf_counter()
+                    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+                    start = time.perf_counter() - t0
+                d = Path(tmp) / f"run{rep}-{k}"
+                try:
+                    r = _run(_study(count, block_size, name), d)
+                finally:
+                    if cpus is not None:
+                        ray.shutdown()
+                r["label"] = name if cpus is None else f"ray, {cpus} worker{'s' if cpus > 1 else ''}"
+                r["ray_start"] = start
+                walls[k].append(r["wall"])
+                if k not in best or r["wall"] < best[k]["wall"]:
+                    best[k] = r
+                if k:  # every Ray run against the local run of the same round
+                    diffs[k] = diffs.get(k, []) + report.diff(load_results(Path(tmp) / f"run{rep}-0"), load_results(d))
+    out["runs"] = [dict(best[k], walls=walls[k]) for k in range(len(configs))]
+    out["diffs"] = [diffs[k] for k in range(1, len(configs))]
     out["block_cost"] = block_cost(count, block_size)
     return out
 
@@ -123,19 +132,24 @@ def markdown(r: dict) -> str:
     m, b = r["machine"], r["block_cost"]
     local = r["runs"][0]["wall"]
     lines = [f"## Ray executor (issue 14): {r['count']:,} instances in blocks of {r['block_size']:,}", "",
-             f"`python -m benchmarks.ray_scaling --count {r['count']} --block-size {r['block_size']}`; "
+             f"`python -m benchmarks.ray_scaling --count {r['count']} --block-size {r['block_size']} "
+             f"--repeat {r.get('repeat', 1)}`; "
              f"{m['cpu']}, {m['cores']} cores (load average {m['load_1min_at_start']:.2f} at start; the box is "
              f"shared), torch {m['torch']}, {m['date']}. benchmarks/study_10k.yaml with `count: {r['count']}` "
              "(exact solver, blocking_point + consistent_augmentation, 10 hypothesis members), run in one "
              "process: the local executor, then a local Ray cluster of 1 CPU and of 2 CPUs (started inside "
              "the run, `ray.init(num_cpus=...)`; its start-up is shown apart and not in the wall time).", "",
-             "| executor | wall s | instances/s | vs local | engine phases, s (summed over workers) | Ray start s | verdicts = local |",
-             "|---|---|---|---|---|---|---|"]
+             f"Best of {r.get('repeat', 1)} round-robin repetitions (every wall time listed). With one Ray "
+             "worker the driver (store writes, tally) runs beside it on the other core, which the local "
+             "executor does in line; the engine phases are the blocks' own seconds, summed over workers.", "",
+             "| executor | wall s (best) | every run, s | instances/s | vs local | engine phases, s | Ray start s | verdicts = local |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, x in enumerate(r["runs"]):
         same = "—" if i == 0 else ("yes, `ibtest diff`: no differences" if not r["diffs"][i - 1] else
                                    f"NO: {r['diffs'][i - 1][:3]}")
         start = "" if x["ray_start"] is None else f"{x['ray_start']:.1f}"
-        lines.append(f"| {x['label']} | {x['wall']:.1f} | {x['per_s']:,.0f} | {local / x['wall']:.2f}× | "
+        every = ", ".join(f"{w:.1f}" for w in x.get("walls", [x["wall"]]))
+        lines.append(f"| {x['label']} | {x['wall']:.1f} | {every} | {x['per_s']:,.0f} | {local / x['wall']:.2f}× | "
                      f"{x['solve_s']:.1f} | {start} | {same} |")
     ceiling = b["block"] / b["driver"]
     lines += ["", f"Per block on the driver ({b['block']:,} study instances → {b['triples']:,} triples, "
@@ -160,8 +174,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=100_000)
     ap.add_argument("--block-size", type=int, default=10_000)
+    ap.add_argument("--repeat", type=int, default=1)
     a = ap.parse_args()
-    print(markdown(run(a.count, a.block_size)))
+    print(markdown(run(a.count, a.block_size, a.repeat)))
 
 
 if __name__ == "__main__":
