@@ -162,11 +162,12 @@ def markdown(r: dict) -> str:
               f"| **driver total** | **{b['driver']:.3f}** |", "",
               f"Ceiling: the driver applies at most {ceiling:,.0f} instances/s "
               f"({b['block'] / b['store']:,.0f}/s for the store writes alone), whatever the cluster. "
-              f"A block costs a worker {b['compute']:.2f} s, so N machines of this kind give about "
-              f"min(N × {b['block'] / b['compute']:,.0f}, {ceiling:,.0f}) instances/s: the driver is the "
-              f"bottleneck from N ≈ {max(1, round(b['compute'] / b['driver']))} workers on. The `adaptive` solver "
-              "(about 91 ms per one-hidden-layer instance) is ~10^4 times dearer per instance, so for network "
-              "studies the ceiling is far away and throughput grows with the workers."]
+              f"A block costs a worker {b['compute']:.2f} s, so N worker CPUs (one task each; machines × cores) "
+              f"give about min(N × {b['block'] / b['compute']:,.0f}, {ceiling:,.0f}) instances/s: the driver "
+              f"becomes the bottleneck from N ≈ {max(1, round(b['compute'] / b['driver']))} on. A network study "
+              f"is far from it: at 91 ms per instance (`adaptive`, one hidden layer, 2 cores) a worker "
+              f"solves about 11 instances/s, so the ceiling is about {ceiling / 11:,.0f} workers away, and "
+              "until then the throughput grows with the workers."]
     return "\n".join(lines)
 
 
