@@ -236,7 +236,12 @@ def make(study: Study) -> ExecutorBase:
     use = study.executor
     if use is None:
         return LocalExecutor()
-    return use.spec.factory(**use.options)
+    try:
+        return use.spec.factory(**use.options)
+    except UserError:
+        raise
+    except Exception as exc:  # a plugin executor that cannot be made with these options
+        raise UserError(f"executor {use.name!r}: {type(exc).__name__}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -261,14 +266,15 @@ def run_blocks(ctx: Context, plan: InstancePlan, study: Study, sweep_value: Any,
     the phase table and summary read as for a local run.
     """
     executor = make(study)
+    remote = bool(getattr(executor, "remote", False))
     size = max(1, study.block_size)
-    recipe = Recipe.of(study, sweep_value, score=plan.n > size) if executor.remote else None
+    recipe = Recipe.of(study, sweep_value, score=plan.n > size) if remote else None
     job = BlockJob(ctx, plan, size, recipe)
     t0 = time.perf_counter()
     executor.start()
     try:
         workers = executor.workers()
-        if executor.remote:
+        if remote:
             ctx.progress.start(f"blocks on {executor.name} ({workers} workers)", plan.n)
         done = 0
         for res in executor.run(job):
@@ -281,12 +287,12 @@ def run_blocks(ctx: Context, plan: InstancePlan, study: Study, sweep_value: Any,
             ctx.solve_calls += res.solve_calls
             apply(res.triples, res.pairs, res.scores)
             done += 1
-            if executor.remote:
+            if remote:
                 ctx.progress.update(res.stop - res.start)
         if done != len(job.starts):
             raise RuntimeError(f"executor {executor.name!r} returned {done} of {len(job.starts)} blocks")
         seconds = time.perf_counter() - t0
-        if executor.remote:
+        if remote:
             ctx.progress.end(f"blocks: {done} on {executor.name} ({workers} workers), {seconds:.2f} s")
     finally:
         executor.close()

@@ -294,3 +294,42 @@ def test_recipe_of_a_sweep_value_rebuilds_that_value(tmp_path):
     study = _loaded(p)
     ctx, plan = rebuild(Recipe.of(_apply_sweep(study, 0.3), 0.3))
     assert ctx.study.inits[0].options["scale"] == 0.3 and plan.n == 48
+
+
+BACKWARDS = '''
+import ibtest
+from ibtest.executors import ExecutorBase, run_recipe_block
+
+
+class Backwards(ExecutorBase):
+    """Computes the blocks as a remote executor would, last block first, in this process."""
+
+    name = "backwards"
+    remote = True
+
+    def run(self, job):
+        done = {}
+        for s in reversed(job.starts):
+            if not job.stored(s):
+                done[s] = run_recipe_block(job.recipe, s, job.stop(s))
+                job.received(done[s])
+        for s in job.starts:
+            yield done.pop(s) if s in done else job.run_here(s, quiet=True)
+
+
+@ibtest.hookimpl
+def ibtest_executors():
+    return [ibtest.Executor(name="backwards", factory=Backwards, doc="last block first")]
+'''
+
+
+def test_an_executor_is_one_plugin_file_and_arrival_order_does_not_matter(reference, tmp_path, cli):
+    """A plugin executor that computes the blocks elsewhere (a fresh context per block, scores
+    included) in reverse order gives the local run, bit for bit."""
+    study = _write_study(tmp_path)
+    plugin = tmp_path / "backwards.py"
+    plugin.write_text(BACKWARDS)
+    r = cli("run", study, "--plugin", plugin, "--executor", "backwards", "--out", tmp_path / "run", "-q")
+    assert r.code == 0, r
+    assert results_json(tmp_path / "run")["executor"] == {"name": "backwards", "workers": 1}
+    _same_as_reference(cli, reference, tmp_path / "run")
