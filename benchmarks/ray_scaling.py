@@ -1,8 +1,8 @@
 """Ray executor throughput (issue 14): ``python -m benchmarks.ray_scaling [--count N] [--block-size B] [--repeat R]``.
 
-``benchmarks/study_10k.yaml`` scaled to N instances, run in this process three times, in this
-order: the local executor, then a local Ray cluster started with ``num_cpus=1`` (one worker) and
-with ``num_cpus=2`` (two workers). Each run writes its results store; the three must agree
+``benchmarks/study_10k.yaml`` scaled to N instances, run in this process four times, in this
+order: the local executor with torch's default threads and with one thread, then a local Ray
+cluster started with ``num_cpus=1`` (one worker) and with ``num_cpus=2`` (two workers). Each run writes its results store; the three must agree
 (``ibtest diff``). Then the per-block cost on the driver, measured on one block of the same
 study: pickling the block's result there and back (what Ray does to ship it), writing it to the
 store (solves, triples, pairs), and tallying and scoring it (the member scores run on the driver).
@@ -89,14 +89,17 @@ def block_cost(count: int, block_size: int) -> dict:
 
 
 def run(count: int, block_size: int, repeat: int = 1) -> dict:
-    """The three configurations ``repeat`` times, round robin (the box is shared: a slow moment
+    """The configurations ``repeat`` times, round robin (the box is shared: a slow moment
     hits one repetition, not one configuration); each keeps its best wall time."""
     import ray
 
     from ibtest import report
     from ibtest.api import load_results
 
-    configs = [("local", None), ("ray", 1), ("ray", 2)]
+    import torch
+
+    configs = [("local", None), ("local", 0), ("ray", 1), ("ray", 2)]  # 0: local, one torch thread
+    threads = torch.get_num_threads()
     out: dict = {"count": count, "block_size": block_size, "repeat": repeat, "machine": machine()}
     best: dict[int, dict] = {}
     walls: dict[int, list[float]] = {k: [] for k in range(len(configs))}
@@ -105,7 +108,8 @@ def run(count: int, block_size: int, repeat: int = 1) -> dict:
         for rep in range(repeat):
             for k, (name, cpus) in enumerate(configs):
                 start = None
-                if cpus is not None:
+                torch.set_num_threads(1 if cpus == 0 else threads)
+                if cpus:
                     t0 = time.perf_counter()
                     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
                     start = time.perf_counter() - t0
@@ -113,9 +117,11 @@ def run(count: int, block_size: int, repeat: int = 1) -> dict:
                 try:
                     r = _run(_study(count, block_size, name), d)
                 finally:
-                    if cpus is not None:
+                    torch.set_num_threads(threads)
+                    if cpus:
                         ray.shutdown()
-                r["label"] = name if cpus is None else f"ray, {cpus} worker{'s' if cpus > 1 else ''}"
+                r["label"] = (f"local (torch threads {threads})" if cpus is None else "local (torch threads 1)"
+                              if cpus == 0 else f"ray, {cpus} worker{'s' if cpus > 1 else ''} (1 torch thread each)")
                 r["ray_start"] = start
                 walls[k].append(r["wall"])
                 if k not in best or r["wall"] < best[k]["wall"]:
@@ -137,8 +143,10 @@ def markdown(r: dict) -> str:
              f"{m['cpu']}, {m['cores']} cores (load average {m['load_1min_at_start']:.2f} at start; the box is "
              f"shared), torch {m['torch']}, {m['date']}. benchmarks/study_10k.yaml with `count: {r['count']}` "
              "(exact solver, blocking_point + consistent_augmentation, 10 hypothesis members), run in one "
-             "process: the local executor, then a local Ray cluster of 1 CPU and of 2 CPUs (started inside "
-             "the run, `ray.init(num_cpus=...)`; its start-up is shown apart and not in the wall time).", "",
+             "process: the local executor (torch's default threads, then one thread, as a Ray task has), then a "
+             "local Ray cluster of 1 CPU and of 2 CPUs (started inside the run, `ray.init(num_cpus=...)`; its "
+             "start-up is shown apart and not in the wall time). The first row is the reference of "
+             "'vs local' and of `ibtest diff`.", "",
              f"Best of {r.get('repeat', 1)} round-robin repetitions (every wall time listed). With one Ray "
              "worker the driver (store writes, tally) runs beside it on the other core, which the local "
              "executor does in line; the engine phases are the blocks' own seconds, summed over workers.", "",
