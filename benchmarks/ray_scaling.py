@@ -111,7 +111,7 @@ def run(count: int, block_size: int, repeat: int = 1) -> dict:
                 torch.set_num_threads(1 if cpus == 0 else threads)
                 if cpus:
                     t0 = time.perf_counter()
-                    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+                    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
                     start = time.perf_counter() - t0
                 d = Path(tmp) / f"run{rep}-{k}"
                 try:

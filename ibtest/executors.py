@@ -205,7 +205,8 @@ RAY = Executor(
     doc='Run the blocks as Ray tasks on a cluster (needs pip install "ibtest[ray]").',
     options={
         "address": Option(None, str | None, 'cluster to join: "auto" (a running one), "ray://HOST:10001" '
-                          "(Ray client), or unset (RAY_ADDRESS, a running local one, else start one here)"),
+                          "(Ray client), \"local\" (a new one here), or unset (RAY_ADDRESS, else the cluster `ray start` "
+                          "began on this machine, else a new one here)"),
         "num_cpus_per_task": Option(1, int, "CPUs per block task; also its torch threads"),
         "max_in_flight": Option(0, int, "blocks submitted and not yet applied, at most (0: twice the workers)"),
         "max_retries": Option(3, int, "times a block is retried when its worker dies"),

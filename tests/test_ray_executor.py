@@ -120,7 +120,7 @@ def ray_cluster():
         import ray
     else:
         ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")  # never a running one
     try:
         yield ray
     finally:
