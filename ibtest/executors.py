@@ -332,9 +332,9 @@ def rebuild(recipe: Recipe) -> tuple[Context, InstancePlan]:
     files = [_plugin_path(p, text) for p, text in recipe.plugins]
     study = validate(recipe.raw, load_registry(files), src=recipe.source, plugin_files=files)
     if recipe.swept:
-        from .api import _apply_sweep
+        from .study import apply_sweep
 
-        study = _apply_sweep(study, recipe.sweep_value)
+        study = apply_sweep(study, recipe.sweep_value)
     ctx = build_context(study)
     got = (ctx, plan_instances(ctx))
     _BUILT.clear()  # one run at a time per worker process: keep memory flat

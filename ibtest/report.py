@@ -177,23 +177,43 @@ def diff(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> list[str
         for key in ("pairs", "distinct"):
             if x[key] != y[key]:
                 lines.append(f"{label}: {key} {x[key]} -> {y[key]}")
+        if x.get("worst") != y.get("worst"):
+            lines.append(f"{label}: worst value {x.get('worst')} -> {y.get('worst')}")
         gx = (x.get("evidence") or {}).get("gap")
         gy = (y.get("evidence") or {}).get("gap")
         if isinstance(gx, float) and isinstance(gy, float) and abs(gx - gy) > rel * max(abs(gx), abs(gy), 1e-300):
             lines.append(f"{label}: evidence gap {gx:.6g} -> {gy:.6g}")
+    pa, pb = a.get("pairs") or {}, b.get("pairs") or {}
+    for key in ("admissible", "distinct"):
+        if pa.get(key) != pb.get(key):
+            lines.append(f"{key} pairs: {pa.get(key)} -> {pb.get(key)}")
     if a.get("status_counts") != b.get("status_counts"):
         lines.append(f"statuses: {a.get('status_counts')} -> {b.get('status_counts')}")
-    ta = {(t["dataset"], t["init"]): t for t in a["triples"]}
-    for t in b["triples"]:
-        s = ta.get((t["dataset"], t["init"]))
+    ta = _keyed_triples(a["triples"])
+    for key, t in _keyed_triples(b["triples"]).items():
+        s = ta.get(key)
         if s is None:
             continue
+        name = f"triple {t['dataset']} / {t['init']}" + (f" (#{key[2] + 1} of that name)" if key[2] else "")
         d = math.sqrt(sum((p - q) ** 2 for p, q in zip(s["theta"], t["theta"]))) if len(s["theta"]) == len(t["theta"]) else math.inf
         if s["status"] != t["status"]:
-            lines.append(f"triple {t['dataset']} / {t['init']}: status {s['status']} -> {t['status']}")
-        if d > rel * max(1.0, math.sqrt(sum(p * p for p in t["theta"]))):
-            lines.append(f"triple {t['dataset']} / {t['init']}: theta moved by {d:.3g}")
+            lines.append(f"{name}: status {s['status']} -> {t['status']}")
+        size = max(math.sqrt(sum(p * p for p in s["theta"])), math.sqrt(sum(p * p for p in t["theta"])))
+        if d > rel * size:
+            lines.append(f"{name}: theta moved by {d:.3g}")
     return lines
+
+
+def _keyed_triples(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """Triples keyed by (dataset, init, k): the k-th triple of that name, so that two init entries
+    of one plugin (labels 'gaussian#0' for both) are still matched one to one."""
+    seen: dict[tuple[str, str], int] = {}
+    out = {}
+    for t in rows:
+        k = (t["dataset"], t["init"])
+        out[(k[0], k[1], seen.get(k, 0))] = t
+        seen[k] = seen.get(k, 0) + 1
+    return out
 
 
 def render_sweep(runs: list[dict[str, Any]], path: str) -> str:

@@ -195,7 +195,7 @@ def test_killed_driver_resumed_on_local_recomputes_nothing_stored(ray_cluster, r
     before = _solve_rows(run)
     assert 4 <= len(before) < results_json(reference)["solver_calls"]
     (tmp_path / "control" / "sleep").unlink()
-    r = cli("run", "--resume", run, "--executor", "local", "-q")
+    r = cli("run", "--resume", run, "--executor", "local", "--plugin", tmp_path / "solver_plugin.py", "-q")
     assert r.code == 0, r
     after = _solve_rows(run)
     assert all(after.get(k) == c for k, c in before.items())  # every stored solve kept as it was
@@ -286,13 +286,13 @@ def test_stored_blocks_are_known_before_solving(tmp_path):
 
 
 def test_recipe_of_a_sweep_value_rebuilds_that_value(tmp_path):
-    from ibtest.api import _apply_sweep
     from ibtest.executors import Recipe, rebuild
+    from ibtest.study import apply_sweep
 
     p = _write_study(tmp_path)
     p.write_text(p.read_text() + "sweep: {path: init.scale, values: [0.1, 0.3]}\n")
     study = _loaded(p)
-    ctx, plan = rebuild(Recipe.of(_apply_sweep(study, 0.3), 0.3))
+    ctx, plan = rebuild(Recipe.of(apply_sweep(study, 0.3), 0.3))
     assert ctx.study.inits[0].options["scale"] == 0.3 and plan.n == 48
 
 
