@@ -43,8 +43,6 @@ from .store import solve_key
 from .streaming import BlockScore, score_block
 from .study import PluginUse, Study
 
-DEFAULT = "local"
-
 
 # ------------------------------------------------------------------------------------------
 # what travels: a recipe out, a block result back
