@@ -43,7 +43,7 @@ def run_study(study: str, quiet: bool, repeat: int = 1) -> dict:
 
 def phases(output: str) -> str:
     """The 'phases:' table of a run's output (empty if not printed)."""
-    m = re.search(r"^phases:\n(.*?)(?:\n\s*\n|\Z)", output, re.S | re.M)
+    m = re.search(r"^phases(?: \([^)\n]*\))?:\n(.*?)(?:\n\s*\n|\Z)", output, re.S | re.M)
     return m.group(1).rstrip() if m else ""
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from . import certificate, fit, report
+from . import certificate, executors, fit, report
 from . import status as st
 from .batch import Pairs, Triples
-from .engine import Context, InstancePlan, Phase, build_context, plan_instances, run_block
+from .engine import Context, InstancePlan, Phase, build_context, plan_instances
 from .errors import UserError
 from .progress import Progress
 from .store import Store, open_run
@@ -49,6 +49,7 @@ class StudyResult:
     json_cache: dict[str, Any] | None = None  # to_json() of the finished run, computed once
     tally: Tally | None = None  # counts and report rows over every block (run_loaded sets it)
     blocks: int = 1  # > 1: a streamed study; ``triples`` / ``pairs`` hold the retained ones only
+    executor: dict[str, Any] | None = None  # {"name": ..., "workers": ...}: where the blocks ran
 
     @property
     def verdicts(self) -> dict[str, str]:
@@ -113,6 +114,7 @@ class StudyResult:
             "solver_calls": self.solve_calls,
             "pairs": {"admissible": ty.n_pairs, "distinct": ty.n_distinct, "by_source": ty.by_source},
             "blocks": self.blocks,
+            "executor": self.executor,
             "phases": [{"name": p.name, "instances": p.count, "seconds": p.seconds, "statuses": p.statuses,
                         "calls": p.calls} for p in self.phases],
             "errors": self.errors,
@@ -147,15 +149,22 @@ def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store 
     if store is not None:
         store.clear_tables()
     offset = n_pairs = 0
-    for start in range(0, plan.n, size):
-        t, pairs = run_block(ctx, plan.block(start, min(plan.n, start + size)), start)
+    t, pairs = None, None
+
+    def apply(bt: Triples, bp: Pairs, scores: dict | None) -> None:
+        """One block, in block order, wherever it ran: store tables, tally, retained candidates
+        (from the member ``scores`` a worker computed, else scored here)."""
+        nonlocal offset, n_pairs, t, pairs
         if store is not None:
-            store.write_triples(t, offset)
-            store.write_pairs(pairs, offset, n_pairs)
-        tally.add(t, pairs)
+            store.write_triples(bt, offset)
+            store.write_pairs(bp, offset, n_pairs)
+        tally.add(bt, bp)
         if retainer is not None:
-            retainer.add(t, pairs)
-        offset, n_pairs = offset + len(t), n_pairs + len(pairs)
+            retainer.add(bt, bp, scores)
+        offset, n_pairs = offset + len(bt), n_pairs + len(bp)
+        t, pairs = bt, bp
+
+    ran = executors.run_blocks(ctx, plan, study, sweep_value, apply)
     if retainer is None:
         # a sample of solver-error measurements for the summary, on top of those the verdicts need
         sample = (t.status == st.CONVERGED).nonzero().flatten()[:SAMPLE].tolist()
@@ -165,7 +174,7 @@ def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store 
     solver_error = max(meter.err.values()) if meter.err else None
     res = StudyResult(study, t, pairs, members, ctx.phases, ctx.errors, 0.0, sweep_value=sweep_value,
                       solve_calls=ctx.solve_calls, solver_error=solver_error, model=ctx.model, tally=tally,
-                      blocks=-(-plan.n // size))
+                      blocks=-(-plan.n // size), executor={"name": ran.executor, "workers": ran.workers})
     if out_dir is not None:
         res.run_dir = Path(out_dir)
         write_certificates(res, ctx)
@@ -248,15 +257,19 @@ def _execute(st_: Study, out: Path | None, store: Store | None, progress,
 
 
 def run_study(study: str | Path | dict, *, plugins: list[str] = (), out_dir: str | Path | None = None,
-              write: bool = True, progress: Progress | None = None) -> StudyResult | list[StudyResult]:
-    """Run a study given as a YAML path or a dict. Returns a list of results for a sweep."""
+              write: bool = True, progress: Progress | None = None,
+              executor: str | None = None) -> StudyResult | list[StudyResult]:
+    """Run a study given as a YAML path or a dict. Returns a list of results for a sweep.
+
+    ``executor`` names where the blocks run (``local``, ``ray``, ...), over the study's ``executor:``."""
     if isinstance(study, dict):
         text, src, base = yaml.safe_dump(study, sort_keys=False), "<dict>", Path.cwd()
     else:
         p = Path(study)
         text = read_study_bytes(p)
         src, base = str(study), p.resolve().parent
-    st_, _ = load_study_text(text, src, base, list(plugins))
+    st_, registry = load_study_text(text, src, base, list(plugins))
+    executors.choose(st_, registry, executor)
     plans = _plans(st_)
     out = None
     store = None
@@ -294,13 +307,15 @@ def _start_store(out: Path, **study: Any) -> Store:
         raise UserError(f"{reason}; nothing was run: fix this, then run the study again") from None
 
 
-def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progress | None = None):
+def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progress | None = None,
+               executor: str | None = None):
     """Finish (or re-render) a stored run: every stored solve is reused, nothing is recomputed.
 
     A store is data: the plugin files it lists (``meta.plugins``, the study's ``plugins:``) are
     never imported on its say-so. Code comes from installed entry points and ``plugins`` (the
     user's ``--plugin FILE``); a study that needs more is refused (UserError, exit 2) naming
-    what is missing and the files the run was made with.
+    what is missing and the files the run was made with. ``executor`` may differ from the
+    interrupted run's: a stored block is never solved again.
     """
     from .manager import load_registry, require_registered
     from .study import parse_study_text, plugin_files_of, validate
@@ -320,6 +335,7 @@ def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progre
         require_registered(registry, _study_needs(data), what=f"run {run_dir}",
                            named_files=[f for f in named if f not in plugins])
         st_ = validate(data, registry, src=src, lines=lines, plugin_files=list(plugins))
+        executors.choose(st_, registry, executor)
     except BaseException:
         store.close()
         raise
@@ -338,6 +354,7 @@ def _study_needs(data: dict[str, Any]) -> list[tuple[str, str]]:
     for kind, key in (("datasets", "datasets"), ("constructions", "constructions"), ("hypotheses", "hypotheses")):
         refs = data.get(key) or []
         needs += [(kind, name(r)) for r in (refs if isinstance(refs, list) else [])]
+    needs.append(("executors", name(data.get("executor"))))
     return [(k, n) for k, n in needs if isinstance(n, str)]
 
 

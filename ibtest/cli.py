@@ -58,9 +58,10 @@ def cmd_run(args) -> int:
     if args.resume:
         if args.study:
             raise UserError("give either a study or --resume RUN, not both")
-        results = resume_run(args.resume, plugins=args.plugin, progress=progress)
+        results = resume_run(args.resume, plugins=args.plugin, progress=progress, executor=args.executor)
     else:
-        results = run_study(resolve_study(args.study), plugins=args.plugin, out_dir=args.out, progress=progress)
+        results = run_study(resolve_study(args.study), plugins=args.plugin, out_dir=args.out, progress=progress,
+                            executor=args.executor)
     if isinstance(results, list):
         return _print_sweep(results, args)
     res = results
@@ -151,7 +152,7 @@ def cmd_list(args) -> int:
     from .manager import load_registry
 
     reg = load_registry(args.plugin)
-    for kind in ("models", "datasets", "inits", "solvers", "constructions", "hypotheses"):
+    for kind in ("models", "datasets", "inits", "solvers", "constructions", "hypotheses", "executors"):
         rows = []
         for name in reg.names(kind):
             item = reg.items[kind][name]
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/<study>-<time>)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no triples or phase table")
     r.add_argument("--resume", metavar="RUN", help="finish an interrupted run from its results store")
+    r.add_argument("--executor", metavar="NAME", help="where the blocks run: local (default), ray, or a plugin's "
+                   "executor; overrides the study's executor: key")
     r.add_argument("--plot", metavar="FILE.png", help="draw R(theta_b) - R(theta_a) over admissible pairs against the margin")
     r.set_defaults(func=cmd_run)
 

@@ -194,6 +194,13 @@ def make_instances(ctx: Context) -> Triples:
 # ------------------------------------------------------------------------------------------
 # solving
 # ------------------------------------------------------------------------------------------
+def solve_settings(ctx: Context, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings part of a solve's store key (solver, its options, model, its options)."""
+    opts = dict(ctx.solver_options if options is None else options)
+    return {"solver": ctx.study.solver.name, "options": opts, "model": ctx.study.model.name,
+            "model_options": ctx.study.model.options}
+
+
 def solve(ctx: Context, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
           options: dict[str, Any] | None = None, phase: str = "solve") -> SolveResult:
     """Solve B instances in chunks of ``study.chunk_size``.
@@ -207,8 +214,7 @@ def solve(ctx: Context, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
     t0 = time.perf_counter()
     thetas, stats, losses, infos = [], [], [], []
     chunk = max(1, ctx.study.chunk_size)
-    settings = {"solver": ctx.study.solver.name, "options": opts, "model": ctx.study.model.name,
-                "model_options": ctx.study.model.options}
+    settings = solve_settings(ctx, opts)
     calls = 0
     ctx.progress.start(phase, B)
     for s in range(0, B, chunk):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
-from .specs import Construction, Dataset, Hypothesis, Init, Model, Solver
+from .specs import Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
 
 PROJECT = "ibtest"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -45,6 +45,11 @@ def ibtest_hypotheses() -> list[Hypothesis]:
     """Return the candidate regularizer families R_p(θ; ctx) and invariants C_p(θ; ctx)."""
 
 
+@hookspec
+def ibtest_executors() -> list[Executor]:
+    """Return the executors (where a study's blocks run: locally, on a cluster) this plugin provides."""
+
+
 HOOK_KINDS: dict[str, str] = {
     "ibtest_models": "models",
     "ibtest_datasets": "datasets",
@@ -52,4 +57,5 @@ HOOK_KINDS: dict[str, str] = {
     "ibtest_solvers": "solvers",
     "ibtest_constructions": "constructions",
     "ibtest_hypotheses": "hypotheses",
+    "ibtest_executors": "executors",
 }

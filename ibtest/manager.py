@@ -1,6 +1,6 @@
 """The plugin manager: hook specs, the ``ibtest`` entry-point group, local plugin files.
 
-``get_plugin_manager(files)`` adds the specs, registers the built-in solvers, loads every
+``get_plugin_manager(files)`` adds the specs, registers the built-in solvers and executors, loads every
 package of the ``ibtest`` entry-point group (a package's modules are registered one by one, so
 a new plugin is one new file), then the local files, and calls ``check_pending()``. The
 :class:`Registry` then collects the specs per kind and refuses duplicate names.
@@ -36,7 +36,7 @@ ENTRY_POINT_GROUP = "ibtest"
 DISABLE_AUTOLOAD_ENV = "IBTEST_DISABLE_PLUGIN_AUTOLOAD"
 OWN_DISTRIBUTION = "ibtest"
 SINGULAR = {"models": "model", "datasets": "dataset", "inits": "init", "solvers": "solver",
-            "constructions": "construction", "hypotheses": "hypothesis"}
+            "constructions": "construction", "hypotheses": "hypothesis", "executors": "executor"}
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,9 @@ def get_plugin_manager(
     from .solvers import builtin
 
     _register_module(pm, builtin, "ibtest.solvers")
+    from . import executors
+
+    _register_module(pm, executors, "ibtest.executors")
     if entry_points:
         for ep in entry_points_to_load():
             try:

@@ -104,6 +104,15 @@ def phase_rows(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
              "statuses": ", ".join(f"{k} {v}" for k, v in p["statuses"].items())} for p in phases]
 
 
+def _executor_note(res: dict[str, Any]) -> str:
+    """``executor ray, 2 workers``: where the blocks ran (empty for runs stored before executors)."""
+    ex = res.get("executor")
+    if not ex:
+        return ""
+    n = ex.get("workers", 1)
+    return f"executor {ex['name']}, {n} worker{'s' if n != 1 else ''}"
+
+
 def table(rows: list[dict[str, Any]], fmt: str = "simple") -> str:
     if not rows:
         return "(none)"
@@ -131,7 +140,7 @@ def render_table(res: dict[str, Any], *, verbose: bool = True) -> str:
         out.append("")
     out += [table(verdict_rows(res["verdicts"])), "", res["summary"]]
     if verbose:
-        out += ["", "phases:", table(phase_rows(res["phases"]))]
+        out += ["", f"phases ({_executor_note(res)}):" if res.get("executor") else "phases:", table(phase_rows(res["phases"]))]
     return "\n".join(out)
 
 
@@ -142,7 +151,8 @@ def render_markdown(res: dict[str, Any]) -> str:
     shown = _triples_limit(res)
     if shown:
         parts += ["## Solved triples", "", table(triple_rows(shown, digits), "github"), ""]
-    parts += ["## Phases", "", table(phase_rows(res["phases"]), "github"), ""]
+    parts += ["## Phases", "", f"Blocks ran on {_executor_note(res)}." if res.get("executor") else "",
+              table(phase_rows(res["phases"]), "github"), ""]
     if res.get("errors"):
         parts += ["## Errors", ""] + [f"- {e}" for e in res["errors"]] + [""]
     return "\n".join(parts)

@@ -373,6 +373,25 @@ class CvxContext:
     y: Any = None
 
 
+# --------------------------------------------------------------------------------------------
+# Executors
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Executor:
+    """Where the blocks of a study run (in this process, on a Ray cluster, ...).
+
+    ``factory(**options)`` returns an object with ``workers() -> int`` (blocks it runs at once),
+    ``run(job) -> Iterator[BlockResult]`` and ``close()`` (see :mod:`ibtest.executors`): ``run``
+    yields one result per block of ``job``, in block order, however the blocks were computed. A
+    factory that cannot work here (a missing package) raises :class:`ibtest.errors.UserError`.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+
 SPEC_TYPES: dict[str, type] = {
     "models": Model,
     "datasets": Dataset,
@@ -380,6 +399,7 @@ SPEC_TYPES: dict[str, type] = {
     "solvers": Solver,
     "constructions": Construction,
     "hypotheses": Hypothesis,
+    "executors": Executor,
 }
 
 
@@ -406,5 +426,6 @@ __all__: Sequence[str] = [
     "Context",
     "Hypothesis",
     "CvxContext",
+    "Executor",
     "SPEC_TYPES",
 ]

@@ -20,6 +20,7 @@ pairs (two study datasets sharing θ0, or two θ0 on one dataset) are formed wit
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -103,38 +104,87 @@ def _count(into: dict[str, int], status: torch.Tensor) -> None:
     into.update(merged)
 
 
+@dataclass
+class BlockScore:
+    """One member's scores on one block, as much as the driver keeps: the block's totals (to be
+    merged into the run's), the positions a verdict can rest on (triples and pairs of the block),
+    or the exception it raised. Small and plain, so a worker can compute it and send it back."""
+
+    totals: Totals = field(default_factory=Totals)
+    keep_triples: list[int] = field(default_factory=list)
+    keep_pairs: list[int] = field(default_factory=list)
+    raised: str | None = None
+
+
+def members_of(ctx: Context) -> list[tuple[int, int, Any, dict[str, Any]]]:
+    """(hypothesis index, member index, its use, its params) of every member of the study."""
+    return [(i, j, use, params) for i, use in enumerate(ctx.study.hypotheses) for j, params in enumerate(use.members)]
+
+
+def score_block(ctx: Context, t: Triples, pairs: Pairs, skip: set[tuple[int, int]] = frozenset()
+                ) -> dict[tuple[int, int], BlockScore]:
+    """Score every member (but those in ``skip``) on one block, where the block was computed."""
+    out: dict[tuple[int, int], BlockScore] = {}
+    for i, j, use, params in members_of(ctx):
+        if (i, j) in skip:
+            continue
+        b = out[(i, j)] = BlockScore()
+        try:
+            if use.spec.kind in ("invariant", "bound"):
+                s = score_invariant(ctx, t, use, params)
+                b.totals.add_invariant(s)
+                b.keep_triples = s.keep()
+            else:
+                sc = score_regularizer(ctx, t, pairs, use, params)
+                b.totals.add_scored(sc)
+                b.keep_pairs = sc.keep()
+                b.keep_triples = sc.keep_triples()  # the block's best search witness, if any
+        except Exception as exc:
+            b.raised = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _merge(into: Totals, part: Totals) -> None:
+    """Add one block's totals to the run's (sums, maxima, the first error)."""
+    into.n += part.n
+    into.distinct += part.distinct
+    into.max_rel_gap = max(into.max_rel_gap, part.max_rel_gap)
+    into.largest = max(into.largest, part.largest)
+    if part.worst is not None:
+        into.worst = part.worst if into.worst is None else max(into.worst, part.worst)
+    into.error = into.error or part.error
+    if part.search is not None:
+        into.search = part.search if into.search is None else into.search.merge(part.search)
+
+
 class Retainer:
     """Per-member totals and the retained triples and pairs of a streamed study."""
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
-        self.members = [(i, j, use, params) for i, use in enumerate(ctx.study.hypotheses)
-                        for j, params in enumerate(use.members)]
+        self.members = members_of(ctx)
         self.totals = {(i, j): Totals() for i, j, _, _ in self.members}
         self.kept: Triples | None = None
         self.pairs = Pairs.empty()
         self.sample: list[int] = []
 
-    def add(self, t: Triples, pairs: Pairs) -> None:
-        """Score every member on one block; retain its candidates and closest calls."""
+    def add(self, t: Triples, pairs: Pairs, scores: dict[tuple[int, int], BlockScore] | None = None) -> None:
+        """Take in one block: its member scores (computed here unless ``scores`` come with the
+        block from a worker), its candidates and closest calls."""
+        if scores is None:
+            scores = score_block(self.ctx, t, pairs, skip={k for k, tot in self.totals.items() if tot.raised})
         keep_pairs: set[int] = set()
         keep_triples: set[int] = set()
-        for i, j, use, params in self.members:
-            tot = self.totals[(i, j)]
-            if tot.raised:
+        for key, tot in self.totals.items():
+            b = scores.get(key)
+            if tot.raised or b is None:
                 continue
-            try:
-                if use.spec.kind in ("invariant", "bound"):
-                    s = score_invariant(self.ctx, t, use, params)
-                    tot.add_invariant(s)
-                    keep_triples.update(s.keep())
-                else:
-                    sc = score_regularizer(self.ctx, t, pairs, use, params)
-                    tot.add_scored(sc)
-                    keep_pairs.update(sc.keep())
-                    keep_triples.update(sc.keep_triples())
-            except Exception as exc:
-                tot.raised = f"{type(exc).__name__}: {exc}"
+            if b.raised:
+                tot.raised = b.raised
+                continue
+            _merge(tot, b.totals)
+            keep_triples.update(b.keep_triples)
+            keep_pairs.update(b.keep_pairs)
         if self.kept is None:
             self.kept = t.take(torch.zeros(0, dtype=torch.int64))
         conv = ((t.status == st.CONVERGED) & (t.parent < 0)).nonzero().flatten()

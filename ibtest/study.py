@@ -109,6 +109,8 @@ class StudyModel(_Strict):
     block_size: Int = Field(20000, ge=1, description=(
         "instances streamed through the whole pipeline at a time (memory is O(block)); own-triple "
         "pairs are formed within a block"))
+    executor: Union[PluginRef, None] = Field(None, description=(
+        "where the blocks run: {name: local} (default) or {name: ray, address: ..., num_cpus_per_task: ...}"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -175,6 +177,7 @@ class Study:
     block_size: int = 20000
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    executor: PluginUse | None = None  # None: the local executor with its defaults
 
 
 # ----------------------------------------------------------------------------------------
@@ -498,6 +501,9 @@ def validate(
                 f"{src}:{line_of(lines, ('solver', 'name'))}: solver.name: solver {solver.name!r} "
                 f"cannot solve model {model.name!r}: {reason}"
             )
+    executor = None
+    if m.executor is not None:
+        executor = _resolve_plugin(registry, "executors", m.executor.model_dump(), ("executor",), src, lines, problems)
     if m.sweep is not None:
         uses = {"init": inits, "model": [model], "solver": [solver], "datasets": datasets}
         _check_sweep(m.sweep, uses, src, lines, problems)
@@ -508,7 +514,7 @@ def validate(
         init_counts=[r.count for r in init_refs], datasets=datasets, solver=solver,
         constructions=constructions, hypotheses=hyps, verdict=m.verdict, report=m.report,
         plugin_files=list(plugin_files or []), sweep=m.sweep, device=m.device,
-        chunk_size=m.chunk_size, block_size=m.block_size, description=m.description,
+        chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
     )
     from .budget import check_study
 

@@ -34,3 +34,18 @@ def test_phase_table_and_memory_study_parsing():
     assert summary(out).startswith("study s:")
     text = memory.study_text(1_000_000)
     assert "count: 1000000" in text and "bench-1000000" in text
+
+
+def test_ray_scaling_block_cost_and_markdown():
+    """The Ray benchmark's per-block costs on a tiny study (no cluster), and its table."""
+    from benchmarks import ray_scaling
+
+    b = ray_scaling.block_cost(40, 8)
+    assert b["block"] == 8 and b["triples"] >= 8 and b["bytes"] > 0
+    assert all(math.isfinite(b[k]) and b[k] >= 0 for k in ("compute", "scoring", "pickle", "store", "score", "driver"))
+    runs = [{"label": "local", "wall": 2.0, "per_s": 20.0, "solve_s": 1.0, "ray_start": None},
+            {"label": "ray, 1 worker", "wall": 2.5, "per_s": 16.0, "solve_s": 1.1, "ray_start": 3.0}]
+    md = ray_scaling.markdown({"count": 40, "block_size": 8, "machine": {"cpu": "x", "cores": 2,
+                               "load_1min_at_start": 0.5, "torch": "t", "date": "d"}, "runs": runs,
+                               "diffs": [[]], "block_cost": b})
+    assert "| ray, 1 worker | 2.5 |" in md and "no differences" in md and "Ceiling" in md
