@@ -135,7 +135,7 @@ def _cvx(spec, params, R, zs: Polyhedron, x0: Tensor, hctx, model, limit: int) -
         try:
             with warnings.catch_warnings():  # "may be inaccurate": read from prob.status below
                 warnings.simplefilter("ignore")
-                prob.solve(solver="CLARABEL", **CLARABEL)
+                prob.solve(solver="CLARABEL", warm_start=False, **CLARABEL)  # no state from earlier solves
         except (cp.error.SolverError, ValueError):
             continue
         if prob.status in ("optimal", "optimal_inaccurate") and x.value is not None:
