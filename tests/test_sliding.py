@@ -99,12 +99,12 @@ def test_gd_approaches_the_follow_limit_as_the_step_shrinks():
     """At a fixed time T, GD with step η chatters around the kink at amplitude O(η); its error
     against the followed Clarke flow falls with η (3 instances with genuine sliding, one of them
     with two kinks held at once)."""
-    T = 2.0
+    T = 4.0
     for make, train in CASES[:3]:
         X, y, th0 = make()
         model = two_layer_relu(width=1, train_output=train)
         ref = solve_adaptive(model, X, y, torch.ones_like(y), th0, t_max=T)
-        assert ref.info["t_sliding"].item() > 0.2
+        assert ref.info["t_sliding"].item() > 0.05, (make.__name__, train, ref.info["t_sliding"])
         errs = []
         for lr in (1e-2, 1e-3, 1e-4):
             gd = solve_gd(model, X, y, torch.ones_like(y), th0, lr=lr, steps=int(round(T / lr)),
