@@ -164,3 +164,4 @@ def test_status_does_not_depend_on_batch_position_or_padding():
     Xq, thq = _pad_d(m, X, res.theta, 2)
     conv = res.status == st.CONVERGED
     assert torch.allclose(pad.theta[conv], thq[conv], atol=1e-7, rtol=0)
+
