@@ -10,7 +10,13 @@ stragglers (slow last pieces, slowly stalling instances), which end as ``budget`
 instance whose flow hovers on a ReLU kink it can take far more; such an instance counts with the
 time it used and is reported in ``lsoda_capped``, so the speedup printed is a lower bound.
 
-Run: ``python benchmarks/w2_adaptive.py [n_instances] [n_baseline]``.
+``sliding`` is the adaptive solver's option (``follow``, the default, or ``stop``); the status
+shares of both are reported by :func:`status_shares`. ``width``/``d``/``n`` give the larger
+workloads of issue 12 (widths 16 and 64, d = 10, n = 20), where the baseline runs on a sample.
+``per-instance ratio``: LSODA time of one instance over the adaptive solver's time per instance
+(batch time / batch size); the median instance and the mean are reported.
+
+Run: ``python benchmarks/w2_adaptive.py [n_instances] [n_baseline] [width] [d] [n]``.
 """
 from __future__ import annotations
 
@@ -46,6 +52,13 @@ def make_w2(n_instances: int, seed: int = 0, m: int = 4, d: int = 4, n: int = 3,
     return X, y, torch.ones_like(y), th0
 
 
+def status_shares(status: torch.Tensor) -> dict:
+    """Share of converged / stalled / diverged / budget / sliding among the instances."""
+    n = max(1, status.numel())
+    return {st.name(k): round(int((status == k).sum()) / n, 4)
+            for k in (st.CONVERGED, st.STALLED, st.DIVERGED, st.BUDGET, st.SLIDING)}
+
+
 def _np_grad(th, X, y, m, d):
     W = th[: m * d].reshape(m, d)
     v = th[m * d:]
@@ -60,17 +73,23 @@ class _Cap(Exception):
     """LSODA exceeded its evaluation budget on one instance."""
 
 
-def run(n_instances: int = 1000, n_baseline: int = 50, seed: int = 0, order: int = 8,
-        max_steps: int = 20_000, lsoda_max_nfev: int = 1_000_000) -> dict:
+def run(n_instances: int = 1000, n_baseline: int = 50, width: int = 4, d: int = 4, n: int = 3,
+        seed: int = 0, order: int = 8, max_steps: int = 20_000, lsoda_max_nfev: int = 1_000_000,
+        sliding: str = "follow", compare_stop: bool = True, torchode_n: int = 0) -> dict:
     from scipy.integrate import solve_ivp
 
-    m, d = 4, 4
-    X, y, mask, th0 = make_w2(n_instances, seed)
+    m = width
+    X, y, mask, th0 = make_w2(n_instances, seed, m=m, d=d, n=n)
     model = two_layer_relu(width=m)
     solve_adaptive(model, X[:8], y[:8], mask[:8], th0[:8], order=order, max_steps=200)  # warm-up
     t0 = time.perf_counter()
-    res = solve_adaptive(model, X, y, mask, th0, order=order, max_steps=max_steps)
+    res = solve_adaptive(model, X, y, mask, th0, order=order, max_steps=max_steps, sliding=sliding)
     t_adaptive = time.perf_counter() - t0
+    before = None
+    if compare_stop and sliding == "follow":
+        t1 = time.perf_counter()
+        res_stop = solve_adaptive(model, X, y, mask, th0, order=order, max_steps=max_steps, sliding="stop")
+        before = {"shares": status_shares(res_stop.status), "seconds": time.perf_counter() - t1}
 
     nb = min(n_baseline, n_instances)
     Xn, yn, thn = X.numpy(), y.numpy(), th0.numpy()
@@ -104,7 +123,16 @@ def run(n_instances: int = 1000, n_baseline: int = 50, seed: int = 0, order: int
     counts = {st.name(k): int((res.status == k).sum()) for k in torch.unique(res.status).tolist()}
     per_adaptive = t_adaptive / n_instances
     per_lsoda = t_lsoda / nb
+    tode = _torchode_row(model, X, y, mask, th0, res, torchode_n) if torchode_n else None
     return {
+        "workload": f"width {m}, d {d}, n {n}",
+        "sliding": sliding,
+        "status_shares": status_shares(res.status),
+        "status_shares_stop": before["shares"] if before else None,
+        "stop_seconds": before["seconds"] if before else None,
+        "slid": int(res.info["slid"].sum()),
+        "median_instance_speedup": 1e3 * float(np.median(lsoda_times)) / (1e3 * per_adaptive),
+        "torchode": tode,
         "n_instances": n_instances,
         "n_baseline": nb,
         "order": order,
@@ -138,8 +166,38 @@ def run(n_instances: int = 1000, n_baseline: int = 50, seed: int = 0, order: int
     }
 
 
+def _torchode_row(model, X, y, mask, th0, res, k: int) -> dict | None:
+    """torchode (batched, per-sample step sizes, Dopri5, rtol 1e-10/atol 1e-12) on the first k
+    instances up to the adaptive solver's stop times; status and error against it."""
+    try:
+        import torchode as to
+    except ImportError:
+        return None
+    k = min(k, X.shape[0])
+    Xk, yk, mk, th = X[:k], y[:k], mask[:k], th0[:k]
+    T = res.info["t"][:k].clamp_min(1e-6)
+
+    def f(t, u):
+        return -model.grad(u, Xk, yk, mk)
+
+    term = to.ODETerm(f)
+    step = to.Dopri5(term=term)
+    ctrl = to.IntegralController(atol=1e-12, rtol=1e-10, term=term)
+    solver = to.AutoDiffAdjoint(step, ctrl)
+    t_eval = torch.stack([torch.zeros_like(T), T], -1)
+    t0 = time.perf_counter()
+    sol = solver.solve(to.InitialValueProblem(y0=th, t_eval=t_eval))
+    sec = time.perf_counter() - t0
+    end = sol.ys[:, -1]
+    conv = res.status[:k] == st.CONVERGED
+    err = (end[conv] - res.theta[:k][conv]).abs().amax(-1) if bool(conv.any()) else torch.zeros(0)
+    return {"instances": k, "seconds": sec, "per_instance_ms": 1e3 * sec / k,
+            "statuses": {str(int(c)): int((sol.status == c).sum()) for c in torch.unique(sol.status)},
+            "max_abs_diff_vs_adaptive_converged": float(err.max()) if err.numel() else float("nan")}
+
+
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:3]]
+    args = [int(a) for a in sys.argv[1:6]]
     out = run(*args)
     for k, v in out.items():
         print(f"{k:28s} {v}")

@@ -140,7 +140,7 @@ def test_sliding_mode_is_detected():
     theta0 = torch.tensor([[0.3, 0.05, 1.0]], dtype=F64)  # w = (0.3, 0.05), v = 1
     for train_output in (False, True):
         model = two_layer_relu(width=1, train_output=train_output)
-        res = solve_adaptive(model, X, y, torch.ones_like(y), theta0, max_steps=20000)
+        res = solve_adaptive(model, X, y, torch.ones_like(y), theta0, max_steps=20000, sliding="stop")
         assert res.status.item() == st.SLIDING, (train_output, res.status, res.info)
         z1 = float(model.hidden_preactivations(res.theta, X)[0, 0, 0])
         assert abs(z1) < 1e-3  # it stopped at the kink, not at some wrong limit
@@ -240,10 +240,11 @@ def test_batched_statuses_match_solo_solves():
     theta0 = torch.tensor([[0.3, 0.05, 1.0], [0.3, 0.2, 1.0], [-0.5, -0.5, 0.0]], dtype=F64)
     model = two_layer_relu(width=1)
     mask = torch.ones_like(y)
-    res = solve_adaptive(model, X, y, mask, theta0, max_steps=20000)
+    res = solve_adaptive(model, X, y, mask, theta0, max_steps=20000, sliding="stop")
     assert res.status.tolist() == [st.SLIDING, st.CONVERGED, st.STALLED], res.status
     for i in range(3):
-        alone = solve_adaptive(model, X[i:i + 1], y[i:i + 1], mask[i:i + 1], theta0[i:i + 1], max_steps=20000)
+        alone = solve_adaptive(model, X[i:i + 1], y[i:i + 1], mask[i:i + 1], theta0[i:i + 1], max_steps=20000,
+                               sliding="stop")
         assert alone.status.item() == res.status[i].item()
         assert torch.equal(alone.theta[0], res.theta[i])
         assert alone.info["steps"].item() == res.info["steps"][i].item()

@@ -44,7 +44,12 @@ take the side of ⟨x_i, v⟩ where v is the velocity with σ'(0) = at_zero for 
 stationary point under that convention and the flow stays; a tie goes to the side whose slope is
 nearer to at_zero).  The pattern is then made consistent: under the chosen pattern, the first
 significant derivative D_j = ⟨x_i, (−A)^{j−1}(b − A w)⟩ must have the sign of s_i (or all vanish);
-inconsistent points flip, repeatedly.  No consistent pattern: Filippov sliding, status SLIDING.
+inconsistent points flip, repeatedly.  A derivative counts only above the rounding error of the
+computed velocity b − A w (``ROUND_R``·(‖b‖ + ‖A‖‖w‖)): near the limit of a piece the velocity
+is itself round-off, and a sign read from it flipped points back and forth (issue 12: 55 of 10^6
+W1 instances ended SLIDING); an undecided point keeps its side.  No consistent pattern: Filippov
+sliding, status SLIDING (for labels ≥ 0 a single ReLU neuron cannot slide, and with this rule
+it is never reported there: tests/test_exact_ties.py).
 Points with x_i = 0 (padding included) never switch.
 
 Result: θ = w∞ of the last piece (exact limit), status CONVERGED (loss ≤ fit_tol · s, s the loss
@@ -76,6 +81,8 @@ CLUSTER_TOL = 1e-11
 LIMIT_TOL = 1e-11
 #: derivative D_j significant when |D_j| > DERIV_TOL·‖x_i‖‖A‖^{j−1}‖b − Aw‖
 DERIV_TOL = 1e-9
+#: rounding error of the velocity r = b − A w, in units of ‖b‖ + ‖A‖‖w‖ (d-term sums, twice)
+ROUND_R = 256 * EPS
 #: rounding allowance of G on the grid, in units of the sum of the magnitudes of its terms
 NOISE = 64 * EPS
 #: discrete local minima of G at or below this fraction of its term magnitude are refined
@@ -113,11 +120,19 @@ def _system(Xw: Tensor, yw: Tensor, mw: Tensor, side: Tensor, pos: float, neg: f
     return A, b
 
 
-def _leave_dir(A: Tensor, r: Tensor, Xw: Tensor, xn: Tensor) -> Tensor:
-    """Sign of the first significant derivative of z_i(t) − z_i(0) under dw/dt = r − A(w − w0)."""
+def _leave_dir(A: Tensor, r: Tensor, Xw: Tensor, xn: Tensor, r_round: Tensor | None = None) -> Tensor:
+    """Sign of the first significant derivative of z_i(t) − z_i(0) under dw/dt = r − A(w − w0).
+
+    D_j = ⟨x_i, (−A)^{j−1} r⟩ is significant when |D_j| > ‖x_i‖‖A‖^{j−1}·max(DERIV_TOL·‖r‖,
+    ``r_round``): ``r_round`` [b] is the rounding error of the computed velocity r = b − A w
+    (:data:`ROUND_R`·(‖b‖ + ‖A‖‖w‖)), so a derivative at round-off level (the flow at its
+    limit, r itself noise) never decides a side: it returns 0 (undecided) there.
+    """
     d = A.shape[-1]
     an = torch.linalg.matrix_norm(A)
     scale = r.norm(dim=-1)
+    if r_round is not None:
+        scale = torch.maximum(DERIV_TOL * scale, r_round) / DERIV_TOL
     v = r
     ell = torch.zeros(Xw.shape[:2], dtype=F64, device=Xw.device)
     decided = torch.zeros(Xw.shape[:2], dtype=torch.bool, device=Xw.device)
@@ -626,7 +641,9 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
                 if J.numel() == 0:
                     break
                 r = b[J] - _bmv(A[J], w[J])
-                ell = _leave_dir(A[J], r, Xw[J], xn[J])
+                r_round = ROUND_R * (b[J].norm(dim=-1)
+                                     + torch.linalg.matrix_norm(A[J]) * w[J].norm(dim=-1))
+                ell = _leave_dir(A[J], r, Xw[J], xn[J], r_round)
                 inc = zero[J] & (ell != 0) & (ell != side[J])
                 bad = inc.any(1)
                 J, inc = J[bad], inc[bad]
