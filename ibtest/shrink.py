@@ -548,7 +548,7 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
     try:
         res = shrink_cert(cert, str(path), digest, budget, plugins)
-    except (ValueError, TypeError, IndexError, RuntimeError) as exc:
+    except (ValueError, TypeError, IndexError, KeyError, RuntimeError) as exc:
         raise UserError(f"certificate {p}: cannot be shrunk: {type(exc).__name__}: {exc}") from None
     dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
     certmod.write(res.cert, dest)
@@ -581,3 +581,19 @@ def fraction_text(v: float, max_den: int = 1000) -> str:
 
 def dumps(cert: dict[str, Any]) -> str:
     return json.dumps(certmod._jsonable(cert), indent=1)
+
+
+def _size_text(s: dict[str, Any]) -> str:
+    return (f"n = {s['n']}, d = {s['d']}, max |coordinate| = {s['max_abs']}, digits = {s['digits']}"
+            f"{', integer data' if s['integer'] else ''}{', theta0 = 0' if s['theta0_zero'] else ''}")
+
+
+def summary(dest: Path, res: ShrinkResult) -> list[str]:
+    """What ``ibtest shrink`` prints: sizes before and after, passes, budget used."""
+    return [f"shrunk certificate written to {dest}",
+            f"  before: {_size_text(res.before)}",
+            f"  after:  {_size_text(res.after)}",
+            f"  {len(res.steps)} step(s) kept: {'; '.join(res.steps) or 'none'}",
+            f"  solves used: {res.solves} of a budget of {res.budget}"
+            + (" (fixed point reached)" if res.fixed_point else " (budget spent before a fixed point)"),
+            f"  confirmed by: ibtest verify {dest}"]
