@@ -32,6 +32,7 @@ X, y, θ0 and the significant digits needed to write them, before and after.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -128,6 +129,7 @@ class Judge:
     safety: float
     fit_tol: float
     budget: int
+    construction: Callable[..., Any] | None = None  # the registered blocking_point build, for pass_rebuild
     used: int = 0
     calls: int = 0
 
@@ -175,7 +177,8 @@ def make_judge(cert: dict[str, Any], budget: int, plugins: list[str] = ()) -> Ju
     params.update(cert["hypothesis"].get("params") or {})
     h = cert["hypothesis"]
     fdef = solver.options["fit_tol"].default if "fit_tol" in solver.options else fit.DEFAULT_FIT_TOL
-    return Judge(model, solver, spec, params, opts, tight,
+    cons = reg.items["constructions"].get("blocking_point")
+    return Judge(model, solver, spec, params, opts, tight, construction=None if cons is None else cons.spec.build,
                  atol=max(float(h.get("atol") or 0.0), float(spec.atol)),
                  rtol=max(float(h.get("rtol") or 0.0), float(spec.rtol)),
                  safety=max(float(cert.get("safety") or 0.0), DEFAULT_SAFETY),
@@ -308,8 +311,8 @@ def _sig(v: Tensor, digits: int) -> Tensor:
     top = float(v.abs().max())
     if top == 0:
         return v.clone()
-    q = 10.0 ** (math.floor(math.log10(top)) - digits + 1)
-    return torch.round(v / q) * q
+    e = math.floor(math.log10(top)) - digits + 1
+    return torch.round(v * 10.0**-e) / 10.0**-e + 0.0 if e < 0 else torch.round(v / 10.0**e) * 10.0**e + 0.0
 
 
 def pass_theta0(c: Case, J: Judge) -> list[Cand]:
@@ -324,12 +327,63 @@ def pass_theta0(c: Case, J: Judge) -> list[Cand]:
     return out
 
 
+def pass_rebuild(c: Case, J: Judge) -> list[Cand]:
+    """θ0 = 0 where plain θ0 → 0 failed: the construction's added point was built for the flow from the
+    old θ0, so rebuild it for the flow from 0. For every subset of D_a's points (D_a ⊂ D_b, the
+    construction's shape), solve D_a from 0 (one batched call) and let the registered
+    ``blocking_point`` construction add its point to each converged solution."""
+    if J.construction is None or bool((c.theta0 == 0).all()) or _stationary_at_zero(J.model):
+        return []
+    a, b = c.sides[0], c.sides[1]
+    if not bool((b | ~a).all()) or torch.equal(a, b):
+        return []
+    base = a.nonzero().flatten().tolist()
+    if len(base) > 6:
+        return []
+    subsets = [S for r in range(len(base), 0, -1) for S in itertools.combinations(base, r)]
+    k, n, P = len(subsets), len(base), J.n_params(c.d)
+    X = torch.zeros(k, n, c.d, dtype=torch.float64)
+    y = torch.zeros(k, n, dtype=torch.float64)
+    mask = torch.zeros(k, n, dtype=torch.float64)
+    for r, S in enumerate(subsets):
+        X[r, : len(S)], y[r, : len(S)], mask[r, : len(S)] = c.X[list(S)], c.y[list(S)], 1.0
+    th0 = torch.zeros(k, P, dtype=torch.float64)
+    if J.used + k > J.budget:
+        return []
+    J.used += k
+    J.calls += 1
+    try:
+        res = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
+        ok = (res.status == st.CONVERGED).nonzero().flatten()
+        if ok.numel() == 0:
+            return []
+        from .specs import TripleBatch
+
+        tb = TripleBatch(X[ok], y[ok], mask[ok], th0[ok], res.theta[ok].to(torch.float64), [str(i) for i in ok.tolist()])
+        parts = J.construction(J.model, tb, torch.Generator().manual_seed(0))
+    except Exception:
+        return []
+    if parts is None:
+        return []
+    out = []
+    for r in range(parts.X.shape[0]):
+        keep = parts.mask[r] > 0
+        Xr, yr = parts.X[r][keep], parts.y[r][keep]
+        na = int(mask[int(ok[int(parts.source[r])])].sum())
+        sides = torch.zeros(2, len(yr), dtype=torch.bool)
+        sides[0, :na], sides[1] = True, True
+        out.append((f"theta0 = 0 with {na} of D_a's points and a rebuilt blocking point",
+                    Case(Xr.clone(), yr.clone(), sides, torch.zeros(2, P, dtype=torch.float64))))
+    return out
+
+
 def _is_grid(v: Tensor, q: float) -> bool:
-    return bool((torch.round(v / q) * q == v).all())
+    return bool((_rnd(v, q) == v).all())
 
 
 def _rnd(v: Tensor, q: float) -> Tensor:
-    return torch.round(v / q) * q + 0.0  # + 0.0: no negative zeros in the file
+    inv = round(1 / q)  # q = 1/inv: dividing by the integer inv gives the shortest decimal (0.3, not 0.30000000000000004)
+    return torch.round(v * inv) / inv + 0.0  # + 0.0: no negative zeros in the file
 
 
 def pass_scale_round(c: Case, J: Judge) -> list[Cand]:
@@ -420,9 +474,10 @@ def pass_entries(c: Case, J: Judge) -> list[Cand]:
 
 
 PASSES: list[tuple[str, Callable[[Case, Judge], list[Cand]]]] = [
+    ("theta0", pass_theta0),  # first: the paper's form starts at 0, which a smaller case may no longer allow
+    ("rebuild", pass_rebuild),
     ("drop_point", pass_drop_points),
     ("dimension", pass_dimensions),
-    ("theta0", pass_theta0),
     ("scale_round", pass_scale_round),
     ("rescale", pass_rescale),
     ("round_points", pass_round_points),

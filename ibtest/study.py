@@ -53,6 +53,8 @@ class VerdictSettings(_Strict):
     recheck: bool = Field(True, description="re-solve every witness at a tighter tolerance")
     max_certificates: int = Field(1, ge=0, description="certificates written per falsified member")
     max_group_pairs: int = Field(4096, ge=0, description="own-triple pairs examined per group")
+    shrink: bool = Field(False, description="shrink each written pair certificate to its core (ibtest shrink)")
+    shrink_budget: int = Field(6000, ge=4, description="instance solves each shrink may spend")
 
 
 class ReportSettings(_Strict):
