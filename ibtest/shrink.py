@@ -443,12 +443,20 @@ def pass_entries(c: Case, J: Judge) -> list[Cand]:
             out.append((f"divide {name} by {g}", scale(v / g, g)))
         if float(v.abs().max()) > 1:
             out.append((f"halve {name} and round", scale(_rnd(v / 2, 1), 2.0)))
-    if _is_grid(c.X, 1):
+    if _is_grid(c.X, 0.5) and not _is_grid(c.X, 1):
+        out.append(("double X", Case(c.X * 2, c.y, c.sides, c.theta0 / 2)))
+    for i in range(c.m):  # a zero-label point keeps its zero-loss set at any positive scale
+        if c.y[i] == 0 and not _is_grid(c.X[i], 1) and float(c.X[i].abs().max()) > 0:
+            for K in range(1, 11):
+                X = c.X.clone()
+                X[i] = _rnd(X[i] * (K / float(X[i].abs().max())), 1)
+                out.append((f"scale x{i + 1} to max {K} and round", Case(X, c.y, c.sides, c.theta0)))
+    if True:
         for i in range(c.m):
             g = 0
             for e in c.X[i].abs().tolist():
                 g = math.gcd(g, int(e))
-            if g > 1 and c.y[i] == 0:  # a zero-label point: same zero-loss set at any positive scale
+            if g > 1 and c.y[i] == 0 and _is_grid(c.X[i], 1):  # a zero-label point: same zero-loss set at any positive scale
                 X = c.X.clone()
                 X[i] = X[i] / g
                 out.append((f"divide x{i + 1} by {g}", Case(X, c.y, c.sides, c.theta0)))
@@ -460,7 +468,7 @@ def pass_entries(c: Case, J: Judge) -> list[Cand]:
                     out.append((f"zero x{i + 1}[{j + 1}]", Case(X, c.y, c.sides, c.theta0)))
         for i in range(c.m):
             for j in range(c.d):
-                if abs(float(c.X[i, j])) > 1:
+                if abs(float(c.X[i, j])) > 1 and float(c.X[i, j]).is_integer():
                     X = c.X.clone()
                     X[i, j] -= torch.sign(X[i, j])
                     out.append((f"move x{i + 1}[{j + 1}] toward 0", Case(X, c.y, c.sides, c.theta0)))
