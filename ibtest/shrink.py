@@ -602,6 +602,9 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
     if budget < 4:
         raise UserError(f"--budget {budget}: at least 4 solves are needed to re-judge one candidate")
     cert = certmod.load(p)
+    if cert.get("kind") == "witness":
+        raise UserError(f"certificate {p}: witness certificates are not shrunk yet (their re-judgement needs the "
+                        f"witness search on the shrunk dataset); pair certificates are")
     if "b" not in cert:
         raise UserError(f"certificate {p}: shrinking supports pair certificates (sides 'a' and 'b'); this one has one side")
     for s in ("a", "b"):
