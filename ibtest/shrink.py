@@ -578,7 +578,8 @@ def build_cert(cert: dict[str, Any], c: Case, o: Outcome, J: Judge, source: str,
     for s, name in enumerate(("a", "b")):
         X, y = c.side(s)
         side = dict(cert[name])
-        side.update({"label": f"{cert[name].get('label', name)} (shrunk)", "theta0": c.theta0[s].tolist(),
+        label = str(cert[name].get("label", name))
+        side.update({"label": label if label.endswith(" (shrunk)") else f"{label} (shrunk)", "theta0": c.theta0[s].tolist(),
                      "X": X.tolist(), "y": y.tolist(), "theta": o.theta[s].tolist(), "loss": float(o.loss[s]),
                      "R": float(o.R[s]), "measured_error": float(o.err[s]), "n": int(len(y))})
         new[name] = side
