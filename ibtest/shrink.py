@@ -7,8 +7,9 @@ searches, by deterministic passes, for a *simpler* pair that refutes the *same m
 * drop a data point (a point the two datasets share is dropped from both; the construction's
   added point is simplified like the rest), project onto the span of the data or drop a
   coordinate;
-* θ0 → 0 (unless the model's σ'(0) convention makes 0 a stationary point), else θ0 with one or
-  two significant digits;
+* θ0 → 0 (unless the model's σ'(0) convention makes 0 a stationary point); when the construction's
+  added point was built for the flow from the old θ0, it is rebuilt for the flow from 0 by the
+  registered ``blocking_point`` construction; else θ0 with one or two significant digits;
 * rescale and round X, y toward small integers (then halves, then tenths, point by point);
   zero or decrement integer entries, divide by a common factor.
 
@@ -255,7 +256,7 @@ Cand = tuple[str, Case]
 
 
 def _valid(c: Case) -> bool:
-    """Each side keeps a point; the sides still differ (data or θ0); no all-zero point."""
+    """Each side keeps a point and the sides still differ (in data or θ0)."""
     if c.d < 1 or not bool(c.sides.any(-1).all()):
         return False
     same_data = torch.equal(c.sides[0], c.sides[1])
@@ -451,27 +452,26 @@ def pass_entries(c: Case, J: Judge) -> list[Cand]:
                 X = c.X.clone()
                 X[i] = _rnd(X[i] * (K / float(X[i].abs().max())), 1)
                 out.append((f"scale x{i + 1} to max {K} and round", Case(X, c.y, c.sides, c.theta0)))
-    if True:
-        for i in range(c.m):
-            g = 0
-            for e in c.X[i].abs().tolist():
-                g = math.gcd(g, int(e))
-            if g > 1 and c.y[i] == 0 and _is_grid(c.X[i], 1):  # a zero-label point: same zero-loss set at any positive scale
+    for i in range(c.m):
+        g = 0
+        for e in c.X[i].abs().tolist():
+            g = math.gcd(g, int(e))
+        if g > 1 and c.y[i] == 0 and _is_grid(c.X[i], 1):  # a zero-label point: same zero-loss set at any positive scale
+            X = c.X.clone()
+            X[i] = X[i] / g
+            out.append((f"divide x{i + 1} by {g}", Case(X, c.y, c.sides, c.theta0)))
+    for i in range(c.m):
+        for j in range(c.d):
+            if c.X[i, j] != 0:
                 X = c.X.clone()
-                X[i] = X[i] / g
-                out.append((f"divide x{i + 1} by {g}", Case(X, c.y, c.sides, c.theta0)))
-        for i in range(c.m):
-            for j in range(c.d):
-                if c.X[i, j] != 0:
-                    X = c.X.clone()
-                    X[i, j] = 0.0
-                    out.append((f"zero x{i + 1}[{j + 1}]", Case(X, c.y, c.sides, c.theta0)))
-        for i in range(c.m):
-            for j in range(c.d):
-                if abs(float(c.X[i, j])) > 1 and float(c.X[i, j]).is_integer():
-                    X = c.X.clone()
-                    X[i, j] -= torch.sign(X[i, j])
-                    out.append((f"move x{i + 1}[{j + 1}] toward 0", Case(X, c.y, c.sides, c.theta0)))
+                X[i, j] = 0.0
+                out.append((f"zero x{i + 1}[{j + 1}]", Case(X, c.y, c.sides, c.theta0)))
+    for i in range(c.m):
+        for j in range(c.d):
+            if abs(float(c.X[i, j])) > 1 and float(c.X[i, j]).is_integer():
+                X = c.X.clone()
+                X[i, j] -= torch.sign(X[i, j])
+                out.append((f"move x{i + 1}[{j + 1}] toward 0", Case(X, c.y, c.sides, c.theta0)))
     if _is_grid(c.y, 1):
         for i in range(c.m):
             if abs(float(c.y[i])) > 1:
