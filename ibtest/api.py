@@ -7,7 +7,7 @@ and ``certificates/``; ``resume_run(RUN_DIR)`` finishes an interrupted run from 
 """
 from __future__ import annotations
 
-import copy
+import contextlib
 import datetime as _dt
 import json
 import time
@@ -20,11 +20,11 @@ import yaml
 from . import certificate, fit, report
 from . import status as st
 from .batch import Pairs, Triples
-from .engine import Context, Phase, build_context, plan_instances, run_block
+from .engine import Context, InstancePlan, Phase, build_context, plan_instances, run_block
 from .errors import UserError
 from .progress import Progress
 from .store import Store, open_run
-from .study import Study, load_study_text
+from .study import Study, apply_sweep, load_study_text, read_study_bytes, variants
 from .streaming import SAMPLE, Retainer, Tally
 from .verdicts import MemberResult, judge_all
 
@@ -122,35 +122,19 @@ class StudyResult:
         return report.render_markdown(self.to_json())
 
 
-def _apply_sweep(study: Study, value: Any) -> Study:
-    s = copy.copy(study)
-    head, opt = study.sweep.path.split(".", 1)
-    if head == "init":
-        s.inits = [copy.copy(u) for u in study.inits]
-        for u in s.inits:
-            u.options = {**u.options, opt: value}
-    elif head == "datasets":
-        s.datasets = [copy.copy(u) for u in study.datasets]
-        for u in s.datasets:
-            u.options = {**u.options, opt: value}
-    else:
-        use = copy.copy(getattr(study, head))
-        use.options = {**use.options, opt: value}
-        setattr(s, head, use)
-    return s
-
-
 def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store | None = None,
-               progress: Progress | None = None, sweep_value: Any = None) -> StudyResult:
+               progress: Progress | None = None, sweep_value: Any = None,
+               plan: InstancePlan | None = None) -> StudyResult:
     """Run a validated study once (no sweep), streamed in blocks of ``study.block_size`` instances.
 
     One block (the usual case): ``triples`` / ``pairs`` of the result hold the whole run. Several:
     each block is solved, stored, scored and dropped (see :mod:`ibtest.streaming`).
-    ``out_dir`` None: nothing is written.
+    ``out_dir`` None: nothing is written. ``plan``: the study's instances, if already made.
     """
     t0 = time.perf_counter()
     ctx = build_context(study, progress=progress, store=store)
-    plan = plan_instances(ctx)
+    if plan is None:
+        plan = plan_instances(ctx)
     warning = fit.range_warning(plan.X, plan.y, plan.theta0)
     if warning:
         ctx.errors.append(warning)
@@ -187,9 +171,22 @@ def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store 
     res.seconds = time.perf_counter() - t0
     res.json_cache = res.to_json()
     if res.run_dir is not None:
-        (res.run_dir / "results.json").write_text(json.dumps(res.json_cache, indent=1))
-        (res.run_dir / "report.md").write_text(report.render_markdown(res.json_cache))
+        _write_text(res.run_dir / "results.json", json.dumps(res.json_cache, indent=1), res.run_dir)
+        _write_text(res.run_dir / "report.md", report.render_markdown(res.json_cache), res.run_dir)
     return res
+
+
+def _write_text(path: Path, text: str, run_dir: Path) -> None:
+    """Write a file of a run; a failure (full disk, read-only) is a UserError naming it."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise UserError(_write_failure(path, exc, run_dir)) from None
+
+
+def _write_failure(path: Path, exc: OSError, run_dir: Path) -> str:
+    return (f"run {run_dir}: cannot write {path}: {exc.strerror or exc}. Every solve is in the results "
+            f"store: free some space (or fix the permissions), then 'ibtest run --resume {run_dir}'")
 
 
 def default_run_dir(study_name: str) -> Path:
@@ -199,7 +196,10 @@ def default_run_dir(study_name: str) -> Path:
 
 def write_certificates(res: StudyResult, ctx: Context) -> None:
     d = res.run_dir
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(_write_failure(d, exc, d)) from None
     if res.study.verdict.max_certificates <= 0:
         return
     tight = ctx.solver.tighten(dict(ctx.solver_options))
@@ -207,7 +207,11 @@ def write_certificates(res: StudyResult, ctx: Context) -> None:
         if m.verdict != "falsified" or m.evidence is None:
             continue
         path = d / "certificates" / f"{certificate.slug(m.label)}.json"
-        certificate.write(certificate.build(ctx, res.triples, m, tight), path)
+        cert = certificate.build(ctx, res.triples, m, tight)
+        try:
+            certificate.write(cert, path)
+        except OSError as exc:
+            raise UserError(_write_failure(path, exc, d)) from None
         m.certificate = str(path)
         res.certificates.append(str(path))
         if res.study.verdict.shrink and m.kind == "regularizer":
@@ -227,21 +231,30 @@ def _shrink_one(res: StudyResult, ctx: Context, path: Path) -> None:
     res.certificates.append(str(dest))
 
 
-def _execute(st_: Study, out: Path | None, store: Store | None, progress) -> StudyResult | list[StudyResult]:
+def _plans(st_: Study) -> list[InstancePlan]:
+    """The instances of every run of a study (each sweep value), made before anything is written:
+    a dataset or init plugin that fails, or data too large, stop here (exit 2, no run directory)."""
+    return [plan_instances(build_context(s)) for _, s in variants(st_)]
+
+
+def _execute(st_: Study, out: Path | None, store: Store | None, progress,
+             plans: list[InstancePlan] | None = None) -> StudyResult | list[StudyResult]:
     try:
+        runs = variants(st_)
+        plans = plans or [None] * len(runs)
         if st_.sweep is None:
-            result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress)
+            result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress, plan=plans[0])
             payload: Any = result.json_cache
         else:
             result = []
-            for k, v in enumerate(st_.sweep.values):
+            for k, ((v, s), plan) in enumerate(zip(runs, plans)):
                 sub = out / f"sweep-{k:02d}" if out is not None else None
-                result.append(run_loaded(_apply_sweep(st_, v), out_dir=sub, store=store, progress=progress,
-                                         sweep_value=v))
+                result.append(run_loaded(s, out_dir=sub, store=store, progress=progress, sweep_value=v, plan=plan))
             payload = {"sweep": st_.sweep.path, "runs": [r.json_cache for r in result]}
         if store is not None:
             store.write_results(payload)
             store.set_meta(state="finished", finished=_dt.datetime.now().isoformat(timespec="seconds"))
+            store.finish()
         return result
     finally:
         if store is not None:
@@ -255,12 +268,10 @@ def run_study(study: str | Path | dict, *, plugins: list[str] = (), out_dir: str
         text, src, base = yaml.safe_dump(study, sort_keys=False), "<dict>", Path.cwd()
     else:
         p = Path(study)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise UserError(f"study {p}: cannot read: {exc.strerror or exc}") from None
+        text = read_study_bytes(p)
         src, base = str(study), p.resolve().parent
     st_, _ = load_study_text(text, src, base, list(plugins))
+    plans = _plans(st_)
     out = None
     store = None
     if write:
@@ -268,37 +279,125 @@ def run_study(study: str | Path | dict, *, plugins: list[str] = (), out_dir: str
         if (out / "results.sqlite").exists():
             raise UserError(f"run directory {out} already holds a run: resume it with "
                             f"'ibtest run --resume {out}' or choose another --out")
-        store = Store(out)
-        from .certificate import versions
+        store = _start_store(out, text=text, src=src, base=base, plugins=st_.plugin_files)
+    return _execute(st_, out, store, progress, plans)
 
-        store.set_meta(study_text=text, study_source=src, study_base=str(base), plugins=st_.plugin_files, state="running",
+
+def _start_store(out: Path, **study: Any) -> Store:
+    """A new run's store holding its study. If even that cannot be written (a full disk, a
+    read-only place), what was created is removed, so the same ``--out`` works next time."""
+    from .certificate import versions
+
+    made_dir = not out.exists()
+    store = None
+    try:
+        store = Store(out)
+        store.set_meta(study_text=study["text"], study_source=study["src"], study_base=str(study["base"]),
+                       plugins=study["plugins"], state="running",
                        created=_dt.datetime.now().isoformat(timespec="seconds"), versions=versions())
-    return _execute(st_, out, store, progress)
+        return store
+    except UserError as exc:
+        if store is not None:
+            store.close()
+        with contextlib.suppress(OSError):
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                (out / f"results.sqlite{suffix}").unlink(missing_ok=True)
+            if made_dir:
+                out.rmdir()
+        reason = str(exc).split(". What was stored", 1)[0]
+        raise UserError(f"{reason}; nothing was run: fix this, then run the study again") from None
 
 
 def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progress | None = None):
-    """Finish (or re-render) a stored run: every stored solve is reused, nothing is recomputed."""
+    """Finish (or re-render) a stored run: every stored solve is reused, nothing is recomputed.
+
+    A store is data: the plugin files it lists (``meta.plugins``, the study's ``plugins:``) are
+    never imported on its say-so. Code comes from installed entry points and ``plugins`` (the
+    user's ``--plugin FILE``); a study that needs more is refused (UserError, exit 2) naming
+    what is missing and the files the run was made with.
+    """
+    from .manager import load_registry, require_registered
+    from .study import parse_study_text, plugin_files_of, validate
+
     store = open_run(run_dir)
-    meta = store.meta()
-    if "study_text" not in meta:
+    try:
+        meta = store.meta()
+        _check_meta(meta, run_dir)
+        if "study_text" not in meta:
+            raise UserError(f"run {run_dir}: the store holds no study (not started by 'ibtest run')")
+        src = str(meta.get("study_source", "<stored study>"))
+        base = Path(str(meta.get("study_base", run_dir)))
+        data, lines, src = parse_study_text(meta["study_text"], src)
+        registry = load_registry(list(plugins))
+        stored = meta.get("plugins") if isinstance(meta.get("plugins"), list) else []
+        named = [str(f) for f in stored] + [f for f in plugin_files_of(data, base) if f not in stored]
+        require_registered(registry, _study_needs(data), what=f"run {run_dir}",
+                           named_files=[f for f in named if f not in plugins])
+        st_ = validate(data, registry, src=src, lines=lines, plugin_files=list(plugins))
+    except BaseException:
         store.close()
-        raise UserError(f"run {run_dir}: the store holds no study (not started by 'ibtest run')")
-    files = list(plugins) + [f for f in meta.get("plugins", []) if f not in plugins]
-    base = Path(meta.get("study_base", run_dir))
-    st_, _ = load_study_text(meta["study_text"], meta.get("study_source", "<stored study>"), base, files)
+        raise
     store.set_meta(state="running", resumed=_dt.datetime.now().isoformat(timespec="seconds"))
     return _execute(st_, Path(run_dir), store, progress)
 
 
+def _study_needs(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, name) of every plugin a study's raw data names (malformed entries are left to validate)."""
+    def name(ref: Any) -> Any:
+        return ref.get("name") if isinstance(ref, dict) else ref
+
+    needs: list[tuple[str, Any]] = [("models", name(data.get("model"))), ("solvers", name(data.get("solver")))]
+    inits = data.get("init", {"name": "zeros"})
+    needs += [("inits", name(r)) for r in (inits if isinstance(inits, list) else [inits])]
+    for kind, key in (("datasets", "datasets"), ("constructions", "constructions"), ("hypotheses", "hypotheses")):
+        refs = data.get(key) or []
+        needs += [(kind, name(r)) for r in (refs if isinstance(refs, list) else [])]
+    return [(k, n) for k, n in needs if isinstance(n, str)]
+
+
+def _check_meta(meta: dict[str, Any], run_dir: str | Path) -> None:
+    """The stored fields resume reads have the types 'ibtest run' writes."""
+    want = {"study_text": str, "study_source": str, "study_base": str, "plugins": list}
+    for key, tp in want.items():
+        if key in meta and not isinstance(meta[key], tp):
+            raise UserError(f"run {run_dir}: results.sqlite is damaged: meta value {key!r} is a "
+                            f"{type(meta[key]).__name__}, expected a {tp.__name__}")
+    if not all(isinstance(f, str) for f in meta.get("plugins", [])):
+        raise UserError(f"run {run_dir}: results.sqlite is damaged: meta value 'plugins' is not a list of paths")
+
+
 def load_results(run_dir: str | Path) -> dict[str, Any]:
-    """The stored results of a finished run (no solving)."""
-    store = open_run(run_dir)
+    """The stored results of a finished run (no solving). The store is opened read-only: this
+    works on read-only media and never changes the run directory."""
+    store = open_run(run_dir, readonly=True)
     try:
         res = store.results()
-        state = store.meta().get("state")
+        if res is None:
+            state = store.meta().get("state")
+            raise UserError(f"run {run_dir} has no results yet (state: {state}); finish it with "
+                            f"'ibtest run --resume {run_dir}'")
     finally:
         store.close()
-    if res is None:
-        raise UserError(f"run {run_dir} has no results yet (state: {state}); finish it with "
-                        f"'ibtest run --resume {run_dir}'")
+    _check_results(res, run_dir)
     return res
+
+
+def _check_results(res: Any, run_dir: str | Path) -> None:
+    """The stored results JSON has the shape ``to_json`` writes (a run, or a sweep of runs)."""
+    def bad(why: str) -> UserError:
+        return UserError(f"run {run_dir}: results.sqlite is damaged: the stored results {why}; "
+                         f"re-render them with 'ibtest run --resume {run_dir}'")
+
+    if not isinstance(res, dict):
+        raise bad(f"are a {type(res).__name__}, not a JSON object")
+    runs = res["runs"] if "runs" in res else [res]
+    if not isinstance(runs, list) or not runs:
+        raise bad("hold no list of runs")
+    for r in runs:
+        if not isinstance(r, dict):
+            raise bad("hold a run that is not a JSON object")
+        for key, tp in (("verdicts", list), ("triples", list), ("summary", str)):
+            if not isinstance(r.get(key), tp):
+                raise bad(f"have no {key!r} {tp.__name__}")
+        if not all(isinstance(v, dict) for v in r["verdicts"]):
+            raise bad("hold a verdict that is not a JSON object")

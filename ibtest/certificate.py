@@ -3,9 +3,9 @@
 A regularizer certificate holds the model and its options, both datasets, the shared θ0, both
 solutions, their losses and cross-losses, R at both, the margin and the measured solver error,
 the solver settings, package versions and the replay command. ``verify`` re-solves both
-instances from the file alone at a tolerance tighter than the one the certificate rests on and
-confirms the refutation only if both runs still converge, still fit each other's dataset, and
-still differ in R by more than the margin (recomputed with the newly measured error).
+instances from the file alone (:mod:`ibtest.replay`) by the registry's rules: claim type, pair
+validity and tolerance floors come from the registered hypothesis and the tool, never from the
+file. Reading a file is :func:`ibtest.certschema.load`.
 """
 from __future__ import annotations
 
@@ -13,18 +13,13 @@ import json
 import math
 import platform
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
-from . import status as st
-from .errors import UserError
-from .specs import Context as HypContext
-
-FORMAT = "ibtest-certificate/1"
+from .certschema import FORMAT, load  # noqa: F401  (load: the validated reader, re-exported)
 
 
 def _num(x: float) -> Any:
@@ -140,111 +135,9 @@ def write(cert: dict[str, Any], path: Path) -> Path:
     return path
 
 
-# ------------------------------------------------------------------------------------------
-@dataclass
-class VerifyResult:
-    holds: bool
-    lines: list[str]
 
+def verify(path: str | Path, extra_plugins: list[str] = ()):
+    """Replay a certificate by the registry's rules (see :func:`ibtest.replay.verify`)."""
+    from .replay import verify as _verify
 
-def load(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except OSError as exc:
-        raise UserError(f"certificate {p}: cannot read: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"certificate {p}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UserError(f"certificate {p}: field 'format': expected {FORMAT!r}, got {data.get('format') if isinstance(data, dict) else data!r}")
-    for key in ("hypothesis", "model", "solver", "theta0", "a"):
-        if key not in data:
-            raise UserError(f"certificate {p}: required field {key!r} is missing")
-    return _unnum(data)
-
-
-def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
-    """Re-solve both instances of a certificate at a tighter tolerance and re-judge the claim."""
-    from .manager import SINGULAR, load_registry
-
-    cert = load(path)
-    files = list(extra_plugins) + [f for f in cert.get("plugins", []) if Path(f).is_file()]
-    reg = load_registry(files)
-    for kind, key in (("models", cert["model"]["name"]), ("solvers", cert["solver"]["name"]),
-                      ("hypotheses", cert["hypothesis"]["name"])):
-        if key not in reg.items[kind]:
-            raise UserError(f"certificate {path}: {SINGULAR[kind]} {key!r} is not registered here "
-                            f"(install its plugin or pass --plugin FILE)")
-    model = reg.get("models", cert["model"]["name"]).factory(**cert["model"]["options"])
-    solver = reg.get("solvers", cert["solver"]["name"])
-    hspec = reg.get("hypotheses", cert["hypothesis"]["name"])
-    params = dict(cert["hypothesis"]["params"])
-    bound = params.pop("bound", hspec.bound) if hspec.kind == "bound" else None
-    opts = solver.tighten(dict(cert["solver"].get("tightened") or cert["solver"]["options"]))
-    fit_tol = float(cert["fit_tol"])
-    theta0s = {s: torch.tensor(cert[s].get("theta0", cert["theta0"]), dtype=torch.float64)[None]
-               for s in ("a", "b") if s in cert}
-    sides = ["a", "b"] if "b" in cert else ["a"]
-    lines = [f"Replaying {path}", f"  claim: {cert.get('claim', '')}"]
-    sol, data = {}, {}
-    for s in sides:
-        X = torch.tensor(cert[s]["X"], dtype=torch.float64)[None]
-        y = torch.tensor(cert[s]["y"], dtype=torch.float64)[None]
-        mask = torch.ones_like(y)
-        res = solver.solve(model, X, y, mask, theta0s[s], **opts)
-        th_cert = torch.tensor(cert[s]["theta"], dtype=torch.float64)
-        err = float((res.theta[0] - th_cert).norm())
-        sol[s] = (res.theta[0], int(res.status[0]), float(res.loss[0]), err)
-        data[s] = (X, y, mask)
-        lines.append(f"  side {s}: re-solved status={st.name(res.status[0])} loss={float(res.loss[0]):.3g} "
-                     f"|theta - theta_cert| = {err:.3g}")
-    ok = all(sol[s][1] == st.CONVERGED for s in sides)
-
-    def R(theta: torch.Tensor, X, y, mask, theta0: torch.Tensor):
-        c = HypContext(model=model)
-        if hspec.depends_on in ("init", "data"):
-            c.init, c.init_predictor = theta0, model.predictor(theta0)
-        if hspec.depends_on == "data":
-            c.X, c.y, c.mask = X, y, mask
-        with torch.enable_grad():
-            th = theta[None].clone().requires_grad_(True)
-            x = model.predictor(th) if hspec.on == "predictor" else th
-            v = hspec.fn(x, c, **params).reshape(-1)
-            g = 0.0
-            for k in range(v.numel()):
-                if v.requires_grad:
-                    (gr,) = torch.autograd.grad(v[k], th, retain_graph=True, allow_unused=True)
-                    g += 0.0 if gr is None else float(gr.norm())
-        return v.detach(), g
-
-    atol, rtol = float(cert["hypothesis"]["atol"]), float(cert["hypothesis"]["rtol"])
-    safety = float(cert.get("safety", 10.0))
-    if len(sides) == 2 and ok:
-        (ta, _, _, ea), (tb, _, _, eb) = sol["a"], sol["b"]
-        Xa, ya, ma = data["a"]
-        Xb, yb, mb = data["b"]
-        cab = float(model.loss(ta[None], Xb, yb, mb)[0])
-        cba = float(model.loss(tb[None], Xa, ya, ma)[0])
-        lines.append(f"  cross-fit: L(theta_a; D_b) = {cab:.3g}, L(theta_b; D_a) = {cba:.3g} (fit_tol {fit_tol:.3g})")
-        ok = cab <= fit_tol and cba <= fit_tol
-        (Ra, ga), (Rb, gb) = R(ta, Xa, ya, ma, theta0s["a"]), R(tb, Xb, yb, mb, theta0s["b"])
-        gap = float((Ra - Rb).abs().max())
-        margin = max(atol, rtol * max(float(Ra.abs().max()), float(Rb.abs().max()))) + safety * (ga * ea + gb * eb)
-        lines.append(f"  R(theta_a) = {float(Ra[0]):.12g}, R(theta_b) = {float(Rb[0]):.12g}, |gap| = {gap:.3g}, margin = {margin:.3g}")
-        ok = ok and gap > margin
-    elif len(sides) == 1 and ok:
-        ta, _, _, ea = sol["a"]
-        Xa, ya, ma = data["a"]
-        C1, g1 = R(ta, Xa, ya, ma, theta0s["a"])
-        if bound is not None:
-            C0 = torch.tensor([float(bound)], dtype=torch.float64)
-            gap = float((C1 - C0).max())
-        else:
-            C0, _ = R(theta0s["a"][0], Xa, ya, ma, theta0s["a"])
-            gap = float((C1 - C0).abs().max())
-        margin = max(atol, rtol * max(float(C1.abs().max()), float(C0.abs().max()))) + safety * g1 * ea
-        what = "B(theta_inf) - bound" if bound is not None else "|C(theta_inf) - C(theta0)|"
-        lines.append(f"  {what} = {gap:.3g}, margin = {margin:.3g}")
-        ok = gap > margin
-    lines.append("  refutation CONFIRMED" if ok else "  refutation WITHDRAWN")
-    return VerifyResult(ok, lines)
+    return _verify(path, extra_plugins)

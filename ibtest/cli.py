@@ -12,6 +12,15 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import UserError
+from .textsafe import clean, clean_tree as _clean_tree
+
+
+MULTILINE = frozenset({"description", "summary"})  # stored free text whose line breaks are its own
+
+
+def clean_tree(obj):
+    """Stored results made safe to print (see :mod:`ibtest.textsafe`); paragraphs keep their breaks."""
+    return _clean_tree(obj, MULTILINE)
 
 DEFAULT_STUDY = "vardi_shamir_theorem3"
 
@@ -55,42 +64,59 @@ def cmd_run(args) -> int:
     if isinstance(results, list):
         return _print_sweep(results, args)
     res = results
-    print(report.render_table(res.json_cache or res.to_json(), verbose=not args.quiet))
+    print(report.render_table(clean_tree(res.json_cache or res.to_json()), verbose=not args.quiet))
     if args.plot:
         from .plots import plot_run
 
         print(f"\nfigure written to {plot_run(res, args.plot)}")
     for e in res.errors:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {clean(e)}", file=sys.stderr)
     print(f"\nrun directory: {res.run_dir}")
     failed = [m for m in res.members if m.held is False]
     if failed:
-        print("expectations that did not hold: " + ", ".join(f"{m.label} (expected {m.expect}, got {m.verdict})" for m in failed))
+        print("expectations that did not hold: " + ", ".join(f"{clean(m.label)} (expected {m.expect}, got {m.verdict})" for m in failed))
     return res.exit_code
 
 
 def _print_sweep(results, args) -> int:
     from . import report
 
-    print(report.render_sweep([r.json_cache or r.to_json() for r in results], results[0].study.sweep.path))
+    print(report.render_sweep([clean_tree(r.json_cache or r.to_json()) for r in results], clean(results[0].study.sweep.path)))
     print(f"\nrun directory: {results[0].run_dir.parent if results[0].run_dir else '-'}")
     return 0 if all(r.expectations_held for r in results) else 1
+
+
+def _rendering(runs: str) -> "contextlib.AbstractContextManager[None]":
+    """Stored results that pass the shape check but still break the renderer are damaged."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def guard():
+        try:
+            yield
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise UserError(f"run {runs}: the stored results are damaged and cannot be rendered "
+                            f"({type(exc).__name__}: {exc})") from None
+
+    return guard()
 
 
 def cmd_report(args) -> int:
     from . import report
     from .api import load_results
 
-    res = load_results(args.run)
-    if "runs" in res:  # a sweep
-        if args.format == "json":
-            import json
+    res = clean_tree(load_results(args.run))  # a stored run is data: no control characters reach the terminal
+    with _rendering(args.run):
+        if "runs" in res:  # a sweep
+            if args.format == "json":
+                import json
 
-            print(json.dumps(res, indent=1))
+                text = json.dumps(res, indent=1)
+            else:
+                text = report.render_sweep(res["runs"], res["sweep"])
         else:
-            print(report.render_sweep(res["runs"], res["sweep"]))
-        return 0
-    print(report.render(res, args.format))
+            text = report.render(res, args.format)
+    print(text)
     return 0
 
 
@@ -98,14 +124,15 @@ def cmd_diff(args) -> int:
     from . import report
     from .api import load_results
 
-    a, b = load_results(args.run_a), load_results(args.run_b)
+    a, b = clean_tree(load_results(args.run_a)), clean_tree(load_results(args.run_b))
     if "runs" in a or "runs" in b:
         raise UserError("diff compares two single runs, not sweeps")
-    lines = report.diff(a, b)
+    with _rendering(f"{args.run_a} or {args.run_b}"):
+        lines = report.diff(a, b)
     if not lines:
-        print(f"no differences between {args.run_a} and {args.run_b}")
+        print(f"no differences between {clean(args.run_a)} and {clean(args.run_b)}")
         return 0
-    print(f"differences from {args.run_a} (A) to {args.run_b} (B):")
+    print(f"differences from {clean(args.run_a)} (A) to {clean(args.run_b)} (B):")
     print("\n".join(f"  {l}" for l in lines))
     return 1
 
@@ -228,8 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"ibtest: error: {exc}", file=sys.stderr)
+        print(f"ibtest: error: {clean(exc, keep_newlines=True)}", file=sys.stderr)
         return exc.exit_code
+    except RecursionError:  # a JSON or YAML input nested beyond what the parser can follow
+        print("ibtest: error: input nested too deeply", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("ibtest: interrupted (a run keeps what it stored: finish it with 'ibtest run --resume RUN')",
               file=sys.stderr)

@@ -12,13 +12,16 @@ from typing import Any
 
 import torch
 
-from . import fit
+from . import budget, fit
 from . import status as st
 from .batch import Pairs, Triples, cat_padded
+from .checks import call_plugin, check_data, check_n_params, check_theta0
+from .errors import UserError
 from .progress import Progress, Quiet
 from .specs import ModelBase, NewPairs, PairBatch, Partners, SolveResult, TripleBatch
 from .store import Store, solve_key
 from .study import PluginUse, Study
+from .yamlpos import format_path
 
 Tensor = torch.Tensor
 
@@ -142,28 +145,41 @@ def plan_instances(ctx: Context) -> InstancePlan:
 
     Inits are drawn once per (init entry, d) and shared by every dataset of that dimension, so
     datasets run from the same θ0 and own-triple pairs can share an initialization.
+
+    Whatever a dataset or init plugin raises or returns that the engine cannot use (see
+    :mod:`ibtest.checks`), datasets of different d, and a size beyond the memory budget (see
+    :mod:`ibtest.budget`) end here with a :class:`~ibtest.errors.PluginError` or
+    :class:`~ibtest.errors.UserError`, before anything is solved.
     """
     study, model = ctx.study, ctx.model
-    parts, labels = [], []
+    parts, labels, dims = [], [], []
     for i, use in enumerate(study.datasets):
         for j, opts in enumerate(use.expand()):
-            batch = use.spec.generate(rng=_seed(study.seed, 1, i, j), **opts)
+            batch = call_plugin(use, use.spec.generate, rng=_seed(study.seed, 1, i, j), **opts)
+            batch = check_data(batch, use)
             base = _label(use, opts)
             k = batch.X.shape[0]
-            parts.append((batch.X.to(torch.float64), batch.y.to(torch.float64), batch.mask.to(torch.float64)))
+            parts.append((batch.X, batch.y, batch.mask))
+            dims.append((f"{format_path(use.path)} {base}", batch.X.shape[-1]))
             if k == 1:
                 labels.append(base)
             else:
                 subs = list(batch.labels[:k]) + [str(c) for c in range(len(batch.labels), k)]
                 labels += [f"{base} {sub}".strip() for sub in subs]
+    mismatch = budget.d_mismatch(dims)
+    if mismatch:
+        raise UserError(f"study {study.source}: {mismatch}")
     X, y, mask = cat_padded(parts)
     d = X.shape[-1]
-    P = model.n_params(d)
+    P = check_n_params(call_plugin(study.model, model.n_params, d), study.model.name, d)
+    n_inits = sum(len(u.expand()) * c for u, c in zip(study.inits, study.init_counts))
+    budget.check_plan(X.shape[0], X.shape[1], d, n_inits, P, max(1, study.block_size))
     thetas, init_labels = [], []
     for ii, (use, count) in enumerate(zip(study.inits, study.init_counts)):
         for jj, opts in enumerate(use.expand()):
-            th0 = use.spec.sample(model=model, d=d, count=count, rng=_seed(study.seed, 2, ii, jj), **opts)
-            thetas.append(torch.as_tensor(th0, dtype=torch.float64).reshape(count, P))
+            th0 = call_plugin(use, use.spec.sample, model=model, d=d, count=count,
+                              rng=_seed(study.seed, 2, ii, jj), **opts)
+            thetas.append(check_theta0(th0, use, count, P))
             base = _label(use, opts)
             init_labels += [f"{base}#{c}" for c in range(count)] if count > 1 else [base]
     return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device)
@@ -201,6 +217,10 @@ def solve(ctx: Context, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
         if ctx.store is not None:
             key = solve_key([X[sl], y[sl], mask[sl], theta0[sl]], settings)
             res = ctx.store.get_solve(key)
+            k = sl.stop - sl.start
+            if res is not None and (res.theta.shape != theta0[sl].shape or res.status.shape != (k,)
+                                    or res.loss.shape != (k,)):
+                res = None  # a damaged stored solve: solve it again
         if res is None:
             ctx.solve_calls += 1
             calls += 1

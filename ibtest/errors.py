@@ -14,10 +14,15 @@ class UserError(Exception):
 class StudyError(UserError):
     """A study file failed validation; ``problems`` lists every problem found."""
 
+    #: problems shown in the message (all of them stay in ``problems``)
+    SHOWN = 25
+
     def __init__(self, path: str, problems: list[str]):
         self.path = path
         self.problems = problems
-        lines = "\n".join(f"  {p}" for p in problems)
+        lines = "\n".join(f"  {p}" for p in problems[: self.SHOWN])
+        if len(problems) > self.SHOWN:
+            lines += f"\n  ... and {len(problems) - self.SHOWN} more problems"
         super().__init__(f"invalid study {path}:\n{lines}")
 
 

@@ -4,12 +4,21 @@
 package of the ``ibtest`` entry-point group (a package's modules are registered one by one, so
 a new plugin is one new file), then the local files, and calls ``check_pending()``. The
 :class:`Registry` then collects the specs per kind and refuses duplicate names.
+
+Code is loaded from exactly two places: installed entry points and files the user names (``--plugin
+FILE``, or a study's own ``plugins:`` list when the user runs that study). Never from a file the tool
+reads as data (a certificate, a results store). With ``IBTEST_DISABLE_PLUGIN_AUTOLOAD`` set to a
+non-empty value other than ``0`` (like pytest's ``PYTEST_DISABLE_PLUGIN_AUTOLOAD``), entry points of
+every distribution other than ``ibtest`` itself are skipped: the built-in models, datasets, inits,
+constructions and hypotheses (which register through the same group) stay, third-party packages do
+not load, and ``--plugin FILE`` still works.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import pkgutil
 import sys
 import types
@@ -20,10 +29,12 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import PluginError, UserError
 from .specs import SPEC_TYPES
 
 ENTRY_POINT_GROUP = "ibtest"
+DISABLE_AUTOLOAD_ENV = "IBTEST_DISABLE_PLUGIN_AUTOLOAD"
+OWN_DISTRIBUTION = "ibtest"
 SINGULAR = {"models": "model", "datasets": "dataset", "inits": "init", "solvers": "solver",
             "constructions": "construction", "hypotheses": "hypothesis"}
 
@@ -90,6 +101,25 @@ def load_plugin_file(pm: pluggy.PluginManager, path: str | Path) -> types.Module
     return module
 
 
+def autoload_disabled() -> bool:
+    """True when ``IBTEST_DISABLE_PLUGIN_AUTOLOAD`` is set (to anything but ``""`` or ``"0"``)."""
+    return os.environ.get(DISABLE_AUTOLOAD_ENV, "") not in ("", "0")
+
+
+def _distribution(ep: importlib.metadata.EntryPoint) -> str | None:
+    dist = getattr(ep, "dist", None)
+    name = getattr(dist, "name", None) or (dist.metadata["Name"] if dist is not None else None)
+    return None if name is None else name.lower().replace("_", "-")
+
+
+def entry_points_to_load() -> list[importlib.metadata.EntryPoint]:
+    """The ``ibtest`` entry points this process loads: all, or only ibtest's own when autoload is off."""
+    eps = list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    if autoload_disabled():
+        eps = [ep for ep in eps if _distribution(ep) == OWN_DISTRIBUTION]
+    return eps
+
+
 def get_plugin_manager(
     plugin_files: Iterable[str | Path] = (), *, entry_points: bool = True
 ) -> pluggy.PluginManager:
@@ -100,7 +130,7 @@ def get_plugin_manager(
 
     _register_module(pm, builtin, "ibtest.solvers")
     if entry_points:
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for ep in entry_points_to_load():
             try:
                 module = ep.load()
             except Exception as exc:
@@ -172,3 +202,28 @@ class Registry:
 def load_registry(plugin_files: Iterable[str | Path] = ()) -> Registry:
     """Plugin manager plus registry in one call."""
     return Registry(get_plugin_manager(plugin_files))
+
+
+def require_registered(reg: Registry, needs: Iterable[tuple[str, str]], *, what: str,
+                       named_files: Iterable[str] = ()) -> None:
+    """UserError (exit 2) naming every (kind, name) in ``needs`` that ``reg`` lacks.
+
+    A certificate or a stored run names the plugin files it was made with (``named_files``);
+    they are never imported on its say-so. The message lists them and the ``--plugin`` flag
+    that loads one the user trusts.
+    """
+    from .textsafe import clean
+
+    missing = [(k, n) for k, n in needs if n not in reg.items[k]]
+    if not missing:
+        return
+    names = ", ".join(f"{SINGULAR[k]} {clean(n)!r}" for k, n in missing)
+    files = [clean(f) for f in named_files]
+    if files:
+        hint = (f"it was made with plugin file(s) {', '.join(files)}; ibtest does not load code a file names: "
+                f"if you trust it, pass --plugin FILE")
+    else:
+        hint = "install the package that provides it, or pass --plugin FILE"
+    if autoload_disabled():
+        hint += f" ({DISABLE_AUTOLOAD_ENV} is set: third-party entry points were not loaded)"
+    raise UserError(f"{what} needs {names}, which {'is' if len(missing) == 1 else 'are'} not registered here: {hint}")

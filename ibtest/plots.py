@@ -312,21 +312,25 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     (its component that moved most) through θ0 and θ∞, and C(θ(t)) − C(θ0) along the path.
 
     The model, hypothesis and (for ``data`` hypotheses) the datasets come from the certificate;
-    the registry holds the built-in plugins, ``plugins`` and the certificate's own plugin files
-    where they still exist. Returns the path written.
+    the registry holds the installed plugins and ``plugins`` (files the user named): the files a
+    certificate lists are never imported on its say-so. Returns the path written.
     """
     from . import certificate as certmod
-    from .manager import SINGULAR, load_registry
+    from .manager import load_registry, require_registered
+    from .replay import check_options
 
     cert = certmod._unnum(cert)
     path = Path(path)
-    files = list(plugins) + [f for f in cert.get("plugins", []) if Path(f).is_file()]
-    reg = load_registry(files)
-    for kind, key in (("models", cert["model"]["name"]), ("hypotheses", cert["hypothesis"]["name"])):
-        if key not in reg.items[kind]:
-            raise UserError(f"certificate: {SINGULAR[kind]} {key!r} is not registered here "
-                            f"(install its plugin or pass --plugin FILE)")
-    model = reg.get("models", cert["model"]["name"]).factory(**cert["model"]["options"])
+    reg = load_registry(list(plugins))
+    require_registered(reg, [("models", cert["model"]["name"]), ("hypotheses", cert["hypothesis"]["name"])],
+                       what="certificate", named_files=cert.get("plugins") or [])
+    mname = cert["model"]["name"]
+    mspec = reg.get("models", mname)
+    mopts = check_options("model", mname, mspec, cert["model"]["options"] or {}, "certificate", "model.options")
+    try:
+        model = mspec.factory(**mopts)
+    except Exception as exc:
+        raise UserError(f"certificate: model {mname!r} rejects its options: {type(exc).__name__}: {exc}") from None
     spec = reg.get("hypotheses", cert["hypothesis"]["name"])
     params = dict(cert["hypothesis"].get("params") or {})
     theta0 = torch.tensor(cert["theta0"], dtype=torch.float64)

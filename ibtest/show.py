@@ -1,38 +1,52 @@
-"""``ibtest show CERT``: a counterexample in words and numbers (and, with --plot, a picture)."""
+"""``ibtest show CERT``: a counterexample in words and numbers (and, with --plot, a picture).
+
+Every string of the file is printed through :func:`ibtest.textsafe.clean`: a certificate from
+someone else's hands cannot move the cursor, hide text or forge a line.
+"""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Iterable
 
 from . import certificate
+from .textsafe import clean_tree
+
+
+def _f(x: Any, spec: str = ".3g") -> str:
+    return "-" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
 
 
 def describe(cert: dict) -> list[str]:
+    """The certificate in lines; ``cert`` is a validated (:func:`ibtest.certschema.load`) dict."""
+    cert = clean_tree(cert)
     h = cert["hypothesis"]
     params = ", ".join(f"{k}={v}" for k, v in h["params"].items())
+    sides = [s for s in ("a", "b") if s in cert]
+    same0 = all((cert[s].get("theta0") or cert["theta0"]) == cert["theta0"] for s in sides)
     lines = [
         "Failing case:",
-        f"  hypothesis: {h['name']}{f'[{params}]' if params else ''} ({h['kind']}, depends on {h['depends_on']})",
+        f"  hypothesis: {h['name']}{f'[{params}]' if params else ''} ({h.get('kind') or '?'}, depends on "
+        f"{h.get('depends_on') or '?'}; as stated by the file)",
         f"  claim: {cert.get('claim', '')}",
         f"  model: {cert['model']['name']} {cert['model']['options']}",
         f"  solver: {cert['solver']['name']} {cert['solver']['options']}",
-        f"  theta0 = {cert['theta0']}" + ("" if all(cert[s].get("theta0", cert["theta0"]) == cert["theta0"]
-                                                     for s in ("a", "b") if s in cert) else " (side a; the sides differ)"),
+        f"  theta0 = {cert['theta0']}" + ("" if same0 else " (side a; the sides differ)"),
     ]
-    for s in ("a", "b"):
-        if s not in cert:
-            continue
+    for s in sides:
         side = cert[s]
         lines += [
-            f"  dataset {s} ({side['label']}):",
+            f"  dataset {s} ({side.get('label', '')}):",
             *[f"    x = {x}, y = {y}" for x, y in zip(side["X"], side["y"])],
             *([f"    theta0 of this side = {side['theta0']}"] if side.get("theta0") not in (None, cert["theta0"]) else []),
             f"    theta_{s} = {side['theta']}",
-            f"    loss = {side['loss']:.3g}, R = {side['R']}, measured solver error = {side['measured_error']:.3g}",
+            f"    loss = {_f(side.get('loss'))}, R = {_f(side.get('R'), '')}, "
+            f"measured solver error = {_f(side.get('measured_error'))}",
         ]
-    if "cross_loss" in cert:
+    if cert.get("cross_loss"):
         cl = cert["cross_loss"]
-        lines.append(f"  cross-fit: L(theta_a; D_b) = {cl['theta_a_on_D_b']:.3g}, L(theta_b; D_a) = {cl['theta_b_on_D_a']:.3g}")
-    lines += [f"  {cert.get('refutation', '')}", f"  replay: {cert.get('replay', '')}"]
+        lines.append(f"  cross-fit: L(theta_a; D_b) = {_f(cl['theta_a_on_D_b'])}, L(theta_b; D_a) = {_f(cl['theta_b_on_D_a'])}")
+    lines += [f"  {cert.get('refutation', '')}", f"  replay: {cert.get('replay', '')}",
+              "  (numbers as stored in the file: 'ibtest verify' re-solves and judges them)"]
     return lines
 
 
@@ -48,11 +62,14 @@ def describe_shrunk(cert: dict) -> list[str]:
     12 significant digits, enough to check by hand) and both R values."""
     from .shrink import Case, case_from_cert, fraction_text
 
+    cert = clean_tree(cert)
     h = cert["hypothesis"]
     params = ", ".join(f"{k}={v}" for k, v in h["params"].items())
     sh = cert["shrink"]
     c: Case = case_from_cert(cert)
-    aft, bef = sh["after"], sh["before"]
+    from .shrink import _clean_num
+
+    aft, bef = ({**x, "max_abs": _clean_num(x["max_abs"])} for x in (sh["after"], sh["before"]))
     lines = [f"Shrunk counterexample: {h['name']}{f'[{params}]' if params else ''} ({h['kind']}, depends on {h['depends_on']}), "
              f"model {cert['model']['name']} {cert['model']['options']}, solver {cert['solver']['name']}",
              f"  n = {aft['n']}, d = {aft['d']}, max |coordinate| = {aft['max_abs']}, digits {aft['digits']} "
@@ -73,9 +90,9 @@ def describe_shrunk(cert: dict) -> list[str]:
     return lines
 
 
-def show(path: str | Path, plot: str | None = None, plugins=()) -> int:
+def show(path: str | Path, plot: str | None = None, plugins: Iterable[str] = ()) -> int:
     cert = certificate.load(path)
-    shrunk = "shrink" in cert and "b" in cert
+    shrunk = bool(cert.get("shrink")) and "b" in cert
     print("\n".join(describe_shrunk(cert) if shrunk else describe(cert)))
     if plot:
         from .plots import plot_certificate

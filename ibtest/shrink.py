@@ -573,7 +573,7 @@ def shrink_cert(cert: dict[str, Any], source: str, digest: str, budget: int = DE
 def build_cert(cert: dict[str, Any], c: Case, o: Outcome, J: Judge, source: str, digest: str,
                before: dict, after: dict, steps: list[str], fixed: bool) -> dict[str, Any]:
     """An ordinary pair certificate for case ``c`` (judged as ``o``), plus ``shrunk_from`` and ``shrink``."""
-    new = {k: v for k, v in cert.items() if k not in ("replay", "shrunk_from", "shrink")}
+    new = {k: v for k, v in cert.items() if k not in ("replay", "shrunk_from", "shrink") and v is not None}
     lo, hi = ("a", "b") if float(o.R[0]) < float(o.R[1]) else ("b", "a")
     for s, name in enumerate(("a", "b")):
         X, y = c.side(s)

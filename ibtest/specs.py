@@ -26,8 +26,16 @@ class Option:
     """One option a plugin accepts in a study.
 
     ``type`` is any type pydantic can validate (``float``, ``int``, ``list[float]``,
-    ``Literal[0, 1]`` ...). With ``sweep=True`` the study may also give a list of such values;
-    the engine then expands the option into one plugin instance per value (a family).
+    ``Literal[0, 1]`` ...), with constraints where a value has a range:
+    ``Annotated[int, Field(ge=1)]`` (``from pydantic import Field``). With ``sweep=True`` the
+    study may also give a (non-empty) list of such values; the engine then expands the option
+    into one plugin instance per value (a family).
+
+    Every value is checked when the study is validated, before anything runs: a bool never
+    passes for a number (YAML's ``true`` is not 1), no number is NaN, none is ±inf unless
+    ``allow_inf``, and an option without declared bounds follows two conventions: a plain
+    ``int`` is ≥ 0 (counts, sizes, budgets) and a plain ``float`` whose name ends in ``tol``
+    (a tolerance) is ≥ 0. Declare an ``Annotated`` type to state other bounds.
     """
 
     default: Any = None
@@ -35,6 +43,7 @@ class Option:
     doc: str = ""
     sweep: bool = False
     required: bool = False
+    allow_inf: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,12 +155,18 @@ class Dataset:
 
     Options marked ``sweep=True`` may be lists in a study; ``generate`` is then called once per
     combination with scalar values. ``rng`` is a seeded ``torch.Generator``.
+
+    ``size(**options) -> (k, n, d)``, optional, gives the shape ``generate`` will return
+    without generating anything, so that a study's memory (and a mismatch of ``d`` between its
+    datasets) is found when the study is validated. Without it both are checked once the
+    datasets are generated, still before any solve.
     """
 
     name: str
     generate: Callable[..., DataBatch]
     doc: str = ""
     options: Mapping[str, Option] = field(default_factory=dict)
+    size: Callable[..., tuple[int, int, int]] | None = None
 
 
 @dataclass(frozen=True)

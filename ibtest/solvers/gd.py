@@ -8,11 +8,15 @@ as a reference for GF.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 
 from .. import status as st
 from ..fit import fit_threshold
 from ..specs import ModelBase, Option, Solver, SolveResult
+from .exact_spec import FIT_TOL
 
 
 def solve_gd(
@@ -71,9 +75,10 @@ SPEC = Solver(
     solve=solve_gd,
     doc="plain gradient descent with a step size and a step budget (a baseline, not GF)",
     options={
-        "lr": Option(1e-2, float, "step size eta"),
-        "steps": Option(100_000, int, "step budget"),
-        "fit_tol": Option(1e-20, float, "loss at or below which an instance has converged"),
+        "lr": Option(1e-2, Annotated[float, Field(gt=0)], "step size eta"),
+        "steps": Option(100_000, Annotated[int, Field(ge=1)], "step budget"),
+        "fit_tol": Option(1e-20, FIT_TOL, "converged when loss <= fit_tol * max(0.5|y|^2, L(theta0)) "
+                                          "(relative, in [0, 1))"),
         "grad_tol": Option(1e-14, float, "gradient norm below which a positive-loss instance has stalled"),
         "div_norm": Option(1e8, float, "parameter norm above which an instance has diverged"),
     },

@@ -6,12 +6,16 @@ Labels: ``teacher_relu`` y = max(0, ⟨w*, x⟩) (w* ~ N(0, I_d), about half the
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 import ibtest
 from ibtest import Option
+
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 def gaussian(rng: torch.Generator, n: int = 4, d: int = 5, count: int = 1,
@@ -40,13 +44,14 @@ def ibtest_datasets():
             generate=gaussian,
             doc="x ~ N(0, I_d); labels from a random teacher neuron (relu/linear/leaky) or N(0,1)",
             options={
-                "n": Option(4, int, "points per dataset", sweep=True),
-                "d": Option(5, int, "input dimension", sweep=True),
-                "count": Option(1, int, "independent datasets"),
+                "n": Option(4, Positive, "points per dataset", sweep=True),
+                "d": Option(5, Positive, "input dimension", sweep=True),
+                "count": Option(1, Positive, "independent datasets"),
                 "labels": Option("teacher_relu", Literal["teacher_relu", "teacher_linear", "teacher_leaky", "gaussian"],
                                  "how labels are made"),
                 "slope": Option(0.1, float, "negative slope of the leaky teacher"),
-                "noise": Option(0.0, float, "std of Gaussian label noise"),
+                "noise": Option(0.0, NonNegative, "std of Gaussian label noise"),
             },
+            size=lambda n=4, d=5, count=1, **_: (count, n, d),
         )
     ]

@@ -7,9 +7,10 @@ can only go to 0 with |W₁₁| → ∞: the flow diverges.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 import ibtest
 from ibtest import Option
@@ -34,6 +35,12 @@ def matrix_completion(rng: torch.Generator, preset: str = "razin_cohen", size: i
     return ibtest.DataBatch(X, y, [preset])
 
 
+def _size(preset: str = "razin_cohen", size: int = 2, entries: list | None = None) -> tuple[int, int, int]:
+    if preset != "custom":
+        size, entries = PRESETS[preset]
+    return 1, len(entries or ()), size * size
+
+
 @ibtest.hookimpl
 def ibtest_datasets():
     return [
@@ -43,8 +50,10 @@ def ibtest_datasets():
             doc="observed entries of a k x k matrix as one-hot measurements (preset razin_cohen: the 2x2 problem)",
             options={
                 "preset": Option("razin_cohen", Literal["razin_cohen", "custom"], "a named problem or custom"),
-                "size": Option(2, int, "k (custom only)"),
-                "entries": Option(None, list[list[float]], "[[row, col, value], ...], 1-based (custom only)"),
+                "size": Option(2, Annotated[int, Field(ge=1)], "k (custom only)"),
+                "entries": Option(None, list[Annotated[list[float], Field(min_length=3, max_length=3)]],
+                                  "[[row, col, value], ...], 1-based (custom only)"),
             },
+            size=_size,
         )
     ]

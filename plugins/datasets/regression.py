@@ -1,12 +1,16 @@
 """Linear-regression style datasets: sparse regression (n < d) and orthogonal inputs."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 import ibtest
 from ibtest import Option
+
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[float, Field(ge=0)]
 
 
 def sparse_regression(rng: torch.Generator, n: int = 5, d: int = 10, k: int = 2, count: int = 1,
@@ -44,23 +48,25 @@ def ibtest_datasets():
             generate=sparse_regression,
             doc="x ~ N(0, I_d), y = <beta*, x> with a k-sparse teacher beta* (n < d)",
             options={
-                "n": Option(5, int, "points", sweep=True),
-                "d": Option(10, int, "dimension"),
-                "k": Option(2, int, "non-zeros of the teacher"),
-                "count": Option(1, int, "independent datasets"),
-                "noise": Option(0.0, float, "label noise std"),
+                "n": Option(5, Positive, "points", sweep=True),
+                "d": Option(10, Positive, "dimension"),
+                "k": Option(2, Positive, "non-zeros of the teacher (k <= d)"),
+                "count": Option(1, Positive, "independent datasets"),
+                "noise": Option(0.0, NonNegative, "label noise std"),
             },
+            size=lambda n=5, d=10, count=1, **_: (count, n, d),
         ),
         ibtest.Dataset(
             name="orthogonal",
             generate=orthogonal,
             doc="n <= d orthogonal inputs of a given norm, labels from a random teacher",
             options={
-                "n": Option(3, int, "points"),
-                "d": Option(5, int, "dimension"),
-                "count": Option(1, int, "independent datasets"),
+                "n": Option(3, Positive, "points (n <= d)"),
+                "d": Option(5, Positive, "dimension"),
+                "count": Option(1, Positive, "independent datasets"),
                 "scale": Option(1.0, float, "norm of every input", sweep=True),
                 "labels": Option("teacher_relu", Literal["teacher_relu", "teacher_linear", "abs"], "labels"),
             },
+            size=lambda n=3, d=5, count=1, **_: (count, n, d),
         ),
     ]

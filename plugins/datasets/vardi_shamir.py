@@ -8,7 +8,10 @@ and the limit stays α-free: the scale-invariance tests use it).
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 
 import ibtest
 from ibtest import Option
@@ -35,11 +38,13 @@ def ibtest_datasets():
             generate=theorem3,
             doc="the paper's Theorem 3 data: x1=(3,-1,0), x2=(4,2,0), x3=(0,g,g), y=(16a, 18a, 0)",
             options={
-                "alpha": Option(1.0, float, "label scale alpha > 0", sweep=True),
-                "gamma": Option(0.0, float, "scale gamma >= 0 of the blocking point x3", sweep=True),
-                "pad_to": Option(3, int, "zero-pad the inputs to this dimension d >= 3"),
-                "x_scale": Option(1.0, float, "multiply every input by this factor (with alpha equal to "
-                                  "it, X and y scale together and GF keeps its limit)"),
+                "alpha": Option(1.0, Annotated[float, Field(gt=0)], "label scale alpha > 0", sweep=True),
+                "gamma": Option(0.0, Annotated[float, Field(ge=0)], "scale gamma >= 0 of the blocking point x3",
+                                sweep=True),
+                "pad_to": Option(3, Annotated[int, Field(ge=3)], "zero-pad the inputs to this dimension d >= 3"),
+                "x_scale": Option(1.0, Annotated[float, Field(gt=0)], "multiply every input by this factor "
+                                  "(with alpha equal to it, X and y scale together and GF keeps its limit)"),
             },
+            size=lambda pad_to=3, **_: (1, 3, pad_to),
         )
     ]

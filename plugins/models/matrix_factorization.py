@@ -7,7 +7,10 @@ hand-written: ∂L/∂W_j = (W_D⋯W_{j+1})ᵀ G (W_{j−1}⋯W_1)ᵀ with G = �
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 
 import ibtest
 from ibtest import Option
@@ -82,8 +85,8 @@ def ibtest_models():
             factory=matrix_factorization,
             doc="deep matrix factorization W = W_D ... W_1 (k x k), measurements f(x) = <W, x>",
             options={
-                "depth": Option(2, int, "number D of factors"),
-                "size": Option(2, int, "side k of the square matrices (inputs have d = k*k)"),
+                "depth": Option(2, Annotated[int, Field(ge=1)], "number D of factors"),
+                "size": Option(2, Annotated[int, Field(ge=1)], "side k of the square matrices (inputs have d = k*k)"),
             },
         )
     ]

@@ -8,9 +8,10 @@ solver can detect Filippov sliding on a kink.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 import ibtest
 from ibtest import Option
@@ -102,7 +103,7 @@ def ibtest_models():
             factory=two_layer_relu,
             doc="one-hidden-layer ReLU net f(x) = sum_j v_j max(0, <w_j, x>)",
             options={
-                "width": Option(1, int, "number m of hidden units"),
+                "width": Option(1, Annotated[int, Field(ge=1)], "number m of hidden units"),
                 "train_output": Option(True, bool, "train the output weights v (False: v frozen)"),
                 "relu_grad_at_zero": Option(1, Literal[0, 1], "sigma'(0) used by the flow"),
             },
