@@ -73,18 +73,38 @@ def q_alpha(beta: torch.Tensor, ctx: ibtest.Context, alpha: float) -> torch.Tens
     return (a2 * q(beta / a2)).sum(-1)
 
 
+def _predictor_norm_cvx(x, ctx, p: float):
+    from .norms import _cp_norm
+
+    return _cp_norm(x, p)
+
+
+def _l1_cvx(x, ctx):
+    import cvxpy as cp
+
+    return cp.norm1(x)
+
+
+def _frobenius_cvx(x, ctx):
+    import cvxpy as cp
+
+    return cp.sum_squares(x)
+
+
 @ibtest.hookimpl
 def ibtest_hypotheses():
     return [
         ibtest.Hypothesis(name="balancedness", fn=balancedness, kind="invariant", atol=1e-9, rtol=1e-7,
                           doc="v_j^2 - |w_j|^2 per hidden unit is conserved (Du, Hu & Lee 2018)"),
         ibtest.Hypothesis(name="path_norm", fn=path_norm, doc="path norm sum_j |v_j| |w_j| of a one-hidden-layer net"),
-        ibtest.Hypothesis(name="frobenius", fn=frobenius, doc="sum of squared Frobenius norms of all layers (= |theta|^2)"),
+        ibtest.Hypothesis(name="frobenius", fn=frobenius, convex=True, cvx=_frobenius_cvx, doc="sum of squared Frobenius norms of all layers (= |theta|^2)"),
         ibtest.Hypothesis(name="predictor_norm", fn=predictor_norm, on="predictor", params={"p": 2.0},
+                          convex=True, cvx=_predictor_norm_cvx,
                           doc="l_p norm of the end-to-end predictor (u = v w, beta, the product matrix)"),
-        ibtest.Hypothesis(name="l1_norm", fn=l1_norm, on="predictor", doc="l_1 norm of the end-to-end predictor beta"),
-        ibtest.Hypothesis(name="nuclear_norm", fn=nuclear_norm, on="predictor",
+        ibtest.Hypothesis(name="l1_norm", fn=l1_norm, on="predictor", convex=True, cvx=_l1_cvx, doc="l_1 norm of the end-to-end predictor beta"),
+        ibtest.Hypothesis(name="nuclear_norm", fn=nuclear_norm, on="predictor", convex=True,
                           doc="nuclear norm of the end-to-end matrix of a matrix factorization"),
         ibtest.Hypothesis(name="q_alpha", fn=q_alpha, on="predictor", depends_on="init", params={"alpha": 0.0},
+                          convex=True,
                           doc="Woodworth et al.'s Q_alpha(beta) for diagonal nets (alpha 0: read from the init)"),
     ]

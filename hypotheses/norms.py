@@ -29,12 +29,37 @@ def dist_to_init(theta: torch.Tensor, ctx: ibtest.Context) -> torch.Tensor:
     return torch.linalg.vector_norm(theta - ctx.init, ord=2, dim=-1)
 
 
+def _cp_norm(x, p: float):
+    import cvxpy as cp
+
+    p = float(p)
+    if p == 1:
+        return cp.norm1(x)
+    if p == float("inf"):
+        return cp.norm_inf(x)
+    return cp.pnorm(x, p)
+
+
+def l2_norm_cvx(x, ctx: ibtest.CvxContext):
+    return _cp_norm(x, 2)
+
+
+def lp_norm_cvx(x, ctx: ibtest.CvxContext, p: float):
+    return _cp_norm(x, p)
+
+
+def dist_to_init_cvx(x, ctx: ibtest.CvxContext):
+    return _cp_norm(x - ctx.init, 2)
+
+
 @ibtest.hookimpl
 def ibtest_hypotheses():
     return [
-        ibtest.Hypothesis(name="l2_norm", fn=l2_norm, depends_on="params", doc="Euclidean norm |theta|_2"),
+        ibtest.Hypothesis(name="l2_norm", fn=l2_norm, depends_on="params", convex=True, cvx=l2_norm_cvx, doc="Euclidean norm |theta|_2"),
         ibtest.Hypothesis(name="lp_norm", fn=lp_norm, depends_on="params", params={"p": 2.0},
+                          convex=True, cvx=lp_norm_cvx,
                           doc="l_p norm |theta|_p, a family over p in [1, inf]"),
         ibtest.Hypothesis(name="dist_to_init", fn=dist_to_init, depends_on="init",
+                          convex=True, cvx=dist_to_init_cvx,
                           doc="distance to the initialization |theta - theta0|_2"),
     ]

@@ -12,6 +12,7 @@ with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collec
     from .specs import (
         Construction,
         Context,
+        CvxContext,
         DataBatch,
         Dataset,
         Hypothesis,
@@ -43,6 +44,7 @@ __all__ = [
     "hookimpl",
     "Construction",
     "Context",
+    "CvxContext",
     "DataBatch",
     "Dataset",
     "Hypothesis",

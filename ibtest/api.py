@@ -101,9 +101,10 @@ class StudyResult:
                  "held": m.held, "pairs": m.n_pairs, "distinct": m.n_distinct,
                  "max_rel_gap": m.max_rel_gap, "worst": m.worst, "reason": m.reason, "error": m.error,
                  "certificate": m.certificate,
+                 "search": None if m.search is None else m.search.to_json(),
                  "evidence": None if m.evidence is None else {
                      "gap": m.evidence.gap, "margin": m.evidence.margin, "R_a": m.evidence.Ra,
-                     "R_b": m.evidence.Rb, "source": m.evidence.source}}
+                     "R_b": m.evidence.Rb, "source": m.evidence.source, "kind": m.evidence.kind}}
                 for m in self.members
             ],
             "triples": ty.rows,

@@ -98,6 +98,10 @@ def build(ctx, t, member, options_tight: dict[str, Any]) -> dict[str, Any]:
         "gap": ev.gap, "margin": ev.margin,
         "versions": versions(),
     }
+    if getattr(ev, "kind", "pair") == "witness":  # a search witness inside one Z(D)
+        from . import witness_cert
+
+        return witness_cert.build(ctx, t, member, options_tight, base)
     if ev.b < 0:  # invariant: one triple
         loss = float(m.loss(ev.theta_a[None], t.X[a : a + 1], t.y[a : a + 1], t.mask[a : a + 1])[0])
         if spec.kind == "bound":

@@ -140,8 +140,20 @@ class ShrunkFrom(_Model):
     sha256: StrictStr
 
 
+class Witness(_Model):
+    """A point θ' of Z(D) with a smaller R than θ∞ (a witness certificate's second point)."""
+
+    theta: Vector
+    loss: Optional[Num] = None
+    fit_threshold: Optional[Num] = None
+    R: Optional[Num] = None
+    predictor: Optional[Vector] = None
+
+
 class Certificate(_Model):
     format: Literal["ibtest-certificate/1"]
+    kind: Optional[Literal["pair", "triple", "witness"]] = None
+    witness: Optional[Witness] = None
     hypothesis: HypothesisRef
     model: PluginRef
     solver: SolverRef
@@ -197,7 +209,7 @@ def validate(data: Any, where: str) -> dict[str, Any]:
         raise UserError(f"{where}: field {_where(e['loc'])}: {msg}{more}") from None
     except RecursionError:
         raise UserError(f"{where}: nested too deeply") from None
-    for s in ("a", "b"):
+    for s in ("a", "b", "kind", "witness"):
         if out.get(s) is None:
             out.pop(s, None)
     check_shapes(out, where)
@@ -235,6 +247,9 @@ def check_shapes(cert: dict[str, Any], where: str) -> None:
             v = side.get(key)
             if v is not None and len(v) != P:
                 raise UserError(f"{where}: field {s}.{key}: {len(v)} entries, theta0 has {P}")
+    w = cert.get("witness")
+    if w is not None and len(w["theta"]) != P:
+        raise UserError(f"{where}: field witness.theta: {len(w['theta'])} entries, theta0 has {P}")
 
 
 def load(path: str | Path) -> dict[str, Any]:

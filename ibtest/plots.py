@@ -320,6 +320,10 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     from .replay import check_options
 
     cert = certmod._unnum(cert)
+    if cert.get("kind") == "witness":  # θ∞ and the witness θ' on Z(D)
+        from .witness_cert import plot as plot_witness
+
+        return plot_witness(cert, path, plugins)
     path = Path(path)
     reg = load_registry(list(plugins))
     require_registered(reg, [("models", cert["model"]["name"]), ("hypotheses", cert["hypothesis"]["name"])],

@@ -30,6 +30,21 @@ def fmt_vec(v: Any, digits: int = 6, max_len: int = 8) -> str:
     return "(" + ", ".join(shown) + more + ")"
 
 
+def _source(v: dict[str, Any], ev: dict[str, Any]) -> str:
+    """Where a falsifying witness came from: "pair" (two solved triples) or "search" (one Z(D))."""
+    if v["verdict"] != "falsified" or not ev:
+        return ""
+    return {"witness": "search", "pair": "pair"}.get(ev.get("kind", "pair"), "triple")
+
+
+def _subopt(v: dict[str, Any]) -> str:
+    """Worst relative suboptimality of θ∞ over the study, and how it was obtained."""
+    se = v.get("search") or {}
+    if not se.get("searched"):
+        return ""
+    return f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})"
+
+
 def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[dict[str, Any]]:
     rows = []
     for v in verdicts:
@@ -37,7 +52,13 @@ def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[di
         regularizer = v["kind"] == "regularizer"
         if v["verdict"] == "falsified" and ev:
             delta = {"regularizer": "|ΔR|", "invariant": "|ΔC|", "bound": "B - bound"}[v["kind"]]
+            if ev.get("kind") == "witness":
+                delta = "R(θ∞)-R(θ')"
             evidence = f"{delta}={fmt_num(ev['gap'], digits)} > margin {fmt_num(ev['margin'], 2)}"
+        elif v["verdict"] == "survives" and (v.get("search") or {}).get("searched") and not v["distinct"]:
+            se = v["search"]
+            evidence = (f"argmin on {se['certified']}/{se['searched']} triples, worst subopt "
+                        f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})")
         elif v["kind"] == "bound" and v.get("worst") is not None and v["verdict"] == "survives":
             evidence = f"worst {fmt_num(v['worst'], digits)} <= {fmt_num(v['params'].get('bound'), digits)}"
         elif v["verdict"] in ("survives", "inconclusive") and v["pairs"] and ev:
@@ -52,6 +73,8 @@ def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[di
             "expect": held,
             "pairs": v["pairs"] if regularizer else f"{v['pairs']} triples",
             "distinct": v["distinct"] if regularizer else "",
+            "source": _source(v, ev),
+            "subopt": _subopt(v),
             "evidence": evidence or (v["reason"] if v["verdict"] in ("inconclusive", "error") else ""),
             "certificate": v.get("certificate") or "",
         })

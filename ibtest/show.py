@@ -19,6 +19,10 @@ def _f(x: Any, spec: str = ".3g") -> str:
 def describe(cert: dict) -> list[str]:
     """The certificate in lines; ``cert`` is a validated (:func:`ibtest.certschema.load`) dict."""
     cert = clean_tree(cert)
+    if cert.get("kind") == "witness":
+        from .witness_cert import describe as describe_witness
+
+        return describe_witness(cert)
     h = cert["hypothesis"]
     params = ", ".join(f"{k}={v}" for k, v in h["params"].items())
     sides = [s for s in ("a", "b") if s in cert]

@@ -121,6 +121,26 @@ class ModelBase:
         """Input weights of the hidden units [B, m, d] (a single neuron: m = 1), or None."""
         return None
 
+    # -- the zero-loss set (ibtest.zeroset, the witness search) ----------------------------
+    def residual(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """r(θ) = mask ∘ (f_θ(X) − y) [B, n]; Z(D) = {θ : r(θ) = 0} unless :meth:`zero_set`
+        says more (one-sided fits)."""
+        return (self.predict(theta, X) - y) * mask
+
+    def zero_set(self, X: Tensor, y: Tensor, mask: Tensor) -> Any:
+        """An exact polyhedral Z(D) (:class:`ibtest.zeroset.Polyhedron`, in θ or in the
+        predictor), or None (the default): the witness search then follows r(θ) = 0 by
+        Gauss–Newton projection."""
+        return None
+
+    def from_predictor(self, x: Tensor) -> Tensor:
+        """A θ [B, P] whose predictor is x [B, Q] (needed when Z(D) is declared in the predictor).
+
+        The default holds for models whose predictor is θ itself."""
+        if type(self).predictor is ModelBase.predictor:
+            return x
+        raise NotImplementedError(f"model {type(self).__name__} does not define from_predictor()")
+
 
 @dataclass(frozen=True)
 class Model:
@@ -333,6 +353,24 @@ class Hypothesis:
     atol: float = 0.0  # optional absolute floor of the margin; 0 keeps verdicts scale-free
     rtol: float = 1e-9  # the margin's floor relative to |R| (see ibtest.evaluation)
     bound: float | None = None
+    #: R is convex in the variable it sees (θ or the predictor): over a polyhedral Z(D) its
+    #: minimum is global and the optimality of θ∞ can be certified (ibtest.optimality)
+    convex: bool = False
+    #: optional cvxpy form of R for the certificate: ``cvx(x, ctx, **params) -> cvxpy expression``
+    #: with x a cvxpy Variable [Q] and ctx a :class:`CvxContext` of one instance (numpy arrays)
+    cvx: Callable[..., Any] | None = None
+
+
+@dataclass
+class CvxContext:
+    """One instance's context for ``Hypothesis.cvx``: numpy arrays (init [P], init_predictor,
+    X [n, d], y [n] with padded points removed), and the model."""
+
+    model: ModelBase
+    init: Any = None
+    init_predictor: Any = None
+    X: Any = None
+    y: Any = None
 
 
 SPEC_TYPES: dict[str, type] = {
@@ -367,5 +405,6 @@ __all__: Sequence[str] = [
     "Construction",
     "Context",
     "Hypothesis",
+    "CvxContext",
     "SPEC_TYPES",
 ]

@@ -132,6 +132,7 @@ class Retainer:
                     sc = score_regularizer(self.ctx, t, pairs, use, params)
                     tot.add_scored(sc)
                     keep_pairs.update(sc.keep())
+                    keep_triples.update(sc.keep_triples())
             except Exception as exc:
                 tot.raised = f"{type(exc).__name__}: {exc}"
         if self.kept is None:

@@ -66,6 +66,10 @@ class VerdictSettings(_Strict):
     recheck: bool = Field(True, description="re-solve every witness at a tighter tolerance")
     max_certificates: Int = Field(1, ge=0, description="certificates written per falsified member")
     max_group_pairs: Int = Field(4096, ge=0, description="own-triple pairs examined per group")
+    search: bool = Field(True, description="search each converged triple's zero-loss set for a witness")
+    search_steps: Int = Field(40, ge=0, description="projected (sub)gradient steps of the witness search")
+    certify_max: Int = Field(16, ge=0, description=(
+        "triples per member and block whose convex optimum is solved by cvxpy (≈ 10 ms each)"))
     shrink: bool = Field(False, description="shrink each written pair certificate to its core (ibtest shrink)")
     shrink_budget: Int = Field(6000, ge=4, description="instance solves each shrink may spend")
 

@@ -51,6 +51,7 @@ class Evidence:
     source: str
     theta_a: Tensor | None = None  # re-solved solutions the verdict rests on
     theta_b: Tensor | None = None
+    kind: str = "pair"  # "pair", "triple" (invariant, bound) or "witness" (search: a == b, theta_b = θ')
 
 
 @dataclass
@@ -71,6 +72,7 @@ class MemberResult:
     worst: float | None = None  # bounds: the largest value over converged triples
     certificate: str | None = None
     error: str | None = None
+    search: "SearchTotals | None" = None  # witness search and optimality over Z(D)
     spec: Any = None
     use: HypothesisUse | None = None
 
@@ -148,6 +150,7 @@ class _Scored:
     rel: Tensor | None = None
     cand: list[int] = field(default_factory=list)
     sel: Tensor | None = None  # positions of ``p`` in the pairs it was scored on
+    search: "_SearchScore | None" = None
 
     def keep(self) -> list[int]:
         """Positions (in the scored pairs) a verdict can rest on: the candidates and the closest call."""
@@ -156,10 +159,15 @@ class _Scored:
         closest = int(torch.argmax(torch.nan_to_num(self.rel, nan=0.0)))
         return sorted({int(self.sel[k]) for k in self.cand} | {int(self.sel[closest])})
 
+    def keep_triples(self) -> list[int]:
+        """Triples the search's verdict can rest on: its candidates and its worst suboptimality."""
+        return [] if self.search is None else self.search.keep()
+
     def triples_to_measure(self) -> list[int]:
+        out = [] if self.search is None else self.search.candidates()
         if self.p is None:
-            return []
-        return [int(self.p.a[k]) for k in self.cand] + [int(self.p.b[k]) for k in self.cand]
+            return out
+        return out + [int(self.p.a[k]) for k in self.cand] + [int(self.p.b[k]) for k in self.cand]
 
 
 def score_regularizer(ctx: Context, t: Triples, pairs: Pairs, use: HypothesisUse, params: dict) -> _Scored:
@@ -167,6 +175,9 @@ def score_regularizer(ctx: Context, t: Triples, pairs: Pairs, use: HypothesisUse
     spec = use.spec
     r = MemberResult(use.name, params, spec.kind, spec.depends_on, "inconclusive", use.expect, spec=spec, use=use)
     sc = _Scored(r)
+    sc.search = score_search(ctx, t, use, params)
+    if sc.search is not None:
+        r.search = sc.search.totals()
     if spec.depends_on == "data":
         r.reason = ("not applicable: a data-dependent R cannot be refuted by comparing R across "
                     "datasets, only by a witness inside one Z(D)")
@@ -203,6 +214,10 @@ def finish_regularizer(ctx: Context, t: Triples, sc: _Scored, params: dict, mete
     """Re-check the candidates on re-solved solutions; decide the verdict."""
     r, p = sc.result, sc.p
     if p is None:
+        if _finish_search(ctx, t, sc, params, meter).verdict == "falsified":
+            return r
+        if r.search is not None and r.search.searched >= ctx.study.verdict.min_pairs:
+            r.verdict, r.reason = "survives", r.search.describe()
         return r
     use, spec = r.use, r.spec
     best_ratio, best = -1.0, None
@@ -217,6 +232,8 @@ def finish_regularizer(ctx: Context, t: Triples, sc: _Scored, params: dict, mete
         r.verdict, r.evidence = "falsified", best
         r.reason = f"certified witness from {best.source}: |ΔR| = {best.gap:.3g} > margin {best.margin:.3g}"
         return r
+    if _finish_search(ctx, t, sc, params, meter).verdict == "falsified":
+        return r
     # survives or inconclusive: report the closest call (largest relative gap)
     if best is None:
         k = int(torch.argmax(torch.nan_to_num(sc.rel, nan=0.0)))
@@ -229,6 +246,12 @@ def finish_regularizer(ctx: Context, t: Triples, sc: _Scored, params: dict, mete
     if r.n_distinct >= need:
         r.verdict = "survives"
         r.reason = f"{r.n_pairs} admissible pairs ({r.n_distinct} distinct), no witness beyond the margin"
+        if r.search is not None and r.search.searched:
+            r.reason += "; " + r.search.describe()
+    elif r.search is not None and r.search.searched >= need:
+        r.verdict = "survives"
+        r.reason = r.search.describe() + (f" ({r.n_pairs} admissible pairs, {r.n_distinct} distinct)"
+                                          if r.n_pairs else "")
     elif r.n_distinct == 0:
         r.reason = (f"no evidence: all {r.n_pairs} admissible pairs have identical solutions "
                     "(an identical pair rates every R alike)")
@@ -262,6 +285,150 @@ def _recheck_pair(ctx, t, spec, params, use, meter: ErrorMeter, a: int, b: int, 
     return Evidence(a, b, Ra, Rb, gap, margin, ea, eb, float(G[0]), float(G[1]), source, tha, thb)
 
 
+# ------------------------------------------------------------------------------------------
+# witness search inside one Z(D) (ibtest.witness)
+# ------------------------------------------------------------------------------------------
+@dataclass
+class SearchTotals:
+    """A member's witness search over a study: triples searched, certified (global minimum of a
+    convex R on a polyhedral Z), candidate witnesses, and the worst relative suboptimality
+    (R(θ∞) − R_best)/|R(θ∞)| over certified triples and (a lower bound) over the others."""
+
+    searched: int = 0
+    certified: int = 0
+    witnesses: int = 0
+    worst_certified: float = 0.0
+    worst_local: float = 0.0
+    method: str = ""
+
+    def merge(self, o: "SearchTotals") -> "SearchTotals":
+        return SearchTotals(self.searched + o.searched, self.certified + o.certified, self.witnesses + o.witnesses,
+                            max(self.worst_certified, o.worst_certified), max(self.worst_local, o.worst_local),
+                            self.method or o.method)
+
+    @property
+    def worst(self) -> float:
+        return max(self.worst_certified, self.worst_local)
+
+    @property
+    def label(self) -> str:
+        """How the worst suboptimality was obtained: "certified" or "lower bound"."""
+        if not self.searched:
+            return ""
+        return "certified" if self.certified == self.searched else "lower bound"
+
+    def describe(self) -> str:
+        n, c = self.searched, self.certified
+        if c == n:
+            return (f"global argmin on all {n} converged triples (certified), worst suboptimality "
+                    f"{self.worst_certified:.3g}")
+        if c:
+            return (f"certified argmin on {c} of {n} converged triples (worst suboptimality "
+                    f"{self.worst_certified:.3g}); local search on Z(D) found no witness on the rest "
+                    f"(worst {self.worst_local:.3g}, a lower bound)")
+        return (f"local search on Z(D) of {n} converged triples found no witness (worst suboptimality "
+                f"{self.worst_local:.3g}, a lower bound)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"searched": self.searched, "certified": self.certified, "witnesses": self.witnesses,
+                "worst_suboptimality": self.worst, "worst_certified": self.worst_certified,
+                "worst_local": self.worst_local, "label": self.label, "method": self.method}
+
+
+@dataclass
+class _SearchScore:
+    """The search of one member on the converged triples ``idx`` of one table."""
+
+    idx: Tensor
+    res: Any  # witness.SearchResult
+
+    def candidates(self) -> list[int]:
+        """Triples (table positions) of the best candidate witnesses (gap / floor, beyond the floor)."""
+        found = self.res.found
+        if not bool(found.any()):
+            return []
+        ratio = torch.where(found, self.res.gap / self.res.floor.clamp_min(1e-300), torch.full_like(self.res.gap, -1.0))
+        order = torch.argsort(ratio, descending=True)[:RECHECK_TOP]
+        return [int(self.idx[k]) for k in order if bool(found[k])]
+
+    def keep(self) -> list[int]:
+        worst = int(torch.argmax(self.res.sub))
+        return sorted(set(self.candidates()) | {int(self.idx[worst])})
+
+    def totals(self) -> SearchTotals:
+        r = self.res
+        cert = r.certified
+        sub = r.sub
+        return SearchTotals(int(self.idx.numel()), int(cert.sum()), int(r.found.sum()),
+                            float(sub[cert].max()) if bool(cert.any()) else 0.0,
+                            float(sub[~cert].max()) if bool((~cert).any()) else 0.0, r.method)
+
+
+def score_search(ctx: Context, t: Triples, use: HypothesisUse, params: dict) -> _SearchScore | None:
+    """Search Z(D) of every converged *study* triple of ``t`` for a witness against a regularizer
+    member (batched; see :mod:`ibtest.witness`). Constructed partners are judged through their
+    pairs only (searching them too would cost ≈ 3× more on a study with two constructions).
+    None when the study switched the search off or nothing converged."""
+    vs = ctx.study.verdict
+    if not vs.search or use.spec.kind != "regularizer":
+        return None
+    study = torch.tensor([o == "study" for o in t.origin], dtype=torch.bool)
+    idx = ((t.status == st.CONVERGED) & study).nonzero().flatten()
+    if idx.numel() == 0:
+        return None
+    from .witness import search
+
+    res = search(ctx.model, use.spec, params, t.X[idx], t.y[idx], t.mask[idx], t.theta0[idx], t.theta[idx],
+                 ctx.fit_tol, atol=use.atol, rtol=use.rtol, steps=vs.search_steps, certify_limit=vs.certify_max,
+                 study={"seed": ctx.study.seed, **ctx.study.extra})
+    return _SearchScore(idx, res)
+
+
+def recheck_witness(ctx: Context, t: Triples, use: HypothesisUse, params: dict, i: int, theta_w: Tensor,
+                    meter: ErrorMeter, source: str) -> Evidence | None:
+    """A search witness θ' at triple i re-judged on θ∞ re-solved at tighter settings: θ' must fit D
+    and R(θ∞) − R(θ') must exceed the margin (with the measured error of θ∞; θ' is a given point).
+    None when the re-solve did not converge."""
+    spec = use.spec
+    if ctx.study.verdict.recheck:
+        if meter.tight_status.get(i) != st.CONVERGED:
+            return None
+        th, e = meter.tight_theta[i], meter.err[i]
+    else:
+        th = t.theta[i]
+        e = float(t.info["drift"][i]) if "drift" in t.info else 0.0
+    one = torch.tensor([i, i])
+    if not bool(fit.fits(ctx.model, theta_w[None], t.X[i:i + 1], t.y[i:i + 1], t.mask[i:i + 1],
+                         t.theta0[i:i + 1], ctx.fit_tol)[0]):
+        return None
+    R, G = evaluate(ctx, spec, params, torch.stack([th, theta_w]), hyp_context(ctx, t, one, spec))
+    gap = float(R[0] - R[1])
+    margin = float(ev_mod.margin(use.atol, use.rtol, ctx.study.verdict.safety, R[:1], R[1:], G[:1], G[1:],
+                                 th[None], theta_w[None], e, 0.0)[0])
+    return Evidence(i, i, float(R[0]), float(R[1]), gap, margin, e, 0.0, float(G[0]), float(G[1]), source,
+                    th, theta_w, kind="witness")
+
+
+def _finish_search(ctx: Context, t: Triples, sc: _Scored, params: dict, meter: ErrorMeter) -> MemberResult:
+    """Falsify ``sc.result`` by the best re-checked search witness, if one beats its margin."""
+    r, s = sc.result, sc.search
+    if s is None:
+        return r
+    pos = {int(i): k for k, i in enumerate(s.idx.tolist())}
+    best = None
+    for i in s.candidates():
+        k = pos[i]
+        src = "search (convex optimum)" if bool(s.res.certified[k]) else "search (local, on Z(D))"
+        ev = recheck_witness(ctx, t, r.use, params, i, s.res.theta[k], meter, src)
+        if ev is not None and (best is None or ev.gap / max(ev.margin, 1e-300) > best.gap / max(best.margin, 1e-300)):
+            best = ev
+    if best is not None and best.gap > best.margin:
+        r.verdict, r.evidence = "falsified", best
+        r.reason = (f"witness inside one Z(D) from {best.source}: θ' fits D and R(θ∞) − R(θ') = {best.gap:.3g} "
+                    f"> margin {best.margin:.3g}")
+    return r
+
+
 def _no_converged_reason(t: Triples) -> str:
     counts = st.counts(t.status)
     growth = None
@@ -293,6 +460,7 @@ class Totals:
     error: str | None = None  # R not finite somewhere
     raised: str | None = None  # the hypothesis raised on a block: "Type: message"
     no_pairs_reason: str | None = None
+    search: "SearchTotals | None" = None
 
     def add_scored(self, sc: "_Scored") -> None:
         r = sc.result
@@ -300,6 +468,8 @@ class Totals:
         self.distinct += r.n_distinct
         self.max_rel_gap = max(self.max_rel_gap, r.max_rel_gap)
         self.error = self.error or r.error
+        if r.search is not None:
+            self.search = r.search if self.search is None else self.search.merge(r.search)
 
     def add_invariant(self, s: "_InvScore") -> None:
         if s.idx is None:
@@ -314,6 +484,8 @@ class Totals:
         r.n_pairs, r.n_distinct = self.n, self.distinct
         r.max_rel_gap = self.max_rel_gap if self.n else 0.0
         r.error = r.error or self.error
+        if self.search is not None:
+            r.search = self.search
         if self.worst is not None:
             r.worst = self.worst
 
@@ -412,7 +584,7 @@ def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, 
         margin = float(ev_mod.margin(use.atol, use.rtol, ctx.study.verdict.safety, c1, c0, g1, None,
                                      th[None], None, e)[0])
         ev = Evidence(i, -1, float(c1.flatten()[0]), float(c0.flatten()[0]), g, margin, e, 0.0, float(g1[0]), 0.0,
-                      "study", th, t.theta0[i])
+                      "study", th, t.theta0[i], kind="triple")
         if best is None or ev.gap / ev.margin > best.gap / best.margin:
             best = ev
     if best is not None and best.gap > best.margin:
@@ -425,7 +597,7 @@ def judge_invariant(ctx: Context, t: Triples, use: HypothesisUse, params: dict, 
         one = idx[k : k + 1]
         _, g1 = evaluate(ctx, spec, fparams, t.theta[one], hyp_context(ctx, t, one, spec))
         best = Evidence(int(idx[k]), -1, float(s.C1[k, 0]), float(s.C0[k, 0]), float(s.gap[k]),
-                        float(s.floor[k]), float("nan"), 0.0, float(g1[0]), 0.0, "study")
+                        float(s.floor[k]), float("nan"), 0.0, float(g1[0]), 0.0, "study", kind="triple")
     r.evidence = best
     if r.n_pairs >= ctx.study.verdict.min_pairs:
         r.verdict = "survives"

@@ -132,7 +132,10 @@ def test_report_files_are_written(main_run):
     assert results_json(out)["expectations_held"] is True
 
 
-def test_data_dependent_hypothesis_is_inconclusive(cli, tmp_path):
+def test_data_dependent_hypothesis_is_judged_by_the_search(cli, tmp_path):
+    """A data-dependent R cannot be refuted by pairs, only inside one Z(D): the witness search
+    refutes this one (γ = 5: (5, -1, 0) fits and has a smaller norm); with the search off it is
+    inconclusive (issue 11)."""
     plugin = tmp_path / "data_hyp.py"
     plugin.write_text(
         "import ibtest\n"
@@ -141,9 +144,15 @@ def test_data_dependent_hypothesis_is_inconclusive(cli, tmp_path):
         "    return [ibtest.Hypothesis(name='residual_weighted', depends_on='data',\n"
         "            fn=lambda th, ctx: (th.norm(dim=-1) * ctx.y.sum(-1)))]\n")
     study = tmp_path / "s.yaml"
-    study.write_text("study: d\nmodel: {name: relu_neuron}\ndatasets: [{name: vardi_shamir_theorem3, gamma: [0, 5]}]\n"
-                     "solver: {name: exact}\nhypotheses: [{name: residual_weighted, expect: inconclusive}]\n")
+    text = ("study: d\nmodel: {name: relu_neuron}\ndatasets: [{name: vardi_shamir_theorem3, gamma: [0, 5]}]\n"
+            "solver: {name: exact}\nhypotheses: [{name: residual_weighted, expect: falsified}]\n")
+    study.write_text(text)
     r = cli("run", study, "--plugin", plugin, "--out", tmp_path / "run", "-q")
+    assert r.code == 0, r
+    assert "search" in r.out
+    off = tmp_path / "off.yaml"
+    off.write_text(text.replace("expect: falsified", "expect: inconclusive") + "verdict: {search: false}\n")
+    r = cli("run", off, "--plugin", plugin, "--out", tmp_path / "run2", "-q")
     assert r.code == 0, r
     assert "not applicable" in r.out
 

@@ -24,6 +24,16 @@ class DiagonalLinear(ibtest.ModelBase):
         u, v = theta[:, :d], theta[:, d:]
         return u * u - v * v
 
+    def zero_set(self, X, y, mask):
+        """Z(D) = {β : Xβ = y}, affine in the predictor (every β is u∘u − v∘v for some θ)."""
+        from ibtest.zeroset import linear_predictor_zero_set
+
+        return linear_predictor_zero_set(X, y, mask)
+
+    def from_predictor(self, beta: torch.Tensor) -> torch.Tensor:
+        """θ = (√β₊, √β₋): its predictor is β."""
+        return torch.cat([beta.clamp_min(0).sqrt(), (-beta).clamp_min(0).sqrt()], dim=-1)
+
     def predict(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bnd,bd->bn", X, self.predictor(theta))
 

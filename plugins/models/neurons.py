@@ -53,6 +53,12 @@ class PiecewiseNeuron(ibtest.ModelBase):
     def first_layer(self, theta: torch.Tensor) -> torch.Tensor:
         return theta.unsqueeze(1)
 
+    def zero_set(self, X, y, mask):
+        """Exact polyhedral Z(D) in w (ibtest.zeroset.neuron_zero_set): one-sided for ReLU zero labels."""
+        from ibtest.zeroset import neuron_zero_set
+
+        return neuron_zero_set(self.piecewise.pos, self.piecewise.neg, X, y, mask)
+
 
 def relu_neuron(relu_grad_at_zero: Literal[0, 1] = 1) -> PiecewiseNeuron:
     return PiecewiseNeuron(

@@ -1,0 +1,156 @@
+"""Witness certificates (``kind: witness``): one triple (D, θ0, θ∞) and a point θ' of its
+zero-loss set with a smaller R. Built, described and drawn here (``certificate.py``, ``show.py``
+and ``plots.py`` dispatch to this module on ``kind == "witness"``); ``ibtest verify`` replays it in
+:func:`ibtest.replay.verify`, by the registry's rules like every certificate.
+
+The file holds D = (X, y) (real points only), θ0, θ∞ (re-solved at tightened settings) with the
+solver and its settings, θ', loss(θ') and the fit threshold, R(θ∞), R(θ'), the gap and margin.
+
+The replay trusts only the data: it re-solves θ∞ from D and θ0 at settings tighter than the
+file's, measures its error against the file's θ∞, re-checks that θ' fits D with the tool's own
+fit rule (:func:`ibtest.fit.fits`, fit_tol no looser than the tool's default) and that
+R(θ∞) − R(θ') exceeds the margin of :func:`ibtest.evaluation.margin` (tolerances no looser than
+the registered hypothesis's). The refutation holds (exit 0) only if all of that holds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import evaluation as ev
+from . import fit
+from . import status as st
+
+KIND = "witness"
+
+
+def _t(x) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float64)
+
+
+def build(ctx, t, member, options_tight: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """A witness certificate from a member falsified by a search witness (``Evidence.kind ==
+    "witness"``: a = the triple, theta_a = re-solved θ∞, theta_b = θ'). ``base`` holds the
+    fields every certificate shares (format, hypothesis, model, solver, versions ...)."""
+    from .certificate import _num, _side, _tensor
+
+    e = member.evidence
+    i = e.a
+    m = ctx.model
+    sl = slice(i, i + 1)
+    loss_inf = float(m.loss(e.theta_a[None], t.X[sl], t.y[sl], t.mask[sl])[0])
+    loss_w = float(m.loss(e.theta_b[None], t.X[sl], t.y[sl], t.mask[sl])[0])
+    thr = float(fit.fit_threshold(m, t.X[sl], t.y[sl], t.mask[sl], t.theta0[sl], ctx.fit_tol)[0])
+    doc = member.spec.doc or member.label
+    out = dict(base)
+    out.update({
+        "kind": KIND,
+        "claim": f"gradient flow converges to argmin {member.label} over the zero-loss set",
+        "refutation": (f"theta' also fits every data point of D (loss {loss_w:.3g} <= {thr:.3g}) and has a smaller "
+                       f"{doc}: R(theta_inf) - R(theta') = {e.gap:.6g} > margin {e.margin:.6g}, so theta_inf is not "
+                       f"a minimizer of R on Z(D)"),
+        "source": e.source,
+        "a": _side(t, i, e.theta_a, loss_inf, e.Ra, e.err_a),
+        "witness": {"theta": _tensor(e.theta_b), "loss": loss_w, "fit_threshold": thr, "R": _num(e.Rb),
+                    "predictor": _tensor(m.predictor(e.theta_b[None])[0])},
+    })
+    return out
+
+
+def describe(cert: dict[str, Any]) -> list[str]:
+    """``ibtest show`` of a witness certificate, in words."""
+    h = cert["hypothesis"]
+    params = ", ".join(f"{k}={v}" for k, v in h["params"].items())
+    side, w = cert["a"], cert["witness"]
+    what = h.get("doc") or h["name"]
+    return [
+        "Failing case (a witness inside one zero-loss set):",
+        f"  hypothesis: {h['name']}{f'[{params}]' if params else ''} ({h['kind']}, depends on {h['depends_on']})",
+        f"  claim: {cert.get('claim', '')}",
+        f"  model: {cert['model']['name']} {cert['model']['options']}",
+        f"  solver: {cert['solver']['name']} {cert['solver']['options']}",
+        f"  dataset D ({side['label']}):",
+        *[f"    x = {x}, y = {y}" for x, y in zip(side["X"], side["y"])],
+        f"  theta0 = {side.get('theta0', cert['theta0'])}",
+        f"  gradient flow ends at theta_inf = {side['theta']}",
+        f"    loss = {side['loss']:.3g}, R(theta_inf) = {side['R']}, measured solver error = {side['measured_error']:.3g}",
+        f"  witness theta' = {w['theta']}",
+        f"    loss = {w['loss']:.3g} (fits D: at most {w['fit_threshold']:.3g}), R(theta') = {w['R']}",
+        f"  In words: this point also fits every data point and has a smaller {what}",
+        f"  (by {cert['gap']:.6g}, more than the margin {cert['margin']:.6g}), so gradient flow did not",
+        "  end at a minimizer of R over the zero-loss set.",
+        f"  found by: {cert.get('source', 'search')}",
+        f"  replay: {cert.get('replay', '')}",
+    ]
+
+
+def plot(cert: dict[str, Any], path: str | Path, plugins=(), grid: int = 121, dpi: int = 110) -> Path:
+    """θ∞ and θ' on Z(D): the plane through θ0, θ∞ and θ' (θ0 = θ∞ or collinear: through θ∞
+    along θ' − θ∞ and a second random direction), Z(D) shaded (loss ≤ fit threshold, sampled on
+    a grid), the level sets {R = R(θ∞)} and {R = R(θ')}, and the two points."""
+    import numpy as np
+
+    from .errors import UserError
+    from .manager import load_registry, require_registered
+    from .plots import _plt
+    from .replay import check_options
+
+    # code only from installed plugins and files the user named, never from the certificate's list
+    reg = load_registry(list(plugins))
+    require_registered(reg, [("models", cert["model"]["name"]), ("hypotheses", cert["hypothesis"]["name"])],
+                       what="certificate", named_files=cert.get("plugins") or [])
+    mname = cert["model"]["name"]
+    mspec = reg.get("models", mname)
+    mopts = check_options("model", mname, mspec, cert["model"]["options"] or {}, "certificate", "model.options")
+    try:
+        model = mspec.factory(**mopts)
+    except Exception as exc:
+        raise UserError(f"certificate: model {mname!r} rejects its options: {type(exc).__name__}: {exc}") from None
+    spec = reg.get("hypotheses", cert["hypothesis"]["name"])
+    params = dict(cert["hypothesis"]["params"])
+    side = cert["a"]
+    X, y = _t(side["X"])[None], _t(side["y"])[None]
+    mask = torch.ones_like(y)
+    th0 = _t(side.get("theta0", cert["theta0"]))
+    ti, tw = _t(side["theta"]), _t(cert["witness"]["theta"])
+    u1 = tw - ti
+    span = float(u1.norm()) or 1.0
+    u1 = u1 / span
+    v = th0 - ti
+    v = v - (v @ u1) * u1
+    if float(v.norm()) < 1e-9 * span:
+        v = torch.randn(ti.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        v = v - (v @ u1) * u1
+    u2 = v / v.norm()
+    s = np.linspace(-0.5 * span, 1.5 * span, grid)
+    S, T = np.meshgrid(s, s - s.mean())
+    pts = ti[None] + _t(S.reshape(-1))[:, None] * u1[None] + _t(T.reshape(-1))[:, None] * u2[None]
+    N = pts.shape[0]
+    with torch.no_grad():
+        loss = model.loss(pts, X.expand(N, -1, -1), y.expand(N, -1), mask.expand(N, -1)).numpy().reshape(S.shape)
+        hctx = ev.context(model, spec, theta0=th0[None].expand(N, -1), X=X.expand(N, -1, -1), y=y.expand(N, -1),
+                          mask=mask.expand(N, -1))
+        Rg, _ = ev.evaluate(model, spec, params, pts, hctx, grad=False)
+    Rg = Rg.numpy().reshape(S.shape)
+    thr = float(cert["witness"]["fit_threshold"])
+    scale = max(float(loss.max()), 1e-300)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 5.2))
+    ax.contourf(S, T, (loss <= max(thr, 1e-6 * scale)).astype(float), levels=[0.5, 1.5], colors=["#cfe8cf"])
+    ax.contour(S, T, Rg, levels=sorted({float(cert["witness"]["R"]), float(side["R"])}),
+               colors=["#d62728", "#1f77b4"], linewidths=1.2)
+    ax.plot([0], [0], "o", color="#1f77b4", label="θ∞ (gradient flow)")
+    ax.plot([span], [0], "*", color="#d62728", ms=12, label="θ' (witness)")
+    ax.set_xlabel("along θ' − θ∞")
+    ax.set_ylabel("second direction (towards θ0)")
+    h = cert["hypothesis"]
+    ax.set_title(f"{h['name']} {h['params'] or ''}: R(θ∞) − R(θ') = {cert['gap']:.3g} > margin {cert['margin']:.2g}\n"
+                 "shaded: Z(D); lines: level sets of R through θ∞ and θ'", fontsize=9)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
