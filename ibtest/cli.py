@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("certificate")
     v.set_defaults(func=cmd_verify)
 
-    sh = sub.add_parser("shrink", parents=[plug], help="shrink a pair certificate to its core (same member still refuted)")
+    sh = sub.add_parser("shrink", parents=[plug], help="shrink a pair or witness certificate to its core (same member still refuted)")
     sh.add_argument("certificate")
     sh.add_argument("-o", "--out", help="output file (default: CERT with suffix .shrunk.json)")
     sh.add_argument("--budget", type=int, metavar="N", help="most instance solves to spend (default 6000)")

@@ -1,4 +1,4 @@
-"""``ibtest shrink CERT``: reduce a pair certificate to its core, the way the paper states its own.
+"""``ibtest shrink CERT``: reduce a pair (or witness) certificate to its core, the way the paper states its own.
 
 A pair certificate refutes a regularizer member R with two runs (D_a, θ0_a, θ_a), (D_b, θ0_b, θ_b)
 whose solutions fit each other's dataset and whose R differ by more than the margin. Shrinking
@@ -26,6 +26,11 @@ with err the distance between the default and the tight solve (SLACK = 2 leaves 
 replay's own re-solve). Candidates are tried in a fixed order and the first that holds is kept,
 so the result depends only on the input file. The loop stops at a fixed point (a round of all
 passes keeps nothing) or when the budget of solves is spent.
+
+A witness certificate (one run (D, θ0, θ∞) and θ' ∈ Z(D)) is shrunk by the same passes (no
+rebuild); a candidate is kept when θ∞ re-solved at both settings converges and
+:func:`ibtest.witness.search` on the candidate's Z(D) finds θ' that fits D with
+R(θ∞) − R(θ') > SLACK · margin.
 
 Sizes are measured, not claimed: n (points of the larger dataset), d, the largest |coordinate| of
 X, y, θ0 and the significant digits needed to write them, before and after.
@@ -97,6 +102,10 @@ class Case:
 def case_from_cert(cert: dict[str, Any]) -> Case:
     """Union of the two datasets: a's rows in order, then b's rows not equal to an unmatched row of a."""
     Xa, ya = cert["a"]["X"], cert["a"]["y"]
+    if "b" not in cert:  # a witness certificate: one run
+        th0 = cert["a"].get("theta0") or cert["theta0"]
+        return Case(torch.tensor(Xa, dtype=torch.float64), torch.tensor(ya, dtype=torch.float64),
+                    torch.ones(1, len(ya), dtype=torch.bool), torch.tensor([th0], dtype=torch.float64))
     Xb, yb = cert["b"]["X"], cert["b"]["y"]
     rows = [(list(x), float(v)) for x, v in zip(Xa, ya)]
     ina, inb = [True] * len(rows), [False] * len(rows)
@@ -131,6 +140,7 @@ class Judge:
     fit_tol: float
     budget: int
     construction: Callable[..., Any] | None = None  # the registered blocking_point build, for pass_rebuild
+    witness: bool = False  # a witness certificate: one run, θ' found by ibtest.witness.search on Z(D)
     used: int = 0
     calls: int = 0
 
@@ -162,7 +172,8 @@ def make_judge(cert: dict[str, Any], budget: int, plugins: list[str] = ()) -> Ju
         if key not in reg.items[kind]:
             raise UserError(f"{SINGULAR[kind]} {key!r} is not registered here (install its plugin or pass --plugin FILE)")
     spec = reg.get("hypotheses", cert["hypothesis"]["name"])
-    if spec.kind != "regularizer" or "b" not in cert:
+    witness = cert.get("kind") == "witness"
+    if spec.kind != "regularizer" or ("b" not in cert and not witness):
         raise UserError(f"shrinking supports pair certificates of regularizers; {spec.name!r} is a {spec.kind}"
                         + ("" if "b" in cert else " certificate with one side"))
     mspec = reg.get("models", cert["model"]["name"])
@@ -180,6 +191,7 @@ def make_judge(cert: dict[str, Any], budget: int, plugins: list[str] = ()) -> Ju
     fdef = solver.options["fit_tol"].default if "fit_tol" in solver.options else fit.DEFAULT_FIT_TOL
     cons = reg.items["constructions"].get("blocking_point")
     return Judge(model, solver, spec, params, opts, tight, construction=None if cons is None else cons.spec.build,
+                 witness=witness,
                  atol=max(float(h.get("atol") or 0.0), float(spec.atol)),
                  rtol=max(float(h.get("rtol") or 0.0), float(spec.rtol)),
                  safety=max(float(cert.get("safety") or 0.0), DEFAULT_SAFETY),
@@ -191,7 +203,8 @@ def judge(J: Judge, cands: list[Case]) -> list[Outcome]:
     out: list[Outcome | None] = [None] * len(cands)
     for d in sorted({c.d for c in cands}):
         idx = [k for k, c in enumerate(cands) if c.d == d]
-        for k, o in zip(idx, _judge_same_d(J, [cands[k] for k in idx])):
+        one = _judge_witness if J.witness else _judge_same_d
+        for k, o in zip(idx, one(J, [cands[k] for k in idx])):
             out[k] = o
     return out  # type: ignore[return-value]
 
@@ -249,6 +262,63 @@ def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome]:
     return outs
 
 
+def _judge_witness(J: Judge, cands: list[Case]) -> list[Outcome]:
+    """One run per candidate: θ∞ solved at both settings must converge and fit D; the witness search
+    (:func:`ibtest.witness.search`, from the tight θ∞) must find θ' that fits D with
+    R(θ∞) − R(θ') > SLACK · margin (θ' is data: only θ∞'s error enters the margin)."""
+    from .witness import search
+
+    K = len(cands)
+    n = max(c.m for c in cands)
+    d = cands[0].d
+    X = torch.zeros(K, n, d, dtype=torch.float64)
+    y = torch.zeros(K, n, dtype=torch.float64)
+    mask = torch.zeros(K, n, dtype=torch.float64)
+    for k, c in enumerate(cands):
+        X[k, : c.m], y[k, : c.m], mask[k, : c.m] = c.X, c.y, 1.0
+    th0 = torch.stack([c.theta0[0] for c in cands])
+    J.used += 2 * K
+    J.calls += 2
+    outs = [Outcome(False) for _ in cands]
+    try:
+        r1 = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
+        r2 = J.solver.solve(J.model, X, y, mask, th0, **J.tight)
+    except Exception:
+        return outs
+    th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)
+    ok = ((r1.status == st.CONVERGED) & (r2.status == st.CONVERGED) & torch.isfinite(th).all(-1) & torch.isfinite(tt).all(-1)
+          & fit.fits(J.model, th, X, y, mask, th0, J.fit_tol) & fit.fits(J.model, tt, X, y, mask, th0, J.fit_tol))
+    rows = ok.nonzero().flatten()
+    if rows.numel() == 0:
+        return outs
+    try:
+        sr = search(J.model, J.spec, J.params, X[rows], y[rows], mask[rows], th0[rows], tt[rows], J.fit_tol,
+                    atol=J.atol, rtol=J.rtol)
+    except Exception:
+        return outs
+    err = (th - tt).norm(dim=-1)
+    for j, k in enumerate(rows.tolist()):
+        tw = sr.theta[j : j + 1].detach().to(torch.float64)
+        sl = slice(k, k + 1)
+        try:
+            if not bool(fit.fits(J.model, tw, X[sl], y[sl], mask[sl], th0[sl], J.fit_tol)[0]):
+                continue
+            two = torch.tensor([k, k])
+            hctx = ev.context(J.model, J.spec, theta0=th0[two], X=X[two], y=y[two], mask=mask[two])
+            R, g = ev.evaluate(J.model, J.spec, J.params, torch.cat([tt[sl], tw]), hctx)
+            Rd, _ = ev.evaluate(J.model, J.spec, J.params, torch.cat([th[sl], tw]), hctx, grad=False)
+            m = ev.margin(J.atol, J.rtol, J.safety, R[:1], R[1:], g[:1], g[1:], tt[sl], tw, err[sl], 0.0)
+        except Exception:
+            continue
+        gap, margin = float(R[0] - R[1]), float(m[0])
+        if math.isfinite(gap) and gap > SLACK * margin:
+            with torch.no_grad():
+                losses = J.model.loss(torch.cat([th[sl], tw]), X[two], y[two], mask[two]).to(torch.float64)
+            outs[k] = Outcome(True, torch.cat([th[sl], tw]), tt[sl].clone(), Rd.reshape(-1).clone(),
+                              torch.stack([err[k], torch.zeros((), dtype=torch.float64)]), losses, losses, gap, margin)
+    return outs
+
+
 # ------------------------------------------------------------------------------------------
 # candidates: (description, case), in the order they are tried
 # ------------------------------------------------------------------------------------------
@@ -259,6 +329,8 @@ def _valid(c: Case) -> bool:
     """Each side keeps a point and the sides still differ (in data or θ0)."""
     if c.d < 1 or not bool(c.sides.any(-1).all()):
         return False
+    if c.sides.shape[0] == 1:
+        return True
     same_data = torch.equal(c.sides[0], c.sides[1])
     return not (same_data and torch.equal(c.theta0[0], c.theta0[1]))
 
@@ -279,7 +351,7 @@ def _theta0_without(c: Case, J: Judge, cols: Tensor | None, basis: Tensor | None
     if J.n_params(c.d) == c.d and J.n_params(d2) == d2:
         return c.theta0[:, cols] if cols is not None else c.theta0 @ basis.T
     if bool((c.theta0 == 0).all()):
-        return torch.zeros(2, J.n_params(d2), dtype=torch.float64)
+        return torch.zeros(c.theta0.shape[0], J.n_params(d2), dtype=torch.float64)
     return None
 
 
@@ -333,7 +405,7 @@ def pass_rebuild(c: Case, J: Judge) -> list[Cand]:
     old θ0, so rebuild it for the flow from 0. For every subset of D_a's points (D_a ⊂ D_b, the
     construction's shape), solve D_a from 0 (one batched call) and let the registered
     ``blocking_point`` construction add its point to each converged solution."""
-    if J.construction is None or bool((c.theta0 == 0).all()) or _stationary_at_zero(J.model):
+    if J.construction is None or J.witness or bool((c.theta0 == 0).all()) or _stationary_at_zero(J.model):
         return []
     a, b = c.sides[0], c.sides[1]
     if not bool((b | ~a).all()) or torch.equal(a, b):
@@ -574,12 +646,46 @@ def build_cert(cert: dict[str, Any], c: Case, o: Outcome, J: Judge, source: str,
                before: dict, after: dict, steps: list[str], fixed: bool) -> dict[str, Any]:
     """An ordinary pair certificate for case ``c`` (judged as ``o``), plus ``shrunk_from`` and ``shrink``."""
     new = {k: v for k, v in cert.items() if k not in ("replay", "shrunk_from", "shrink") and v is not None}
+    if J.witness:
+        _witness_fields(new, cert, c, o, J)
+    else:
+        _pair_fields(new, cert, c, o)
+    new["versions"] = certmod.versions()
+    new["shrunk_from"] = {"path": source, "sha256": digest}
+    new["shrink"] = {"passes": steps, "solves": J.used, "budget": J.budget, "solver_calls": J.calls,
+                     "fixed_point": fixed, "before": before, "after": after}
+    return new
+
+
+def _label(cert: dict, name: str) -> str:
+    label = str(cert[name].get("label", name))
+    return label if label.endswith(" (shrunk)") else f"{label} (shrunk)"
+
+
+def _witness_fields(new: dict, cert: dict, c: Case, o: Outcome, J: Judge) -> None:
+    X, y = c.side(0)
+    side = dict(cert["a"])
+    side.update({"label": _label(cert, "a"), "theta0": c.theta0[0].tolist(), "X": X.tolist(), "y": y.tolist(),
+                 "theta": o.theta[0].tolist(), "loss": float(o.loss[0]), "R": float(o.R[0]),
+                 "measured_error": float(o.err[0]), "n": int(len(y))})
+    new["a"] = side
+    new["theta0"] = c.theta0[0].tolist()
+    tw = o.theta[1:2]
+    thr = float(fit.fit_threshold(J.model, X[None], y[None], torch.ones_like(y)[None], c.theta0[:1], J.fit_tol)[0])
+    new["witness"] = {"theta": tw[0].tolist(), "loss": float(o.loss[1]), "fit_threshold": thr, "R": float(o.R[1]),
+                      "predictor": J.model.predictor(tw)[0].tolist()}
+    new["gap"], new["margin"] = o.gap, o.margin
+    new["refutation"] = (f"theta' also fits every data point of D (loss {float(o.loss[1]):.3g} <= {thr:.3g}) and has a "
+                         f"smaller R: R(theta_inf) - R(theta') = {o.gap:.6g} > margin {o.margin:.6g}, so theta_inf "
+                         f"is not a minimizer of R on Z(D)")
+
+
+def _pair_fields(new: dict, cert: dict, c: Case, o: Outcome) -> None:
     lo, hi = ("a", "b") if float(o.R[0]) < float(o.R[1]) else ("b", "a")
     for s, name in enumerate(("a", "b")):
         X, y = c.side(s)
         side = dict(cert[name])
-        label = str(cert[name].get("label", name))
-        side.update({"label": label if label.endswith(" (shrunk)") else f"{label} (shrunk)", "theta0": c.theta0[s].tolist(),
+        side.update({"label": _label(cert, name), "theta0": c.theta0[s].tolist(),
                      "X": X.tolist(), "y": y.tolist(), "theta": o.theta[s].tolist(), "loss": float(o.loss[s]),
                      "R": float(o.R[s]), "measured_error": float(o.err[s]), "n": int(len(y))})
         new[name] = side
@@ -588,11 +694,6 @@ def build_cert(cert: dict[str, Any], c: Case, o: Outcome, J: Judge, source: str,
     new["cross_loss"] = {"theta_a_on_D_b": float(o.cross[0]), "theta_b_on_D_a": float(o.cross[1])}
     new["refutation"] = (f"theta_{lo} fits D_{hi} (cross-loss below fit_tol) and R(theta_{lo}) is lower than "
                          f"R(theta_{hi}) by {o.gap:.6g} > margin {o.margin:.6g}: theta_{hi} is not a minimizer on D_{hi}")
-    new["versions"] = certmod.versions()
-    new["shrunk_from"] = {"path": source, "sha256": digest}
-    new["shrink"] = {"passes": steps, "solves": J.used, "budget": J.budget, "solver_calls": J.calls,
-                     "fixed_point": fixed, "before": before, "after": after}
-    return new
 
 
 def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = DEFAULT_BUDGET,
@@ -603,12 +704,10 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
     if budget < 4:
         raise UserError(f"--budget {budget}: at least 4 solves are needed to re-judge one candidate")
     cert = certmod.load(p)
-    if cert.get("kind") == "witness":
-        raise UserError(f"certificate {p}: witness certificates are not shrunk yet (their re-judgement needs the "
-                        f"witness search on the shrunk dataset); pair certificates are")
-    if "b" not in cert:
-        raise UserError(f"certificate {p}: shrinking supports pair certificates (sides 'a' and 'b'); this one has one side")
-    for s in ("a", "b"):
+    witness = cert.get("kind") == "witness"
+    if "b" not in cert and not witness:
+        raise UserError(f"certificate {p}: shrinking supports pair and witness certificates; this one has one run and no witness")
+    for s in (("a",) if witness else ("a", "b")):
         for key in ("X", "y", "theta"):
             if key not in cert[s]:
                 raise UserError(f"certificate {p}: required field {s}.{key!r} is missing")

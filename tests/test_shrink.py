@@ -131,3 +131,18 @@ def test_study_verdict_shrink_writes_a_verified_shrunk_certificate(tmp_path):
     assert len(shrunk) == 1 and not res.errors
     assert main(["verify", shrunk[0]]) == 0
     assert json.loads(Path(shrunk[0]).read_text())["shrink"]["budget"] == 400
+
+
+def test_witness_certificate_of_linear_zero_init_l1_shrinks_to_a_small_integer_instance(tmp_path, capsys):
+    root = Path(__file__).resolve().parent.parent / "hypotheses"
+    assert main(["run", str(root / "linear_zero_init.yaml"), "--out", str(tmp_path / "run"), "-q"]) == 0
+    cert = tmp_path / "run" / "certificates" / "lp_norm_p=1.json"
+    assert json.loads(cert.read_text())["kind"] == "witness"
+    out = tmp_path / "w.json"
+    dest, res = shrink_file(cert, out, BUDGET)
+    assert main(["verify", str(out)]) == 0, capsys.readouterr().out
+    new = json.loads(out.read_text())
+    assert new["kind"] == "witness" and new["hypothesis"]["name"] == "lp_norm" and "b" not in new
+    after = new["shrink"]["after"]
+    assert after["integer"] and after["max_abs"] <= 10 and after["theta0_zero"]
+    assert after["n"] < new["shrink"]["before"]["n"] and after["d"] < new["shrink"]["before"]["d"]
