@@ -224,6 +224,21 @@ def write_certificates(res: StudyResult, ctx: Context) -> None:
             raise UserError(_write_failure(path, exc, d)) from None
         m.certificate = str(path)
         res.certificates.append(str(path))
+        if res.study.verdict.shrink and m.kind == "regularizer":
+            _shrink_one(res, ctx, path)
+
+
+def _shrink_one(res: StudyResult, ctx: Context, path: Path) -> None:
+    """``verdict: {shrink: true}``: write ``<name>.shrunk.json`` next to the certificate (verified)."""
+    from .shrink import NotRefuted, shrink_file
+
+    try:
+        dest, _ = shrink_file(path, path.with_name(path.stem + ".shrunk.json"), res.study.verdict.shrink_budget,
+                              plugins=list(res.study.plugin_files))
+    except (NotRefuted, UserError) as exc:
+        ctx.errors.append(f"shrink {path.name}: {exc}")
+        return
+    res.certificates.append(str(dest))
 
 
 def _plans(st_: Study) -> list[InstancePlan]:

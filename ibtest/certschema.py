@@ -113,6 +113,33 @@ class CrossLoss(_Model):
     theta_b_on_D_a: Num
 
 
+class ShrinkSizes(_Model):
+    """Sizes of a case before or after ``ibtest shrink`` (:func:`ibtest.shrink.sizes`)."""
+
+    n: StrictInt
+    d: StrictInt
+    points: StrictInt
+    max_abs: Num
+    digits: StrictInt
+    integer: StrictBool
+    theta0_zero: StrictBool
+
+
+class ShrinkRecord(_Model):
+    passes: list[StrictStr]
+    solves: StrictInt
+    budget: StrictInt
+    solver_calls: StrictInt
+    fixed_point: StrictBool
+    before: ShrinkSizes
+    after: ShrinkSizes
+
+
+class ShrunkFrom(_Model):
+    path: StrictStr
+    sha256: StrictStr
+
+
 class Witness(_Model):
     """A point θ' of Z(D) with a smaller R than θ∞ (a witness certificate's second point)."""
 
@@ -147,6 +174,9 @@ class Certificate(_Model):
     source: StrictStr = ""
     replay: StrictStr = ""
     versions: dict[StrictStr, Any] = Field(default_factory=dict)
+    # written by ibtest shrink (informational: verify judges the data like any certificate's)
+    shrunk_from: Optional[ShrunkFrom] = None
+    shrink: Optional[ShrinkRecord] = None
 
 
 def _where(loc: tuple) -> str:

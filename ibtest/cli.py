@@ -1,4 +1,4 @@
-"""The ``ibtest`` command line: run, list, verify, show.
+"""The ``ibtest`` command line: run, list, verify, shrink, show.
 
 Exit codes, like pytest: 0 every expected verdict held (or the certificate was confirmed),
 1 an expectation did not hold (or the refutation was withdrawn), 2 a usage or input error.
@@ -178,6 +178,19 @@ def cmd_verify(args) -> int:
     return 0 if res.holds else 1
 
 
+def cmd_shrink(args) -> int:
+    from .shrink import DEFAULT_BUDGET, NotRefuted, summary, shrink_file
+
+    try:
+        dest, res = shrink_file(args.certificate, args.out, args.budget if args.budget is not None else DEFAULT_BUDGET,
+                                plugins=args.plugin)
+    except NotRefuted as exc:
+        print(f"ibtest shrink: {args.certificate}: {exc}")
+        return 1
+    print("\n".join(summary(dest, res)))
+    return 0
+
+
 def cmd_show(args) -> int:
     from .show import show
 
@@ -225,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("verify", parents=[plug], help="re-solve a certificate and confirm or withdraw it")
     v.add_argument("certificate")
     v.set_defaults(func=cmd_verify)
+
+    sh = sub.add_parser("shrink", parents=[plug], help="shrink a pair or witness certificate to its core (same member still refuted)")
+    sh.add_argument("certificate")
+    sh.add_argument("-o", "--out", help="output file (default: CERT with suffix .shrunk.json)")
+    sh.add_argument("--budget", type=int, metavar="N", help="most instance solves to spend (default 6000)")
+    sh.set_defaults(func=cmd_shrink)
 
     s = sub.add_parser("show", parents=[plug], help="print a certificate's counterexample (and plot it)")
     s.add_argument("certificate")

@@ -70,6 +70,8 @@ class VerdictSettings(_Strict):
     search_steps: Int = Field(40, ge=0, description="projected (sub)gradient steps of the witness search")
     certify_max: Int = Field(16, ge=0, description=(
         "triples per member and block whose convex optimum is solved by cvxpy (≈ 10 ms each)"))
+    shrink: bool = Field(False, description="shrink each written pair certificate to its core (ibtest shrink)")
+    shrink_budget: Int = Field(6000, ge=4, description="instance solves each shrink may spend")
 
 
 class ReportSettings(_Strict):
