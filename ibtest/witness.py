@@ -24,6 +24,7 @@ suboptimality (local search).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -75,6 +76,21 @@ def _sub_ctx(h: HypContext, rows: Tensor) -> HypContext:
     return c
 
 
+@contextmanager
+def _one_thread():
+    """Run torch on one intra-op thread: the search is many tiny batched ops ([T, n, Q] with n, Q of a
+    few units) that threads cannot speed up, and on a busy machine an OpenMP team waiting for a
+    core makes each of them ≈ 10-20× slower."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
 def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Tensor, y: Tensor, mask: Tensor,
            theta0: Tensor, theta: Tensor, fit_tol: float, *, atol: float = 0.0, rtol: float = 1e-9,
            steps: int = 100, certify_limit: int = 16, study: Mapping[str, Any] | None = None) -> SearchResult:
@@ -82,6 +98,14 @@ def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Ten
 
     X [T, n, d], y / mask [T, n], theta0 / theta [T, P] (θ∞ of converged triples).
     """
+    with _one_thread():
+        return _search(model, spec, params, X, y, mask, theta0, theta, fit_tol, atol=atol, rtol=rtol,
+                       steps=steps, certify_limit=certify_limit, study=study)
+
+
+def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Tensor, y: Tensor, mask: Tensor,
+            theta0: Tensor, theta: Tensor, fit_tol: float, *, atol: float, rtol: float, steps: int,
+            certify_limit: int, study: Mapping[str, Any] | None) -> SearchResult:
     T = theta.shape[0]
     hctx = ev.context(model, spec, theta0=theta0, X=X, y=y, mask=mask, study=study)
     R_inf, _ = ev.evaluate(model, spec, params, theta, hctx, grad=False)
