@@ -385,7 +385,7 @@ class _SearchScore:
 
 SETTLED = 1e3  # a pair candidate's gap over its tolerance floor that makes a member "settled"
 SETTLED_SAMPLE = 128  # triples per block searched for a settled member
-SETTLED_CERTIFY = 2  # cvxpy optima per block for a settled member
+SETTLED_CERTIFY = 0  # cvxpy optima per block for a settled member (its verdict needs none)
 
 
 def score_search(ctx: Context, t: Triples, use: HypothesisUse, params: dict,
