@@ -393,6 +393,8 @@ def score_search(ctx: Context, t: Triples, use: HypothesisUse, params: dict,
     """Search Z(D) of every converged *study* triple of ``t`` for a witness against a regularizer
     member (batched; see :mod:`ibtest.witness`). Constructed partners are judged through their
     pairs only (searching them too would cost ≈ 3× more on a study with two constructions).
+    With ``sample`` (a member a pair of this block already refutes by far), only that many evenly
+    spread triples are searched, with no cvxpy optimum; the totals count the rest as ``skipped``.
     None when the study switched the search off or nothing converged."""
     vs = ctx.study.verdict
     if not vs.search or use.spec.kind != "regularizer":
