@@ -175,17 +175,22 @@ def score_regularizer(ctx: Context, t: Triples, pairs: Pairs, use: HypothesisUse
     spec = use.spec
     r = MemberResult(use.name, params, spec.kind, spec.depends_on, "inconclusive", use.expect, spec=spec, use=use)
     sc = _Scored(r)
-    sc.search = score_search(ctx, t, use, params)
-    if sc.search is not None:
-        r.search = sc.search.totals()
+
+    def searched(sample: int | None = None) -> _Scored:
+        sc.search = score_search(ctx, t, use, params, sample=sample)
+        if sc.search is not None:
+            r.search = sc.search.totals()
+        return sc
+
     if spec.depends_on == "data":
         r.reason = ("not applicable: a data-dependent R cannot be refuted by comparing R across "
                     "datasets, only by a witness inside one Z(D)")
-        return sc
+        return searched()
     sel = _eligible(spec, pairs).nonzero().flatten()
     p = pairs.select(sel)
     r.n_pairs, r.n_distinct = len(p), int(p.distinct.sum())
     if len(p) == 0:
+        searched()
         r.reason = "no admissible pair" + (" sharing θ0" if spec.depends_on == "init" else "")
         if not bool((t.status == st.CONVERGED).any()):
             r.reason = _no_converged_reason(t)
@@ -207,7 +212,10 @@ def score_regularizer(ctx: Context, t: Triples, pairs: Pairs, use: HypothesisUse
     cand = [int(k) for k in order[:RECHECK_TOP] if bool(gap[k] > floor[k])]
     sc.p, sc.Ra, sc.Rb, sc.gap, sc.floor, sc.rel, sc.cand = p, Ra, Rb, gap, floor, rel, cand
     sc.sel = sel
-    return sc
+    # a member this block's pairs already refute by far (a candidate gap ≥ SETTLED × its floor)
+    # is searched on a bounded sample only: its suboptimality statistic, not its verdict
+    settled = any(bool(gap[k] > SETTLED * floor[k]) for k in cand)
+    return searched(SETTLED_SAMPLE if settled else None)
 
 
 def finish_regularizer(ctx: Context, t: Triples, sc: _Scored, params: dict, meter: ErrorMeter) -> MemberResult:
@@ -300,11 +308,12 @@ class SearchTotals:
     worst_certified: float = 0.0
     worst_local: float = 0.0
     method: str = ""
+    skipped: int = 0  # converged triples not searched: a sample sufficed (member settled by a pair)
 
     def merge(self, o: "SearchTotals") -> "SearchTotals":
         return SearchTotals(self.searched + o.searched, self.certified + o.certified, self.witnesses + o.witnesses,
                             max(self.worst_certified, o.worst_certified), max(self.worst_local, o.worst_local),
-                            self.method or o.method)
+                            self.method or o.method, self.skipped + o.skipped)
 
     @property
     def worst(self) -> float:
@@ -315,9 +324,17 @@ class SearchTotals:
         """How the worst suboptimality was obtained: "certified" or "lower bound"."""
         if not self.searched:
             return ""
-        return "certified" if self.certified == self.searched else "lower bound"
+        how = "certified" if self.certified == self.searched else "lower bound"
+        return how + (f", sample of {self.searched}" if self.skipped else "")
 
     def describe(self) -> str:
+        text = self._describe()
+        if self.skipped:
+            text += (f" [a sample: {self.searched} of {self.searched + self.skipped} converged triples searched, "
+                     "the member being already refuted by a pair]")
+        return text
+
+    def _describe(self) -> str:
         n, c = self.searched, self.certified
         if c == n:
             return (f"global argmin on all {n} converged triples (certified), worst suboptimality "
@@ -332,7 +349,8 @@ class SearchTotals:
     def to_json(self) -> dict[str, Any]:
         return {"searched": self.searched, "certified": self.certified, "witnesses": self.witnesses,
                 "worst_suboptimality": self.worst, "worst_certified": self.worst_certified,
-                "worst_local": self.worst_local, "label": self.label, "method": self.method}
+                "worst_local": self.worst_local, "label": self.label, "method": self.method,
+                "skipped": self.skipped}
 
 
 @dataclass
@@ -341,6 +359,7 @@ class _SearchScore:
 
     idx: Tensor
     res: Any  # witness.SearchResult
+    skipped: int = 0  # converged triples left out (a settled member's sample)
 
     def candidates(self) -> list[int]:
         """Triples (table positions) of the best candidate witnesses (gap / floor, beyond the floor)."""
@@ -361,13 +380,21 @@ class _SearchScore:
         sub = r.sub
         return SearchTotals(int(self.idx.numel()), int(cert.sum()), int(r.found.sum()),
                             float(sub[cert].max()) if bool(cert.any()) else 0.0,
-                            float(sub[~cert].max()) if bool((~cert).any()) else 0.0, r.method)
+                            float(sub[~cert].max()) if bool((~cert).any()) else 0.0, r.method, self.skipped)
 
 
-def score_search(ctx: Context, t: Triples, use: HypothesisUse, params: dict) -> _SearchScore | None:
+SETTLED = 1e3  # a pair candidate's gap over its tolerance floor that makes a member "settled"
+SETTLED_SAMPLE = 128  # triples per block searched for a settled member
+SETTLED_CERTIFY = 0  # cvxpy optima per block for a settled member (its verdict needs none)
+
+
+def score_search(ctx: Context, t: Triples, use: HypothesisUse, params: dict,
+                 sample: int | None = None) -> _SearchScore | None:
     """Search Z(D) of every converged *study* triple of ``t`` for a witness against a regularizer
     member (batched; see :mod:`ibtest.witness`). Constructed partners are judged through their
     pairs only (searching them too would cost ≈ 3× more on a study with two constructions).
+    With ``sample`` (a member a pair of this block already refutes by far), only that many evenly
+    spread triples are searched, with no cvxpy optimum; the totals count the rest as ``skipped``.
     None when the study switched the search off or nothing converged."""
     vs = ctx.study.verdict
     if not vs.search or use.spec.kind != "regularizer":
@@ -378,10 +405,14 @@ def score_search(ctx: Context, t: Triples, use: HypothesisUse, params: dict) -> 
         return None
     from .witness import search
 
+    n_all, certify = int(idx.numel()), vs.certify_max
+    if sample is not None and n_all > sample:  # evenly spread over the block
+        idx = idx[torch.linspace(0, n_all - 1, sample).round().long().unique()]
+        certify = min(certify, SETTLED_CERTIFY)
     res = search(ctx.model, use.spec, params, t.X[idx], t.y[idx], t.mask[idx], t.theta0[idx], t.theta[idx],
-                 ctx.fit_tol, atol=use.atol, rtol=use.rtol, steps=vs.search_steps, certify_limit=vs.certify_max,
+                 ctx.fit_tol, atol=use.atol, rtol=use.rtol, steps=vs.search_steps, certify_limit=certify,
                  study={"seed": ctx.study.seed, **ctx.study.extra})
-    return _SearchScore(idx, res)
+    return _SearchScore(idx, res, n_all - int(idx.numel()))
 
 
 def recheck_witness(ctx: Context, t: Triples, use: HypothesisUse, params: dict, i: int, theta_w: Tensor,

@@ -24,6 +24,7 @@ suboptimality (local search).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -38,6 +39,7 @@ from .zeroset import Polyhedron, gauss_newton_project, gn_tangent, zero_set
 
 Tensor = torch.Tensor
 S0 = 0.1
+POLISH_S0, POLISH_STEPS = 1e-4, 30  # the polish of a convex optimum: short steps on Z
 TIE = 4 * torch.finfo(torch.float64).eps
 
 
@@ -75,6 +77,21 @@ def _sub_ctx(h: HypContext, rows: Tensor) -> HypContext:
     return c
 
 
+@contextmanager
+def _one_thread():
+    """Run torch on one intra-op thread: the search is many tiny batched ops ([T, n, Q] with n, Q of a
+    few units) that threads cannot speed up, and on a busy machine an OpenMP team waiting for a
+    core makes each of them ≈ 10-20× slower."""
+    n = torch.get_num_threads()
+    if n > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if n > 1:
+            torch.set_num_threads(n)
+
+
 def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Tensor, y: Tensor, mask: Tensor,
            theta0: Tensor, theta: Tensor, fit_tol: float, *, atol: float = 0.0, rtol: float = 1e-9,
            steps: int = 100, certify_limit: int = 16, study: Mapping[str, Any] | None = None) -> SearchResult:
@@ -82,6 +99,14 @@ def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Ten
 
     X [T, n, d], y / mask [T, n], theta0 / theta [T, P] (θ∞ of converged triples).
     """
+    with _one_thread():
+        return _search(model, spec, params, X, y, mask, theta0, theta, fit_tol, atol=atol, rtol=rtol,
+                       steps=steps, certify_limit=certify_limit, study=study)
+
+
+def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Tensor, y: Tensor, mask: Tensor,
+            theta0: Tensor, theta: Tensor, fit_tol: float, *, atol: float, rtol: float, steps: int,
+            certify_limit: int, study: Mapping[str, Any] | None) -> SearchResult:
     T = theta.shape[0]
     hctx = ev.context(model, spec, theta0=theta0, X=X, y=y, mask=mask, study=study)
     R_inf, _ = ev.evaluate(model, spec, params, theta, hctx, grad=False)
@@ -105,19 +130,23 @@ def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Ten
         method = "Gauss-Newton on r(θ) = 0"
 
     certified = torch.zeros(T, dtype=torch.bool)
+    none = torch.zeros(0, dtype=torch.int64)
+    polish = (none, x_inf[:0], R_inf[:0])
     x_best = x_inf.detach().clone()
     R_best = torch.full((T,), float("inf"), dtype=torch.float64)
     if exact and spec.convex:
         # the global minimum first: rows it certifies need no local search
         opt = certify(spec, params, R, zs, x_inf, hctx, model, certify_limit)
         if opt is not None and opt.rows.numel():
-            # polish the solver's minimizer (accurate to ≈ √tol in x for a smooth R) by short steps on Z
-            r_ = opt.rows
-            xp, Rp = _local(lambda x: R(x, r_), zs.take(r_), model, X[r_], y[r_], mask[r_], opt.x, 30, s0=1e-4)
             Ro = torch.nan_to_num(opt.R, nan=float("inf"))
-            x_best[r_] = torch.where((Rp <= Ro + TIE * Ro.abs())[:, None], xp, opt.x)
-            R_best[r_] = torch.minimum(Rp, Ro)
+            x_best[opt.rows] = opt.x
+            R_best[opt.rows] = Ro
             certified[opt.rows] = opt.certified
+            # the solver's minimizer (accurate to ≈ √tol in x for a smooth R) is polished by short
+            # steps on Z, in the local pass below, only where it beats θ∞ (a candidate witness);
+            # elsewhere θ∞ is the argmin to the solver's accuracy and the polish cannot change sub = 0
+            need = Ro < R_inf[opt.rows]
+            polish = (opt.rows[need], opt.x[need], Ro[need])
             method = "exact Z(D), convex optimum"
         # a differentiable convex R at θ∞ on an affine Z: the KKT condition certifies θ∞ itself
         try:
@@ -128,12 +157,29 @@ def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Ten
         except RuntimeError:
             pass
     rest = (~certified).nonzero().flatten()
-    if rest.numel():
-        xl, Rl = _local(lambda x: R(x, rest), zs.take(rest) if exact else None, model, X[rest], y[rest],
-                        mask[rest], x_inf[rest], steps)
-        better = Rl < R_best[rest]
-        x_best[rest] = torch.where(better[:, None], xl, x_best[rest])
-        R_best[rest] = torch.where(better, Rl, R_best[rest])
+    # one local pass over both kinds of rows (its cost is per step, hardly per row): the rest from
+    # x∞ (``steps`` steps from S0) and the polish of optima from x* (POLISH_STEPS from POLISH_S0)
+    pr, px, pR = polish
+    if rest.numel() or pr.numel():
+        rows = torch.cat([rest, pr])
+        nr = rest.numel()
+        x0 = torch.cat([x_inf[rest], px])
+        s0 = torch.cat([torch.full((nr, 1), S0, dtype=x0.dtype), torch.full((pr.numel(), 1), POLISH_S0, dtype=x0.dtype)])
+        K = torch.cat([torch.full((nr, 1), max(0, int(steps))), torch.full((pr.numel(), 1), POLISH_STEPS)])
+        xl, Rl = _local(lambda x: R(x, rows), zs.take(rows) if exact else None, model, X[rows], y[rows],
+                        mask[rows], x0, K, s0=s0)
+        if nr:
+            xr, Rr = xl[:nr], Rl[:nr]
+            better = Rr < R_best[rest]
+            x_best[rest] = torch.where(better[:, None], xr, x_best[rest])
+            R_best[rest] = torch.where(better, Rr, R_best[rest])
+        if pr.numel():
+            xp, Rp = xl[nr:], Rl[nr:]
+            # the polished point where it is no worse than x* (ties to rounding go to it), as before;
+            # a row also searched from x∞ (uncertified optimum) keeps the better of both
+            take = (Rp <= pR + TIE * pR.abs()) & (Rp <= R_best[pr] + TIE * R_best[pr].abs())
+            x_best[pr] = torch.where(take[:, None], xp, x_best[pr])
+            R_best[pr] = torch.minimum(Rp, R_best[pr])
     theta_w = to_theta(x_best)
     ok = fit.fits(model, theta_w, X, y, mask, theta0, fit_tol)
     Rw, _ = ev.evaluate(model, spec, params, theta_w, hctx, grad=False)  # afresh, on θ'
@@ -145,10 +191,11 @@ def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Ten
     return SearchResult(R_inf, theta_w, Rw, ok, floor, sub, certified, method)
 
 
-def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int,
-           s0: float = S0) -> tuple[Tensor, Tensor]:
+def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int | Tensor,
+           s0: float | Tensor = S0) -> tuple[Tensor, Tensor]:
     """Projected subgradient descent on Z from x0 [T, Q]; the best point of each row and its R.
-    Step k has length s0·‖x0‖·(1e-5)^(k/(K−1))."""
+    Step k has length s0·‖x0‖·(1e-5)^(k/(K−1)); ``steps`` (K) and ``s0`` may be per row ([T, 1]):
+    a row stops moving after its K steps."""
     def project(x):
         return zs.fast_project(x) if zs is not None else gauss_newton_project(model, x, X, y, mask, steps=3)
 
@@ -157,7 +204,8 @@ def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int,
         best_R = torch.nan_to_num(R(x).detach(), nan=float("inf"))
     best_x = x.clone()
     scale = x0.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-    K = max(0, int(steps))
+    Kr = torch.as_tensor(steps).reshape(-1, 1).clamp_min(0) if isinstance(steps, Tensor) else None
+    K = int(Kr.max()) if Kr is not None and Kr.numel() else (0 if Kr is not None else max(0, int(steps)))
     for k in range(K):
         with torch.enable_grad():
             xx = x.detach().clone().requires_grad_(True)
@@ -167,7 +215,10 @@ def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int,
         g = torch.nan_to_num(g.detach())
         t = zs.eq_tangent(g) if zs is not None else gn_tangent(model, g, x, X, y, mask)
         tn = t.norm(dim=-1, keepdim=True)
-        s = s0 * scale * (1e-5) ** (k / max(1, K - 1))
+        if Kr is None:
+            s = s0 * scale * (1e-5) ** (k / max(1, K - 1))
+        else:  # per row: its own schedule, no step past its K
+            s = torch.where(k < Kr, s0 * scale * (1e-5) ** (k / (Kr - 1).clamp_min(1)), torch.zeros_like(scale))
         x = project(x - torch.where(tn > 0, s * t / tn.clamp_min(1e-300), torch.zeros_like(t)))
         with torch.no_grad():
             v = torch.nan_to_num(R(x).detach(), nan=float("inf"))

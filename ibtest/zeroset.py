@@ -57,10 +57,10 @@ class Polyhedron:
 
     def violation(self, x: Tensor) -> Tensor:
         """Largest constraint violation per row [B]: max(|A_eq x − b_eq|, (A_ub x − b_ub)₊)."""
-        v = (torch.einsum("bmq,bq->bm", self.A_eq, x) - self.b_eq).abs().amax(-1) \
+        v = (_mv(self.A_eq, x) - self.b_eq).abs().amax(-1) \
             if self.A_eq.shape[1] else x.new_zeros(x.shape[0])
         if self.A_ub.shape[1]:
-            v = torch.maximum(v, (torch.einsum("bkq,bq->bk", self.A_ub, x) - self.b_ub).clamp_min(0).amax(-1))
+            v = torch.maximum(v, (_mv(self.A_ub, x) - self.b_ub).clamp_min(0).amax(-1))
         return v
 
     def project(self, x: Tensor, rounds: int = 3, active_tol: float = 0.0) -> Tensor:
@@ -73,7 +73,7 @@ class Polyhedron:
         active = torch.zeros(x.shape[0], k, dtype=torch.bool)
         for _ in range(rounds if k else 1):
             if k:
-                s = torch.einsum("bkq,bq->bk", self.A_ub, x) - self.b_ub
+                s = _mv(self.A_ub, x) - self.b_ub
                 active = active | (s > -active_tol * (1 + self.b_ub.abs()))
             x = self._project_active(x, active)
         return x
@@ -89,15 +89,15 @@ class Polyhedron:
         if active.numel() == 0 or not bool(active.any()):
             if A.shape[1] == 0:
                 return x
-            r = torch.einsum("bmq,bq->bm", A, x) - b
-            return x - torch.einsum("bqm,bm->bq", self._eq_pinv(), r)
+            r = _mv(A, x) - b
+            return x - _mv(self._eq_pinv(), r)
         if active.shape[1]:
             a = active.to(x.dtype)[..., None]
             A = torch.cat([A, self.A_ub * a], 1)
             b = torch.cat([b, self.b_ub * active.to(x.dtype)], 1)
         if A.shape[1] == 0:
             return x
-        return x - min_norm_solution(A, torch.einsum("bmq,bq->bm", A, x) - b)
+        return x - min_norm_solution(A, _mv(A, x) - b)
 
     def fast_project(self, x: Tensor, rounds: int = 2) -> Tensor:
         """A point of Z near x by alternating projections (the affine set of the equalities with
@@ -121,7 +121,7 @@ class Polyhedron:
         """g projected onto null(A_eq) (cached pseudo-inverse)."""
         if self.A_eq.shape[1] == 0:
             return g
-        return g - torch.einsum("bqm,bm->bq", self._eq_pinv(), torch.einsum("bmq,bq->bm", self.A_eq, g))
+        return g - _mv(self._eq_pinv(), _mv(self.A_eq, g))
 
     def tangent(self, g: Tensor, x: Tensor, tol: float = 1e-12) -> Tensor:
         """g [B, Q] projected onto the directions that keep the equalities and the binding
@@ -129,30 +129,43 @@ class Polyhedron:
         binding row is negative; the search re-projects anyway)."""
         A = self.A_eq
         if self.A_ub.shape[1]:
-            s = torch.einsum("bkq,bq->bk", self.A_ub, x) - self.b_ub
+            s = _mv(self.A_ub, x) - self.b_ub
             bind = (s > -tol * (1 + x.norm(dim=-1, keepdim=True)))
             # a binding row only blocks a step that would cross it: −g pointing outward
-            out = torch.einsum("bkq,bq->bk", self.A_ub, -g) > 0
+            out = _mv(self.A_ub, -g) > 0
             blocked = bind & out
             if bool(blocked.any()):
                 A = torch.cat([A, self.A_ub * blocked.to(g.dtype)[..., None]], 1)
-                return g - min_norm_solution(A, torch.einsum("bmq,bq->bm", A, g))
+                return g - min_norm_solution(A, _mv(A, g))
         if A.shape[1] == 0:
             return g
-        return g - torch.einsum("bqm,bm->bq", self._eq_pinv(), torch.einsum("bmq,bq->bm", A, g))
-        return g - torch.einsum("bqm,bm->bq", torch.linalg.pinv(A), torch.einsum("bmq,bq->bm", A, g))
+        return g - _mv(self._eq_pinv(), _mv(A, g))
+        return g - _mv(torch.linalg.pinv(A), _mv(A, g))
+
+
+def _mv(A: Tensor, x: Tensor) -> Tensor:
+    """Batched matrix-vector product A [B, m, q] · x [B, q] -> [B, m] (broadcast and sum: on the
+    tiny matrices of a zero-loss set ≈ 2× faster than einsum or bmm on CPU)."""
+    return (A * x[:, None, :]).sum(-1)
 
 
 def min_norm_solution(A: Tensor, r: Tensor) -> Tensor:
     """The least-norm z with A z = r, z = Aᵀ (A Aᵀ)⁻¹ r, for A [B, m, Q] whose all-zero rows (padding,
-    inactive constraints) are ignored: batched LU on A Aᵀ + diag(zero rows) + ε·tr/m·I, ε = 1e-13
+    inactive constraints) are ignored: batched Cholesky on A Aᵀ + diag(zero rows) + ε·tr/m·I, ε = 1e-13
     (a ridge for linearly dependent rows; a plain pseudo-inverse by SVD is ≈ 10× slower here)."""
-    G = A @ A.transpose(1, 2)
+    G = (A[:, :, None, :] * A[:, None, :, :]).sum(-1)
     zero = (A.abs().sum(-1) == 0).to(A.dtype)
     scale = torch.diagonal(G, dim1=1, dim2=2).sum(-1).clamp_min(1e-300) / max(1, A.shape[1])
     G = G + torch.diag_embed(zero + 1e-13 * scale[:, None])
-    lam = torch.linalg.solve(G, (r * (1 - zero))[..., None])[..., 0]
-    return torch.einsum("bmq,bm->bq", A, lam)
+    rhs = (r * (1 - zero))[..., None]
+    # G is symmetric positive definite (the ridge): Cholesky, ≈ 5× cheaper than LU on these sizes;
+    # LU where it fails (a ridge drowned by rounding)
+    L, info = torch.linalg.cholesky_ex(G)
+    if bool((info != 0).any()):
+        lam = torch.linalg.solve(G, rhs)[..., 0]
+    else:
+        lam = torch.cholesky_solve(rhs, L)[..., 0]
+    return (A * lam[:, :, None]).sum(1)
 
 
 def zero_set(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor) -> Polyhedron | None:
@@ -207,11 +220,11 @@ def gauss_newton_project(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, 
     """Pull θ [B, P] back onto {r(θ) = 0}: θ ← θ − J⁺ r, ``steps`` times (batched)."""
     for _ in range(steps):
         r, J = jacobian(model, theta, X, y, mask)
-        theta = theta - torch.einsum("bpn,bn->bp", torch.linalg.pinv(J), r)
+        theta = theta - _mv(torch.linalg.pinv(J), r)
     return theta
 
 
 def gn_tangent(model: ModelBase, g: Tensor, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """g [B, P] projected onto the null space of J(θ): the tangent space of {r = 0} at θ."""
     _, J = jacobian(model, theta, X, y, mask)
-    return g - torch.einsum("bpn,bn->bp", torch.linalg.pinv(J), torch.einsum("bnp,bp->bn", J, g))
+    return g - _mv(torch.linalg.pinv(J), _mv(J, g))
