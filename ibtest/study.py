@@ -264,6 +264,9 @@ def _coerce_one(value: Any, opt: Option, name: str = "") -> Any:
         b = _find_bool(value)
         if b is not None:
             raise ValueError(f"{b!r} is not a number")
+    for x in _numbers(value):  # before the type's own bounds: "NaN is not a value" says more
+        if isinstance(x, float) and math.isnan(x):
+            raise ValueError("NaN is not a value")
     out = value if tp is Any else TypeAdapter(tp).validate_python(value)
     lower = _convention_lower(name, tp)
     for x in _numbers(out):

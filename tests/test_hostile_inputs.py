@@ -137,10 +137,10 @@ def test_study_files_that_are_not_utf8_text(cli, tmp_path, data, needle):
     (("scale: 1.0, count: 2", "scale: 1.0, count: true"), "init.count: expected a number, not True"),
     (("scale: 1.0", "scale: .nan"), "init.scale: NaN is not a value"),
     (("scale: 1.0", "scale: .inf"), "init.scale: must be finite"),
-    (("{name: exact}", "{name: exact, grid: -5}"), "solver.grid: must be >= 0"),
+    (("{name: exact}", "{name: exact, grid: -5}"), "solver.grid: Input should be greater than or equal to 2"),
     (("{name: exact}", "{name: exact, fit_tol: .nan}"), "solver.fit_tol: NaN is not a value"),
-    (("{name: exact}", "{name: exact, fit_tol: -1.0e-9}"), "solver.fit_tol: must be >= 0"),
-    (("{name: exact}", "{name: exact, fit_tol: 1e-9, root_tol: -1}"), "solver.root_tol: must be >= 0"),
+    (("{name: exact}", "{name: exact, fit_tol: -1.0e-9}"), "solver.fit_tol: Input should be greater than or equal to 0"),
+    (("{name: exact}", "{name: exact, fit_tol: 1e-9, root_tol: -1}"), "solver.root_tol: Input should be greater than 0"),
     (("{name: dist_to_init}", "{name: dist_to_init, atol: -1}"), "hypotheses[0].atol: Input should be greater"),
     (("{name: dist_to_init}", "{name: dist_to_init, atol: .nan}"), "hypotheses[0].atol: Input should be a finite"),
     (("{name: dist_to_init}", "{name: lp_norm, params: {p: .nan}}"), "hypotheses[0].params.p: NaN is not a value"),
@@ -200,7 +200,7 @@ def test_sweeps(cli, tmp_path):
             "sweep.path: dataset 'gaussian' (datasets[0]) has no option '0.n'")
     refused(cli, tmp_path, study("sweep: {path: nope, values: [1]}\n"), "sweep.path: expected init.OPTION")
     refused(cli, tmp_path, study("sweep: {path: solver.grid, values: [192, -5]}\n"),
-            "sweep.values[1]: must be >= 0")
+            "sweep.values[1]: Input should be greater than or equal to 2")
     refused(cli, tmp_path, study("sweep: {path: datasets.n, values: [2, true]}\n"),
             "sweep.values[1]: True is not a number")
     refused(cli, tmp_path, study("sweep: {path: solver.fit_tol, values: [.nan]}\n"),

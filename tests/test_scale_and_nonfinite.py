@@ -200,6 +200,7 @@ def test_identical_pairs_alone_are_no_evidence():
         "datasets": [{"name": "gaussian", "n": 3, "d": 6, "count": 4, "labels": "teacher_linear"}],
         "solver": {"name": "exact"}, "constructions": ["consistent_augmentation"],
         "hypotheses": [{"name": "lp_norm", "params": {"p": [1, math.inf]}}],
+        "verdict": {"search": False},  # pairs alone (the witness search refutes both: test_witness.py)
     }
     res = run_study(study, write=False)
     for m in res.members:
