@@ -24,7 +24,7 @@ from .engine import Context, InstancePlan, Phase, build_context, plan_instances
 from .errors import UserError
 from .progress import Progress
 from .store import Store, open_run
-from .study import Study, apply_sweep, load_study_text, read_study_bytes, variants
+from .study import Study, load_study_text, read_study_bytes, variants
 from .streaming import SAMPLE, Retainer, Tally
 from .verdicts import MemberResult, judge_all
 

@@ -6,6 +6,7 @@ Exit codes, like pytest: 0 every expected verdict held (or the certificate was c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from importlib import resources
 from pathlib import Path

@@ -21,7 +21,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 
 from .specs import CvxContext, Hypothesis, ModelBase

@@ -316,8 +316,7 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     certificate lists are never imported on its say-so. Returns the path written.
     """
     from . import certificate as certmod
-    from .manager import load_registry, require_registered
-    from .replay import check_options
+    from .replay import model_and_hypothesis
 
     cert = certmod._unnum(cert)
     if cert.get("kind") == "witness":  # θ∞ and the witness θ' on Z(D)
@@ -325,18 +324,7 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
 
         return plot_witness(cert, path, plugins)
     path = Path(path)
-    reg = load_registry(list(plugins))
-    require_registered(reg, [("models", cert["model"]["name"]), ("hypotheses", cert["hypothesis"]["name"])],
-                       what="certificate", named_files=cert.get("plugins") or [])
-    mname = cert["model"]["name"]
-    mspec = reg.get("models", mname)
-    mopts = check_options("model", mname, mspec, cert["model"]["options"] or {}, "certificate", "model.options")
-    try:
-        model = mspec.factory(**mopts)
-    except Exception as exc:
-        raise UserError(f"certificate: model {mname!r} rejects its options: {type(exc).__name__}: {exc}") from None
-    spec = reg.get("hypotheses", cert["hypothesis"]["name"])
-    params = dict(cert["hypothesis"].get("params") or {})
+    model, spec, params = model_and_hypothesis(cert, list(plugins))
     theta0 = torch.tensor(cert["theta0"], dtype=torch.float64)
     R = _Evaluator(model, spec, params, theta0)
     sides = [s for s in ("a", "b") if s in cert]

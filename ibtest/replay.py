@@ -539,3 +539,22 @@ def _stored_check(cert, D: _Data, R, ref, margin_of, model, names, pair: bool, r
         return []
     return ["  stored values disagree with the ones recomputed at the file's own theta (the file was "
             "edited, or written by another version): " + "; ".join(bad)]
+
+
+def model_and_hypothesis(cert: dict, plugins: list[str] = (), where: str = "certificate") -> tuple[Any, Any, dict]:
+    """(model instance, hypothesis spec, member params) of a certificate, for drawing it: code only
+    from installed plugins and the files the user named (``plugins``), never from the file's list;
+    a missing plugin or options the model rejects are a :class:`UserError` naming them."""
+    from .manager import load_registry, require_registered
+
+    reg = load_registry(list(plugins))
+    require_registered(reg, [("models", cert["model"]["name"]), ("hypotheses", cert["hypothesis"]["name"])],
+                       what=where, named_files=cert.get("plugins") or [])
+    mname = cert["model"]["name"]
+    mspec = reg.get("models", mname)
+    mopts = check_options("model", mname, mspec, cert["model"]["options"] or {}, where, "model.options")
+    try:
+        model = mspec.factory(**mopts)
+    except Exception as exc:
+        raise UserError(f"{where}: model {mname!r} rejects its options: {type(exc).__name__}: {clean(exc)}") from None
+    return model, reg.get("hypotheses", cert["hypothesis"]["name"]), dict(cert["hypothesis"].get("params") or {})

@@ -91,24 +91,10 @@ def plot(cert: dict[str, Any], path: str | Path, plugins=(), grid: int = 121, dp
     a grid), the level sets {R = R(θ∞)} and {R = R(θ')}, and the two points."""
     import numpy as np
 
-    from .errors import UserError
-    from .manager import load_registry, require_registered
     from .plots import _plt
-    from .replay import check_options
+    from .replay import model_and_hypothesis
 
-    # code only from installed plugins and files the user named, never from the certificate's list
-    reg = load_registry(list(plugins))
-    require_registered(reg, [("models", cert["model"]["name"]), ("hypotheses", cert["hypothesis"]["name"])],
-                       what="certificate", named_files=cert.get("plugins") or [])
-    mname = cert["model"]["name"]
-    mspec = reg.get("models", mname)
-    mopts = check_options("model", mname, mspec, cert["model"]["options"] or {}, "certificate", "model.options")
-    try:
-        model = mspec.factory(**mopts)
-    except Exception as exc:
-        raise UserError(f"certificate: model {mname!r} rejects its options: {type(exc).__name__}: {exc}") from None
-    spec = reg.get("hypotheses", cert["hypothesis"]["name"])
-    params = dict(cert["hypothesis"]["params"])
+    model, spec, params = model_and_hypothesis(cert, list(plugins))
     side = cert["a"]
     X, y = _t(side["X"])[None], _t(side["y"])[None]
     mask = torch.ones_like(y)

@@ -188,7 +188,6 @@ class KinkField:
         ``ent_ok`` False), ``S`` [b, n, m] the same set as a mask."""
         W, v = self._parts(theta)
         b, m, d = W.shape
-        n = X.shape[1]
         z = torch.matmul(X, W.transpose(1, 2))  # [b, n, m]
         act = torch.where(S, torch.zeros_like(z), z.clamp_min(0.0))
         if self.kind == "neuron":
