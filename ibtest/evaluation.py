@@ -30,7 +30,6 @@ Pair validity (which admissible pairs may refute a regularizer), by ``depends_on
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
@@ -170,10 +169,3 @@ def pair_rule(depends_on: str) -> str:
     """The pair-validity rule in words (for reasons and ``verify``)."""
     return {"params": "any admissible pair", "init": "only admissible pairs that share θ0",
             "data": "no cross-dataset pair (a data-dependent R is refuted only inside one Z(D))"}[depends_on]
-
-
-def finite_or_raise(x: float, what: str) -> float:
-    """``x`` if finite, else :class:`NonFiniteValue` naming ``what``."""
-    if not math.isfinite(x):
-        raise NonFiniteValue(f"{what} is not finite ({x})")
-    return x
