@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ibtest.solvers.exact import solve_exact
+from ibtest.solve.solvers.exact import solve_exact
 
 from ._common import w1_batch
 from .w1 import RELU

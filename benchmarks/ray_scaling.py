@@ -46,11 +46,11 @@ def _run(data: dict, out: Path) -> dict:
 
 def block_cost(count: int, block_size: int) -> dict:
     """The driver's work on one block, timed piece by piece (median of 3)."""
-    from ibtest.executors import Recipe, rebuild, run_recipe_block
-    from ibtest.store import Store
-    from ibtest.streaming import Retainer, Tally, score_block
-    from ibtest.study import validate
-    from ibtest.manager import load_registry
+    from ibtest.run.executors import Recipe, rebuild, run_recipe_block
+    from ibtest.run.store import Store
+    from ibtest.run.streaming import Retainer, Tally, score_block
+    from ibtest.study.schema import validate
+    from ibtest.plugin.manager import load_registry
 
     data = _study(count, block_size, "ray")
     study = validate(data, load_registry())
@@ -93,7 +93,7 @@ def run(count: int, block_size: int, repeat: int = 1) -> dict:
     hits one repetition, not one configuration); each keeps its best wall time."""
     import ray
 
-    from ibtest import report
+    from ibtest.out import report
     from ibtest.api import load_results
 
     import torch

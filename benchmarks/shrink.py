@@ -40,7 +40,7 @@ def refutations(count: int, root: Path, first_seed: int = 0, max_seeds: int = 20
     move), so it can never end at θ0 = 0; the benchmark reports both populations.
     """
     from ibtest.api import run_study
-    from ibtest.certificate import load
+    from ibtest.cert.certificate import load
 
     out: list[Path] = []
     for seed in range(first_seed, first_seed + max_seeds):
@@ -55,8 +55,8 @@ def refutations(count: int, root: Path, first_seed: int = 0, max_seeds: int = 20
 
 
 def run(count: int = 30, budget: int = 6000, labelled: bool = False) -> dict:
-    from ibtest.certificate import load
-    from ibtest.shrink import shrink_file
+    from ibtest.cert.certificate import load
+    from ibtest.cert.shrink import shrink_file
 
     torch.set_num_threads(1)
     rows = []

@@ -17,10 +17,10 @@ import time
 import numpy as np
 import torch
 
-from ibtest import status as st
-from ibtest.solvers.exact import _workers, solve_exact
-from ibtest.solvers.exact_reference import solve_exact_reference
-from ibtest.specs import PiecewiseLinearNeuron
+from ibtest.base import status as st
+from ibtest.solve.solvers.exact import _workers, solve_exact
+from ibtest.solve.solvers.exact_reference import solve_exact_reference
+from ibtest.plugin.specs import PiecewiseLinearNeuron
 
 from ._common import timed, w1_batch
 

@@ -31,8 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from ibtest import status as st  # noqa: E402
-from ibtest.solvers.adaptive import solve_adaptive  # noqa: E402
+from ibtest.base import status as st  # noqa: E402
+from ibtest.solve.solvers.adaptive import solve_adaptive  # noqa: E402
 
 try:  # installed package, or the source tree
     from ibtest_plugins.models.two_layer_relu import two_layer_relu

@@ -1,17 +1,21 @@
 """ibtest: put a conjecture about the implicit regularization of gradient flow to the test.
 
-Public API for plugin authors: :data:`hookimpl` and the spec objects of :mod:`ibtest.specs`.
+Public API for plugin authors: :data:`hookimpl` and the spec objects of :mod:`ibtest.plugin.specs`.
 For notebooks: :func:`run_study`.
 """
 from __future__ import annotations
 
-from ._startup import gc_paused
+from ibtest import _compat
+from ibtest._startup import gc_paused
+
+_compat.install()  # the module paths from before the layers (deprecated aliases)
 
 with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collect
-    from .hookspecs import hookimpl
-    from .specs import (
+    from ibtest.plugin.hookspecs import hookimpl
+    from ibtest.plugin.specs import (
         Construction,
         Context,
+        HypothesisContext,
         CvxContext,
         DataBatch,
         Dataset,
@@ -35,8 +39,8 @@ __version__ = "0.1.0"
 
 
 def run_study(study, **kwargs):
-    """Run a study (a path to a YAML file, or a dict) and return its :class:`~ibtest.engine.StudyResult`."""
-    from .api import run_study as _run
+    """Run a study (a path to a YAML file, or a dict) and return its :class:`~ibtest.api.StudyResult`."""
+    from ibtest.api import run_study as _run
 
     return _run(study, **kwargs)
 
@@ -45,6 +49,7 @@ __all__ = [
     "hookimpl",
     "Construction",
     "Context",
+    "HypothesisContext",
     "CvxContext",
     "DataBatch",
     "Dataset",

@@ -17,16 +17,19 @@ from typing import Any
 
 import yaml
 
-from . import certificate, executors, fit, report
-from . import status as st
-from .batch import Pairs, Triples
-from .engine import Context, InstancePlan, Phase, build_context, plan_instances
-from .errors import UserError
-from .progress import Progress
-from .store import Store, open_run
-from .study import Study, load_study_text, read_study_bytes, variants
-from .streaming import SAMPLE, Retainer, Tally
-from .verdicts import MemberResult, judge_all
+from ibtest.cert import certificate
+from ibtest.run import executors
+from ibtest.solve import fit
+from ibtest.out import report
+from ibtest.base import status as st
+from ibtest.solve.batch import Pairs, Triples
+from ibtest.solve.engine import RunContext, InstancePlan, Phase, build_context, plan_instances
+from ibtest.base.errors import UserError
+from ibtest.base.progress import Progress
+from ibtest.run.store import Store, open_run
+from ibtest.study.schema import Study, load_study_text, read_study_bytes, variants
+from ibtest.run.streaming import SAMPLE, Retainer, Tally
+from ibtest.judge.verdicts import MemberResult, judge_all
 
 
 @dataclass
@@ -131,7 +134,7 @@ def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store 
     """Run a validated study once (no sweep), streamed in blocks of ``study.block_size`` instances.
 
     One block (the usual case): ``triples`` / ``pairs`` of the result hold the whole run. Several:
-    each block is solved, stored, scored and dropped (see :mod:`ibtest.streaming`).
+    each block is solved, stored, scored and dropped (see :mod:`ibtest.run.streaming`).
     ``out_dir`` None: nothing is written. ``plan``: the study's instances, if already made.
     """
     t0 = time.perf_counter()
@@ -204,7 +207,7 @@ def default_run_dir(study_name: str) -> Path:
     return Path("runs") / f"{certificate.slug(study_name)}-{stamp}"
 
 
-def write_certificates(res: StudyResult, ctx: Context) -> None:
+def write_certificates(res: StudyResult, ctx: RunContext) -> None:
     d = res.run_dir
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -228,9 +231,9 @@ def write_certificates(res: StudyResult, ctx: Context) -> None:
             _shrink_one(res, ctx, path)
 
 
-def _shrink_one(res: StudyResult, ctx: Context, path: Path) -> None:
+def _shrink_one(res: StudyResult, ctx: RunContext, path: Path) -> None:
     """``verdict: {shrink: true}``: write ``<name>.shrunk.json`` next to the certificate (verified)."""
-    from .shrink import NotRefuted, shrink_file
+    from ibtest.cert.shrink import NotRefuted, shrink_file
 
     try:
         dest, _ = shrink_file(path, path.with_name(path.stem + ".shrunk.json"), res.study.verdict.shrink_budget,
@@ -300,7 +303,7 @@ def run_study(study: str | Path | dict, *, plugins: list[str] = (), out_dir: str
 def _start_store(out: Path, **study: Any) -> Store:
     """A new run's store holding its study. If even that cannot be written (a full disk, a
     read-only place), what was created is removed, so the same ``--out`` works next time."""
-    from .certificate import versions
+    from ibtest.cert.certificate import versions
 
     made_dir = not out.exists()
     store = None
@@ -332,8 +335,8 @@ def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progre
     what is missing and the files the run was made with. ``executor`` may differ from the
     interrupted run's: a stored block is never solved again.
     """
-    from .manager import load_registry, require_registered
-    from .study import parse_study_text, plugin_files_of, validate
+    from ibtest.plugin.manager import load_registry, require_registered
+    from ibtest.study.schema import parse_study_text, plugin_files_of, validate
 
     store = open_run(run_dir)
     try:

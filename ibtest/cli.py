@@ -12,15 +12,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from .errors import UserError
-from .textsafe import clean, clean_tree as _clean_tree
+from ibtest.base.errors import UserError
+from ibtest.base.textsafe import clean, clean_tree as _clean_tree
 
 
 MULTILINE = frozenset({"description", "summary"})  # stored free text whose line breaks are its own
 
 
 def clean_tree(obj):
-    """Stored results made safe to print (see :mod:`ibtest.textsafe`); paragraphs keep their breaks."""
+    """Stored results made safe to print (see :mod:`ibtest.base.textsafe`); paragraphs keep their breaks."""
     return _clean_tree(obj, MULTILINE)
 
 DEFAULT_STUDY = "vardi_shamir_theorem3"
@@ -48,12 +48,12 @@ def resolve_study(arg: str | None) -> Path:
 
 
 def cmd_run(args) -> int:
-    from ._startup import gc_paused
+    from ibtest._startup import gc_paused
 
     with gc_paused():  # pydantic, the plugins: long-lived import-time objects
-        from . import report
-        from .api import resume_run, run_study
-        from .progress import Progress
+        from ibtest.out import report
+        from ibtest.api import resume_run, run_study
+        from ibtest.base.progress import Progress
 
     progress = Progress(enabled=False if args.quiet else None)
     if args.resume:
@@ -68,7 +68,7 @@ def cmd_run(args) -> int:
     res = results
     print(report.render_table(clean_tree(res.json_cache or res.to_json()), verbose=not args.quiet))
     if args.plot:
-        from .plots import plot_run
+        from ibtest.out.plots import plot_run
 
         print(f"\nfigure written to {plot_run(res, args.plot)}")
     for e in res.errors:
@@ -81,7 +81,7 @@ def cmd_run(args) -> int:
 
 
 def _print_sweep(results, args) -> int:
-    from . import report
+    from ibtest.out import report
 
     print(report.render_sweep([clean_tree(r.json_cache or r.to_json()) for r in results], clean(results[0].study.sweep.path)))
     print(f"\nrun directory: {results[0].run_dir.parent if results[0].run_dir else '-'}")
@@ -104,8 +104,8 @@ def _rendering(runs: str) -> "contextlib.AbstractContextManager[None]":
 
 
 def cmd_report(args) -> int:
-    from . import report
-    from .api import load_results
+    from ibtest.out import report
+    from ibtest.api import load_results
 
     res = clean_tree(load_results(args.run))  # a stored run is data: no control characters reach the terminal
     with _rendering(args.run):
@@ -123,8 +123,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from . import report
-    from .api import load_results
+    from ibtest.out import report
+    from ibtest.api import load_results
 
     a, b = clean_tree(load_results(args.run_a)), clean_tree(load_results(args.run_b))
     if "runs" in a or "runs" in b:
@@ -140,7 +140,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_new(args) -> int:
-    from .templates import write_template
+    from ibtest.templates import write_template
 
     paths = write_template(args.kind, args.name, args.dir)
     for p in (paths if isinstance(paths, (list, tuple)) else [paths]):
@@ -149,8 +149,8 @@ def cmd_new(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from . import report
-    from .manager import load_registry
+    from ibtest.out import report
+    from ibtest.plugin.manager import load_registry
 
     reg = load_registry(args.plugin)
     for kind in ("models", "datasets", "inits", "solvers", "constructions", "hypotheses", "executors"):
@@ -172,7 +172,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .certificate import verify
+    from ibtest.cert.certificate import verify
 
     res = verify(args.certificate, args.plugin)
     print("\n".join(res.lines))
@@ -180,7 +180,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_shrink(args) -> int:
-    from .shrink import DEFAULT_BUDGET, NotRefuted, summary, shrink_file
+    from ibtest.cert.shrink import DEFAULT_BUDGET, NotRefuted, summary, shrink_file
 
     try:
         dest, res = shrink_file(args.certificate, args.out, args.budget if args.budget is not None else DEFAULT_BUDGET,
@@ -193,14 +193,14 @@ def cmd_shrink(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .show import show
+    from ibtest.out.show import show
 
     return show(args.certificate, plot=args.plot, plugins=args.plugin)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ibtest", description="Test conjectures about the implicit regularization of gradient flow.")
-    from . import __version__
+    from ibtest import __version__
 
     p.add_argument("--version", action="version", version=f"ibtest {__version__}")
     sub = p.add_subparsers(dest="command", required=True)

@@ -15,7 +15,7 @@ import keyword
 from pathlib import Path
 from string import Template
 
-from .errors import UserError
+from ibtest.base.errors import UserError
 
 KINDS = ("hypothesis", "model", "dataset")
 
@@ -215,7 +215,7 @@ def ibtest_models():
 MODEL_TEST = Template('''"""Tests of the $name model plugin, with ibtest.testing (run: python -m pytest test_$name.py)."""
 from pathlib import Path
 
-from ibtest.status import CONVERGED
+from ibtest.base.status import CONVERGED
 from ibtest.testing import assert_falsified, check_model, run_model
 
 PLUGIN = Path(__file__).with_name("$name.py")

@@ -40,7 +40,7 @@ from typing import Any, Iterable, Sequence
 import torch
 import yaml
 
-from .manager import Registry, load_registry
+from ibtest.plugin.manager import Registry, load_registry
 
 __all__ = [
     "STUDIES", "builtin_study", "plugin_path", "registered_names", "run_hypothesis", "run_model",
@@ -162,7 +162,7 @@ def builtin_study(study: str | Path | dict = "theorem3") -> dict[str, Any]:
 
 
 def _run(data: dict[str, Any], plugins: Sequence[str]):
-    from .api import run_study
+    from ibtest.api import run_study
 
     res = run_study(data, plugins=list(plugins), write=False)
     return res
@@ -276,7 +276,7 @@ def check_hypothesis(plugin: str | Path | types.ModuleType | None, name: str, pa
     Checks: ``fn(theta, ctx, **params)`` returns a float tensor of shape [B] (an invariant may
     return [B, k]), finite values, the same values for each row evaluated alone (no mixing across
     the batch), and a finite gradient by autograd (the margin uses ‖∇R‖). ``ctx`` is built by
-    :func:`ibtest.evaluation.context`, exactly as the engine builds it: ``init`` (a random raw θ0)
+    :func:`ibtest.judge.evaluation.context`, exactly as the engine builds it: ``init`` (a random raw θ0)
     for "init"/"data" hypotheses, a random dataset for "data" ones. Returns R [B].
     """
     reg = _registry(plugin)
@@ -292,7 +292,7 @@ def check_hypothesis(plugin: str | Path | types.ModuleType | None, name: str, pa
     on_pred = spec.on == "predictor"
 
     def call(th, th0, Xs, ys):
-        from .evaluation import context
+        from ibtest.judge.evaluation import context
 
         # the context the engine builds (raw θ0 as ctx.init, also for on="predictor")
         ctx = context(m, spec, theta0=th0, X=Xs, y=ys, mask=torch.ones_like(ys))

@@ -11,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from ibtest import status as st  # noqa: E402
-from ibtest.solvers.adaptive import SPEC, solve_adaptive, tighten  # noqa: E402
+from ibtest.base import status as st  # noqa: E402
+from ibtest.solve.solvers.adaptive import SPEC, solve_adaptive, tighten  # noqa: E402
 
 try:  # the installed package (entry points) or the source tree
     from ibtest_plugins.models import neurons
@@ -70,7 +70,7 @@ def test_padding_mask_is_ignored():
 
 def _exact():
     try:
-        from ibtest.solvers.exact import solve_exact
+        from ibtest.solve.solvers.exact import solve_exact
     except ImportError as exc:  # pragma: no cover - written in parallel by a colleague
         pytest.skip(f"exact solver not available yet: {exc}")
     return solve_exact
@@ -109,7 +109,7 @@ def test_theorem3_relu_neuron(gamma, s):
     assert abs(w[0] - 5.0) < 1e-9 and abs(w[1] + 1.0) < 1e-9
     assert abs(w[2] - s) < 5e-5, w
     try:
-        from ibtest.solvers.exact import solve_exact
+        from ibtest.solve.solvers.exact import solve_exact
     except ImportError:  # pragma: no cover
         return
     re = solve_exact(X, y, torch.ones_like(y), w0, neurons.relu_neuron(1).piecewise, fit_tol=1e-20)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from ibtest.batch import cat_padded
-from ibtest.engine import group_pairs
-from ibtest.yamlpos import format_path, line_of, load_with_lines
+from ibtest.solve.batch import cat_padded
+from ibtest.pairs.admissible import group_pairs
+from ibtest.study.yamlpos import format_path, line_of, load_with_lines
 
 
 @settings(max_examples=60, deadline=None, derandomize=True)

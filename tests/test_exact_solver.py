@@ -1,4 +1,4 @@
-"""The exact GF solver for single piecewise-linear neurons (ibtest.solvers.exact)."""
+"""The exact GF solver for single piecewise-linear neurons (ibtest.solve.solvers.exact)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from ibtest.solvers.exact import solve_exact, tighten
-from ibtest.solvers.exact_reference import solve_exact_reference
-from ibtest.specs import PiecewiseLinearNeuron
-from ibtest.status import CONVERGED, SLIDING, STALLED
+from ibtest.solve.solvers.exact import solve_exact, tighten
+from ibtest.solve.solvers.exact_reference import solve_exact_reference
+from ibtest.plugin.specs import PiecewiseLinearNeuron
+from ibtest.base.status import CONVERGED, SLIDING, STALLED
 
 F64 = torch.float64
 RELU = PiecewiseLinearNeuron(pos=1.0, neg=0.0, at_zero=1.0)
@@ -265,7 +265,7 @@ def test_point_leaving_the_kink_is_not_switched_back_at_t0():
 def test_worker_threads_split_the_batch_without_changing_results():
     """``workers`` threads each solve a share of the batch; every instance gets the single-worker
     result (up to the round-off of a batched kernel), statuses and piece counts identical."""
-    from ibtest.solvers.exact import _workers
+    from ibtest.solve.solvers.exact import _workers
 
     g = torch.Generator().manual_seed(11)
     B, n, d = 301, 4, 5

@@ -14,10 +14,10 @@ import os
 import numpy as np
 import torch
 
-from ibtest import status as st
-from ibtest.solvers.exact import solve_exact
-from ibtest.solvers.exact_reference import solve_exact_reference
-from ibtest.specs import PiecewiseLinearNeuron
+from ibtest.base import status as st
+from ibtest.solve.solvers.exact import solve_exact
+from ibtest.solve.solvers.exact_reference import solve_exact_reference
+from ibtest.plugin.specs import PiecewiseLinearNeuron
 
 F64 = torch.float64
 RELU = PiecewiseLinearNeuron(pos=1.0, neg=0.0, at_zero=1.0)

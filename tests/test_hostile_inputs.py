@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ibtest import budget, store
-from ibtest.yamlpos import YAMLInputError, load_with_lines
+from ibtest.study import budget
+from ibtest.run import store
+from ibtest.study.yamlpos import YAMLInputError, load_with_lines
 
 T3 = """\
 study: t3

@@ -14,8 +14,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import ibtest  # noqa: E402
-from ibtest import status as st  # noqa: E402
-from ibtest.solvers.adaptive import solve_adaptive  # noqa: E402
+from ibtest.base import status as st  # noqa: E402
+from ibtest.solve.solvers.adaptive import solve_adaptive  # noqa: E402
 
 try:
     from ibtest_plugins.models.diagonal_linear import diagonal_linear

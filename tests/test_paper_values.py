@@ -5,8 +5,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from ibtest import status
-from ibtest.manager import load_registry
+from ibtest.base import status
+from ibtest.plugin.manager import load_registry
 
 REG = load_registry()
 S_EXACT = {1: -0.04077, 2: -0.1107, 5: -0.20905, 20: -0.23011}

@@ -40,8 +40,8 @@ def test_show_plot_writes_png_for_theorem3_certificate(theorem3_run, cli, tmp_pa
 
 def test_plot_certificate_blocking_and_rotated_pairs(theorem3_run, tmp_path):
     """A blocking-point pair (dist_to_init) and a rotated pair (l_inf) draw too."""
-    from ibtest import certificate
-    from ibtest.plots import plot_certificate
+    from ibtest.cert import certificate
+    from ibtest.out.plots import plot_certificate
 
     for c in [c for c in theorem3_run.certificates if c.endswith(("dist_to_init.json", "p=inf.json"))]:
         out = plot_certificate(certificate.load(c), tmp_path / (c.rsplit("/", 1)[-1] + ".png"))
@@ -52,8 +52,8 @@ def test_gradient_flow_path_reaches_theorem3_limit():
     """The plotting integrator reproduces the exact GF limit (5, -1, s), s = -0.20905 for gamma = 5."""
     import torch
 
-    from ibtest.manager import load_registry
-    from ibtest.plots import gradient_flow_path
+    from ibtest.plugin.manager import load_registry
+    from ibtest.out.plots import gradient_flow_path
 
     reg = load_registry()
     model = reg.get("models", "relu_neuron").factory(relu_grad_at_zero=1)
@@ -67,7 +67,7 @@ def test_gradient_flow_path_reaches_theorem3_limit():
 def test_plot_certificate_invariant(tmp_path):
     """An invariant certificate (no side b): single path and C along it."""
     from ibtest.api import run_study
-    from ibtest.plots import plot_certificate
+    from ibtest.out.plots import plot_certificate
 
     plugin = tmp_path / "sqnorm.py"
     plugin.write_text(
@@ -89,7 +89,7 @@ def test_plot_certificate_invariant(tmp_path):
 
 
 def test_pair_gaps_and_plot_run(theorem3_run, tmp_path):
-    from ibtest.plots import gap_summary, pair_gaps, plot_run
+    from ibtest.out.plots import gap_summary, pair_gaps, plot_run
 
     gaps = pair_gaps(theorem3_run)
     assert set(gaps) == set(theorem3_run.verdicts)
@@ -110,8 +110,8 @@ def test_pair_gaps_and_plot_run(theorem3_run, tmp_path):
 
 
 def test_plot_run_refuses_run_dir_without_gaps(theorem3_run, tmp_path):
-    from ibtest.errors import UserError
-    from ibtest.plots import plot_run
+    from ibtest.base.errors import UserError
+    from ibtest.out.plots import plot_run
 
     data = json.loads((theorem3_run.run_dir / "results.json").read_text())
     if all("gaps" in v for v in data["verdicts"]):  # the store already keeps them

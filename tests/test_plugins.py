@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import ibtest
-from ibtest.errors import PluginError
-from ibtest.manager import Registry, get_plugin_manager, load_registry
+from ibtest.base.errors import PluginError
+from ibtest.plugin.manager import Registry, get_plugin_manager, load_registry
 
 from conftest import STUDIES, verdicts
 

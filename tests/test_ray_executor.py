@@ -26,7 +26,7 @@ PLUGIN = '''
 import os, time
 from pathlib import Path
 import ibtest
-from ibtest.solvers import exact_spec
+from ibtest.solve.solvers import exact_spec
 
 CONTROL = Path({control!r})
 DRIVER = {driver}
@@ -227,7 +227,7 @@ def test_unknown_executor_and_bad_options_exit_2(tmp_path, cli):
 
 # -- the executor machinery without a cluster (fast) -------------------------------------------
 def _loaded(study_path: Path):
-    from ibtest.study import load_study
+    from ibtest.study.schema import load_study
 
     return load_study(study_path)[0]
 
@@ -237,8 +237,9 @@ def test_block_rebuilt_from_shipped_plugin_text_equals_the_drivers_block(tmp_pat
     the worker loads a copy, and the block it computes is the driver's, bit for bit."""
     import torch
 
-    from ibtest.engine import build_context, plan_instances, run_block
-    from ibtest.executors import Recipe, run_recipe_block
+    from ibtest.pairs.constructions import run_block
+    from ibtest.solve.engine import build_context, plan_instances
+    from ibtest.run.executors import Recipe, run_recipe_block
 
     study = _loaded(_write_study(tmp_path))
     recipe = Recipe.of(study)
@@ -252,7 +253,7 @@ def test_block_rebuilt_from_shipped_plugin_text_equals_the_drivers_block(tmp_pat
     assert res.solve_calls == 2 and [k for k, *_ in res.solves] and not res.errors  # its solves come back to be stored
     assert [p.name for p in res.phases][:2] == ["solve", "own pairs"]
     # the member scores are computed with the block, and are those the driver would compute
-    from ibtest.streaming import score_block
+    from ibtest.run.streaming import score_block
 
     here = score_block(ctx, t, pairs)
     assert len(res.scores) == 4 and res.scores.keys() == here.keys()
@@ -263,9 +264,9 @@ def test_stored_blocks_are_known_before_solving(tmp_path):
     """On a resumed run a stored block is recognised from the driver's plan alone (the executor
     then runs it on the driver, from the store, instead of sending it to a worker)."""
     from ibtest.api import run_study
-    from ibtest.engine import build_context, plan_instances
-    from ibtest.executors import BlockJob
-    from ibtest.store import Store
+    from ibtest.solve.engine import build_context, plan_instances
+    from ibtest.run.executors import BlockJob
+    from ibtest.run.store import Store
 
     study_path = _write_study(tmp_path)
     run_study(study_path, out_dir=tmp_path / "run")
@@ -286,8 +287,8 @@ def test_stored_blocks_are_known_before_solving(tmp_path):
 
 
 def test_recipe_of_a_sweep_value_rebuilds_that_value(tmp_path):
-    from ibtest.executors import Recipe, rebuild
-    from ibtest.study import apply_sweep
+    from ibtest.run.executors import Recipe, rebuild
+    from ibtest.study.schema import apply_sweep
 
     p = _write_study(tmp_path)
     p.write_text(p.read_text() + "sweep: {path: init.scale, values: [0.1, 0.3]}\n")
@@ -298,7 +299,7 @@ def test_recipe_of_a_sweep_value_rebuilds_that_value(tmp_path):
 
 BACKWARDS = '''
 import ibtest
-from ibtest.executors import ExecutorBase, run_recipe_block
+from ibtest.run.executors import ExecutorBase, run_recipe_block
 
 
 class Backwards(ExecutorBase):

@@ -1,7 +1,7 @@
 """``ibtest diff``: triples matched one to one, even when two init entries share labels."""
 from __future__ import annotations
 
-from ibtest.report import diff
+from ibtest.out.report import diff
 
 
 def _run(thetas, statuses, pairs=(3, 2)):

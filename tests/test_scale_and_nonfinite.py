@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as stz
 
 from conftest import STUDIES
-from ibtest import evaluation, fit
+from ibtest.judge import evaluation
+from ibtest.solve import fit
 from ibtest.api import run_study
 
 THEOREM3 = yaml.safe_load((STUDIES / "vardi_shamir_theorem3.yaml").read_text())
@@ -81,7 +82,7 @@ def test_tiny_data_is_not_converged_at_zero():
     """Data ×1e-150: θ = 0 has loss ½‖y‖² ≈ 3e-298, far *above* the relative fit tolerance."""
     X = torch.tensor([[[3.0, -1.0, 0.0], [4.0, 2.0, 0.0]]], dtype=torch.float64) * 1e-150
     y = torch.tensor([[16.0, 18.0]], dtype=torch.float64) * 1e-150
-    from ibtest.manager import load_registry
+    from ibtest.plugin.manager import load_registry
 
     model = load_registry().get("models", "relu_neuron").factory(relu_grad_at_zero=1)
     zero = torch.zeros(1, 3, dtype=torch.float64)
@@ -181,7 +182,7 @@ def test_a_hypothesis_calling_sys_exit_gets_an_error_row_and_the_run_finishes(tm
     r = cli("run", path, "--out", tmp_path / "run", "-q")
     assert r.code == 0, r  # no expectation on the raising member; l2 held
     from conftest import results_json
-    from ibtest.store import open_run
+    from ibtest.run.store import open_run
 
     rows = {v["label"]: v for v in results_json(tmp_path / "run")["verdicts"]}
     assert rows["exits"]["verdict"] == "error" and "sys.exit(3)" in rows["exits"]["error"]

@@ -12,7 +12,7 @@ from hypothesis import strategies as hs
 
 from benchmarks.shrink import random_study, refutations
 from ibtest.cli import main
-from ibtest.shrink import fraction_text, shrink_file
+from ibtest.cert.shrink import fraction_text, shrink_file
 
 BUDGET = 3000  # solves per shrink in these tests (the default is 6000)
 

@@ -11,10 +11,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from ibtest import status as st  # noqa: E402
-from ibtest.solvers.adaptive import solve_adaptive  # noqa: E402
-from ibtest.solvers.gd import solve_gd  # noqa: E402
-from ibtest.solvers.kinks import box_qp  # noqa: E402
+from ibtest.base import status as st  # noqa: E402
+from ibtest.solve.solvers.adaptive import solve_adaptive  # noqa: E402
+from ibtest.solve.solvers.gd import solve_gd  # noqa: E402
+from ibtest.solve.solvers.kinks import box_qp  # noqa: E402
 
 try:
     from ibtest_plugins.datasets.regression import orthogonal

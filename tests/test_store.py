@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ibtest.api import load_results, resume_run, run_study
-from ibtest.progress import Progress
+from ibtest.base.progress import Progress
 
 from conftest import STUDIES
 
@@ -22,7 +22,7 @@ SLOW_SOLVER = textwrap.dedent('''
     """A solver plugin that wraps 'exact', sleeps per call and logs each call to a file."""
     import os, time
     import ibtest
-    from ibtest.solvers.exact_spec import SPEC
+    from ibtest.solve.solvers.exact_spec import SPEC
 
     def solve(model, X, y, mask, theta0, **opts):
         with open(os.environ["IBTEST_CALL_LOG"], "a") as f:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from ibtest.errors import UserError
+from ibtest.base.errors import UserError
 from ibtest.templates import KINDS, write_template
 
 NAMES = {"hypothesis": "my_reg", "model": "my_model", "dataset": "my_data"}

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ibtest import certschema
+from ibtest.cert import schema as certschema
 from ibtest.api import run_study
-from ibtest.errors import PluginError
-from ibtest.manager import DISABLE_AUTOLOAD_ENV, entry_points_to_load, get_plugin_manager, load_registry
+from ibtest.base.errors import PluginError
+from ibtest.plugin.manager import DISABLE_AUTOLOAD_ENV, entry_points_to_load, get_plugin_manager, load_registry
 
 ESC = "\x1b"
 
@@ -222,7 +222,7 @@ def test_control_characters_cannot_forge_a_verdict_line(theorem3_cert, tmp_path,
 
 
 def test_control_characters_in_a_stored_run_are_shown_inert(tmp_path, cli):
-    from ibtest.store import Store
+    from ibtest.run.store import Store
 
     run = tmp_path / "run"
     study = {"study": "ctl", "seed": 0, "model": {"name": "relu_neuron"},
@@ -247,7 +247,7 @@ def test_control_characters_in_a_stored_run_are_shown_inert(tmp_path, cli):
 
 
 def test_textsafe_clean():
-    from ibtest.textsafe import clean, clean_tree
+    from ibtest.base.textsafe import clean, clean_tree
 
     assert clean("a\x1b[31mb\nc\rd\te\x7f\x85\u202e") == "a\\x1b[31mb\\nc\\rd\\te\\x7f\\x85\\u202e"
     assert clean("line1\nline2\x1b", keep_newlines=True) == "line1\nline2\\x1b"

@@ -11,12 +11,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
-from ibtest import evaluation as ev
-from ibtest import fit, witness
+from ibtest.judge import evaluation as ev
+from ibtest.judge import witness
+from ibtest.solve import fit
 from ibtest.api import run_study
-from ibtest.certificate import verify
-from ibtest.manager import load_registry
-from ibtest.zeroset import neuron_zero_set
+from ibtest.cert.certificate import verify
+from ibtest.plugin.manager import load_registry
+from ibtest.judge.zeroset import neuron_zero_set
 
 ROOT = Path(__file__).resolve().parents[1]
 HYP = ROOT / "hypotheses"

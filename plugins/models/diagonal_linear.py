@@ -26,7 +26,7 @@ class DiagonalLinear(ibtest.ModelBase):
 
     def zero_set(self, X, y, mask):
         """Z(D) = {β : Xβ = y}, affine in the predictor (every β is u∘u − v∘v for some θ)."""
-        from ibtest.zeroset import linear_predictor_zero_set
+        from ibtest.judge.zeroset import linear_predictor_zero_set
 
         return linear_predictor_zero_set(X, y, mask)
 

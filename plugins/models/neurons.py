@@ -54,8 +54,8 @@ class PiecewiseNeuron(ibtest.ModelBase):
         return theta.unsqueeze(1)
 
     def zero_set(self, X, y, mask):
-        """Exact polyhedral Z(D) in w (ibtest.zeroset.neuron_zero_set): one-sided for ReLU zero labels."""
-        from ibtest.zeroset import neuron_zero_set
+        """Exact polyhedral Z(D) in w (ibtest.judge.zeroset.neuron_zero_set): one-sided for ReLU zero labels."""
+        from ibtest.judge.zeroset import neuron_zero_set
 
         return neuron_zero_set(self.piecewise.pos, self.piecewise.neg, X, y, mask)
 

@@ -1,0 +1,280 @@
+"""Reading a certificate file someone else wrote: bounded, decoded, and checked field by field.
+
+:func:`load` turns a path into a validated dict or raises :class:`UserError` with one line that
+names the file and the field. It never lets another exception out: a file too large, not UTF-8,
+not JSON, nested too deeply, with a huge integer, NaN or inf where data must be finite, a
+ragged array, a missing field or a field of the wrong type are all "bad input" (exit 2).
+
+What the schema checks is the *shape* of the file. Whether its numbers make a refutation is
+decided by :mod:`ibtest.cert.replay` from the registry's rules, never from the file's own.
+
+Numbers: JSON has no inf/nan, so the writer stores them as the strings ``"inf"``, ``"-inf"``,
+``"nan"`` (:func:`ibtest.cert.certificate._num`); the schema reads those strings back as floats in
+numeric fields only (a dataset label ``"nan"`` stays a string). Data arrays (X, y, θ0, θ) must be
+finite.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from ibtest.base.errors import UserError
+from ibtest.base.textsafe import clean
+
+FORMAT = "ibtest-certificate/1"
+MAX_BYTES = 32 * 2**20  # a genuine certificate is a few kB: two small datasets and their solutions
+#: a certificate is a counterexample (a few points in a few dimensions); beyond these the replay
+#: could run for hours (the exact solver is O(d³) per linear piece), so they are refused
+MAX_POINTS, MAX_DIM, MAX_PARAMS = 512, 128, 16384
+_NONFINITE = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "nan": math.nan,
+              "Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def _number(v: Any) -> float:
+    """A JSON number (not a bool) or one of the writer's spellings of ±inf / nan, as a float."""
+    if isinstance(v, bool):
+        raise ValueError(f"expected a number, got {v!r}")
+    if isinstance(v, str):
+        if v in _NONFINITE:
+            return _NONFINITE[v]
+        raise ValueError(f"expected a number, got a string {_short(v)}")
+    if isinstance(v, (int, float)):
+        try:
+            return float(v)
+        except OverflowError:
+            raise ValueError("number too large for float64") from None
+    raise ValueError(f"expected a number, got {type(v).__name__}")
+
+
+def _finite(v: Any) -> float:
+    x = _number(v)
+    if not math.isfinite(x):
+        raise ValueError(f"expected a finite number, got {x}")
+    return x
+
+
+def _short(v: Any, n: int = 40) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+Num = Annotated[float, BeforeValidator(_number)]
+Finite = Annotated[float, BeforeValidator(_finite)]
+Vector = list[Finite]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class Side(_Model):
+    """One run of a certificate: its dataset, θ0, the solution and what was measured there."""
+
+    X: list[Vector]
+    y: Vector
+    theta: Vector
+    theta0: Optional[Vector] = None
+    label: StrictStr = ""
+    origin: StrictStr = ""
+    loss: Optional[Num] = None
+    R: Optional[Union[Num, list[Num]]] = None
+    measured_error: Optional[Num] = None
+    n: Optional[StrictInt] = None
+
+
+class HypothesisRef(_Model):
+    name: StrictStr
+    params: dict[StrictStr, Union[StrictBool, Num, StrictStr, list[Num]]] = Field(default_factory=dict)
+    atol: Optional[Num] = None
+    rtol: Optional[Num] = None
+    # informational only: the registry's spec decides kind, depends_on and on
+    kind: Optional[StrictStr] = None
+    depends_on: Optional[StrictStr] = None
+    on: Optional[StrictStr] = None
+    doc: Optional[StrictStr] = None
+
+
+class PluginRef(_Model):
+    name: StrictStr
+    options: dict[StrictStr, Any] = Field(default_factory=dict)
+
+
+class SolverRef(PluginRef):
+    tightened: Optional[dict[StrictStr, Any]] = None
+
+
+class CrossLoss(_Model):
+    theta_a_on_D_b: Num
+    theta_b_on_D_a: Num
+
+
+class ShrinkSizes(_Model):
+    """Sizes of a case before or after ``ibtest shrink`` (:func:`ibtest.cert.shrink.sizes`)."""
+
+    n: StrictInt
+    d: StrictInt
+    points: StrictInt
+    max_abs: Num
+    digits: StrictInt
+    integer: StrictBool
+    theta0_zero: StrictBool
+
+
+class ShrinkRecord(_Model):
+    passes: list[StrictStr]
+    solves: StrictInt
+    budget: StrictInt
+    solver_calls: StrictInt
+    fixed_point: StrictBool
+    before: ShrinkSizes
+    after: ShrinkSizes
+
+
+class ShrunkFrom(_Model):
+    path: StrictStr
+    sha256: StrictStr
+
+
+class Witness(_Model):
+    """A point θ' of Z(D) with a smaller R than θ∞ (a witness certificate's second point)."""
+
+    theta: Vector
+    loss: Optional[Num] = None
+    fit_threshold: Optional[Num] = None
+    R: Optional[Num] = None
+    predictor: Optional[Vector] = None
+
+
+class Certificate(_Model):
+    format: Literal["ibtest-certificate/1"]
+    kind: Optional[Literal["pair", "triple", "witness"]] = None
+    witness: Optional[Witness] = None
+    hypothesis: HypothesisRef
+    model: PluginRef
+    solver: SolverRef
+    theta0: Vector
+    a: Side
+    b: Optional[Side] = None
+    fit_tol: Optional[Num] = None
+    safety: Optional[Num] = None
+    plugins: list[StrictStr] = Field(default_factory=list)
+    gap: Optional[Num] = None
+    margin: Optional[Num] = None
+    cross_loss: Optional[CrossLoss] = None
+    C_init: Optional[Union[Num, list[Num]]] = None
+    study: StrictStr = ""
+    study_file: StrictStr = ""
+    claim: StrictStr = ""
+    refutation: StrictStr = ""
+    source: StrictStr = ""
+    replay: StrictStr = ""
+    versions: dict[StrictStr, Any] = Field(default_factory=dict)
+    # written by ibtest shrink (informational: verify judges the data like any certificate's)
+    shrunk_from: Optional[ShrunkFrom] = None
+    shrink: Optional[ShrinkRecord] = None
+
+
+def _where(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and (part.startswith(("function-", "union[", "list[")) or part in
+                                          ("str", "float", "int", "bool", "dict", "list")):
+            continue  # pydantic's union-member and validator tags
+        else:
+            out += ("." if out else "") + str(part)
+    return clean(out) or "<top level>"
+
+
+def validate(data: Any, where: str) -> dict[str, Any]:
+    """The certificate dict ``data`` checked against the schema; UserError naming the first bad field."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    if data.get("format") != FORMAT:
+        raise UserError(f"{where}: field 'format': expected {FORMAT!r}, got {_short(data.get('format'))}")
+    try:
+        out = Certificate.model_validate(data).model_dump()
+    except pydantic.ValidationError as exc:
+        e = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        if e["type"] == "missing":
+            raise UserError(f"{where}: required field {_where(e['loc'])!r} is missing{more}") from None
+        msg = e["msg"].removeprefix("Value error, ")
+        raise UserError(f"{where}: field {_where(e['loc'])}: {msg}{more}") from None
+    except RecursionError:
+        raise UserError(f"{where}: nested too deeply") from None
+    for s in ("a", "b", "kind", "witness"):
+        if out.get(s) is None:
+            out.pop(s, None)
+    check_shapes(out, where)
+    return out
+
+
+def check_shapes(cert: dict[str, Any], where: str) -> None:
+    """Array shapes a file can get wrong without any registry: X [n, d] rectangular with n, d ≥ 1,
+    y [n], one d for both sides, θ and each θ0 of one length P."""
+    d = None
+    P = len(cert["theta0"])
+    if P > MAX_PARAMS:
+        raise UserError(f"{where}: field theta0: {P} parameters, more than the {MAX_PARAMS} a certificate may have")
+    for s in ("a", "b"):
+        side = cert.get(s)
+        if side is None:
+            continue
+        X, y = side["X"], side["y"]
+        if not X:
+            raise UserError(f"{where}: field {s}.X: empty dataset")
+        widths = sorted({len(r) for r in X})
+        if len(widths) != 1:
+            raise UserError(f"{where}: field {s}.X: ragged rows (lengths {widths[:5]})")
+        if widths[0] == 0:
+            raise UserError(f"{where}: field {s}.X: rows of length 0")
+        if d is not None and widths[0] != d:
+            raise UserError(f"{where}: field {s}.X: {widths[0]} columns, side a has {d}")
+        d = widths[0]
+        if len(X) > MAX_POINTS or d > MAX_DIM:
+            raise UserError(f"{where}: field {s}.X: {len(X)} points of dimension {d}; a certificate may hold at "
+                            f"most {MAX_POINTS} points of dimension at most {MAX_DIM}")
+        if len(y) != len(X):
+            raise UserError(f"{where}: field {s}.y: {len(y)} labels for {len(X)} points")
+        for key in ("theta0", "theta"):
+            v = side.get(key)
+            if v is not None and len(v) != P:
+                raise UserError(f"{where}: field {s}.{key}: {len(v)} entries, theta0 has {P}")
+    w = cert.get("witness")
+    if w is not None and len(w["theta"]) != P:
+        raise UserError(f"{where}: field witness.theta: {len(w['theta'])} entries, theta0 has {P}")
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read and validate a certificate file; every failure is a one-line :class:`UserError`."""
+    p = Path(path)
+    where = f"certificate {p}"
+    try:
+        if not p.is_file():
+            raise UserError(f"{where}: no such file" if not p.exists() else f"{where}: not a regular file")
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise UserError(f"{where}: {size} bytes, more than the {MAX_BYTES} a certificate may have")
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{where}: not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    except RecursionError:
+        raise UserError(f"{where}: JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
+        raise UserError(f"{where}: not valid JSON: {str(exc).splitlines()[0][:100]}") from None
+    return validate(data, where)

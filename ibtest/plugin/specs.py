@@ -1,0 +1,435 @@
+"""The spec objects plugins return from their hooks.
+
+Every plugin kind (model, dataset, init, solver, construction, hypothesis) is described by one
+small frozen dataclass: a ``name`` (unique per kind), a one-line ``doc``, the ``options`` it accepts
+(each an :class:`Option` with a default and a type that pydantic validates) and the callable that
+does the work. Conventions shared by all of them:
+
+* tensors are ``torch.float64``; a batch dimension ``B`` comes first;
+* a dataset is ``X [B, n, d]``, ``y [B, n]`` and ``mask [B, n]`` (1.0 for a real point, 0.0 for
+  padding, so datasets of different ``n`` share one batch);
+* parameters are one flat vector per instance, ``theta [B, P]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a plugin accepts in a study.
+
+    ``type`` is any type pydantic can validate (``float``, ``int``, ``list[float]``,
+    ``Literal[0, 1]`` ...), with constraints where a value has a range:
+    ``Annotated[int, Field(ge=1)]`` (``from pydantic import Field``). With ``sweep=True`` the
+    study may also give a (non-empty) list of such values; the engine then expands the option
+    into one plugin instance per value (a family).
+
+    Every value is checked when the study is validated, before anything runs: a bool never
+    passes for a number (YAML's ``true`` is not 1), no number is NaN, none is ±inf unless
+    ``allow_inf``, and an option without declared bounds follows two conventions: a plain
+    ``int`` is ≥ 0 (counts, sizes, budgets) and a plain ``float`` whose name ends in ``tol``
+    (a tolerance) is ≥ 0. Declare an ``Annotated`` type to state other bounds.
+    """
+
+    default: Any = None
+    type: Any = Any
+    doc: str = ""
+    sweep: bool = False
+    required: bool = False
+    allow_inf: bool = False
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PiecewiseLinearNeuron:
+    """Declares f_w(x) = σ(⟨w, x⟩) with σ piecewise linear: σ(z) = pos·z (z > 0), neg·z (z < 0).
+
+    ``at_zero`` is the convention σ'(0) used by gradient flow when a pre-activation is exactly
+    0. Between activation switches the flow of such a model is linear, which is what the
+    ``exact`` solver exploits. θ = w, so P = d.
+    """
+
+    pos: float = 1.0
+    neg: float = 0.0
+    at_zero: float = 1.0
+
+
+class ModelBase:
+    """Base class of a model instance (a model spec's ``factory`` returns one).
+
+    Subclasses implement :meth:`n_params` and :meth:`predict`; the square loss and its gradient
+    follow. The gradient defaults to autograd; override :meth:`grad` with a hand-written one for
+    speed or to fix a σ'(0) convention autograd would not follow.
+    """
+
+    #: set by models whose flow is linear between switches (the ``exact`` solver reads it)
+    piecewise: PiecewiseLinearNeuron | None = None
+
+    def __init__(self, **options: Any) -> None:
+        self.options = dict(options)
+
+    # -- structure -----------------------------------------------------------------------
+    def n_params(self, d: int) -> int:
+        """Length P of θ for inputs of dimension d."""
+        raise NotImplementedError
+
+    def blocks(self, d: int) -> dict[str, slice]:
+        """Named blocks of θ for reports (default: one block ``theta``)."""
+        return {"theta": slice(0, self.n_params(d))}
+
+    # -- maths ---------------------------------------------------------------------------
+    def predict(self, theta: Tensor, X: Tensor) -> Tensor:
+        """f_θ(x_i) for θ [B, P] and X [B, n, d]; returns [B, n]."""
+        raise NotImplementedError
+
+    def loss(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """Square loss L(θ) = ½ Σ_i mask_i (f_θ(x_i) − y_i)²; returns [B]."""
+        r = (self.predict(theta, X) - y) * mask
+        return 0.5 * (r * r).sum(-1)
+
+    def grad(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """∇_θ L(θ) [B, P]; gradient flow is dθ/dt = −grad."""
+        with torch.enable_grad():
+            th = theta.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.loss(th, X, y, mask).sum(), th)
+        return g
+
+    def predictor(self, theta: Tensor) -> Tensor:
+        """End-to-end predictor (β of a diagonal net, u = v·w, the product matrix, flattened).
+
+        Defaults to θ itself: hypotheses declared ``on="predictor"`` then see θ.
+        """
+        return theta
+
+    def rotate(self, theta: Tensor, M: Tensor) -> Tensor:
+        """θ' such that f_θ'(M x) = f_θ(x) for an orthogonal M [B, d, d] (rotation equivariance).
+
+        Models that support the ``rotate`` construction override this; the default refuses.
+        """
+        raise NotImplementedError(f"model {type(self).__name__} does not define rotate()")
+
+    def first_layer(self, theta: Tensor) -> Tensor | None:
+        """Input weights of the hidden units [B, m, d] (a single neuron: m = 1), or None."""
+        return None
+
+    # -- the zero-loss set (ibtest.judge.zeroset, the witness search) ----------------------------
+    def residual(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+        """r(θ) = mask ∘ (f_θ(X) − y) [B, n]; Z(D) = {θ : r(θ) = 0} unless :meth:`zero_set`
+        says more (one-sided fits)."""
+        return (self.predict(theta, X) - y) * mask
+
+    def zero_set(self, X: Tensor, y: Tensor, mask: Tensor) -> Any:
+        """An exact polyhedral Z(D) (:class:`ibtest.judge.zeroset.Polyhedron`, in θ or in the
+        predictor), or None (the default): the witness search then follows r(θ) = 0 by
+        Gauss–Newton projection."""
+        return None
+
+    def from_predictor(self, x: Tensor) -> Tensor:
+        """A θ [B, P] whose predictor is x [B, Q] (needed when Z(D) is declared in the predictor).
+
+        The default holds for models whose predictor is θ itself."""
+        if type(self).predictor is ModelBase.predictor:
+            return x
+        raise NotImplementedError(f"model {type(self).__name__} does not define from_predictor()")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model family. ``factory(**options)`` returns a :class:`ModelBase` instance."""
+
+    name: str
+    factory: Callable[..., ModelBase]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Datasets and inits
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DataBatch:
+    """k datasets of one shape: X [k, n, d], y [k, n], a label per dataset (for reports)."""
+
+    X: Tensor
+    y: Tensor
+    labels: list[str]
+    mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask is None:
+            self.mask = torch.ones_like(self.y)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset family: ``generate(rng, **options) -> DataBatch``.
+
+    Options marked ``sweep=True`` may be lists in a study; ``generate`` is then called once per
+    combination with scalar values. ``rng`` is a seeded ``torch.Generator``.
+
+    ``size(**options) -> (k, n, d)``, optional, gives the shape ``generate`` will return
+    without generating anything, so that a study's memory (and a mismatch of ``d`` between its
+    datasets) is found when the study is validated. Without it both are checked once the
+    datasets are generated, still before any solve.
+    """
+
+    name: str
+    generate: Callable[..., DataBatch]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+    size: Callable[..., tuple[int, int, int]] | None = None
+
+
+@dataclass(frozen=True)
+class Init:
+    """An initialization: ``sample(model, d, count, rng, **options) -> theta0 [count, P]``."""
+
+    name: str
+    sample: Callable[..., Tensor]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# Solvers
+# --------------------------------------------------------------------------------------------
+@dataclass
+class SolveResult:
+    """What a solver returns for a batch of B instances.
+
+    ``theta`` [B, P] the limit θ∞ (or the last iterate), ``status`` [B] int64 codes of
+    :mod:`ibtest.base.status`, ``loss`` [B] the loss at ``theta``; ``info`` holds optional per-instance
+    diagnostics ([B] tensors: ``t`` the flow time reached, ``steps``, ``drift`` a bound on
+    ‖θ(t) − θ(∞)‖, ``growth`` for diverging runs ...).
+    """
+
+    theta: Tensor
+    status: Tensor
+    loss: Tensor
+    info: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Solver:
+    """A gradient-flow solver.
+
+    ``solve(model, X, y, mask, theta0, **options) -> SolveResult``; batched over instances.
+    ``applies(model) -> str | None`` returns a reason when the solver cannot handle the model.
+    ``tighten(options) -> options`` returns the settings of a re-solve with a smaller error, used
+    to measure the solver error of every θ∞ a verdict rests on.
+    """
+
+    name: str
+    solve: Callable[..., SolveResult]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+    applies: Callable[[ModelBase], str | None] = lambda model: None
+    tighten: Callable[[dict[str, Any]], dict[str, Any]] = lambda options: dict(options)
+
+
+# --------------------------------------------------------------------------------------------
+# Constructions
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TripleBatch:
+    """Converged triples handed to a construction: X, y, mask [k, ...], theta0, theta [k, P]."""
+
+    X: Tensor
+    y: Tensor
+    mask: Tensor
+    theta0: Tensor
+    theta: Tensor
+    labels: list[str]
+
+
+@dataclass
+class Partners:
+    """Datasets D2 built from triples, all run from the *same* θ0 as their source triple.
+
+    X [k, n2, d], y [k, n2], mask [k, n2]; ``source`` [k] int64 indexes the TripleBatch;
+    ``labels`` describe each D2 (e.g. ``"blocking γ=5"``).
+    """
+
+    X: Tensor
+    y: Tensor
+    mask: Tensor
+    source: Tensor
+    labels: list[str]
+
+
+@dataclass
+class PairBatch:
+    """Admissible pairs handed to a pair-stage construction: side a and side b, [k, ...] each."""
+
+    Xa: Tensor
+    ya: Tensor
+    maska: Tensor
+    Xb: Tensor
+    yb: Tensor
+    maskb: Tensor
+    theta0: Tensor
+    labels: list[str]
+
+
+@dataclass
+class NewPairs:
+    """Fresh instance pairs (both sides solved by the engine from ``theta0``)."""
+
+    pairs: PairBatch
+    source: Tensor  # [k] index into the PairBatch the construction received
+
+
+@dataclass(frozen=True)
+class Construction:
+    """A pair construction.
+
+    ``stage="triple"``: ``build(model, triples, rng, **options) -> Partners`` (a D2 per source
+    triple, same θ0, built so that θ1 fits D2). ``stage="pair"``: ``build(model, pairs, rng,
+    **options) -> NewPairs`` (e.g. rotations of an admissible pair). The engine solves what is
+    built and keeps a pair only if both sides converged and each solution fits the other dataset.
+    """
+
+    name: str
+    build: Callable[..., Any]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+    stage: Literal["triple", "pair"] = "triple"
+
+
+# --------------------------------------------------------------------------------------------
+# Hypotheses
+# --------------------------------------------------------------------------------------------
+@dataclass
+class HypothesisContext:
+    """What a hypothesis may read besides θ, limited by its declared dependence.
+
+    ``model`` always; ``init`` (raw θ0, [B, P]) and ``init_predictor`` (the model's predictor at
+    θ0) for ``depends_on`` "init" or "data"; ``X`` [B, n, d], ``y``, ``mask`` for "data" only.
+    ``study`` holds study-level values (the seed).
+    """
+
+    model: ModelBase
+    init: Tensor | None = None
+    init_predictor: Tensor | None = None
+    X: Tensor | None = None
+    y: Tensor | None = None
+    mask: Tensor | None = None
+    study: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: the name before the rename (still exported as ``ibtest.Context``)
+Context = HypothesisContext
+
+DependsOn = Literal["params", "init", "data"]
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A family of candidate implicit regularizers R_p(θ; ctx), invariants or bounds.
+
+    ``fn(theta [B, P] or predictor [B, Q], ctx, **params) -> [B]`` (an invariant may return
+    [B, k]: every component must be conserved). ``params`` holds defaults; a study may give a
+    list for any of them to test a family. ``on`` says whether ``fn`` sees raw θ (``"theta"``)
+    or the model's end-to-end predictor (``"predictor"``). The claim depends on ``kind``:
+
+    * ``"regularizer"``: θ∞ ∈ argmin over Z(D) of R (refuted by an admissible pair);
+    * ``"invariant"``: C(θ∞) = C(θ0) for every converged triple;
+    * ``"bound"``: B(θ∞; ctx) ≤ ``bound`` for every converged triple (e.g. Theorem 8's ratio ≤ 2).
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    depends_on: DependsOn = "params"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    doc: str = ""
+    kind: Literal["regularizer", "invariant", "bound"] = "regularizer"
+    on: Literal["theta", "predictor"] = "theta"
+    atol: float = 0.0  # optional absolute floor of the margin; 0 keeps verdicts scale-free
+    rtol: float = 1e-9  # the margin's floor relative to |R| (see ibtest.judge.evaluation)
+    bound: float | None = None
+    #: R is convex in the variable it sees (θ or the predictor): over a polyhedral Z(D) its
+    #: minimum is global and the optimality of θ∞ can be certified (ibtest.judge.optimality)
+    convex: bool = False
+    #: optional cvxpy form of R for the certificate: ``cvx(x, ctx, **params) -> cvxpy expression``
+    #: with x a cvxpy Variable [Q] and ctx a :class:`CvxContext` of one instance (numpy arrays)
+    cvx: Callable[..., Any] | None = None
+
+
+@dataclass
+class CvxContext:
+    """One instance's context for ``Hypothesis.cvx``: numpy arrays (init [P], init_predictor,
+    X [n, d], y [n] with padded points removed), and the model."""
+
+    model: ModelBase
+    init: Any = None
+    init_predictor: Any = None
+    X: Any = None
+    y: Any = None
+
+
+# --------------------------------------------------------------------------------------------
+# Executors
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Executor:
+    """Where the blocks of a study run (in this process, on a Ray cluster, ...).
+
+    ``factory(**options)`` returns an object with ``workers() -> int`` (blocks it runs at once),
+    ``run(job) -> Iterator[BlockResult]`` and ``close()`` (see :mod:`ibtest.run.executors`): ``run``
+    yields one result per block of ``job``, in block order, however the blocks were computed. A
+    factory that cannot work here (a missing package) raises :class:`ibtest.base.errors.UserError`.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    doc: str = ""
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+
+SPEC_TYPES: dict[str, type] = {
+    "models": Model,
+    "datasets": Dataset,
+    "inits": Init,
+    "solvers": Solver,
+    "constructions": Construction,
+    "hypotheses": Hypothesis,
+    "executors": Executor,
+}
+
+
+def replace(spec: Any, **changes: Any) -> Any:
+    """dataclasses.replace, re-exported for plugin authors."""
+    return dataclasses.replace(spec, **changes)
+
+
+__all__: Sequence[str] = [
+    "Option",
+    "PiecewiseLinearNeuron",
+    "ModelBase",
+    "Model",
+    "DataBatch",
+    "Dataset",
+    "Init",
+    "SolveResult",
+    "Solver",
+    "TripleBatch",
+    "Partners",
+    "PairBatch",
+    "NewPairs",
+    "Construction",
+    "Context",
+    "HypothesisContext",
+    "Hypothesis",
+    "CvxContext",
+    "Executor",
+    "SPEC_TYPES",
+]

@@ -1,0 +1,291 @@
+"""The engine: instances → triples → admissible pairs → evaluations → verdicts.
+
+Data flows one way (shared/DESIGN.md). Everything is batched: instances are solved in chunks of
+``study.chunk_size``; constructions, cross-fit checks and hypothesis evaluations work on whole
+tensors. A failing plugin is reported in its row (``errors``) and the rest of the study goes on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ibtest.study import budget
+from ibtest.solve import fit
+from ibtest.base import status as st
+from ibtest.solve.batch import Pairs, Triples, cat_padded
+from ibtest.study.checks import call_plugin, check_data, check_n_params, check_theta0
+from ibtest.base.errors import UserError
+from ibtest.base.progress import Progress, Quiet
+from ibtest.plugin.specs import ModelBase, NewPairs, PairBatch, Partners, SolveResult, TripleBatch
+from ibtest.solve.cache import SolveCache, solve_key
+from ibtest.study.schema import PluginUse, Study
+from ibtest.study.yamlpos import format_path
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Phase:
+    """Timing of one engine phase (for the run summary: solves/s per phase)."""
+
+    name: str
+    count: int
+    seconds: float
+    statuses: dict[str, int] = field(default_factory=dict)
+    calls: int = 0  # solver invocations (chunks not found in the results store)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class RunContext:
+    """Everything the later phases need: the study, the model instance, the solver and its settings."""
+
+    study: Study
+    model: ModelBase
+    solver: Any
+    solver_options: dict[str, Any]
+    fit_tol: float
+    device: torch.device
+    phases: list[Phase] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    progress: Progress = field(default_factory=Quiet)
+    store: SolveCache | None = None
+    solve_calls: int = 0
+    block_start: int = 0  # index of the first study instance of the block being run
+
+    def add_phase(self, ph: Phase) -> Phase:
+        """Record a phase; a phase of the same name (a later block of a streamed study) is merged."""
+        for old in self.phases:
+            if old.name == ph.name:
+                old.count += ph.count
+                old.seconds += ph.seconds
+                old.calls += ph.calls
+                for k, v in ph.statuses.items():
+                    old.statuses[k] = old.statuses.get(k, 0) + v
+                return old
+        self.phases.append(ph)
+        return ph
+
+
+def _seed(*parts: int) -> torch.Generator:
+    s = 0
+    for p in parts:
+        s = (s * 1_000_003 + int(p) + 7919) % (2**63 - 1)
+    return torch.Generator().manual_seed(s)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _construction_seed(ctx: RunContext, stage: int, n: int) -> torch.Generator:
+    """The generator a construction gets: from the study seed, the stage and the table size, and
+    for a later block of a streamed study its first instance (so blocks differ)."""
+    parts = (ctx.study.seed, stage, n) + ((ctx.block_start,) if ctx.block_start else ())
+    return _seed(*parts)
+
+
+def _label(use: PluginUse, opts: dict[str, Any]) -> str:
+    varying = [k for k, v in use.options.items() if isinstance(v, list) and use.spec.options[k].sweep]
+    shown = ", ".join(f"{k}={_fmt(opts[k])}" for k in varying)
+    return f"{use.name}({shown})" if shown else use.name
+
+
+# ------------------------------------------------------------------------------------------
+# instances
+# ------------------------------------------------------------------------------------------
+@dataclass
+class InstancePlan:
+    """The study's instances, unmaterialised: every dataset × every θ0, dataset-major.
+
+    ``X`` [N_d, n, d], ``y`` / ``mask`` [N_d, n] hold each dataset once and ``theta0`` [N_i, P]
+    each init once; instance k is dataset k // N_i with init k % N_i. :meth:`block` builds the
+    :class:`Triples` of a range of instances, so a large study is streamed block by block
+    without ever holding N_d · N_i copies.
+    """
+
+    X: Tensor
+    y: Tensor
+    mask: Tensor
+    theta0: Tensor
+    labels: list[str]
+    init_labels: list[str]
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0] * self.theta0.shape[0]
+
+    def block(self, start: int, stop: int) -> Triples:
+        """Instances ``start`` … ``stop − 1`` as unsolved triples (theta = theta0, status BUDGET)."""
+        k = torch.arange(start, stop)
+        N_i = self.theta0.shape[0]
+        di, ii = k // N_i, k % N_i
+        dev, B = self.device, stop - start
+        th0 = self.theta0[ii].to(dev)
+        return Triples(
+            X=self.X[di].to(dev), y=self.y[di].to(dev), mask=self.mask[di].to(dev), theta0=th0, theta=th0.clone(),
+            status=torch.full((B,), st.BUDGET, dtype=torch.int64),
+            loss=torch.full((B,), float("nan"), dtype=torch.float64),
+            dataset_id=di, init_id=ii, parent=torch.full((B,), -1, dtype=torch.int64),
+            labels=[self.labels[j] for j in di.tolist()], init_labels=[self.init_labels[j] for j in ii.tolist()],
+            origin=["study"] * B,
+        )
+
+
+def plan_instances(ctx: RunContext) -> InstancePlan:
+    """Generate every dataset and every θ0 of the study once.
+
+    Inits are drawn once per (init entry, d) and shared by every dataset of that dimension, so
+    datasets run from the same θ0 and own-triple pairs can share an initialization.
+
+    Whatever a dataset or init plugin raises or returns that the engine cannot use (see
+    :mod:`ibtest.study.checks`), datasets of different d, and a size beyond the memory budget (see
+    :mod:`ibtest.study.budget`) end here with a :class:`~ibtest.base.errors.PluginError` or
+    :class:`~ibtest.base.errors.UserError`, before anything is solved.
+    """
+    study, model = ctx.study, ctx.model
+    parts, labels, dims = [], [], []
+    for i, use in enumerate(study.datasets):
+        for j, opts in enumerate(use.expand()):
+            batch = call_plugin(use, use.spec.generate, rng=_seed(study.seed, 1, i, j), **opts)
+            batch = check_data(batch, use)
+            base = _label(use, opts)
+            k = batch.X.shape[0]
+            parts.append((batch.X, batch.y, batch.mask))
+            dims.append((f"{format_path(use.path)} {base}", batch.X.shape[-1]))
+            if k == 1:
+                labels.append(base)
+            else:
+                subs = list(batch.labels[:k]) + [str(c) for c in range(len(batch.labels), k)]
+                labels += [f"{base} {sub}".strip() for sub in subs]
+    mismatch = budget.d_mismatch(dims)
+    if mismatch:
+        raise UserError(f"study {study.source}: {mismatch}")
+    X, y, mask = cat_padded(parts)
+    d = X.shape[-1]
+    P = check_n_params(call_plugin(study.model, model.n_params, d), study.model.name, d)
+    n_inits = sum(len(u.expand()) * c for u, c in zip(study.inits, study.init_counts))
+    budget.check_plan(X.shape[0], X.shape[1], d, n_inits, P, max(1, study.block_size))
+    thetas, init_labels = [], []
+    for ii, (use, count) in enumerate(zip(study.inits, study.init_counts)):
+        for jj, opts in enumerate(use.expand()):
+            th0 = call_plugin(use, use.spec.sample, model=model, d=d, count=count,
+                              rng=_seed(study.seed, 2, ii, jj), **opts)
+            thetas.append(check_theta0(th0, use, count, P))
+            base = _label(use, opts)
+            init_labels += [f"{base}#{c}" for c in range(count)] if count > 1 else [base]
+    return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device)
+
+
+def make_instances(ctx: RunContext) -> Triples:
+    """All (dataset, θ0) instances of a study as one block of unsolved triples."""
+    plan = plan_instances(ctx)
+    return plan.block(0, plan.n)
+
+
+# ------------------------------------------------------------------------------------------
+# solving
+# ------------------------------------------------------------------------------------------
+def solve_settings(ctx: RunContext, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The settings part of a solve's store key (solver, its options, model, its options)."""
+    opts = dict(ctx.solver_options if options is None else options)
+    return {"solver": ctx.study.solver.name, "options": opts, "model": ctx.study.model.name,
+            "model_options": ctx.study.model.options}
+
+
+def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *,
+          options: dict[str, Any] | None = None, phase: str = "solve") -> SolveResult:
+    """Solve B instances in chunks of ``study.chunk_size``.
+
+    With a results store, each chunk is looked up by the hash of its inputs first and stored as
+    soon as it is solved, so a resumed run recomputes nothing. A solver exception marks its
+    chunk FAILED and the study goes on.
+    """
+    opts = dict(ctx.solver_options if options is None else options)
+    B = theta0.shape[0]
+    t0 = time.perf_counter()
+    thetas, stats, losses, infos = [], [], [], []
+    chunk = max(1, ctx.study.chunk_size)
+    settings = solve_settings(ctx, opts)
+    calls = 0
+    ctx.progress.start(phase, B)
+    for s in range(0, B, chunk):
+        sl = slice(s, min(B, s + chunk))
+        res, key = None, None
+        if ctx.store is not None:
+            key = solve_key([X[sl], y[sl], mask[sl], theta0[sl]], settings)
+            res = ctx.store.get_solve(key)
+            k = sl.stop - sl.start
+            if res is not None and (res.theta.shape != theta0[sl].shape or res.status.shape != (k,)
+                                    or res.loss.shape != (k,)):
+                res = None  # a damaged stored solve: solve it again
+        if res is None:
+            ctx.solve_calls += 1
+            calls += 1
+            c0 = time.perf_counter()
+            try:
+                res = ctx.solver.solve(ctx.model, X[sl], y[sl], mask[sl], theta0[sl], **opts)
+            except (Exception, SystemExit) as exc:  # keep going: report the failure in the summary
+                ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} raised on instances "
+                                  f"{sl.start}..{sl.stop - 1}: {type(exc).__name__}: {exc}")
+                k = sl.stop - sl.start
+                res = SolveResult(theta0[sl].clone(), torch.full((k,), st.FAILED, dtype=torch.int64),
+                                  torch.full((k,), float("nan"), dtype=torch.float64), {})
+            else:
+                if ctx.store is not None:
+                    ctx.store.put_solve(key, phase, res, time.perf_counter() - c0)
+        thetas.append(res.theta.detach().to(theta0.device))
+        stats.append(res.status.to(torch.int64).cpu())
+        losses.append(res.loss.detach().to(torch.float64))
+        infos.append(res.info)
+        ctx.progress.update(sl.stop - sl.start)
+    theta = torch.cat(thetas) if thetas else theta0.clone()
+    status = torch.cat(stats) if stats else torch.zeros(0, dtype=torch.int64)
+    loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)
+    info: dict[str, Tensor] = {}
+    for key in set().union(*[set(i) for i in infos]) if infos else set():
+        info[key] = torch.cat([
+            i[key].detach().to(torch.float64).cpu() if key in i
+            else torch.full((t.shape[0],), float("nan"), dtype=torch.float64)
+            for i, t in zip(infos, thetas)
+        ])
+    counts = st.counts(status)
+    ph = Phase(phase, B, time.perf_counter() - t0, counts, calls)
+    ctx.add_phase(ph)
+    ctx.progress.end(f"{phase}: {B} instances ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}), "
+                     f"{ph.seconds:.2f} s" + ("" if calls or not B else ", all from the results store"))
+    return SolveResult(theta, status, loss, info)
+
+
+def solve_into(ctx: RunContext, t: Triples, phase: str) -> Triples:
+    res = solve(ctx, t.X, t.y, t.mask, t.theta0, phase=phase)
+    t.theta, t.status, t.loss, t.info = res.theta, res.status, res.loss.to(torch.float64), res.info
+    return t
+
+
+# ------------------------------------------------------------------------------------------
+def build_context(study: Study, progress: Progress | None = None, store: SolveCache | None = None) -> RunContext:
+    model = study.model.spec.factory(**study.model.options)
+    options = dict(study.solver.options)
+    fit_tol = float(options.get("fit_tol", fit.DEFAULT_FIT_TOL))
+    cuda = study.device == "cuda" and torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    ctx = RunContext(study, model, study.solver.spec, options, fit_tol, dev, progress=progress or Quiet(), store=store)
+    if study.device == "cuda" and not cuda:
+        ctx.errors.append("device: cuda was asked for, but torch sees no CUDA device "
+                          "(torch.cuda.is_available() is False): the study ran on the cpu")
+    return ctx
+
+
+#: the name before the layers (deprecated; ``Context`` in :mod:`ibtest.plugin.specs` is the hypothesis
+#: context, now :class:`~ibtest.plugin.specs.HypothesisContext`)
+Context = RunContext

@@ -1,0 +1,138 @@
+"""The memory a study needs, estimated before anything is allocated, and the shape checks that
+go with it (all datasets of a study share one input dimension d).
+
+For N_d datasets of at most n points in d dimensions, N_i initializations of P parameters and
+B = min(N_d·N_i, block_size) instances per block, in float64 (8 bytes a number):
+
+    bytes ≈ 8 · [ N_d·(n·d + 2n) + N_i·P + W·B·(n·d + 2n + 2P) ]
+
+The first two terms are the instance plan (every dataset and every θ0, once), the last the
+block streamed through the pipeline (X, y, mask, θ0 and θ∞ of each instance) times W = 4 for
+the solver's workspace, the partner datasets and the pairs. It is a lower bound on the peak,
+meant to refuse the hopeless (``count: 1e9`` is 160 GB) before a long allocation or the OOM
+killer does. A sweep runs its values one after another: the largest value counts. The limit is
+half of the machine's physical memory (:func:`memory_limit`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ibtest.study.checks import check_n_params
+from ibtest.base.errors import UserError
+from ibtest.study.yamlpos import format_path, line_of
+
+BYTES = 8
+WORK = 4
+FRACTION = 0.5
+
+
+def physical_memory() -> int | None:
+    """Bytes of physical memory of this machine (None where the OS does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def memory_limit() -> int | None:
+    """The most memory a study may be estimated to need: half of physical memory."""
+    phys = physical_memory()
+    return None if phys is None else int(FRACTION * phys)
+
+
+def estimate(n_datasets: int, n: int, d: int, n_inits: int, P: int, block: int) -> int:
+    """Bytes the study needs by the formula of the module doc."""
+    B = min(n_datasets * n_inits, block)
+    return BYTES * (n_datasets * (n * d + 2 * n) + n_inits * P + WORK * B * (n * d + 2 * n + 2 * P))
+
+
+def human(nbytes: float) -> str:
+    """``1.6e11`` -> ``'149 GiB'``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if nbytes < 1024 or unit == "PiB":
+            return f"{nbytes:.3g} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.3g} PiB"  # pragma: no cover
+
+
+def too_big(n_datasets: int, n: int, d: int, n_inits: int, P: int, block: int) -> str | None:
+    """Why a study of this size cannot run here (None when it fits or the limit is unknown)."""
+    limit = memory_limit()
+    need = estimate(n_datasets, n, d, n_inits, P, block)
+    if limit is None or need <= limit:
+        return None
+    return (f"the study needs about {human(need)} of memory ({n_datasets:,} datasets of n = {n:,} "
+            f"points in d = {d:,} dimensions x {n_inits:,} inits of P = {P:,} parameters = "
+            f"{n_datasets * n_inits:,} instances, in blocks of {min(n_datasets * n_inits, block):,}), "
+            f"more than the {human(limit)} allowed (half of this machine's {human(physical_memory() or 0)}): "
+            "lower count, n or d")
+
+
+def d_mismatch(dims: list[tuple[str, int]]) -> str | None:
+    """A message when the datasets ``[(label, d), ...]`` do not share one input dimension."""
+    if len({d for _, d in dims}) <= 1:
+        return None
+    listed = "; ".join(f"{label} has d = {d}" for label, d in dims)
+    return (f"all datasets of a study must have the same input dimension d (the model's theta has one "
+            f"length for all of them): {listed}. Run them as separate studies")
+
+
+def _label(use: Any, opts: dict[str, Any]) -> str:
+    varying = [k for k, v in use.options.items() if isinstance(v, list) and use.spec.options[k].sweep]
+    shown = ", ".join(f"{k}={opts[k]}" for k in varying)
+    return f"{format_path(use.path)} {use.name}" + (f"({shown})" if shown else "")
+
+
+def _declared_sizes(study: Any) -> tuple[list[tuple[str, int, int, int]], bool]:
+    """[(label, k, n, d)] of every dataset whose plugin declares ``size``; False if one does not."""
+    out, complete = [], True
+    for use in study.datasets:
+        size = getattr(use.spec, "size", None)
+        for opts in use.expand():
+            try:
+                k, n, d = (int(v) for v in size(**opts)) if size is not None else (None, None, None)
+            except Exception:  # a size() that cannot say: checked once the data exist
+                k = None
+            if k is None:
+                complete = False
+                continue
+            out.append((_label(use, opts), k, n, d))
+    return out, complete
+
+
+def check_study(study: Any, lines: dict) -> list[str]:
+    """Problems (``FILE:LINE: field: reason``) of a validated study's size, for each sweep value."""
+    from ibtest.study.schema import variants
+
+    src = study.source
+    where = f"{src}:{line_of(lines, ('datasets',))}: datasets"
+    for value, s in variants(study):
+        suffix = "" if study.sweep is None else f" (with {study.sweep.path} = {value!r})"
+        sizes, complete = _declared_sizes(s)
+        msg = d_mismatch([(label, d) for label, _, _, d in sizes])
+        if msg:
+            return [f"{where}: {msg}{suffix}"]
+        if not sizes or not complete:
+            continue
+        d = sizes[0][3]
+        try:
+            P = check_n_params(s.model.spec.factory(**s.model.options).n_params(d), s.model.name, d)
+        except UserError as exc:
+            return [f"{src}:{line_of(lines, ('model',))}: model: {exc}{suffix}"]
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure, named
+            return [f"{src}:{line_of(lines, ('model',))}: model: {s.model.name!r}: n_params({d}) raised "
+                    f"{type(exc).__name__}: {exc}{suffix}"]
+        n_inits = sum(len(u.expand()) * c for u, c in zip(s.inits, s.init_counts))
+        why = too_big(sum(k for _, k, _, _ in sizes), max(n for _, _, n, _ in sizes), d, n_inits, P,
+                      max(1, s.block_size))
+        if why:
+            return [f"{where}: {why}{suffix}"]
+    return []
+
+
+def check_plan(n_datasets: int, n: int, d: int, n_inits: int, P: int, block: int) -> None:
+    """Raise a UserError when generated data of this size leave no room to run the study."""
+    why = too_big(n_datasets, n, d, n_inits, P, block)
+    if why:
+        raise UserError(why)
