@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ibtest.cert import certificate
+from ibtest.base.jsonio import to_jsonable
 from ibtest.run import executors
 from ibtest.solve import fit
 from ibtest.out import report
@@ -89,7 +90,7 @@ class StudyResult:
 
     def to_json(self) -> dict[str, Any]:
         ty = self.tally
-        return certificate._jsonable({
+        return to_jsonable({
             "study": self.study.name,
             "description": self.study.description,
             "source": self.study.source,

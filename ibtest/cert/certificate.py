@@ -10,7 +10,6 @@ file. Reading a file is :func:`ibtest.cert.schema.load`.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import re
 from pathlib import Path
@@ -19,38 +18,11 @@ from typing import Any
 import torch
 
 from ibtest import __version__
+from ibtest.base.jsonio import decode_floats, encode_float, tensor_to_list, to_jsonable
 from ibtest.cert.schema import FORMAT, load  # noqa: F401  (load: the validated reader, re-exported)
 
-
-def _num(x: float) -> Any:
-    """JSON number, keeping ±inf/nan representable."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return x
-
-
-def _unnum(x: Any) -> Any:
-    if isinstance(x, str) and x in ("inf", "-inf", "nan"):
-        return float(x)
-    if isinstance(x, dict):
-        return {k: _unnum(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_unnum(v) for v in x]
-    return x
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, float):
-        return _num(x)
-    return x
-
-
-def _tensor(x: torch.Tensor) -> list:
-    return x.detach().cpu().tolist()
+# Old private names of the JSON helpers (now public in ibtest.base.jsonio), kept for code not yet moved.
+_num, _unnum, _jsonable, _tensor = encode_float, decode_floats, to_jsonable, tensor_to_list
 
 
 def versions() -> dict[str, str]:
@@ -69,9 +41,9 @@ def _side(t, i: int, theta: torch.Tensor, loss: float, R: float, err: float) -> 
     n = int(t.mask[i].sum())
     keep = t.mask[i] > 0
     return {
-        "label": t.labels[i], "origin": t.origin[i], "theta0": _tensor(t.theta0[i]),
-        "X": _tensor(t.X[i][keep]), "y": _tensor(t.y[i][keep]),
-        "theta": _tensor(theta), "loss": loss, "R": _num(R), "measured_error": err, "n": n,
+        "label": t.labels[i], "origin": t.origin[i], "theta0": tensor_to_list(t.theta0[i]),
+        "X": tensor_to_list(t.X[i][keep]), "y": tensor_to_list(t.y[i][keep]),
+        "theta": tensor_to_list(theta), "loss": loss, "R": encode_float(R), "measured_error": err, "n": n,
     }
 
 
@@ -85,16 +57,16 @@ def build(ctx, t, member, options_tight: dict[str, Any]) -> dict[str, Any]:
         "format": FORMAT,
         "study": ctx.study.name,
         "study_file": ctx.study.source,
-        "hypothesis": {"name": member.hypothesis, "params": _jsonable(member.params), "kind": spec.kind,
+        "hypothesis": {"name": member.hypothesis, "params": to_jsonable(member.params), "kind": spec.kind,
                        "depends_on": spec.depends_on, "on": spec.on, "doc": spec.doc,
                        "atol": member.use.atol, "rtol": member.use.rtol},
-        "model": {"name": ctx.study.model.name, "options": _jsonable(ctx.study.model.options)},
-        "solver": {"name": ctx.study.solver.name, "options": _jsonable(ctx.solver_options),
-                   "tightened": _jsonable(options_tight)},
+        "model": {"name": ctx.study.model.name, "options": to_jsonable(ctx.study.model.options)},
+        "solver": {"name": ctx.study.solver.name, "options": to_jsonable(ctx.solver_options),
+                   "tightened": to_jsonable(options_tight)},
         "fit_tol": ctx.fit_tol,
         "safety": ctx.study.verdict.safety,
         "plugins": list(ctx.study.plugin_files),
-        "theta0": _tensor(t.theta0[a]),
+        "theta0": tensor_to_list(t.theta0[a]),
         "gap": ev.gap, "margin": ev.margin,
         "versions": versions(),
     }
@@ -111,7 +83,7 @@ def build(ctx, t, member, options_tight: dict[str, Any]) -> dict[str, Any]:
             claim = f"{member.label} is conserved by gradient flow: C(theta_inf) = C(theta0)"
             refutation = f"|C(theta_inf) - C(theta0)| = {ev.gap:.6g} > margin {ev.margin:.6g}"
         base.update({"claim": claim, "refutation": refutation,
-                     "a": _side(t, a, ev.theta_a, loss, ev.Ra, ev.err_a), "C_init": _num(ev.Rb)})
+                     "a": _side(t, a, ev.theta_a, loss, ev.Ra, ev.err_a), "C_init": encode_float(ev.Rb)})
         return base
     b = ev.b
 
@@ -135,7 +107,7 @@ def write(cert: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     cert = dict(cert)
     cert["replay"] = f"ibtest verify {path}"
-    path.write_text(json.dumps(_jsonable(cert), indent=1))
+    path.write_text(json.dumps(to_jsonable(cert), indent=1))
     return path
 
 

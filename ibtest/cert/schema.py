@@ -9,7 +9,7 @@ What the schema checks is the *shape* of the file. Whether its numbers make a re
 decided by :mod:`ibtest.cert.replay` from the registry's rules, never from the file's own.
 
 Numbers: JSON has no inf/nan, so the writer stores them as the strings ``"inf"``, ``"-inf"``,
-``"nan"`` (:func:`ibtest.cert.certificate._num`); the schema reads those strings back as floats in
+``"nan"`` (:func:`ibtest.base.jsonio.encode_float`); the schema reads those strings back as floats in
 numeric fields only (a dataset label ``"nan"`` stays a string). Data arrays (X, y, θ0, θ) must be
 finite.
 """

@@ -53,6 +53,7 @@ from ibtest.judge import evaluation as ev
 from ibtest.solve import fit
 from ibtest.base import status as st
 from ibtest.base.errors import UserError
+from ibtest.base.jsonio import to_jsonable
 
 Tensor = torch.Tensor
 
@@ -746,7 +747,7 @@ def fraction_text(v: float, max_den: int = 1000) -> str:
 
 
 def dumps(cert: dict[str, Any]) -> str:
-    return json.dumps(certmod._jsonable(cert), indent=1)
+    return json.dumps(to_jsonable(cert), indent=1)
 
 
 def _size_text(s: dict[str, Any]) -> str:

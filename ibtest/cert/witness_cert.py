@@ -21,6 +21,7 @@ import torch
 
 from ibtest.judge import evaluation as ev
 from ibtest.solve import fit
+from ibtest.base.jsonio import encode_float, tensor_to_list
 
 KIND = "witness"
 
@@ -33,7 +34,7 @@ def build(ctx, t, member, options_tight: dict[str, Any], base: dict[str, Any]) -
     """A witness certificate from a member falsified by a search witness (``Evidence.kind ==
     "witness"``: a = the triple, theta_a = re-solved θ∞, theta_b = θ'). ``base`` holds the
     fields every certificate shares (format, hypothesis, model, solver, versions ...)."""
-    from ibtest.cert.certificate import _num, _side, _tensor
+    from ibtest.cert.certificate import _side
 
     e = member.evidence
     i = e.a
@@ -52,8 +53,8 @@ def build(ctx, t, member, options_tight: dict[str, Any], base: dict[str, Any]) -
                        f"a minimizer of R on Z(D)"),
         "source": e.source,
         "a": _side(t, i, e.theta_a, loss_inf, e.Ra, e.err_a),
-        "witness": {"theta": _tensor(e.theta_b), "loss": loss_w, "fit_threshold": thr, "R": _num(e.Rb),
-                    "predictor": _tensor(m.predictor(e.theta_b[None])[0])},
+        "witness": {"theta": tensor_to_list(e.theta_b), "loss": loss_w, "fit_threshold": thr, "R": encode_float(e.Rb),
+                    "predictor": tensor_to_list(m.predictor(e.theta_b[None])[0])},
     })
     return out
 

@@ -315,10 +315,10 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     the registry holds the installed plugins and ``plugins`` (files the user named): the files a
     certificate lists are never imported on its say-so. Returns the path written.
     """
-    from ibtest.cert import certificate as certmod
+    from ibtest.base.jsonio import decode_floats
     from ibtest.cert.replay import model_and_hypothesis
 
-    cert = certmod._unnum(cert)
+    cert = decode_floats(cert)
     if cert.get("kind") == "witness":  # θ∞ and the witness θ' on Z(D)
         from ibtest.out.witness_plot import plot as plot_witness
 

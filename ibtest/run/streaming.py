@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ibtest.cert import certificate
+from ibtest.base.jsonio import encode_float
 from ibtest.base import status as st
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import RunContext
@@ -73,7 +73,7 @@ class Tally:
         """The report rows of triples ``idx`` (their run-wide index is ``offset`` + position)."""
         if idx.numel() == 0:
             return []
-        num = certificate._num
+        num = encode_float
         pred = self.model.predictor(t.theta[idx]).tolist() if self.show_pred else None
         theta, theta0 = t.theta[idx].tolist(), t.theta0[idx].tolist()
         loss, status = t.loss[idx].tolist(), t.status[idx].tolist()
