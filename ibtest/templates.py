@@ -16,6 +16,7 @@ from pathlib import Path
 from string import Template
 
 from ibtest.base.errors import UserError
+from ibtest.study.builtin import THEOREM3, study_section
 
 KINDS = ("hypothesis", "model", "dataset")
 
@@ -107,22 +108,15 @@ def test_linear_control():
     assert_survives(result, "$name")
 ''')
 
+# The study reuses the paper's Theorem 3 study (hypotheses/vardi_shamir_theorem3.yaml, the one
+# source of it) from ``model:`` to ``constructions:`` verbatim; only name, plugin and hypotheses differ.
 HYPOTHESIS_STUDY = Template('''# Vardi & Shamir (COLT 2021), Theorem 3, with the $name hypothesis (plugin $name.py).
 # Run: ibtest run ${name}_study.yaml
 study: $name-theorem3
 description: Single ReLU neuron from w(0) = 0 on the paper's Theorem 3 data; is $name refuted?
 seed: 0
 plugins: [$name.py]            # relative to this file
-model: {name: relu_neuron, relu_grad_at_zero: 1}
-init: {name: zeros}
-datasets:
-  - {name: vardi_shamir_theorem3, alpha: 1.0, gamma: [0, 1, 2, 5, 20]}
-solver: {name: exact, fit_tol: 1.0e-20}
-constructions:
-  - blocking_point
-  - consistent_augmentation
-  - {name: rotate, count: 2, max_pairs: 16}
-hypotheses:
+''' + study_section(THEOREM3, "model", "hypotheses") + '''hypotheses:
   - {name: $name, params: {p: [1, 2, .inf]}, expect: falsified}
   - {name: l2_norm, expect: falsified}     # a built-in, for comparison
 ''')

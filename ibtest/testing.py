@@ -41,6 +41,7 @@ import torch
 import yaml
 
 from ibtest.plugin.manager import Registry, load_registry
+from ibtest.study.builtin import THEOREM3, study_data
 
 __all__ = [
     "STUDIES", "builtin_study", "plugin_path", "registered_names", "run_hypothesis", "run_model",
@@ -48,19 +49,29 @@ __all__ = [
     "assert_falsified", "assert_survives", "assert_inconclusive", "ibtest_registry", "ibtest_run",
 ]
 
-#: The built-in studies (without hypotheses) :func:`run_hypothesis` accepts by name.
-STUDIES: dict[str, dict[str, Any]] = {
-    "theorem3": {
+def _theorem3_small() -> dict[str, Any]:
+    """The paper's Theorem 3 study (hypotheses/vardi_shamir_theorem3.yaml, the one source of it),
+    made smaller for tests: γ = 0, 1, 5 instead of 0, 1, 2, 5, 20, at most 8 rotated pairs, no
+    hypotheses (the caller's replace them) and no triples in the report."""
+    paper = study_data(THEOREM3)
+    constructions = [dict(c, max_pairs=8) if isinstance(c, dict) and c.get("name") == "rotate" else c
+                     for c in paper["constructions"]]
+    return {
         "study": "ibtest-testing-theorem3",
         "description": "Vardi & Shamir Theorem 3: single ReLU neuron from w(0) = 0, gamma = 0, 1, 5",
-        "seed": 0,
-        "model": {"name": "relu_neuron", "relu_grad_at_zero": 1},
-        "init": {"name": "zeros"},
-        "datasets": [{"name": "vardi_shamir_theorem3", "alpha": 1.0, "gamma": [0, 1, 5]}],
-        "solver": {"name": "exact", "fit_tol": 1e-20},
-        "constructions": ["blocking_point", "consistent_augmentation", {"name": "rotate", "count": 2, "max_pairs": 8}],
+        "seed": paper["seed"],
+        "model": paper["model"],
+        "init": paper["init"],
+        "datasets": [dict(paper["datasets"][0], gamma=[0, 1, 5])],
+        "solver": paper["solver"],
+        "constructions": constructions,
         "report": {"triples": False},
-    },
+    }
+
+
+#: The built-in studies (without hypotheses) :func:`run_hypothesis` accepts by name.
+STUDIES: dict[str, dict[str, Any]] = {
+    "theorem3": _theorem3_small(),
     "linear": {
         "study": "ibtest-testing-linear",
         "description": "linear model, Gaussian data n=3 < d=6, two Gaussian inits per dataset (Theorem 1)",
