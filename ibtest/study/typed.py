@@ -1,0 +1,190 @@
+"""The study's types: the shape of a study file (pydantic models, checked before any plugin is
+loaded) and the validated study handed to the engine (dataclasses with the registered specs).
+
+:class:`StudyModel` is what YAML must look like; :func:`ibtest.study.schema.validate` turns it
+into a :class:`Study`, whose :class:`PluginUse` entries carry the registered spec (typed: a
+``PluginUse[Model]`` for the model, ``PluginUse[Solver]`` for the solver, ...) and the options
+resolved against it, and whose :class:`HypothesisUse` entries carry one params dict per member.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from ibtest.plugin.specs import Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
+
+Verdict = Literal["falsified", "survives", "inconclusive"]
+VERDICTS = ("falsified", "survives", "inconclusive")
+
+
+def _no_bool(value: Any) -> Any:
+    """YAML's ``true`` must not pass for the number 1 (pydantic's lax mode would take it)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, not {value!r}")
+    return value
+
+
+#: an int field: lax (``"3"`` and ``3.0`` read as 3) but never a bool
+Int = Annotated[int, BeforeValidator(_no_bool)]
+#: a float field: lax (YAML reads ``1e-9``, without a dot, as a string), never a bool, finite
+Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class PluginRef(BaseModel):
+    """``{name: ..., <option>: ...}``: options stay free here and are checked by the registry."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class InitRef(PluginRef):
+    count: Int = Field(1, ge=1, description="initializations drawn per dataset")
+
+
+class HypothesisRef(_Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    expect: Union[Verdict, None] = None
+    atol: Union[Float, None] = Field(None, ge=0)
+    rtol: Union[Float, None] = Field(None, ge=0)
+
+
+class VerdictSettings(_Strict):
+    min_pairs: Int = Field(1, ge=1, description="admissible pairs needed for 'survives'")
+    safety: Float = Field(10.0, ge=1, description="factor on the solver-error term of the margin")
+    recheck: bool = Field(True, description="re-solve every witness at a tighter tolerance")
+    max_certificates: Int = Field(1, ge=0, description="certificates written per falsified member")
+    max_group_pairs: Int = Field(4096, ge=0, description="own-triple pairs examined per group")
+    search: bool = Field(True, description="search each converged triple's zero-loss set for a witness")
+    search_steps: Int = Field(40, ge=0, description="projected (sub)gradient steps of the witness search")
+    certify_max: Int = Field(16, ge=0, description=(
+        "triples per member and block whose convex optimum is solved by cvxpy (≈ 10 ms each)"))
+    shrink: bool = Field(False, description="shrink each written pair certificate to its core (ibtest shrink)")
+    shrink_budget: Int = Field(6000, ge=4, description="instance solves each shrink may spend")
+
+
+class ReportSettings(_Strict):
+    formats: list[Literal["table", "markdown", "json"]] = Field(
+        default_factory=lambda: ["table", "markdown", "json"]
+    )
+    triples: Union[bool, Annotated[int, Field(ge=0)]] = Field(True, description="list solved triples (True, False or at most N rows)")
+    digits: Int = Field(6, ge=1, le=17)
+    json_triples: Int = Field(1000, ge=0, description=(
+        "study triples listed in results.json (every triple is in results.sqlite)"))
+
+
+class SweepSettings(_Strict):
+    """Repeat the study for each value of one option (e.g. ``init.scale``) and tabulate."""
+
+    path: str = Field(description="dotted option path, e.g. init.scale or model.width")
+    values: list[Any] = Field(min_length=1, description="one run per value (at least one)")
+
+
+class StudyModel(_Strict):
+    study: str
+    description: str = ""
+    seed: Int = 0
+    plugins: list[str] = Field(default_factory=list)
+    model: PluginRef
+    init: Union[InitRef, Annotated[list[InitRef], Field(min_length=1)]] = Field(
+        default_factory=lambda: InitRef(name="zeros"))
+    datasets: list[PluginRef] = Field(min_length=1)
+    solver: PluginRef
+    constructions: list[Union[str, PluginRef]] = Field(default_factory=list)
+    hypotheses: list[HypothesisRef] = Field(default_factory=list)
+    verdict: VerdictSettings = Field(default_factory=VerdictSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+    sweep: Union[SweepSettings, None] = None
+    device: Literal["cpu", "cuda"] = "cpu"
+    chunk_size: Int = Field(20000, ge=1, description="instances solved per batch")
+    block_size: Int = Field(20000, ge=1, description=(
+        "instances streamed through the whole pipeline at a time (memory is O(block)); own-triple "
+        "pairs are formed within a block"))
+    executor: Union[PluginRef, None] = Field(None, description=(
+        "where the blocks run: {name: local} (default) or {name: ray, address: ..., num_cpus_per_task: ...}"))
+
+
+# ----------------------------------------------------------------------------------------
+#: the registered spec a :class:`PluginUse` refers to (Model, Dataset, Init, Solver, ...)
+S = TypeVar("S", Model, Dataset, Init, Solver, Construction, Executor)
+
+
+@dataclass
+class PluginUse(Generic[S]):
+    """A validated reference to a plugin: its spec, resolved options and field path.
+
+    Generic in the spec's type, so ``Study.model.spec`` is a :class:`~ibtest.plugin.specs.Model`,
+    ``Study.solver.spec`` a :class:`~ibtest.plugin.specs.Solver`, and so on.
+    """
+
+    kind: str
+    name: str
+    spec: S
+    options: dict[str, Any]
+    path: tuple[Any, ...]
+
+    def expand(self) -> list[dict[str, Any]]:
+        """Cartesian product over options given as lists where the option sweeps."""
+        keys, values = [], []
+        for k, v in self.options.items():
+            opt = self.spec.options.get(k) if hasattr(self.spec, "options") else None
+            if opt is not None and opt.sweep and isinstance(v, list):
+                keys.append(k)
+                values.append(v)
+        if not keys:
+            return [dict(self.options)]
+        out = []
+        for combo in itertools.product(*values):
+            o = dict(self.options)
+            o.update(zip(keys, combo))
+            out.append(o)
+        return out
+
+
+@dataclass
+class HypothesisUse:
+    """A validated hypothesis entry: its registered spec, one params dict per family member (the
+    product of the parameters given as lists), the expected verdict and tolerances."""
+
+    name: str
+    spec: Hypothesis
+    members: list[dict[str, Any]]  # one params dict per family member
+    expect: str | None
+    atol: float
+    rtol: float
+    path: tuple[Any, ...]
+
+
+@dataclass
+class Study:
+    """A validated study, ready for the engine."""
+
+    name: str
+    source: str
+    raw: dict[str, Any]
+    seed: int
+    model: PluginUse[Model]
+    inits: list[PluginUse[Init]]
+    init_counts: list[int]
+    datasets: list[PluginUse[Dataset]]
+    solver: PluginUse[Solver]
+    constructions: list[PluginUse[Construction]]
+    hypotheses: list[HypothesisUse]
+    verdict: VerdictSettings
+    report: ReportSettings
+    plugin_files: list[str]
+    sweep: SweepSettings | None = None
+    device: str = "cpu"
+    chunk_size: int = 20000
+    block_size: int = 20000
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    executor: PluginUse[Executor] | None = None  # None: the local executor with its defaults
+
