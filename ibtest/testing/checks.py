@@ -1,0 +1,140 @@
+"""Contract checks of one plugin without a run: shapes, dtypes, finiteness, and (hypotheses) the
+context the engine passes, built by :mod:`ibtest.judge.evaluation` as in the engine."""
+from __future__ import annotations
+
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ibtest.plugin.manager import Registry, load_registry
+from ibtest.testing.studies import _local_files
+
+
+def _registry(plugin) -> Registry:
+    return load_registry(_local_files([plugin] if plugin is not None else []))
+
+
+def check_hypothesis(plugin: str | Path | types.ModuleType | None, name: str, params: dict[str, Any] | None = None, *,
+                     model: str = "relu_neuron", d: int = 3, batch: int = 4, seed: int = 0) -> torch.Tensor:
+    """Evaluate hypothesis ``name`` on a random batch θ [B, P] of ``model`` and check the contract.
+
+    Checks: ``fn(theta, ctx, **params)`` returns a float tensor of shape [B] (an invariant may
+    return [B, k]), finite values, the same values for each row evaluated alone (no mixing across
+    the batch), and a finite gradient by autograd (the margin uses ‖∇R‖). ``ctx`` is built by
+    :func:`ibtest.judge.evaluation.context`, exactly as the engine builds it: ``init`` (a random raw θ0)
+    for "init"/"data" hypotheses, a random dataset for "data" ones. Returns R [B].
+    """
+    reg = _registry(plugin)
+    spec = reg.get("hypotheses", name)
+    m = reg.get("models", model).factory()
+    g = torch.Generator().manual_seed(seed)
+    P = m.n_params(d)
+    theta = torch.randn(batch, P, generator=g, dtype=torch.float64)
+    theta0 = torch.randn(batch, P, generator=g, dtype=torch.float64)
+    X = torch.randn(batch, 3, d, generator=g, dtype=torch.float64)
+    y = torch.randn(batch, 3, generator=g, dtype=torch.float64)
+    pv = {**dict(spec.params), **(params or {})}
+    on_pred = spec.on == "predictor"
+
+    def call(th, th0, Xs, ys):
+        from ibtest.judge.evaluation import context
+
+        # the context the engine builds (raw θ0 as ctx.init, also for on="predictor")
+        ctx = context(m, spec, theta0=th0, X=Xs, y=ys, mask=torch.ones_like(ys))
+        return spec.fn(m.predictor(th) if on_pred else th, ctx, **pv)
+
+    R = call(theta, theta0, X, y)
+    assert isinstance(R, torch.Tensor), f"{name} returned {type(R).__name__}, expected a torch.Tensor"
+    if spec.kind == "regularizer":
+        assert R.shape == (batch,), f"{name} returned shape {tuple(R.shape)}, expected [B] = [{batch}]"
+    else:
+        assert R.dim() in (1, 2) and R.shape[0] == batch, f"{name} returned shape {tuple(R.shape)}, expected [B] or [B, k]"
+    assert R.is_floating_point(), f"{name} returned dtype {R.dtype}, expected a float tensor"
+    assert bool(torch.isfinite(R).all()), f"{name} returned non-finite values {R.tolist()}"
+    for i in range(batch):
+        Ri = call(theta[i : i + 1], theta0[i : i + 1], X[i : i + 1], y[i : i + 1])
+        assert torch.allclose(Ri.reshape(-1).double(), R[i].reshape(-1).double(), rtol=1e-10, atol=1e-12), (
+            f"{name}: row {i} evaluated alone gives {Ri.tolist()}, in the batch {R[i].tolist()} (rows must not mix)")
+    th = theta.clone().requires_grad_(True)
+    Rg = call(th, theta0, X, y)
+    if Rg.requires_grad:
+        (gr,) = torch.autograd.grad(Rg.sum(), th, allow_unused=True)
+        if gr is not None:
+            assert bool(torch.isfinite(gr).all()), f"{name}: the gradient of R is not finite"
+    return R.detach()
+
+
+def check_model(plugin: str | Path | types.ModuleType | None, name: str, options: dict[str, Any] | None = None, *,
+                d: int = 3, n: int = 4, batch: int = 3, seed: int = 0, rtol: float = 1e-5) -> Any:
+    """Build model ``name`` and check the :class:`~ibtest.ModelBase` contract on random inputs.
+
+    Checks: ``n_params(d)`` = P > 0; ``blocks(d)`` slices cover [0, P) without overlap;
+    ``predict`` gives [B, n]; ``loss`` equals ½ Σ (f − y)² (masked) and is [B]; ``grad`` [B, P]
+    matches central finite differences of ``loss`` (relative error ≤ ``rtol``, at a random θ
+    where no pre-activation sits on a kink); ``predictor`` returns a [B, Q] tensor. Returns the
+    model instance.
+    """
+    reg = _registry(plugin)
+    m = reg.get("models", name).factory(**(options or {}))
+    g = torch.Generator().manual_seed(seed)
+    P = m.n_params(d)
+    assert isinstance(P, int) and P > 0, f"{name}: n_params({d}) = {P!r}, expected a positive int"
+    covered = torch.zeros(P, dtype=torch.int64)
+    for bname, sl in m.blocks(d).items():
+        covered[sl] += 1
+    assert bool((covered == 1).all()), f"{name}: blocks({d}) must cover 0..{P - 1} exactly once, got {m.blocks(d)}"
+    theta = torch.randn(batch, P, generator=g, dtype=torch.float64)
+    X = torch.randn(batch, n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(batch, n, generator=g, dtype=torch.float64)
+    mask = torch.ones(batch, n, dtype=torch.float64)
+    mask[0, -1] = 0.0  # padding must not count
+    f = m.predict(theta, X)
+    assert f.shape == (batch, n), f"{name}: predict returned shape {tuple(f.shape)}, expected [B, n] = [{batch}, {n}]"
+    L = m.loss(theta, X, y, mask)
+    assert L.shape == (batch,), f"{name}: loss returned shape {tuple(L.shape)}, expected [{batch}]"
+    want = 0.5 * (((f - y) * mask) ** 2).sum(-1)
+    assert torch.allclose(L, want, rtol=1e-10, atol=1e-12), f"{name}: loss {L.tolist()} != ½Σ mask·(f−y)² {want.tolist()}"
+    G = m.grad(theta, X, y, mask)
+    assert G.shape == (batch, P), f"{name}: grad returned shape {tuple(G.shape)}, expected [{batch}, {P}]"
+    h = 1e-6
+    fd = torch.zeros_like(theta)
+    for j in range(P):
+        e = torch.zeros(P, dtype=torch.float64)
+        e[j] = h
+        fd[:, j] = (m.loss(theta + e, X, y, mask) - m.loss(theta - e, X, y, mask)) / (2 * h)
+    err = float((G - fd).norm() / max(float(fd.norm()), 1e-12))
+    assert err <= rtol, f"{name}: grad differs from finite differences of loss by {err:.3g} (relative)"
+    pr = m.predictor(theta)
+    assert isinstance(pr, torch.Tensor) and pr.dim() == 2 and pr.shape[0] == batch, (
+        f"{name}: predictor returned {getattr(pr, 'shape', pr)!r}, expected [B, Q]")
+    return m
+
+
+def check_dataset(plugin: str | Path | types.ModuleType | None, name: str, options: dict[str, Any] | None = None, *,
+                  seed: int = 0) -> Any:
+    """Generate dataset ``name`` twice from the same seed and check the :class:`~ibtest.DataBatch`.
+
+    Checks: X [k, n, d], y [k, n], mask [k, n] float64, one label per dataset, finite values,
+    mask entries in {0, 1}, and the same output for the same seed (studies must be
+    reproducible). Returns the DataBatch.
+    """
+    reg = _registry(plugin)
+    spec = reg.get("datasets", name)
+    opts = {k: o.default for k, o in spec.options.items() if o.default is not None}
+    opts.update(options or {})
+    b1 = spec.generate(torch.Generator().manual_seed(seed), **opts)
+    b2 = spec.generate(torch.Generator().manual_seed(seed), **opts)
+    X, y, mask = b1.X, b1.y, b1.mask
+    assert X.dim() == 3, f"{name}: X has shape {tuple(X.shape)}, expected [k, n, d]"
+    k, n, _ = X.shape
+    assert y.shape == (k, n), f"{name}: y has shape {tuple(y.shape)}, expected [{k}, {n}]"
+    assert mask.shape == (k, n), f"{name}: mask has shape {tuple(mask.shape)}, expected [{k}, {n}]"
+    for t, what in ((X, "X"), (y, "y"), (mask, "mask")):
+        assert t.dtype == torch.float64, f"{name}: {what} is {t.dtype}, expected torch.float64"
+        assert bool(torch.isfinite(t).all()), f"{name}: {what} has non-finite entries"
+    assert bool(((mask == 0) | (mask == 1)).all()), f"{name}: mask entries must be 0 or 1"
+    assert len(b1.labels) == k, f"{name}: {len(b1.labels)} labels for {k} datasets"
+    assert torch.equal(b1.X, b2.X) and torch.equal(b1.y, b2.y), f"{name}: not reproducible from the same seed (use rng)"
+    return b1
