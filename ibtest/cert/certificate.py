@@ -13,13 +13,19 @@ import json
 import platform
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ibtest import __version__
 from ibtest.base.jsonio import decode_floats, encode_float, tensor_to_list, to_jsonable
 from ibtest.cert.schema import FORMAT, load  # noqa: F401  (load: the validated reader, re-exported)
+
+if TYPE_CHECKING:
+    from ibtest.cert.replay_rules import VerifyResult
+    from ibtest.judge.verdicts import MemberResult
+    from ibtest.solve.batch import Triples
+    from ibtest.solve.engine import RunContext
 
 # Old private names of the JSON helpers (now public in ibtest.base.jsonio), kept for code not yet moved.
 _num, _unnum, _jsonable, _tensor = encode_float, decode_floats, to_jsonable, tensor_to_list
@@ -37,7 +43,7 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")[:80] or "hypothesis"
 
 
-def _side(t, i: int, theta: torch.Tensor, loss: float, R: float, err: float) -> dict[str, Any]:
+def _side(t: Triples, i: int, theta: torch.Tensor, loss: float, R: float, err: float) -> dict[str, Any]:
     n = int(t.mask[i].sum())
     keep = t.mask[i] > 0
     return {
@@ -47,7 +53,7 @@ def _side(t, i: int, theta: torch.Tensor, loss: float, R: float, err: float) -> 
     }
 
 
-def build(ctx, t, member, options_tight: dict[str, Any]) -> dict[str, Any]:
+def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict[str, Any]) -> dict[str, Any]:
     """The certificate dict for a falsified member (regularizer or invariant)."""
     ev = member.evidence
     spec = member.spec
@@ -112,7 +118,7 @@ def write(cert: dict[str, Any], path: Path) -> Path:
 
 
 
-def verify(path: str | Path, extra_plugins: list[str] = ()):
+def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
     """Replay a certificate by the registry's rules (see :func:`ibtest.cert.replay.verify`)."""
     from ibtest.cert.replay import verify as _verify
 

@@ -14,14 +14,17 @@ the registered hypothesis's). The refutation holds (exit 0) only if all of that 
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ibtest.judge import evaluation as ev
 from ibtest.solve import fit
 from ibtest.base.jsonio import encode_float, tensor_to_list
+
+if TYPE_CHECKING:
+    from ibtest.judge.verdicts import MemberResult
+    from ibtest.solve.batch import Triples
+    from ibtest.solve.engine import RunContext
 
 KIND = "witness"
 
@@ -30,7 +33,7 @@ def _t(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
-def build(ctx, t, member, options_tight: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """A witness certificate from a member falsified by a search witness (``Evidence.kind ==
     "witness"``: a = the triple, theta_a = re-solved θ∞, theta_b = θ'). ``base`` holds the
     fields every certificate shares (format, hypothesis, model, solver, versions ...)."""
