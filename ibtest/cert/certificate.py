@@ -13,7 +13,7 @@ import json
 import platform
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -56,6 +56,8 @@ def _side(t: Triples, i: int, theta: torch.Tensor, loss: float, R: float, err: f
 def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict[str, Any]) -> dict[str, Any]:
     """The certificate dict for a falsified member (regularizer or invariant)."""
     ev = member.evidence
+    if ev is None:
+        raise ValueError(f"{member.label}: no evidence to certify")
     spec = member.spec
     m = ctx.model
     a = ev.a
@@ -118,7 +120,7 @@ def write(cert: dict[str, Any], path: Path) -> Path:
 
 
 
-def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
+def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
     """Replay a certificate by the registry's rules (see :func:`ibtest.cert.replay.verify`)."""
     from ibtest.cert.replay import verify as _verify
 

@@ -37,7 +37,7 @@ Every problem with the file is a :class:`UserError` (exit 2) with one line; 1 me
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -52,7 +52,7 @@ from ibtest.cert.replay_rules import (  # noqa: F401  (re-exported: the former c
 from ibtest.cert.replay_witness import _replay_witness
 
 # ------------------------------------------------------------------------------------------
-def verify(path: str | Path, extra_plugins: list[str] = ()) -> VerifyResult:
+def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
     """Re-solve a certificate's runs at tighter settings and judge the claim by the registry's rules."""
     from ibtest.plugin.manager import load_registry, require_registered
 
@@ -252,7 +252,7 @@ def _stored_check(cert, D: _Data, R, ref, margin_of, model, names, pair: bool, r
             "edited, or written by another version): " + "; ".join(bad)]
 
 
-def model_and_hypothesis(cert: dict, plugins: list[str] = (), where: str = "certificate") -> tuple[Any, Any, dict]:
+def model_and_hypothesis(cert: dict, plugins: Sequence[str] = (), where: str = "certificate") -> tuple[Any, Any, dict]:
     """(model instance, hypothesis spec, member params) of a certificate, for drawing it: code only
     from installed plugins and the files the user named (``plugins``), never from the file's list;
     a missing plugin or options the model rejects are a :class:`UserError` naming them."""

@@ -43,7 +43,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -95,7 +95,7 @@ class ShrinkResult:
 
 
 def shrink_cert(cert: dict[str, Any], source: str, digest: str, budget: int = DEFAULT_BUDGET,
-                plugins: list[str] = ()) -> ShrinkResult:
+                plugins: Sequence[str] = ()) -> ShrinkResult:
     """Shrink a loaded pair certificate; raises :class:`NotRefuted` if it does not hold to begin with."""
     J = make_judge(cert, budget, plugins)
     cur = case_from_cert(cert)
@@ -190,7 +190,7 @@ def _pair_fields(new: dict, cert: dict, c: Case, o: Outcome) -> None:
 
 
 def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = DEFAULT_BUDGET,
-                plugins: list[str] = (), check: bool = True) -> tuple[Path, ShrinkResult]:
+                plugins: Sequence[str] = (), check: bool = True) -> tuple[Path, ShrinkResult]:
     """Shrink the certificate at ``path``, write it to ``out`` (default: ``<stem>.shrunk.json`` next to
     it) and, with ``check``, confirm it with ``ibtest verify``'s replay (else keep the input's case)."""
     p = Path(path)

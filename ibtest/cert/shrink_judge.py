@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -135,7 +135,7 @@ class Outcome:
     margin: float = 0.0
 
 
-def make_judge(cert: dict[str, Any], budget: int, plugins: list[str] = ()) -> Judge:
+def make_judge(cert: dict[str, Any], budget: int, plugins: Sequence[str] = ()) -> Judge:
     from ibtest.plugin.manager import SINGULAR, load_registry
 
     reg = load_registry(list(plugins))

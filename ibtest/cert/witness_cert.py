@@ -40,6 +40,8 @@ def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict
     from ibtest.cert.certificate import _side
 
     e = member.evidence
+    if e is None:
+        raise ValueError(f"{member.label}: no evidence to certify")
     i = e.a
     m = ctx.model
     sl = slice(i, i + 1)

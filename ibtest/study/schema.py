@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import pydantic
 import yaml
@@ -19,6 +19,7 @@ from ibtest.study.yamlpos import YAMLInputError, decode_text, format_path, line_
 from ibtest.study.typed import (  # noqa: F401  (re-exported: the former contents of this module)
     VERDICTS, Float, HypothesisRef, HypothesisUse, InitRef, Int, PluginRef, PluginUse, ReportSettings, Study,
     StudyModel, SweepSettings, Verdict, VerdictSettings, _no_bool, _Strict)
+from ibtest.study.typed import S as _S
 from ibtest.study.coerce import (  # noqa: F401
     _admits_bool, _coerce, _coerce_one, _convention_lower, _data_loc, _describe_type, _find_bool, _numbers,
     _pydantic_problems, _short, _text_hint)
@@ -67,6 +68,11 @@ def _resolve_plugin(
                 f"{SINGULAR[kind]} {name!r} is missing"
             )
     return PluginUse(kind, name, spec, options, path)
+
+
+def _resolved(uses: list[PluginUse[_S] | None]) -> list[PluginUse[_S]]:
+    """The plugin uses of a list that validated without problems (none is None)."""
+    return [u for u in uses if u is not None]
 
 
 def _hypothesis_members(spec: Any, given: dict[str, Any], path, src, lines, problems) -> list[dict]:
@@ -210,10 +216,12 @@ def validate(
         _check_sweep(m.sweep, uses, src, lines, problems)
     if problems:
         raise StudyError(src, problems)
+    # no problems: every plugin reference resolved (a None from _resolve_plugin adds a problem)
+    assert model is not None and solver is not None
     study = Study(
-        name=m.study, source=src, raw=data, seed=m.seed, model=model, inits=inits,
-        init_counts=[r.count for r in init_refs], datasets=datasets, solver=solver,
-        constructions=constructions, hypotheses=hyps, verdict=m.verdict, report=m.report,
+        name=m.study, source=src, raw=data, seed=m.seed, model=model, inits=_resolved(inits),
+        init_counts=[r.count for r in init_refs], datasets=_resolved(datasets), solver=solver,
+        constructions=_resolved(constructions), hypotheses=hyps, verdict=m.verdict, report=m.report,
         plugin_files=list(plugin_files or []), sweep=m.sweep, device=m.device,
         chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
     )
@@ -225,13 +233,13 @@ def validate(
     return study
 
 
-def load_study(path: str | Path, extra_plugins: list[str] = ()) -> tuple[Study, Registry]:
+def load_study(path: str | Path, extra_plugins: Sequence[str] = ()) -> tuple[Study, Registry]:
     """Read, load the plugins it needs, and validate a study file."""
     data, lines, src = read_study_file(path)
     return _finish_load(data, lines, src, Path(path).resolve().parent, extra_plugins)
 
 
-def load_study_text(text: str, src: str, base: Path, extra_plugins: list[str] = ()) -> tuple[Study, Registry]:
+def load_study_text(text: str, src: str, base: Path, extra_plugins: Sequence[str] = ()) -> tuple[Study, Registry]:
     """Like :func:`load_study` for study text (a stored run's study); ``base`` resolves ``plugins:``."""
     data, lines, src = parse_study_text(text, src)
     return _finish_load(data, lines, src, base, extra_plugins)

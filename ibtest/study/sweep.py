@@ -63,9 +63,9 @@ def apply_sweep(study: Study, value: Any) -> Study:
         for u in s.inits:
             u.options = {**u.options, opt: value}
     elif head == "datasets":
-        s.datasets = [copy.copy(u) for u in study.datasets]
-        for u in s.datasets:
-            u.options = {**u.options, opt: value}
+        s.datasets = [copy.copy(d) for d in study.datasets]
+        for d in s.datasets:
+            d.options = {**d.options, opt: value}
     else:
         use = copy.copy(getattr(study, head))
         use.options = {**use.options, opt: value}
