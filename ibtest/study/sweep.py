@@ -56,6 +56,8 @@ def apply_sweep(study: Study, value: Any) -> Study:
     """The study with ``study.sweep.path`` set to ``value`` on every plugin of that kind."""
     import copy
 
+    if study.sweep is None:
+        raise ValueError(f"study {study.name}: no sweep to apply")
     s = copy.copy(study)
     head, opt = study.sweep.path.split(".", 1)
     if head == "init":
