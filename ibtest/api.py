@@ -148,32 +148,24 @@ def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store 
     setting = study.report.triples
     rows = max(study.report.json_triples, setting if setting is not True and setting is not False else 0)
     tally = Tally(ctx.model, rows)
-    retainer = Retainer(ctx) if plan.n > size else None
+    retainer = Retainer(ctx)
     if store is not None:
         store.clear_tables()
     offset = n_pairs = 0
-    t, pairs = None, None
 
     def apply(bt: Triples, bp: Pairs, scores: dict | None) -> None:
         """One block, in block order, wherever it ran: store tables, tally, retained candidates
         (from the member ``scores`` a worker computed, else scored here)."""
-        nonlocal offset, n_pairs, t, pairs
+        nonlocal offset, n_pairs
         if store is not None:
             store.write_triples(bt, offset)
             store.write_pairs(bp, offset, n_pairs)
         tally.add(bt, bp)
-        if retainer is not None:
-            retainer.add(bt, bp, scores)
+        retainer.add(bt, bp, scores)
         offset, n_pairs = offset + len(bt), n_pairs + len(bp)
-        t, pairs = bt, bp
 
     ran = executors.run_blocks(ctx, plan, study, sweep_value, apply)
-    if retainer is None:
-        # a sample of solver-error measurements for the summary, on top of those the verdicts need
-        sample = (t.status == st.CONVERGED).nonzero().flatten()[:SAMPLE].tolist()
-        members, meter = judge_all(ctx, t, pairs, also_measure=sample)
-    else:
-        t, pairs, members, meter = retainer.finish(tally)
+    t, pairs, members, meter = retainer.finish(tally)
     solver_error = max(meter.err.values()) if meter.err else None
     res = StudyResult(study, t, pairs, members, ctx.phases, ctx.errors, 0.0, sweep_value=sweep_value,
                       solve_calls=ctx.solve_calls, solver_error=solver_error, model=ctx.model, tally=tally,

@@ -503,7 +503,8 @@ def pair_gaps(result) -> dict[str, list[float]]:
     each block's candidate witnesses and closest calls (:mod:`ibtest.run.streaming`).
     """
     from ibtest.base import status as st
-    from ibtest.judge.verdicts import _eligible, evaluate, hyp_context
+    from ibtest.judge.verdicts import evaluate, hyp_context
+    from ibtest.judge.evaluation import eligible
 
     ctx = SimpleNamespace(model=_model_of(result), study=result.study)
     t, pairs = result.triples, result.pairs
@@ -523,7 +524,7 @@ def pair_gaps(result) -> dict[str, list[float]]:
                 k = D.abs().argmax(-1)
                 out[m.label] = D.gather(1, k[:, None]).flatten().tolist()
                 continue
-            sel = _eligible(spec, pairs).nonzero().flatten() if len(pairs) else torch.zeros(0, dtype=torch.int64)
+            sel = eligible(spec.depends_on, pairs.same_init).nonzero().flatten() if len(pairs) else torch.zeros(0, dtype=torch.int64)
             if sel.numel() == 0:
                 out[m.label] = []
                 continue
