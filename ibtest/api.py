@@ -13,10 +13,7 @@ run streamed in blocks and judged), :mod:`ibtest.run.results_file` (the stored r
 from __future__ import annotations
 
 from ibtest.out.result import StudyResult
-from ibtest.out.runner import (default_run_dir, resume_run, run_loaded, run_study, write_certificates,
-                               _check_meta, _execute, _plans, _shrink_one, _start_store, _study_needs,
-                               _write_failure, _write_text)
-from ibtest.run.results_file import check_results as _check_results
+from ibtest.out.runner import default_run_dir, resume_run, run_loaded, run_study, write_certificates
 from ibtest.run.results_file import load_results
 
 __all__ = ["StudyResult", "default_run_dir", "load_results", "resume_run", "run_loaded", "run_study",

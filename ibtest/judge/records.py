@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from ibtest.base import status as st
 from ibtest.solve.batch import Triples
 from ibtest.solve.engine import RunContext, solve
 from ibtest.judge import evaluation as ev_mod

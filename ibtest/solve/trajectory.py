@@ -5,7 +5,8 @@ dθ/dt = −∇L(θ; D) from θ0 with a library dense-output Runge–Kutta metho
 (:func:`scipy.integrate.solve_ivp`, ``DOP853`` by default), window by window over log-spaced time
 (t ∈ [0, 1e-4], [1e-4, 1e-3], ...), so early fast motion and a slow approach to the limit both get
 steps of their own scale. It stops when θ reaches the given end point, when ∇L vanishes, when θ
-blows up, or at the time / step budget.
+blows up, when θ moves less than ``stop_tol`` (relative) over a whole window (a decade of time,
+from t = 1 on: settled, for a picture), or at the time / step budget.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class FlowPath:
     t: np.ndarray
     theta: np.ndarray
     segments: list[Any]  # scipy OdeSolution of each time window, in order
-    reason: str  # why it stopped: "end point", "stationary", "blow-up", "t_max", "max_steps"
+    reason: str  # why it stopped: "end point", "stationary", "settled", "blow-up", "t_max", "max_steps"
 
     def at(self, t_eval: np.ndarray) -> np.ndarray:
         """θ(t) [len(t_eval), P] by the integrator's dense output (t clipped to the path's span)."""
@@ -51,7 +52,8 @@ def flow_path(model: Any, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, t_
     :func:`scipy.integrate.solve_ivp` method with dense output (``DOP853``, ``RK45``, ``LSODA`` for
     a stiff flow, ...), with its local error test ``rtol`` / ``atol``. Stops when
     ‖θ − θ_end‖ ≤ stop_tol·(1 + ‖θ_end‖) (``theta_end``: e.g. a certificate's solution), when
-    ‖∇L‖ ≤ 1e-13·(1 + ‖θ‖), when ‖θ‖ exceeds 1e8 times its scale, at ``t_max`` or after about
+    ‖∇L‖ ≤ 1e-13·(1 + ‖θ‖), when ‖θ‖ exceeds 1e8 times its scale, when θ moves less than
+    stop_tol·(1 + ‖θ‖) over a time window [10^k, 10^(k+1)], k ≥ 0, at ``t_max`` or after about
     ``max_steps`` accepted steps. ``t_eval`` given: the returned ``t`` / ``theta`` are θ on that
     grid (by dense output, clipped to where the path stopped); otherwise the accepted steps.
     """
@@ -92,6 +94,7 @@ def flow_path(model: Any, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, t_
         if stationary(t0, th) <= 0:
             reason = "stationary"
             break
+        start = th
         sol = solve_ivp(fun, (t0, t1), th, method=method, rtol=rtol, atol=atol, dense_output=True, events=events)
         segments.append(sol.sol)
         ts.append(sol.t[1:])
@@ -106,6 +109,9 @@ def flow_path(model: Any, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, t_
             break
         if steps >= max_steps:
             reason = "max_steps"
+            break
+        if t0 >= 1.0 and float(np.linalg.norm(th - start)) <= stop_tol * (1.0 + float(np.linalg.norm(th))):
+            reason = "settled"  # θ moved less than stop_tol (relative) over a whole decade of time
             break
     fp = FlowPath(np.concatenate(ts), np.concatenate(path), segments, reason)
     if t_eval is not None:
