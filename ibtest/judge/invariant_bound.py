@@ -17,7 +17,8 @@ from ibtest.solve.engine import RunContext
 from ibtest.judge import evaluation as ev_mod
 from ibtest.plugin.specs import HypothesisContext as HypContext
 from ibtest.study.schema import HypothesisUse
-from ibtest.judge.records import RECHECK_TOP, ErrorMeter, Evidence, MemberCounts, MemberResult, evaluate, hyp_context
+from ibtest.judge.records import (RECHECK_TOP, ErrorMeter, Evidence, MemberCounts, MemberResult, evaluate,
+                                  evaluate_grad, hyp_context)
 
 Tensor = torch.Tensor
 
@@ -114,7 +115,7 @@ def judge_invariant(ctx: RunContext, t: Triples, use: HypothesisUse, params: dic
         e = meter.err.get(i, 0.0)
         one = torch.tensor([i])
         hc = hyp_context(ctx, t, one, spec)
-        c1, g1 = evaluate(ctx, spec, fparams, th[None], hc)
+        c1, g1 = evaluate_grad(ctx, spec, fparams, th[None], hc)
         c1 = c1.reshape(1, -1)
         c0 = _reference(ctx, spec, params, t, one, hc)
         g = float(_excess(spec, c1, c0)[0])
@@ -132,7 +133,7 @@ def judge_invariant(ctx: RunContext, t: Triples, use: HypothesisUse, params: dic
     if best is None:
         k = s.closest()
         one = idx[k : k + 1]
-        _, g1 = evaluate(ctx, spec, fparams, t.theta[one], hyp_context(ctx, t, one, spec))
+        _, g1 = evaluate_grad(ctx, spec, fparams, t.theta[one], hyp_context(ctx, t, one, spec))
         best = Evidence(int(idx[k]), None, float(s.C1[k, 0]), float(s.C0[k, 0]), float(s.gap[k]),
                         float(s.floor[k]), float("nan"), 0.0, float(g1[0]), 0.0, "study", kind="triple")
     r.evidence = best

@@ -96,6 +96,13 @@ def evaluate(ctx: RunContext, spec: Any, params: dict, theta: Tensor, hctx: HypC
     return ev_mod.evaluate(ctx.model, spec, params, theta, hctx, grad=grad)
 
 
+def evaluate_grad(ctx: RunContext, spec: Any, params: dict, theta: Tensor, hctx: HypContext) -> tuple[Tensor, Tensor]:
+    """R [T] (or C [T, k]) and ‖∇R‖ [T] (see :func:`ibtest.judge.evaluation.evaluate`)."""
+    R, G = ev_mod.evaluate(ctx.model, spec, params, theta, hctx, grad=True)
+    assert G is not None
+    return R, G
+
+
 # ------------------------------------------------------------------------------------------
 class ErrorMeter:
     """Measured solver error of triples: ‖θ∞ − θ∞'‖ with θ∞' solved at tightened settings."""

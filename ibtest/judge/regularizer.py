@@ -20,7 +20,7 @@ from ibtest.judge import evaluation as ev_mod
 from ibtest.solve import fit
 from ibtest.study.schema import HypothesisUse
 from ibtest.judge.records import (RECHECK_TOP, ErrorMeter, Evidence, MemberCounts, MemberResult, evaluate,
-                                  hyp_context)
+                                  evaluate_grad, hyp_context)
 from ibtest.judge.search_verdict import SETTLED, SETTLED_SAMPLE, SearchScore, finish_search, score_search
 
 Tensor = torch.Tensor
@@ -155,7 +155,7 @@ def finish_regularizer(ctx: RunContext, t: Triples, sc: RegularizerScore, params
     if best is None:
         k = s.closest()
         ab = torch.stack([p.a[k], p.b[k]])
-        _, G = evaluate(ctx, spec, params, t.theta[ab], hyp_context(ctx, t, ab, spec))
+        _, G = evaluate_grad(ctx, spec, params, t.theta[ab], hyp_context(ctx, t, ab, spec))
         best = Evidence(int(p.a[k]), int(p.b[k]), float(s.Ra[k]), float(s.Rb[k]), float(s.gap[k]),
                         float(s.floor[k]), float("nan"), float("nan"), float(G[0]), float(G[1]), p.source(k))
     r.evidence = best
@@ -194,7 +194,7 @@ def _recheck_pair(ctx, t, spec, params, use, meter: ErrorMeter, a: int, b: int, 
         tha, thb = t.theta[a], t.theta[b]
         ea = eb = float(t.info.get("drift", torch.zeros(len(t)))[a]) if "drift" in t.info else 0.0
     idx = torch.tensor([a, b])
-    R, G = evaluate(ctx, spec, params, torch.stack([tha, thb]), hyp_context(ctx, t, idx, spec))
+    R, G = evaluate_grad(ctx, spec, params, torch.stack([tha, thb]), hyp_context(ctx, t, idx, spec))
     Ra, Rb = float(R[0]), float(R[1])
     gap = abs(Ra - Rb)
     margin = float(ev_mod.margin(use.atol, use.rtol, ctx.study.verdict.safety, R[:1], R[1:], G[:1], G[1:],

@@ -16,7 +16,8 @@ from ibtest.solve.engine import RunContext
 from ibtest.judge import evaluation as ev_mod
 from ibtest.solve import fit
 from ibtest.study.schema import HypothesisUse
-from ibtest.judge.records import RECHECK_TOP, ErrorMeter, Evidence, MemberResult, SearchTotals, evaluate, hyp_context
+from ibtest.judge.records import (RECHECK_TOP, ErrorMeter, Evidence, MemberResult, SearchTotals, evaluate_grad,
+                                  hyp_context)
 
 Tensor = torch.Tensor
 
@@ -100,7 +101,7 @@ def recheck_witness(ctx: RunContext, t: Triples, use: HypothesisUse, params: dic
     if not bool(fit.fits(ctx.model, theta_w[None], t.X[i:i + 1], t.y[i:i + 1], t.mask[i:i + 1],
                          t.theta0[i:i + 1], ctx.fit_tol)[0]):
         return None
-    R, G = evaluate(ctx, spec, params, torch.stack([th, theta_w]), hyp_context(ctx, t, one, spec))
+    R, G = evaluate_grad(ctx, spec, params, torch.stack([th, theta_w]), hyp_context(ctx, t, one, spec))
     gap = float(R[0] - R[1])
     margin = float(ev_mod.margin(use.atol, use.rtol, ctx.study.verdict.safety, R[:1], R[1:], G[:1], G[1:],
                                  th[None], theta_w[None], e, 0.0)[0])
@@ -113,6 +114,7 @@ def finish_search(ctx: RunContext, t: Triples, r: MemberResult, s: SearchScore |
     """Falsify ``r`` by the best re-checked search witness of ``s``, if one beats its margin."""
     if s is None:
         return r
+    assert r.use is not None
     pos = {int(i): k for k, i in enumerate(s.idx.tolist())}
     best = None
     for i in s.candidates():

@@ -126,10 +126,11 @@ class _Evaluator:
         for s in range(0, th_all.shape[0], chunk):
             th = th_all[s : s + chunk]
             B = th.shape[0]
-            data = self.spec.depends_on == "data" and X is not None
-            c = context(self.model, self.spec, theta0=init0[None].expand(B, -1),
-                        X=X[None].expand(B, -1, -1) if data else None, y=y[None].expand(B, -1) if data else None,
-                        mask=mask[None].expand(B, -1) if data else None)
+            if self.spec.depends_on == "data" and X is not None and y is not None and mask is not None:
+                c = context(self.model, self.spec, theta0=init0[None].expand(B, -1), X=X[None].expand(B, -1, -1),
+                            y=y[None].expand(B, -1), mask=mask[None].expand(B, -1))
+            else:
+                c = context(self.model, self.spec, theta0=init0[None].expand(B, -1))
             x = self.model.predictor(th) if self.spec.on == "predictor" else th
             with torch.no_grad():
                 v = self.spec.fn(x, c, **self.params)

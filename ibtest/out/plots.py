@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -171,7 +171,7 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = [Line2D([], [], color=COLORS["init"], marker="s", ls="", mec="k", label="θ0" + ("_a" if extra0 else ""))]
+    handles: list[Any] = [Line2D([], [], color=COLORS["init"], marker="s", ls="", mec="k", label="θ0" + ("_a" if extra0 else ""))]
     if extra0:
         handles.append(Line2D([], [], color=COLORS["b"], marker="s", ls="", mec="k", label="θ0_b"))
     for s in sides:

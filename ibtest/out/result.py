@@ -74,8 +74,12 @@ class StudyResult:
         """The full report as ``ibtest run`` prints it (``table``), or markdown / json / html."""
         return report.render(self.to_json(), fmt)
 
+    def _tally(self) -> Tally:
+        assert self.tally is not None, "a StudyResult made by run_loaded has a tally"
+        return self.tally
+
     def summary(self) -> str:
-        ty = self.tally
+        ty = self._tally()
         counts = ty.counts
         lines = [
             f"study {self.study.name}: {sum(counts.values())} instances "
@@ -88,7 +92,8 @@ class StudyResult:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        ty = self.tally
+        """The results format (see :mod:`ibtest.run.results_file`), a JSON-able dict."""
+        ty = self._tally()
         return jsonable({
             "study": self.study.name,
             "description": self.study.description,

@@ -12,7 +12,7 @@ import datetime as _dt
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -74,6 +74,7 @@ def default_run_dir(study_name: str) -> Path:
 
 def write_certificates(res: StudyResult, ctx: RunContext) -> None:
     d = res.run_dir
+    assert d is not None, "write_certificates needs the result's run_dir"
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -117,15 +118,16 @@ def _plans(st_: Study) -> list[InstancePlan]:
 
 def _execute(st_: Study, out: Path | None, store: Store | None, progress,
              plans: list[InstancePlan] | None = None) -> StudyResult | list[StudyResult]:
+    """Run a study (each sweep value) into ``out`` and ``store``; the store is closed after."""
     try:
         runs = variants(st_)
-        plans = plans or [None] * len(runs)
+        todo: list[InstancePlan | None] = list(plans) if plans else [None] * len(runs)
         if st_.sweep is None:
-            result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress, plan=plans[0])
+            result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress, plan=todo[0])
             payload: Any = result.json_cache
         else:
             result = []
-            for k, ((v, s), plan) in enumerate(zip(runs, plans)):
+            for k, ((v, s), plan) in enumerate(zip(runs, todo)):
                 sub = out / f"sweep-{k:02d}" if out is not None else None
                 result.append(run_loaded(s, out_dir=sub, store=store, progress=progress, sweep_value=v, plan=plan))
             payload = {"sweep": st_.sweep.path, "runs": [r.json_cache for r in result]}
@@ -139,7 +141,7 @@ def _execute(st_: Study, out: Path | None, store: Store | None, progress,
             store.close()
 
 
-def run_study(study: str | Path | dict, *, plugins: list[str] = (), out_dir: str | Path | None = None,
+def run_study(study: str | Path | dict, *, plugins: Sequence[str] = (), out_dir: str | Path | None = None,
               write: bool = True, progress: Progress | None = None,
               executor: str | None = None) -> StudyResult | list[StudyResult]:
     """Run a study given as a YAML path or a dict. Returns a list of results for a sweep.
@@ -190,7 +192,7 @@ def _start_store(out: Path, **study: Any) -> Store:
         raise UserError(f"{reason}; nothing was run: fix this, then run the study again") from None
 
 
-def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progress | None = None,
+def resume_run(run_dir: str | Path, *, plugins: Sequence[str] = (), progress: Progress | None = None,
                executor: str | None = None):
     """Finish (or re-render) a stored run: every stored solve is reused, nothing is recomputed.
 
@@ -213,7 +215,8 @@ def resume_run(run_dir: str | Path, *, plugins: list[str] = (), progress: Progre
         base = Path(str(meta.get("study_base", run_dir)))
         data, lines, src = parse_study_text(meta["study_text"], src)
         registry = load_registry(list(plugins))
-        stored = meta.get("plugins") if isinstance(meta.get("plugins"), list) else []
+        listed = meta.get("plugins")
+        stored: list[Any] = listed if isinstance(listed, list) else []
         named = [str(f) for f in stored] + [f for f in plugin_files_of(data, base) if f not in stored]
         require_registered(registry, _study_needs(data), what=f"run {run_dir}",
                            named_files=[f for f in named if f not in plugins])

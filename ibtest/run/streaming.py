@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import AbstractSet, Any
 
 import torch
 
@@ -125,7 +125,7 @@ def members_of(ctx: RunContext) -> list[tuple[int, int, Any, dict[str, Any]]]:
     return [(i, j, use, params) for i, use in enumerate(ctx.study.hypotheses) for j, params in enumerate(use.members)]
 
 
-def score_block(ctx: RunContext, t: Triples, pairs: Pairs, skip: set[tuple[int, int]] = frozenset()
+def score_block(ctx: RunContext, t: Triples, pairs: Pairs, skip: AbstractSet[tuple[int, int]] = frozenset()
                 ) -> dict[tuple[int, int], BlockScore]:
     """Score every member (but those in ``skip``) on one block, where the block was computed."""
     out: dict[tuple[int, int], BlockScore] = {}
