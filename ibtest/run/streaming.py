@@ -10,7 +10,7 @@ results store and is scored by every hypothesis member; then it is dropped. What
   gap, worst value, first error) and the triples a verdict can rest on: the ``RECHECK_TOP`` candidate
   witnesses of the block (largest gap / tolerance floor, beyond the floor) and its closest call
   (largest relative gap), with the pairs between them;
-* the first converged study triples, on which the summary's solver error is measured.
+* the first converged triples (study triples first), on which the summary's solver error is measured.
 
 This is the only run path: a study of at most ``block_size`` instances is one block, and its
 verdicts too are decided on the retained triples (with the counts of the whole run).
@@ -179,7 +179,9 @@ class Retainer:
             keep_pairs.update(b.keep_pairs)
         if self.kept is None:
             self.kept = t.take(torch.zeros(0, dtype=torch.int64))
-        conv = ((t.status == st.CONVERGED) & (t.parent < 0)).nonzero().flatten()
+        # the solver-error sample: the first SAMPLE converged triples of the run (study triples come
+        # first in a block, then constructed ones), re-solved with the verdicts' candidates
+        conv = (t.status == st.CONVERGED).nonzero().flatten()
         sample = conv[: max(0, SAMPLE - len(self.sample))].tolist()
         pk = torch.tensor(sorted(keep_pairs), dtype=torch.int64)
         idx = sorted(keep_triples | set(sample) | set(pairs.a[pk].tolist()) | set(pairs.b[pk].tolist()))
