@@ -257,7 +257,7 @@ def test_block_rebuilt_from_shipped_plugin_text_equals_the_drivers_block(tmp_pat
 
     here = score_block(ctx, t, pairs)
     assert len(res.scores) == 4 and res.scores.keys() == here.keys()
-    assert all(res.scores[k] == here[k] for k in here) and res.scores[(0, 0)].totals.n > 0
+    assert all(res.scores[k] == here[k] for k in here) and res.scores[(0, 0)].counts.n > 0
 
 
 def test_stored_blocks_are_known_before_solving(tmp_path):

@@ -82,7 +82,7 @@ def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict
         from ibtest.cert import witness_cert
 
         return witness_cert.build(ctx, t, member, options_tight, base)
-    if ev.b < 0:  # invariant: one triple
+    if ev.b is None:  # invariant or bound: one triple
         loss = float(m.loss(ev.theta_a[None], t.X[a : a + 1], t.y[a : a + 1], t.mask[a : a + 1])[0])
         if spec.kind == "bound":
             claim = f"{member.label}: B(theta_inf) <= {ev.Rb:.6g} whenever gradient flow converges"

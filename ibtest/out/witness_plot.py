@@ -13,7 +13,7 @@ import torch
 from ibtest.cert.replay import model_and_hypothesis
 from ibtest.cert.witness_cert import _t
 from ibtest.judge import evaluation as ev
-from ibtest.out.plots import _plt
+from ibtest.out.plot_plane import _plt
 
 
 def plot(cert: dict[str, Any], path: str | Path, plugins=(), grid: int = 121, dpi: int = 110) -> Path:

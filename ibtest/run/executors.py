@@ -1,6 +1,6 @@
 """Executors: where the blocks of a study run.
 
-The driver (:func:`run_blocks`, called by ``api.run_loaded``) cuts a study into blocks of
+The driver (:func:`run_blocks`, called by :func:`ibtest.run.pipeline.judge_run`) cuts a study into blocks of
 ``study.block_size`` instances (a :class:`BlockJob`) and hands them to an executor. Contract of an
 executor (an object made by an :class:`ibtest.Executor` spec's ``factory(**options)``):
 

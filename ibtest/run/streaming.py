@@ -6,11 +6,14 @@ results store and is scored by every hypothesis member; then it is dropped. What
 
 * the **tally**: status counts, solve and pair counts, and the first report rows
   (``report.json_triples`` study triples for ``results.json``);
-* per member, the :class:`~ibtest.judge.verdicts.Totals` (pairs or triples judged, largest relative gap,
-  worst value, first error) and the triples a verdict can rest on: the ``RECHECK_TOP`` candidate
+* per member, the :class:`~ibtest.judge.records.MemberCounts` (pairs or triples judged, largest relative
+  gap, worst value, first error) and the triples a verdict can rest on: the ``RECHECK_TOP`` candidate
   witnesses of the block (largest gap / tolerance floor, beyond the floor) and its closest call
   (largest relative gap), with the pairs between them;
-* the first converged study triples, on which the summary's solver error is measured.
+* the first converged triples (study triples first), on which the summary's solver error is measured.
+
+This is the only run path: a study of at most ``block_size`` instances is one block, and its
+verdicts too are decided on the retained triples (with the counts of the whole run).
 
 Memory is O(block) + O(members · blocks). The verdicts are those of the study run in one block:
 the global top candidates of a member are among the per-block top candidates, its closest call is
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import AbstractSet, Any
 
 import torch
 
@@ -29,7 +32,8 @@ from ibtest.base.jsonio import encode_float
 from ibtest.base import status as st
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import RunContext
-from ibtest.judge.verdicts import ErrorMeter, MemberResult, Totals, judge_all, no_converged_reason, score_invariant, score_regularizer
+from ibtest.judge.verdicts import (ErrorMeter, MemberCounts, MemberResult, judge_all, no_converged_reason, no_pair_reason,
+                                   score_invariant, score_regularizer)
 
 SAMPLE = 16  # converged study triples re-solved for the summary's measured solver error
 
@@ -106,11 +110,11 @@ def _count(into: dict[str, int], status: torch.Tensor) -> None:
 
 @dataclass
 class BlockScore:
-    """One member's scores on one block, as much as the driver keeps: the block's totals (to be
+    """One member's scores on one block, as much as the driver keeps: the block's counts (to be
     merged into the run's), the positions a verdict can rest on (triples and pairs of the block),
     or the exception it raised. Small and plain, so a worker can compute it and send it back."""
 
-    totals: Totals = field(default_factory=Totals)
+    counts: MemberCounts = field(default_factory=MemberCounts)
     keep_triples: list[int] = field(default_factory=list)
     keep_pairs: list[int] = field(default_factory=list)
     raised: str | None = None
@@ -121,7 +125,7 @@ def members_of(ctx: RunContext) -> list[tuple[int, int, Any, dict[str, Any]]]:
     return [(i, j, use, params) for i, use in enumerate(ctx.study.hypotheses) for j, params in enumerate(use.members)]
 
 
-def score_block(ctx: RunContext, t: Triples, pairs: Pairs, skip: set[tuple[int, int]] = frozenset()
+def score_block(ctx: RunContext, t: Triples, pairs: Pairs, skip: AbstractSet[tuple[int, int]] = frozenset()
                 ) -> dict[tuple[int, int], BlockScore]:
     """Score every member (but those in ``skip``) on one block, where the block was computed."""
     out: dict[tuple[int, int], BlockScore] = {}
@@ -132,11 +136,12 @@ def score_block(ctx: RunContext, t: Triples, pairs: Pairs, skip: set[tuple[int, 
         try:
             if use.spec.kind in ("invariant", "bound"):
                 s = score_invariant(ctx, t, use, params)
-                b.totals.add_invariant(s)
-                b.keep_triples = s.keep()
+                if s is not None:
+                    b.counts = s.counts()
+                    b.keep_triples = s.keep()
             else:
                 sc = score_regularizer(ctx, t, pairs, use, params)
-                b.totals.add_scored(sc)
+                b.counts = sc.counts()
                 b.keep_pairs = sc.keep()
                 b.keep_triples = sc.keep_triples()  # the block's best search witness, if any
         except Exception as exc:
@@ -144,26 +149,13 @@ def score_block(ctx: RunContext, t: Triples, pairs: Pairs, skip: set[tuple[int, 
     return out
 
 
-def _merge(into: Totals, part: Totals) -> None:
-    """Add one block's totals to the run's (sums, maxima, the first error)."""
-    into.n += part.n
-    into.distinct += part.distinct
-    into.max_rel_gap = max(into.max_rel_gap, part.max_rel_gap)
-    into.largest = max(into.largest, part.largest)
-    if part.worst is not None:
-        into.worst = part.worst if into.worst is None else max(into.worst, part.worst)
-    into.error = into.error or part.error
-    if part.search is not None:
-        into.search = part.search if into.search is None else into.search.merge(part.search)
-
-
 class Retainer:
-    """Per-member totals and the retained triples and pairs of a streamed study."""
+    """Per-member run-wide counts and the retained triples and pairs of a run."""
 
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self.members = members_of(ctx)
-        self.totals = {(i, j): Totals() for i, j, _, _ in self.members}
+        self.counts = {(i, j): MemberCounts() for i, j, _, _ in self.members}
         self.kept: Triples | None = None
         self.pairs = Pairs.empty()
         self.sample: list[int] = []
@@ -172,22 +164,24 @@ class Retainer:
         """Take in one block: its member scores (computed here unless ``scores`` come with the
         block from a worker), its candidates and closest calls."""
         if scores is None:
-            scores = score_block(self.ctx, t, pairs, skip={k for k, tot in self.totals.items() if tot.raised})
+            scores = score_block(self.ctx, t, pairs, skip={k for k, tot in self.counts.items() if tot.raised})
         keep_pairs: set[int] = set()
         keep_triples: set[int] = set()
-        for key, tot in self.totals.items():
+        for key, tot in self.counts.items():
             b = scores.get(key)
             if tot.raised or b is None:
                 continue
             if b.raised:
                 tot.raised = b.raised
                 continue
-            _merge(tot, b.totals)
+            tot.merge(b.counts)
             keep_triples.update(b.keep_triples)
             keep_pairs.update(b.keep_pairs)
         if self.kept is None:
             self.kept = t.take(torch.zeros(0, dtype=torch.int64))
-        conv = ((t.status == st.CONVERGED) & (t.parent < 0)).nonzero().flatten()
+        # the solver-error sample: the first SAMPLE converged triples of the run (study triples come
+        # first in a block, then constructed ones), re-solved with the verdicts' candidates
+        conv = (t.status == st.CONVERGED).nonzero().flatten()
         sample = conv[: max(0, SAMPLE - len(self.sample))].tolist()
         pk = torch.tensor(sorted(keep_pairs), dtype=torch.int64)
         idx = sorted(keep_triples | set(sample) | set(pairs.a[pk].tolist()) | set(pairs.b[pk].tolist()))
@@ -203,16 +197,17 @@ class Retainer:
             self.pairs.extend(p, offset=base)
 
     def finish(self, tally: Tally) -> tuple[Triples, Pairs, list[MemberResult], ErrorMeter]:
-        """Verdicts on the retained triples, with every member's counts from its totals."""
+        """Verdicts on the retained triples, with every member's counts over the whole run. Sets
+        the reason of a member judged on nothing (here only: it depends on the whole run)."""
         any_converged = tally.all_counts.get("converged", 0) > 0
         for (i, j, use, _) in self.members:
-            tot, single = self.totals[(i, j)], use.spec.kind in ("invariant", "bound")
+            tot, single = self.counts[(i, j)], use.spec.kind in ("invariant", "bound")
             if tot.n or (use.spec.depends_on == "data" and not single):
                 continue  # judged on something, or a data-dependent R, which keeps its own reason
             if single or not any_converged:
                 tot.no_pairs_reason = tally.no_converged_reason()
             else:
-                tot.no_pairs_reason = "no admissible pair" + (" sharing θ0" if use.spec.depends_on == "init" else "")
+                tot.no_pairs_reason = no_pair_reason(use.spec.depends_on)
         assert self.kept is not None, "finish() before any block"
-        members, meter = judge_all(self.ctx, self.kept, self.pairs, also_measure=self.sample, totals=self.totals)
+        members, meter = judge_all(self.ctx, self.kept, self.pairs, self.counts, also_measure=self.sample)
         return self.kept, self.pairs, members, meter

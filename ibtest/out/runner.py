@@ -1,0 +1,255 @@
+"""Running studies: a study (file or dict) run once or over its sweep, into a run directory, and
+resumed from its store.
+
+A run directory holds ``results.sqlite`` (written as the run goes), ``results.json``, ``report.md``
+and ``certificates/``. :func:`run_loaded` is one run; :func:`run_study` / :func:`resume_run` add
+the study's loading, its sweep and the store. :mod:`ibtest.api` re-exports the public names.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from ibtest.cert import certificate
+from ibtest.run import executors
+from ibtest.out import report
+from ibtest.out.result import StudyResult
+from ibtest.solve.engine import RunContext, InstancePlan, build_context, plan_instances
+from ibtest.base.errors import UserError
+from ibtest.base.progress import Progress
+from ibtest.run.pipeline import judge_run
+from ibtest.run.store import Store, open_run
+from ibtest.study.schema import Study, load_study_text, read_study_bytes, variants
+
+
+def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store | None = None,
+               progress: Progress | None = None, sweep_value: Any = None,
+               plan: InstancePlan | None = None) -> StudyResult:
+    """Run a validated study once (no sweep), streamed in blocks of ``study.block_size`` instances
+    (one block for a small study; see :func:`ibtest.run.pipeline.judge_run`).
+
+    ``out_dir`` None: nothing is written; else certificates, ``results.json`` and ``report.md``.
+    ``plan``: the study's instances, if already made.
+    """
+    t0 = time.perf_counter()
+    j = judge_run(study, store=store, progress=progress, sweep_value=sweep_value, plan=plan)
+    ctx = j.ctx
+    res = StudyResult(study, j.triples, j.pairs, j.members, ctx.phases, ctx.errors, 0.0, sweep_value=sweep_value,
+                      solve_calls=ctx.solve_calls, solver_error=j.solver_error, model=ctx.model, tally=j.tally,
+                      blocks=j.blocks, executor=j.executor)
+    if out_dir is not None:
+        res.run_dir = Path(out_dir)
+        write_certificates(res, ctx)
+    res.seconds = time.perf_counter() - t0
+    res.json_cache = res.to_json()
+    if res.run_dir is not None:
+        _write_text(res.run_dir / "results.json", json.dumps(res.json_cache, indent=1), res.run_dir)
+        _write_text(res.run_dir / "report.md", report.render_markdown(res.json_cache), res.run_dir)
+    return res
+
+
+def _write_text(path: Path, text: str, run_dir: Path) -> None:
+    """Write a file of a run; a failure (full disk, read-only) is a UserError naming it."""
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise UserError(_write_failure(path, exc, run_dir)) from None
+
+
+def _write_failure(path: Path, exc: OSError, run_dir: Path) -> str:
+    return (f"run {run_dir}: cannot write {path}: {exc.strerror or exc}. Every solve is in the results "
+            f"store: free some space (or fix the permissions), then 'ibtest run --resume {run_dir}'")
+
+
+def default_run_dir(study_name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path("runs") / f"{certificate.slug(study_name)}-{stamp}"
+
+
+def write_certificates(res: StudyResult, ctx: RunContext) -> None:
+    d = res.run_dir
+    assert d is not None, "write_certificates needs the result's run_dir"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(_write_failure(d, exc, d)) from None
+    if res.study.verdict.max_certificates <= 0:
+        return
+    tight = ctx.solver.tighten(dict(ctx.solver_options))
+    for m in res.members:
+        if m.verdict != "falsified" or m.evidence is None:
+            continue
+        path = d / "certificates" / f"{certificate.slug(m.label)}.json"
+        cert = certificate.build(ctx, res.triples, m, tight)
+        try:
+            certificate.write(cert, path)
+        except OSError as exc:
+            raise UserError(_write_failure(path, exc, d)) from None
+        m.certificate = str(path)
+        res.certificates.append(str(path))
+        if res.study.verdict.shrink and m.kind == "regularizer":
+            _shrink_one(res, ctx, path)
+
+
+def _shrink_one(res: StudyResult, ctx: RunContext, path: Path) -> None:
+    """``verdict: {shrink: true}``: write ``<name>.shrunk.json`` next to the certificate (verified)."""
+    from ibtest.cert.shrink import NotRefuted, shrink_file
+
+    try:
+        dest, _ = shrink_file(path, path.with_name(path.stem + ".shrunk.json"), res.study.verdict.shrink_budget,
+                              plugins=list(res.study.plugin_files))
+    except (NotRefuted, UserError) as exc:
+        ctx.errors.append(f"shrink {path.name}: {exc}")
+        return
+    res.certificates.append(str(dest))
+
+
+def _plans(st_: Study) -> list[InstancePlan]:
+    """The instances of every run of a study (each sweep value), made before anything is written:
+    a dataset or init plugin that fails, or data too large, stop here (exit 2, no run directory)."""
+    return [plan_instances(build_context(s)) for _, s in variants(st_)]
+
+
+def _execute(st_: Study, out: Path | None, store: Store | None, progress,
+             plans: list[InstancePlan] | None = None) -> StudyResult | list[StudyResult]:
+    """Run a study (each sweep value) into ``out`` and ``store``; the store is closed after."""
+    try:
+        runs = variants(st_)
+        todo: list[InstancePlan | None] = list(plans) if plans else [None] * len(runs)
+        if st_.sweep is None:
+            result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress, plan=todo[0])
+            payload: Any = result.json_cache
+        else:
+            result = []
+            for k, ((v, s), plan) in enumerate(zip(runs, todo)):
+                sub = out / f"sweep-{k:02d}" if out is not None else None
+                result.append(run_loaded(s, out_dir=sub, store=store, progress=progress, sweep_value=v, plan=plan))
+            payload = {"sweep": st_.sweep.path, "runs": [r.json_cache for r in result]}
+        if store is not None:
+            store.write_results(payload)
+            store.set_meta(state="finished", finished=_dt.datetime.now().isoformat(timespec="seconds"))
+            store.finish()
+        return result
+    finally:
+        if store is not None:
+            store.close()
+
+
+def run_study(study: str | Path | dict, *, plugins: Sequence[str] = (), out_dir: str | Path | None = None,
+              write: bool = True, progress: Progress | None = None,
+              executor: str | None = None) -> StudyResult | list[StudyResult]:
+    """Run a study given as a YAML path or a dict. Returns a list of results for a sweep.
+
+    ``executor`` names where the blocks run (``local``, ``ray``, ...), over the study's ``executor:``."""
+    if isinstance(study, dict):
+        text, src, base = yaml.safe_dump(study, sort_keys=False), "<dict>", Path.cwd()
+    else:
+        p = Path(study)
+        text = read_study_bytes(p)
+        src, base = str(study), p.resolve().parent
+    st_, registry = load_study_text(text, src, base, list(plugins))
+    executors.choose(st_, registry, executor)
+    plans = _plans(st_)
+    out = None
+    store = None
+    if write:
+        out = Path(out_dir) if out_dir else default_run_dir(st_.name)
+        if (out / "results.sqlite").exists():
+            raise UserError(f"run directory {out} already holds a run: resume it with "
+                            f"'ibtest run --resume {out}' or choose another --out")
+        store = _start_store(out, text=text, src=src, base=base, plugins=st_.plugin_files)
+    return _execute(st_, out, store, progress, plans)
+
+
+def _start_store(out: Path, **study: Any) -> Store:
+    """A new run's store holding its study. If even that cannot be written (a full disk, a
+    read-only place), what was created is removed, so the same ``--out`` works next time."""
+    from ibtest.cert.certificate import versions
+
+    made_dir = not out.exists()
+    store = None
+    try:
+        store = Store(out)
+        store.set_meta(study_text=study["text"], study_source=study["src"], study_base=str(study["base"]),
+                       plugins=study["plugins"], state="running",
+                       created=_dt.datetime.now().isoformat(timespec="seconds"), versions=versions())
+        return store
+    except UserError as exc:
+        if store is not None:
+            store.close()
+        with contextlib.suppress(OSError):
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                (out / f"results.sqlite{suffix}").unlink(missing_ok=True)
+            if made_dir:
+                out.rmdir()
+        reason = str(exc).split(". What was stored", 1)[0]
+        raise UserError(f"{reason}; nothing was run: fix this, then run the study again") from None
+
+
+def resume_run(run_dir: str | Path, *, plugins: Sequence[str] = (), progress: Progress | None = None,
+               executor: str | None = None):
+    """Finish (or re-render) a stored run: every stored solve is reused, nothing is recomputed.
+
+    A store is data: the plugin files it lists (``meta.plugins``, the study's ``plugins:``) are
+    never imported on its say-so. Code comes from installed entry points and ``plugins`` (the
+    user's ``--plugin FILE``); a study that needs more is refused (UserError, exit 2) naming
+    what is missing and the files the run was made with. ``executor`` may differ from the
+    interrupted run's: a stored block is never solved again.
+    """
+    from ibtest.plugin.manager import load_registry, require_registered
+    from ibtest.study.schema import parse_study_text, plugin_files_of, validate
+
+    store = open_run(run_dir)
+    try:
+        meta = store.meta()
+        _check_meta(meta, run_dir)
+        if "study_text" not in meta:
+            raise UserError(f"run {run_dir}: the store holds no study (not started by 'ibtest run')")
+        src = str(meta.get("study_source", "<stored study>"))
+        base = Path(str(meta.get("study_base", run_dir)))
+        data, lines, src = parse_study_text(meta["study_text"], src)
+        registry = load_registry(list(plugins))
+        listed = meta.get("plugins")
+        stored: list[Any] = listed if isinstance(listed, list) else []
+        named = [str(f) for f in stored] + [f for f in plugin_files_of(data, base) if f not in stored]
+        require_registered(registry, _study_needs(data), what=f"run {run_dir}",
+                           named_files=[f for f in named if f not in plugins])
+        st_ = validate(data, registry, src=src, lines=lines, plugin_files=list(plugins))
+        executors.choose(st_, registry, executor)
+    except BaseException:
+        store.close()
+        raise
+    store.set_meta(state="running", resumed=_dt.datetime.now().isoformat(timespec="seconds"))
+    return _execute(st_, Path(run_dir), store, progress)
+
+
+def _study_needs(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, name) of every plugin a study's raw data names (malformed entries are left to validate)."""
+    def name(ref: Any) -> Any:
+        return ref.get("name") if isinstance(ref, dict) else ref
+
+    needs: list[tuple[str, Any]] = [("models", name(data.get("model"))), ("solvers", name(data.get("solver")))]
+    inits = data.get("init", {"name": "zeros"})
+    needs += [("inits", name(r)) for r in (inits if isinstance(inits, list) else [inits])]
+    for kind, key in (("datasets", "datasets"), ("constructions", "constructions"), ("hypotheses", "hypotheses")):
+        refs = data.get(key) or []
+        needs += [(kind, name(r)) for r in (refs if isinstance(refs, list) else [])]
+    needs.append(("executors", name(data.get("executor"))))
+    return [(k, n) for k, n in needs if isinstance(n, str)]
+
+
+def _check_meta(meta: dict[str, Any], run_dir: str | Path) -> None:
+    """The stored fields resume reads have the types 'ibtest run' writes."""
+    want = {"study_text": str, "study_source": str, "study_base": str, "plugins": list}
+    for key, tp in want.items():
+        if key in meta and not isinstance(meta[key], tp):
+            raise UserError(f"run {run_dir}: results.sqlite is damaged: meta value {key!r} is a "
+                            f"{type(meta[key]).__name__}, expected a {tp.__name__}")
+    if not all(isinstance(f, str) for f in meta.get("plugins", [])):
+        raise UserError(f"run {run_dir}: results.sqlite is damaged: meta value 'plugins' is not a list of paths")
