@@ -103,6 +103,8 @@ def _problem(spec: Hypothesis, params: Mapping[str, Any], model: ModelBase, shap
     if k:
         Au, bu = cp.Parameter((k, Q)), cp.Parameter(k)
         cons.append(Au @ x <= bu)
+    if spec.cvx is None:  # certify() takes this path only for a hypothesis with a cvx form
+        raise ValueError(f"hypothesis {spec.name!r} has no cvx form")
     prob = cp.Problem(cp.Minimize(spec.cvx(x, ctx, **params)), cons)
     _PROBLEMS[key] = (prob, x, par, Ae, be, Au, bu)
     if len(_PROBLEMS) > 256:
