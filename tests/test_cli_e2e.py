@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import STUDIES, results_json, verdicts
 
 MAIN_MEMBERS = ["l2_norm", "lp_norm[p=1]", "lp_norm[p=1.5]", "lp_norm[p=3]", "lp_norm[p=inf]", "dist_to_init"]

@@ -1,10 +1,7 @@
 """The issue-3 studies end to end: depth 2 (with the ε sweep), diagonal nets, 2×2 completion."""
 from __future__ import annotations
 
-import json
-
 import pytest
-
 from conftest import STUDIES, results_json, verdicts
 
 

@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-
 from conftest import STUDIES
 
 pytest.importorskip("matplotlib")
@@ -52,8 +51,8 @@ def test_gradient_flow_path_reaches_theorem3_limit():
     """The plotting integrator reproduces the exact GF limit (5, -1, s), s = -0.20905 for gamma = 5."""
     import torch
 
-    from ibtest.plugin.manager import load_registry
     from ibtest.out.plots import gradient_flow_path
+    from ibtest.plugin.manager import load_registry
 
     reg = load_registry()
     model = reg.get("models", "relu_neuron").factory(relu_grad_at_zero=1)

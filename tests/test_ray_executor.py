@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import results_json
 
 RAY_REQUIRED = os.environ.get("IBTEST_REQUIRE_RAY") == "1"
@@ -238,8 +237,8 @@ def test_block_rebuilt_from_shipped_plugin_text_equals_the_drivers_block(tmp_pat
     import torch
 
     from ibtest.pairs.constructions import run_block
-    from ibtest.solve.engine import build_context, plan_instances
     from ibtest.run.executors import Recipe, run_recipe_block
+    from ibtest.solve.engine import build_context, plan_instances
 
     study = _loaded(_write_study(tmp_path))
     recipe = Recipe.of(study)
@@ -264,9 +263,9 @@ def test_stored_blocks_are_known_before_solving(tmp_path):
     """On a resumed run a stored block is recognised from the driver's plan alone (the executor
     then runs it on the driver, from the store, instead of sending it to a worker)."""
     from ibtest.api import run_study
-    from ibtest.solve.engine import build_context, plan_instances
     from ibtest.run.executors import BlockJob
     from ibtest.run.store import Store
+    from ibtest.solve.engine import build_context, plan_instances
 
     study_path = _write_study(tmp_path)
     run_study(study_path, out_dir=tmp_path / "run")

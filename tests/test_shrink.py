@@ -7,12 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as hs
+from hypothesis import HealthCheck, given, settings, strategies as hs
 
 from benchmarks.shrink import random_study, refutations
-from ibtest.cli import main
 from ibtest.cert.shrink import fraction_text, shrink_file
+from ibtest.cli import main
 
 BUDGET = 3000  # solves per shrink in these tests (the default is 6000)
 

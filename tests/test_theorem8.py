@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import STUDIES, results_json
 from scipy.optimize import minimize
 
 from ibtest_hypotheses.theorem8 import distance_to_zero_loss_set
-
-from conftest import STUDIES, results_json
 
 
 def _slsqp_distance(w0, X, y):

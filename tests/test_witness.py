@@ -2,22 +2,19 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as hst
+from hypothesis import given, settings, strategies as hst
 
-from ibtest.judge import evaluation as ev
-from ibtest.judge import witness
-from ibtest.solve import fit
 from ibtest.api import run_study
 from ibtest.cert.certificate import verify
-from ibtest.plugin.manager import load_registry
+from ibtest.judge import evaluation as ev, witness
 from ibtest.judge.zeroset import neuron_zero_set
+from ibtest.plugin.manager import load_registry
+from ibtest.solve import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 HYP = ROOT / "hypotheses"

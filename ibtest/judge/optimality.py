@@ -18,13 +18,14 @@ point the verdict uses fits D to rounding; the verdict still re-checks it with `
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
-from ibtest.plugin.specs import CvxContext, Hypothesis, ModelBase
 from ibtest.judge.zeroset import Polyhedron
+from ibtest.plugin.specs import CvxContext, Hypothesis, ModelBase
 
 Tensor = torch.Tensor
 KKT_TOL = 1e-8

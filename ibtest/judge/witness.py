@@ -24,18 +24,18 @@ suboptimality (local search).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from ibtest.judge import evaluation as ev
-from ibtest.solve import fit
 from ibtest.judge.optimality import certify, kkt_certified
-from ibtest.plugin.specs import HypothesisContext as HypContext
-from ibtest.plugin.specs import Hypothesis, ModelBase
 from ibtest.judge.zeroset import Polyhedron, gauss_newton_project, gn_tangent, zero_set
+from ibtest.plugin.specs import Hypothesis, HypothesisContext as HypContext, ModelBase
+from ibtest.solve import fit
 
 Tensor = torch.Tensor
 S0 = 0.1

@@ -22,14 +22,15 @@ import os
 import pkgutil
 import sys
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol, cast
+from typing import Any, Protocol, cast
 
 import pluggy
 
-from ibtest.plugin import hookspecs
 from ibtest.base.errors import PluginError, UserError
+from ibtest.plugin import hookspecs
 from ibtest.plugin.specs import SPEC_TYPES
 
 ENTRY_POINT_GROUP = "ibtest"

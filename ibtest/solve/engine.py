@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
-from ibtest.study import budget
-from ibtest.solve import fit
 from ibtest.base import status as st
-from ibtest.solve.batch import Pairs, Triples, cat_padded
-from ibtest.study.checks import call_plugin, check_data, check_n_params, check_theta0
 from ibtest.base.errors import UserError
 from ibtest.base.progress import Progress, Quiet
-from ibtest.plugin.specs import ModelBase, NewPairs, PairBatch, Partners, SolveResult, TripleBatch
+from ibtest.plugin.specs import ModelBase, SolveResult
+from ibtest.solve import fit
+from ibtest.solve.batch import Triples, cat_padded
 from ibtest.solve.cache import SolveCache, solve_key
+from ibtest.study import budget
+from ibtest.study.checks import call_plugin, check_data, check_n_params, check_theta0
 from ibtest.study.schema import PluginUse, Study
 from ibtest.study.yamlpos import format_path
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ibtest.study.checks import check_n_params
 from ibtest.base.errors import UserError
+from ibtest.study.checks import check_n_params
 from ibtest.study.yamlpos import format_path, line_of
 
 BYTES = 8
