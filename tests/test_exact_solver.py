@@ -119,6 +119,7 @@ def test_linear_model_is_min_distance_interpolator():
 # ------------------------------------------------------------------------------------------
 # batched == per-instance reference
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_relu_teacher_batch_matches_reference():
     X, y, m, w0 = teacher_batch(300, seed=3)
     r = solve_exact(X, y, m, w0, RELU)

@@ -114,6 +114,7 @@ def _check(code: int, err: str, allowed: set[int]) -> None:
         assert err.startswith("ibtest: error: ") and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_verify_and_show_end_in_a_result(genuine, tmp_path, capsys, data):

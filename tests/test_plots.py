@@ -37,6 +37,7 @@ def test_show_plot_writes_png_for_theorem3_certificate(theorem3_run, cli, tmp_pa
     assert _is_png(png), png.stat().st_size
 
 
+@pytest.mark.slow
 def test_plot_certificate_blocking_and_rotated_pairs(theorem3_run, tmp_path):
     """A blocking-point pair (dist_to_init) and a rotated pair (l_inf) draw too."""
     from ibtest.cert import certificate

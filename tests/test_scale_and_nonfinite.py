@@ -34,6 +34,7 @@ def unit_run():
 # ------------------------------------------------------------------------------------------
 # scale
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stz.integers(-100, 100))
 @example(-100)
@@ -51,6 +52,7 @@ def test_theorem3_verdicts_do_not_depend_on_the_label_scale(unit_run, k):
     assert torch.allclose(w, w1, rtol=1e-12, atol=1e-12 * float(w1.abs().max()))
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stz.integers(-60, 60))
 @example(-60)

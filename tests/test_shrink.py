@@ -29,6 +29,7 @@ def _core(after: dict) -> bool:
     return after["n"] <= 3 and after["d"] <= 3 and after["integer"] and after["max_abs"] <= 10 and after["theta0_zero"]
 
 
+@pytest.mark.slow
 def test_random_refutations_shrink_to_small_integer_cores_that_verify(random_refutations, tmp_path, capsys):
     core = 0
     for k, p in enumerate(random_refutations):
@@ -54,6 +55,7 @@ def test_random_refutations_shrink_to_small_integer_cores_that_verify(random_ref
     assert core >= 8, f"only {core} of 10 shrank to n <= 3, d <= 3, integers <= 10, theta0 = 0"
 
 
+@pytest.mark.slow
 def test_shrinking_is_deterministic(random_refutations, tmp_path):
     out = tmp_path / "s.json"
     shrink_file(random_refutations[0], out, BUDGET)
@@ -62,6 +64,7 @@ def test_shrinking_is_deterministic(random_refutations, tmp_path):
     assert out.read_bytes() == first
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(k=hs.integers(0, 9), budget=hs.integers(4, 600))
 def test_shrinking_never_returns_a_certificate_verify_withdraws(random_refutations, tmp_path, k, budget):
@@ -72,6 +75,7 @@ def test_shrinking_never_returns_a_certificate_verify_withdraws(random_refutatio
     assert main(["verify", str(dest)]) == 0
 
 
+@pytest.mark.slow
 def test_show_prints_a_shrunk_case_compactly(random_refutations, tmp_path, capsys):
     out = tmp_path / "s.json"
     shrink_file(random_refutations[1], out, BUDGET)
@@ -92,6 +96,7 @@ def test_fraction_text_is_exact_only_within_rounding():
     assert fraction_text(0.5 + 1e-9) == "0.500000001"
 
 
+@pytest.mark.slow
 def test_cli_shrink_exit_codes(random_refutations, tmp_path, capsys):
     out = tmp_path / "ok.json"
     assert main(["shrink", str(random_refutations[2]), "-o", str(out), "--budget", "200"]) == 0

@@ -69,6 +69,7 @@ def _stored(run: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_resume_after_kill_recomputes_nothing(resumable, monkeypatch):
     tmp, log = resumable
     # reference: the same study, uninterrupted
@@ -150,6 +151,7 @@ def test_diff_shows_changed_verdicts(cli, tmp_path):
     assert same.code == 0 and "no differences" in same.out
 
 
+@pytest.mark.slow
 def test_progress_is_silent_off_a_terminal(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ibtest.cli", "run", str(STUDIES / "linear_control.yaml"),
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)

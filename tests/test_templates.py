@@ -14,6 +14,7 @@ NAMES = {"hypothesis": "my_reg", "model": "my_model", "dataset": "my_data"}
 REGISTRY_KIND = {"hypothesis": "hypotheses", "model": "models", "dataset": "datasets"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_template_passes_its_own_tests(kind, tmp_path):
     name = NAMES[kind]

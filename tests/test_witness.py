@@ -109,7 +109,7 @@ def test_search_off_leaves_identical_pairs_inconclusive():
     assert m.verdict == "inconclusive" and m.search is None and "identical" in m.reason
 
 
-@pytest.mark.parametrize("alpha", [0.1, 1.0, 3.0])
+@pytest.mark.parametrize("alpha", [pytest.param(0.1, marks=pytest.mark.slow), 1.0, 3.0])
 def test_diagonal_net_q_alpha_certified(alpha):
     d = _study("woodworth_diagonal_witness.yaml", init={"name": "scaled", "alpha": alpha},
                datasets=[{"name": "sparse_regression", "n": 4, "d": 8, "k": 2, "count": 2}])
