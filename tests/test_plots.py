@@ -28,6 +28,7 @@ def _is_png(path, min_bytes=10_000):
     return data[:8] == PNG_MAGIC and len(data) > min_bytes
 
 
+@pytest.mark.slow
 def test_show_plot_writes_png_for_theorem3_certificate(theorem3_run, cli, tmp_path):
     cert = next(c for c in theorem3_run.certificates if c.endswith("l2_norm.json"))
     png = tmp_path / "fig" / "l2.png"
@@ -64,6 +65,7 @@ def test_gradient_flow_path_reaches_theorem3_limit():
     assert abs(th[-1][2] + 0.20905) < 1e-3
 
 
+@pytest.mark.slow
 def test_plot_certificate_invariant(tmp_path):
     """An invariant certificate (no side b): single path and C along it."""
     from ibtest.api import run_study

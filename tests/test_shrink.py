@@ -137,6 +137,7 @@ def test_study_verdict_shrink_writes_a_verified_shrunk_certificate(tmp_path):
     assert json.loads(Path(shrunk[0]).read_text())["shrink"]["budget"] == 400
 
 
+@pytest.mark.slow
 def test_witness_certificate_of_linear_zero_init_l1_shrinks_to_a_small_integer_instance(tmp_path, capsys):
     root = Path(__file__).resolve().parent.parent / "hypotheses"
     assert main(["run", str(root / "linear_zero_init.yaml"), "--out", str(tmp_path / "run"), "-q"]) == 0
