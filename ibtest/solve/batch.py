@@ -29,7 +29,8 @@ def cat_padded(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tens
     """Concatenate (X, y, mask) triples of equal d along the batch, padding n to the largest."""
     n = max(p[0].shape[1] for p in parts)
     padded = [pad_points(*p, n) for p in parts]
-    return tuple(torch.cat([p[i] for p in padded]) for i in range(3))  # type: ignore[return-value]
+    X, y, mask = (torch.cat([p[i] for p in padded]) for i in range(3))
+    return X, y, mask
 
 
 @dataclass
