@@ -63,7 +63,8 @@ def section_w1(quick: bool) -> tuple[dict, str]:
           f"(torch releases the GIL in its kernels; it only pays when the cores are otherwise idle). "
           f"The slow baselines run on "
           f"the first instances only (column 'instances'); GD (lr 1e-2) stops at ‖∇L‖ ≤ 1e-9, "
-          f"loss ≤ 1e-20 or {r['gd_max_steps']:,} steps (t = {r['gd_max_steps'] * 0.01:g}); LSODA integrates to t = 10⁴. Errors: max over "
+          f"loss ≤ 1e-20 or {r['gd_max_steps']:,} steps (t = {r['gd_max_steps'] * 0.01:g}); LSODA integrates to t = 10⁴. "
+          f"Errors: max over "
           f"the instances timed (median in parentheses) of max_k |θ_k − θ_k(exact reference)|.", "",
           _table(["method", "instances", "triples/s", "exact ÷ method", "error vs exact flow"], w1.table(r)),
           "", f"Target ≥ 20 000 triples/s: **{r['exact_per_s']:,.0f}** triples/s (median; best "
@@ -75,7 +76,7 @@ def section_w1(quick: bool) -> tuple[dict, str]:
 def section_w2(quick: bool) -> tuple[dict | None, str]:
     try:
         mod = importlib.import_module("benchmarks.w2_adaptive")
-        run = getattr(mod, "run")
+        run = mod.run
     except (ImportError, AttributeError) as exc:
         return None, f"## W2: one-hidden-layer ReLU net, adaptive solver\n\nnot run: {exc}"
     if quick:  # its cost is the colleague's workload, not a smoke test's

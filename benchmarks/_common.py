@@ -7,7 +7,7 @@ import platform
 import resource
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

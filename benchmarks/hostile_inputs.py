@@ -34,8 +34,9 @@ import sqlite3
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
@@ -201,8 +202,10 @@ def option_cases(c: Corpus) -> None:
         "name": "matrix_completion", "preset": "custom", "size": 2, "entries": [[1, 1], [1, 2, 3, 4]]})))
     c.study("counts", "matrix completion entries nan", _dump(_set(LINEAR, ("datasets", 0), {
         "name": "matrix_completion", "preset": "custom", "size": 2, "entries": [[1, 1, math.nan]]})))
-    c.study("counts", "hypothesis param nan", _dump(_set(THEOREM3, ("hypotheses",), [{"name": "lp_norm", "params": {"p": math.nan}}])))
-    c.study("counts", "hypothesis param list empty", _dump(_set(THEOREM3, ("hypotheses",), [{"name": "lp_norm", "params": {"p": []}}])))
+    c.study("counts", "hypothesis param nan",
+            _dump(_set(THEOREM3, ("hypotheses",), [{"name": "lp_norm", "params": {"p": math.nan}}])))
+    c.study("counts", "hypothesis param list empty",
+            _dump(_set(THEOREM3, ("hypotheses",), [{"name": "lp_norm", "params": {"p": []}}])))
     c.study("counts", "gamma sweep empty", _dump(_set(THEOREM3, ("datasets", 0, "gamma"), [])))
     c.study("counts", "two gaussian datasets of different d", _dump(_set(LINEAR, ("datasets",), [
         {"name": "gaussian", "n": 2, "d": 3}, {"name": "gaussian", "n": 2, "d": 4}])))
@@ -266,7 +269,8 @@ def plugin_cases(c: Corpus) -> None:
         "2-D X": f"    return ibtest.DataBatch({good_x}[0], {good_y}[0], ['a'])",
         "bad mask shape": f"    return ibtest.DataBatch({good_x}, {good_y}, ['a'], torch.ones(3))",
         "nan mask": f"    return ibtest.DataBatch({good_x}, {good_y}, ['a'], torch.full((1, 2), float('nan')))",
-        "int dtype": "    return ibtest.DataBatch(torch.ones(1, 2, 3, dtype=torch.int64), torch.ones(1, 2, dtype=torch.int64), ['a'])",
+        "int dtype": "    return ibtest.DataBatch(torch.ones(1, 2, 3, dtype=torch.int64), "
+                     "torch.ones(1, 2, dtype=torch.int64), ['a'])",
         "complex dtype": f"    return ibtest.DataBatch({good_x}.to(torch.complex128), {good_y}, ['a'])",
         "labels not a list": f"    return ibtest.DataBatch({good_x}, {good_y}, 5)",
         "sys.exit": "    import sys; sys.exit(3)",

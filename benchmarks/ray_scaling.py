@@ -2,7 +2,8 @@
 
 ``benchmarks/study_10k.yaml`` scaled to N instances, run in this process four times, in this
 order: the local executor with torch's default threads and with one thread, then a local Ray
-cluster started with ``num_cpus=1`` (one worker) and with ``num_cpus=2`` (two workers). Each run writes its results store; the three must agree
+cluster started with ``num_cpus=1`` (one worker) and with ``num_cpus=2`` (two workers). Each run writes its
+results store; the three must agree
 (``ibtest diff``). Then the per-block cost on the driver, measured on one block of the same
 study: pickling the block's result there and back (what Ray does to ship it), writing it to the
 store (solves, triples, pairs), and tallying and scoring it (the member scores run on the driver).
@@ -46,11 +47,11 @@ def _run(data: dict, out: Path) -> dict:
 
 def block_cost(count: int, block_size: int) -> dict:
     """The driver's work on one block, timed piece by piece (median of 3)."""
+    from ibtest.plugin.manager import load_registry
     from ibtest.run.executors import Recipe, rebuild, run_recipe_block
     from ibtest.run.store import Store
     from ibtest.run.streaming import Retainer, Tally, score_block
     from ibtest.study.schema import validate
-    from ibtest.plugin.manager import load_registry
 
     data = _study(count, block_size, "ray")
     study = validate(data, load_registry())
@@ -92,11 +93,10 @@ def run(count: int, block_size: int, repeat: int = 1) -> dict:
     """The configurations ``repeat`` times, round robin (the box is shared: a slow moment
     hits one repetition, not one configuration); each keeps its best wall time."""
     import ray
-
-    from ibtest.out import report
-    from ibtest.api import load_results
-
     import torch
+
+    from ibtest.api import load_results
+    from ibtest.out import report
 
     configs = [("local", None), ("local", 0), ("ray", 1), ("ray", 2)]  # 0: local, one torch thread
     threads = torch.get_num_threads()
@@ -150,7 +150,8 @@ def markdown(r: dict) -> str:
              f"Best of {r.get('repeat', 1)} round-robin repetitions (every wall time listed). With one Ray "
              "worker the driver (store writes, tally) runs beside it on the other core, which the local "
              "executor does in line; the engine phases are the blocks' own seconds, summed over workers.", "",
-             "| executor | wall s (best) | every run, s | instances/s | vs local | engine phases, s | Ray start s | verdicts = local |",
+             "| executor | wall s (best) | every run, s | instances/s | vs local | engine phases, s | Ray start s "
+             "| verdicts = local |",
              "|---|---|---|---|---|---|---|---|"]
     for i, x in enumerate(r["runs"]):
         same = "—" if i == 0 else ("yes, `ibtest diff`: no differences" if not r["diffs"][i - 1] else

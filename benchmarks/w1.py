@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from ibtest.base import status as st
+from ibtest.plugin.specs import PiecewiseLinearNeuron
 from ibtest.solve.solvers.exact import _workers, solve_exact
 from ibtest.solve.solvers.exact_reference import solve_exact_reference
-from ibtest.plugin.specs import PiecewiseLinearNeuron
 
 from ._common import timed, w1_batch
 
@@ -36,7 +36,7 @@ def gd_loop(X: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float = LR,
     """One instance, the research-code way: autograd, one step at a time."""
     w = w0.clone().requires_grad_(True)
     steps = 0
-    for steps in range(1, max_steps + 1):
+    for steps in range(1, max_steps + 1):  # noqa: B007 (the count of steps taken is returned)
         loss = 0.5 * ((torch.relu(X @ w) - y) ** 2).sum()
         (g,) = torch.autograd.grad(loss, w)
         if float(loss.detach()) <= 1e-20 or float(g.norm()) <= gtol:
@@ -53,7 +53,7 @@ def gd_batched(X: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, lr: float = L
     act = torch.ones(w.shape[0], dtype=torch.bool)
     Xt = X.transpose(1, 2)
     steps = 0
-    for steps in range(1, max_steps + 1):
+    for steps in range(1, max_steps + 1):  # noqa: B007 (the count of steps taken is returned)
         z = (X @ w.unsqueeze(-1)).squeeze(-1)
         r = torch.relu(z) - y
         g = (Xt @ (r * (z > 0)).unsqueeze(-1)).squeeze(-1)

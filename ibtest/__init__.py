@@ -15,12 +15,12 @@ with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collec
     from ibtest.plugin.specs import (
         Construction,
         Context,
-        HypothesisContext,
         CvxContext,
         DataBatch,
         Dataset,
         Executor,
         Hypothesis,
+        HypothesisContext,
         Init,
         Model,
         ModelBase,
@@ -29,8 +29,8 @@ with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collec
         PairBatch,
         Partners,
         PiecewiseLinearNeuron,
-        SolveResult,
         Solver,
+        SolveResult,
         TripleBatch,
         replace,
     )

@@ -13,7 +13,7 @@ import importlib.machinery
 import sys
 import types
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 #: old top-level module -> its new module(s), first match wins for a split module
 MOVED: dict[str, tuple[str, ...]] = {

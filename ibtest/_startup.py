@@ -12,8 +12,8 @@ benchmarks/RESULTS.md, "Import time").
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 @contextmanager

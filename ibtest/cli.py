@@ -8,13 +8,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 from ibtest.base.errors import UserError
 from ibtest.base.textsafe import clean, clean_tree as _clean_tree
-
 
 MULTILINE = frozenset({"description", "summary"})  # stored free text whose line breaks are its own
 
@@ -51,9 +50,9 @@ def cmd_run(args) -> int:
     from ibtest._startup import gc_paused
 
     with gc_paused():  # pydantic, the plugins: long-lived import-time objects
-        from ibtest.out import report
         from ibtest.api import resume_run, run_study
         from ibtest.base.progress import Progress
+        from ibtest.out import report
 
     progress = Progress(enabled=False if args.quiet else None)
     if args.resume:
@@ -76,7 +75,8 @@ def cmd_run(args) -> int:
     print(f"\nrun directory: {res.run_dir}")
     failed = [m for m in res.members if m.held is False]
     if failed:
-        print("expectations that did not hold: " + ", ".join(f"{clean(m.label)} (expected {m.expect}, got {m.verdict})" for m in failed))
+        print("expectations that did not hold: "
+              + ", ".join(f"{clean(m.label)} (expected {m.expect}, got {m.verdict})" for m in failed))
     return res.exit_code
 
 
@@ -88,7 +88,7 @@ def _print_sweep(results, args) -> int:
     return 0 if all(r.expectations_held for r in results) else 1
 
 
-def _rendering(runs: str) -> "contextlib.AbstractContextManager[None]":
+def _rendering(runs: str) -> contextlib.AbstractContextManager[None]:
     """Stored results that pass the shape check but still break the renderer are damaged."""
     import contextlib
 
@@ -104,8 +104,8 @@ def _rendering(runs: str) -> "contextlib.AbstractContextManager[None]":
 
 
 def cmd_report(args) -> int:
-    from ibtest.out import report
     from ibtest.api import load_results
+    from ibtest.out import report
 
     res = clean_tree(load_results(args.run))  # a stored run is data: no control characters reach the terminal
     with _rendering(args.run):
@@ -123,8 +123,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_diff(args) -> int:
-    from ibtest.out import report
     from ibtest.api import load_results
+    from ibtest.out import report
 
     a, b = clean_tree(load_results(args.run_a)), clean_tree(load_results(args.run_b))
     if "runs" in a or "runs" in b:
@@ -180,7 +180,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_shrink(args) -> int:
-    from ibtest.cert.shrink import DEFAULT_BUDGET, NotRefuted, summary, shrink_file
+    from ibtest.cert.shrink import DEFAULT_BUDGET, NotRefuted, shrink_file, summary
 
     try:
         dest, res = shrink_file(args.certificate, args.out, args.budget if args.budget is not None else DEFAULT_BUDGET,
@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("certificate")
     v.set_defaults(func=cmd_verify)
 
-    sh = sub.add_parser("shrink", parents=[plug], help="shrink a pair or witness certificate to its core (same member still refuted)")
+    sh = sub.add_parser("shrink", parents=[plug],
+                        help="shrink a pair or witness certificate to its core (same member still refuted)")
     sh.add_argument("certificate")
     sh.add_argument("-o", "--out", help="output file (default: CERT with suffix .shrunk.json)")
     sh.add_argument("--budget", type=int, metavar="N", help="most instance solves to spend (default 6000)")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from benchmarks import growth, memory, w1
 from benchmarks.__main__ import _table
 from benchmarks.e2e import phases, summary
@@ -36,6 +38,7 @@ def test_phase_table_and_memory_study_parsing():
     assert "count: 1000000" in text and "bench-1000000" in text
 
 
+@pytest.mark.slow
 def test_ray_scaling_block_cost_and_markdown():
     """The Ray benchmark's per-block costs on a tiny study (no cluster), and its table."""
     from benchmarks import ray_scaling

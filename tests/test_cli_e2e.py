@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import STUDIES, results_json, verdicts
 
 MAIN_MEMBERS = ["l2_norm", "lp_norm[p=1]", "lp_norm[p=1.5]", "lp_norm[p=3]", "lp_norm[p=inf]", "dist_to_init"]
@@ -25,6 +24,7 @@ def main_run(tmp_path_factory):
     return proc, out
 
 
+@pytest.mark.slow
 def test_main_job_falsifies_every_norm_with_a_certificate(main_run):
     proc, out = main_run
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -38,6 +38,7 @@ def test_main_job_falsifies_every_norm_with_a_certificate(main_run):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_main_job_prints_the_papers_table(main_run):
     proc, out = main_run
     triples = results_json(out)["triples"]
@@ -51,6 +52,7 @@ def test_main_job_prints_the_papers_table(main_run):
     assert "(5, -1, -0.209049)" in proc.stdout  # γ = 5 in the printed triples table
 
 
+@pytest.mark.slow
 def test_certificates_are_self_contained_and_verify(main_run, cli, tmp_path):
     _, out = main_run
     for cert in sorted((out / "certificates").glob("*.json")):
@@ -67,6 +69,7 @@ def test_certificates_are_self_contained_and_verify(main_run, cli, tmp_path):
         assert "refutation CONFIRMED" in r.out
 
 
+@pytest.mark.slow
 def test_verify_withdraws_a_tampered_certificate(main_run, cli, tmp_path):
     _, out = main_run
     data = json.loads((out / "certificates" / "l2_norm.json").read_text())
@@ -125,6 +128,7 @@ def test_default_study_is_the_embedded_theorem3(cli, tmp_path):
     assert results_json(tmp_path / "run")["study"] == "vardi-shamir-theorem-3"
 
 
+@pytest.mark.slow
 def test_report_files_are_written(main_run):
     _, out = main_run
     md = (out / "report.md").read_text()
@@ -157,6 +161,7 @@ def test_data_dependent_hypothesis_is_judged_by_the_search(cli, tmp_path):
     assert "not applicable" in r.out
 
 
+@pytest.mark.slow
 def test_console_script_exit_codes_and_output_survive_the_fast_exit(tmp_path):
     """The console script ends with os._exit after flushing: its output is complete, its exit
     code is main()'s, and a reader that stops early (a closed pipe) costs no traceback."""

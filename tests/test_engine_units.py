@@ -7,8 +7,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from ibtest.solve.batch import cat_padded
 from ibtest.pairs.admissible import group_pairs
+from ibtest.solve.batch import cat_padded
 from ibtest.study.yamlpos import format_path, line_of, load_with_lines
 
 

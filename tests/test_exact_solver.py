@@ -6,10 +6,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from ibtest.base.status import CONVERGED, SLIDING, STALLED
+from ibtest.plugin.specs import PiecewiseLinearNeuron
 from ibtest.solve.solvers.exact import solve_exact, tighten
 from ibtest.solve.solvers.exact_reference import solve_exact_reference
-from ibtest.plugin.specs import PiecewiseLinearNeuron
-from ibtest.base.status import CONVERGED, SLIDING, STALLED
 
 F64 = torch.float64
 RELU = PiecewiseLinearNeuron(pos=1.0, neg=0.0, at_zero=1.0)
@@ -119,6 +119,7 @@ def test_linear_model_is_min_distance_interpolator():
 # ------------------------------------------------------------------------------------------
 # batched == per-instance reference
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_relu_teacher_batch_matches_reference():
     X, y, m, w0 = teacher_batch(300, seed=3)
     r = solve_exact(X, y, m, w0, RELU)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from ibtest.base import status as st
+from ibtest.plugin.specs import PiecewiseLinearNeuron
 from ibtest.solve.solvers.exact import solve_exact
 from ibtest.solve.solvers.exact_reference import solve_exact_reference
-from ibtest.plugin.specs import PiecewiseLinearNeuron
 
 F64 = torch.float64
 RELU = PiecewiseLinearNeuron(pos=1.0, neg=0.0, at_zero=1.0)

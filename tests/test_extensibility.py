@@ -4,7 +4,6 @@ from __future__ import annotations
 import textwrap
 
 import torch
-
 from conftest import verdicts
 
 NEW_MODEL = '''

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ibtest.api import run_study
 from ibtest.cli import main
@@ -97,10 +96,10 @@ def mutated(draw, cert: dict) -> bytes:
             tree = _set(tree, path, lambda v: _DELETE)
         elif op == "replace":
             v = draw(values)
-            tree = _set(tree, path, lambda _: v)
+            tree = _set(tree, path, lambda _, v=v: v)
         elif op == "scale":
             f = draw(st.sampled_from([-1.0, 0.0, 1e-300, 1e300, 2.0]))
-            tree = _set(tree, path, lambda v: v * f if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+            tree = _set(tree, path, lambda v, f=f: v * f if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
         elif op == "wrap":
             tree = _set(tree, path, lambda v: [v])
         else:
@@ -115,6 +114,7 @@ def _check(code: int, err: str, allowed: set[int]) -> None:
         assert err.startswith("ibtest: error: ") and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_verify_and_show_end_in_a_result(genuine, tmp_path, capsys, data):

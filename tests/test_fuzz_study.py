@@ -16,9 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ibtest.cli import main
 
@@ -145,6 +145,7 @@ def _alarm(signum, frame):
     raise _Hang()
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(raw=study_files())
 def test_every_study_file_ends_in_a_result_or_exit_2(raw: bytes):

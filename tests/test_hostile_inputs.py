@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ibtest.study import budget
 from ibtest.run import store
+from ibtest.study import budget
 from ibtest.study.yamlpos import YAMLInputError, load_with_lines
 
 T3 = """\

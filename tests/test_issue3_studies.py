@@ -1,13 +1,11 @@
 """The issue-3 studies end to end: depth 2 (with the ε sweep), diagonal nets, 2×2 completion."""
 from __future__ import annotations
 
-import json
-
 import pytest
-
 from conftest import STUDIES, results_json, verdicts
 
 
+@pytest.mark.slow
 def test_depth2_sweep_balancedness_survives_norms_fall_and_u3_settles(cli, tmp_path):
     run = tmp_path / "run"
     r = cli("run", STUDIES / "vardi_shamir_depth2.yaml", "--out", run)
@@ -34,6 +32,7 @@ def test_depth2_sweep_balancedness_survives_norms_fall_and_u3_settles(cli, tmp_p
     assert v.code == 0 and "CONFIRMED" in v.out, v
 
 
+@pytest.mark.slow
 def test_woodworth_diagonal(cli, tmp_path):
     r = cli("run", STUDIES / "woodworth_diagonal.yaml", "--out", tmp_path / "run", "-q")
     assert r.code == 0, r
@@ -41,6 +40,7 @@ def test_woodworth_diagonal(cli, tmp_path):
                                           "predictor_norm[p=2]": "falsified"}
 
 
+@pytest.mark.slow
 def test_razin_cohen_completion_is_reported_as_diverged_never_judged(cli, tmp_path):
     r = cli("run", STUDIES / "razin_cohen_completion.yaml", "--out", tmp_path / "run")
     assert r.code == 0, r

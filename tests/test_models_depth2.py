@@ -76,6 +76,7 @@ def _balanced_problem():
     return two_layer_relu(width=m), X, y, torch.ones_like(y), th0
 
 
+@pytest.mark.slow
 def test_balancedness_conserved_by_adaptive_and_drifts_under_gd():
     model, X, y, mask, th0 = _balanced_problem()
     c0 = model.balancedness(th0)

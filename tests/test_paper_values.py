@@ -69,6 +69,7 @@ def test_rotation_equivariance_of_the_exact_flow(seed):
     assert torch.allclose(rot.theta[0], M[0] @ res.theta[0], atol=1e-10)
 
 
+@pytest.mark.slow
 def test_exact_and_gd_agree_to_gd_accuracy_on_random_relu_neurons():
     g = torch.Generator().manual_seed(3)
     B, n, d = 40, 3, 4

@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-
 from conftest import STUDIES
 
 pytest.importorskip("matplotlib")
@@ -29,6 +28,7 @@ def _is_png(path, min_bytes=10_000):
     return data[:8] == PNG_MAGIC and len(data) > min_bytes
 
 
+@pytest.mark.slow
 def test_show_plot_writes_png_for_theorem3_certificate(theorem3_run, cli, tmp_path):
     cert = next(c for c in theorem3_run.certificates if c.endswith("l2_norm.json"))
     png = tmp_path / "fig" / "l2.png"
@@ -38,6 +38,7 @@ def test_show_plot_writes_png_for_theorem3_certificate(theorem3_run, cli, tmp_pa
     assert _is_png(png), png.stat().st_size
 
 
+@pytest.mark.slow
 def test_plot_certificate_blocking_and_rotated_pairs(theorem3_run, tmp_path):
     """A blocking-point pair (dist_to_init) and a rotated pair (l_inf) draw too."""
     from ibtest.cert import certificate
@@ -52,8 +53,8 @@ def test_gradient_flow_path_reaches_theorem3_limit():
     """The plotting integrator reproduces the exact GF limit (5, -1, s), s = -0.20905 for gamma = 5."""
     import torch
 
-    from ibtest.plugin.manager import load_registry
     from ibtest.out.plots import gradient_flow_path
+    from ibtest.plugin.manager import load_registry
 
     reg = load_registry()
     model = reg.get("models", "relu_neuron").factory(relu_grad_at_zero=1)
@@ -64,6 +65,7 @@ def test_gradient_flow_path_reaches_theorem3_limit():
     assert abs(th[-1][2] + 0.20905) < 1e-3
 
 
+@pytest.mark.slow
 def test_plot_certificate_invariant(tmp_path):
     """An invariant certificate (no side b): single path and C along it."""
     from ibtest.api import run_study

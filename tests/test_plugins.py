@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import textwrap
-import types
 
 import pytest
 import torch
+from conftest import STUDIES, verdicts
 
 import ibtest
-from ibtest.base.errors import PluginError
 from ibtest.plugin.manager import Registry, get_plugin_manager, load_registry
-
-from conftest import STUDIES, verdicts
 
 KINDS = ("models", "datasets", "inits", "solvers", "constructions", "hypotheses")
 

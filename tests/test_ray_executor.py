@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import results_json
 
 RAY_REQUIRED = os.environ.get("IBTEST_REQUIRE_RAY") == "1"
@@ -142,6 +141,7 @@ def reference(tmp_path_factory):
     return d / "run"
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_run_equals_local_run(ray_cluster, reference, tmp_path, cli):
     study = _write_study(tmp_path)
@@ -158,6 +158,7 @@ def test_ray_run_equals_local_run(ray_cluster, reference, tmp_path, cli):
     _same_as_reference(cli, reference, tmp_path / "run")
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_worker_killed_mid_block_is_retried_and_nothing_counts_twice(ray_cluster, reference, tmp_path, cli):
     study = _write_study(tmp_path, "executor: {name: ray, max_in_flight: 2}")
@@ -171,6 +172,7 @@ def test_worker_killed_mid_block_is_retried_and_nothing_counts_twice(ray_cluster
     assert results_json(tmp_path / "run")["solver_calls"] == results_json(reference)["solver_calls"]
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_killed_driver_resumed_on_local_recomputes_nothing_stored(ray_cluster, reference, tmp_path, cli):
     address = ray_cluster.get_runtime_context().gcs_address
@@ -238,8 +240,8 @@ def test_block_rebuilt_from_shipped_plugin_text_equals_the_drivers_block(tmp_pat
     import torch
 
     from ibtest.pairs.constructions import run_block
-    from ibtest.solve.engine import build_context, plan_instances
     from ibtest.run.executors import Recipe, run_recipe_block
+    from ibtest.solve.engine import build_context, plan_instances
 
     study = _loaded(_write_study(tmp_path))
     recipe = Recipe.of(study)
@@ -260,13 +262,14 @@ def test_block_rebuilt_from_shipped_plugin_text_equals_the_drivers_block(tmp_pat
     assert all(res.scores[k] == here[k] for k in here) and res.scores[(0, 0)].counts.n > 0
 
 
+@pytest.mark.slow
 def test_stored_blocks_are_known_before_solving(tmp_path):
     """On a resumed run a stored block is recognised from the driver's plan alone (the executor
     then runs it on the driver, from the store, instead of sending it to a worker)."""
     from ibtest.api import run_study
-    from ibtest.solve.engine import build_context, plan_instances
     from ibtest.run.executors import BlockJob
     from ibtest.run.store import Store
+    from ibtest.solve.engine import build_context, plan_instances
 
     study_path = _write_study(tmp_path)
     run_study(study_path, out_dir=tmp_path / "run")
@@ -324,6 +327,7 @@ def ibtest_executors():
 '''
 
 
+@pytest.mark.slow
 def test_an_executor_is_one_plugin_file_and_arrival_order_does_not_matter(reference, tmp_path, cli):
     """A plugin executor that computes the blocks elsewhere (a fresh context per block, scores
     included) in reverse order gives the local run, bit for bit."""

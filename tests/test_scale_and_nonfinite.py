@@ -8,13 +8,12 @@ import textwrap
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as stz
-
 from conftest import STUDIES
+from hypothesis import HealthCheck, example, given, settings, strategies as stz
+
+from ibtest.api import run_study
 from ibtest.judge import evaluation
 from ibtest.solve import fit
-from ibtest.api import run_study
 
 THEOREM3 = yaml.safe_load((STUDIES / "vardi_shamir_theorem3.yaml").read_text())
 ALL_FALSIFIED = {m: "falsified" for m in
@@ -35,6 +34,7 @@ def unit_run():
 # ------------------------------------------------------------------------------------------
 # scale
 # ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stz.integers(-100, 100))
 @example(-100)
@@ -52,6 +52,7 @@ def test_theorem3_verdicts_do_not_depend_on_the_label_scale(unit_run, k):
     assert torch.allclose(w, w1, rtol=1e-12, atol=1e-12 * float(w1.abs().max()))
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stz.integers(-60, 60))
 @example(-60)
@@ -94,7 +95,8 @@ def test_tiny_data_is_not_converged_at_zero():
 def test_a_scale_float64_cannot_hold_is_reported():
     res = _theorem3(alpha=1e150, x_scale=1e150)
     assert any(e.startswith("scale:") and "not meaningful in float64" in e for e in res.errors)
-    assert fit.range_warning(torch.ones(1, 2, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64), torch.zeros(1, 2)) is None
+    assert fit.range_warning(torch.ones(1, 2, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64),
+                             torch.zeros(1, 2)) is None
 
 
 def test_the_margin_scales_with_r():
@@ -182,6 +184,7 @@ def test_a_hypothesis_calling_sys_exit_gets_an_error_row_and_the_run_finishes(tm
     r = cli("run", path, "--out", tmp_path / "run", "-q")
     assert r.code == 0, r  # no expectation on the raising member; l2 held
     from conftest import results_json
+
     from ibtest.run.store import open_run
 
     rows = {v["label"]: v for v in results_json(tmp_path / "run")["verdicts"]}

@@ -7,12 +7,11 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as hs
+from hypothesis import HealthCheck, given, settings, strategies as hs
 
 from benchmarks.shrink import random_study, refutations
-from ibtest.cli import main
 from ibtest.cert.shrink import fraction_text, shrink_file
+from ibtest.cli import main
 
 BUDGET = 3000  # solves per shrink in these tests (the default is 6000)
 
@@ -30,6 +29,7 @@ def _core(after: dict) -> bool:
     return after["n"] <= 3 and after["d"] <= 3 and after["integer"] and after["max_abs"] <= 10 and after["theta0_zero"]
 
 
+@pytest.mark.slow
 def test_random_refutations_shrink_to_small_integer_cores_that_verify(random_refutations, tmp_path, capsys):
     core = 0
     for k, p in enumerate(random_refutations):
@@ -55,6 +55,7 @@ def test_random_refutations_shrink_to_small_integer_cores_that_verify(random_ref
     assert core >= 8, f"only {core} of 10 shrank to n <= 3, d <= 3, integers <= 10, theta0 = 0"
 
 
+@pytest.mark.slow
 def test_shrinking_is_deterministic(random_refutations, tmp_path):
     out = tmp_path / "s.json"
     shrink_file(random_refutations[0], out, BUDGET)
@@ -63,6 +64,7 @@ def test_shrinking_is_deterministic(random_refutations, tmp_path):
     assert out.read_bytes() == first
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(k=hs.integers(0, 9), budget=hs.integers(4, 600))
 def test_shrinking_never_returns_a_certificate_verify_withdraws(random_refutations, tmp_path, k, budget):
@@ -73,6 +75,7 @@ def test_shrinking_never_returns_a_certificate_verify_withdraws(random_refutatio
     assert main(["verify", str(dest)]) == 0
 
 
+@pytest.mark.slow
 def test_show_prints_a_shrunk_case_compactly(random_refutations, tmp_path, capsys):
     out = tmp_path / "s.json"
     shrink_file(random_refutations[1], out, BUDGET)
@@ -93,6 +96,7 @@ def test_fraction_text_is_exact_only_within_rounding():
     assert fraction_text(0.5 + 1e-9) == "0.500000001"
 
 
+@pytest.mark.slow
 def test_cli_shrink_exit_codes(random_refutations, tmp_path, capsys):
     out = tmp_path / "ok.json"
     assert main(["shrink", str(random_refutations[2]), "-o", str(out), "--budget", "200"]) == 0
@@ -133,6 +137,7 @@ def test_study_verdict_shrink_writes_a_verified_shrunk_certificate(tmp_path):
     assert json.loads(Path(shrunk[0]).read_text())["shrink"]["budget"] == 400
 
 
+@pytest.mark.slow
 def test_witness_certificate_of_linear_zero_init_l1_shrinks_to_a_small_integer_instance(tmp_path, capsys):
     root = Path(__file__).resolve().parent.parent / "hypotheses"
     assert main(["run", str(root / "linear_zero_init.yaml"), "--out", str(tmp_path / "run"), "-q"]) == 0

@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import STUDIES
 
 from ibtest.api import load_results, resume_run, run_study
 from ibtest.base.progress import Progress
-
-from conftest import STUDIES
 
 SLOW_SOLVER = textwrap.dedent('''
     """A solver plugin that wraps 'exact', sleeps per call and logs each call to a file."""
@@ -70,6 +69,7 @@ def _stored(run: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_resume_after_kill_recomputes_nothing(resumable, monkeypatch):
     tmp, log = resumable
     # reference: the same study, uninterrupted
@@ -103,7 +103,10 @@ def test_resume_after_kill_recomputes_nothing(resumable, monkeypatch):
     assert _calls(log) == res.solve_calls == total_calls - stored
     assert res.verdicts == ref.verdicts
     assert (res.triples.theta == ref.triples.theta).all()
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "certificate"} for r in rows]
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "certificate"} for r in rows]
+
     assert strip(load_results(run)["verdicts"]) == strip(load_results(tmp / "ref")["verdicts"])
 
     # resuming a finished run solves nothing at all
@@ -148,6 +151,7 @@ def test_diff_shows_changed_verdicts(cli, tmp_path):
     assert same.code == 0 and "no differences" in same.out
 
 
+@pytest.mark.slow
 def test_progress_is_silent_off_a_terminal(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ibtest.cli", "run", str(STUDIES / "linear_control.yaml"),
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)

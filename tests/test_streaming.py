@@ -67,6 +67,7 @@ def one_block():
     return run_study(_study(block_size=1000), write=False)
 
 
+@pytest.mark.slow
 def test_streamed_equals_one_block(one_block):
     streamed = run_study(_study(block_size=7), write=False)
     assert one_block.blocks == 1 and streamed.blocks == 6
@@ -82,6 +83,7 @@ def test_streamed_equals_one_block(one_block):
     assert len(a["rows"]) == 25  # report.json_triples caps the rows of results.json
 
 
+@pytest.mark.slow
 def test_streamed_run_writes_every_triple_and_a_verifiable_certificate(tmp_path, one_block):
     from ibtest.cert.certificate import verify
 
@@ -139,6 +141,7 @@ def test_streamed_raising_hypothesis_and_no_converged_triple(tmp_path):
         assert m.n_pairs == 0
 
 
+@pytest.mark.slow
 def test_resuming_a_streamed_run_solves_nothing_and_rebuilds_the_tables(tmp_path):
     from ibtest.api import resume_run
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 
@@ -14,17 +15,40 @@ NAMES = {"hypothesis": "my_reg", "model": "my_model", "dataset": "my_data"}
 REGISTRY_KIND = {"hypothesis": "hypotheses", "model": "models", "dataset": "datasets"}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_template_passes_its_own_tests(kind, tmp_path):
-    name = NAMES[kind]
-    paths = write_template(kind, name, tmp_path)
-    assert [p.name for p in paths] == [f"{name}.py", f"test_{name}.py", f"{name}_study.yaml"]
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """Every template written to its own directory, and one pytest run over all their tests (one
+    interpreter start instead of one per kind). Returns {kind: (directory, paths)} and the run's
+    JUnit XML root and output."""
+    root = tmp_path_factory.mktemp("templates")
+    out = {}
+    for kind in KINDS:
+        d = root / kind
+        d.mkdir()
+        out[kind] = (d, write_template(kind, NAMES[kind], d))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"test_{name}.py"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert " passed" in proc.stdout and "failed" not in proc.stdout
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith((".", "__"))) == sorted(
+    xml = tmp_path_factory.mktemp("junit") / "junit.xml"
+    tests = [str(d / f"test_{NAMES[kind]}.py") for kind, (d, _) in out.items()]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", *tests],
+                          cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    # the working directory too: a generated test that writes into it would leave a file here
+    assert sorted(p.name for p in root.iterdir() if not p.name.startswith((".", "__"))) == sorted(KINDS), \
+        "the generated tests must not write into their working directory"
+    return out, ET.parse(xml).getroot(), proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_template_passes_its_own_tests(kind, generated):
+    out, junit, log = generated
+    name = NAMES[kind]
+    d, paths = out[kind]
+    assert [p.name for p in paths] == [f"{name}.py", f"test_{name}.py", f"{name}_study.yaml"]
+    cases = [c for c in junit.iter("testcase") if c.get("classname", "").split(".")[-1] == f"test_{name}"]
+    assert cases, log
+    bad = [c.get("name") for c in cases if any(c.find(t) is not None for t in ("failure", "error", "skipped"))]
+    assert not bad, log
+    assert sorted(p.name for p in d.iterdir() if not p.name.startswith((".", "__"))) == sorted(
         p.name for p in paths), "the generated tests must not write into their directory"
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import STUDIES, results_json
 from scipy.optimize import minimize
 
 from ibtest_hypotheses.theorem8 import distance_to_zero_loss_set
-
-from conftest import STUDIES, results_json
 
 
 def _slsqp_distance(w0, X, y):
@@ -60,6 +59,7 @@ def test_theorem8_study_ratio_never_exceeds_two(cli, tmp_path):
     assert row["pairs"] >= 300  # converged triples judged
 
 
+@pytest.mark.slow
 def test_a_tighter_bound_is_falsified_with_a_verifiable_certificate(cli, tmp_path):
     text = (STUDIES / "theorem8_bound.yaml").read_text().replace(
         "{name: theorem8_ratio, expect: survives}", "{name: theorem8_ratio, params: {bound: 1.0001}, expect: falsified}")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ibtest.cert import schema as certschema
 from ibtest.api import run_study
 from ibtest.base.errors import PluginError
+from ibtest.cert import schema as certschema
 from ibtest.plugin.manager import DISABLE_AUTOLOAD_ENV, entry_points_to_load, get_plugin_manager, load_registry
 
 ESC = "\x1b"

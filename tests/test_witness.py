@@ -2,22 +2,19 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from hypothesis import given, settings
-from hypothesis import strategies as hst
+from hypothesis import given, settings, strategies as hst
 
-from ibtest.judge import evaluation as ev
-from ibtest.judge import witness
-from ibtest.solve import fit
 from ibtest.api import run_study
 from ibtest.cert.certificate import verify
-from ibtest.plugin.manager import load_registry
+from ibtest.judge import evaluation as ev, witness
 from ibtest.judge.zeroset import neuron_zero_set
+from ibtest.plugin.manager import load_registry
+from ibtest.solve import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 HYP = ROOT / "hypotheses"
@@ -112,7 +109,7 @@ def test_search_off_leaves_identical_pairs_inconclusive():
     assert m.verdict == "inconclusive" and m.search is None and "identical" in m.reason
 
 
-@pytest.mark.parametrize("alpha", [0.1, 1.0, 3.0])
+@pytest.mark.parametrize("alpha", [pytest.param(0.1, marks=pytest.mark.slow), 1.0, 3.0])
 def test_diagonal_net_q_alpha_certified(alpha):
     d = _study("woodworth_diagonal_witness.yaml", init={"name": "scaled", "alpha": alpha},
                datasets=[{"name": "sparse_regression", "n": 4, "d": 8, "k": 2, "count": 2}])

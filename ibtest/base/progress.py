@@ -7,14 +7,17 @@ summary. Disabled (``--quiet`` or stderr not a terminal) every call is a no-op.
 from __future__ import annotations
 
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Progress:
     def __init__(self, enabled: bool | None = None, stream: IO[str] | None = None):
         self.stream = stream or sys.stderr
         self.enabled = (self.stream.isatty() if hasattr(self.stream, "isatty") else False) if enabled is None else enabled
-        self._bar = None
+        self._bar: tqdm[Any] | None = None
 
     def start(self, phase: str, total: int) -> None:
         if not self.enabled:

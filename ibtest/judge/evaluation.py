@@ -30,12 +30,12 @@ Pair validity (which admissible pairs may refute a regularizer), by ``depends_on
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from ibtest.plugin.specs import HypothesisContext
-from ibtest.plugin.specs import Hypothesis, ModelBase
+from ibtest.plugin.specs import Hypothesis, HypothesisContext, ModelBase
 
 Tensor = torch.Tensor
 

@@ -18,13 +18,14 @@ point the verdict uses fits D to rounding; the verdict still re-checks it with `
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 
-from ibtest.plugin.specs import CvxContext, Hypothesis, ModelBase
 from ibtest.judge.zeroset import Polyhedron
+from ibtest.plugin.specs import CvxContext, Hypothesis, ModelBase
 
 Tensor = torch.Tensor
 KKT_TOL = 1e-8
@@ -103,6 +104,8 @@ def _problem(spec: Hypothesis, params: Mapping[str, Any], model: ModelBase, shap
     if k:
         Au, bu = cp.Parameter((k, Q)), cp.Parameter(k)
         cons.append(Au @ x <= bu)
+    if spec.cvx is None:  # certify() takes this path only for a hypothesis with a cvx form
+        raise ValueError(f"hypothesis {spec.name!r} has no cvx form")
     prob = cp.Problem(cp.Minimize(spec.cvx(x, ctx, **params)), cons)
     _PROBLEMS[key] = (prob, x, par, Ae, be, Au, bu)
     if len(_PROBLEMS) > 256:

@@ -24,18 +24,18 @@ suboptimality (local search).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from ibtest.judge import evaluation as ev
-from ibtest.solve import fit
 from ibtest.judge.optimality import certify, kkt_certified
-from ibtest.plugin.specs import HypothesisContext as HypContext
-from ibtest.plugin.specs import Hypothesis, ModelBase
 from ibtest.judge.zeroset import Polyhedron, gauss_newton_project, gn_tangent, zero_set
+from ibtest.plugin.specs import Hypothesis, HypothesisContext as HypContext, ModelBase
+from ibtest.solve import fit
 
 Tensor = torch.Tensor
 S0 = 0.1
@@ -110,11 +110,12 @@ def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Te
     T = theta.shape[0]
     hctx = ev.context(model, spec, theta0=theta0, X=X, y=y, mask=mask, study=study)
     R_inf, _ = ev.evaluate(model, spec, params, theta, hctx, grad=False)
-    zs = zero_set(model, X, y, mask)
+    zs_all = zero_set(model, X, y, mask)
     identity = type(model).predictor is ModelBase.predictor
-    exact = zs is not None and ((zs.on == "theta" and (spec.on == "theta" or identity)) or
-                                (zs.on == "predictor" and spec.on == "predictor"))
-    if exact:
+    # the model's exact Z(D), when it lives in the space R is evaluated in; else None
+    zs = zs_all if zs_all is not None and ((zs_all.on == "theta" and (spec.on == "theta" or identity)) or
+                                           (zs_all.on == "predictor" and spec.on == "predictor")) else None
+    if zs is not None:
         x_inf = theta if zs.on == "theta" else model.predictor(theta)
         to_theta = (lambda x: x) if zs.on == "theta" else model.from_predictor
 
@@ -134,7 +135,7 @@ def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Te
     polish = (none, x_inf[:0], R_inf[:0])
     x_best = x_inf.detach().clone()
     R_best = torch.full((T,), float("inf"), dtype=torch.float64)
-    if exact and spec.convex:
+    if zs is not None and spec.convex:
         # the global minimum first: rows it certifies need no local search
         opt = certify(spec, params, R, zs, x_inf, hctx, model, certify_limit)
         if opt is not None and opt.rows.numel():
@@ -166,7 +167,7 @@ def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Te
         x0 = torch.cat([x_inf[rest], px])
         s0 = torch.cat([torch.full((nr, 1), S0, dtype=x0.dtype), torch.full((pr.numel(), 1), POLISH_S0, dtype=x0.dtype)])
         K = torch.cat([torch.full((nr, 1), max(0, int(steps))), torch.full((pr.numel(), 1), POLISH_STEPS)])
-        xl, Rl = _local(lambda x: R(x, rows), zs.take(rows) if exact else None, model, X[rows], y[rows],
+        xl, Rl = _local(lambda x: R(x, rows), zs.take(rows) if zs is not None else None, model, X[rows], y[rows],
                         mask[rows], x0, K, s0=s0)
         if nr:
             xr, Rr = xl[:nr], Rl[:nr]

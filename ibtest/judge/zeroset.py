@@ -48,7 +48,7 @@ class Polyhedron:
         """No inequality row is real (an affine set)."""
         return self.A_ub.shape[1] == 0 or not bool(self.A_ub.abs().sum() > 0)
 
-    def take(self, idx: Tensor) -> "Polyhedron":
+    def take(self, idx: Tensor) -> Polyhedron:
         out = Polyhedron(self.on, self.A_eq[idx], self.b_eq[idx], self.A_ub[idx], self.b_ub[idx],
                          self.feasible[idx])
         if getattr(self, "_pinv", None) is not None:

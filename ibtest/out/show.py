@@ -5,11 +5,12 @@ someone else's hands cannot move the cursor, hide text or forge a line.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from ibtest.cert import certificate
 from ibtest.base.textsafe import clean_tree
+from ibtest.cert import certificate
 
 
 def _f(x: Any, spec: str = ".3g") -> str:
@@ -83,11 +84,13 @@ def describe_shrunk(cert: dict) -> list[str]:
         where = " and ".join(f"D_{s}" for k, s in enumerate("ab") if bool(c.sides[k, i]))
         lines.append(f"  x{i + 1} = {_vec(c.X[i].tolist()):<{w}}  y{i + 1} = {fraction_text(float(c.y[i]))}   in {where}")
     same = bool((c.theta0[0] == c.theta0[1]).all())
-    lines.append(f"  theta0 = {_vec(c.theta0[0].tolist())}" + ("" if same else f" (side a), {_vec(c.theta0[1].tolist())} (side b)"))
+    lines.append(f"  theta0 = {_vec(c.theta0[0].tolist())}"
+                 + ("" if same else f" (side a), {_vec(c.theta0[1].tolist())} (side b)"))
     for s in ("a", "b"):
         side = cert[s]
         lines.append(f"  theta_{s} = {_vec(side['theta'])}   R(theta_{s}) = {fraction_text(float(side['R']))}")
-    lines += [f"  |R(theta_a) - R(theta_b)| = {cert['gap']:.6g} > margin {cert['margin']:.3g}; each solution fits the other dataset",
+    lines += [f"  |R(theta_a) - R(theta_b)| = {cert['gap']:.6g} > margin {cert['margin']:.3g}; "
+              "each solution fits the other dataset",
               f"  shrunk from {cert['shrunk_from']['path']} (sha256 {cert['shrunk_from']['sha256'][:12]}) in "
               f"{len(sh['passes'])} step(s), {sh['solves']} solves",
               f"  replay: {cert.get('replay', '')}"]

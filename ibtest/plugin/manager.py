@@ -22,14 +22,15 @@ import os
 import pkgutil
 import sys
 import types
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Protocol, cast
 
 import pluggy
 
-from ibtest.plugin import hookspecs
 from ibtest.base.errors import PluginError, UserError
+from ibtest.plugin import hookspecs
 from ibtest.plugin.specs import SPEC_TYPES
 
 ENTRY_POINT_GROUP = "ibtest"
@@ -37,6 +38,10 @@ DISABLE_AUTOLOAD_ENV = "IBTEST_DISABLE_PLUGIN_AUTOLOAD"
 OWN_DISTRIBUTION = "ibtest"
 SINGULAR = {"models": "model", "datasets": "dataset", "inits": "init", "solvers": "solver",
             "constructions": "construction", "hypotheses": "hypothesis", "executors": "executor"}
+
+
+class _NamedSpec(Protocol):
+    name: str
 
 
 @dataclass(frozen=True)
@@ -189,13 +194,14 @@ class Registry:
                     f"plugin {plugin} ({source}): {hook_name}() returned {type(spec).__name__}, "
                     f"expected ibtest.{want.__name__}"
                 )
-            if spec.name in self.items[kind]:
-                other = self.items[kind][spec.name]
+            name = cast(_NamedSpec, spec).name  # every class in SPEC_TYPES has a ``name: str`` field
+            if name in self.items[kind]:
+                other = self.items[kind][name]
                 raise PluginError(
-                    f"duplicate {SINGULAR[kind]} name {spec.name!r}: registered by plugin {other.plugin} "
+                    f"duplicate {SINGULAR[kind]} name {name!r}: registered by plugin {other.plugin} "
                     f"({other.source}) and again by plugin {plugin} ({source})"
                 )
-            self.items[kind][spec.name] = Registered(kind, spec, plugin, source)
+            self.items[kind][name] = Registered(kind, spec, plugin, source)
 
     def get(self, kind: str, name: str) -> Any:
         return self.items[kind][name].spec

@@ -13,7 +13,8 @@ Ray is an optional extra (``pip install "ibtest[ray]"``) and is imported only he
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from ibtest.base.errors import UserError
 from ibtest.run.executors import BlockJob, BlockResult, ExecutorBase, Recipe, run_recipe_block

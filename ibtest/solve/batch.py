@@ -29,7 +29,8 @@ def cat_padded(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tens
     """Concatenate (X, y, mask) triples of equal d along the batch, padding n to the largest."""
     n = max(p[0].shape[1] for p in parts)
     padded = [pad_points(*p, n) for p in parts]
-    return tuple(torch.cat([p[i] for p in padded]) for i in range(3))  # type: ignore[return-value]
+    X, y, mask = (torch.cat([p[i] for p in padded]) for i in range(3))
+    return X, y, mask
 
 
 @dataclass
@@ -60,7 +61,7 @@ class Triples:
     def __len__(self) -> int:
         return self.theta.shape[0]
 
-    def take(self, idx: Tensor) -> "Triples":
+    def take(self, idx: Tensor) -> Triples:
         """The triples at positions ``idx`` (a copy), in that order."""
         idx = idx.to(torch.int64)
         pick = idx.tolist()
@@ -72,7 +73,7 @@ class Triples:
             info={k: v[idx] for k, v in self.info.items()},
         )
 
-    def append(self, other: "Triples") -> Tensor:
+    def append(self, other: Triples) -> Tensor:
         """Append ``other`` (padding n as needed); return the indices it received."""
         start = len(self)
         X, y, m = cat_padded([(self.X, self.y, self.mask), (other.X, other.y, other.mask)])
@@ -110,7 +111,7 @@ class Pairs:
     distinct: Tensor
 
     @staticmethod
-    def empty() -> "Pairs":
+    def empty() -> Pairs:
         z = torch.zeros(0, dtype=torch.int64)
         f = torch.zeros(0, dtype=torch.float64)
         b = torch.zeros(0, dtype=torch.bool)
@@ -128,7 +129,7 @@ class Pairs:
         n = torch.bincount(self.code, minlength=len(self.names)).tolist() if len(self) else [0] * len(self.names)
         return {name: c for name, c in sorted(zip(self.names, n)) if c}
 
-    def extend(self, other: "Pairs", offset: int = 0) -> None:
+    def extend(self, other: Pairs, offset: int = 0) -> None:
         """Append ``other`` (its triple indices shifted by ``offset``), merging the source names."""
         remap = torch.tensor([self._code_of(n) for n in other.names] or [0], dtype=torch.int64)
         code = remap[other.code] if len(other) else other.code
@@ -142,7 +143,7 @@ class Pairs:
             self.names.append(name)
         return self.names.index(name)
 
-    def select(self, idx: Tensor) -> "Pairs":
+    def select(self, idx: Tensor) -> Pairs:
         idx = idx.to(torch.int64)
         return Pairs(self.a[idx], self.b[idx], self.code[idx], list(self.names),
                      self.same_init[idx], self.cross_ab[idx], self.cross_ba[idx], self.distinct[idx])

@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 
-from ibtest.study import budget
-from ibtest.solve import fit
 from ibtest.base import status as st
-from ibtest.solve.batch import Pairs, Triples, cat_padded
-from ibtest.study.checks import call_plugin, check_data, check_n_params, check_theta0
 from ibtest.base.errors import UserError
 from ibtest.base.progress import Progress, Quiet
-from ibtest.plugin.specs import ModelBase, NewPairs, PairBatch, Partners, SolveResult, TripleBatch
+from ibtest.plugin.specs import ModelBase, SolveResult
+from ibtest.solve import fit
+from ibtest.solve.batch import Triples, cat_padded
 from ibtest.solve.cache import SolveCache, solve_key
+from ibtest.study import budget
+from ibtest.study.checks import call_plugin, check_data, check_n_params, check_theta0
 from ibtest.study.schema import PluginUse, Study
 from ibtest.study.yamlpos import format_path
 
@@ -160,6 +160,7 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
             batch = check_data(batch, use)
             base = _label(use, opts)
             k = batch.X.shape[0]
+            assert batch.mask is not None  # DataBatch fills a missing mask with ones
             parts.append((batch.X, batch.y, batch.mask))
             dims.append((f"{format_path(use.path)} {base}", batch.X.shape[-1]))
             if k == 1:
@@ -241,7 +242,7 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
                 res = SolveResult(theta0[sl].clone(), torch.full((k,), st.FAILED, dtype=torch.int64),
                                   torch.full((k,), float("nan"), dtype=torch.float64), {})
             else:
-                if ctx.store is not None:
+                if ctx.store is not None and key is not None:
                     ctx.store.put_solve(key, phase, res, time.perf_counter() - c0)
         thetas.append(res.theta.detach().to(theta0.device))
         stats.append(res.status.to(torch.int64).cpu())

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ibtest.study.checks import check_n_params
 from ibtest.base.errors import UserError
+from ibtest.study.checks import check_n_params
 from ibtest.study.yamlpos import format_path, line_of
 
 BYTES = 8
@@ -91,13 +91,16 @@ def _declared_sizes(study: Any) -> tuple[list[tuple[str, int, int, int]], bool]:
         size = getattr(use.spec, "size", None)
         for opts in use.expand():
             try:
-                k, n, d = (int(v) for v in size(**opts)) if size is not None else (None, None, None)
+                kd: tuple[int, int, int] | None = None
+                if size is not None:
+                    k, n, d = (int(v) for v in size(**opts))
+                    kd = (k, n, d)
             except Exception:  # a size() that cannot say: checked once the data exist
-                k = None
-            if k is None:
+                kd = None
+            if kd is None:
                 complete = False
                 continue
-            out.append((_label(use, opts), k, n, d))
+            out.append((_label(use, opts), *kd))
     return out, complete
 
 

@@ -13,7 +13,8 @@ one-line message and exit code 2, never a traceback from deep inside the engine.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

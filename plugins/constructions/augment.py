@@ -38,7 +38,8 @@ def ibtest_constructions():
             options={
                 "count": Option(2, int, "augmented datasets per triple"),
                 "points": Option(1, int, "new points per augmented dataset"),
-                "scale": Option(1.0, float, "std of the new inputs, in units of the data's largest |x_i| (rounded to a power of two)"),
+                "scale": Option(1.0, float,
+                                "std of the new inputs, in units of the data's largest |x_i| (rounded to a power of two)"),
             },
         )
     ]

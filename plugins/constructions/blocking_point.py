@@ -82,7 +82,10 @@ def blocking_point(model: ibtest.ModelBase, triples: ibtest.TripleBatch, rng: to
         Xn = torch.cat([triples.X[idx], (g * unit[idx, None] * x[idx])[:, None, :]], dim=1)
         yn = torch.cat([triples.y[idx], torch.zeros(idx.numel(), 1, dtype=triples.y.dtype)], dim=1)
         mn = torch.cat([triples.mask[idx], torch.ones(idx.numel(), 1, dtype=triples.mask.dtype)], dim=1)
-        Xs.append(Xn); ys.append(yn); ms.append(mn); src.append(idx)
+        Xs.append(Xn)
+        ys.append(yn)
+        ms.append(mn)
+        src.append(idx)
         labels += [f"{triples.labels[i]} + blocking point (scale {g:g})" for i in idx.tolist()]
     return ibtest.Partners(torch.cat(Xs), torch.cat(ys), torch.cat(ms), torch.cat(src), labels)
 
@@ -95,10 +98,12 @@ def ibtest_constructions():
             build=blocking_point,
             doc="add a zero-label point inactive at theta1 but active early on the path (the paper's x3)",
             options={
-                "scales": Option([1.0, 2.0, 5.0], list[float], "scales gamma of the new point, in units of the data's largest |x_i| (rounded to a power of two)"),
+                "scales": Option([1.0, 2.0, 5.0], list[float], "scales gamma of the new point, in units of the data's "
+                                 "largest |x_i| (rounded to a power of two)"),
                 "delta": Option(0.1, float, "how far the point is inside the inactive side at theta1"),
                 "free_direction": Option(True, bool, "add a direction orthogonal to the data (the paper's 3rd coordinate)"),
-                "early": Option(1e-3, float, "step along the initial flow that defines 'early', relative to max(|theta1|, |theta0|)"),
+                "early": Option(1e-3, float,
+                                "step along the initial flow that defines 'early', relative to max(|theta1|, |theta0|)"),
             },
         )
     ]

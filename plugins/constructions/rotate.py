@@ -29,7 +29,10 @@ def rotate(model: ibtest.ModelBase, pairs: ibtest.PairBatch, rng: torch.Generato
     d = pairs.Xa.shape[-1]
     src = torch.arange(k).repeat(count)
     M = haar_orthogonal(src.numel(), d, rng)
-    rot = lambda X: torch.einsum("knd,ked->kne", X, M)  # x -> M x
+
+    def rot(X: torch.Tensor) -> torch.Tensor:  # x -> M x
+        return torch.einsum("knd,ked->kne", X, M)
+
     try:
         th0 = model.rotate(pairs.theta0[src], M)
     except NotImplementedError:

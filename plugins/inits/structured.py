@@ -65,7 +65,8 @@ def balanced(model: ibtest.ModelBase, d: int, count: int, rng: torch.Generator, 
 @ibtest.hookimpl
 def ibtest_inits():
     return [
-        ibtest.Init(name="scaled", sample=scaled, doc="every block alpha * ones / identity / Gaussian (diagonal nets: u = v = alpha)",
+        ibtest.Init(name="scaled", sample=scaled,
+                    doc="every block alpha * ones / identity / Gaussian (diagonal nets: u = v = alpha)",
                     options={"alpha": Option(0.1, float, "scale alpha", sweep=True),
                              "shape": Option("ones", Literal["ones", "identity", "gaussian"], "block shape")}),
         ibtest.Init(name="output_eps", sample=output_eps, doc="the paper's depth-2 init theta(0) = (w = 0, v = eps)",
