@@ -20,6 +20,22 @@ step counter for the whole batch (every active instance takes one step per itera
 rare-event rules (drift check, exact zero gradient, doubling checkpoints, chatter) each behind one
 cheap test, their bookkeeping run only when it fires.
 
+Stiff tails (issue 12). Some instances end on a slow last piece against a large curvature
+(W2: σ_min(J) ≈ 0.01–0.03 against λ_max(∇²L) ≈ 70): the explicit step is held at the edge of its
+stability region while the tail lasts t ~ 1/σ_min², far beyond any step budget. Each accepted
+explicit step applies Hairer's stiffness test (h·‖K_S − K_{S−1}‖/‖θ_new − Y_{S−1}‖ above 0.7 of the
+real stability interval, or the stability cap h_cap of the drift check binding); after 15 such
+steps (6 unlimited steps reset the count), at least ``stiff_after`` steps, and with no kink
+pending (held kinks are followed: the Filippov field there is −Π∇L, see
+:func:`ibtest.solvers.stiff.tail_step`), the instance switches to a batched Rosenbrock step (Rodas3, L-stable, exact Hessian
+on the current activation pattern: :mod:`ibtest.solvers.stiff`), whose step is limited by
+accuracy only. A Rosenbrock step whose stage points change the activation pattern is rejected
+and the instance returns to the explicit method (its last explicit step size; no new switch for
+``stiff_after`` steps), so kinks crossed in the tail are resolved and checked for sliding as
+before. Every stopping rule below applies unchanged to both kinds of step (the energy-identity
+test for pinned iterates skips Rosenbrock rows, which keep their pattern). ``info["stiff_steps"]``
+counts the Rosenbrock steps of an instance. ``stiff_after=0`` disables the switch.
+
 Kinks (an activation switching) are handled by step rejection: the error estimate of a step that
 straddles a switch is large, the step shrinks until the switch is resolved to the tolerance.
 
@@ -71,7 +87,9 @@ steps without an event) gives the instance the status SLIDING; its θ is the las
 ``follow``: an entry with evidence is *pending*: the steps are capped at 0.8 of the time to its
 kink along the field, so θ reaches the kink geometrically without straddling it; once |z_e| ≤
 1e-10·‖x_i‖‖w_j‖, θ is projected onto the kink (v_j rescaled to keep v_j² − ‖w_j‖²) and the
-entry is *held* if it attracts (the minimal-norm λ*_e of the Clarke subdifferential is interior).
+entry is *held* if it attracts (the minimal-norm λ*_e of the Clarke subdifferential is interior,
+0 < λ*_e < 1 exactly: the box QP puts λ* exactly on a bound otherwise; a margin of 1e-9 made a
+kink whose lower field is nearly tangent, λ* ≈ 9e-10, chatter at 1e-7 steps to the budget).
 While a set S of entries is held the field is the Filippov / minimal-norm Clarke velocity
 −g(λ*) of :class:`ibtest.solvers.kinks.KinkField` (a batched box QP per stage for the sliding
 rows), tangent to every held kink, so each RK step keeps z_e = 0 to rounding. An entry whose
@@ -131,7 +149,8 @@ def solve_adaptive(
     estimate at stop; inf where it was not established) and ``drift`` (the same values, the
     former name), ``grad_norm``, ``growth`` (‖θ‖/‖θ0‖), ``growth_rate`` (fitted exponent of
     ‖θ‖ ~ t^p over the last doublings of t, 0 if not measured), and per triple [B]: ``slid``
-    (1 if a sliding mode was followed), ``t_sliding``, ``sliding_episodes``.
+    (1 if a sliding mode was followed), ``t_sliding``, ``sliding_episodes``, ``stiff_steps``
+    (Rosenbrock steps of the stiff tail).
 
     ``sliding``: ``"follow"`` (default) continues on an attracting kink with the minimal-norm
     Clarke velocity; ``"stop"`` ends such an instance with status SLIDING.
@@ -186,6 +205,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     out_rate = torch.zeros(B, dtype=dt)
     out_tslide = torch.zeros(B, dtype=dt)
     out_episodes = torch.zeros(B, dtype=torch.int64)
+    out_stiff = torch.zeros(B, dtype=torch.int64)
 
     # ---- working set ----------------------------------------------------------------------
     idx = torch.arange(B)
@@ -279,6 +299,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     st_cnt = torch.zeros(B, dtype=torch.int64)
     st_non = torch.zeros(B, dtype=torch.int64)
     st_block = torch.zeros(B, dtype=torch.int64)  # no switch before this iteration
+    st_steps = torch.zeros(B, dtype=torch.int64)  # Rosenbrock steps taken
     stab = 0.7 * (6.0 if E3 is not None else 3.3)  # of the real stability interval
     can_stiff = bool(stiff_after) and stiff_after > 0
     expo_stiff = -1.0 / _stiff.ELO
@@ -295,6 +316,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
         out_rate[gi] = rate[sel]
         out_tslide[gi] = t_slide[sel]
         out_episodes[gi] = episodes[sel]
+        out_stiff[gi] = st_steps[sel]
 
     def enter(rows: Tensor, cand: Tensor) -> Tensor:
         """Try to hold the candidate entries ``cand`` [r, n, m] (plus those held) of working-set
@@ -390,11 +412,13 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
         if any_stiff:  # the stiff rows take a Rosenbrock step instead (their RK step had h = 0)
             rs = stiff.nonzero().squeeze(-1)
             ths, fs, errs, kk = _stiff.tail_step(model, preact, th[rs], f[rs], h[rs], Xa[rs], ya[rs],
-                                                 ma[rs], rtol, atol)
+                                                 ma[rs], rtol, atol, held=S_hold[rs] if kf is not None else None,
+                                                 kf=kf)
             th_new = th_new.index_copy(0, rs, ths)
             K[S].index_copy_(0, rs, fs)
             err.index_copy_(0, rs, errs)
             kinked = torch.zeros(b, dtype=torch.bool).index_copy_(0, rs, kk)
+            st_steps += stiff
         accept = err <= 1.0
         n_iter += 1
 
@@ -440,7 +464,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
             st_non = torch.where(reset, torch.zeros_like(st_non), st_non)
             go = (st_cnt >= 15) & (n_iter >= st_block) & (n_iter >= stiff_after)
             if bool(go.any()):
-                go &= ~S_hold.flatten(1).any(-1) & ~pend.flatten(1).any(-1)
+                go &= ~pend.flatten(1).any(-1)  # held kinks are followed (stiff.tail_step)
                 stiff |= go
                 h_ex = torch.where(go, h_next, h_ex)
                 st_cnt = torch.where(go, torch.zeros_like(st_cnt), st_cnt)
@@ -624,8 +648,8 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
                 chat, quiet, z_old, pos_old = chat[keep], quiet[keep], z_old[keep], pos_old[keep]
                 S_hold, pend = S_hold[keep], pend[keep]
             t_slide, episodes = t_slide[keep], episodes[keep]
-            stiff, h_ex, st_cnt, st_non, st_block = (stiff[keep], h_ex[keep], st_cnt[keep],
-                                                      st_non[keep], st_block[keep])
+            stiff, h_ex, st_cnt, st_non, st_block, st_steps = (
+                stiff[keep], h_ex[keep], st_cnt[keep], st_non[keep], st_block[keep], st_steps[keep])
             if sl["rows"] is not None:
                 slide_setup()
         h = h_next
@@ -635,7 +659,8 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     growth = torch.where(th0n > 0, tn / th0n.clamp_min(1e-300), tn)
     info = {"t": out_t, "steps": out_steps, "drift": out_drift, "grad_norm": out_gnorm,
             "growth": growth, "growth_rate": out_rate, "drift_estimate": out_drift,
-            "slid": (out_episodes > 0).long(), "t_sliding": out_tslide, "sliding_episodes": out_episodes}
+            "slid": (out_episodes > 0).long(), "t_sliding": out_tslide, "sliding_episodes": out_episodes,
+            "stiff_steps": out_stiff}
     return SolveResult(out_theta, out_status, loss_out, info)
 
 

@@ -128,19 +128,45 @@ def rodas3_order(steps=(0.1, 0.05, 0.025)) -> list[float]:
     return errs
 
 
+def kink_projector(preact, held: Tensor, X: Tensor, P: int) -> Tensor:
+    """The orthogonal projector [b, P, P] onto {δ: z_e(δ) = 0 for every held entry e}. The
+    pre-activations are linear in θ, so the normals ∇_θ z_e are z_e of the unit vectors (one
+    batched call on b·P rows) and do not depend on θ."""
+    b = X.shape[0]
+    E = torch.eye(P, dtype=X.dtype).repeat(b, 1)
+    Z = preact(E, X.repeat_interleave(P, 0)).reshape(b, P, -1)  # [b, P, entries]
+    N = Z * held.flatten(1).unsqueeze(1).to(Z.dtype)  # normals of the held entries, 0 elsewhere
+    G = N.transpose(1, 2) @ N + torch.diag_embed((~held.flatten(1)).to(Z.dtype))
+    return torch.eye(P, dtype=X.dtype) - N @ torch.linalg.solve(G, N.transpose(1, 2))
+
+
 def tail_step(model, preact, theta: Tensor, f0: Tensor, h: Tensor, X: Tensor, y: Tensor,
-              mask: Tensor, rtol: float, atol: float):
+              mask: Tensor, rtol: float, atol: float, held: Tensor | None = None, kf=None):
     """One Rodas3 step of the stiff rows of the ``adaptive`` solver.
 
     Returns (θ_new, f(θ_new), scaled error norm [b] (the explicit method's norm: RMS of the error
     over atol + rtol·max(|θ|, |θ_new|)), kinked [b]: a stage point has another activation pattern
     than θ (then the error is inf: the step is rejected and the row returns to the explicit
-    method))."""
+    method)).
+
+    ``held`` [b, n, m]: kink entries held by ``sliding: follow`` (rows without any: the classical
+    field). With every held λ*_e interior the Filippov velocity is −Π∇L, Π the projector onto the
+    kinks' (constant) tangent space (KKT of the minimal-norm problem: g(λ*) ⟂ every c_e ∝ ∇z_e),
+    so its Jacobian is −Π∇²LΠ (independent of σ'(0) on the held entries, whose normal parts Π
+    removes); every stage then keeps z_e fixed. The held entries are left out of the pattern
+    test; a step after which some held λ*_e (``kf``) is at a bound counts as kinked."""
+    Pi = None
+    if held is not None and bool(held.any()):
+        Pi = kink_projector(preact, held, X, theta.shape[1])
 
     def field(u):
-        return -model.grad(u, X, y, mask)
+        g = -model.grad(u, X, y, mask)
+        return g if Pi is None else (Pi @ g.unsqueeze(-1)).squeeze(-1)
 
     H = hessian(model, theta, X, y, mask)
+    if Pi is not None:
+        H = Pi @ H @ Pi
+        f0 = field(theta)
     th_new, f_new, e, points = rodas3_step(field, theta, f0, h, H)
     sc = torch.maximum(theta.abs(), th_new.abs()).mul_(rtol).add_(atol)
     err = (e / sc).square().mean(-1).sqrt()
@@ -148,7 +174,18 @@ def tail_step(model, preact, theta: Tensor, f0: Tensor, h: Tensor, X: Tensor, y:
     kinked = torch.zeros(theta.shape[0], dtype=torch.bool)
     if preact is not None:
         pos = preact(theta, X) > 0
+        free = None if Pi is None else ~held
         for p in points:
-            kinked |= ((preact(p, X) > 0) != pos).flatten(1).any(-1)
+            ch = (preact(p, X) > 0) != pos
+            kinked |= (ch if free is None else ch & free).flatten(1).any(-1)
+        if Pi is not None and kf is not None:
+            rows = held.flatten(1).any(-1).nonzero().squeeze(-1)
+            Hf = held[rows].flatten(1)
+            k = int(Hf.sum(-1).max())
+            ent = torch.argsort((~Hf).to(torch.int8), dim=-1, stable=True)[:, :k]
+            ok = Hf.gather(1, ent)
+            _, lam = kf.field(th_new[rows], X[rows], y[rows], mask[rows], held[rows], ent, ok)
+            leave = (ok & ((lam <= 0.0) | (lam >= 1.0))).any(-1)
+            kinked[rows[leave]] = True
         err = torch.where(kinked, torch.full_like(err, float("inf")), err)
     return th_new, f_new, err, kinked
