@@ -464,7 +464,8 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
             st_non = torch.where(reset, torch.zeros_like(st_non), st_non)
             go = (st_cnt >= 15) & (n_iter >= st_block) & (n_iter >= stiff_after)
             if bool(go.any()):
-                go &= ~pend.flatten(1).any(-1)  # held kinks are followed (stiff.tail_step)
+                if preact is not None:  # held kinks are followed (stiff.tail_step)
+                    go &= ~pend.flatten(1).any(-1)
                 stiff |= go
                 h_ex = torch.where(go, h_next, h_ex)
                 st_cnt = torch.where(go, torch.zeros_like(st_cnt), st_cnt)
