@@ -16,7 +16,10 @@ workloads of issue 12 (widths 16 and 64, d = 10, n = 20), where the baseline run
 ``per-instance ratio``: LSODA time of one instance over the adaptive solver's time per instance
 (batch time / batch size); the median instance and the mean are reported.
 
-Run: ``python benchmarks/w2_adaptive.py [n_instances] [n_baseline] [width] [d] [n]``.
+Run: ``python benchmarks/w2_adaptive.py [n_instances] [n_baseline] [width] [d] [n]`` (one table;
+``TORCHODE_N=k`` adds the torchode row on the first k instances), or
+``python benchmarks/w2_adaptive.py all [n_w2 nb_w2 n_wide nb_wide torchode_n]`` for every table of
+issue 12 in one run (W2 with stop/follow shares and torchode, widths 16 and 64).
 """
 from __future__ import annotations
 
@@ -166,9 +169,12 @@ def run(n_instances: int = 1000, n_baseline: int = 50, width: int = 4, d: int = 
     }
 
 
-def _torchode_row(model, X, y, mask, th0, res, k: int) -> dict | None:
-    """torchode (batched, per-sample step sizes, Dopri5, rtol 1e-10/atol 1e-12) on the first k
-    instances up to the adaptive solver's stop times; status and error against it."""
+def _torchode_row(model, X, y, mask, th0, res, k: int, max_steps: int = 20_000) -> dict | None:
+    """torchode (batched, per-sample step sizes, Dopri5, rtol 1e-10/atol 1e-12, ``max_steps``)
+    on the first k instances up to the adaptive solver's stop times; its statuses (torchode's
+    codes: 0 success, 1 general error, 2 reached max_steps, 3 infinite norm, 4 reached dt_min),
+    and its error against a tight reference: ``solve_adaptive`` at the tightened settings
+    (rtol 1e-12, atol 1e-14) run to the same stop times, on the instances it converged."""
     try:
         import torchode as to
     except ImportError:
@@ -183,21 +189,50 @@ def _torchode_row(model, X, y, mask, th0, res, k: int) -> dict | None:
     term = to.ODETerm(f)
     step = to.Dopri5(term=term)
     ctrl = to.IntegralController(atol=1e-12, rtol=1e-10, term=term)
-    solver = to.AutoDiffAdjoint(step, ctrl)
+    solver = to.AutoDiffAdjoint(step, ctrl, max_steps=max_steps)
     t_eval = torch.stack([torch.zeros_like(T), T], -1)
     t0 = time.perf_counter()
     sol = solver.solve(to.InitialValueProblem(y0=th, t_eval=t_eval))
     sec = time.perf_counter() - t0
     end = sol.ys[:, -1]
-    conv = res.status[:k] == st.CONVERGED
-    err = (end[conv] - res.theta[:k][conv]).abs().amax(-1) if bool(conv.any()) else torch.zeros(0)
+    ref = solve_adaptive(model, Xk, yk, mk, th, **_tight(), t_max=float(T.max()))
+    # the reference stops at its own convergence (t ≤ T) or at T; compare where it converged
+    conv = (ref.status == st.CONVERGED) & (res.status[:k] == st.CONVERGED)
+    err = (end[conv] - ref.theta[conv]).abs().amax(-1) if bool(conv.any()) else torch.zeros(0)
+    err_a = (res.theta[:k][conv] - ref.theta[conv]).abs().amax(-1) if bool(conv.any()) else torch.zeros(0)
+    ok = sol.status == 0
     return {"instances": k, "seconds": sec, "per_instance_ms": 1e3 * sec / k,
             "statuses": {str(int(c)): int((sol.status == c).sum()) for c in torch.unique(sol.status)},
-            "max_abs_diff_vs_adaptive_converged": float(err.max()) if err.numel() else float("nan")}
+            "compared": int(conv.sum()),
+            "max_abs_err_vs_tight": float(err.max()) if err.numel() else float("nan"),
+            "median_abs_err_vs_tight": float(err.median()) if err.numel() else float("nan"),
+            "max_abs_err_vs_tight_where_torchode_ok": (float(err[ok[conv]].max()) if bool(ok[conv].any())
+                                                       else float("nan")),
+            "adaptive_max_abs_err_vs_tight": float(err_a.max()) if err_a.numel() else float("nan")}
+
+
+def _tight() -> dict:
+    from ibtest.solve.solvers.adaptive import tighten
+    o = tighten({"max_steps": 20_000})
+    return {k: o[k] for k in ("rtol", "atol", "drift_tol", "max_steps")}
+
+
+def main(n_w2: int = 1000, nb_w2: int = 50, n_wide: int = 200, nb_wide: int = 10, torchode_n: int = 200,
+         seed: int = 0) -> list[dict]:
+    """The tables of issue 12 in one run: W2 (follow, with the stop shares and a torchode row),
+    then widths 16 and 64 at d = 10, n = 20 (LSODA on a sample of ``nb_wide``)."""
+    rows = [run(n_w2, nb_w2, 4, 4, 3, seed=seed, torchode_n=torchode_n)]
+    for w in (16, 64):
+        rows.append(run(n_wide, nb_wide, w, 10, 20, seed=seed, torchode_n=min(torchode_n, n_wide)))
+    return rows
 
 
 if __name__ == "__main__":
-    args = [int(a) for a in sys.argv[1:6]]
-    out = run(*args)
-    for k, v in out.items():
-        print(f"{k:28s} {v}")
+    if len(sys.argv) > 1 and sys.argv[1] == "all":  # python benchmarks/w2_adaptive.py all [n_w2 nb_w2 n_wide nb_wide torchode_n]
+        outs = main(*[int(a) for a in sys.argv[2:7]])
+    else:
+        outs = [run(*[int(a) for a in sys.argv[1:6]], torchode_n=int(os.environ.get("TORCHODE_N", "0")))]
+    for out in outs:
+        print("=" * 72)
+        for k, v in out.items():
+            print(f"{k:28s} {v}")

@@ -20,6 +20,22 @@ step counter for the whole batch (every active instance takes one step per itera
 rare-event rules (drift check, exact zero gradient, doubling checkpoints, chatter) each behind one
 cheap test, their bookkeeping run only when it fires.
 
+Stiff tails (issue 12). Some instances end on a slow last piece against a large curvature
+(W2: σ_min(J) ≈ 0.01–0.03 against λ_max(∇²L) ≈ 70): the explicit step is held at the edge of its
+stability region while the tail lasts t ~ 1/σ_min², far beyond any step budget. Each accepted
+explicit step applies Hairer's stiffness test (h·‖K_S − K_{S−1}‖/‖θ_new − Y_{S−1}‖ above 0.7 of the
+real stability interval, or the stability cap h_cap of the drift check binding); after 15 such
+steps (6 unlimited steps reset the count), at least ``stiff_after`` steps, and with no kink
+pending (held kinks are followed: the Filippov field there is −Π∇L, see
+:func:`ibtest.solvers.stiff.tail_step`), the instance switches to a batched Rosenbrock step (Rodas3, L-stable, exact Hessian
+on the current activation pattern: :mod:`ibtest.solvers.stiff`), whose step is limited by
+accuracy only. A Rosenbrock step whose stage points change the activation pattern is rejected
+and the instance returns to the explicit method (its last explicit step size; no new switch for
+``stiff_after`` steps), so kinks crossed in the tail are resolved and checked for sliding as
+before. Every stopping rule below applies unchanged to both kinds of step (the energy-identity
+test for pinned iterates skips Rosenbrock rows, which keep their pattern). ``info["stiff_steps"]``
+counts the Rosenbrock steps of an instance. ``stiff_after=0`` disables the switch.
+
 Kinks (an activation switching) are handled by step rejection: the error estimate of a step that
 straddles a switch is large, the step shrinks until the switch is resolved to the tolerance.
 
@@ -71,7 +87,9 @@ steps without an event) gives the instance the status SLIDING; its θ is the las
 ``follow``: an entry with evidence is *pending*: the steps are capped at 0.8 of the time to its
 kink along the field, so θ reaches the kink geometrically without straddling it; once |z_e| ≤
 1e-10·‖x_i‖‖w_j‖, θ is projected onto the kink (v_j rescaled to keep v_j² − ‖w_j‖²) and the
-entry is *held* if it attracts (the minimal-norm λ*_e of the Clarke subdifferential is interior).
+entry is *held* if it attracts (the minimal-norm λ*_e of the Clarke subdifferential is interior,
+0 < λ*_e < 1 exactly: the box QP puts λ* exactly on a bound otherwise; a margin of 1e-9 made a
+kink whose lower field is nearly tangent, λ* ≈ 9e-10, chatter at 1e-7 steps to the budget).
 While a set S of entries is held the field is the Filippov / minimal-norm Clarke velocity
 −g(λ*) of :class:`ibtest.solve.solvers.kinks.KinkField` (a batched box QP per stage for the sliding
 rows), tangent to every held kink, so each RK step keeps z_e = 0 to rounding. An entry whose
@@ -93,6 +111,7 @@ from ibtest.solve.fit import fit_threshold
 from ibtest.solve.solvers.drift import drift_bound, drift_estimate  # noqa: F401  (drift_bound: the former name)
 from ibtest.solve.solvers.kinks import kink_evidence, kink_field, preact_fn
 from ibtest.solve.solvers.tableau import tableau as _tableau
+from ibtest.solve.solvers import stiff as _stiff
 
 Tensor = torch.Tensor
 
@@ -120,6 +139,7 @@ def solve_adaptive(
     growth_t_min: float = 100.0,
     growth_min_rate: float = 0.02,
     sliding: str = "follow",
+    stiff_after: int = 1000,
     threads: int = 1,
 ) -> SolveResult:
     """Integrate gradient flow for B instances at once; see the module docstring for the rules.
@@ -129,7 +149,8 @@ def solve_adaptive(
     estimate at stop; inf where it was not established) and ``drift`` (the same values, the
     former name), ``grad_norm``, ``growth`` (‖θ‖/‖θ0‖), ``growth_rate`` (fitted exponent of
     ‖θ‖ ~ t^p over the last doublings of t, 0 if not measured), and per triple [B]: ``slid``
-    (1 if a sliding mode was followed), ``t_sliding``, ``sliding_episodes``.
+    (1 if a sliding mode was followed), ``t_sliding``, ``sliding_episodes``, ``stiff_steps``
+    (Rosenbrock steps of the stiff tail).
 
     ``sliding``: ``"follow"`` (default) continues on an attracting kink with the minimal-norm
     Clarke velocity; ``"stop"`` ends such an instance with status SLIDING.
@@ -147,7 +168,7 @@ def solve_adaptive(
                           drift_tol=drift_tol, t_max=t_max, max_steps=max_steps, div_norm=div_norm,
                           order=order, sliding_count=sliding_count, growth_window=growth_window,
                           growth_t_min=growth_t_min, growth_min_rate=growth_min_rate,
-                          sliding=sliding)
+                          sliding=sliding, stiff_after=stiff_after)
     finally:
         if threads and threads != prev_threads:
             torch.set_num_threads(prev_threads)
@@ -155,7 +176,7 @@ def solve_adaptive(
 
 def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, max_steps, div_norm,
            order, sliding_count, growth_window, growth_t_min, growth_min_rate,
-           sliding="follow") -> SolveResult:
+           sliding="follow", stiff_after=1000) -> SolveResult:
     if sliding not in ("follow", "stop"):
         raise ValueError(f"sliding must be 'follow' or 'stop', got {sliding!r}")
     tab = _tableau(int(order))
@@ -184,6 +205,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     out_rate = torch.zeros(B, dtype=dt)
     out_tslide = torch.zeros(B, dtype=dt)
     out_episodes = torch.zeros(B, dtype=torch.int64)
+    out_stiff = torch.zeros(B, dtype=torch.int64)
 
     # ---- working set ----------------------------------------------------------------------
     idx = torch.arange(B)
@@ -270,6 +292,17 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     t_slide = torch.zeros(B, dtype=dt)
     episodes = torch.zeros(B, dtype=torch.int64)
     th0n = theta0.norm(dim=-1)
+    # stiff tails (module docstring): rows on the Rosenbrock step, their explicit step size to
+    # return to, and the stability-limited-step counters (Hairer's DOP853 stiffness test)
+    stiff = torch.zeros(B, dtype=torch.bool)
+    h_ex = torch.zeros(B, dtype=dt)
+    st_cnt = torch.zeros(B, dtype=torch.int64)
+    st_non = torch.zeros(B, dtype=torch.int64)
+    st_block = torch.zeros(B, dtype=torch.int64)  # no switch before this iteration
+    st_steps = torch.zeros(B, dtype=torch.int64)  # Rosenbrock steps taken
+    stab = 0.7 * (6.0 if E3 is not None else 3.3)  # of the real stability interval
+    can_stiff = bool(stiff_after) and stiff_after > 0
+    expo_stiff = -1.0 / _stiff.ELO
 
     def retire(sel: Tensor, code) -> None:
         """Write the outputs of the working-set rows ``sel`` (bool) with status ``code``."""
@@ -283,6 +316,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
         out_rate[gi] = rate[sel]
         out_tslide[gi] = t_slide[sel]
         out_episodes[gi] = episodes[sel]
+        out_stiff[gi] = st_steps[sel]
 
     def enter(rows: Tensor, cand: Tensor) -> Tensor:
         """Try to hold the candidate entries ``cand`` [r, n, m] (plus those held) of working-set
@@ -300,7 +334,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
             ent, ok = entries(C)
             thp = kf.project(th[rows], Xr, C)
             _, lam = kf.field(thp, Xr, yr, mr, C, ent, ok)
-            good = ok & (lam > 1e-9) & (lam < 1 - 1e-9)
+            good = ok & (lam > 0.0) & (lam < 1.0)
             keepC = torch.zeros_like(Cf)
             keepC.scatter_(1, ent, good)
             keepC = keepC.view_as(C)
@@ -353,13 +387,16 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
         b = idx.numel()
         # ---- one embedded RK step for every active instance --------------------------------
         sliding_rows = sl["rows"]
+        any_stiff = bool(stiff.any())
+        h_rk = torch.where(stiff, torch.zeros_like(h), h) if any_stiff else h
         K = torch.empty(S + 1, b, P, dtype=dt)
         Kf = K.view(S + 1, b * P)
         K[0] = f
-        hc = h.unsqueeze(-1)
+        hc = h_rk.unsqueeze(-1)
         for s in range(1, S):
             dy = (A_rows[s] @ Kf[:s]).view(b, P)
-            K[s] = F(torch.addcmul(th, hc, dy), Xa, ya, ma)
+            y_s = torch.addcmul(th, hc, dy)
+            K[s] = F(y_s, Xa, ya, ma)
         th_new = torch.addcmul(th, hc, (bw @ Kf[:S]).view(b, P))
         K[S] = F(th_new, Xa, ya, ma)
         sc = torch.maximum(th.abs(), th_new.abs()).mul_(rtol).add_(atol)
@@ -371,13 +408,25 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
             den = (e5 + 0.01 * e3).clamp_min(1e-300)
             err = torch.where((e5 == 0) & (e3 == 0), torch.zeros_like(e5), h * e5 / (den * P).sqrt())
         err = torch.nan_to_num_(err, nan=math.inf, posinf=math.inf)
+        kinked = None
+        if any_stiff:  # the stiff rows take a Rosenbrock step instead (their RK step had h = 0)
+            rs = stiff.nonzero().squeeze(-1)
+            ths, fs, errs, kk = _stiff.tail_step(model, preact, th[rs], f[rs], h[rs], Xa[rs], ya[rs],
+                                                 ma[rs], rtol, atol, held=S_hold[rs] if kf is not None else None,
+                                                 kf=kf)
+            th_new = th_new.index_copy(0, rs, ths)
+            K[S].index_copy_(0, rs, fs)
+            err.index_copy_(0, rs, errs)
+            kinked = torch.zeros(b, dtype=torch.bool).index_copy_(0, rs, kk)
+            st_steps += stiff
         accept = err <= 1.0
         n_iter += 1
 
         # ---- step size update --------------------------------------------------------------
         # err = 0 gives fac_max through the clamp; after a rejection the step may not grow
         # (growth_lim = 1 then; a rejected step has fac < 1 anyway)
-        fac = torch.minimum(err.clamp_min(1e-300).pow_(expo).mul_(safety_fac).clamp_(fac_min, fac_max),
+        ex = torch.where(stiff, expo_stiff, expo) if any_stiff else expo
+        fac = torch.minimum(err.clamp_min(1e-300).pow_(ex).mul_(safety_fac).clamp_(fac_min, fac_max),
                             growth_lim)
         growth_lim = torch.where(accept, fac_max, 1.0)
         acc_c = accept.unsqueeze(-1)
@@ -392,7 +441,34 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
             t_slide[sliding_rows] += h_acc[sliding_rows]
         loss = torch.where(accept, model.loss(th_new, Xa, ya, ma), loss)
         # the step budget: h_cap (stability), and landing exactly on t_max
-        h_next = torch.minimum(h * fac, torch.minimum(h_cap, (t_max - t).clamp_min_(0.0)))
+        cap = torch.where(stiff, math.inf, h_cap) if any_stiff else h_cap
+        h_next = torch.minimum(h * fac, torch.minimum(cap, (t_max - t).clamp_min_(0.0)))
+        if kinked is not None and bool(kinked.any()):
+            # the activation pattern changed within a Rosenbrock step: back to the explicit
+            # method (it resolves kinks and detects sliding), no switch for stiff_after steps
+            stiff &= ~kinked
+            h_next = torch.where(kinked, h_ex, h_next)
+            st_block = torch.where(kinked, n_iter + stiff_after, st_block)
+        if can_stiff:
+            # Hairer's stiffness test on the last two stages (ρ ≈ ‖ΔK‖/‖Δθ‖ ≤ λ_max), or the
+            # stability cap h_cap binding: the explicit step is stability-limited
+            num = (K[S] - K[S - 1]).norm(dim=-1)
+            den = (th_new - y_s).norm(dim=-1)
+            lim = (h * num > stab * den) | (h >= 0.99 * h_cap)
+            lim &= accept & ~stiff
+            nl = accept & ~stiff & ~lim
+            st_cnt = torch.where(lim, st_cnt + 1, st_cnt)
+            st_non = torch.where(lim, torch.zeros_like(st_non), st_non + nl.long())
+            reset = st_non >= 6
+            st_cnt = torch.where(reset, torch.zeros_like(st_cnt), st_cnt)
+            st_non = torch.where(reset, torch.zeros_like(st_non), st_non)
+            go = (st_cnt >= 15) & (n_iter >= st_block) & (n_iter >= stiff_after)
+            if bool(go.any()):
+                if preact is not None:  # held kinks are followed (stiff.tail_step)
+                    go &= ~pend.flatten(1).any(-1)
+                stiff |= go
+                h_ex = torch.where(go, h_next, h_ex)
+                st_cnt = torch.where(go, torch.zeros_like(st_cnt), st_cnt)
 
         # ---- sliding detection -------------------------------------------------------------
         # examine the steps that were rejected or whose proposal flipped a pre-activation. Chatter
@@ -403,7 +479,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
             # points away); λ* of the last stage is that of the proposal θ_new
             lam = last_lam[0]
             acc_r = accept[sliding_rows]
-            bound = sl["ok"] & ((lam <= 1e-9) | (lam >= 1 - 1e-9)) & acc_r.unsqueeze(-1)
+            bound = sl["ok"] & ((lam <= 0.0) | (lam >= 1.0)) & acc_r.unsqueeze(-1)
             if bool(bound.any()):
                 Sf = S_hold[sliding_rows].flatten(1)
                 drop = torch.zeros_like(Sf)
@@ -416,6 +492,8 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
             z_new = preact(th_new, Xa)
             pos_new = z_new > 0
             look = (pos_new != pos_old).flatten(1).any(-1).logical_or_(~accept)
+            if any_stiff:
+                look &= ~stiff if kinked is None else ~(stiff | kinked)
             quiet += accept
             if bool(look.any()):
                 ri = look.nonzero().squeeze(-1)
@@ -527,7 +605,7 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
                 zc = z_old[ci].abs()
                 near = (zc > 0) & (zc <= 1e-6 * zc.flatten(1).max(-1).values.view(-1, *([1] * (zc.dim() - 1))))
                 at_kink = near.flatten(1).any(-1)
-                pk = pinned & at_kink
+                pk = pinned & at_kink & ~stiff[ci]  # a stiff row keeps its pattern: not pinned
                 if kf is not None:
                     pk &= ~S_hold[ci].flatten(1).any(-1)
                     if bool(pk.any()):
@@ -571,6 +649,8 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
                 chat, quiet, z_old, pos_old = chat[keep], quiet[keep], z_old[keep], pos_old[keep]
                 S_hold, pend = S_hold[keep], pend[keep]
             t_slide, episodes = t_slide[keep], episodes[keep]
+            stiff, h_ex, st_cnt, st_non, st_block, st_steps = (
+                stiff[keep], h_ex[keep], st_cnt[keep], st_non[keep], st_block[keep], st_steps[keep])
             if sl["rows"] is not None:
                 slide_setup()
         h = h_next
@@ -580,7 +660,8 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     growth = torch.where(th0n > 0, tn / th0n.clamp_min(1e-300), tn)
     info = {"t": out_t, "steps": out_steps, "drift": out_drift, "grad_norm": out_gnorm,
             "growth": growth, "growth_rate": out_rate, "drift_estimate": out_drift,
-            "slid": (out_episodes > 0).long(), "t_sliding": out_tslide, "sliding_episodes": out_episodes}
+            "slid": (out_episodes > 0).long(), "t_sliding": out_tslide, "sliding_episodes": out_episodes,
+            "stiff_steps": out_stiff}
     return SolveResult(out_theta, out_status, loss_out, info)
 
 
@@ -621,6 +702,8 @@ SPEC = Solver(
         "sliding": Option("follow", Literal["follow", "stop"],
                           "on a Filippov sliding mode: follow it (minimal-norm Clarke velocity) "
                           "or stop with status sliding"),
+        "stiff_after": Option(1000, int, "steps before a stability-limited instance may switch to "
+                              "the Rosenbrock (Rodas3) tail integrator (0: never)"),
         "threads": Option(1, int, "torch intra-op threads during the solve (0: leave as is)"),
     },
     tighten=tighten,
