@@ -80,7 +80,8 @@ def ibtest_hypotheses():
     ]
 ''')
 
-HYPOTHESIS_TEST = Template('''"""Tests of the $name hypothesis plugin, with ibtest.testing (run: python -m pytest test_$name.py)."""
+HYPOTHESIS_TEST = Template('''"""Tests of the $name hypothesis plugin, with ibtest.testing
+(run: python -m pytest test_$name.py)."""
 from pathlib import Path
 
 from ibtest.testing import assert_falsified, assert_survives, check_hypothesis, run_hypothesis

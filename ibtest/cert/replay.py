@@ -36,20 +36,39 @@ Every problem with the file is a :class:`UserError` (exit 2) with one line; 1 me
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from ibtest.judge import evaluation as ev_mod
 from ibtest.base import status as st
-from ibtest.cert.schema import load
 from ibtest.base.errors import UserError
 from ibtest.base.textsafe import clean
 from ibtest.cert.replay_rules import (  # noqa: F401  (re-exported: the former contents of this module)
-    BUDGET_FACTOR, DEFAULT_FIT_TOL, DEFAULT_SAFETY, Rules, VerifyResult, _Data, _disagree, _g, _is_num, _nonneg,
-    check_options, evaluate, fits, member_params, pair_invalid, side_tensors, solver_options, tolerance_rules)
+    BUDGET_FACTOR,
+    DEFAULT_FIT_TOL,
+    DEFAULT_SAFETY,
+    Rules,
+    VerifyResult,
+    _Data,
+    _disagree,
+    _g,
+    _is_num,
+    _nonneg,
+    check_options,
+    evaluate,
+    fits,
+    member_params,
+    pair_invalid,
+    side_tensors,
+    solver_options,
+    tolerance_rules,
+)
 from ibtest.cert.replay_witness import _replay_witness
+from ibtest.cert.schema import load
+from ibtest.judge import evaluation as ev_mod
+
 
 # ------------------------------------------------------------------------------------------
 def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
@@ -104,7 +123,8 @@ def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
     try:
         opts = sspec.tighten(dict(opts))
     except Exception as exc:
-        raise UserError(f"{where}: solver {sspec.name!r} cannot tighten these options: {type(exc).__name__}: {clean(exc)}") from None
+        raise UserError(f"{where}: solver {sspec.name!r} cannot tighten these options: "
+                        f"{type(exc).__name__}: {clean(exc)}") from None
     D = side_tensors(cert, model, names, where)
 
     label = hspec.name + (f"[{', '.join(f'{k}={v}' for k, v in params.items())}]" if params else "")

@@ -10,16 +10,17 @@ registered specs, the pair rule by ``depends_on`` (:func:`pair_invalid`), fit (:
 """
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from pydantic import TypeAdapter, ValidationError
 
-from ibtest.judge import evaluation as ev_mod
-from ibtest.solve import fit
 from ibtest.base.errors import UserError
 from ibtest.base.textsafe import clean
+from ibtest.judge import evaluation as ev_mod
+from ibtest.solve import fit
 
 DEFAULT_SAFETY = 10.0  # the study's verdict.safety default (ibtest.study.schema.VerdictSettings)
 DEFAULT_FIT_TOL = fit.DEFAULT_FIT_TOL  # the engine's (relative) fit_tol when a solver declares none

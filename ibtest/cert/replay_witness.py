@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from ibtest.judge import evaluation as ev_mod
 from ibtest.base import status as st
 from ibtest.base.errors import UserError
 from ibtest.base.textsafe import clean
 from ibtest.cert.replay_rules import Rules, VerifyResult, _Data, _disagree, _g, fits
+from ibtest.judge import evaluation as ev_mod
 
 
 def _replay_witness(cert: dict, model: Any, hspec: Any, params: dict, sspec: Any, opts: dict, D: _Data,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -78,25 +78,25 @@ class Side(_Model):
     X: list[Vector]
     y: Vector
     theta: Vector
-    theta0: Optional[Vector] = None
+    theta0: Vector | None = None
     label: StrictStr = ""
     origin: StrictStr = ""
-    loss: Optional[Num] = None
-    R: Optional[Union[Num, list[Num]]] = None
-    measured_error: Optional[Num] = None
-    n: Optional[StrictInt] = None
+    loss: Num | None = None
+    R: Num | list[Num] | None = None
+    measured_error: Num | None = None
+    n: StrictInt | None = None
 
 
 class HypothesisRef(_Model):
     name: StrictStr
-    params: dict[StrictStr, Union[StrictBool, Num, StrictStr, list[Num]]] = Field(default_factory=dict)
-    atol: Optional[Num] = None
-    rtol: Optional[Num] = None
+    params: dict[StrictStr, StrictBool | Num | StrictStr | list[Num]] = Field(default_factory=dict)
+    atol: Num | None = None
+    rtol: Num | None = None
     # informational only: the registry's spec decides kind, depends_on and on
-    kind: Optional[StrictStr] = None
-    depends_on: Optional[StrictStr] = None
-    on: Optional[StrictStr] = None
-    doc: Optional[StrictStr] = None
+    kind: StrictStr | None = None
+    depends_on: StrictStr | None = None
+    on: StrictStr | None = None
+    doc: StrictStr | None = None
 
 
 class PluginRef(_Model):
@@ -105,7 +105,7 @@ class PluginRef(_Model):
 
 
 class SolverRef(PluginRef):
-    tightened: Optional[dict[StrictStr, Any]] = None
+    tightened: dict[StrictStr, Any] | None = None
 
 
 class CrossLoss(_Model):
@@ -144,29 +144,29 @@ class Witness(_Model):
     """A point θ' of Z(D) with a smaller R than θ∞ (a witness certificate's second point)."""
 
     theta: Vector
-    loss: Optional[Num] = None
-    fit_threshold: Optional[Num] = None
-    R: Optional[Num] = None
-    predictor: Optional[Vector] = None
+    loss: Num | None = None
+    fit_threshold: Num | None = None
+    R: Num | None = None
+    predictor: Vector | None = None
 
 
 class Certificate(_Model):
     format: Literal["ibtest-certificate/1"]
-    kind: Optional[Literal["pair", "triple", "witness"]] = None
-    witness: Optional[Witness] = None
+    kind: Literal["pair", "triple", "witness"] | None = None
+    witness: Witness | None = None
     hypothesis: HypothesisRef
     model: PluginRef
     solver: SolverRef
     theta0: Vector
     a: Side
-    b: Optional[Side] = None
-    fit_tol: Optional[Num] = None
-    safety: Optional[Num] = None
+    b: Side | None = None
+    fit_tol: Num | None = None
+    safety: Num | None = None
     plugins: list[StrictStr] = Field(default_factory=list)
-    gap: Optional[Num] = None
-    margin: Optional[Num] = None
-    cross_loss: Optional[CrossLoss] = None
-    C_init: Optional[Union[Num, list[Num]]] = None
+    gap: Num | None = None
+    margin: Num | None = None
+    cross_loss: CrossLoss | None = None
+    C_init: Num | list[Num] | None = None
     study: StrictStr = ""
     study_file: StrictStr = ""
     claim: StrictStr = ""
@@ -175,8 +175,8 @@ class Certificate(_Model):
     replay: StrictStr = ""
     versions: dict[StrictStr, Any] = Field(default_factory=dict)
     # written by ibtest shrink (informational: verify judges the data like any certificate's)
-    shrunk_from: Optional[ShrunkFrom] = None
-    shrink: Optional[ShrinkRecord] = None
+    shrunk_from: ShrunkFrom | None = None
+    shrink: ShrinkRecord | None = None
 
 
 def _where(loc: tuple) -> str:

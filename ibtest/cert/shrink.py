@@ -40,20 +40,31 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from ibtest.cert import certificate as certmod
-from ibtest.solve import fit
 from ibtest.base.errors import UserError
 from ibtest.base.jsonio import to_jsonable
+from ibtest.cert import certificate as certmod
 from ibtest.cert.shrink_judge import (  # noqa: F401  (re-exported: the former contents of this module)
-    DEFAULT_BUDGET, DEFAULT_SAFETY, SLACK, Case, Judge, NotRefuted, Outcome, case_from_cert, judge, make_judge)
+    DEFAULT_BUDGET,
+    DEFAULT_SAFETY,
+    SLACK,
+    Case,
+    Judge,
+    NotRefuted,
+    Outcome,
+    case_from_cert,
+    judge,
+    make_judge,
+)
 from ibtest.cert.shrink_passes import PASSES, Cand, _valid  # noqa: F401
+from ibtest.solve import fit
 
 Tensor = torch.Tensor
 

@@ -15,15 +15,16 @@ R(θ∞) − R(θ') > SLACK · margin.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from ibtest.judge import evaluation as ev
-from ibtest.solve import fit
 from ibtest.base import status as st
 from ibtest.base.errors import UserError
+from ibtest.judge import evaluation as ev
+from ibtest.solve import fit
 
 Tensor = torch.Tensor
 

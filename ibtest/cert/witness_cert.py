@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ibtest.solve import fit
 from ibtest.base.jsonio import encode_float, tensor_to_list
+from ibtest.solve import fit
 
 if TYPE_CHECKING:
     from ibtest.judge.verdicts import MemberResult
@@ -33,7 +33,8 @@ def _t(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
-def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict[str, Any],
+          base: dict[str, Any]) -> dict[str, Any]:
     """A witness certificate from a member falsified by a search witness (``Evidence.kind ==
     "witness"``: a = the triple, theta_a = re-solved θ∞, theta_b = θ'). ``base`` holds the
     fields every certificate shares (format, hypothesis, model, solver, versions ...)."""

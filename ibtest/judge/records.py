@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from ibtest.solve.batch import Triples
-from ibtest.solve.engine import RunContext, solve
 from ibtest.judge import evaluation as ev_mod
 from ibtest.plugin.specs import HypothesisContext as HypContext
+from ibtest.solve.batch import Triples
+from ibtest.solve.engine import RunContext, solve
 from ibtest.study.schema import HypothesisUse
 
 Tensor = torch.Tensor
@@ -145,7 +145,7 @@ class SearchTotals:
     method: str = ""
     skipped: int = 0  # converged triples not searched: a sample sufficed (member settled by a pair)
 
-    def merge(self, o: "SearchTotals") -> "SearchTotals":
+    def merge(self, o: SearchTotals) -> SearchTotals:
         return SearchTotals(self.searched + o.searched, self.certified + o.certified, self.witnesses + o.witnesses,
                             max(self.worst_certified, o.worst_certified), max(self.worst_local, o.worst_local),
                             self.method or o.method, self.skipped + o.skipped)
@@ -212,7 +212,7 @@ class MemberCounts:
     no_pairs_reason: str = ""  # why nothing was judged (n == 0), decided over the whole run
     search: SearchTotals | None = None  # None: no witness search for this member
 
-    def merge(self, part: "MemberCounts") -> None:
+    def merge(self, part: MemberCounts) -> None:
         """Add one block's counts (sums, maxima, the first error)."""
         self.n += part.n
         self.distinct += part.distinct

@@ -14,14 +14,22 @@ from dataclasses import dataclass
 import torch
 
 from ibtest.base import status as st
+from ibtest.judge import evaluation as ev_mod
+from ibtest.judge.records import (
+    RECHECK_TOP,
+    ErrorMeter,
+    Evidence,
+    MemberCounts,
+    MemberResult,
+    evaluate,
+    evaluate_grad,
+    hyp_context,
+)
+from ibtest.judge.search_verdict import SETTLED, SETTLED_SAMPLE, SearchScore, finish_search, score_search
+from ibtest.solve import fit
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import RunContext
-from ibtest.judge import evaluation as ev_mod
-from ibtest.solve import fit
 from ibtest.study.schema import HypothesisUse
-from ibtest.judge.records import (RECHECK_TOP, ErrorMeter, Evidence, MemberCounts, MemberResult, evaluate,
-                                  evaluate_grad, hyp_context)
-from ibtest.judge.search_verdict import SETTLED, SETTLED_SAMPLE, SearchScore, finish_search, score_search
 
 Tensor = torch.Tensor
 

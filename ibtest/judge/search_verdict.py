@@ -11,13 +11,12 @@ from typing import Any
 import torch
 
 from ibtest.base import status as st
+from ibtest.judge import evaluation as ev_mod
+from ibtest.judge.records import RECHECK_TOP, ErrorMeter, Evidence, MemberResult, SearchTotals, evaluate_grad, hyp_context
+from ibtest.solve import fit
 from ibtest.solve.batch import Triples
 from ibtest.solve.engine import RunContext
-from ibtest.judge import evaluation as ev_mod
-from ibtest.solve import fit
 from ibtest.study.schema import HypothesisUse
-from ibtest.judge.records import (RECHECK_TOP, ErrorMeter, Evidence, MemberResult, SearchTotals, evaluate_grad,
-                                  hyp_context)
 
 Tensor = torch.Tensor
 

@@ -20,17 +20,35 @@ The parts: :mod:`~ibtest.judge.records` (results, counts, error meter),
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ibtest.base import status as st
+from ibtest.judge.invariant_bound import InvariantScore, judge_invariant, score_invariant
+from ibtest.judge.records import (
+    RECHECK_TOP,
+    ErrorMeter,
+    Evidence,
+    MemberCounts,
+    MemberResult,
+    SearchTotals,
+    evaluate,
+    hyp_context,
+    no_converged_reason,
+    no_pair_reason,
+)
+from ibtest.judge.regularizer import PairScores, RegularizerScore, finish_regularizer, score_regularizer
+from ibtest.judge.search_verdict import (
+    SETTLED,
+    SETTLED_CERTIFY,
+    SETTLED_SAMPLE,
+    SearchScore,
+    finish_search,
+    recheck_witness,
+    score_search,
+)
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import RunContext
-from ibtest.judge.records import (RECHECK_TOP, ErrorMeter, Evidence, MemberCounts, MemberResult, SearchTotals,
-                                  evaluate, hyp_context, no_converged_reason, no_pair_reason)
-from ibtest.judge.regularizer import PairScores, RegularizerScore, finish_regularizer, score_regularizer
-from ibtest.judge.invariant_bound import InvariantScore, judge_invariant, score_invariant
-from ibtest.judge.search_verdict import (SETTLED, SETTLED_CERTIFY, SETTLED_SAMPLE, SearchScore, finish_search,
-                                         recheck_witness, score_search)
 
 __all__ = ["RECHECK_TOP", "SETTLED", "SETTLED_CERTIFY", "SETTLED_SAMPLE", "ErrorMeter", "Evidence", "InvariantScore",
            "MemberCounts", "MemberResult", "PairScores", "RegularizerScore", "SearchScore", "SearchTotals",

@@ -4,7 +4,7 @@ the loss on a grid of it, zero-loss bands and level sets. matplotlib is imported
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

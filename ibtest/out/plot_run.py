@@ -9,8 +9,9 @@ those pairs, not every admissible pair of the run; the figure says so and gives 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from ibtest.base.errors import UserError
 from ibtest.judge import evaluation as ev_mod
 from ibtest.out.plot_plane import _plt
 from ibtest.run.results_file import load_results, runs_of
+
 
 def _model_of(result):
     if getattr(result, "model", None) is not None:

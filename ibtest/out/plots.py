@@ -16,14 +16,27 @@ never needs it. Plots draw; they do not solve: trajectories come from the solve 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 
-from ibtest.out.plot_plane import (COLORS, HATCH, _coord_names, _direction_label, _Evaluator, _grid, _label, _level_sets,
-                                   _loss, _plt, _zero_band, projection_plane)
+from ibtest.out.plot_plane import (
+    COLORS,
+    HATCH,
+    _coord_names,
+    _direction_label,
+    _Evaluator,
+    _grid,
+    _label,
+    _level_sets,
+    _loss,
+    _plt,
+    _zero_band,
+    projection_plane,
+)
 from ibtest.out.plot_run import gap_summary, pair_gaps, plot_run
 from ibtest.solve.trajectory import flow_path
 
@@ -156,7 +169,8 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     pad = np.maximum(0.08 * (hi - lo), 1e-3 * max(float(np.abs(allp).max()), 1.0))
     drawn = draw_plane(ax_full, lo - pad, hi + pad, zoom=False)
     ax_full.set_title(("gradient-flow paths from θ0 in the plane through θ0" if not extra0 else
-                       "gradient-flow paths from θ0_a and θ0_b (square), plane through θ0_a") + (", θ∞" if invariant else ", θ_a, θ_b"))
+                       "gradient-flow paths from θ0_a and θ0_b (square), plane through θ0_a")
+                      + (", θ∞" if invariant else ", θ_a, θ_b"))
 
     # zoom on the end points (equal aspect: level sets keep their true shape)
     ep = np.concatenate([proj(end_np[s]) for s in sides])
@@ -175,7 +189,8 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     if extra0:
         handles.append(Line2D([], [], color=COLORS["b"], marker="s", ls="", mec="k", label="θ0_b"))
     for s in sides:
-        handles.append(Line2D([], [], color=COLORS[s], marker="o", mec="k", label=f"path and θ_{s if not invariant else '∞'}: {cert[s]['label']}"[:90]))
+        label = f"path and θ_{s if not invariant else '∞'}: {cert[s]['label']}"[:90]
+        handles.append(Line2D([], [], color=COLORS[s], marker="o", mec="k", label=label))
         if s in drawn:
             handles.append(Patch(facecolor=COLORS[s], alpha=0.3, hatch=HATCH[s], edgecolor=COLORS[s],
                                  label=f"zero-loss set of D_{s} (where it meets the plane)"))
@@ -209,7 +224,8 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
             v2 = np.atleast_2d(v.T).T if v.ndim == 1 else v
             C0v = np.atleast_1d(R(th0[None], *data[s])[0])
             for k in range(v2.shape[1]):
-                ax_R.plot(t[1:], v2[1:, k] - C0v[k], color=cmap(k), label=f"C{k + 1}(θ(t)) − C{k + 1}(θ0)" if v2.shape[1] > 1 else "C(θ(t)) − C(θ0)")
+                label = f"C{k + 1}(θ(t)) − C{k + 1}(θ0)" if v2.shape[1] > 1 else "C(θ(t)) − C(θ0)"
+                ax_R.plot(t[1:], v2[1:, k] - C0v[k], color=cmap(k), label=label)
         else:
             ax_R.plot(t[1:], v[1:], ls=ls, color=COLORS[s], label=f"R(θ_{s}(t))")
             ax_R.axhline(float(Rend[s][0]), color=COLORS[s], lw=0.6, ls=":")
@@ -220,7 +236,8 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
 
     verdict = str(cert.get("verdict", "falsified")).upper()
     gap, margin = cert.get("gap"), cert.get("margin")
-    num = f"|Δ{what}| = {gap:.4g} > margin {margin:.2g}" if isinstance(gap, (int, float)) and isinstance(margin, (int, float)) else ""
+    numeric = isinstance(gap, (int, float)) and isinstance(margin, (int, float))
+    num = f"|Δ{what}| = {gap:.4g} > margin {margin:.2g}" if numeric else ""
     fig.suptitle(f"{label}: {verdict}   ({num})\nmodel {cert['model']['name']} {cert['model']['options'] or ''}"
                  f"   study {cert.get('study', '')}   source {cert.get('source', 'study')}", fontsize=11)
     fig.tight_layout(rect=(0, 0.02 + 0.02 * math.ceil(len(handles) / 2), 1, 0.95))

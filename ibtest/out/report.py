@@ -8,7 +8,8 @@ from __future__ import annotations
 import html
 import json
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from tabulate import tabulate
 
@@ -218,7 +219,8 @@ def diff(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> list[str
         if s is None:
             continue
         name = f"triple {t['dataset']} / {t['init']}" + (f" (#{key[2] + 1} of that name)" if key[2] else "")
-        d = math.sqrt(sum((p - q) ** 2 for p, q in zip(s["theta"], t["theta"]))) if len(s["theta"]) == len(t["theta"]) else math.inf
+        same_p = len(s["theta"]) == len(t["theta"])
+        d = math.sqrt(sum((p - q) ** 2 for p, q in zip(s["theta"], t["theta"]))) if same_p else math.inf
         if s["status"] != t["status"]:
             lines.append(f"{name}: status {s['status']} -> {t['status']}")
         size = max(math.sqrt(sum(p * p for p in s["theta"])), math.sqrt(sum(p * p for p in t["theta"])))

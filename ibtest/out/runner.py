@@ -11,20 +11,21 @@ import contextlib
 import datetime as _dt
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from ibtest.cert import certificate
-from ibtest.run import executors
-from ibtest.out import report
-from ibtest.out.result import StudyResult
-from ibtest.solve.engine import RunContext, InstancePlan, build_context, plan_instances
 from ibtest.base.errors import UserError
 from ibtest.base.progress import Progress
+from ibtest.cert import certificate
+from ibtest.out import report
+from ibtest.out.result import StudyResult
+from ibtest.run import executors
 from ibtest.run.pipeline import judge_run
 from ibtest.run.store import Store, open_run
+from ibtest.solve.engine import InstancePlan, RunContext, build_context, plan_instances
 from ibtest.study.schema import Study, load_study_text, read_study_bytes, variants
 
 

@@ -29,19 +29,20 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from ibtest.solve.batch import Pairs, Triples
-from ibtest.pairs.constructions import run_block
-from ibtest.solve.engine import InstancePlan, Phase, RunContext, build_context, plan_instances, solve_settings
 from ibtest.base.errors import UserError
-from ibtest.plugin.hookspecs import hookimpl
 from ibtest.base.progress import Quiet
+from ibtest.pairs.constructions import run_block
+from ibtest.plugin.hookspecs import hookimpl
 from ibtest.plugin.specs import Executor, Option, SolveResult
 from ibtest.run.store import solve_key
 from ibtest.run.streaming import BlockScore, score_block
+from ibtest.solve.batch import Pairs, Triples
+from ibtest.solve.engine import InstancePlan, Phase, RunContext, build_context, plan_instances, solve_settings
 from ibtest.study.schema import PluginUse, Study
 
 
@@ -66,7 +67,7 @@ class Recipe:
     score: bool = True
 
     @classmethod
-    def of(cls, study: Study, sweep_value: Any = None, score: bool = True) -> "Recipe":
+    def of(cls, study: Study, sweep_value: Any = None, score: bool = True) -> Recipe:
         plugins = []
         for f in study.plugin_files:
             try:

@@ -8,14 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ibtest.base.progress import Progress
+from ibtest.judge.verdicts import MemberResult
 from ibtest.run import executors
+from ibtest.run.store import Store
+from ibtest.run.streaming import Retainer, Tally
 from ibtest.solve import fit
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import InstancePlan, RunContext, build_context, plan_instances
-from ibtest.base.progress import Progress
-from ibtest.judge.verdicts import MemberResult
-from ibtest.run.store import Store
-from ibtest.run.streaming import Retainer, Tally
 from ibtest.study.schema import Study
 
 

@@ -24,16 +24,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import AbstractSet, Any
+from collections.abc import Set as AbstractSet
+from typing import Any
 
 import torch
 
-from ibtest.base.jsonio import encode_float
 from ibtest.base import status as st
+from ibtest.base.jsonio import encode_float
+from ibtest.judge.verdicts import (
+    ErrorMeter,
+    MemberCounts,
+    MemberResult,
+    judge_all,
+    no_converged_reason,
+    no_pair_reason,
+    score_invariant,
+    score_regularizer,
+)
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import RunContext
-from ibtest.judge.verdicts import (ErrorMeter, MemberCounts, MemberResult, judge_all, no_converged_reason, no_pair_reason,
-                                   score_invariant, score_regularizer)
 
 SAMPLE = 16  # converged study triples re-solved for the summary's measured solver error
 

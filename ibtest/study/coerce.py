@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 from ibtest.plugin.specs import Option
 from ibtest.study.yamlpos import format_path, line_of
 
+
 # ----------------------------------------------------------------------------------------
 def _describe_type(tp: Any) -> str:
     """``int``, ``float``, ``list[float]``; an ``Annotated[int, Field(ge=1)]`` reads ``int >= 1``."""

@@ -7,23 +7,49 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pydantic
 import yaml
 
 from ibtest.base.errors import StudyError
 from ibtest.plugin.manager import SINGULAR, Registry
-from ibtest.study.yamlpos import YAMLInputError, decode_text, format_path, line_of, load_with_lines
-from ibtest.study.typed import (  # noqa: F401  (re-exported: the former contents of this module)
-    VERDICTS, Float, HypothesisRef, HypothesisUse, InitRef, Int, PluginRef, PluginUse, ReportSettings, Study,
-    StudyModel, SweepSettings, Verdict, VerdictSettings, _no_bool, _Strict)
-from ibtest.study.typed import S as _S
 from ibtest.study.coerce import (  # noqa: F401
-    _admits_bool, _coerce, _coerce_one, _convention_lower, _data_loc, _describe_type, _find_bool, _numbers,
-    _pydantic_problems, _short, _text_hint)
+    _admits_bool,
+    _coerce,
+    _coerce_one,
+    _convention_lower,
+    _data_loc,
+    _describe_type,
+    _find_bool,
+    _numbers,
+    _pydantic_problems,
+    _short,
+    _text_hint,
+)
 from ibtest.study.sweep import _check_sweep, apply_sweep, variants  # noqa: F401
+from ibtest.study.typed import (  # noqa: F401  (re-exported: the former contents of this module)
+    VERDICTS,
+    Float,
+    HypothesisRef,
+    HypothesisUse,
+    InitRef,
+    Int,
+    PluginRef,
+    PluginUse,
+    ReportSettings,
+    S as _S,
+    Study,
+    StudyModel,
+    SweepSettings,
+    Verdict,
+    VerdictSettings,
+    _no_bool,
+    _Strict,
+)
+from ibtest.study.yamlpos import YAMLInputError, decode_text, format_path, line_of, load_with_lines
 
 
 def _resolve_plugin(

@@ -10,10 +10,11 @@ from typing import Any
 
 import pydantic
 
+from ibtest.plugin.manager import SINGULAR
 from ibtest.study.coerce import _coerce, _describe_type, _short
 from ibtest.study.typed import Study, SweepSettings
-from ibtest.plugin.manager import SINGULAR
 from ibtest.study.yamlpos import format_path, line_of
+
 
 def _check_sweep(sweep: SweepSettings, uses: dict[str, list], src: str, lines: dict, problems: list[str]) -> None:
     """``sweep.path`` names an option every plugin of its kind has; every value is valid for it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Generic, Literal, TypeVar, Union
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -51,9 +51,9 @@ class InitRef(PluginRef):
 class HypothesisRef(_Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
-    expect: Union[Verdict, None] = None
-    atol: Union[Float, None] = Field(None, ge=0)
-    rtol: Union[Float, None] = Field(None, ge=0)
+    expect: Verdict | None = None
+    atol: Float | None = Field(None, ge=0)
+    rtol: Float | None = Field(None, ge=0)
 
 
 class VerdictSettings(_Strict):
@@ -74,7 +74,7 @@ class ReportSettings(_Strict):
     formats: list[Literal["table", "markdown", "json"]] = Field(
         default_factory=lambda: ["table", "markdown", "json"]
     )
-    triples: Union[bool, Annotated[int, Field(ge=0)]] = Field(True, description="list solved triples (True, False or at most N rows)")
+    triples: bool | Annotated[int, Field(ge=0)] = Field(True, description="list solved triples (True, False or at most N rows)")
     digits: Int = Field(6, ge=1, le=17)
     json_triples: Int = Field(1000, ge=0, description=(
         "study triples listed in results.json (every triple is in results.sqlite)"))
@@ -93,21 +93,21 @@ class StudyModel(_Strict):
     seed: Int = 0
     plugins: list[str] = Field(default_factory=list)
     model: PluginRef
-    init: Union[InitRef, Annotated[list[InitRef], Field(min_length=1)]] = Field(
+    init: InitRef | Annotated[list[InitRef], Field(min_length=1)] = Field(
         default_factory=lambda: InitRef(name="zeros"))
     datasets: list[PluginRef] = Field(min_length=1)
     solver: PluginRef
-    constructions: list[Union[str, PluginRef]] = Field(default_factory=list)
+    constructions: list[str | PluginRef] = Field(default_factory=list)
     hypotheses: list[HypothesisRef] = Field(default_factory=list)
     verdict: VerdictSettings = Field(default_factory=VerdictSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
-    sweep: Union[SweepSettings, None] = None
+    sweep: SweepSettings | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     chunk_size: Int = Field(20000, ge=1, description="instances solved per batch")
     block_size: Int = Field(20000, ge=1, description=(
         "instances streamed through the whole pipeline at a time (memory is O(block)); own-triple "
         "pairs are formed within a block"))
-    executor: Union[PluginRef, None] = Field(None, description=(
+    executor: PluginRef | None = Field(None, description=(
         "where the blocks run: {name: local} (default) or {name: ray, address: ..., num_cpus_per_task: ...}"))
 
 

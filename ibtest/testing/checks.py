@@ -82,7 +82,7 @@ def check_model(plugin: str | Path | types.ModuleType | None, name: str, options
     P = m.n_params(d)
     assert isinstance(P, int) and P > 0, f"{name}: n_params({d}) = {P!r}, expected a positive int"
     covered = torch.zeros(P, dtype=torch.int64)
-    for bname, sl in m.blocks(d).items():
+    for sl in m.blocks(d).values():
         covered[sl] += 1
     assert bool((covered == 1).all()), f"{name}: blocks({d}) must cover 0..{P - 1} exactly once, got {m.blocks(d)}"
     theta = torch.randn(batch, P, generator=g, dtype=torch.float64)

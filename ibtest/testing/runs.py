@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import copy
 import types
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
-
+from typing import Any
 
 from ibtest.testing.studies import _local_files, builtin_study, plugin_path, registered_names
 

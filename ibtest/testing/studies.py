@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import types
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 
-
-
-
 def _members(result, name: str) -> list:
     results = result if isinstance(result, (list, tuple)) else [result]
     out = [m for r in results for m in r.members if m.label == name or m.hypothesis == name]

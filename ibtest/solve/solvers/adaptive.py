@@ -108,10 +108,10 @@ import torch
 from ibtest.base import status as st
 from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
+from ibtest.solve.solvers import stiff as _stiff
 from ibtest.solve.solvers.drift import drift_bound, drift_estimate  # noqa: F401  (drift_bound: the former name)
 from ibtest.solve.solvers.kinks import kink_evidence, kink_field, preact_fn
 from ibtest.solve.solvers.tableau import tableau as _tableau
-from ibtest.solve.solvers import stiff as _stiff
 
 Tensor = torch.Tensor
 

@@ -71,15 +71,27 @@ from typing import Any
 
 import torch
 
-from ibtest.plugin.specs import PiecewiseLinearNeuron, SolveResult
 from ibtest.base.status import BUDGET, CONVERGED, DIVERGED, SLIDING, STALLED
-from ibtest.solve.solvers.exact_tol import (  # noqa: F401  (re-exported: exact_reference, tests)
-    CLUSTER_TOL, COARSE, DERIV_TOL, DIP_FRAC, EIG_TOL, EPS, F64, LIMIT_TOL, NOISE, ROUND_R, START_ZERO, T_HI, T_LO,
-    Tensor)
-from ibtest.solve.solvers.exact_roots import _G, _G1, _brackets, _fine_brackets, _log_grid, _refine  # noqa: F401
+from ibtest.plugin.specs import PiecewiseLinearNeuron, SolveResult
 from ibtest.solve.solvers.exact_piece import _bmv, _leave_dir, _next_switch, _slope, _system
-from ibtest.solve.solvers.exact_scale import (  # noqa: F401
-    MAX_WORKERS, MIN_SHARE, _concat, _denormalize, _normalize, _pow2, _workers)
+from ibtest.solve.solvers.exact_roots import _G, _G1, _brackets, _fine_brackets, _log_grid, _refine  # noqa: F401
+from ibtest.solve.solvers.exact_scale import MAX_WORKERS, MIN_SHARE, _concat, _denormalize, _normalize, _pow2, _workers  # noqa: F401
+from ibtest.solve.solvers.exact_tol import (  # noqa: F401  (re-exported: exact_reference, tests)
+    CLUSTER_TOL,
+    COARSE,
+    DERIV_TOL,
+    DIP_FRAC,
+    EIG_TOL,
+    EPS,
+    F64,
+    LIMIT_TOL,
+    NOISE,
+    ROUND_R,
+    START_ZERO,
+    T_HI,
+    T_LO,
+    Tensor,
+)
 
 
 def tighten(options: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +243,7 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
         if go.numel():
             allgo = go.numel() == Ba
 
-            def G(t: Tensor) -> Tensor:  # rows of the instances that go on
+            def G(t: Tensor, allgo: bool = allgo, go: Tensor = go) -> Tensor:  # rows of the instances that go on
                 return t if allgo else t[go]
 
             lam, Q = torch.linalg.eigh(G(A))

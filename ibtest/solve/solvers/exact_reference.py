@@ -12,9 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
-from ibtest.base.status import BUDGET, CONVERGED, SLIDING, STALLED, DIVERGED
-from ibtest.solve.solvers.exact import (CLUSTER_TOL, DERIV_TOL, DIP_FRAC, EIG_TOL, LIMIT_TOL, NOISE, START_ZERO,
-                    T_HI, T_LO)
+from ibtest.base.status import BUDGET, CONVERGED, DIVERGED, SLIDING, STALLED
+from ibtest.solve.solvers.exact import CLUSTER_TOL, DERIV_TOL, DIP_FRAC, EIG_TOL, LIMIT_TOL, NOISE, START_ZERO, T_HI, T_LO
 
 
 def _system(X, y, side, pos, neg):

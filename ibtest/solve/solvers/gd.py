@@ -14,8 +14,8 @@ import torch
 from pydantic import Field
 
 from ibtest.base import status as st
-from ibtest.solve.fit import fit_threshold
 from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
+from ibtest.solve.fit import fit_threshold
 from ibtest.solve.solvers.exact_spec import FIT_TOL
 
 
