@@ -349,7 +349,7 @@ def run_recipe_block(recipe: Recipe, start: int, stop: int) -> BlockResult:
     ctx, plan = rebuild(recipe)
     ctx.phases, ctx.errors, ctx.solve_calls = [], [], 0
     rec = RecordingStore()
-    ctx.store = rec  # type: ignore[assignment]  (get_solve / put_solve is all the engine uses)
+    ctx.store = rec  # type: ignore[assignment]  # get_solve / put_solve is all the engine uses
     try:
         t, pairs = run_block(ctx, plan.block(start, stop), start)
     finally:

@@ -23,8 +23,8 @@ pairs (two study datasets sharing θ0, or two θ0 on one dataset) are formed wit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch

@@ -177,12 +177,12 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
     n_inits = sum(len(u.expand()) * c for u, c in zip(study.inits, study.init_counts))
     budget.check_plan(X.shape[0], X.shape[1], d, n_inits, P, max(1, study.block_size))
     thetas, init_labels = [], []
-    for ii, (use, count) in enumerate(zip(study.inits, study.init_counts)):
-        for jj, opts in enumerate(use.expand()):
-            th0 = call_plugin(use, use.spec.sample, model=model, d=d, count=count,
+    for ii, (iuse, count) in enumerate(zip(study.inits, study.init_counts)):
+        for jj, opts in enumerate(iuse.expand()):
+            th0 = call_plugin(iuse, iuse.spec.sample, model=model, d=d, count=count,
                               rng=_seed(study.seed, 2, ii, jj), **opts)
-            thetas.append(check_theta0(th0, use, count, P))
-            base = _label(use, opts)
+            thetas.append(check_theta0(th0, iuse, count, P))
+            base = _label(iuse, opts)
             init_labels += [f"{base}#{c}" for c in range(count)] if count > 1 else [base]
     return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device)
 

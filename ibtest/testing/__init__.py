@@ -51,7 +51,7 @@ __all__ = [
 try:
     import pytest
 except ImportError:  # pragma: no cover - ibtest.testing is only useful under pytest
-    pytest = None
+    pytest = None  # type: ignore[assignment]  # the fixtures below are skipped
 
 if pytest is not None:
 
