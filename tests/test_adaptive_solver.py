@@ -156,6 +156,7 @@ def test_no_false_sliding_on_hovering_zero_label_point():
     assert res.status.item() == st.CONVERGED
 
 
+@pytest.mark.slow
 def test_matrix_completion_2x2_escapes():
     """Razin & Cohen: observed (1,2) = 1, (2,1) = 1, (2,2) = 0; from det > 0 the loss → 0 only
     with |W11| → ∞: never converged; classified diverged by the power-law escape rule."""

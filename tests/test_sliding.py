@@ -83,6 +83,7 @@ def test_two_kinks_held_at_once():
     assert bool((z.abs() < 1e-12).all()), z
 
 
+@pytest.mark.slow
 def test_balancedness_conserved_along_followed_sliding():
     for make, train in CASES:
         if not train:
@@ -96,6 +97,7 @@ def test_balancedness_conserved_along_followed_sliding():
             assert drift < 1e-9, (make.__name__, T, drift)
 
 
+@pytest.mark.slow
 def test_gd_approaches_the_follow_limit_as_the_step_shrinks():
     """At a fixed time T, GD with step η chatters around the kink at amplitude O(η); its error
     against the followed Clarke flow falls with η (3 instances with genuine sliding, one of them
@@ -115,6 +117,7 @@ def test_gd_approaches_the_follow_limit_as_the_step_shrinks():
         assert errs[2] < 5e-3 and errs[2] < 0.2 * errs[0], (make.__name__, errs)
 
 
+@pytest.mark.slow
 def test_orthogonal_inputs_never_slide():
     """ż_ij = −v_j r_i σ'(z_ij)‖x_i‖² on orthogonal inputs: 0 on the inactive side, no sliding."""
     g = torch.Generator().manual_seed(3)
@@ -139,6 +142,7 @@ def _pad_d(model_m, X, th, extra):
     return Xp, torch.cat([Wp.flatten(1), th[:, model_m * d:]], -1)
 
 
+@pytest.mark.slow
 def test_status_does_not_depend_on_batch_position_or_padding():
     """Property over random two-layer instances: alone, in a batch (any position) and with d
     padded by zeros, an instance gets the same status and the same limit."""

@@ -15,7 +15,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.w2_adaptive import _np_grad, make_w2  # noqa: E402
-from ibtest import status as st  # noqa: E402
+from ibtest.base import status as st  # noqa: E402
 from ibtest.solve.solvers.adaptive import solve_adaptive  # noqa: E402
 from ibtest.solve.solvers.stiff import hessian, rodas3_order  # noqa: E402
 
