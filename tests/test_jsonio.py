@@ -7,7 +7,6 @@ import math
 import torch
 
 from ibtest.base import jsonio
-from ibtest.cert import certificate
 
 
 def test_nonfinite_floats_are_strings_and_come_back():
@@ -29,10 +28,3 @@ def test_finite_values_pass_unchanged():
 def test_tensor_to_list():
     t = torch.tensor([[1.0, 2.0]], dtype=torch.float64, requires_grad=True)
     assert jsonio.tensor_to_list(t * 2) == [[2.0, 4.0]]
-
-
-def test_old_private_names_still_work():
-    assert certificate._num is jsonio.encode_float
-    assert certificate._unnum is jsonio.decode_floats
-    assert certificate._jsonable is jsonio.to_jsonable
-    assert certificate._tensor is jsonio.tensor_to_list

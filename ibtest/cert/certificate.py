@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ibtest import __version__
-from ibtest.base.jsonio import decode_floats, encode_float, tensor_to_list, to_jsonable
+from ibtest.base.jsonio import encode_float, tensor_to_list, to_jsonable
 from ibtest.cert.schema import FORMAT, load  # noqa: F401  (load: the validated reader, re-exported)
 
 if TYPE_CHECKING:
@@ -27,10 +27,6 @@ if TYPE_CHECKING:
     from ibtest.judge.verdicts import MemberResult
     from ibtest.solve.batch import Triples
     from ibtest.solve.engine import RunContext
-
-# Old private names of the JSON helpers (now public in ibtest.base.jsonio), kept for code not yet moved.
-_num, _unnum, _jsonable, _tensor = encode_float, decode_floats, to_jsonable, tensor_to_list
-
 
 def versions() -> dict[str, str]:
     import numpy

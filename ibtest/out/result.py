@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ibtest.cert.certificate import _jsonable as jsonable
+from ibtest.base.jsonio import to_jsonable as jsonable
 from ibtest.judge.verdicts import MemberResult
 from ibtest.out import report
 from ibtest.run.streaming import Tally

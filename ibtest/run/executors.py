@@ -39,9 +39,9 @@ from ibtest.base.progress import Quiet
 from ibtest.pairs.constructions import run_block
 from ibtest.plugin.hookspecs import hookimpl
 from ibtest.plugin.specs import Executor, Option, SolveResult
-from ibtest.run.store import solve_key
 from ibtest.run.streaming import BlockScore, score_block
 from ibtest.solve.batch import Pairs, Triples
+from ibtest.solve.cache import solve_key
 from ibtest.solve.engine import InstancePlan, Phase, RunContext, build_context, plan_instances, solve_settings
 from ibtest.study.schema import PluginUse, Study
 

@@ -36,7 +36,6 @@ import torch
 
 from ibtest.base.errors import UserError
 from ibtest.plugin.specs import SolveResult
-from ibtest.solve.cache import solve_key  # noqa: F401  (re-exported: the store files solves by it)
 
 FILENAME = "results.sqlite"
 SCHEMA = """
