@@ -55,6 +55,11 @@ def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict
     ev = member.evidence
     if ev is None:
         raise ValueError(f"{member.label}: no evidence to certify")
+    if ev.theta_a is None:
+        raise ValueError(f"{member.label}: the evidence holds no re-solved theta_inf to certify")
+    if member.use is None:
+        raise ValueError(f"{member.label}: no hypothesis use (atol, rtol) to certify with")
+    theta_a = ev.theta_a
     spec = member.spec
     m = ctx.model
     a = ev.a
@@ -80,7 +85,7 @@ def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict
 
         return witness_cert.build(ctx, t, member, options_tight, base)
     if ev.b is None:  # invariant or bound: one triple
-        loss = float(m.loss(ev.theta_a[None], t.X[a : a + 1], t.y[a : a + 1], t.mask[a : a + 1])[0])
+        loss = float(m.loss(theta_a[None], t.X[a : a + 1], t.y[a : a + 1], t.mask[a : a + 1])[0])
         if spec.kind == "bound":
             claim = f"{member.label}: B(theta_inf) <= {ev.Rb:.6g} whenever gradient flow converges"
             refutation = f"B(theta_inf) = {ev.Ra:.6g} exceeds the bound by {ev.gap:.6g} > margin {ev.margin:.6g}"
@@ -88,9 +93,12 @@ def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict
             claim = f"{member.label} is conserved by gradient flow: C(theta_inf) = C(theta0)"
             refutation = f"|C(theta_inf) - C(theta0)| = {ev.gap:.6g} > margin {ev.margin:.6g}"
         base.update({"claim": claim, "refutation": refutation,
-                     "a": _side(t, a, ev.theta_a, loss, ev.Ra, ev.err_a), "C_init": encode_float(ev.Rb)})
+                     "a": _side(t, a, theta_a, loss, ev.Ra, ev.err_a), "C_init": encode_float(ev.Rb)})
         return base
     b = ev.b
+    if ev.theta_b is None:
+        raise ValueError(f"{member.label}: the pair evidence holds no re-solved theta_b to certify")
+    theta_b = ev.theta_b
 
     def L(th, j):
         return float(m.loss(th[None], t.X[j : j + 1], t.y[j : j + 1], t.mask[j : j + 1])[0])
@@ -101,9 +109,9 @@ def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict
         "refutation": (f"theta_{lo} fits D_{hi} (cross-loss below fit_tol) and R(theta_{lo}) is lower than "
                        f"R(theta_{hi}) by {ev.gap:.6g} > margin {ev.margin:.6g}: theta_{hi} is not a minimizer on D_{hi}"),
         "source": ev.source,
-        "a": _side(t, a, ev.theta_a, L(ev.theta_a, a), ev.Ra, ev.err_a),
-        "b": _side(t, b, ev.theta_b, L(ev.theta_b, b), ev.Rb, ev.err_b),
-        "cross_loss": {"theta_a_on_D_b": L(ev.theta_a, b), "theta_b_on_D_a": L(ev.theta_b, a)},
+        "a": _side(t, a, theta_a, L(theta_a, a), ev.Ra, ev.err_a),
+        "b": _side(t, b, theta_b, L(theta_b, b), ev.Rb, ev.err_b),
+        "cross_loss": {"theta_a_on_D_b": L(theta_a, b), "theta_b_on_D_a": L(theta_b, a)},
     })
     return base
 

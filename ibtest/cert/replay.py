@@ -164,6 +164,8 @@ def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
             m = ev_mod.margin(atol, rtol, safety, Rv[:1], Rv[1:], g[:1], g[1:], theta[:1], theta[1:],
                               float(err[0]), float(err[1]))
         else:
+            if C0 is None:
+                raise ValueError("an invariant or bound certificate needs the reference value C(theta0) or the bound")
             diff = Rv[0] - C0[0]
             gap = float(diff.max() if bound is not None else diff.abs().max())
             m = ev_mod.margin(atol, rtol, safety, Rv[:1], C0[:1], g[:1], None, theta[:1], None, float(err[0]))

@@ -51,7 +51,7 @@ def _replay_witness(cert: dict, model: Any, hspec: Any, params: dict, sspec: Any
                                   ("gap", cert.get("gap"), float(Rf[0] - Rf[1]))):
             if isinstance(stored, list):
                 stored = stored[0] if stored else None
-            if _disagree(stored, new, 1e-9, ev_mod.ROUNDING * abs(new)):
+            if stored is not None and _disagree(stored, new, 1e-9, ev_mod.ROUNDING * abs(new)):
                 bad.append(f"{name} stored {_g(float(stored))}, recomputed {_g(new)}")
         if bad:
             lines.append("  stored values disagree with the ones recomputed at the file's own theta (the file "

@@ -113,7 +113,7 @@ def shrink_cert(cert: dict[str, Any], source: str, digest: str, budget: int = DE
     if cur.theta0.shape[1] != J.n_params(cur.d):
         raise UserError(f"theta0 has {cur.theta0.shape[1]} entries, the model has {J.n_params(cur.d)} parameters")
     (res,) = judge(J, [cur])
-    if not res.ok:
+    if res is None:
         raise NotRefuted("the refutation does not hold at tight settings: nothing to shrink")
     before = sizes(cur)
     steps: list[str] = []
@@ -131,11 +131,11 @@ def shrink_cert(cert: dict[str, Any], source: str, digest: str, budget: int = DE
                 outs = judge(J, [c for _, c in cands])
                 for (_, c) in cands:
                     seen.add(c.key())
-                hit = next((k for k, o in enumerate(outs) if o.ok), None)
+                hit = next(((k, o) for k, o in enumerate(outs) if o is not None), None)
                 if hit is None:
                     break
-                desc, cur = cands[hit]
-                res = outs[hit]
+                k, res = hit
+                desc, cur = cands[k]
                 steps.append(desc)
                 changed = True
         if not changed:

@@ -123,15 +123,15 @@ class Judge:
 
 @dataclass
 class Outcome:
-    """A judged candidate: whether it refutes, and the numbers a certificate records."""
+    """A candidate that still refutes, with the numbers a certificate records (:func:`judge` gives
+    ``None`` for a candidate that does not)."""
 
-    ok: bool
-    theta: Tensor | None = None  # [2, P] default solve
-    theta_tight: Tensor | None = None
-    R: Tensor | None = None  # [2] at the default solve
-    err: Tensor | None = None  # [2]
-    loss: Tensor | None = None  # [2] own loss at the default solve
-    cross: Tensor | None = None  # [2] L(θ_a; D_b), L(θ_b; D_a)
+    theta: Tensor  # [2, P] default solve
+    theta_tight: Tensor
+    R: Tensor  # [2] at the default solve
+    err: Tensor  # [2]
+    loss: Tensor  # [2] own loss at the default solve
+    cross: Tensor  # [2] L(θ_a; D_b), L(θ_b; D_a)
     gap: float = 0.0
     margin: float = 0.0
 
@@ -171,18 +171,19 @@ def make_judge(cert: dict[str, Any], budget: int, plugins: Sequence[str] = ()) -
                  fit_tol=min(float(cert.get("fit_tol", fdef)), float(fdef)), budget=int(budget))
 
 
-def judge(J: Judge, cands: list[Case]) -> list[Outcome]:
-    """Re-judge every candidate; one solver call per setting and input dimension (batched)."""
+def judge(J: Judge, cands: list[Case]) -> list[Outcome | None]:
+    """Re-judge every candidate (``None``: it does not refute); one solver call per setting and
+    input dimension (batched)."""
     out: list[Outcome | None] = [None] * len(cands)
     for d in sorted({c.d for c in cands}):
         idx = [k for k, c in enumerate(cands) if c.d == d]
         one = _judge_witness if J.witness else _judge_same_d
         for k, o in zip(idx, one(J, [cands[k] for k in idx])):
             out[k] = o
-    return out  # type: ignore[return-value]
+    return out
 
 
-def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome]:
+def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     K = len(cands)
     n = max(int(c.sides.sum(-1).max()) for c in cands)
     d, P = cands[0].d, J.n_params(cands[0].d)
@@ -201,7 +202,7 @@ def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome]:
         r1 = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
         r2 = J.solver.solve(J.model, X, y, mask, th0, **J.tight)
     except Exception:  # a candidate the solver cannot handle is no evidence
-        return [Outcome(False) for _ in cands]
+        return [None for _ in cands]
     th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)
     conv = (r1.status == st.CONVERGED) & (r2.status == st.CONVERGED) & torch.isfinite(th).all(-1) & torch.isfinite(tt).all(-1)
     own = fit.fits(J.model, th, X, y, mask, th0, J.fit_tol) & fit.fits(J.model, tt, X, y, mask, th0, J.fit_tol)
@@ -215,7 +216,7 @@ def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome]:
     elig = ev.eligible(J.spec.depends_on, same)
     ok = (conv & own & cross).view(K, 2).all(-1) & elig
     err = (th - tt).norm(dim=-1)
-    outs = [Outcome(False) for _ in cands]
+    outs: list[Outcome | None] = [None for _ in cands]
     rows = ok.nonzero().flatten().tolist()
     for k in rows:  # R per candidate: a plugin's NaN on one row must not sink the others
         sl = slice(2 * k, 2 * k + 2)
@@ -230,12 +231,12 @@ def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome]:
         gap = float((Rt[0] - Rt[1]).abs())
         margin = float(m[0])
         if gap > SLACK * margin and math.isfinite(gap):
-            outs[k] = Outcome(True, th[sl].clone(), tt[sl].clone(), Rd.reshape(-1).clone(), err[sl].clone(),
+            outs[k] = Outcome(th[sl].clone(), tt[sl].clone(), Rd.reshape(-1).clone(), err[sl].clone(),
                               own_loss[sl].clone(), cross_loss[sl].clone(), gap, margin)
     return outs
 
 
-def _judge_witness(J: Judge, cands: list[Case]) -> list[Outcome]:
+def _judge_witness(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     """One run per candidate: θ∞ solved at both settings must converge and fit D; the witness search
     (:func:`ibtest.judge.witness.search`, from the tight θ∞) must find θ' that fits D with
     R(θ∞) − R(θ') > SLACK · margin (θ' is data: only θ∞'s error enters the margin)."""
@@ -252,7 +253,7 @@ def _judge_witness(J: Judge, cands: list[Case]) -> list[Outcome]:
     th0 = torch.stack([c.theta0[0] for c in cands])
     J.used += 2 * K
     J.calls += 2
-    outs = [Outcome(False) for _ in cands]
+    outs: list[Outcome | None] = [None for _ in cands]
     try:
         r1 = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
         r2 = J.solver.solve(J.model, X, y, mask, th0, **J.tight)
@@ -287,7 +288,7 @@ def _judge_witness(J: Judge, cands: list[Case]) -> list[Outcome]:
         if math.isfinite(gap) and gap > SLACK * margin:
             with torch.no_grad():
                 losses = J.model.loss(torch.cat([th[sl], tw]), X[two], y[two], mask[two]).to(torch.float64)
-            outs[k] = Outcome(True, torch.cat([th[sl], tw]), tt[sl].clone(), Rd.reshape(-1).clone(),
+            outs[k] = Outcome(torch.cat([th[sl], tw]), tt[sl].clone(), Rd.reshape(-1).clone(),
                               torch.stack([err[k], torch.zeros((), dtype=torch.float64)]), losses, losses, gap, margin)
     return outs
 

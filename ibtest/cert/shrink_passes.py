@@ -46,12 +46,14 @@ def pass_drop_points(c: Case, J: Judge) -> list[Cand]:
     return out
 
 
-def _theta0_without(c: Case, J: Judge, cols: Tensor | None, basis: Tensor | None = None) -> Tensor | None:
-    """θ0 for fewer input dimensions: the same coordinates (or their projection) when θ = w (P = d);
-    zeros when θ0 = 0; None when the model's θ cannot follow."""
-    d2 = int(cols.sum()) if cols is not None else int(basis.shape[0])
+def _theta0_without(c: Case, J: Judge, keep: Tensor) -> Tensor | None:
+    """θ0 for fewer input dimensions, ``keep`` the kept columns (bool [d]) or a basis ([d2, d]) to
+    project onto: the same coordinates (or their projection) when θ = w (P = d); zeros when θ0 = 0;
+    None when the model's θ cannot follow."""
+    cols = keep.dtype == torch.bool
+    d2 = int(keep.sum()) if cols else int(keep.shape[0])
     if J.n_params(c.d) == c.d and J.n_params(d2) == d2:
-        return c.theta0[:, cols] if cols is not None else c.theta0 @ basis.T
+        return c.theta0[:, keep] if cols else c.theta0 @ keep.T
     if bool((c.theta0 == 0).all()):
         return torch.zeros(c.theta0.shape[0], J.n_params(d2), dtype=torch.float64)
     return None
@@ -64,7 +66,7 @@ def pass_dimensions(c: Case, J: Judge) -> list[Cand]:
         r = int((S > 1e-10 * S[0]).sum()) if S.numel() and float(S[0]) > 0 else 0
         if 0 < r < c.d:
             B = Vh[:r]
-            th0 = _theta0_without(c, J, None, B)
+            th0 = _theta0_without(c, J, B)
             if th0 is not None:
                 out.append((f"project onto the {r}-dimensional span of the data", Case(c.X @ B.T, c.y, c.sides, th0)))
         for j in range(c.d):

@@ -43,11 +43,14 @@ def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict
     e = member.evidence
     if e is None:
         raise ValueError(f"{member.label}: no evidence to certify")
+    if e.theta_a is None or e.theta_b is None:
+        raise ValueError(f"{member.label}: the witness evidence holds no theta_inf and theta' to certify")
+    theta_inf, theta_w = e.theta_a, e.theta_b
     i = e.a
     m = ctx.model
     sl = slice(i, i + 1)
-    loss_inf = float(m.loss(e.theta_a[None], t.X[sl], t.y[sl], t.mask[sl])[0])
-    loss_w = float(m.loss(e.theta_b[None], t.X[sl], t.y[sl], t.mask[sl])[0])
+    loss_inf = float(m.loss(theta_inf[None], t.X[sl], t.y[sl], t.mask[sl])[0])
+    loss_w = float(m.loss(theta_w[None], t.X[sl], t.y[sl], t.mask[sl])[0])
     thr = float(fit.fit_threshold(m, t.X[sl], t.y[sl], t.mask[sl], t.theta0[sl], ctx.fit_tol)[0])
     doc = member.spec.doc or member.label
     out = dict(base)
@@ -58,9 +61,9 @@ def build(ctx: RunContext, t: Triples, member: MemberResult, options_tight: dict
                        f"{doc}: R(theta_inf) - R(theta') = {e.gap:.6g} > margin {e.margin:.6g}, so theta_inf is not "
                        f"a minimizer of R on Z(D)"),
         "source": e.source,
-        "a": _side(t, i, e.theta_a, loss_inf, e.Ra, e.err_a),
-        "witness": {"theta": tensor_to_list(e.theta_b), "loss": loss_w, "fit_threshold": thr, "R": encode_float(e.Rb),
-                    "predictor": tensor_to_list(m.predictor(e.theta_b[None])[0])},
+        "a": _side(t, i, theta_inf, loss_inf, e.Ra, e.err_a),
+        "witness": {"theta": tensor_to_list(theta_w), "loss": loss_w, "fit_threshold": thr, "R": encode_float(e.Rb),
+                    "predictor": tensor_to_list(m.predictor(theta_w[None])[0])},
     })
     return out
 

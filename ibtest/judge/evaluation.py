@@ -31,7 +31,7 @@ Pair validity (which admissible pairs may refute a regularizer), by ``depends_on
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -69,6 +69,15 @@ def context(model: ModelBase, spec: Hypothesis, *, theta0: Tensor | None = None,
     return c
 
 
+@overload
+def evaluate(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], theta: Tensor,
+             hctx: HypothesisContext, grad: Literal[True] = ...) -> tuple[Tensor, Tensor]: ...
+@overload
+def evaluate(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], theta: Tensor,
+             hctx: HypothesisContext, grad: Literal[False]) -> tuple[Tensor, None]: ...
+@overload
+def evaluate(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], theta: Tensor,
+             hctx: HypothesisContext, grad: bool) -> tuple[Tensor, Tensor | None]: ...
 def evaluate(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], theta: Tensor,
              hctx: HypothesisContext, grad: bool = True) -> tuple[Tensor, Tensor | None]:
     """R [B] (an invariant's C may be [B, k]) at θ [B, P], and with ``grad`` ‖∇_θ R‖ [B] (the

@@ -193,8 +193,11 @@ def diff(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> list[str
     vb = {v["label"]: v for v in b["verdicts"]}
     for label in sorted(set(va) | set(vb)):
         x, y = va.get(label), vb.get(label)
-        if x is None or y is None:
-            lines.append(f"{label}: only in run {'B' if x is None else 'A'} ({(y or x)['verdict']})")
+        if x is None:
+            lines.append(f"{label}: only in run B ({vb[label]['verdict']})")
+            continue
+        if y is None:
+            lines.append(f"{label}: only in run A ({x['verdict']})")
             continue
         if x["verdict"] != y["verdict"]:
             lines.append(f"{label}: verdict {x['verdict']} -> {y['verdict']}")
@@ -214,11 +217,11 @@ def diff(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> list[str
     if a.get("status_counts") != b.get("status_counts"):
         lines.append(f"statuses: {a.get('status_counts')} -> {b.get('status_counts')}")
     ta = _keyed_triples(a["triples"])
-    for key, t in _keyed_triples(b["triples"]).items():
-        s = ta.get(key)
+    for tkey, t in _keyed_triples(b["triples"]).items():
+        s = ta.get(tkey)
         if s is None:
             continue
-        name = f"triple {t['dataset']} / {t['init']}" + (f" (#{key[2] + 1} of that name)" if key[2] else "")
+        name = f"triple {t['dataset']} / {t['init']}" + (f" (#{tkey[2] + 1} of that name)" if tkey[2] else "")
         same_p = len(s["theta"]) == len(t["theta"])
         d = math.sqrt(sum((p - q) ** 2 for p, q in zip(s["theta"], t["theta"]))) if same_p else math.inf
         if s["status"] != t["status"]:

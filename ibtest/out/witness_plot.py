@@ -43,8 +43,8 @@ def plot(cert: dict[str, Any], path: str | Path, plugins=(), grid: int = 121, dp
         loss = model.loss(pts, X.expand(N, -1, -1), y.expand(N, -1), mask.expand(N, -1)).numpy().reshape(S.shape)
         hctx = ev.context(model, spec, theta0=th0[None].expand(N, -1), X=X.expand(N, -1, -1), y=y.expand(N, -1),
                           mask=mask.expand(N, -1))
-        Rg, _ = ev.evaluate(model, spec, params, pts, hctx, grad=False)
-    Rg = Rg.numpy().reshape(S.shape)
+        R_pts, _ = ev.evaluate(model, spec, params, pts, hctx, grad=False)
+    Rg = R_pts.numpy().reshape(S.shape)
     thr = float(cert["witness"]["fit_threshold"])
     scale = max(float(loss.max()), 1e-300)
     plt = _plt()

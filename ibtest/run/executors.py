@@ -115,15 +115,19 @@ class RecordingStore:
     def put_solve(self, key: str, phase: str, res: SolveResult, seconds: float) -> None:
         self.records.append((key, phase, res, seconds))
 
+    def n_solves(self) -> int:
+        return 0
+
 
 # ------------------------------------------------------------------------------------------
 # the job: the blocks of one run
 # ------------------------------------------------------------------------------------------
 class BlockJob:
     """The blocks of one run on the driver: their starts, how to run one here, how to tell a
-    stored one, and where an arriving result's solves go."""
+    stored one, and where an arriving result's solves go. ``recipe`` is what a remote executor's
+    workers rebuild the run from (None for an executor that runs every block here)."""
 
-    def __init__(self, ctx: RunContext, plan: InstancePlan, size: int, recipe: Recipe):
+    def __init__(self, ctx: RunContext, plan: InstancePlan, size: int, recipe: Recipe | None):
         self.ctx, self.plan, self.size, self.recipe = ctx, plan, max(1, size), recipe
         self.starts = list(range(0, plan.n, self.size))
         self._resumed = ctx.store is not None and ctx.store.n_solves() > 0
@@ -146,11 +150,12 @@ class BlockJob:
     def stored(self, start: int) -> bool:
         """Whether the block's first solver call is in the store (a resumed run): such a block is
         run on the driver, which takes its stored solves instead of solving them again."""
-        if not self._resumed:
+        store = self.ctx.store
+        if not self._resumed or store is None:
             return False
         head = self.plan.block(start, min(self.stop(start), start + max(1, self.ctx.study.chunk_size)))
         key = solve_key([head.X, head.y, head.mask, head.theta0], solve_settings(self.ctx))
-        return self.ctx.store.get_solve(key) is not None
+        return store.get_solve(key) is not None
 
     def received(self, res: BlockResult) -> None:
         """A block computed elsewhere has arrived (in any order): store its solves now."""
@@ -349,7 +354,7 @@ def run_recipe_block(recipe: Recipe, start: int, stop: int) -> BlockResult:
     ctx, plan = rebuild(recipe)
     ctx.phases, ctx.errors, ctx.solve_calls = [], [], 0
     rec = RecordingStore()
-    ctx.store = rec  # type: ignore[assignment]  # get_solve / put_solve is all the engine uses
+    ctx.store = rec
     try:
         t, pairs = run_block(ctx, plan.block(start, stop), start)
     finally:

@@ -28,8 +28,11 @@ def solve_key(tensors: list[torch.Tensor], settings: dict[str, Any]) -> str:
 
 
 class SolveCache(Protocol):
-    """Solves filed by key: ``get_solve`` returns None on a miss."""
+    """Solves filed by key: ``get_solve`` returns None on a miss; ``n_solves`` counts the solves
+    filed (a run's driver asks it to tell a resumed run)."""
 
     def get_solve(self, key: str) -> SolveResult | None: ...
 
     def put_solve(self, key: str, phase: str, res: SolveResult, seconds: float) -> None: ...
+
+    def n_solves(self) -> int: ...

@@ -42,7 +42,7 @@ def _admits_bool(tp: Any) -> bool:
         return True
     if get_origin(tp) is Literal:
         return any(isinstance(a, bool) for a in get_args(tp))
-    return any(_admits_bool(a) for a in get_args(tp) if not isinstance(a, (int, float, str)) or a is Any)
+    return any(_admits_bool(a) for a in get_args(tp) if not isinstance(a, (int, float, str)))
 
 
 def _find_bool(value: Any) -> bool | None:

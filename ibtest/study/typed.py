@@ -45,38 +45,44 @@ class PluginRef(BaseModel):
 
 
 class InitRef(PluginRef):
-    count: Int = Field(1, ge=1, description="initializations drawn per dataset")
+    count: Int = Field(default=1, ge=1, description="initializations drawn per dataset")
 
 
 class HypothesisRef(_Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     expect: Verdict | None = None
-    atol: Float | None = Field(None, ge=0)
-    rtol: Float | None = Field(None, ge=0)
+    atol: Float | None = Field(default=None, ge=0)
+    rtol: Float | None = Field(default=None, ge=0)
 
 
 class VerdictSettings(_Strict):
-    min_pairs: Int = Field(1, ge=1, description="admissible pairs needed for 'survives'")
-    safety: Float = Field(10.0, ge=1, description="factor on the solver-error term of the margin")
-    recheck: bool = Field(True, description="re-solve every witness at a tighter tolerance")
-    max_certificates: Int = Field(1, ge=0, description="certificates written per falsified member")
-    max_group_pairs: Int = Field(4096, ge=0, description="own-triple pairs examined per group")
-    search: bool = Field(True, description="search each converged triple's zero-loss set for a witness")
-    search_steps: Int = Field(40, ge=0, description="projected (sub)gradient steps of the witness search")
-    certify_max: Int = Field(16, ge=0, description=(
+    min_pairs: Int = Field(default=1, ge=1, description="admissible pairs needed for 'survives'")
+    safety: Float = Field(default=10.0, ge=1, description="factor on the solver-error term of the margin")
+    recheck: bool = Field(default=True, description="re-solve every witness at a tighter tolerance")
+    max_certificates: Int = Field(default=1, ge=0, description="certificates written per falsified member")
+    max_group_pairs: Int = Field(default=4096, ge=0, description="own-triple pairs examined per group")
+    search: bool = Field(default=True, description="search each converged triple's zero-loss set for a witness")
+    search_steps: Int = Field(default=40, ge=0, description="projected (sub)gradient steps of the witness search")
+    certify_max: Int = Field(default=16, ge=0, description=(
         "triples per member and block whose convex optimum is solved by cvxpy (≈ 10 ms each)"))
-    shrink: bool = Field(False, description="shrink each written pair certificate to its core (ibtest shrink)")
-    shrink_budget: Int = Field(6000, ge=4, description="instance solves each shrink may spend")
+    shrink: bool = Field(default=False, description="shrink each written pair certificate to its core (ibtest shrink)")
+    shrink_budget: Int = Field(default=6000, ge=4, description="instance solves each shrink may spend")
+
+
+ReportFormat = Literal["table", "markdown", "json"]
+
+
+def _all_formats() -> list[ReportFormat]:
+    return ["table", "markdown", "json"]
 
 
 class ReportSettings(_Strict):
-    formats: list[Literal["table", "markdown", "json"]] = Field(
-        default_factory=lambda: ["table", "markdown", "json"]
-    )
-    triples: bool | Annotated[int, Field(ge=0)] = Field(True, description="list solved triples (True, False or at most N rows)")
-    digits: Int = Field(6, ge=1, le=17)
-    json_triples: Int = Field(1000, ge=0, description=(
+    formats: list[ReportFormat] = Field(default_factory=_all_formats)
+    triples: bool | Annotated[int, Field(ge=0)] = Field(default=True, description=(
+        "list solved triples (True, False or at most N rows)"))
+    digits: Int = Field(default=6, ge=1, le=17)
+    json_triples: Int = Field(default=1000, ge=0, description=(
         "study triples listed in results.json (every triple is in results.sqlite)"))
 
 
@@ -103,11 +109,11 @@ class StudyModel(_Strict):
     report: ReportSettings = Field(default_factory=ReportSettings)
     sweep: SweepSettings | None = None
     device: Literal["cpu", "cuda"] = "cpu"
-    chunk_size: Int = Field(20000, ge=1, description="instances solved per batch")
-    block_size: Int = Field(20000, ge=1, description=(
+    chunk_size: Int = Field(default=20000, ge=1, description="instances solved per batch")
+    block_size: Int = Field(default=20000, ge=1, description=(
         "instances streamed through the whole pipeline at a time (memory is O(block)); own-triple "
         "pairs are formed within a block"))
-    executor: PluginRef | None = Field(None, description=(
+    executor: PluginRef | None = Field(default=None, description=(
         "where the blocks run: {name: local} (default) or {name: ray, address: ..., num_cpus_per_task: ...}"))
 
 

@@ -128,13 +128,13 @@ def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
     change = bool(threads) and threads != prev
     if change:
         torch.set_num_threads(int(threads))
-    opts = dict(fit_tol=fit_tol, root_tol=root_tol, max_pieces=max_pieces, grid=grid)
 
     def part(sl: slice) -> SolveResult:
         with torch.no_grad():
             ms = None if mask is None else mask[sl]
             Xs, ys, ws, cx, a = _normalize(X[sl], y[sl], ms, w0[sl])
-            return _denormalize(_solve_exact(Xs, ys, ms, ws, neuron, **opts), cx, a)
+            res = _solve_exact(Xs, ys, ms, ws, neuron, fit_tol=fit_tol, root_tol=root_tol, max_pieces=max_pieces, grid=grid)
+            return _denormalize(res, cx, a)
 
     try:
         if k <= 1:

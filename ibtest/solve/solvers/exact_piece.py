@@ -126,9 +126,9 @@ def _next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: 
         # only brackets that can hold the first root of their instance
         minhi = torch.full((J,), float("inf"), dtype=F64, device=dev)
         minhi.scatter_reduce_(0, bi, hi, reduce="amin")
-        k = lo <= minhi[bi]
-        bi, pi = bi[k], pi[k]
-        r = _refine(s_[k], L_[k], A_[k], lm[k], lo[k], hi[k], flo[k], fhi[k], root_tol)
+        near = lo <= minhi[bi]
+        bi, pi = bi[near], pi[near]
+        r = _refine(s_[near], L_[near], A_[near], lm[near], lo[near], hi[near], flo[near], fhi[near], root_tol)
         tstar.scatter_reduce_(0, bi, r, reduce="amin")
         sw = r <= tstar[bi] * (1 + 8 * root_tol) + 1e-300
         switch[bi[sw], pi[sw]] = True

@@ -147,10 +147,10 @@ def solve_exact_reference(X, y, w0, pos: float = 1.0, neg: float = 0.0, at_zero:
             v = X.T @ res
             if np.linalg.norm(v) <= 1e-13 * np.sum(np.abs(res) * xn):
                 return finish(w)
-            for i in np.nonzero(fresh)[0]:
-                vz = X[i] @ v
-                big = abs(vz) > DERIV_TOL * xn[i] * np.linalg.norm(v)
-                side[i] = np.sign(vz) if big else default_side
+            for j in np.nonzero(fresh)[0]:
+                vz = X[j] @ v
+                big = abs(vz) > DERIV_TOL * xn[j] * np.linalg.norm(v)
+                side[j] = np.sign(vz) if big else default_side
             fresh[:] = False
         A, b = _system(X, y, side, pos, neg)
         if can_switch and zero.any():
@@ -188,7 +188,8 @@ def solve_exact_reference(X, y, w0, pos: float = 1.0, neg: float = 0.0, at_zero:
             fn = _point_function(lam, posk, a[i], L[i], scale[i], lmax)
             if fn is None:
                 continue
-            roots[i] = _first_root(side[i], *fn, root_tol, grid, bool(zero[i]))
+            L_fn, a_fn, rates_fn = fn
+            roots[i] = _first_root(side[i], L_fn, a_fn, rates_fn, root_tol, grid, bool(zero[i]))
         tstar = roots.min()
         if not np.isfinite(tstar):
             return finish(winf)

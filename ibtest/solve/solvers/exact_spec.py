@@ -18,7 +18,10 @@ def _applies(model: ModelBase) -> str | None:
 def _solve(model: ModelBase, X, y, mask, theta0, **options) -> SolveResult:
     from ibtest.solve.solvers.exact import solve_exact
 
-    return solve_exact(X, y, mask, theta0, model.piecewise, **options)
+    neuron = model.piecewise
+    if neuron is None:
+        raise ValueError(f"solver 'exact' cannot solve this model: {_applies(model)}")
+    return solve_exact(X, y, mask, theta0, neuron, **options)
 
 
 def _tighten(options: dict) -> dict:
