@@ -127,10 +127,11 @@ def cmd_diff(args) -> int:
     from ibtest.out import report
 
     a, b = clean_tree(load_results(args.run_a)), clean_tree(load_results(args.run_b))
-    if "runs" in a or "runs" in b:
-        raise UserError("diff compares two single runs, not sweeps")
     with _rendering(f"{args.run_a} or {args.run_b}"):
-        lines = report.diff(a, b)
+        why = report.sweep_mismatch(a, b, (clean(args.run_a), clean(args.run_b)))
+        if why is not None:
+            raise UserError(f"diff compares two single runs, or two sweeps over the same values: {why}")
+        lines = report.diff_sweeps(a, b) if "runs" in a else report.diff(a, b)
     if not lines:
         print(f"no differences between {clean(args.run_a)} and {clean(args.run_b)}")
         return 0
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--format", choices=["table", "markdown", "json", "html"], default="table")
     rep.set_defaults(func=cmd_report)
 
-    d = sub.add_parser("diff", help="compare two runs: verdicts that changed, numbers that moved")
+    d = sub.add_parser("diff", help="compare two runs (two sweeps: value by value): verdicts that changed, numbers that moved")
     d.add_argument("run_a", metavar="RUN_A")
     d.add_argument("run_b", metavar="RUN_B")
     d.set_defaults(func=cmd_diff)

@@ -244,6 +244,34 @@ def _keyed_triples(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dic
     return out
 
 
+def sweep_mismatch(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str | None:
+    """Why two runs' results cannot be diffed (None when they can: two single runs, or two sweeps
+    over the same option with the same values in the same order). ``names`` name the runs."""
+    if ("runs" in a) != ("runs" in b):
+        sweep, single = (0, 1) if "runs" in a else (1, 0)
+        res = (a, b)[sweep]
+        return (f"run {names[sweep]} is a sweep over {res.get('sweep')} ({len(res['runs'])} values), "
+                f"run {names[single]} is a single run")
+    if "runs" not in a:
+        return None
+    if a.get("sweep") != b.get("sweep"):
+        return (f"the sweeps are over different options: {a.get('sweep')} (run {names[0]}), "
+                f"{b.get('sweep')} (run {names[1]})")
+    va, vb = ([r.get("sweep_value") for r in x["runs"]] for x in (a, b))
+    if va != vb:
+        return (f"the sweeps over {a.get('sweep')} have different values: {va} (run {names[0]}), "
+                f"{vb} (run {names[1]})")
+    return None
+
+
+def diff_sweeps(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> list[str]:
+    """:func:`diff` of two sweeps over the same values (see :func:`sweep_mismatch`), value by value:
+    each line starts with ``path=value: ``."""
+    path = a["sweep"]
+    return [f"{path}={ra['sweep_value']}: {line}" for ra, rb in zip(a["runs"], b["runs"])
+            for line in diff(ra, rb, rel=rel)]
+
+
 def render_sweep(runs: list[dict[str, Any]], path: str) -> str:
     """One row per sweep value: statuses, the end-to-end predictor of each study triple, verdicts."""
     rows = []
