@@ -12,13 +12,16 @@ overhead, not by arithmetic, so fewer steps win; on the stiff, stability-limited
 methods need about the same number of gradient evaluations per unit of time (real stability
 interval ≈ 6.0 for 12 stages against ≈ 3.3 for 6). ``order=5`` is kept for cross-checks.
 
-Per-step cost. A batched step is ~13 model gradients plus bookkeeping, each a string of tiny
-tensor operations, so the loop keeps the operation count low: one vector–matrix product and one
-``addcmul`` per stage on the flat [s, B·P] view of the stages (vector @ matrix, whose rounding does
-not depend on the batch size: an instance gets bit-identical answers alone and in a batch), one
-step counter for the whole batch (every active instance takes one step per iteration), and the
-rare-event rules (drift check, exact zero gradient, doubling checkpoints, chatter) each behind one
-cheap test, their bookkeeping run only when it fires.
+Modules. This module wires the pieces into the loop (one iteration: one step of every active
+instance, then the checks, then the finished rows leave). The pieces, one job each:
+:mod:`~ibtest.solve.solvers.adaptive_state` (the per-row working set, :meth:`WorkingSet.keep`,
+and the outputs), :mod:`~ibtest.solve.solvers.adaptive_step` (initial step, Runge–Kutta stages,
+error norm, step-size control and the stiffness switch; the per-step cost notes),
+:mod:`~ibtest.solve.solvers.adaptive_sliding` (chatter detection, pending and held kinks, the
+Filippov field) and :mod:`~ibtest.solve.solvers.adaptive_stop` (the stopping rules). Every active
+instance takes one step per iteration (one step counter for the whole batch), and the rare-event
+rules (drift check, exact zero gradient, doubling checkpoints, chatter) each sit behind one cheap
+test, their bookkeeping run only when it fires.
 
 Stiff tails (issue 12). Some instances end on a slow last piece against a large curvature
 (W2: σ_min(J) ≈ 0.01–0.03 against λ_max(∇²L) ≈ 70): the explicit step is held at the edge of its
@@ -105,13 +108,14 @@ from typing import Any, Literal
 
 import torch
 
-from ibtest.base import status as st
 from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
-from ibtest.solve.solvers import stiff as _stiff
+from ibtest.solve.solvers.adaptive_sliding import Sliding
+from ibtest.solve.solvers.adaptive_state import Outputs, WorkingSet
+from ibtest.solve.solvers.adaptive_step import FAC_MAX, RKMethod, advance, initial_step, stiff_rows, stiffness_switch
+from ibtest.solve.solvers.adaptive_stop import checkpoints, drift_check, status_codes, zero_gradient
 from ibtest.solve.solvers.drift import drift_bound, drift_estimate  # noqa: F401  (drift_bound: the former name)
-from ibtest.solve.solvers.kinks import kink_evidence, kink_field, preact_fn
-from ibtest.solve.solvers.tableau import tableau as _tableau
+from ibtest.solve.solvers.kinks import kink_field, preact_fn
 
 Tensor = torch.Tensor
 
@@ -174,19 +178,17 @@ def solve_adaptive(
             torch.set_num_threads(prev_threads)
 
 
-def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, max_steps, div_norm,
-           order, sliding_count, growth_window, growth_t_min, growth_min_rate,
-           sliding="follow", stiff_after=1000) -> SolveResult:
+def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *, rtol: float, atol: float,
+           fit_tol: float, drift_tol: float, t_max: float, max_steps: int, div_norm: float, order: int,
+           sliding_count: int, growth_window: int, growth_t_min: float, growth_min_rate: float,
+           sliding: str = "follow", stiff_after: int = 1000) -> SolveResult:
+    """The loop of :func:`solve_adaptive` (same arguments; X [B, n, d], y [B, n], mask [B, n],
+    theta0 [B, P]): one step of every row of the working set per iteration, then the stopping
+    rules, then the finished rows leave."""
     if sliding not in ("follow", "stop"):
         raise ValueError(f"sliding must be 'follow' or 'stop', got {sliding!r}")
-    tab = _tableau(int(order))
-    S, A, bw, E, E3 = tab["S"], tab["A"], tab["b"], tab["E"], tab["E3"]
-    # per-stage coefficient vectors: one vector-matrix product per stage on the flat [s, b·P]
-    # view of the stages (vector @ matrix, not a [1, s] mm: its rounding does not depend on the
-    # batch size, so an instance gets the same answer alone and in a batch)
-    A_rows = [A[s, :s].contiguous() for s in range(S)]
-    expo = -1.0 / (tab["err_order"] + 1.0)
-    safety_fac, fac_min, fac_max = 0.9, 0.2, 10.0
+    rk = RKMethod(int(order))
+    S, A, bw = rk.S, rk.A, rk.bw
 
     dt = torch.float64
     X, y, mask = X.to(dt), y.to(dt), mask.to(dt)
@@ -194,475 +196,102 @@ def _solve(model, X, y, mask, theta0, *, rtol, atol, fit_tol, drift_tol, t_max, 
     B, P = theta0.shape
     preact = preact_fn(model)
     kf = kink_field(model) if sliding == "follow" else None
+    sl = Sliding(model, preact, kf, sliding_count)
+    F = sl.F
+    out = Outputs.start(theta0)
 
-    # ---- outputs --------------------------------------------------------------------------
-    out_theta = theta0.clone()
-    out_status = torch.full((B,), st.BUDGET, dtype=torch.int64)
-    out_t = torch.zeros(B, dtype=dt)
-    out_steps = torch.zeros(B, dtype=torch.int64)
-    out_drift = torch.full((B,), math.inf, dtype=dt)
-    out_gnorm = torch.zeros(B, dtype=dt)
-    out_rate = torch.zeros(B, dtype=dt)
-    out_tslide = torch.zeros(B, dtype=dt)
-    out_episodes = torch.zeros(B, dtype=torch.int64)
-    out_stiff = torch.zeros(B, dtype=torch.int64)
-
-    # ---- working set ----------------------------------------------------------------------
-    idx = torch.arange(B)
     th = theta0.clone()
-    Xa, ya, ma = X, y, mask
-
-    # Filippov following: per working-set row the set S of kink entries held (empty: the
-    # classical field); ``sl`` caches the sliding rows and their entry lists while S is unchanged
-    sl: dict[str, Any] = {"rows": None}
-    last_lam: list = [None]
-
-    def entries(Sm: Tensor) -> tuple[Tensor, Tensor]:
-        """Flat indices [r, k] of the entries of the masks Sm [r, n, m] (padded; ok False)."""
-        Sf = Sm.flatten(1)
-        k = int(Sf.sum(-1).max()) if Sf.numel() else 0
-        ent = torch.argsort((~Sf).to(torch.int8), dim=-1, stable=True)[:, :k]
-        return ent, Sf.gather(1, ent)
-
-    def slide_setup() -> None:
-        rows = S_hold.flatten(1).any(-1).nonzero().squeeze(-1)
-        if rows.numel() == 0:
-            sl["rows"] = None
-            return
-        ent, ok = entries(S_hold[rows])
-        sl.update(rows=rows, S=S_hold[rows], ent=ent, ok=ok)
-
-    def field_at(rr: Tensor) -> Tensor:
-        """The field (Filippov where S is held) at the working-set rows rr."""
-        g = -model.grad(th[rr], Xa[rr], ya[rr], ma[rr])
-        has = S_hold[rr].flatten(1).any(-1)
-        if bool(has.any()):
-            sub = rr[has]
-            ent, ok = entries(S_hold[sub])
-            g[has] = kf.field(th[sub], Xa[sub], ya[sub], ma[sub], S_hold[sub], ent, ok)[0]
-        return g
-
-    def F(theta, Xs, ys, ms):
-        g = -model.grad(theta, Xs, ys, ms)
-        if sl["rows"] is not None:
-            r = sl["rows"]
-            fs, lam = kf.field(theta[r], Xs[r], ys[r], ms[r], sl["S"], sl["ent"], sl["ok"])
-            g[r] = fs
-            last_lam[0] = lam
-        return g
-
-    f = F(th, Xa, ya, ma)
-    loss = model.loss(th, Xa, ya, ma)
-    t = torch.zeros(B, dtype=dt)
-    n_iter = 0  # every active instance takes one (accepted or rejected) step per iteration
-
-    # initial step (Hairer, Nørsett & Wanner II.4)
-    scale = atol + rtol * th.abs()
-    d0 = (th / scale).pow(2).mean(-1).sqrt()
-    d1 = (f / scale).pow(2).mean(-1).sqrt()
-    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
-    f1 = F(th + h0.unsqueeze(-1) * f, Xa, ya, ma)
-    d2 = ((f1 - f) / scale).pow(2).mean(-1).sqrt() / h0
-    dm = torch.maximum(d1, d2)
-    h1 = torch.where(dm <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
-                     (0.01 / dm.clamp_min(1e-300)) ** (1.0 / (tab["order"] + 1)))
-    h = torch.minimum(100 * h0, h1).clamp(max=t_max)
-
-    growth_lim = torch.full((B,), fac_max, dtype=dt)  # 1 after a rejected step: no growth
+    f = F(th, X, y, mask)
+    loss = model.loss(th, X, y, mask)
+    h = initial_step(F, th, f, X, y, mask, rtol, atol, rk.order, t_max)
     # the fit threshold per instance: fit_tol relative to the loss scale max(½‖y‖², L(θ0))
     fit = fit_threshold(model, X, y, mask, theta0, fit_tol).to(dt)
-    next_check = 1e6 * fit  # run the drift check when loss ≤ this
-    h_cap = torch.full((B,), math.inf, dtype=dt)
-    drift = torch.full((B,), math.inf, dtype=dt)
-    # doubling checkpoints of t: ring of (log t, log‖θ‖, log L, log‖g‖)
     W = int(growth_window)
-    ck_next = torch.full((B,), 1e-3, dtype=dt)
-    diss = torch.zeros(B, dtype=dt)  # ∫ ‖∇L‖² dt since the last checkpoint
-    ck_loss = loss.clone()
-    ck_hist = torch.full((B, W + 1, 4), math.nan, dtype=dt)
-    ck_n = torch.zeros(B, dtype=torch.int64)
-    rate = torch.zeros(B, dtype=dt)
     if preact is not None:
-        z_old = preact(th, Xa)
-        pos_old = z_old > 0
-        chat = torch.zeros(z_old.shape, dtype=torch.int64)
-        quiet = torch.zeros(B, dtype=torch.int64)  # accepted steps since the last chatter event
-    S_hold = torch.zeros((B,) + ((z_old.shape[1:]) if preact is not None else (0, 0)), dtype=torch.bool)
-    pend = torch.zeros_like(S_hold)  # kink entries with evidence of sliding, being approached
-    t_slide = torch.zeros(B, dtype=dt)
-    episodes = torch.zeros(B, dtype=torch.int64)
+        z_old = preact(th, X)
+    else:  # no kinks: empty entry sets [B, 0, 0]
+        z_old = torch.zeros(B, 0, 0, dtype=dt)
+    i64 = torch.int64
+    w = WorkingSet(
+        idx=torch.arange(B), th=th, f=f, t=torch.zeros(B, dtype=dt), h=h, loss=loss, Xa=X, ya=y, ma=mask,
+        growth_lim=torch.full((B,), FAC_MAX, dtype=dt), fit=fit,
+        next_check=1e6 * fit, h_cap=torch.full((B,), math.inf, dtype=dt),
+        drift=torch.full((B,), math.inf, dtype=dt),
+        ck_next=torch.full((B,), 1e-3, dtype=dt), ck_hist=torch.full((B, W + 1, 4), math.nan, dtype=dt),
+        ck_n=torch.zeros(B, dtype=i64), rate=torch.zeros(B, dtype=dt), diss=torch.zeros(B, dtype=dt),
+        ck_loss=loss.clone(), z_old=z_old, pos_old=z_old > 0, chat=torch.zeros(z_old.shape, dtype=i64),
+        quiet=torch.zeros(B, dtype=i64), S_hold=torch.zeros(z_old.shape, dtype=torch.bool),
+        pend=torch.zeros(z_old.shape, dtype=torch.bool), t_slide=torch.zeros(B, dtype=dt),
+        episodes=torch.zeros(B, dtype=i64), stiff=torch.zeros(B, dtype=torch.bool),
+        h_ex=torch.zeros(B, dtype=dt), st_cnt=torch.zeros(B, dtype=i64), st_non=torch.zeros(B, dtype=i64),
+        st_block=torch.zeros(B, dtype=i64), st_steps=torch.zeros(B, dtype=i64))
     th0n = theta0.norm(dim=-1)
-    # stiff tails (module docstring): rows on the Rosenbrock step, their explicit step size to
-    # return to, and the stability-limited-step counters (Hairer's DOP853 stiffness test)
-    stiff = torch.zeros(B, dtype=torch.bool)
-    h_ex = torch.zeros(B, dtype=dt)
-    st_cnt = torch.zeros(B, dtype=torch.int64)
-    st_non = torch.zeros(B, dtype=torch.int64)
-    st_block = torch.zeros(B, dtype=torch.int64)  # no switch before this iteration
-    st_steps = torch.zeros(B, dtype=torch.int64)  # Rosenbrock steps taken
-    stab = 0.7 * (6.0 if E3 is not None else 3.3)  # of the real stability interval
     can_stiff = bool(stiff_after) and stiff_after > 0
-    expo_stiff = -1.0 / _stiff.ELO
+    n_iter = 0  # every active instance takes one (accepted or rejected) step per iteration
 
-    def retire(sel: Tensor, code) -> None:
-        """Write the outputs of the working-set rows ``sel`` (bool) with status ``code``."""
-        gi = idx[sel]
-        out_theta[gi] = th[sel]
-        out_status[gi] = code if isinstance(code, int) else code[sel]
-        out_t[gi] = t[sel]
-        out_steps[gi] = n_iter
-        out_drift[gi] = drift[sel]
-        out_gnorm[gi] = f[sel].norm(dim=-1)
-        out_rate[gi] = rate[sel]
-        out_tslide[gi] = t_slide[sel]
-        out_episodes[gi] = episodes[sel]
-        out_stiff[gi] = st_steps[sel]
-
-    def enter(rows: Tensor, cand: Tensor) -> Tensor:
-        """Try to hold the candidate entries ``cand`` [r, n, m] (plus those held) of working-set
-        rows ``rows`` at their kinks: keep the attracting ones (λ* interior, α > 0) at θ projected
-        onto them. Returns the rows that now slide (bool [r])."""
-        Xr, yr, mr = Xa[rows], ya[rows], ma[rows]
-        z = preact(th[rows], Xr)
-        near = z.abs() <= 1e-6 * kf.scale(th[rows], Xr)
-        C = (cand & near) | S_hold[rows]
-        for _ in range(2):
-            Cf = C.flatten(1)
-            k = int(Cf.sum(-1).max()) if Cf.numel() else 0
-            if k == 0:
-                break
-            ent, ok = entries(C)
-            thp = kf.project(th[rows], Xr, C)
-            _, lam = kf.field(thp, Xr, yr, mr, C, ent, ok)
-            good = ok & (lam > 0.0) & (lam < 1.0)
-            keepC = torch.zeros_like(Cf)
-            keepC.scatter_(1, ent, good)
-            keepC = keepC.view_as(C)
-            if torch.equal(keepC, C):
-                break
-            C = keepC
-        now = C.flatten(1).any(-1)
-        if bool(now.any()):
-            rr = rows[now]
-            new_ep = ~S_hold[rr].flatten(1).any(-1)
-            episodes[rr] += new_ep.long()
-            th[rr] = kf.project(th[rr], Xa[rr], C[now])
-            S_hold[rr] = C[now]
-        S_hold[rows[~now]] = False
-        chat[rows] = 0
-        slide_setup()
-        if bool(now.any()):
-            f[rr] = field_at(rr)
-            loss[rr] = model.loss(th[rr], Xa[rr], ya[rr], ma[rr])
-        return now
-
-    def approach_kinks(h_next: Tensor) -> None:
-        """Rows with pending kink entries: enter the entries that are at their kink to
-        rounding (|z_e| ≤ 1e-10·‖x_i‖‖w_j‖; θ is then projected onto it); else cap the next step at 0.8 of the time to
-        the nearest pending kink along the current field (z_e·ż_e < 0; entries the field leaves
-        are dropped), so the kink is reached geometrically without a step straddling it."""
-        rows = pend.flatten(1).any(-1).nonzero().squeeze(-1)
-        if rows.numel() == 0:
-            return
-        Xr = Xa[rows]
-        z = preact(th[rows], Xr)
-        zd = preact(f[rows], Xr)
-        mag = kf.scale(th[rows], Xr)
-        p = pend[rows]
-        ready = z.abs() <= 1e-10 * mag
-        toward = (z * zd < 0) & ~ready
-        p = p & (ready | toward)
-        go = (p & ready).flatten(1).any(-1)
-        pend[rows] = p & ~ready
-        if bool(go.any()):
-            enter(rows[go], (p & ready)[go])
-        wait = (p & ~ready).flatten(1).any(-1)
-        if bool(wait.any()):
-            tau = torch.where(p & ~ready, z.abs() / zd.abs().clamp_min(1e-300),
-                              torch.full_like(z, math.inf)).flatten(1).min(-1).values
-            wr = rows[wait]
-            h_next[wr] = torch.minimum(h_next[wr], 0.8 * tau[wait])
-
-    while idx.numel() > 0:
-        b = idx.numel()
-        # ---- one embedded RK step for every active instance --------------------------------
-        sliding_rows = sl["rows"]
-        any_stiff = bool(stiff.any())
-        h_rk = torch.where(stiff, torch.zeros_like(h), h) if any_stiff else h
-        K = torch.empty(S + 1, b, P, dtype=dt)
-        Kf = K.view(S + 1, b * P)
-        K[0] = f
-        hc = h_rk.unsqueeze(-1)
-        for s in range(1, S):
-            dy = (A_rows[s] @ Kf[:s]).view(b, P)
-            y_s = torch.addcmul(th, hc, dy)
-            K[s] = F(y_s, Xa, ya, ma)
-        th_new = torch.addcmul(th, hc, (bw @ Kf[:S]).view(b, P))
-        K[S] = F(th_new, Xa, ya, ma)
-        sc = torch.maximum(th.abs(), th_new.abs()).mul_(rtol).add_(atol)
-        e5 = (E @ Kf).view(b, P).div_(sc).square_().sum(-1)
-        if E3 is None:
-            err = h * (e5 / P).sqrt()
-        else:
-            e3 = (E3 @ Kf).view(b, P).div_(sc).square_().sum(-1)
-            den = (e5 + 0.01 * e3).clamp_min(1e-300)
-            err = torch.where((e5 == 0) & (e3 == 0), torch.zeros_like(e5), h * e5 / (den * P).sqrt())
-        err = torch.nan_to_num_(err, nan=math.inf, posinf=math.inf)
+    while w.idx.numel() > 0:
+        b = w.idx.numel()
+        # ---- one embedded RK step for every active instance (stiff rows: Rosenbrock) -------
+        sliding_rows = sl.rows
+        any_stiff = bool(w.stiff.any())
+        h = w.h
+        h_rk = torch.where(w.stiff, torch.zeros_like(h), h) if any_stiff else h
+        K, th_new, y_s = rk.stages(F, w.th, w.f, h_rk, w.Xa, w.ya, w.ma)
+        err = rk.error(K, w.th, th_new, h, rtol, atol)
         kinked = None
-        if any_stiff:  # the stiff rows take a Rosenbrock step instead (their RK step had h = 0)
-            rs = stiff.nonzero().squeeze(-1)
-            ths, fs, errs, kk = _stiff.tail_step(model, preact, th[rs], f[rs], h[rs], Xa[rs], ya[rs],
-                                                 ma[rs], rtol, atol, held=S_hold[rs] if kf is not None else None,
-                                                 kf=kf)
-            th_new = th_new.index_copy(0, rs, ths)
-            K[S].index_copy_(0, rs, fs)
-            err.index_copy_(0, rs, errs)
-            kinked = torch.zeros(b, dtype=torch.bool).index_copy_(0, rs, kk)
-            st_steps += stiff
+        if any_stiff:
+            th_new, kinked = stiff_rows(model, preact, kf, w, K, th_new, err, rtol, atol)
         accept = err <= 1.0
         n_iter += 1
 
-        # ---- step size update --------------------------------------------------------------
-        # err = 0 gives fac_max through the clamp; after a rejection the step may not grow
-        # (growth_lim = 1 then; a rejected step has fac < 1 anyway)
-        ex = torch.where(stiff, expo_stiff, expo) if any_stiff else expo
-        fac = torch.minimum(err.clamp_min(1e-300).pow_(ex).mul_(safety_fac).clamp_(fac_min, fac_max),
-                            growth_lim)
-        growth_lim = torch.where(accept, fac_max, 1.0)
-        acc_c = accept.unsqueeze(-1)
-        h_acc = h * accept
-        # ∫‖∇L‖²dt over the step by the method's own quadrature (weights b at the stages)
-        diss.addcmul_(h_acc, bw @ Kf[:S].square().view(S, b, P).sum(-1))
-        th_old = th
-        th = torch.where(acc_c, th_new, th)
-        f = torch.where(acc_c, K[S], f)
-        t = t + h_acc
-        if sliding_rows is not None:
-            t_slide[sliding_rows] += h_acc[sliding_rows]
-        loss = torch.where(accept, model.loss(th_new, Xa, ya, ma), loss)
-        # the step budget: h_cap (stability), and landing exactly on t_max
-        cap = torch.where(stiff, math.inf, h_cap) if any_stiff else h_cap
-        h_next = torch.minimum(h * fac, torch.minimum(cap, (t_max - t).clamp_min_(0.0)))
+        # ---- step size update, stiffness switch ----------------------------------------------
+        th_old, h_next = advance(model, rk, w, K, th_new, err, accept, any_stiff, sliding_rows, t_max)
         if kinked is not None and bool(kinked.any()):
             # the activation pattern changed within a Rosenbrock step: back to the explicit
             # method (it resolves kinks and detects sliding), no switch for stiff_after steps
-            stiff &= ~kinked
-            h_next = torch.where(kinked, h_ex, h_next)
-            st_block = torch.where(kinked, n_iter + stiff_after, st_block)
+            w.stiff &= ~kinked
+            h_next = torch.where(kinked, w.h_ex, h_next)
+            w.st_block = torch.where(kinked, n_iter + stiff_after, w.st_block)
         if can_stiff:
-            # Hairer's stiffness test on the last two stages (ρ ≈ ‖ΔK‖/‖Δθ‖ ≤ λ_max), or the
-            # stability cap h_cap binding: the explicit step is stability-limited
-            num = (K[S] - K[S - 1]).norm(dim=-1)
-            den = (th_new - y_s).norm(dim=-1)
-            lim = (h * num > stab * den) | (h >= 0.99 * h_cap)
-            lim &= accept & ~stiff
-            nl = accept & ~stiff & ~lim
-            st_cnt = torch.where(lim, st_cnt + 1, st_cnt)
-            st_non = torch.where(lim, torch.zeros_like(st_non), st_non + nl.long())
-            reset = st_non >= 6
-            st_cnt = torch.where(reset, torch.zeros_like(st_cnt), st_cnt)
-            st_non = torch.where(reset, torch.zeros_like(st_non), st_non)
-            go = (st_cnt >= 15) & (n_iter >= st_block) & (n_iter >= stiff_after)
-            if bool(go.any()):
-                if preact is not None:  # held kinks are followed (stiff.tail_step)
-                    go &= ~pend.flatten(1).any(-1)
-                stiff |= go
-                h_ex = torch.where(go, h_next, h_ex)
-                st_cnt = torch.where(go, torch.zeros_like(st_cnt), st_cnt)
+            stiffness_switch(rk, w, K, th_new, y_s, h, h_next, accept, n_iter, stiff_after, preact is not None)
 
         # ---- sliding detection -------------------------------------------------------------
-        # examine the steps that were rejected or whose proposal flipped a pre-activation. Chatter
-        # counts only change at events, so the 200-quiet-steps reset is applied lazily there.
-        sliding = None
+        slid = None
         if sliding_rows is not None:
-            # leave a kink whose λ* reached a bound (the one-sided field there is tangent or
-            # points away); λ* of the last stage is that of the proposal θ_new
-            lam = last_lam[0]
-            acc_r = accept[sliding_rows]
-            bound = sl["ok"] & ((lam <= 0.0) | (lam >= 1.0)) & acc_r.unsqueeze(-1)
-            if bool(bound.any()):
-                Sf = S_hold[sliding_rows].flatten(1)
-                drop = torch.zeros_like(Sf)
-                drop.scatter_(1, sl["ent"], bound)
-                S_hold[sliding_rows] = (Sf & ~drop).view_as(S_hold[sliding_rows])
-                slide_setup()
-                rr = sliding_rows[bound.any(-1)]
-                f[rr] = field_at(rr)
+            sl.release(w, sliding_rows, accept)
         if preact is not None:
-            z_new = preact(th_new, Xa)
-            pos_new = z_new > 0
-            look = (pos_new != pos_old).flatten(1).any(-1).logical_or_(~accept)
-            if any_stiff:
-                look &= ~stiff if kinked is None else ~(stiff | kinked)
-            quiet += accept
-            if bool(look.any()):
-                ri = look.nonzero().squeeze(-1)
-                ev = kink_evidence(preact, A, bw, th_old[ri], K[:, ri], h[ri], Xa[ri], ma[ri])
-                hit = ev.flatten(1).any(-1)
-                if kf is not None and bool(hit.any()):
-                    # follow: approach these kinks without crossing, then hold the attracting ones
-                    pend[ri[hit]] |= ev[hit]
-                elif bool(hit.any()):
-                    rj = ri[hit]
-                    stale = (quiet[rj] > 200).view(-1, *([1] * (chat.dim() - 1)))
-                    cj = torch.where(stale, torch.zeros_like(chat[rj]), chat[rj]) + ev[hit].long()
-                    chat[rj] = cj
-                    quiet[rj] = 0
-                    slid = cj.flatten(1).max(-1).values >= sliding_count
-                    if bool(slid.any()):
-                        if kf is not None:  # follow: hold the attracting kinks
-                            enter(rj[slid], cj[slid] > 0)
-                        else:
-                            sliding = torch.zeros(b, dtype=torch.bool)
-                            sliding[rj[slid]] = True
-            z_old = torch.where(accept.view(-1, *([1] * (z_old.dim() - 1))), z_new, z_old)
-            pos_old = z_old > 0
-            if kf is not None:
-                approach_kinks(h_next)
+            slid = sl.detect(w, preact, A, bw, th_new, th_old, K, h, h_next, accept, any_stiff, kinked)
+        w.h = h_next
 
         # ---- status checks -----------------------------------------------------------------
-        # (rare events are found by one cheap test each; the full bookkeeping runs only then)
-        thn = th.norm(dim=-1)
-        diverged = ~(thn <= div_norm) | ~torch.isfinite(loss)  # non-finite θ or loss, or ‖θ‖ large
-        converged = None
-        cand = (loss <= next_check) & accept
-        if bool(cand.any()):
-            cand &= ~diverged
-            ci = cand.nonzero().squeeze(-1)
-            dr, delta, lam_max = drift_bound(model, th[ci], Xa[ci], ya[ci], ma[ci], return_step=True)
-            # keep later steps well inside the stability region (h·λ_max ≤ 2): at its edge an
-            # explicit method keeps tolerance-level noise in the residual instead of damping it
-            h_cap[ci] = torch.minimum(h_cap[ci], 2.0 / lam_max.clamp_min(1e-300))
-            # Gauss–Newton end point θ − J⁺r: the limit of the linearized flow. It removes the
-            # tolerance-level residual noise an explicit method keeps on a stiff tail.
-            th_gn = th[ci] - delta
-            loss_gn = model.loss(th_gn, Xa[ci], ya[ci], ma[ci])
-            ok = (dr <= drift_tol / 1.5) & (loss_gn <= fit[ci]) & torch.isfinite(loss_gn)
-            drift[ci] = 1.5 * dr  # ‖θ_gn − θ(∞)‖ ≤ ‖θ − θ(∞)‖ + ‖J⁺r‖ ≤ 1.5 · bound
-            th[ci[ok]] = th_gn[ok]
-            loss[ci[ok]] = loss_gn[ok]
-            converged = torch.zeros(b, dtype=torch.bool)
-            converged[ci[ok]] = True
-            # next check once the loss has fallen so that √L scaling would meet drift_tol
-            ratio = (drift_tol / dr.clamp_min(1e-300)) ** 2
-            nxt = loss[ci] * torch.clamp(0.5 * ratio, max=0.25)
-            # never below the fit threshold: a loss at its round-off floor (already fitted) does not
-            # fall by 4× again, and the drift check must still run until the drift estimate passes
-            next_check[ci] = torch.where(ok, next_check[ci],
-                                         torch.maximum(torch.minimum(nxt, 0.25 * loss[ci]), fit[ci]))
+        thn = w.th.norm(dim=-1)
+        diverged = ~(thn <= div_norm) | ~torch.isfinite(w.loss)  # non-finite θ or loss, or ‖θ‖ large
+        converged = drift_check(model, w, accept, diverged, drift_tol)
         not_conv = ~diverged if converged is None else ~diverged & ~converged
-        stalled = None
-        zero_g = (f == 0).all(-1)
-        if bool(zero_g.any()):
-            stalled = accept & not_conv & (loss > fit) & zero_g
-
-        # doubling checkpoints (stalled by rate, power-law escape)
-        escaped = None
-        ck = (t >= ck_next) & accept
-        if bool(ck.any()):
-            ck &= not_conv
-            escaped = torch.zeros(b, dtype=torch.bool)
-            if stalled is None:
-                stalled = torch.zeros(b, dtype=torch.bool)
-            if sliding is None:
-                sliding = torch.zeros(b, dtype=torch.bool)
-            gnorm = f.norm(dim=-1)
-            ci = ck.nonzero().squeeze(-1)
-            rec = torch.stack([t[ci].log(), thn[ci].clamp_min(1e-300).log(),
-                               loss[ci].clamp_min(1e-300).log(), gnorm[ci].clamp_min(1e-300).log()], -1)
-            hist = torch.cat([ck_hist[ci, 1:], rec.unsqueeze(1)], 1)
-            ck_hist[ci] = hist
-            ck_n[ci] += 1
-            ck_next[ci] = 2.0 * t[ci]
-            have2 = ck_n[ci] >= 2
-            prev = hist[:, -2]
-            dtt = (rec[:, 0].exp() - prev[:, 0].exp())
-            mu = (prev[:, 3] - rec[:, 3]) / dtt
-            g_ = rec[:, 3].exp()
-            st_rate = have2 & (mu > 0) & (g_ * g_ / (2 * mu) < 1e-6 * loss[ci]) & (loss[ci] > 1e6 * fit[ci])
-            stalled[ci[st_rate]] = True
-            # power-law escape of ‖θ‖ with the loss falling
-            full = (ck_n[ci] >= W + 1) & (hist[:, 0, 0].exp() >= growth_t_min)
-            dlt = hist[:, 1:, 0] - hist[:, :-1, 0]
-            dth = hist[:, 1:, 1] - hist[:, :-1, 1]
-            dls = hist[:, 1:, 2] - hist[:, :-1, 2]
-            p = (hist[:, -1, 1] - hist[:, 0, 1]) / (hist[:, -1, 0] - hist[:, 0, 0])
-            hw = W // 2
-            p1 = dth[:, :hw].sum(-1) / dlt[:, :hw].sum(-1)
-            p2 = dth[:, hw:].sum(-1) / dlt[:, hw:].sum(-1)
-            esc = full & (dth > 0).all(-1) & (dls < 0).all(-1) & (p >= growth_min_rate) & (p2 >= 0.5 * p1)
-            esc = esc & (loss[ci] > 0)
-            rate[ci] = torch.where(full, p, rate[ci])
-            escaped[ci[esc]] = True
-            # energy identity: along a classical solution L(t0) − L(t1) = ∫‖∇L‖²dt. A large deficit
-            # means the iterates are pinned on a kink (Filippov sliding), not following GF.
-            e_exp = diss[ci]  # accumulated since the last checkpoint (no cancellation)
-            dL = ck_loss[ci] - loss[ci]
-            pinned = (e_exp > 1e-3 * ck_loss[ci]) & (dL < 0.1 * e_exp) & (loss[ci] > fit[ci])
-            if preact is not None:
-                # only when some pre-activation sits at a kink (0 < |z| ≤ 1e-6·max|z|): the
-                # quadrature of ∫‖∇L‖² is not exact on stiff steps, a kink must be in play
-                zc = z_old[ci].abs()
-                near = (zc > 0) & (zc <= 1e-6 * zc.flatten(1).max(-1).values.view(-1, *([1] * (zc.dim() - 1))))
-                at_kink = near.flatten(1).any(-1)
-                pk = pinned & at_kink & ~stiff[ci]  # a stiff row keeps its pattern: not pinned
-                if kf is not None:
-                    pk &= ~S_hold[ci].flatten(1).any(-1)
-                    if bool(pk.any()):
-                        enter(ci[pk], near[pk])
-                else:
-                    sliding[ci[pk]] = True
-            diss[ci] = 0.0
-            ck_loss[ci] = loss[ci]
-
+        stalled = zero_gradient(w, accept, not_conv)
+        escaped, stalled, slid = checkpoints(w, sl, accept, not_conv, thn, stalled, slid, growth_t_min,
+                                             growth_min_rate)
         # the drift bound is kept only while the loss stays fitted (converged rows have loss_gn ≤ fit_tol)
-        drift.masked_fill_(loss > fit, math.inf)
+        w.drift.masked_fill_(w.loss > w.fit, math.inf)
 
         budget_all = n_iter >= max_steps
-        budget = h_next <= 1e-15 * t.clamp_min(1.0)  # the step underflowed (or t reached t_max)
+        budget = h_next <= 1e-15 * w.t.clamp_min(1.0)  # the step underflowed (or t reached t_max)
         done = diverged | budget
-        for flag in (converged, stalled, escaped, sliding):
+        for flag in (converged, stalled, escaped, slid):
             if flag is not None:
                 done |= flag
         if budget_all or bool(done.any()):
             if budget_all:
                 done = torch.ones(b, dtype=torch.bool)
-            code = torch.full((b,), st.BUDGET, dtype=torch.int64)
-            if sliding is not None:
-                code[sliding] = st.SLIDING
-            if stalled is not None:
-                code[stalled] = st.STALLED
-            if escaped is not None:
-                code[escaped] = st.DIVERGED
-            if converged is not None:
-                code[converged] = st.CONVERGED
-            code[diverged] = st.DIVERGED
-            retire(done, code)
-            keep = ~done
-            idx, th, f, t, h_next, loss = idx[keep], th[keep], f[keep], t[keep], h_next[keep], loss[keep]
-            Xa, ya, ma = Xa[keep], ya[keep], ma[keep]
-            growth_lim, next_check, drift = growth_lim[keep], next_check[keep], drift[keep]
-            h_cap, fit = h_cap[keep], fit[keep]
-            ck_next, ck_hist, ck_n, rate = ck_next[keep], ck_hist[keep], ck_n[keep], rate[keep]
-            diss, ck_loss = diss[keep], ck_loss[keep]
-            if preact is not None:
-                chat, quiet, z_old, pos_old = chat[keep], quiet[keep], z_old[keep], pos_old[keep]
-                S_hold, pend = S_hold[keep], pend[keep]
-            t_slide, episodes = t_slide[keep], episodes[keep]
-            stiff, h_ex, st_cnt, st_non, st_block, st_steps = (
-                stiff[keep], h_ex[keep], st_cnt[keep], st_non[keep], st_block[keep], st_steps[keep])
-            if sl["rows"] is not None:
-                slide_setup()
-        h = h_next
+            out.retire(w, done, status_codes(b, diverged, converged, stalled, escaped, slid), n_iter)
+            w.keep(~done)
+            if sl.rows is not None:
+                sl.setup(w)
 
-    loss_out = model.loss(out_theta, X, y, mask)
-    tn = out_theta.norm(dim=-1)
+    loss_out = model.loss(out.theta, X, y, mask)
+    tn = out.theta.norm(dim=-1)
     growth = torch.where(th0n > 0, tn / th0n.clamp_min(1e-300), tn)
-    info = {"t": out_t, "steps": out_steps, "drift": out_drift, "grad_norm": out_gnorm,
-            "growth": growth, "growth_rate": out_rate, "drift_estimate": out_drift,
-            "slid": (out_episodes > 0).long(), "t_sliding": out_tslide, "sliding_episodes": out_episodes,
-            "stiff_steps": out_stiff}
-    return SolveResult(out_theta, out_status, loss_out, info)
+    return SolveResult(out.theta, out.status, loss_out, out.info(growth))
 
 
 def tighten(options: dict[str, Any]) -> dict[str, Any]:

@@ -55,15 +55,20 @@ method with dense batched solves converges in ≤ |S| + 2 passes (:func:`box_qp`
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 Tensor = torch.Tensor
+#: pre-activations of a model: (θ [b, P], X [b, n, d]) -> [b, n, m], linear in θ
+Preact = Callable[[Tensor, Tensor], Tensor]
 EPS = torch.finfo(torch.float64).eps
 #: rounding allowance of a pre-activation or its rate, in units of the magnitude of its terms
 ROUND = 64 * EPS
 
 
-def preact_fn(model):
+def preact_fn(model: Any) -> Preact | None:
     """A function θ, X -> pre-activations [B, n, m] (linear in θ), or None when the model has
     no kinks the solver knows about."""
     hp = getattr(model, "hidden_preactivations", None)
@@ -77,7 +82,7 @@ def preact_fn(model):
     return None
 
 
-def kink_evidence(preact, A: Tensor, bw: Tensor, th: Tensor, K: Tensor, h: Tensor, X: Tensor,
+def kink_evidence(preact: Preact, A: Tensor, bw: Tensor, th: Tensor, K: Tensor, h: Tensor, X: Tensor,
                   mask: Tensor) -> Tensor:
     """Entries [b, n, m] at which the field pointed at the kink from both sides among the stage
     points θ_s = θ + h Σ_k A_sk K_k (field K_s) and the proposal (weights ``bw``, field K_S),
@@ -158,7 +163,7 @@ class KinkField:
     None for other models (they get ``sliding: stop`` behaviour).
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
         pw = getattr(model, "piecewise", None)
         if callable(getattr(model, "hidden_preactivations", None)):
@@ -238,7 +243,7 @@ class KinkField:
         return torch.cat([W2.flatten(1), v2], -1)
 
 
-def kink_field(model) -> KinkField | None:
+def kink_field(model: Any) -> KinkField | None:
     """The :class:`KinkField` of a model, or None when its kinks are unknown to the solver."""
     if preact_fn(model) is None:
         return None

@@ -1,0 +1,215 @@
+"""Sliding in the ``adaptive`` solver: chatter detection, pending and held kinks, and the
+Filippov field of the held kinks (the rules are in :mod:`ibtest.solve.solvers.adaptive`, the kink
+geometry in :mod:`ibtest.solve.solvers.kinks`).
+
+Per working-set row a set S of kink entries is *held* (``WorkingSet.S_hold``, empty: the
+classical field −∇L) and a set is *pending* (``WorkingSet.pend``: evidence of sliding, the kink is
+being approached). :class:`Sliding` caches the rows with some entry held and their entry lists
+while S is unchanged (:meth:`Sliding.setup` after every change), so the field of a Runge–Kutta
+stage (:meth:`Sliding.F`) costs one test when nothing slides.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from ibtest.plugin.specs import ModelBase
+from ibtest.solve.solvers.adaptive_state import WorkingSet
+from ibtest.solve.solvers.kinks import KinkField, Preact, kink_evidence
+
+Tensor = torch.Tensor
+#: the field of a stage: (θ [b, P], X [b, n, d], y [b, n], mask [b, n]) -> f [b, P]
+Field = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+def entries(Sm: Tensor) -> tuple[Tensor, Tensor]:
+    """Flat indices [r, k] of the entries of the masks Sm [r, n, m] (padded; ok [r, k] False)."""
+    Sf = Sm.flatten(1)
+    k = int(Sf.sum(-1).max()) if Sf.numel() else 0
+    ent = torch.argsort((~Sf).to(torch.int8), dim=-1, stable=True)[:, :k]
+    return ent, Sf.gather(1, ent)
+
+
+class Sliding:
+    """The kink bookkeeping of one solve. ``preact`` None: the model has no known kinks (no
+    detection); ``kf`` None: ``sliding: stop`` or no :class:`KinkField` (chatter counting, status
+    SLIDING); else ``sliding: follow`` (pending/held kinks, Filippov field)."""
+
+    def __init__(self, model: ModelBase, preact: Preact | None, kf: KinkField | None,
+                 sliding_count: int) -> None:
+        self.model = model
+        self.preact = preact
+        self.kf = kf
+        self.sliding_count = sliding_count
+        #: working-set rows with some entry held [r] (None: none), their masks [r, n, m] and
+        #: entry lists ent/ok [r, k]
+        self.rows: Tensor | None = None
+        self.S = self.ent = self.ok = torch.zeros(0)
+        #: λ* [r, k] of the last stage field evaluated on the sliding rows
+        self.last_lam = torch.zeros(0)
+
+    # ---- the field ----------------------------------------------------------------------
+    def F(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
+        """The field [b, P] at θ [b, P] of the working set: −∇L, Filippov on the held rows."""
+        g = -self.model.grad(theta, Xs, ys, ms)
+        r = self.rows
+        if r is not None:
+            assert self.kf is not None
+            fs, lam = self.kf.field(theta[r], Xs[r], ys[r], ms[r], self.S, self.ent, self.ok)
+            g[r] = fs
+            self.last_lam = lam
+        return g
+
+    def setup(self, w: WorkingSet) -> None:
+        """Recompute the cache of sliding rows after S_hold changed (or rows left)."""
+        rows = w.S_hold.flatten(1).any(-1).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            self.rows = None
+            return
+        ent, ok = entries(w.S_hold[rows])
+        self.rows, self.S, self.ent, self.ok = rows, w.S_hold[rows], ent, ok
+
+    def field_at(self, w: WorkingSet, rr: Tensor) -> Tensor:
+        """The field [r, P] (Filippov where S is held) at the working-set rows rr [r]."""
+        g = -self.model.grad(w.th[rr], w.Xa[rr], w.ya[rr], w.ma[rr])
+        has = w.S_hold[rr].flatten(1).any(-1)
+        if bool(has.any()):
+            assert self.kf is not None
+            sub = rr[has]
+            ent, ok = entries(w.S_hold[sub])
+            g[has] = self.kf.field(w.th[sub], w.Xa[sub], w.ya[sub], w.ma[sub], w.S_hold[sub], ent, ok)[0]
+        return g
+
+    # ---- holding kinks ------------------------------------------------------------------
+    def enter(self, w: WorkingSet, rows: Tensor, cand: Tensor) -> Tensor:
+        """Try to hold the candidate entries ``cand`` [r, n, m] (plus those held) of working-set
+        rows ``rows`` [r] at their kinks: keep the attracting ones (λ* interior, α > 0) at θ
+        projected onto them. Returns the rows that now slide (bool [r])."""
+        kf, preact = self.kf, self.preact
+        assert kf is not None and preact is not None
+        Xr, yr, mr = w.Xa[rows], w.ya[rows], w.ma[rows]
+        z = preact(w.th[rows], Xr)
+        near = z.abs() <= 1e-6 * kf.scale(w.th[rows], Xr)
+        C = (cand & near) | w.S_hold[rows]
+        for _ in range(2):
+            Cf = C.flatten(1)
+            k = int(Cf.sum(-1).max()) if Cf.numel() else 0
+            if k == 0:
+                break
+            ent, ok = entries(C)
+            thp = kf.project(w.th[rows], Xr, C)
+            _, lam = kf.field(thp, Xr, yr, mr, C, ent, ok)
+            good = ok & (lam > 0.0) & (lam < 1.0)
+            keepC = torch.zeros_like(Cf)
+            keepC.scatter_(1, ent, good)
+            keepC = keepC.view_as(C)
+            if torch.equal(keepC, C):
+                break
+            C = keepC
+        now = C.flatten(1).any(-1)
+        rr = rows[now]
+        if bool(now.any()):
+            new_ep = ~w.S_hold[rr].flatten(1).any(-1)
+            w.episodes[rr] += new_ep.long()
+            w.th[rr] = kf.project(w.th[rr], w.Xa[rr], C[now])
+            w.S_hold[rr] = C[now]
+        w.S_hold[rows[~now]] = False
+        w.chat[rows] = 0
+        self.setup(w)
+        if bool(now.any()):
+            w.f[rr] = self.field_at(w, rr)
+            w.loss[rr] = self.model.loss(w.th[rr], w.Xa[rr], w.ya[rr], w.ma[rr])
+        return now
+
+    def approach(self, w: WorkingSet, h_next: Tensor) -> None:
+        """Rows with pending kink entries: enter the entries that are at their kink to rounding
+        (|z_e| ≤ 1e-10·‖x_i‖‖w_j‖; θ is then projected onto it); else cap the next step
+        h_next [b] (in place) at 0.8 of the time to the nearest pending kink along the current
+        field (z_e·ż_e < 0; entries the field leaves are dropped), so the kink is reached
+        geometrically without a step straddling it."""
+        kf, preact = self.kf, self.preact
+        assert kf is not None and preact is not None
+        rows = w.pend.flatten(1).any(-1).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            return
+        Xr = w.Xa[rows]
+        z = preact(w.th[rows], Xr)
+        zd = preact(w.f[rows], Xr)
+        mag = kf.scale(w.th[rows], Xr)
+        p = w.pend[rows]
+        ready = z.abs() <= 1e-10 * mag
+        toward = (z * zd < 0) & ~ready
+        p = p & (ready | toward)
+        go = (p & ready).flatten(1).any(-1)
+        w.pend[rows] = p & ~ready
+        if bool(go.any()):
+            self.enter(w, rows[go], (p & ready)[go])
+        wait = (p & ~ready).flatten(1).any(-1)
+        if bool(wait.any()):
+            tau = torch.where(p & ~ready, z.abs() / zd.abs().clamp_min(1e-300),
+                              torch.full_like(z, math.inf)).flatten(1).min(-1).values
+            wr = rows[wait]
+            h_next[wr] = torch.minimum(h_next[wr], 0.8 * tau[wait])
+
+    # ---- after every step ---------------------------------------------------------------
+    def release(self, w: WorkingSet, sliding_rows: Tensor, accept: Tensor) -> None:
+        """Leave a held kink whose λ* reached a bound in an accepted step (the one-sided field
+        there is tangent or points away); λ* of the last stage is that of the proposal θ_new."""
+        lam = self.last_lam
+        acc_r = accept[sliding_rows]
+        bound = self.ok & ((lam <= 0.0) | (lam >= 1.0)) & acc_r.unsqueeze(-1)
+        if bool(bound.any()):
+            Sf = w.S_hold[sliding_rows].flatten(1)
+            drop = torch.zeros_like(Sf)
+            drop.scatter_(1, self.ent, bound)
+            w.S_hold[sliding_rows] = (Sf & ~drop).view_as(w.S_hold[sliding_rows])
+            self.setup(w)
+            rr = sliding_rows[bound.any(-1)]
+            w.f[rr] = self.field_at(w, rr)
+
+    def detect(self, w: WorkingSet, preact: Preact, A: Tensor, bw: Tensor, th_new: Tensor,
+               th_old: Tensor, K: Tensor, h: Tensor, h_next: Tensor, accept: Tensor,
+               any_stiff: bool, kinked: Tensor | None) -> Tensor | None:
+        """Examine the steps that were rejected or whose proposal flipped a pre-activation for
+        kink evidence (tableau A [S, S], bw [S]; θ_new, θ_old [b, P]; stages K [S+1, b, P]; step
+        h [b], accept [b]). ``follow``: evidence makes entries pending, and pending kinks are
+        approached (h_next [b] capped in place). ``stop``: chatter counts per entry (reset lazily
+        after 200 quiet accepted steps); returns the rows that reached ``sliding_count``
+        (bool [b]) or None."""
+        kf = self.kf
+        sliding = None
+        z_new = preact(th_new, w.Xa)
+        pos_new = z_new > 0
+        look = (pos_new != w.pos_old).flatten(1).any(-1).logical_or_(~accept)
+        if any_stiff:
+            look &= ~w.stiff if kinked is None else ~(w.stiff | kinked)
+        w.quiet += accept
+        if bool(look.any()):
+            ri = look.nonzero().squeeze(-1)
+            ev = kink_evidence(preact, A, bw, th_old[ri], K[:, ri], h[ri], w.Xa[ri], w.ma[ri])
+            hit = ev.flatten(1).any(-1)
+            if kf is not None and bool(hit.any()):
+                # follow: approach these kinks without crossing, then hold the attracting ones
+                w.pend[ri[hit]] |= ev[hit]
+            elif bool(hit.any()):
+                rj = ri[hit]
+                chat = w.chat
+                stale = (w.quiet[rj] > 200).view(-1, *([1] * (chat.dim() - 1)))
+                cj = torch.where(stale, torch.zeros_like(chat[rj]), chat[rj]) + ev[hit].long()
+                chat[rj] = cj
+                w.quiet[rj] = 0
+                slid = cj.flatten(1).max(-1).values >= self.sliding_count
+                if bool(slid.any()):
+                    if kf is not None:  # follow: hold the attracting kinks
+                        self.enter(w, rj[slid], cj[slid] > 0)
+                    else:
+                        sliding = torch.zeros(w.idx.numel(), dtype=torch.bool)
+                        sliding[rj[slid]] = True
+        z_old = w.z_old
+        w.z_old = torch.where(accept.view(-1, *([1] * (z_old.dim() - 1))), z_new, z_old)
+        w.pos_old = w.z_old > 0
+        if kf is not None:
+            self.approach(w, h_next)
+        return sliding

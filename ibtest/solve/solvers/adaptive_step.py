@@ -1,0 +1,172 @@
+"""One step of the ``adaptive`` solver for the whole working set: the initial step size, the
+embedded Runge–Kutta stages and error norm, the Rosenbrock step of the stiff rows, and the
+step-size controller with the stiffness test (the rules are in
+:mod:`ibtest.solve.solvers.adaptive`).
+
+Per-step cost matters (a batched step is ~13 model gradients plus bookkeeping, each a string of
+tiny tensor operations): one vector–matrix product and one ``addcmul`` per stage on the flat
+[S+1, b·P] view of the stages (vector @ matrix, not a [1, s] mm: its rounding does not depend on
+the batch size, so an instance gets the same answer alone and in a batch).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ibtest.plugin.specs import ModelBase
+from ibtest.solve.solvers import stiff as _stiff
+from ibtest.solve.solvers.adaptive_sliding import Field
+from ibtest.solve.solvers.adaptive_state import WorkingSet
+from ibtest.solve.solvers.kinks import KinkField, Preact
+from ibtest.solve.solvers.tableau import tableau
+
+Tensor = torch.Tensor
+#: step-size controller: safety factor and the range of the step-size factor
+SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 10.0
+#: step-size exponent of the Rosenbrock step
+EXPO_STIFF = -1.0 / _stiff.ELO
+
+
+class RKMethod:
+    """An embedded explicit Runge–Kutta pair: DOP853 (``order=8``) or Dormand–Prince 5(4)."""
+
+    def __init__(self, order: int) -> None:
+        tab = tableau(int(order))
+        self.S: int = tab["S"]
+        self.A: Tensor = tab["A"]  # [S, S]
+        self.bw: Tensor = tab["b"]  # [S]
+        self.E: Tensor = tab["E"]  # [S+1]
+        self.E3: Tensor | None = tab["E3"]  # [S+1] (DOP853) or None
+        self.order: int = tab["order"]
+        #: per-stage coefficient vectors A[s, :s]
+        self.A_rows = [self.A[s, :s].contiguous() for s in range(self.S)]
+        self.expo = -1.0 / (tab["err_order"] + 1.0)
+        #: 0.7 of the real stability interval (Hairer's stiffness test)
+        self.stab = 0.7 * (6.0 if self.E3 is not None else 3.3)
+
+    def stages(self, F: Field, th: Tensor, f: Tensor, h_rk: Tensor, Xa: Tensor, ya: Tensor,
+               ma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The stages K [S+1, b, P] (K[0] = f, K[S] the field at the proposal) of a step h_rk [b]
+        from θ [b, P], the proposal θ_new [b, P] and the last stage point Y_{S−1} [b, P]."""
+        S = self.S
+        b, P = th.shape
+        K = torch.empty(S + 1, b, P, dtype=th.dtype)
+        Kf = K.view(S + 1, b * P)
+        K[0] = f
+        hc = h_rk.unsqueeze(-1)
+        A_rows = self.A_rows
+        y_s = th
+        for s in range(1, S):
+            dy = (A_rows[s] @ Kf[:s]).view(b, P)
+            y_s = torch.addcmul(th, hc, dy)
+            K[s] = F(y_s, Xa, ya, ma)
+        th_new = torch.addcmul(th, hc, (self.bw @ Kf[:S]).view(b, P))
+        K[S] = F(th_new, Xa, ya, ma)
+        return K, th_new, y_s
+
+    def error(self, K: Tensor, th: Tensor, th_new: Tensor, h: Tensor, rtol: float, atol: float) -> Tensor:
+        """The scaled error norm [b] of the step (≤ 1: accept; non-finite: inf)."""
+        S1, b, P = K.shape
+        Kf = K.view(S1, b * P)
+        sc = torch.maximum(th.abs(), th_new.abs()).mul_(rtol).add_(atol)
+        e5 = (self.E @ Kf).view(b, P).div_(sc).square_().sum(-1)
+        if self.E3 is None:
+            err = h * (e5 / P).sqrt()
+        else:
+            e3 = (self.E3 @ Kf).view(b, P).div_(sc).square_().sum(-1)
+            den = (e5 + 0.01 * e3).clamp_min(1e-300)
+            err = torch.where((e5 == 0) & (e3 == 0), torch.zeros_like(e5), h * e5 / (den * P).sqrt())
+        return torch.nan_to_num_(err, nan=math.inf, posinf=math.inf)
+
+
+def initial_step(F: Field, th: Tensor, f: Tensor, Xa: Tensor, ya: Tensor, ma: Tensor, rtol: float,
+                 atol: float, order: int, t_max: float) -> Tensor:
+    """The first step size [b] (Hairer, Nørsett & Wanner II.4) from θ [b, P] with field f [b, P]."""
+    scale = atol + rtol * th.abs()
+    d0 = (th / scale).pow(2).mean(-1).sqrt()
+    d1 = (f / scale).pow(2).mean(-1).sqrt()
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
+    f1 = F(th + h0.unsqueeze(-1) * f, Xa, ya, ma)
+    d2 = ((f1 - f) / scale).pow(2).mean(-1).sqrt() / h0
+    dm = torch.maximum(d1, d2)
+    h1 = torch.where(dm <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+                     (0.01 / dm.clamp_min(1e-300)) ** (1.0 / (order + 1)))
+    return torch.minimum(100 * h0, h1).clamp(max=t_max)
+
+
+def stiff_rows(model: ModelBase, preact: Preact | None, kf: KinkField | None, w: WorkingSet,
+               K: Tensor, th_new: Tensor, err: Tensor, rtol: float, atol: float) -> tuple[Tensor, Tensor]:
+    """Replace the explicit step of the stiff rows by a Rosenbrock step (their explicit step had
+    h = 0): θ_new [b, P] (returned), K[S] and err [b] (in place). Returns (θ_new, kinked [b]: the
+    Rosenbrock step changed the activation pattern). Counts the step in ``w.st_steps``."""
+    rs = w.stiff.nonzero().squeeze(-1)
+    ths, fs, errs, kk = _stiff.tail_step(model, preact, w.th[rs], w.f[rs], w.h[rs], w.Xa[rs], w.ya[rs],
+                                         w.ma[rs], rtol, atol, held=w.S_hold[rs] if kf is not None else None,
+                                         kf=kf)
+    th_new = th_new.index_copy(0, rs, ths)
+    K[-1].index_copy_(0, rs, fs)
+    err.index_copy_(0, rs, errs)
+    kinked = torch.zeros(err.shape[0], dtype=torch.bool).index_copy_(0, rs, kk)
+    w.st_steps += w.stiff
+    return th_new, kinked
+
+
+def advance(model: ModelBase, rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Tensor, err: Tensor,
+            accept: Tensor, any_stiff: bool, sliding_rows: Tensor | None, t_max: float) -> tuple[Tensor, Tensor]:
+    """Take the accepted steps (accept [b]) and propose the next step size.
+
+    Updates θ, f, t, L, ∫‖∇L‖²dt, the sliding time and the growth limit of ``w``; returns
+    (θ_old [b, P], h_next [b]): the step-size factor (err = 0 gives FAC_MAX through the clamp;
+    after a rejection the step may not grow) times h, capped by h_cap (stability) and so that t
+    lands exactly on t_max."""
+    S = rk.S
+    h = w.h
+    b, P = th_new.shape
+    ex: Tensor | float = torch.where(w.stiff, EXPO_STIFF, rk.expo) if any_stiff else rk.expo
+    fac = torch.minimum(err.clamp_min(1e-300).pow_(ex).mul_(SAFETY).clamp_(FAC_MIN, FAC_MAX),
+                        w.growth_lim)
+    w.growth_lim = torch.where(accept, FAC_MAX, 1.0)
+    acc_c = accept.unsqueeze(-1)
+    h_acc = h * accept
+    # ∫‖∇L‖²dt over the step by the method's own quadrature (weights b at the stages)
+    Kf = K.view(S + 1, b * P)
+    w.diss.addcmul_(h_acc, rk.bw @ Kf[:S].square().view(S, b, P).sum(-1))
+    th_old = w.th
+    w.th = torch.where(acc_c, th_new, th_old)
+    w.f = torch.where(acc_c, K[S], w.f)
+    w.t = t = w.t + h_acc
+    if sliding_rows is not None:
+        w.t_slide[sliding_rows] += h_acc[sliding_rows]
+    w.loss = torch.where(accept, model.loss(th_new, w.Xa, w.ya, w.ma), w.loss)
+    cap = torch.where(w.stiff, math.inf, w.h_cap) if any_stiff else w.h_cap
+    h_next = torch.minimum(h * fac, torch.minimum(cap, (t_max - t).clamp_min_(0.0)))
+    return th_old, h_next
+
+
+def stiffness_switch(rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Tensor, y_s: Tensor, h: Tensor,
+                     h_next: Tensor, accept: Tensor, n_iter: int, stiff_after: int, check_pend: bool) -> None:
+    """Hairer's stiffness test on the last two stages (ρ ≈ ‖ΔK‖/‖Δθ‖ ≤ λ_max, K [S+1, b, P],
+    θ_new and Y_{S−1} [b, P], step h [b]), or the stability cap h_cap binding: count the
+    stability-limited explicit steps; after 15 (6 unlimited steps reset the count), at least
+    ``stiff_after`` iterations and no pending kink (``check_pend``), switch the row to the
+    Rosenbrock step, remembering h_next [b] as its explicit step."""
+    S = rk.S
+    num = (K[S] - K[S - 1]).norm(dim=-1)
+    den = (th_new - y_s).norm(dim=-1)
+    lim = (h * num > rk.stab * den) | (h >= 0.99 * w.h_cap)
+    lim &= accept & ~w.stiff
+    nl = accept & ~w.stiff & ~lim
+    st_cnt = torch.where(lim, w.st_cnt + 1, w.st_cnt)
+    st_non = torch.where(lim, torch.zeros_like(w.st_non), w.st_non + nl.long())
+    reset = st_non >= 6
+    st_cnt = torch.where(reset, torch.zeros_like(st_cnt), st_cnt)
+    w.st_non = torch.where(reset, torch.zeros_like(st_non), st_non)
+    go = (st_cnt >= 15) & (n_iter >= w.st_block) & (n_iter >= stiff_after)
+    if bool(go.any()):
+        if check_pend:  # held kinks are followed (stiff.tail_step)
+            go &= ~w.pend.flatten(1).any(-1)
+        w.stiff |= go
+        w.h_ex = torch.where(go, h_next, w.h_ex)
+        st_cnt = torch.where(go, torch.zeros_like(st_cnt), st_cnt)
+    w.st_cnt = st_cnt
