@@ -188,7 +188,7 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
     if sliding not in ("follow", "stop"):
         raise ValueError(f"sliding must be 'follow' or 'stop', got {sliding!r}")
     rk = RKMethod(int(order))
-    S, A, bw = rk.S, rk.A, rk.bw
+    A, bw = rk.A, rk.bw
 
     dt = torch.float64
     X, y, mask = X.to(dt), y.to(dt), mask.to(dt)

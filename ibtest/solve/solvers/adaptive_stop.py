@@ -13,8 +13,6 @@ Rare events are found by one cheap test each; their bookkeeping runs only when t
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ibtest.base import status as st

@@ -172,6 +172,7 @@ class KinkField:
             self.train_output = bool(getattr(model, "train_output", True))
         else:
             self.kind = "neuron"
+            assert pw is not None
             self.lo, self.hi = float(pw.neg), float(pw.pos)
         self.preact = preact_fn(model)
 

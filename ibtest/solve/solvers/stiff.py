@@ -48,7 +48,7 @@ def hessian(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     rep = lambda a: a.repeat_interleave(P, 0)  # noqa: E731
     E = torch.eye(P, dtype=theta.dtype).repeat(b, 1)
     Xr, yr, mr = rep(X), rep(y), rep(mask)
-    _, Hc = torch.func.jvp(lambda t: model.grad(t, Xr, yr, mr), (rep(theta),), (E,))
+    Hc = torch.func.jvp(lambda t: model.grad(t, Xr, yr, mr), (rep(theta),), (E,))[1]
     H = Hc.view(b, P, P)
     return 0.5 * (H + H.transpose(1, 2))
 
@@ -174,11 +174,15 @@ def tail_step(model, preact, theta: Tensor, f0: Tensor, h: Tensor, X: Tensor, y:
     kinked = torch.zeros(theta.shape[0], dtype=torch.bool)
     if preact is not None:
         pos = preact(theta, X) > 0
-        free = None if Pi is None else ~held
+        free = None
+        if Pi is not None:
+            assert held is not None
+            free = ~held
         for p in points:
             ch = (preact(p, X) > 0) != pos
             kinked |= (ch if free is None else ch & free).flatten(1).any(-1)
         if Pi is not None and kf is not None:
+            assert held is not None
             rows = held.flatten(1).any(-1).nonzero().squeeze(-1)
             Hf = held[rows].flatten(1)
             k = int(Hf.sum(-1).max())
