@@ -28,16 +28,18 @@ Stiff tails (issue 12). Some instances end on a slow last piece against a large 
 stability region while the tail lasts t ~ 1/σ_min², far beyond any step budget. Each accepted
 explicit step applies Hairer's stiffness test (h·‖K_S − K_{S−1}‖/‖θ_new − Y_{S−1}‖ above 0.7 of the
 real stability interval, or the stability cap h_cap of the drift check binding); after 15 such
-steps (6 unlimited steps reset the count), at least ``stiff_after`` steps, and with no kink
-pending (held kinks are followed: the Filippov field there is −Π∇L, see
-:func:`ibtest.solvers.stiff.tail_step`), the instance switches to a batched Rosenbrock step (Rodas3, L-stable, exact Hessian
-on the current activation pattern: :mod:`ibtest.solvers.stiff`), whose step is limited by
-accuracy only. A Rosenbrock step whose stage points change the activation pattern is rejected
-and the instance returns to the explicit method (its last explicit step size; no new switch for
-``stiff_after`` steps), so kinks crossed in the tail are resolved and checked for sliding as
-before. Every stopping rule below applies unchanged to both kinds of step (the energy-identity
-test for pinned iterates skips Rosenbrock rows, which keep their pattern). ``info["stiff_steps"]``
-counts the Rosenbrock steps of an instance. ``stiff_after=0`` disables the switch.
+steps (6 unlimited steps reset the count) and at least ``stiff_after`` steps (default 100), the
+instance switches to a batched Rosenbrock step (``stiff_method``: Rodas5, order 5, by default, or
+Rodas3; L-stable, exact Hessian on the current activation pattern:
+:mod:`ibtest.solve.solvers.stiff`, :mod:`ibtest.solve.solvers.rosenbrock`), whose step is limited
+by accuracy only. Its explicit stages are then skipped. Held kinks are followed in that phase
+(the Filippov field there is −Π∇L, see :func:`ibtest.solve.solvers.stiff.tail_step`); a pending
+kink does not block the switch. A Rosenbrock step whose stage points change the activation
+pattern is rejected and the instance returns to the explicit method (its last explicit step
+size; no new switch for ``RESWITCH_AFTER`` = 50 steps), so kinks crossed in the tail are resolved
+and checked for sliding as before. Every stopping rule below applies unchanged to both kinds of
+step (the energy-identity test for pinned iterates skips Rosenbrock rows, which keep their
+pattern). ``info["stiff_steps"]`` counts the Rosenbrock steps of an instance. ``stiff_after=0`` disables the switch.
 
 Kinks (an activation switching) are handled by step rejection: the error estimate of a step that
 straddles a switch is large, the step shrinks until the switch is resolved to the tolerance.
@@ -112,7 +114,15 @@ from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
 from ibtest.solve.solvers.adaptive_sliding import Sliding
 from ibtest.solve.solvers.adaptive_state import Outputs, WorkingSet
-from ibtest.solve.solvers.adaptive_step import FAC_MAX, RKMethod, advance, initial_step, stiff_rows, stiffness_switch
+from ibtest.solve.solvers.adaptive_step import (
+    FAC_MAX,
+    RESWITCH_AFTER,
+    RKMethod,
+    advance,
+    initial_step,
+    stiff_rows,
+    stiffness_switch,
+)
 from ibtest.solve.solvers.adaptive_stop import checkpoints, drift_check, status_codes, zero_gradient
 from ibtest.solve.solvers.drift import drift_bound, drift_estimate  # noqa: F401  (drift_bound: the former name)
 from ibtest.solve.solvers.kinks import kink_field, preact_fn
@@ -143,7 +153,8 @@ def solve_adaptive(
     growth_t_min: float = 100.0,
     growth_min_rate: float = 0.02,
     sliding: str = "follow",
-    stiff_after: int = 1000,
+    stiff_after: int = 100,
+    stiff_method: str = "rodas5",
     threads: int = 1,
 ) -> SolveResult:
     """Integrate gradient flow for B instances at once; see the module docstring for the rules.
@@ -172,7 +183,7 @@ def solve_adaptive(
                           drift_tol=drift_tol, t_max=t_max, max_steps=max_steps, div_norm=div_norm,
                           order=order, sliding_count=sliding_count, growth_window=growth_window,
                           growth_t_min=growth_t_min, growth_min_rate=growth_min_rate,
-                          sliding=sliding, stiff_after=stiff_after)
+                          sliding=sliding, stiff_after=stiff_after, stiff_method=stiff_method)
     finally:
         if threads and threads != prev_threads:
             torch.set_num_threads(prev_threads)
@@ -181,13 +192,13 @@ def solve_adaptive(
 def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *, rtol: float, atol: float,
            fit_tol: float, drift_tol: float, t_max: float, max_steps: int, div_norm: float, order: int,
            sliding_count: int, growth_window: int, growth_t_min: float, growth_min_rate: float,
-           sliding: str = "follow", stiff_after: int = 1000) -> SolveResult:
+           sliding: str = "follow", stiff_after: int = 100, stiff_method: str = "rodas5") -> SolveResult:
     """The loop of :func:`solve_adaptive` (same arguments; X [B, n, d], y [B, n], mask [B, n],
     theta0 [B, P]): one step of every row of the working set per iteration, then the stopping
     rules, then the finished rows leave."""
     if sliding not in ("follow", "stop"):
         raise ValueError(f"sliding must be 'follow' or 'stop', got {sliding!r}")
-    rk = RKMethod(int(order))
+    rk = RKMethod(int(order), stiff_method)
     A, bw = rk.A, rk.bw
 
     dt = torch.float64
@@ -235,12 +246,16 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         sliding_rows = sl.rows
         any_stiff = bool(w.stiff.any())
         h = w.h
-        h_rk = torch.where(w.stiff, torch.zeros_like(h), h) if any_stiff else h
-        K, th_new, y_s = rk.stages(F, w.th, w.f, h_rk, w.Xa, w.ya, w.ma)
+        if any_stiff:  # the explicit stages of the explicit rows only
+            ex_rows = (~w.stiff).nonzero().squeeze(-1)
+            K, th_new, y_s = rk.stages(F, w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
+                                       F_rows=sl.F_rows(ex_rows, b))
+        else:
+            K, th_new, y_s = rk.stages(F, w.th, w.f, h, w.Xa, w.ya, w.ma)
         err = rk.error(K, w.th, th_new, h, rtol, atol)
         kinked = None
         if any_stiff:
-            th_new, kinked = stiff_rows(model, preact, kf, w, K, th_new, err, rtol, atol)
+            th_new, kinked = stiff_rows(model, preact, kf, rk, w, K, th_new, err, rtol, atol)
         accept = err <= 1.0
         n_iter += 1
 
@@ -248,12 +263,12 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         th_old, h_next = advance(model, rk, w, K, th_new, err, accept, any_stiff, sliding_rows, t_max)
         if kinked is not None and bool(kinked.any()):
             # the activation pattern changed within a Rosenbrock step: back to the explicit
-            # method (it resolves kinks and detects sliding), no switch for stiff_after steps
+            # method (it resolves kinks and detects sliding), no switch for RESWITCH_AFTER steps
             w.stiff &= ~kinked
             h_next = torch.where(kinked, w.h_ex, h_next)
-            w.st_block = torch.where(kinked, n_iter + stiff_after, w.st_block)
+            w.st_block = torch.where(kinked, n_iter + RESWITCH_AFTER, w.st_block)
         if can_stiff:
-            stiffness_switch(rk, w, K, th_new, y_s, h, h_next, accept, n_iter, stiff_after, preact is not None)
+            stiffness_switch(rk, w, K, th_new, y_s, h, h_next, accept, n_iter, stiff_after)
 
         # ---- sliding detection -------------------------------------------------------------
         slid = None
@@ -331,8 +346,10 @@ SPEC = Solver(
         "sliding": Option("follow", Literal["follow", "stop"],
                           "on a Filippov sliding mode: follow it (minimal-norm Clarke velocity) "
                           "or stop with status sliding"),
-        "stiff_after": Option(1000, int, "steps before a stability-limited instance may switch to "
-                              "the Rosenbrock (Rodas3) tail integrator (0: never)"),
+        "stiff_after": Option(100, int, "steps before a stability-limited instance may switch to "
+                              "the Rosenbrock tail integrator (0: never)"),
+        "stiff_method": Option("rodas5", Literal["rodas5", "rodas3"],
+                               "Rosenbrock method of the stiff tail: rodas5 (order 5) or rodas3 (order 3)"),
         "threads": Option(1, int, "torch intra-op threads during the solve (0: leave as is)"),
     },
     tighten=tighten,

@@ -62,6 +62,35 @@ class Sliding:
             self.last_lam = lam
         return g
 
+    def F_rows(self, rows: Tensor, b: int) -> Field:
+        """The stage field of the working-set rows ``rows`` [r] alone (of b rows; the explicit
+        rows of a step that has stiff rows): Filippov on those of them that hold kinks. λ* of
+        the sliding rows left out is reported as ½ (interior): their release is decided by their
+        Rosenbrock step (``stiff.tail_step``)."""
+        if self.rows is None:
+            return self.F
+        kf = self.kf
+        assert kf is not None
+        pos = torch.full((b,), -1, dtype=torch.long)
+        pos[rows] = torch.arange(rows.numel())
+        rp = pos[self.rows]
+        kp = rp >= 0
+        r, S, ent, ok = rp[kp], self.S[kp], self.ent[kp], self.ok[kp]
+        shape = self.ok.shape
+        # (also when no stage is evaluated: every row of the step is stiff)
+        self.last_lam = torch.full(shape, 0.5, dtype=torch.float64)
+
+        def F(theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
+            g = -self.model.grad(theta, Xs, ys, ms)
+            lam = torch.full(shape, 0.5, dtype=theta.dtype)
+            if r.numel():
+                fs, lam_r = kf.field(theta[r], Xs[r], ys[r], ms[r], S, ent, ok)
+                g[r] = fs
+                lam[kp] = lam_r
+            self.last_lam = lam
+            return g
+        return F
+
     def setup(self, w: WorkingSet) -> None:
         """Recompute the cache of sliding rows after S_hold changed (or rows left)."""
         rows = w.S_hold.flatten(1).any(-1).nonzero().squeeze(-1)
