@@ -18,8 +18,8 @@ workloads of issue 12 (widths 16 and 64, d = 10, n = 20), where the baseline run
 
 Run: ``python benchmarks/w2_adaptive.py [n_instances] [n_baseline] [width] [d] [n]`` (one table;
 ``TORCHODE_N=k`` adds the torchode row on the first k instances), or
-``python benchmarks/w2_adaptive.py all [n_w2 nb_w2 n_wide nb_wide torchode_n]`` for every table of
-issue 12 in one run (W2 with stop/follow shares and torchode, widths 16 and 64).
+``python benchmarks/w2_adaptive.py all [n_w2 nb_w2 n_16 nb_16 n_64 nb_64 torchode_n]`` for every
+table of issue 12 in one run (W2 with stop/follow shares and torchode, widths 16 and 64).
 """
 from __future__ import annotations
 
@@ -159,6 +159,11 @@ def run(n_instances: int = 1000, n_baseline: int = 50, width: int = 4, d: int = 
         "speedup_without_capped": (
             1e3 * float(np.mean([x for k, x in enumerate(lsoda_times) if k not in capped])) / (1e3 * per_adaptive)
             if len(capped) < nb else float("nan")),
+        "median_instance_speedup_without_capped": (
+            1e3 * float(np.median([x for k, x in enumerate(lsoda_times) if k not in capped])) / (1e3 * per_adaptive)
+            if len(capped) < nb else float("nan")),
+        "stiff_instances": int((res.info["stiff_steps"] > 0).sum()),
+        "max_stiff_steps": int(res.info["stiff_steps"].max()),
         "status_counts": counts,
         "max_steps": int(res.info["steps"].max()),
         "median_steps": float(res.info["steps"].double().median()),
@@ -217,19 +222,21 @@ def _tight() -> dict:
     return {k: o[k] for k in ("rtol", "atol", "drift_tol", "max_steps")}
 
 
-def main(n_w2: int = 1000, nb_w2: int = 50, n_wide: int = 200, nb_wide: int = 10, torchode_n: int = 200,
-         seed: int = 0) -> list[dict]:
+def main(n_w2: int = 1000, nb_w2: int = 30, n_16: int = 20, nb_16: int = 3, n_64: int = 4, nb_64: int = 2,
+         torchode_n: int = 100, seed: int = 0) -> list[dict]:
     """The tables of issue 12 in one run: W2 (follow, with the stop shares and a torchode row),
-    then widths 16 and 64 at d = 10, n = 20 (LSODA on a sample of ``nb_wide``)."""
+    then widths 16 and 64 at d = 10, n = 20 (``n_16``/``n_64`` instances, LSODA on the first
+    ``nb_16``/``nb_64`` of them; torchode on all of them)."""
     rows = [run(n_w2, nb_w2, 4, 4, 3, seed=seed, torchode_n=torchode_n)]
-    for w in (16, 64):
-        rows.append(run(n_wide, nb_wide, w, 10, 20, seed=seed, torchode_n=min(torchode_n, n_wide)))
+    for w, nw, nbw in ((16, n_16, nb_16), (64, n_64, nb_64)):
+        if nw > 0:
+            rows.append(run(nw, nbw, w, 10, 20, seed=seed, torchode_n=min(torchode_n, nw)))
     return rows
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "all":  # python benchmarks/w2_adaptive.py all [n_w2 nb_w2 n_wide nb_wide torchode_n]
-        outs = main(*[int(a) for a in sys.argv[2:7]])
+    if len(sys.argv) > 1 and sys.argv[1] == "all":  # ... all [n_w2 nb_w2 n_16 nb_16 n_64 nb_64 torchode_n]
+        outs = main(*[int(a) for a in sys.argv[2:9]])
     else:
         outs = [run(*[int(a) for a in sys.argv[1:6]], torchode_n=int(os.environ.get("TORCHODE_N", "0")))]
     for out in outs:
