@@ -116,3 +116,9 @@ def test_w2_statuses_no_budget_and_sliding_only_with_stop():
     # where neither slid, both paths give the same statuses
     same = (fol.info["slid"] == 0) & (stop.status != st.SLIDING)
     assert torch.equal(fol.status[same], stop.status[same])
+
+
+def test_unknown_stiff_method_is_refused_with_the_choices():
+    X, y, m, th0 = (a[:1] for a in make_w2(1, seed=0))
+    with pytest.raises(ValueError, match=r"stiff_method must be one of \['rodas3', 'rodas5'\], got 'rodas4'"):
+        solve_adaptive(two_layer_relu(width=4), X, y, m, th0, max_steps=10, stiff_method="rodas4")
