@@ -223,23 +223,31 @@ def _tight() -> dict:
 
 
 def main(n_w2: int = 1000, nb_w2: int = 30, n_16: int = 20, nb_16: int = 3, n_64: int = 4, nb_64: int = 2,
-         torchode_n: int = 100, seed: int = 0) -> list[dict]:
+         torchode_n: int = 100, seed: int = 0, report=None) -> list[dict]:
     """The tables of issue 12 in one run: W2 (follow, with the stop shares and a torchode row),
     then widths 16 and 64 at d = 10, n = 20 (``n_16``/``n_64`` instances, LSODA on the first
-    ``nb_16``/``nb_64`` of them; torchode on all of them)."""
+    ``nb_16``/``nb_64`` of them; torchode on all of them). ``report(row)`` is called as each row
+    is done (the wide rows take long)."""
     rows = [run(n_w2, nb_w2, 4, 4, 3, seed=seed, torchode_n=torchode_n)]
+    if report:
+        report(rows[-1])
     for w, nw, nbw in ((16, n_16, nb_16), (64, n_64, nb_64)):
         if nw > 0:
             rows.append(run(nw, nbw, w, 10, 20, seed=seed, torchode_n=min(torchode_n, nw)))
+            if report:
+                report(rows[-1])
     return rows
+
+
+def _print(out: dict) -> None:
+    print("=" * 72)
+    for k, v in out.items():
+        print(f"{k:28s} {v}")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "all":  # ... all [n_w2 nb_w2 n_16 nb_16 n_64 nb_64 torchode_n]
-        outs = main(*[int(a) for a in sys.argv[2:9]])
+        main(*[int(a) for a in sys.argv[2:9]], report=_print)
     else:
-        outs = [run(*[int(a) for a in sys.argv[1:6]], torchode_n=int(os.environ.get("TORCHODE_N", "0")))]
-    for out in outs:
-        print("=" * 72)
-        for k, v in out.items():
-            print(f"{k:28s} {v}")
+        _print(run(*[int(a) for a in sys.argv[1:6]], torchode_n=int(os.environ.get("TORCHODE_N", "0"))))
