@@ -26,18 +26,11 @@ explicit method, which resolves kinks by step rejection and detects sliding (``a
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from ibtest.solve.solvers.rosenbrock import RODAS3, RODAS5, RosenbrockTableau, rosenbrock_step
+from ibtest.solve.solvers.rosenbrock import RODAS5, RosenbrockTableau, rosenbrock_step
 
 Tensor = torch.Tensor
-
-#: order of the error estimate + 1 of Rodas3 (step-size exponent −1/ELO; kept for callers of
-#: the former module constant: the solver reads ``RosenbrockTableau.err_order``)
-ELO = 3.0
-
 
 def hessian(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """∇²L [b, P, P] on the activation pattern of θ: forward-mode derivative of ``model.grad``
@@ -49,13 +42,6 @@ def hessian(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     Hc = torch.func.jvp(lambda t: model.grad(t, Xr, yr, mr), (rep(theta),), (E,))[1]
     H = Hc.view(b, P, P)
     return 0.5 * (H + H.transpose(1, 2))
-
-
-def rodas3_step(field: Callable[[Tensor], Tensor], theta: Tensor, f0: Tensor, h: Tensor,
-                H: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    """One Rodas3 step (:func:`ibtest.solve.solvers.rosenbrock.rosenbrock_step` with
-    :data:`~ibtest.solve.solvers.rosenbrock.RODAS3`); see there for the arguments."""
-    return rosenbrock_step(RODAS3, field, theta, f0, h, H)
 
 
 def kink_projector(preact, held: Tensor, X: Tensor, P: int) -> Tensor:
