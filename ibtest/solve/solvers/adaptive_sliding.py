@@ -51,15 +51,25 @@ class Sliding:
         self.last_lam = torch.zeros(0)
 
     # ---- the field ----------------------------------------------------------------------
+    def _field(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor, r: Tensor, S: Tensor, ent: Tensor,
+               ok: Tensor) -> tuple[Tensor, Tensor | None]:
+        """−∇L [b, P] at θ [b, P], with the Filippov velocity on the rows r [r] that hold the
+        entries S / ent / ok; and their λ* [r, k] (None when r is empty)."""
+        g = -self.model.grad(theta, Xs, ys, ms)
+        if r.numel() == 0:
+            return g, None
+        assert self.kf is not None
+        fs, lam = self.kf.field(theta[r], Xs[r], ys[r], ms[r], S, ent, ok)
+        g[r] = fs
+        return g, lam
+
     def F(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
         """The field [b, P] at θ [b, P] of the working set: −∇L, Filippov on the held rows."""
-        g = -self.model.grad(theta, Xs, ys, ms)
-        r = self.rows
-        if r is not None:
-            assert self.kf is not None
-            fs, lam = self.kf.field(theta[r], Xs[r], ys[r], ms[r], self.S, self.ent, self.ok)
-            g[r] = fs
-            self.last_lam = lam
+        if self.rows is None:
+            return -self.model.grad(theta, Xs, ys, ms)
+        g, lam = self._field(theta, Xs, ys, ms, self.rows, self.S, self.ent, self.ok)
+        assert lam is not None
+        self.last_lam = lam
         return g
 
     def F_rows(self, rows: Tensor, b: int) -> Field:
@@ -69,8 +79,6 @@ class Sliding:
         Rosenbrock step (``stiff.tail_step``)."""
         if self.rows is None:
             return self.F
-        kf = self.kf
-        assert kf is not None
         pos = torch.full((b,), -1, dtype=torch.long)
         pos[rows] = torch.arange(rows.numel())
         rp = pos[self.rows]
@@ -81,11 +89,9 @@ class Sliding:
         self.last_lam = torch.full(shape, 0.5, dtype=torch.float64)
 
         def F(theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
-            g = -self.model.grad(theta, Xs, ys, ms)
+            g, lam_r = self._field(theta, Xs, ys, ms, r, S, ent, ok)
             lam = torch.full(shape, 0.5, dtype=theta.dtype)
-            if r.numel():
-                fs, lam_r = kf.field(theta[r], Xs[r], ys[r], ms[r], S, ent, ok)
-                g[r] = fs
+            if lam_r is not None:
                 lam[kp] = lam_r
             self.last_lam = lam
             return g

@@ -118,16 +118,15 @@ def box_qp(M: Tensor, q: Tensor, valid: Tensor, iters: int | None = None) -> Ten
     b, k = q.shape
     if k == 0:
         return q.new_zeros(b, 0)
+    tr = torch.diagonal(M, dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)
     if k == 1:
         # one entry (the common case): the minimizer of ½Mλ² + qλ on [0, 1] is clip(−q/M_r), M_r
         # with the ridge below. Written as a product with 1/M_r, which is how LAPACK's solve
         # rounds it: a row gets the same bits here as on the k × k path of a padded batch
         # (tests/test_kinks_qp.py checks this).
-        m11 = M[:, 0, 0]
-        lam1 = (-q[:, 0] * (1.0 / (m11 + 4 * EPS * m11.clamp_min(1e-300)))).clamp(0.0, 1.0)
+        lam1 = (-q[:, 0] * (1.0 / (M[:, 0, 0] + 4 * EPS * tr))).clamp(0.0, 1.0)
         return torch.where(valid, lam1.unsqueeze(-1), torch.zeros_like(q))
     eye = torch.eye(k, dtype=M.dtype)
-    tr = torch.diagonal(M, dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)
     Mr = M + (4 * EPS * tr).view(b, 1, 1) * eye
     lam = torch.zeros(b, k, dtype=M.dtype)
     free = valid.clone()

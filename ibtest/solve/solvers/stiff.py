@@ -32,6 +32,7 @@ from ibtest.solve.solvers.rosenbrock import RODAS5, RosenbrockTableau, rosenbroc
 
 Tensor = torch.Tensor
 
+
 def hessian(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """∇²L [b, P, P] on the activation pattern of θ: forward-mode derivative of ``model.grad``
     along the P unit vectors, evaluated as one batched call on b·P rows."""
