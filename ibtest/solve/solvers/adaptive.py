@@ -208,7 +208,7 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
     preact = preact_fn(model)
     kf = kink_field(model) if sliding == "follow" else None
     sl = Sliding(model, preact, kf, sliding_count)
-    F = sl.F
+    F = sl.plain
     out = Outputs.start(theta0)
 
     th = theta0.clone()
@@ -232,6 +232,7 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         ck_n=torch.zeros(B, dtype=i64), rate=torch.zeros(B, dtype=dt), diss=torch.zeros(B, dtype=dt),
         ck_loss=loss.clone(), z_old=z_old, pos_old=z_old > 0, chat=torch.zeros(z_old.shape, dtype=i64),
         quiet=torch.zeros(B, dtype=i64), S_hold=torch.zeros(z_old.shape, dtype=torch.bool),
+        qp=torch.zeros(B, dtype=torch.bool),
         pend=torch.zeros(z_old.shape, dtype=torch.bool), t_slide=torch.zeros(B, dtype=dt),
         episodes=torch.zeros(B, dtype=i64), stiff=torch.zeros(B, dtype=torch.bool),
         h_ex=torch.zeros(B, dtype=dt), st_cnt=torch.zeros(B, dtype=i64), st_non=torch.zeros(B, dtype=i64),
@@ -249,10 +250,12 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         if any_stiff:  # the explicit stages of the explicit rows only
             ex_rows = (~w.stiff).nonzero().squeeze(-1)
             K, th_new, y_s = rk.stages(F, w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
-                                       F_rows=sl.F_rows(ex_rows, b))
+                                       F_rows=sl.stage_field(w, ex_rows))
         else:
-            K, th_new, y_s = rk.stages(F, w.th, w.f, h, w.Xa, w.ya, w.ma)
+            K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma)
         err = rk.error(K, w.th, th_new, h, rtol, atol)
+        # projected sliding steps whose held λ* left (0, 1): rejected, retried with the box QP
+        retry = sl.check(w, th_new, err) if sliding_rows is not None else None
         kinked = None
         if any_stiff:
             th_new, kinked = stiff_rows(model, preact, kf, rk, w, K, th_new, err, rtol, atol)
@@ -261,6 +264,10 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
 
         # ---- step size update, stiffness switch ----------------------------------------------
         th_old, h_next = advance(model, rk, w, K, th_new, err, accept, any_stiff, sliding_rows, t_max)
+        if sliding_rows is not None:
+            w.qp &= ~accept
+            if retry is not None:
+                h_next[retry] = h[retry]
         if kinked is not None and bool(kinked.any()):
             # the activation pattern changed within a Rosenbrock step: back to the explicit
             # method (it resolves kinks and detects sliding), no switch for RESWITCH_AFTER steps

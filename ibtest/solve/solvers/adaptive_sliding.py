@@ -47,64 +47,118 @@ class Sliding:
         #: entry lists ent/ok [r, k]
         self.rows: Tensor | None = None
         self.S = self.ent = self.ok = torch.zeros(0)
-        #: λ* [r, k] of the last stage field evaluated on the sliding rows
-        self.last_lam = torch.zeros(0)
+        #: their tangent projectors [r, m, d, d] (:meth:`KinkField.tangent_projector`) and
+        #: instance indices [r] (to reuse the projectors across :meth:`setup`)
+        self.Pi = torch.zeros(0)
+        self.inst: Tensor | None = None
+        #: the held entries [r, k] whose kink the flow leaves at the proposal of this step
+        #: (:meth:`KinkField.field_leave`; False where not evaluated)
+        self.last_leave = torch.zeros(0, dtype=torch.bool)
 
     # ---- the field ----------------------------------------------------------------------
-    def _field(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor, r: Tensor, S: Tensor, ent: Tensor,
-               ok: Tensor) -> tuple[Tensor, Tensor | None]:
-        """−∇L [b, P] at θ [b, P], with the Filippov velocity on the rows r [r] that hold the
-        entries S / ent / ok; and their λ* [r, k] (None when r is empty)."""
-        g = -self.model.grad(theta, Xs, ys, ms)
-        if r.numel() == 0:
-            return g, None
-        assert self.kf is not None
-        fs, lam = self.kf.field(theta[r], Xs[r], ys[r], ms[r], S, ent, ok)
-        g[r] = fs
-        return g, lam
+    def plain(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
+        """The classical field −∇L [b, P] at θ [b, P]."""
+        return -self.model.grad(theta, Xs, ys, ms)
 
-    def F(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
-        """The field [b, P] at θ [b, P] of the working set: −∇L, Filippov on the held rows."""
-        if self.rows is None:
-            return -self.model.grad(theta, Xs, ys, ms)
-        g, lam = self._field(theta, Xs, ys, ms, self.rows, self.S, self.ent, self.ok)
-        assert lam is not None
-        self.last_lam = lam
-        return g
+    def stage_field(self, w: WorkingSet, rows: Tensor | None = None) -> Field:
+        """The field of this step's Runge–Kutta stages: −∇L, and on the rows that hold kinks the
+        Filippov velocity, in one of two forms (module docstring): −Π∇L (the tangent
+        projection, a product per stage) on the rows whose held λ* were interior at the end of
+        their last step, the box QP of :meth:`KinkField.field` on the rows marked ``w.qp`` (a
+        step being retried because λ* left (0, 1) in it).
 
-    def F_rows(self, rows: Tensor, b: int) -> Field:
-        """The stage field of the working-set rows ``rows`` [r] alone (of b rows; the explicit
-        rows of a step that has stiff rows): Filippov on those of them that hold kinks. λ* of
-        the sliding rows left out is reported as ½ (interior): their release is decided by their
-        Rosenbrock step (``stiff.tail_step``)."""
+        ``rows`` [r]: the field of those working-set rows alone (the explicit rows of a step
+        that has stiff rows; the field is then called on θ [r, P]). λ* of the sliding rows
+        whose stages are not evaluated here does not leave (``last_leave`` False): projected
+        rows get theirs from :meth:`check`, stiff rows from their Rosenbrock step."""
         if self.rows is None:
-            return self.F
-        pos = torch.full((b,), -1, dtype=torch.long)
-        pos[rows] = torch.arange(rows.numel())
-        rp = pos[self.rows]
-        kp = rp >= 0
-        r, S, ent, ok = rp[kp], self.S[kp], self.ent[kp], self.ok[kp]
-        shape = self.ok.shape
-        # (also when no stage is evaluated: every row of the step is stiff)
-        self.last_lam = torch.full(shape, 0.5, dtype=torch.float64)
+            return self.plain
+        kf = self.kf
+        assert kf is not None
+        if rows is None:
+            r = self.rows
+            kp = torch.ones(r.numel(), dtype=torch.bool)
+        else:
+            pos = torch.full((w.idx.numel(),), -1, dtype=torch.long)
+            pos[rows] = torch.arange(rows.numel())
+            r = pos[self.rows]
+            kp = r >= 0
+        ex = kp & w.qp[self.rows]
+        pr = kp & ~ex
+        r_pr, Pi_pr = r[pr], self.Pi[pr]
+        r_ex, S_ex, ent_ex, ok_ex = r[ex], self.S[ex], self.ent[ex], self.ok[ex]
+        self.last_leave = torch.zeros(self.ok.shape, dtype=torch.bool)
+        any_pr, any_ex = r_pr.numel() > 0, r_ex.numel() > 0
 
         def F(theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
-            g, lam_r = self._field(theta, Xs, ys, ms, r, S, ent, ok)
-            lam = torch.full(shape, 0.5, dtype=theta.dtype)
-            if lam_r is not None:
-                lam[kp] = lam_r
-            self.last_lam = lam
+            g = -self.model.grad(theta, Xs, ys, ms)
+            if any_pr:
+                g[r_pr] = kf.project_field(Pi_pr, g[r_pr])
+            if any_ex:
+                fs, _, leave = kf.field_leave(theta[r_ex], Xs[r_ex], ys[r_ex], ms[r_ex], S_ex, ent_ex, ok_ex)
+                g[r_ex] = fs
+                self.last_leave[ex] = leave & ok_ex
             return g
         return F
 
+    def check(self, w: WorkingSet, th_new: Tensor, err: Tensor) -> Tensor | None:
+        """After the stages: the leaving test (:meth:`KinkField.field_leave`) at the proposal
+        θ_new [b, P] of the sliding rows that took a projected explicit step (one box QP per
+        step instead of one per stage). Where the flow leaves a held kink the projected field
+        was not the Filippov velocity somewhere in the step: the step is rejected (err [b] set
+        to inf in place) and retried with the same h and the box-QP field at every stage
+        (``w.qp``), which releases the kink (:meth:`release`). Returns the retried rows [q]
+        (None: none)."""
+        if self.rows is None:
+            return None
+        kf = self.kf
+        assert kf is not None
+        sel = ~w.qp[self.rows] & ~w.stiff[self.rows]
+        if not bool(sel.any()):
+            return None
+        rr = self.rows[sel]
+        ok = self.ok[sel]
+        _, _, leave = kf.field_leave(th_new[rr], w.Xa[rr], w.ya[rr], w.ma[rr], self.S[sel], self.ent[sel], ok)
+        out = (ok & leave).any(-1)
+        if not bool(out.any()):
+            return None
+        q = rr[out]
+        err[q] = math.inf
+        w.qp[q] = True
+        return q
+
     def setup(self, w: WorkingSet) -> None:
-        """Recompute the cache of sliding rows after S_hold changed (or rows left)."""
+        """Recompute the cache of sliding rows after S_hold changed (or rows left): their masks,
+        entry lists and tangent projectors (reused for an instance whose S is unchanged: they
+        depend on X and S only)."""
         rows = w.S_hold.flatten(1).any(-1).nonzero().squeeze(-1)
         if rows.numel() == 0:
             self.rows = None
+            self.inst = None
             return
-        ent, ok = entries(w.S_hold[rows])
-        self.rows, self.S, self.ent, self.ok = rows, w.S_hold[rows], ent, ok
+        kf = self.kf
+        assert kf is not None
+        S = w.S_hold[rows]
+        ent, ok = entries(S)
+        inst = w.idx[rows]
+        reuse = torch.zeros(rows.numel(), dtype=torch.bool)
+        Pi = None
+        if self.inst is not None:
+            # instance indices are ascending in the working set (rows only ever leave it)
+            j = torch.searchsorted(self.inst, inst).clamp_max(self.inst.numel() - 1)
+            reuse = (self.inst[j] == inst) & (self.S[j] == S).flatten(1).all(-1)
+            if bool(reuse.all()):
+                Pi = self.Pi[j]
+            elif bool(reuse.any()):
+                Pi = torch.empty(rows.numel(), *self.Pi.shape[1:], dtype=self.Pi.dtype)
+                Pi[reuse] = self.Pi[j[reuse]]
+        new = ~reuse
+        if Pi is None:
+            Pi = kf.tangent_projector(w.Xa[rows], S)
+        elif bool(new.any()):
+            Pi[new] = kf.tangent_projector(w.Xa[rows[new]], S[new])
+        self.rows, self.S, self.ent, self.ok, self.Pi, self.inst = rows, S, ent, ok, Pi, inst
+        w.qp[rows[~reuse]] = False
 
     def field_at(self, w: WorkingSet, rr: Tensor) -> Tensor:
         """The field [r, P] (Filippov where S is held) at the working-set rows rr [r]."""
@@ -120,8 +174,9 @@ class Sliding:
     # ---- holding kinks ------------------------------------------------------------------
     def enter(self, w: WorkingSet, rows: Tensor, cand: Tensor) -> Tensor:
         """Try to hold the candidate entries ``cand`` [r, n, m] (plus those held) of working-set
-        rows ``rows`` [r] at their kinks: keep the attracting ones (λ* interior, α > 0) at θ
-        projected onto them. Returns the rows that now slide (bool [r])."""
+        rows ``rows`` [r] at their kinks: keep the attracting ones (the flow does not leave them
+        at θ projected onto them: λ* interior, or at a bound by rounding only, α ≠ 0;
+        :meth:`KinkField.field_leave`) at that projected θ. Returns the rows that now slide (bool [r])."""
         kf, preact = self.kf, self.preact
         assert kf is not None and preact is not None
         Xr, yr, mr = w.Xa[rows], w.ya[rows], w.ma[rows]
@@ -135,8 +190,8 @@ class Sliding:
                 break
             ent, ok = entries(C)
             thp = kf.project(w.th[rows], Xr, C)
-            _, lam = kf.field(thp, Xr, yr, mr, C, ent, ok)
-            good = ok & (lam > 0.0) & (lam < 1.0)
+            _, _, leave = kf.field_leave(thp, Xr, yr, mr, C, ent, ok)
+            good = ok & ~leave
             keepC = torch.zeros_like(Cf)
             keepC.scatter_(1, ent, good)
             keepC = keepC.view_as(C)
@@ -190,11 +245,11 @@ class Sliding:
 
     # ---- after every step ---------------------------------------------------------------
     def release(self, w: WorkingSet, sliding_rows: Tensor, accept: Tensor) -> None:
-        """Leave a held kink whose λ* reached a bound in an accepted step (the one-sided field
-        there is tangent or points away); λ* of the last stage is that of the proposal θ_new."""
-        lam = self.last_lam
+        """Leave the held kinks that the flow leaves at the proposal θ_new of an accepted step
+        (λ* at a bound and the one-sided field there pointing away beyond rounding:
+        :meth:`KinkField.field_leave`, of the last stage or of :meth:`check`)."""
         acc_r = accept[sliding_rows]
-        bound = self.ok & ((lam <= 0.0) | (lam >= 1.0)) & acc_r.unsqueeze(-1)
+        bound = self.ok & self.last_leave & acc_r.unsqueeze(-1)
         if bool(bound.any()):
             Sf = w.S_hold[sliding_rows].flatten(1)
             drop = torch.zeros_like(Sf)

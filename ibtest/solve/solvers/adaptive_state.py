@@ -50,6 +50,7 @@ class WorkingSet:
     chat: Tensor  # [b, n, m] int64 chatter events per entry (sliding: stop)
     quiet: Tensor  # [b] int64 accepted steps since the last chatter event
     S_hold: Tensor  # [b, n, m] bool kink entries held (Filippov following)
+    qp: Tensor  # [b] bool a sliding row whose step is retried with the box-QP field per stage
     pend: Tensor  # [b, n, m] bool kink entries with evidence of sliding, being approached
     t_slide: Tensor  # [b] flow time with some entry held
     episodes: Tensor  # [b] int64 sliding episodes

@@ -196,9 +196,26 @@ class KinkField:
 
     def field(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, S: Tensor,
               ent: Tensor, ent_ok: Tensor) -> tuple[Tensor, Tensor]:
-        """The Filippov velocity −g(λ*) [b, P] and λ* [b, k] with the entries of S held at their
-        kinks. ``ent`` [b, k] lists the flat indices i·m + j of the entries of S (padded, with
-        ``ent_ok`` False), ``S`` [b, n, m] the same set as a mask."""
+        """The Filippov velocity −g(λ*) [b, P] and λ* [b, k] (:meth:`field_leave` without the
+        leaving test)."""
+        vel, lam, _ = self.field_leave(theta, X, y, mask, S, ent, ent_ok)
+        return vel, lam
+
+    def field_leave(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, S: Tensor,
+                    ent: Tensor, ent_ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The Filippov velocity −g(λ*) [b, P], λ* [b, k] and ``leave`` [b, k] with the entries
+        of S held at their kinks. ``ent`` [b, k] lists the flat indices i·m + j of the entries
+        of S (padded, with ``ent_ok`` False), ``S`` [b, n, m] the same set as a mask.
+
+        ``leave``: the flow leaves entry e's kink: λ*_e is at a bound *and* the derivative of
+        ½‖g(λ)‖² in λ_e there, ⟨c_e, g(λ*)⟩ = −α_e ż_e, has the sign that keeps it there by more
+        than ``ROUND`` times the magnitude of its terms (λ*_e = 0 with ⟨c_e, g⟩ > τ_e: the
+        one-sided field below points away from the kink; λ*_e = 1 with ⟨c_e, g⟩ < −τ_e: the
+        field above does). A λ* at a bound only by rounding, with the one-sided field tangent
+        to the kink (λ*_e → 0 along a sliding mode that ends tangent, W2 seed 0 instance 904),
+        does not leave: holding and releasing give the same velocity there, and releasing it
+        made the row chatter, re-enter and crawl. Padding and entries with α_e = 0 (nothing
+        holds them) leave."""
         W, v = self._parts(theta)
         b, m, d = W.shape
         z = torch.matmul(X, W.transpose(1, 2))  # [b, n, m]
@@ -223,12 +240,44 @@ class KinkField:
         Xe = X.gather(1, ii.unsqueeze(-1).expand(b, k, d))  # [b, k, d]
         same = (jj.unsqueeze(-1) == jj.unsqueeze(-2)).to(z.dtype)
         M = alpha.unsqueeze(-1) * alpha.unsqueeze(-2) * (Xe @ Xe.transpose(1, 2)) * same
-        g0e = g0W.gather(1, jj.unsqueeze(-1).expand(b, k, d))  # [b, k, d]
+        jx = jj.unsqueeze(-1).expand(b, k, d)
+        g0e = g0W.gather(1, jx)  # [b, k, d]
         q = alpha * (Xe * g0e).sum(-1)
-        lam = box_qp(M, q, ent_ok & (alpha != 0))
+        valid = ent_ok & (alpha != 0)
+        lam = box_qp(M, q, valid)
         add = torch.zeros_like(g0W)
-        add.scatter_add_(1, jj.unsqueeze(-1).expand(b, k, d), (lam * alpha).unsqueeze(-1) * Xe)
-        return -self._join(g0W + add, gv), lam
+        add.scatter_add_(1, jx, (lam * alpha).unsqueeze(-1) * Xe)
+        gW = g0W + add
+        # the leaving test: ⟨c_e, g(λ*)⟩ against the rounding of its terms
+        dq = alpha * (Xe * gW.gather(1, jx)).sum(-1)
+        tau = ROUND * (alpha.abs() * (Xe.abs() * g0e.abs()).sum(-1)
+                       + (M.abs() @ lam.abs().unsqueeze(-1)).squeeze(-1))
+        leave = ~valid | ((lam <= 0.0) & (dq > tau)) | ((lam >= 1.0) & (dq < -tau))
+        return -self._join(gW, gv), lam, leave
+
+    def tangent_projector(self, X: Tensor, S: Tensor) -> Tensor:
+        """Per-unit projectors Π [b, m, d, d] onto the tangent space of the held kinks: Π_j =
+        I − A_j⁺A_j, A_j [n, d] the inputs x_i with (i, j) ∈ S (other rows 0). The normals
+        ∇_θ z_ij are x_i in block w_j, so the projector onto {δ: z_e(δ) = 0, e ∈ S} is
+        block-diagonal with these blocks on W and the identity on v; it depends on X and S
+        only (z is linear in θ). The pseudo-inverse keeps it exact for collinear inputs."""
+        d = X.shape[-1]
+        Xs = X.unsqueeze(1) * S.transpose(1, 2).unsqueeze(-1).to(X.dtype)  # [b, m, n, d]
+        return torch.eye(d, dtype=X.dtype) - torch.linalg.pinv(Xs) @ Xs
+
+    def project_field(self, Pi: Tensor, g: Tensor) -> Tensor:
+        """Π g [b, P] for g [b, P] and per-unit projectors Π [b, m, d, d]
+        (:meth:`tangent_projector`).
+
+        With every held λ*_e interior this *is* the Filippov velocity: by the KKT conditions
+        g(λ*) ⟂ c_e ∝ ∇z_e for each held e, and g(λ) − g₀ ∈ span{c_e}, so −g(λ*) = −Π g for
+        any element g of the affine family {g(λ)} (the classical gradient with either σ'(0) on
+        the held entries is one, up to the O(|z_e|) rounding of z_e ≈ 0)."""
+        if self.kind == "neuron":
+            return (Pi[:, 0] @ g.unsqueeze(-1)).squeeze(-1)
+        m, d = Pi.shape[1], Pi.shape[2]
+        gW = (Pi @ g[:, : m * d].reshape(-1, m, d, 1)).flatten(1)
+        return torch.cat([gW, g[:, m * d:]], -1)
 
     def scale(self, theta: Tensor, X: Tensor) -> Tensor:
         """‖x_i‖·‖w_j‖ [b, n, m]: the size a pre-activation z_ij is measured against."""

@@ -72,7 +72,8 @@ def tail_step(model, preact, theta: Tensor, f0: Tensor, h: Tensor, X: Tensor, y:
     kinks' (constant) tangent space (KKT of the minimal-norm problem: g(λ*) ⟂ every c_e ∝ ∇z_e),
     so its Jacobian is −Π∇²LΠ (independent of σ'(0) on the held entries, whose normal parts Π
     removes); every stage then keeps z_e fixed. The held entries are left out of the pattern
-    test; a step after which some held λ*_e (``kf``) is at a bound counts as kinked."""
+    test; a step at whose end the flow leaves some held kink (``kf.field_leave``) counts as
+    kinked."""
     Pi = None
     if held is not None and bool(held.any()):
         Pi = kink_projector(preact, held, X, theta.shape[1])
@@ -106,8 +107,8 @@ def tail_step(model, preact, theta: Tensor, f0: Tensor, h: Tensor, X: Tensor, y:
             k = int(Hf.sum(-1).max())
             ent = torch.argsort((~Hf).to(torch.int8), dim=-1, stable=True)[:, :k]
             ok = Hf.gather(1, ent)
-            _, lam = kf.field(th_new[rows], X[rows], y[rows], mask[rows], held[rows], ent, ok)
-            leave = (ok & ((lam <= 0.0) | (lam >= 1.0))).any(-1)
+            _, _, lv = kf.field_leave(th_new[rows], X[rows], y[rows], mask[rows], held[rows], ent, ok)
+            leave = (ok & lv).any(-1)
             kinked[rows[leave]] = True
         err = torch.where(kinked, torch.full_like(err, float("inf")), err)
     return th_new, f_new, err, kinked
