@@ -55,6 +55,7 @@ class PiecewiseNeuron(ibtest.ModelBase):
         the other the float64 slope of :meth:`predict`."""
         z = self.preactivation(theta, X)
         pw = self.piecewise
+        assert pw is not None
         t = lambda c: torch.tensor(c, dtype=z.dtype)  # noqa: E731
         s = torch.where(z > 0, t(pw.pos), torch.where(z < 0, t(pw.neg), t(pw.at_zero)))
         H = torch.matmul(X.transpose(1, 2) * (mask * self._slopes(z) * s).unsqueeze(1), X)
