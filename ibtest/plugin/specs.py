@@ -70,6 +70,19 @@ class ModelBase:
     Subclasses implement :meth:`n_params` and :meth:`predict`; the square loss and its gradient
     follow. The gradient defaults to autograd; override :meth:`grad` with a hand-written one for
     speed or to fix a σ'(0) convention autograd would not follow.
+
+    Optional capabilities, found with ``getattr(model, name, None)`` (no default here):
+
+    * ``hidden_preactivations(theta [B, P], X [B, n, d]) -> [B, n, m]``: the pre-activations
+      (linear in θ) whose sign pattern the solvers watch for kinks;
+    * ``loss_hessian(theta [B, P], X [B, n, d], y [B, n], mask [B, n]) -> [B, P, P]``: the
+      Hessian of L(θ) = ½ Σ_i mask_i r_i², r_i = f_θ(x_i) − y_i, on the activation pattern of θ,
+      i.e. the derivative of the model's own :meth:`grad` with the pattern (every σ'(z), with the
+      declared σ'(0) at z = 0) held fixed, so σ'' = 0 for piecewise-linear σ: the Gauss–Newton
+      part Σ_i mask_i J_iᵀJ_i (J_i = ∂f_θ(x_i)/∂θ) plus Σ_i mask_i r_i ∇²f_θ(x_i); symmetric.
+      Parameters that :meth:`grad` keeps frozen (gradient 0) have zero rows and columns. The
+      stiff tail of the ``adaptive`` solver uses it (:func:`ibtest.solve.solvers.stiff.hessian`),
+      and computes the same by forward-mode AD of :meth:`grad` when a model has none.
     """
 
     #: set by models whose flow is linear between switches (the ``exact`` solver reads it)

@@ -46,6 +46,21 @@ class PiecewiseNeuron(ibtest.ModelBase):
         r = (self.predict(theta, X) - y) * mask * self._slopes(z)
         return torch.einsum("bn,bnd->bd", r, X)
 
+    def loss_hessian(self, theta, X, y, mask):
+        """∇²L = Σ_i mask_i s_i² x_i x_iᵀ [B, d, d] on the activation pattern of w (s_i = σ'(z_i),
+        the declared σ'(0) at z_i = 0; σ'' = 0 there). Symmetric.
+
+        The derivative of :meth:`grad` as written: one factor s_i is :meth:`_slopes` (built from
+        Python floats by ``torch.where``, i.e. rounded to float32: 0.1 becomes 0.10000000149),
+        the other the float64 slope of :meth:`predict`."""
+        z = self.preactivation(theta, X)
+        pw = self.piecewise
+        assert pw is not None
+        t = lambda c: torch.tensor(c, dtype=z.dtype)  # noqa: E731
+        s = torch.where(z > 0, t(pw.pos), torch.where(z < 0, t(pw.neg), t(pw.at_zero)))
+        H = torch.matmul(X.transpose(1, 2) * (mask * self._slopes(z) * s).unsqueeze(1), X)
+        return 0.5 * (H + H.transpose(1, 2))
+
     def rotate(self, theta: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
         """f_{Mw}(Mx) = f_w(x) for orthogonal M."""
         return torch.einsum("bij,bj->bi", M, theta)

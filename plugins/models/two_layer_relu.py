@@ -4,7 +4,8 @@
 hand-written so that it follows the declared σ'(0) (``relu_grad_at_zero``) at a pre-activation
 that is exactly 0 (autograd would not). With ``train_output=False`` the output weights are
 frozen (their gradient is 0). The model exposes ``hidden_preactivations`` so the adaptive
-solver can detect Filippov sliding on a kink.
+solver can detect Filippov sliding on a kink, and ``loss_hessian`` (the analytic Hessian on the
+activation pattern) for the Rosenbrock step of its stiff tail.
 """
 from __future__ import annotations
 
@@ -69,6 +70,33 @@ class TwoLayerReLU(ibtest.ModelBase):
         else:
             gv = torch.zeros_like(v)
         return torch.cat([gW.flatten(1), gv], dim=-1)
+
+    def loss_hessian(self, theta, X, y, mask):
+        """∇²L [B, P, P] on the activation pattern of θ (s_ij = σ'(z_ij), declared σ'(0) at 0).
+
+        With r_i = mask_i (f(x_i) − y_i) (as in :meth:`grad`), J_i = ∂f(x_i)/∂θ
+        = (v_j s_ij x_i for w_j, a_ij = σ(z_ij) for v_j): H = Σ_i mask_i J_iᵀJ_i plus the residual
+        term ∂²/∂w_j∂v_j = Σ_i r_i s_ij x_i (the only non-zero second derivative of f). With
+        ``train_output=False`` the v rows and columns are 0 (v is frozen). Symmetric."""
+        W, v = self.split(theta)
+        B, m, d = W.shape
+        md = m * d
+        z = torch.matmul(X, W.transpose(1, 2))  # [B, n, m]
+        s = ((z >= 0) if self.at_zero == 1.0 else (z > 0)).to(z.dtype)
+        Jw = ((s * v.unsqueeze(1)).unsqueeze(-1) * X.unsqueeze(2)).flatten(2)  # [B, n, m·d]
+        if not self.train_output:
+            H = torch.matmul(Jw.transpose(1, 2) * mask.unsqueeze(1), Jw)
+            Hf = torch.zeros(B, md + m, md + m, dtype=z.dtype)
+            Hf[:, :md, :md] = H
+            return 0.5 * (Hf + Hf.transpose(1, 2))
+        J = torch.cat([Jw, z.clamp_min(0.0)], dim=-1)  # [B, n, P]
+        H = torch.matmul(J.transpose(1, 2) * mask.unsqueeze(1), J)
+        r = (torch.matmul(z.clamp_min(0.0), v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
+        C = torch.matmul((r.unsqueeze(-1) * s).transpose(1, 2), X)  # [B, m, d]: Σ_i r_i s_ij x_i
+        # the w_j, v_j block: 2·C into the upper block only, the symmetrization halves it into both
+        R = (2.0 * C).unsqueeze(-1) * torch.eye(m, dtype=z.dtype).unsqueeze(1)  # [B, m, d, m]
+        H[:, :md, md:] += R.reshape(B, md, m)
+        return 0.5 * (H + H.transpose(1, 2))
 
     def predictor(self, theta: torch.Tensor) -> torch.Tensor:
         """u = v·w [B, d] for m = 1; the concatenation of v_j·w_j [B, m·d] for m > 1."""

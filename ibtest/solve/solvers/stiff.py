@@ -15,8 +15,10 @@ limited to ~(1e-10)^(1/3) of the solution's time scale, often *below* the explic
 stability limit, so the switch bought nothing (W2 instance 994 of seed 0: 5,148 Rodas3 steps
 against 579 Rodas5 steps to the same limit, within 1e-9).
 
-H is computed by forward-mode automatic differentiation of ``model.grad`` (one ``jvp`` on the
-b·P rows θ ⊗ unit vectors, so no model code changes and no per-instance Python), the linear
+H is the model's analytic ``loss_hessian`` where it defines one (``two_layer_relu``, the
+single neurons: a few batched tensor operations), otherwise it is computed by forward-mode
+automatic differentiation of ``model.grad`` (one ``jvp`` on the b·P rows θ ⊗ unit vectors, so no
+model code changes and no per-instance Python; :func:`hessian_ad`), the linear
 systems by one batched LU (``torch.linalg.lu_factor``/``lu_solve``, a LAPACK call per matrix:
 an instance's answer does not depend on its batch).
 
@@ -34,15 +36,40 @@ Tensor = torch.Tensor
 
 
 def hessian(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-    """∇²L [b, P, P] on the activation pattern of θ: forward-mode derivative of ``model.grad``
-    along the P unit vectors, evaluated as one batched call on b·P rows."""
+    """∇²L [b, P, P] on the activation pattern of θ [b, P] (X [b, n, d], y and mask [b, n]):
+    the model's analytic ``loss_hessian`` when it has one (see :class:`ibtest.ModelBase`),
+    else :func:`hessian_ad`."""
+    lh = getattr(model, "loss_hessian", None)
+    if callable(lh):
+        H = lh(theta, X, y, mask)
+        if H is not None:
+            return H
+    return hessian_ad(model, theta, X, y, mask)
+
+
+def hessian_ad(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """∇²L [b, P, P] on the activation pattern of θ by forward-mode AD: the derivative of
+    ``model.grad`` along the P unit vectors, evaluated as one batched ``jvp`` on b·P rows, then
+    symmetrized. H[b, l, k] = ∂g_k/∂θ_l before symmetrizing.
+
+    Frozen parameters (a grad component that is identically 0, e.g. v of ``two_layer_relu`` with
+    ``train_output=False``): their column ∂g_k/∂θ is 0 but their row ∂g/∂θ_k is not, and the
+    plain symmetrization would put half of that row into the Jacobian −H of the flow, which then
+    moves the frozen parameters in a Rosenbrock step. Every k whose column is exactly 0 has its row
+    and column zeroed (for a true gradient the row of a zero column is 0 anyway): H is the Hessian
+    of L in the trained parameters, 0 on the frozen ones, as a model's ``loss_hessian`` gives it.
+
+    At a kink (a pre-activation exactly 0) the result follows whatever derivative autograd's
+    forward mode takes there (``clamp_min``: 1, ``where(z > 0, ...)``: the z < 0 branch), not
+    necessarily the model's declared σ'(0); ``loss_hessian`` follows the declared one."""
     b, P = theta.shape
     rep = lambda a: a.repeat_interleave(P, 0)  # noqa: E731
     E = torch.eye(P, dtype=theta.dtype).repeat(b, 1)
     Xr, yr, mr = rep(X), rep(y), rep(mask)
     Hc = torch.func.jvp(lambda t: model.grad(t, Xr, yr, mr), (rep(theta),), (E,))[1]
     H = Hc.view(b, P, P)
-    return 0.5 * (H + H.transpose(1, 2))
+    live = (H != 0).any(1).to(H.dtype)  # [b, P]: 0 where g_k does not depend on θ
+    return 0.5 * (H + H.transpose(1, 2)) * live.unsqueeze(1) * live.unsqueeze(2)
 
 
 def kink_projector(preact, held: Tensor, X: Tensor, P: int) -> Tensor:
