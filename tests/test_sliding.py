@@ -201,3 +201,22 @@ def test_ill_conditioned_leaky_status_alone_equals_batched():
         res = solve_adaptive(model, Xb, yb, torch.ones_like(yb), wb, max_steps=10000)
         assert res.status[pos].item() == alone.status.item()
         assert torch.equal(res.theta[pos], alone.theta[0])
+
+
+def test_frozen_output_weights_never_move():
+    """``train_output=False`` freezes v: no projection onto a kink, Filippov field or stiff-tail
+    step may change it (the projection used to rescale v for balancedness, and the stiff tail's
+    symmetrized AD Hessian moved v by up to 2.8e-5)."""
+    from benchmarks.w2_adaptive import make_w2
+
+    X, y, mask, th0 = make_w2(40, 0)
+    model = two_layer_relu(width=4, train_output=False)
+    r = solve_adaptive(model, X, y, mask, th0, max_steps=20000)
+    assert int(r.info["slid"].sum()) > 0 and int((r.info["stiff_steps"] > 0).sum()) > 0
+    assert torch.equal(r.theta[:, -4:], th0[:, -4:])
+    for make, _ in CASES:
+        X1, y1, t1 = make()
+        model1 = two_layer_relu(width=1, train_output=False)
+        r1 = solve_adaptive(model1, X1, y1, torch.ones_like(y1), t1)
+        assert r1.info["t_sliding"].item() > 0
+        assert torch.equal(r1.theta[:, -1:], t1[:, -1:])

@@ -286,8 +286,8 @@ class KinkField:
 
     def project(self, theta: Tensor, X: Tensor, S: Tensor) -> Tensor:
         """θ moved onto {z_e = 0, e ∈ S} by the least change of each w_j (w_j minus its
-        projection on span{x_i : (i, j) ∈ S}); for the net v_j is rescaled in magnitude so that
-        v_j² − ‖w_j‖² is unchanged."""
+        projection on span{x_i : (i, j) ∈ S}); for the net with trained output weights v_j is
+        rescaled in magnitude so that v_j² − ‖w_j‖² is unchanged (frozen v stays)."""
         W, v = self._parts(theta)
         Xs = X.unsqueeze(1) * S.transpose(1, 2).unsqueeze(-1).to(X.dtype)  # [b, m, n, d]
         zw = (Xs @ W.unsqueeze(-1))  # [b, m, n, 1]
@@ -295,6 +295,8 @@ class KinkField:
         W2 = W - dW
         if self.kind == "neuron":
             return W2[:, 0]
+        if not self.train_output:  # v is frozen: it stays
+            return torch.cat([W2.flatten(1), v], -1)
         bal = v * v - (W * W).sum(-1)
         v2 = torch.sign(v) * (bal + (W2 * W2).sum(-1)).clamp_min(0.0).sqrt()
         return torch.cat([W2.flatten(1), v2], -1)
