@@ -5,8 +5,12 @@ geometry in :mod:`ibtest.solve.solvers.kinks`).
 Per working-set row a set S of kink entries is *held* (``WorkingSet.S_hold``, empty: the
 classical field −∇L) and a set is *pending* (``WorkingSet.pend``: evidence of sliding, the kink is
 being approached). :class:`Sliding` caches the rows with some entry held and their entry lists
-while S is unchanged (:meth:`Sliding.setup` after every change), so the field of a Runge–Kutta
-stage (:meth:`Sliding.F`) costs one test when nothing slides.
+and tangent projectors while S is unchanged (:meth:`Sliding.setup` after every change), so the
+field of a Runge–Kutta stage (:meth:`Sliding.stage_field`) costs nothing extra when nothing slides
+and one batched product per stage on the sliding rows (the tangent projection −Π∇L, which is the
+Filippov velocity while the held λ* are interior); the box QP runs once per step, at the proposal
+(:meth:`Sliding.check`), and at every stage only of a step being retried because the flow left a
+held kink in it.
 """
 from __future__ import annotations
 

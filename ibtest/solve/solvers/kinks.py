@@ -38,6 +38,15 @@ fields tangent to the kink (Filippov). A kink is *attracting* (sliding) when ż_
 side and > 0 on its lower side, i.e. α_e > 0 with λ* interior; λ*_e at a bound means the one-sided
 field of that side is tangent or points away: the flow may leave the kink there.
 
+How the solver evaluates it. With every held λ*_e interior, g(λ*) is orthogonal to each c_e and
+differs from g₀ by an element of span{c_e}, so −g(λ*) = −Π g for *any* member g of the family
+(the classical gradient with the model's σ'(0) is one): Π the orthogonal projector onto the
+tangent space {δ: ∇z_e·δ = 0, e ∈ S}, block-diagonal per unit and fixed while S is
+(:meth:`KinkField.tangent_projector`, :meth:`KinkField.project_field`). The ``adaptive`` solver
+uses that projection at every Runge–Kutta stage and solves the box QP once per step, at the
+proposal, for the leaving test (:meth:`KinkField.field_leave`); a step at whose end the flow leaves
+a held kink is retried with the box QP at every stage, which releases it.
+
 Since z_e is linear in θ and every stage velocity has ż_e = 0, an explicit Runge–Kutta step keeps
 z_e = 0 up to rounding (linear invariants are preserved by every RK method). Balancedness
 v_j² − ‖w_j‖² is conserved by the Clarke flow (⟨w_j, ∂_{w_j}L⟩ − v_j ∂_{v_j}L = Σ_i r_i v_j
@@ -49,8 +58,8 @@ S; on S the derivative is whatever λ* makes it, which is the only choice that k
 an attracting kink. At a kink the flow merely crosses, both conventions give the same curve.
 
 Why a hand-written batched QP and not scipy (``lsq_linear``/``nnls``): it is solved at every
-Runge–Kutta stage for every sliding instance; a Python call per instance and stage is the
-overhead the batched solver exists to avoid. |S| is small (1–3 in practice): a primal active-set
+step for every sliding instance; a Python call per instance and step is the overhead the batched
+solver exists to avoid. |S| is small (1–3 in practice): a primal active-set
 method with dense batched solves converges in ≤ |S| + 2 passes (:func:`box_qp`).
 """
 from __future__ import annotations
