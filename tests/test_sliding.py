@@ -234,3 +234,24 @@ def test_kink_whose_lambda_tends_to_a_bound_stays_held():
     r = solve_adaptive(two_layer_relu(width=4), X[i], y[i], mask[i], th0[i], max_steps=20000)
     assert r.status.item() == st.CONVERGED
     assert r.info["slid"].item() == 1 and int(r.info["steps"][0]) < 1000, r.info["steps"]
+
+
+def test_released_kink_is_left_on_the_side_the_flow_leaves_to():
+    """W2 seed 0, instance 952: a held kink is released with λ* = 0 (the field below points away)
+    while the field above points away too. Left at z = +rounding, the row was integrated on the
+    side above (σ'(0) = 1) and ended 0.026 from the gradient-descent limit at t = 20, whatever
+    the GD step; put on the side below, it follows GD with an error O(step)."""
+    from benchmarks.w2_adaptive import make_w2
+
+    X, y, mask, th0 = make_w2(1000, 0)
+    i = slice(952, 953)
+    model = two_layer_relu(width=4)
+    T = 20.0
+    ref = solve_adaptive(model, X[i], y[i], mask[i], th0[i], t_max=T)
+    assert ref.info["slid"].item() == 1
+    errs = []
+    for lr in (1e-2, 1e-3):
+        gd = solve_gd(model, X[i], y[i], mask[i], th0[i], lr=lr, steps=int(round(T / lr)), fit_tol=0.0,
+                      grad_tol=0.0, check_every=10_000)
+        errs.append((gd.theta - ref.theta).norm().item())
+    assert errs[1] < 1e-3 and errs[1] < 0.2 * errs[0], errs

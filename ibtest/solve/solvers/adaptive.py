@@ -280,7 +280,9 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         # ---- sliding detection -------------------------------------------------------------
         slid = None
         if sliding_rows is not None:
-            sl.release(w, sliding_rows, accept)
+            rel = sl.release(w, sliding_rows, accept)
+            if rel is not None:  # a released row was put on the side it leaves to
+                th_new[rel] = w.th[rel]
         if preact is not None:
             slid = sl.detect(w, preact, A, bw, th_new, th_old, K, h, h_next, accept, any_stiff, kinked)
         w.h = h_next

@@ -26,6 +26,9 @@ from ibtest.solve.solvers.kinks import KinkField, Preact, kink_evidence
 Tensor = torch.Tensor
 #: the field of a stage: (θ [b, P], X [b, n, d], y [b, n], mask [b, n]) -> f [b, P]
 Field = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+#: a released kink entry is left at z_e = ±RELEASE_OFFSET·‖x_i‖‖w_j‖, on the side the flow leaves to
+#: (far above the rounding of z, ~1e-16 of that scale; far below the solver's tolerances)
+RELEASE_OFFSET = 1e-12
 
 
 def entries(Sm: Tensor) -> tuple[Tensor, Tensor]:
@@ -58,6 +61,8 @@ class Sliding:
         #: the held entries [r, k] whose kink the flow leaves at the proposal of this step
         #: (:meth:`KinkField.field_leave`; False where not evaluated)
         self.last_leave = torch.zeros(0, dtype=torch.bool)
+        #: λ* [r, k] there (where box-QP'd; the side a released kink is left on)
+        self.last_lam = torch.zeros(0)
 
     # ---- the field ----------------------------------------------------------------------
     def plain(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
@@ -67,14 +72,15 @@ class Sliding:
     def stage_field(self, w: WorkingSet, rows: Tensor | None = None) -> Field:
         """The field of this step's Runge–Kutta stages: −∇L, and on the rows that hold kinks the
         Filippov velocity, in one of two forms (module docstring): −Π∇L (the tangent
-        projection, a product per stage) on the rows whose held λ* were interior at the end of
-        their last step, the box QP of :meth:`KinkField.field` on the rows marked ``w.qp`` (a
-        step being retried because λ* left (0, 1) in it).
+        projection, a product per stage) on the rows whose held kinks the flow did not leave
+        at the end of their last step, the box QP of :meth:`KinkField.field_leave` on the rows
+        marked ``w.qp`` (a step being retried because the flow left a held kink in it; their
+        ``last_leave`` is that of the last stage, the proposal).
 
         ``rows`` [r]: the field of those working-set rows alone (the explicit rows of a step
-        that has stiff rows; the field is then called on θ [r, P]). λ* of the sliding rows
-        whose stages are not evaluated here does not leave (``last_leave`` False): projected
-        rows get theirs from :meth:`check`, stiff rows from their Rosenbrock step."""
+        that has stiff rows; the field is then called on θ [r, P]). The held entries of rows
+        whose stages are not box-QP'd here do not leave (``last_leave`` False): projected rows
+        are tested by :meth:`check`, stiff rows by their Rosenbrock step."""
         if self.rows is None:
             return self.plain
         kf = self.kf
@@ -92,6 +98,7 @@ class Sliding:
         r_pr, Pi_pr = r[pr], self.Pi[pr]
         r_ex, S_ex, ent_ex, ok_ex = r[ex], self.S[ex], self.ent[ex], self.ok[ex]
         self.last_leave = torch.zeros(self.ok.shape, dtype=torch.bool)
+        self.last_lam = torch.full(self.ok.shape, 0.5, dtype=torch.float64)
         any_pr, any_ex = r_pr.numel() > 0, r_ex.numel() > 0
 
         def F(theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
@@ -99,9 +106,10 @@ class Sliding:
             if any_pr:
                 g[r_pr] = kf.project_field(Pi_pr, g[r_pr])
             if any_ex:
-                fs, _, leave = kf.field_leave(theta[r_ex], Xs[r_ex], ys[r_ex], ms[r_ex], S_ex, ent_ex, ok_ex)
+                fs, lam, leave = kf.field_leave(theta[r_ex], Xs[r_ex], ys[r_ex], ms[r_ex], S_ex, ent_ex, ok_ex)
                 g[r_ex] = fs
                 self.last_leave[ex] = leave & ok_ex
+                self.last_lam[ex] = lam
             return g
         return F
 
@@ -248,20 +256,41 @@ class Sliding:
             h_next[wr] = torch.minimum(h_next[wr], 0.8 * tau[wait])
 
     # ---- after every step ---------------------------------------------------------------
-    def release(self, w: WorkingSet, sliding_rows: Tensor, accept: Tensor) -> None:
+    def release(self, w: WorkingSet, sliding_rows: Tensor, accept: Tensor) -> Tensor | None:
         """Leave the held kinks that the flow leaves at the proposal θ_new of an accepted step
         (λ* at a bound and the one-sided field there pointing away beyond rounding:
-        :meth:`KinkField.field_leave`, of the last stage or of :meth:`check`)."""
+        :meth:`KinkField.field_leave`, of the last stage of a box-QP'd step). Returns the
+        working-set rows that released a kink (None: none).
+
+        The row is put on the side the flow leaves to: z_e = −ε (λ*_e = 0, the field below the
+        kink points away) or +ε (λ*_e = 1), ε = ``RELEASE_OFFSET``·‖x_i‖‖w_j‖, the other held
+        kinks staying at 0 (:meth:`KinkField.project`). Left at z_e = ±rounding, the classical
+        field would be read on the side σ'(0) picks: with σ'(0) = 1 the side above, which may
+        point up while the flow leaves below (both one-sided fields pointing away: the
+        minimal-norm velocity is the one below), and the row flew off on the wrong branch
+        (W2 seed 0, instance 952: 0.026 from the gradient-descent limit at t = 20)."""
         acc_r = accept[sliding_rows]
         bound = self.ok & self.last_leave & acc_r.unsqueeze(-1)
-        if bool(bound.any()):
-            Sf = w.S_hold[sliding_rows].flatten(1)
-            drop = torch.zeros_like(Sf)
-            drop.scatter_(1, self.ent, bound)
-            w.S_hold[sliding_rows] = (Sf & ~drop).view_as(w.S_hold[sliding_rows])
-            self.setup(w)
-            rr = sliding_rows[bound.any(-1)]
-            w.f[rr] = self.field_at(w, rr)
+        if not bool(bound.any()):
+            return None
+        kf = self.kf
+        assert kf is not None
+        sub = bound.any(-1)
+        rr = sliding_rows[sub]
+        Sf = w.S_hold[rr].flatten(1)
+        drop = torch.zeros_like(Sf)
+        drop.scatter_(1, self.ent[sub], bound[sub])
+        side = torch.zeros(Sf.shape, dtype=w.th.dtype)
+        up = (self.last_lam[sub] >= 1.0).to(side.dtype)
+        side.scatter_(1, self.ent[sub], (2.0 * up - 1.0) * bound[sub])
+        Xr = w.Xa[rr]
+        target = (side.view_as(w.S_hold[rr]) * RELEASE_OFFSET * kf.scale(w.th[rr], Xr))
+        w.th[rr] = kf.project(w.th[rr], Xr, w.S_hold[rr], target)
+        w.S_hold[rr] = (Sf & ~drop).view_as(w.S_hold[rr])
+        self.setup(w)
+        w.f[rr] = self.field_at(w, rr)
+        w.loss[rr] = self.model.loss(w.th[rr], Xr, w.ya[rr], w.ma[rr])
+        return rr
 
     def detect(self, w: WorkingSet, preact: Preact, A: Tensor, bw: Tensor, th_new: Tensor,
                th_old: Tensor, K: Tensor, h: Tensor, h_next: Tensor, accept: Tensor,

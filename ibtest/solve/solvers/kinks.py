@@ -293,13 +293,16 @@ class KinkField:
         W, _ = self._parts(theta)
         return X.norm(dim=-1).unsqueeze(-1) * W.norm(dim=-1).unsqueeze(1)
 
-    def project(self, theta: Tensor, X: Tensor, S: Tensor) -> Tensor:
-        """θ moved onto {z_e = 0, e ∈ S} by the least change of each w_j (w_j minus its
-        projection on span{x_i : (i, j) ∈ S}); for the net with trained output weights v_j is
-        rescaled in magnitude so that v_j² − ‖w_j‖² is unchanged (frozen v stays)."""
+    def project(self, theta: Tensor, X: Tensor, S: Tensor, target: Tensor | None = None) -> Tensor:
+        """θ moved onto {z_e = target_e, e ∈ S} (``target`` [b, n, m], default 0) by the least
+        change of each w_j (a correction in span{x_i : (i, j) ∈ S}); for the net with trained
+        output weights v_j is rescaled in magnitude so that v_j² − ‖w_j‖² is unchanged (frozen v
+        stays)."""
         W, v = self._parts(theta)
         Xs = X.unsqueeze(1) * S.transpose(1, 2).unsqueeze(-1).to(X.dtype)  # [b, m, n, d]
         zw = (Xs @ W.unsqueeze(-1))  # [b, m, n, 1]
+        if target is not None:
+            zw = zw - (target * S).transpose(1, 2).unsqueeze(-1)
         dW = (torch.linalg.pinv(Xs) @ zw).squeeze(-1)  # [b, m, d]
         W2 = W - dW
         if self.kind == "neuron":
