@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st_h
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -13,6 +14,7 @@ if ROOT not in sys.path:
 
 from ibtest.base import status as st  # noqa: E402
 from ibtest.solve.solvers.adaptive import SPEC, solve_adaptive, tighten  # noqa: E402
+from ibtest.solve.solvers.adaptive_step import rpow  # noqa: E402
 
 try:  # the installed package (entry points) or the source tree
     from ibtest_plugins.models import neurons
@@ -258,3 +260,19 @@ def test_step_budget_counts_every_iteration():
     assert res.status.item() == st.BUDGET
     assert res.info["steps"].item() == 37
     assert 0.0 < res.info["t"].item() < 1e7
+
+
+@settings(max_examples=60, deadline=None)
+@given(st_h.lists(st_h.floats(1e-300, 1e300), min_size=1, max_size=70),
+       st_h.sampled_from([1.0 / 9, 1.0 / 6, -1.0 / 8, -1.0 / 5, 0.5]))
+def test_rpow_is_pow_and_does_not_depend_on_position(xs, e):
+    """The step-size controller's x**e: to 1e-13 of ``torch.pow`` (|e·log x| ≤ 350, so the
+    relative error of exp(e·log x) is a few hundred ulp at worst, far below what a step-size
+    factor needs) and bit-identical whether x is one element or anywhere in a longer row (the
+    property ``torch.pow`` lacks on CPU)."""
+    x = torch.tensor(xs, dtype=torch.float64)
+    r = rpow(x, e)
+    assert torch.allclose(r, torch.pow(x, e), rtol=1e-13, atol=0.0)
+    for k in range(x.numel()):
+        assert torch.equal(rpow(x[k:k + 1], e), r[k:k + 1])
+        assert torch.equal(rpow(x[k:].clone(), e)[0], r[k])

@@ -119,6 +119,13 @@ def kink_evidence(preact: Preact, A: Tensor, bw: Tensor, th: Tensor, K: Tensor, 
     return down_above & up_below & live
 
 
+def _mv(A: Tensor, x: Tensor) -> Tensor:
+    """A x [..., r] for A [..., r, c], x [..., c], as a product and a sum over the last axis: a
+    batched matrix–vector product (``A @ x[..., None]``) rounds differently for one matrix and
+    for a batch, and an instance's bits must not depend on its batch."""
+    return (A * x.unsqueeze(-2)).sum(-1)
+
+
 def box_qp(M: Tensor, q: Tensor, valid: Tensor, iters: int | None = None) -> Tensor:
     """argmin_{λ ∈ [0,1]^k} ½λᵀMλ + qᵀλ for a batch of PSD M [b, k, k], q [b, k]; entries with
     ``valid`` False are fixed at 0. Primal active set: solve on the free set, clip the most
@@ -144,7 +151,7 @@ def box_qp(M: Tensor, q: Tensor, valid: Tensor, iters: int | None = None) -> Ten
     for _ in range(iters):
         fixed = ~free
         lam = torch.where(at_one, torch.ones_like(lam), torch.zeros_like(lam))
-        rhs = -(q + (M @ lam.unsqueeze(-1)).squeeze(-1))
+        rhs = -(q + _mv(M, lam))
         Ms = torch.where(free.unsqueeze(-1) & free.unsqueeze(-2), Mr, torch.zeros_like(Mr))
         Ms = Ms + torch.diag_embed(fixed.to(M.dtype))
         sol = torch.linalg.solve(Ms, torch.where(free, rhs, torch.zeros_like(rhs)))
@@ -156,8 +163,8 @@ def box_qp(M: Tensor, q: Tensor, valid: Tensor, iters: int | None = None) -> Ten
             free = free & ~over
             continue
         # optimality of the bound variables: gradient ≥ 0 at 0, ≤ 0 at 1
-        grad = q + (M @ lam.unsqueeze(-1)).squeeze(-1)
-        scale = 1e-12 * (q.abs() + (M.abs() @ lam.abs().unsqueeze(-1)).squeeze(-1)).amax(-1, keepdim=True)
+        grad = q + _mv(M, lam)
+        scale = 1e-12 * (q.abs() + _mv(M.abs(), lam.abs())).amax(-1, keepdim=True)
         viol = valid & ~free & ((~at_one & (grad < -scale)) | (at_one & (grad > scale)))
         if not bool(viol.any()):
             break
@@ -283,9 +290,9 @@ class KinkField:
         any element g of the affine family {g(λ)} (the classical gradient with either σ'(0) on
         the held entries is one, up to the O(|z_e|) rounding of z_e ≈ 0)."""
         if self.kind == "neuron":
-            return (Pi[:, 0] @ g.unsqueeze(-1)).squeeze(-1)
+            return _mv(Pi[:, 0], g)
         m, d = Pi.shape[1], Pi.shape[2]
-        gW = (Pi @ g[:, : m * d].reshape(-1, m, d, 1)).flatten(1)
+        gW = _mv(Pi, g[:, : m * d].reshape(-1, m, d)).flatten(1)
         return torch.cat([gW, g[:, m * d:]], -1)
 
     def scale(self, theta: Tensor, X: Tensor) -> Tensor:
@@ -300,10 +307,10 @@ class KinkField:
         stays)."""
         W, v = self._parts(theta)
         Xs = X.unsqueeze(1) * S.transpose(1, 2).unsqueeze(-1).to(X.dtype)  # [b, m, n, d]
-        zw = (Xs @ W.unsqueeze(-1))  # [b, m, n, 1]
+        zw = _mv(Xs, W).unsqueeze(-1)  # [b, m, n, 1]
         if target is not None:
             zw = zw - (target * S).transpose(1, 2).unsqueeze(-1)
-        dW = (torch.linalg.pinv(Xs) @ zw).squeeze(-1)  # [b, m, d]
+        dW = _mv(torch.linalg.pinv(Xs), zw.squeeze(-1))  # [b, m, d]
         W2 = W - dW
         if self.kind == "neuron":
             return W2[:, 0]

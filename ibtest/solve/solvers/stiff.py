@@ -107,7 +107,8 @@ def tail_step(model, preact, theta: Tensor, f0: Tensor, h: Tensor, X: Tensor, y:
 
     def field(u):
         g = -model.grad(u, X, y, mask)
-        return g if Pi is None else (Pi @ g.unsqueeze(-1)).squeeze(-1)
+        # (product and sum, not a batched matvec: that rounds differently alone and in a batch)
+        return g if Pi is None else (Pi * g.unsqueeze(-2)).sum(-1)
 
     H = hessian(model, theta, X, y, mask)
     if Pi is not None:
