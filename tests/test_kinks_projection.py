@@ -58,9 +58,9 @@ def test_tangent_projection_is_the_filippov_velocity_when_lambda_is_interior(see
     assert bool((zd.abs() <= 1e-12 * zs + 1e-300)[S].all())
 
 
-def test_leaving_needs_more_than_rounding():
-    """λ* at a bound leaves only when the one-sided field points away beyond the rounding of its
-    terms: a field tangent to the kink up to rounding keeps the kink held."""
+def test_a_kink_is_left_exactly_when_lambda_is_at_a_bound():
+    """The leaving test is λ*_e ∈ {0, 1}: a one-sided field tangent to the kink or pointing away
+    from it lets the flow leave; an interior λ* (both one-sided fields point at the kink) holds."""
     X = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]], dtype=F64)
     model = two_layer_relu(width=1, train_output=False)
     kf = kink_field(model)
@@ -69,10 +69,14 @@ def test_leaving_needs_more_than_rounding():
     ent, ok = entries(S)
     th = torch.tensor([[0.0, 0.7, 1.0]], dtype=F64)  # z_0 = 0 (held), z_1 = 0.7 (active)
     # y_1 = 0.7: point 1 is fitted, its residual is 0, so nothing moves w: the one-sided field
-    # below the kink is tangent (λ* = 0 with ⟨c, g⟩ = 0), and the kink is kept; y_1 = 0.2: point
-    # 1 pulls w_1 down, the field below points away (λ* = 0, ⟨c, g⟩ > 0): it leaves; y_1 = 1.7:
-    # point 1 pulls w_1 up against point 0's push down: λ* interior, attracting
-    for y1, want in ((0.7, False), (0.2, True), (1.7, False)):
+    # below the kink is tangent (λ* = 0): the flow may leave; y_1 = 0.2: point 1 pulls w_1
+    # down, the field below points away (λ* = 0): it leaves; y_1 = 1.7: point 1 pulls w_1 up
+    # against point 0's push down: λ* interior, attracting
+    for y1, want, lam_want in ((0.7, True, 0.0), (0.2, True, 0.0), (1.7, False, None)):
         y = torch.tensor([[-1.0, y1]], dtype=F64)
         _, lam, leave = kf.field_leave(th, X, y, torch.ones_like(y), S, ent, ok)
         assert bool(leave[0, 0]) is want, (y1, lam, leave)
+        if lam_want is None:
+            assert 0.0 < float(lam[0, 0]) < 1.0, (y1, lam)
+        else:
+            assert float(lam[0, 0]) == lam_want, (y1, lam)
