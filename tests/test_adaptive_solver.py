@@ -1,29 +1,16 @@
 """The batched adaptive Runge–Kutta solver against closed forms and the exact solver."""
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st_h
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from ibtest.base import status as st  # noqa: E402
-from ibtest.solve.solvers.adaptive import SPEC, solve_adaptive, tighten  # noqa: E402
-from ibtest.solve.solvers.adaptive_step import rpow  # noqa: E402
-
-try:  # the installed package (entry points) or the source tree
-    from ibtest_plugins.models import neurons
-    from ibtest_plugins.models.matrix_factorization import matrix_factorization
-    from ibtest_plugins.models.two_layer_relu import two_layer_relu
-except ImportError:  # pragma: no cover - source tree without installation
-    from plugins.models import neurons
-    from plugins.models.matrix_factorization import matrix_factorization
-    from plugins.models.two_layer_relu import two_layer_relu
+from ibtest.base import status as st
+from ibtest.solve.solvers.adaptive import SPEC, solve_adaptive, tighten
+from ibtest.solve.solvers.adaptive_step import rpow
+from plugins.models import neurons
+from plugins.models.matrix_factorization import matrix_factorization
+from plugins.models.two_layer_relu import two_layer_relu
 
 F64 = torch.float64
 

@@ -9,11 +9,7 @@ from hypothesis import given, settings, strategies as hs
 
 from ibtest.solve.solvers.adaptive_sliding import entries
 from ibtest.solve.solvers.kinks import kink_field
-
-try:
-    from ibtest_plugins.models.two_layer_relu import two_layer_relu
-except ImportError:  # pragma: no cover
-    from plugins.models.two_layer_relu import two_layer_relu
+from plugins.models.two_layer_relu import two_layer_relu
 
 F64 = torch.float64
 

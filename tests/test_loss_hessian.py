@@ -3,26 +3,13 @@ the forward-mode AD Hessian of their own ``grad`` (``stiff.hessian_ad``), on and
 AD fallback for a model without the hook."""
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 from hypothesis import given, settings, strategies as st
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import ibtest  # noqa: E402
-from ibtest.solve.solvers.stiff import hessian, hessian_ad  # noqa: E402
-
-# the source tree first (an installed ibtest_plugins may be another checkout's)
-try:
-    from plugins.models.neurons import leaky_relu_neuron, linear, relu_neuron
-    from plugins.models.two_layer_relu import two_layer_relu
-except ImportError:  # pragma: no cover
-    from ibtest_plugins.models.neurons import leaky_relu_neuron, linear, relu_neuron
-    from ibtest_plugins.models.two_layer_relu import two_layer_relu
+import ibtest
+from ibtest.solve.solvers.stiff import hessian, hessian_ad
+from plugins.models.neurons import leaky_relu_neuron, linear, relu_neuron
+from plugins.models.two_layer_relu import two_layer_relu
 
 F64 = torch.float64
 

@@ -2,29 +2,17 @@
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import ibtest  # noqa: E402
-from ibtest.base import status as st  # noqa: E402
-from ibtest.solve.solvers.adaptive import solve_adaptive  # noqa: E402
-
-try:
-    from ibtest_plugins.models.diagonal_linear import diagonal_linear
-    from ibtest_plugins.models.matrix_factorization import matrix_factorization
-    from ibtest_plugins.models.two_layer_relu import two_layer_relu
-except ImportError:  # pragma: no cover - source tree without installation
-    from plugins.models.diagonal_linear import diagonal_linear
-    from plugins.models.matrix_factorization import matrix_factorization
-    from plugins.models.two_layer_relu import two_layer_relu
+import ibtest
+from ibtest.base import status as st
+from ibtest.solve.solvers.adaptive import solve_adaptive
+from plugins.models.diagonal_linear import diagonal_linear
+from plugins.models.matrix_factorization import matrix_factorization
+from plugins.models.two_layer_relu import two_layer_relu
 
 F64 = torch.float64
 

@@ -3,27 +3,17 @@ former stragglers of W2, and the W2 statuses (no instance runs out of the step b
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from benchmarks.w2_adaptive import _np_grad, make_w2  # noqa: E402
-from ibtest.base import status as st  # noqa: E402
-from ibtest.solve.solvers.adaptive import solve_adaptive  # noqa: E402
-from ibtest.solve.solvers.rosenbrock import RODAS3, RODAS5, observed_errors  # noqa: E402
-from ibtest.solve.solvers.stiff import hessian  # noqa: E402
-
-try:
-    from ibtest_plugins.models.two_layer_relu import two_layer_relu
-except ImportError:  # pragma: no cover
-    from plugins.models.two_layer_relu import two_layer_relu
+from benchmarks.w2_adaptive import _np_grad, make_w2
+from ibtest.base import status as st
+from ibtest.solve.solvers.adaptive import solve_adaptive
+from ibtest.solve.solvers.rosenbrock import RODAS3, RODAS5, observed_errors
+from ibtest.solve.solvers.stiff import hessian
+from plugins.models.two_layer_relu import two_layer_relu
 
 F64 = torch.float64
 
