@@ -265,6 +265,25 @@ def test_release_keeps_the_motion_off_the_kink_within_the_step():
         assert (a.theta - b.theta).abs().max().item() < 1e-8, T
 
 
+def test_enter_keeps_the_held_set_when_only_the_candidate_is_inconsistent():
+    """W2 seed 0, instance 22: at t = 32.9 entry (2, 2) reaches its kink while (0, 2) and (2, 3)
+    are held. With it the set is inconsistent; without it, at θ projected onto the held kinks
+    alone, the box QP read λ* at a bound (z_e at rounding), so ``enter`` dropped the held kinks
+    too, at z_e = 0 instead of on the flow's side: a chatter of rejected steps, three sliding
+    episodes where the tight solve has one, 1.6e-8 from it at t = 50. The held set now stays
+    (the step's own leaving test releases it): two episodes, 7.9e-10."""
+    from benchmarks.w2_adaptive import make_w2
+
+    X, y, mask, th0 = (a[22:23] for a in make_w2(1000, 0))
+    model = two_layer_relu(width=4)
+    o = tighten({})
+    tight = {k: o[k] for k in ("rtol", "atol", "drift_tol")}
+    a = solve_adaptive(model, X, y, mask, th0, t_max=50.0)
+    b = solve_adaptive(model, X, y, mask, th0, t_max=50.0, **tight)
+    assert a.info["slid"].item() == 1 and b.info["slid"].item() == 1
+    assert (a.theta - b.theta).abs().max().item() < 5e-9
+
+
 #: W2 instances (seed, index) whose solve once depended on details below the flow: a stiff tail
 #: with a fitted point on its kink (1, 39), held kinks whose λ* reaches a bound (1, 382; 0, 904),
 #: a held set lost with an inconsistent candidate (0, 924), a wrong-side release (0, 952), plus
