@@ -76,11 +76,34 @@ class _Cap(Exception):
     """LSODA exceeded its evaluation budget on one instance."""
 
 
+def lsoda(X: np.ndarray, y: np.ndarray, theta0: np.ndarray, m: int, d: int, T: float, max_nfev: int,
+          rtol: float = 1e-10, atol: float = 1e-12, t_eval=None):
+    """Per-instance reference: ``scipy.integrate.solve_ivp(method="LSODA")`` of dθ/dt = −∇L(θ) for
+    one width-m net (X [n, d], y [n], θ0 [m·d + m]) on [0, T], with at most ``max_nfev``
+    right-hand-side evaluations. Returns (the solution, or None when the budget ran out; the
+    evaluations used). ``t_eval`` defaults to [T]: the end point only, so memory stays flat
+    however many steps LSODA takes."""
+    from scipy.integrate import solve_ivp
+
+    calls = [0]
+
+    def rhs(_t, th):
+        calls[0] += 1
+        if calls[0] > max_nfev:
+            raise _Cap
+        return -_np_grad(th, X, y, m, d)
+
+    try:
+        sol = solve_ivp(rhs, (0.0, T), theta0, method="LSODA", rtol=rtol, atol=atol,
+                        t_eval=[T] if t_eval is None else t_eval)
+    except _Cap:
+        return None, calls[0]
+    return sol, calls[0]
+
+
 def run(n_instances: int = 1000, n_baseline: int = 50, width: int = 4, d: int = 4, n: int = 3,
         seed: int = 0, order: int = 8, max_steps: int = 20_000, lsoda_max_nfev: int = 1_000_000,
         sliding: str = "follow", compare_stop: bool = True, torchode_n: int = 0) -> dict:
-    from scipy.integrate import solve_ivp
-
     m = width
     X, y, mask, th0 = make_w2(n_instances, seed, m=m, d=d, n=n)
     model = two_layer_relu(width=m)
@@ -100,24 +123,13 @@ def run(n_instances: int = 1000, n_baseline: int = 50, width: int = 4, d: int = 
     t0 = time.perf_counter()
     nfev = 0
     for i in range(nb):
-        T = float(res.info["t"][i])
-        calls = [0]
-
-        def rhs(t, th, i=i, calls=calls):
-            calls[0] += 1
-            if calls[0] > lsoda_max_nfev:
-                raise _Cap
-            return -_np_grad(th, Xn[i], yn[i], m, d)
-
         ti = time.perf_counter()
-        try:  # t_eval=[T]: keep the end point only (memory stays flat however many steps)
-            sol = solve_ivp(rhs, (0.0, T), thn[i], method="LSODA", rtol=1e-10, atol=1e-12, t_eval=[T])
-            lsoda_theta.append(sol.y[:, -1] if sol.success else None)
-        except _Cap:
-            lsoda_theta.append(None)
+        sol, used = lsoda(Xn[i], yn[i], thn[i], m, d, float(res.info["t"][i]), lsoda_max_nfev)
+        lsoda_theta.append(sol.y[:, -1] if sol is not None and sol.success else None)
+        if sol is None:
             capped.append(i)
         lsoda_times.append(time.perf_counter() - ti)
-        nfev += calls[0]
+        nfev += used
     t_lsoda = time.perf_counter() - t0
     conv = res.status[:nb] == st.CONVERGED
     for i in range(nb):

@@ -245,6 +245,18 @@ def test_released_kink_is_left_on_the_side_the_flow_leaves_to():
     assert errs[1] < 1e-3 and errs[1] < 0.2 * errs[0], errs
 
 
+def _w2_default_and_tight(i: int, T: float):
+    """Instance i of ``make_w2(1000, seed=0)`` solved to t = T twice: at the default tolerances and
+    at the tightened ones the verdicts re-solve with (:func:`tighten`: rtol, atol, drift_tol)."""
+    from benchmarks.w2_adaptive import make_w2
+
+    X, y, mask, th0 = (a[i:i + 1] for a in make_w2(1000, 0))
+    model = two_layer_relu(width=4)
+    o = tighten({})
+    tight = {k: o[k] for k in ("rtol", "atol", "drift_tol")}
+    return (solve_adaptive(model, X, y, mask, th0, t_max=T),
+            solve_adaptive(model, X, y, mask, th0, t_max=T, **tight))
+
 
 @pytest.mark.slow
 def test_release_keeps_the_motion_off_the_kink_within_the_step():
@@ -252,19 +264,13 @@ def test_release_keeps_the_motion_off_the_kink_within_the_step():
     inside the step, with z = −2.5e-5 at its end. Put back at z = −1e-12·‖x‖‖w‖, θ jumped by
     1.2e-5 (4.2e-7 from the tight solve's limit); kept, the default and the tightened solve agree
     at t = 5 to the accuracy they agree before the release (1.4e-9 measured)."""
-    from benchmarks.w2_adaptive import make_w2
-
-    X, y, mask, th0 = (a[61:62] for a in make_w2(1000, 0))
-    model = two_layer_relu(width=4)
-    o = tighten({})
-    tight = {k: o[k] for k in ("rtol", "atol", "drift_tol")}
     for T in (2.5, 5.0):
-        a = solve_adaptive(model, X, y, mask, th0, t_max=T)
-        b = solve_adaptive(model, X, y, mask, th0, t_max=T, **tight)
+        a, b = _w2_default_and_tight(61, T)
         assert a.info["slid"].item() == 1 and b.info["slid"].item() == 1
         assert (a.theta - b.theta).abs().max().item() < 1e-8, T
 
 
+@pytest.mark.slow
 def test_enter_keeps_the_held_set_when_only_the_candidate_is_inconsistent():
     """W2 seed 0, instance 22: at t = 32.9 entry (2, 2) reaches its kink while (0, 2) and (2, 3)
     are held. With it the set is inconsistent; without it, at θ projected onto the held kinks
@@ -272,14 +278,7 @@ def test_enter_keeps_the_held_set_when_only_the_candidate_is_inconsistent():
     too, at z_e = 0 instead of on the flow's side: a chatter of rejected steps, three sliding
     episodes where the tight solve has one, 1.6e-8 from it at t = 50. The held set now stays
     (the step's own leaving test releases it): two episodes, 7.9e-10."""
-    from benchmarks.w2_adaptive import make_w2
-
-    X, y, mask, th0 = (a[22:23] for a in make_w2(1000, 0))
-    model = two_layer_relu(width=4)
-    o = tighten({})
-    tight = {k: o[k] for k in ("rtol", "atol", "drift_tol")}
-    a = solve_adaptive(model, X, y, mask, th0, t_max=50.0)
-    b = solve_adaptive(model, X, y, mask, th0, t_max=50.0, **tight)
+    a, b = _w2_default_and_tight(22, 50.0)
     assert a.info["slid"].item() == 1 and b.info["slid"].item() == 1
     assert (a.theta - b.theta).abs().max().item() < 5e-9
 

@@ -204,10 +204,11 @@ class Sliding:
         near = z.abs() <= 1e-6 * kf.scale(w.th[rows], Xr)
         held0 = w.S_hold[rows]
         C = (cand & near) | held0
+        per_row = (-1,) + (1,) * (C.dim() - 1)  # a per-row flag [r] broadcast over C's entries
         # drop entries the flow leaves, one batch of them per pass, until the set is consistent:
-        # leaving candidates first, a held entry only when no candidate of its row leaves (a
-        # held set that was consistent is not thrown away with an inconsistent candidate: W2
-        # seed 0, instance 924 lost its two held kinks that way at every step, 20,000 steps)
+        # leaving candidates first, a held entry only when no candidate of its row leaves and one
+        # stays (a held set that was consistent is not thrown away with an inconsistent
+        # candidate: W2 seed 0, instance 924 lost its two held kinks that way at every step)
         for _ in range(int(C.flatten(1).sum(-1).max()) + 1 if C.numel() else 0):
             if not bool(C.any()):
                 break
@@ -224,10 +225,10 @@ class Sliding:
             # a row back at its held set keeps it: its held kinks are left by the step's own
             # leaving test and released on the flow's side (:meth:`release`), not here at z_e = 0
             only_held = (C == held0).flatten(1).all(-1)
-            badm &= ~only_held.view(-1, *([1] * (C.dim() - 1)))
+            badm &= ~only_held.view(per_row)
             if not bool(badm.any()):
                 break
-            has_new = new_bad.flatten(1).any(-1).view(-1, *([1] * (C.dim() - 1)))
+            has_new = new_bad.flatten(1).any(-1).view(per_row)
             C = C & ~torch.where(has_new, new_bad, badm)
         now = C.flatten(1).any(-1)
         rr = rows[now]
