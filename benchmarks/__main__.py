@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+from typing import Any
 
 from ._common import ROOT, log, machine
 
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
              f"torch threads {m['torch_threads']}; {m['platform']}",
              f"- date: {m['date']}; command: `python -m benchmarks{' --quick' if a.quick else ''}"
              f"{' --memory' if a.memory else ''}`", ""]
-    raw: dict = {"machine": m}
+    raw: dict[str, Any] = {"machine": m}
     # W2 last: its per-instance LSODA baseline is the slowest part (minutes)
     sections = [("w1", section_w1), ("e2e", section_e2e), ("growth", section_growth), ("w2", section_w2)]
     for name, fn in sections:
@@ -223,8 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         print(md + "\n", flush=True)
     if "memory" in only:
         log("[benchmarks] memory ...")
-        r, md = section_memory([1000] if a.quick else a.memory_count)
-        raw["memory"] = r
+        mem, md = section_memory([1000] if a.quick else a.memory_count)
+        raw["memory"] = mem
         parts += [md, ""]
         print(md + "\n", flush=True)
     text = "\n".join(parts)

@@ -47,7 +47,7 @@ THEOREM3 = {
     "datasets": [{"name": "vardi_shamir_theorem3", "gamma": [0, 1]}],
     "solver": {"name": "exact"},
     "hypotheses": [{"name": "l2_norm"}],
-    "report": {"formats": ["table"]},
+    "report": {"digits": 6},
 }
 LINEAR = {
     "study": "lin",
@@ -56,7 +56,7 @@ LINEAR = {
     "datasets": [{"name": "gaussian", "n": 2, "d": 3, "count": 2, "labels": "teacher_linear"}],
     "solver": {"name": "exact"},
     "hypotheses": [{"name": "l2_norm"}, {"name": "dist_to_init"}],
-    "report": {"formats": ["table"]},
+    "report": {"digits": 6},
 }
 
 BAD_NUMBERS: list[Any] = [-3, 0, True, [], "x", {}, None, 1.5, math.nan, math.inf, -math.inf, -1e-3]

@@ -5,23 +5,22 @@ For notebooks: :func:`run_study`.
 """
 from __future__ import annotations
 
-from ibtest import _compat
 from ibtest._startup import gc_paused
-
-_compat.install()  # the module paths from before the layers (deprecated aliases)
 
 with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collect
     from ibtest.plugin.hookspecs import hookimpl
     from ibtest.plugin.specs import (
+        ClaimKind,
         Construction,
-        Context,
         CvxContext,
         DataBatch,
+        DataContext,
         Dataset,
         Executor,
         Hypothesis,
         HypothesisContext,
         Init,
+        InitContext,
         Model,
         ModelBase,
         NewPairs,
@@ -47,15 +46,17 @@ def run_study(study, **kwargs):
 
 __all__ = [
     "hookimpl",
+    "ClaimKind",
     "Construction",
-    "Context",
     "HypothesisContext",
     "CvxContext",
     "DataBatch",
+    "DataContext",
     "Dataset",
     "Executor",
     "Hypothesis",
     "Init",
+    "InitContext",
     "Model",
     "ModelBase",
     "NewPairs",

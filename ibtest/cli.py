@@ -173,7 +173,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from ibtest.cert.certificate import verify
+    from ibtest.cert.replay import verify
 
     res = verify(args.certificate, args.plugin)
     print("\n".join(res.lines))

@@ -28,7 +28,7 @@ datasets:
 solver: {name: exact}
 hypotheses:
   - {name: l2_norm}
-report: {formats: [table]}
+report: {digits: 6}
 """
 
 LIN = """\
@@ -40,7 +40,7 @@ datasets:
 solver: {name: exact}
 hypotheses:
   - {name: dist_to_init}
-report: {formats: [table]}
+report: {digits: 6}
 """
 
 

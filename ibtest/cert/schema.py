@@ -26,7 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from ibtest.base.errors import UserError
 from ibtest.base.textsafe import clean
 
-FORMAT = "ibtest-certificate/1"
+FORMAT = "ibtest-certificate/2"
 MAX_BYTES = 32 * 2**20  # a genuine certificate is a few kB: two small datasets and their solutions
 #: a certificate is a counterexample (a few points in a few dimensions); beyond these the replay
 #: could run for hours (the exact solver is O(d³) per linear piece), so they are refused
@@ -84,6 +84,7 @@ class Side(_Model):
     loss: Num | None = None
     R: Num | list[Num] | None = None
     measured_error: Num | None = None
+    noise: Num | None = None
     n: StrictInt | None = None
 
 
@@ -147,12 +148,13 @@ class Witness(_Model):
     loss: Num | None = None
     fit_threshold: Num | None = None
     R: Num | None = None
+    noise: Num | None = None
     predictor: Vector | None = None
 
 
 class Certificate(_Model):
-    format: Literal["ibtest-certificate/1"]
-    kind: Literal["pair", "triple", "witness"] | None = None
+    format: Literal["ibtest-certificate/2"]
+    kind: StrictStr  # the claim kind (pair, witness, invariant, bound, or a plugin's): the registry replays it
     witness: Witness | None = None
     hypothesis: HypothesisRef
     model: PluginRef
@@ -165,6 +167,7 @@ class Certificate(_Model):
     plugins: list[StrictStr] = Field(default_factory=list)
     gap: Num | None = None
     margin: Num | None = None
+    noise: Num | None = None
     cross_loss: CrossLoss | None = None
     C_init: Num | list[Num] | None = None
     study: StrictStr = ""
@@ -209,7 +212,7 @@ def validate(data: Any, where: str) -> dict[str, Any]:
         raise UserError(f"{where}: field {_where(e['loc'])}: {msg}{more}") from None
     except RecursionError:
         raise UserError(f"{where}: nested too deeply") from None
-    for s in ("a", "b", "kind", "witness"):
+    for s in ("a", "b", "witness"):
         if out.get(s) is None:
             out.pop(s, None)
     check_shapes(out, where)

@@ -27,7 +27,7 @@ Tensor = torch.Tensor
 Cand = tuple[str, Case]
 
 
-def _valid(c: Case) -> bool:
+def valid(c: Case) -> bool:
     """Each side keeps a point and the sides still differ (in data or θ0)."""
     if c.d < 1 or not bool(c.sides.any(-1).all()):
         return False

@@ -32,10 +32,10 @@ def fmt_vec(v: Any, digits: int = 6, max_len: int = 8) -> str:
 
 
 def _source(v: dict[str, Any], ev: dict[str, Any]) -> str:
-    """Where a falsifying witness came from: "pair" (two solved triples) or "search" (one Z(D))."""
+    """Where a falsifying witness came from: its claim kind ("pair", "witness", ...)."""
     if v["verdict"] != "falsified" or not ev:
         return ""
-    return {"witness": "search", "pair": "pair"}.get(ev.get("kind", "pair"), "triple")
+    return str(ev.get("kind", ""))
 
 
 def _subopt(v: dict[str, Any]) -> str:
@@ -46,37 +46,51 @@ def _subopt(v: dict[str, Any]) -> str:
     return f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})"
 
 
+def graded(v: dict[str, Any]) -> str:
+    """The verdict with the grade a survival rests on: ``survives (certified)``."""
+    return f"{v['verdict']} ({v['grade']})" if v.get("grade") else v["verdict"]
+
+
+def verdict_text(v: dict[str, Any]) -> str:
+    """The verdict column: FALSIFIED, or the verdict with its grade."""
+    return "FALSIFIED" if v["verdict"] == "falsified" else graded(v)
+
+
+def evidence_text(v: dict[str, Any], digits: int = 4) -> str:
+    """The evidence column: the refuting gap against its margin; for the others what the verdict
+    rests on, or the closest call in units of its margin."""
+    ev = v.get("evidence") or {}
+    if v["verdict"] == "falsified" and ev:
+        return f"{ev.get('label', 'gap')}={fmt_num(ev['gap'], digits)} > margin {fmt_num(ev['margin'], 2)}"
+    if v["verdict"] in ("inconclusive", "error", "unrefuted") or v.get("grade") == "vacuous":
+        return v["reason"]
+    if v["kind"] == "bound" and v.get("worst") is not None:
+        return f"worst {fmt_num(v['worst'], digits)} <= {fmt_num(v['params'].get('bound'), digits)}"
+    se = v.get("search") or {}
+    if v.get("grade") == "certified" and se.get("searched"):
+        return (f"argmin on {se['certified']}/{se['searched']} triples, worst subopt "
+                f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})")
+    if ev and ev.get("margin"):
+        return (f"closest: {ev.get('label', 'gap')}={fmt_num(ev['gap'], 2)}, "
+                f"{fmt_num(ev['gap'] / (ev['margin'] + ev.get('noise', 0.0)), 2)} of the margin")
+    return ""
+
+
 def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[dict[str, Any]]:
     rows = []
     for v in verdicts:
-        ev = v.get("evidence") or {}
         regularizer = v["kind"] == "regularizer"
-        if v["verdict"] == "falsified" and ev:
-            delta = {"regularizer": "|ΔR|", "invariant": "|ΔC|", "bound": "B - bound"}[v["kind"]]
-            if ev.get("kind") == "witness":
-                delta = "R(θ∞)-R(θ')"
-            evidence = f"{delta}={fmt_num(ev['gap'], digits)} > margin {fmt_num(ev['margin'], 2)}"
-        elif v["verdict"] == "survives" and (v.get("search") or {}).get("searched") and not v["distinct"]:
-            se = v["search"]
-            evidence = (f"argmin on {se['certified']}/{se['searched']} triples, worst subopt "
-                        f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})")
-        elif v["kind"] == "bound" and v.get("worst") is not None and v["verdict"] == "survives":
-            evidence = f"worst {fmt_num(v['worst'], digits)} <= {fmt_num(v['params'].get('bound'), digits)}"
-        elif v["verdict"] in ("survives", "inconclusive") and v["pairs"] and ev:
-            evidence = f"closest: rel gap {fmt_num(v['max_rel_gap'], 2)}"
-        else:
-            evidence = ""
         held = "" if v["expect"] is None else ("✓" if v["held"] else "✗ expected " + v["expect"])
         rows.append({
             "hypothesis": v["label"],
             "depends on": v["depends_on"] if regularizer else v["kind"],
-            "verdict": v["verdict"].upper() if v["verdict"] == "falsified" else v["verdict"],
+            "verdict": verdict_text(v),
             "expect": held,
             "pairs": v["pairs"] if regularizer else f"{v['pairs']} triples",
             "distinct": v["distinct"] if regularizer else "",
-            "source": _source(v, ev),
+            "source": _source(v, v.get("evidence") or {}),
             "subopt": _subopt(v),
-            "evidence": evidence or (v["reason"] if v["verdict"] in ("inconclusive", "error") else ""),
+            "evidence": evidence_text(v, digits),
             "certificate": v.get("certificate") or "",
         })
     return rows
@@ -199,8 +213,8 @@ def diff(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> list[str
         if y is None:
             lines.append(f"{label}: only in run A ({x['verdict']})")
             continue
-        if x["verdict"] != y["verdict"]:
-            lines.append(f"{label}: verdict {x['verdict']} -> {y['verdict']}")
+        if graded(x) != graded(y):  # the grade a survival rests on counts too
+            lines.append(f"{label}: verdict {graded(x)} -> {graded(y)}")
         for key in ("pairs", "distinct"):
             if x[key] != y[key]:
                 lines.append(f"{label}: {key} {x[key]} -> {y[key]}")

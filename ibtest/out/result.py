@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ibtest.base.jsonio import to_jsonable as jsonable
-from ibtest.judge.verdicts import MemberResult
+from ibtest.judge.records import MemberResult
 from ibtest.out import report
 from ibtest.run.streaming import Tally
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import Phase
-from ibtest.study.schema import Study
+from ibtest.study.typed import Study
 
 
 @dataclass
@@ -51,7 +51,7 @@ class StudyResult:
 
     @property
     def verdicts(self) -> dict[str, str]:
-        return {m.label: m.verdict for m in self.members}
+        return {m.label: m.verdict.value for m in self.members}
 
     @property
     def n_triples(self) -> int:
@@ -106,14 +106,13 @@ class StudyResult:
             "summary": self.summary(),
             "verdicts": [
                 {"hypothesis": m.hypothesis, "params": m.params, "label": m.label,
-                 "kind": m.kind, "depends_on": m.depends_on, "verdict": m.verdict, "expect": m.expect,
+                 "kind": m.kind, "depends_on": m.depends_on, "verdict": m.verdict.value,
+                 "grade": None if m.grade is None else m.grade.value, "expect": m.expect,
                  "held": m.held, "pairs": m.n_pairs, "distinct": m.n_distinct,
                  "max_rel_gap": m.max_rel_gap, "worst": m.worst, "reason": m.reason, "error": m.error,
                  "certificate": m.certificate,
                  "search": None if m.search is None else m.search.to_json(),
-                 "evidence": None if m.evidence is None else {
-                     "gap": m.evidence.gap, "margin": m.evidence.margin, "R_a": m.evidence.Ra,
-                     "R_b": m.evidence.Rb, "source": m.evidence.source, "kind": m.evidence.kind}}
+                 "evidence": None if m.evidence is None else m.evidence.to_json()}
                 for m in self.members
             ],
             "triples": ty.rows,

@@ -20,13 +20,17 @@ import yaml
 from ibtest.base.errors import UserError
 from ibtest.base.progress import Progress
 from ibtest.cert import certificate
+from ibtest.cert.shrink import SHRINKABLE
 from ibtest.out import report
 from ibtest.out.result import StudyResult
 from ibtest.run import executors
 from ibtest.run.pipeline import judge_run
 from ibtest.run.store import Store, open_run
 from ibtest.solve.engine import InstancePlan, RunContext, build_context, plan_instances
-from ibtest.study.schema import Study, load_study_text, read_study_bytes, variants
+from ibtest.solve.rules import Verdict
+from ibtest.study.schema import load_study_text, read_study_bytes
+from ibtest.study.sweep import variants
+from ibtest.study.typed import Study
 
 
 def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store | None = None,
@@ -82,19 +86,22 @@ def write_certificates(res: StudyResult, ctx: RunContext) -> None:
         raise UserError(_write_failure(d, exc, d)) from None
     if res.study.verdict.max_certificates <= 0:
         return
-    tight = ctx.solver.tighten(dict(ctx.solver_options))
     for m in res.members:
-        if m.verdict != "falsified" or m.evidence is None:
+        if m.verdict != Verdict.FALSIFIED or m.evidence is None:
             continue
         path = d / "certificates" / f"{certificate.slug(m.label)}.json"
-        cert = certificate.build(ctx, res.triples, m, tight)
+        try:
+            cert = certificate.build(ctx, res.triples, m)
+        except Exception as exc:  # a claim kind's plugin that cannot certify: said, the run goes on
+            ctx.errors.append(f"certificate of {m.label}: {type(exc).__name__}: {exc}")
+            continue
         try:
             certificate.write(cert, path)
         except OSError as exc:
             raise UserError(_write_failure(path, exc, d)) from None
         m.certificate = str(path)
         res.certificates.append(str(path))
-        if res.study.verdict.shrink and m.kind == "regularizer":
+        if res.study.verdict.shrink and m.evidence.kind in SHRINKABLE:
             _shrink_one(res, ctx, path)
 
 

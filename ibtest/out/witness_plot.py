@@ -11,9 +11,12 @@ import numpy as np
 import torch
 
 from ibtest.cert.replay import model_and_hypothesis
-from ibtest.cert.witness_cert import _t
 from ibtest.judge import evaluation as ev
-from ibtest.out.plot_plane import _plt
+from ibtest.out.plot_plane import pyplot
+
+
+def _t(x: Any) -> torch.Tensor:
+    return torch.as_tensor(x, dtype=torch.float64)
 
 
 def plot(cert: dict[str, Any], path: str | Path, plugins=(), grid: int = 121, dpi: int = 110) -> Path:
@@ -47,7 +50,7 @@ def plot(cert: dict[str, Any], path: str | Path, plugins=(), grid: int = 121, dp
     Rg = R_pts.numpy().reshape(S.shape)
     thr = float(cert["witness"]["fit_threshold"])
     scale = max(float(loss.max()), 1e-300)
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     ax.contourf(S, T, (loss <= max(thr, 1e-6 * scale)).astype(float), levels=[0.5, 1.5], colors=["#cfe8cf"])
     ax.contour(S, T, Rg, levels=sorted({float(cert["witness"]["R"]), float(side["R"])}),

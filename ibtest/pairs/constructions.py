@@ -16,7 +16,7 @@ from ibtest.base import status as st
 from ibtest.pairs.admissible import admissible, own_pairs
 from ibtest.plugin.specs import NewPairs, PairBatch, Partners, TripleBatch
 from ibtest.solve.batch import Pairs, Triples, cat_padded
-from ibtest.solve.engine import Phase, RunContext, _construction_seed, make_instances, solve_into
+from ibtest.solve.engine import Phase, RunContext, construction_seed, solve_into
 
 Tensor = torch.Tensor
 
@@ -45,7 +45,7 @@ def run_triple_constructions(ctx: RunContext, t: Triples, pairs: Pairs) -> None:
         for opts in use.expand():
             try:
                 out: Partners = use.spec.build(model=ctx.model, triples=_triple_batch(t, src_idx),
-                                               rng=_construction_seed(ctx, 3, len(t)), **opts)
+                                               rng=construction_seed(ctx, 3, len(t)), **opts)
             except (Exception, SystemExit) as exc:  # a plugin's sys.exit must not end the run
                 ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
                 continue
@@ -72,7 +72,7 @@ def run_pair_constructions(ctx: RunContext, t: Triples, pairs: Pairs) -> None:
                        t.theta0[base.a], [f"{t.labels[i]} | {t.labels[j]}" for i, j in zip(base.a.tolist(), base.b.tolist())])
         for opts in use.expand():
             try:
-                out: NewPairs = use.spec.build(model=ctx.model, pairs=pb, rng=_construction_seed(ctx, 4, len(t)), **opts)
+                out: NewPairs = use.spec.build(model=ctx.model, pairs=pb, rng=construction_seed(ctx, 4, len(t)), **opts)
             except (Exception, SystemExit) as exc:  # a plugin's sys.exit must not end the run
                 ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
                 continue
@@ -104,8 +104,3 @@ def run_block(ctx: RunContext, t: Triples, start: int = 0) -> tuple[Triples, Pai
     run_triple_constructions(ctx, t, pairs)
     run_pair_constructions(ctx, t, pairs)
     return t, pairs
-
-
-def run_engine(ctx: RunContext) -> tuple[Triples, Pairs]:
-    """Solve the study's instances in one block, build and solve partners, return all triples and pairs."""
-    return run_block(ctx, make_instances(ctx))

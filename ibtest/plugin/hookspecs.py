@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
-from ibtest.plugin.specs import Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
+from ibtest.plugin.specs import ClaimKind, Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
 
 PROJECT = "ibtest"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -50,6 +50,12 @@ def ibtest_executors() -> list[Executor]:
     """Return the executors (where a study's blocks run: locally, on a cluster) this plugin provides."""
 
 
+@hookspec
+def ibtest_claim_kinds() -> list[ClaimKind]:
+    """Return the claim kinds (how a kind of evidence is scored, judged, certified, replayed, shown
+    and drawn) this plugin provides."""
+
+
 HOOK_KINDS: dict[str, str] = {
     "ibtest_models": "models",
     "ibtest_datasets": "datasets",
@@ -58,4 +64,5 @@ HOOK_KINDS: dict[str, str] = {
     "ibtest_constructions": "constructions",
     "ibtest_hypotheses": "hypotheses",
     "ibtest_executors": "executors",
+    "ibtest_claim_kinds": "kinds",
 }

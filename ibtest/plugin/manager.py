@@ -37,7 +37,8 @@ ENTRY_POINT_GROUP = "ibtest"
 DISABLE_AUTOLOAD_ENV = "IBTEST_DISABLE_PLUGIN_AUTOLOAD"
 OWN_DISTRIBUTION = "ibtest"
 SINGULAR = {"models": "model", "datasets": "dataset", "inits": "init", "solvers": "solver",
-            "constructions": "construction", "hypotheses": "hypothesis", "executors": "executor"}
+            "constructions": "construction", "hypotheses": "hypothesis", "executors": "executor",
+            "kinds": "claim kind"}
 
 
 class _NamedSpec(Protocol):
@@ -109,7 +110,7 @@ def load_plugin_file(pm: pluggy.PluginManager, path: str | Path) -> types.Module
 #: The core's own plugins, imported by name when a manager is built (as pytest does with its
 #: ``default_plugins``): the plugin layer sits below the layers that implement them, so it names
 #: them instead of importing them.
-BUILTIN_MODULES: tuple[str, ...] = ("ibtest.solve.solvers.builtin", "ibtest.run.executors")
+BUILTIN_MODULES: tuple[str, ...] = ("ibtest.solve.solvers.builtin", "ibtest.run.executors", "ibtest.kinds")
 
 
 def autoload_disabled() -> bool:
@@ -178,6 +179,23 @@ class Registry:
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 self._add(kind, specs, plugin_name, source, hook_name)
+        self._check_kinds()
+
+    def _check_kinds(self) -> None:
+        """Every hypothesis's ``kind`` must be judged by a registered claim kind."""
+        judged = {k.spec.judges for k in self.items["kinds"].values()}
+        for name, reg in self.items["hypotheses"].items():
+            kind = reg.spec.kind
+            if not isinstance(kind, str) or kind not in judged:
+                from ibtest.base.textsafe import clean
+
+                raise PluginError(f"plugin {reg.plugin} ({reg.source}): hypothesis {clean(name)!r} has kind "
+                                  f"{clean(repr(kind))}, which no registered claim kind judges (kinds: "
+                                  f"{', '.join(sorted(judged))})")
+
+    def kinds_for(self, hypothesis_kind: str) -> tuple[Any, ...]:
+        """The claim kinds that judge hypotheses of this kind, in registration order."""
+        return tuple(r.spec for r in self.items["kinds"].values() if r.spec.judges == hypothesis_kind)
 
     def _add(self, kind: str, specs: Any, plugin: str, source: str, hook_name: str) -> None:
         want = SPEC_TYPES[kind]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -340,8 +340,25 @@ class HypothesisContext:
     study: Mapping[str, Any] = field(default_factory=dict)
 
 
-#: the name before the rename (still exported as ``ibtest.Context``)
-Context = HypothesisContext
+class InitContext(Protocol):
+    """What a hypothesis declared ``depends_on="init"`` is guaranteed to see: ``ctx.init`` (θ0
+    [B, P]) and ``ctx.init_predictor`` are never None. Annotate ``ctx: ibtest.InitContext`` and a
+    type checker knows it (the object passed is a :class:`HypothesisContext`)."""
+
+    model: ModelBase
+    init: Tensor
+    init_predictor: Tensor
+    study: Mapping[str, Any]
+
+
+class DataContext(InitContext, Protocol):
+    """What a hypothesis declared ``depends_on="data"`` is guaranteed to see: θ0 and the dataset
+    ``ctx.X`` [B, n, d], ``ctx.y`` [B, n], ``ctx.mask`` [B, n], never None."""
+
+    X: Tensor
+    y: Tensor
+    mask: Tensor
+
 
 DependsOn = Literal["params", "init", "data"]
 
@@ -365,7 +382,8 @@ class Hypothesis:
     depends_on: DependsOn = "params"
     params: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
-    kind: Literal["regularizer", "invariant", "bound"] = "regularizer"
+    #: "regularizer", "invariant", "bound", or a kind a plugin's claim kinds judge (ClaimKind.judges)
+    kind: str = "regularizer"
     on: Literal["theta", "predictor"] = "theta"
     atol: float = 0.0  # optional absolute floor of the margin; 0 keeps verdicts scale-free
     rtol: float = 1e-9  # the margin's floor relative to |R| (see ibtest.judge.evaluation)
@@ -388,6 +406,44 @@ class CvxContext:
     init_predictor: Any = None
     X: Any = None
     y: Any = None
+
+
+# --------------------------------------------------------------------------------------------
+# Claim kinds
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClaimKind:
+    """One kind of evidence, and everything the tool does with it, in one object.
+
+    A hypothesis of ``kind`` K (``Hypothesis.kind``) is judged by every registered claim kind with
+    ``judges == K``: the built-in ``pair`` and ``witness`` judge regularizers, ``invariant`` and
+    ``bound`` judge their namesakes. A plugin adds a kind through the ``ibtest_claim_kinds`` hook
+    (zero edits to the core). The callables:
+
+    * ``score(ctx, triples, pairs, use, params, prior) -> score | None``: a member on one table
+      of triples (a block): the score has ``counts()`` (a ``MemberCounts``), ``keep_triples()``,
+      ``keep_pairs()`` and ``triples_to_measure()``; ``prior`` holds the scores of the kinds
+      before it for the same member;
+    * ``finish(ctx, triples, score, use, params, meter, counts) -> Finding``: the strongest
+      re-checked evidence (its ``judgement`` from ``ctx.rules``) and the support it gives;
+    * ``certificate(ctx, triples, member, evidence) -> dict``: the certificate's kind-specific
+      fields (sides, claim, refutation);
+    * ``replay(cert, replay) -> VerifyResult``: ``ibtest verify`` of such a certificate;
+    * ``describe(cert) -> list[str]``: ``ibtest show`` in words;
+    * ``plot(cert, path, plugins) -> Path``: ``ibtest show --plot`` (optional);
+    * ``label``: how a report names its gap (``|ΔR|``).
+    """
+
+    name: str
+    judges: str
+    score: Callable[..., Any]
+    finish: Callable[..., Any]
+    certificate: Callable[..., Any]
+    replay: Callable[..., Any]
+    describe: Callable[..., Any]
+    label: str = "gap"
+    plot: Callable[..., Any] | None = None
+    doc: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,6 +473,7 @@ SPEC_TYPES: dict[str, type] = {
     "constructions": Construction,
     "hypotheses": Hypothesis,
     "executors": Executor,
+    "kinds": ClaimKind,
 }
 
 
@@ -440,10 +497,12 @@ __all__: Sequence[str] = [
     "PairBatch",
     "NewPairs",
     "Construction",
-    "Context",
     "HypothesisContext",
+    "InitContext",
+    "DataContext",
     "Hypothesis",
     "CvxContext",
+    "ClaimKind",
     "Executor",
     "SPEC_TYPES",
 ]

@@ -43,7 +43,7 @@ from ibtest.run.streaming import BlockScore, score_block
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.cache import solve_key
 from ibtest.solve.engine import InstancePlan, Phase, RunContext, build_context, plan_instances, solve_settings
-from ibtest.study.schema import PluginUse, Study
+from ibtest.study.typed import PluginUse, Study
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,7 +337,7 @@ def rebuild(recipe: Recipe) -> tuple[RunContext, InstancePlan]:
     files = [_plugin_path(p, text) for p, text in recipe.plugins]
     study = validate(recipe.raw, load_registry(files), src=recipe.source, plugin_files=files)
     if recipe.swept:
-        from ibtest.study.schema import apply_sweep
+        from ibtest.study.sweep import apply_sweep
 
         study = apply_sweep(study, recipe.sweep_value)
     ctx = build_context(study)

@@ -106,7 +106,7 @@ def _declared_sizes(study: Any) -> tuple[list[tuple[str, int, int, int]], bool]:
 
 def check_study(study: Any, lines: dict) -> list[str]:
     """Problems (``FILE:LINE: field: reason``) of a validated study's size, for each sweep value."""
-    from ibtest.study.schema import variants
+    from ibtest.study.sweep import variants
 
     src = study.source
     where = f"{src}:{line_of(lines, ('datasets',))}: datasets"

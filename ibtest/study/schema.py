@@ -16,39 +16,9 @@ import yaml
 
 from ibtest.base.errors import StudyError
 from ibtest.plugin.manager import SINGULAR, Registry
-from ibtest.study.coerce import (  # noqa: F401
-    _admits_bool,
-    _coerce,
-    _coerce_one,
-    _convention_lower,
-    _data_loc,
-    _describe_type,
-    _find_bool,
-    _numbers,
-    _pydantic_problems,
-    _short,
-    _text_hint,
-)
-from ibtest.study.sweep import _check_sweep, apply_sweep, variants  # noqa: F401
-from ibtest.study.typed import (  # noqa: F401  (re-exported: the former contents of this module)
-    VERDICTS,
-    Float,
-    HypothesisRef,
-    HypothesisUse,
-    InitRef,
-    Int,
-    PluginRef,
-    PluginUse,
-    ReportSettings,
-    S as _S,
-    Study,
-    StudyModel,
-    SweepSettings,
-    Verdict,
-    VerdictSettings,
-    _no_bool,
-    _Strict,
-)
+from ibtest.study.coerce import coerce, describe_type, pydantic_problems, short, text_hint
+from ibtest.study.sweep import check_sweep
+from ibtest.study.typed import HypothesisUse, PluginUse, S, Study, StudyModel
 from ibtest.study.yamlpos import YAMLInputError, decode_text, format_path, line_of, load_with_lines
 
 
@@ -79,13 +49,13 @@ def _resolve_plugin(
             )
             continue
         try:
-            options[key] = _coerce(value, opt, key)
+            options[key] = coerce(value, opt, key)
         except (pydantic.ValidationError, ValueError) as exc:
             detail = exc.errors()[0]["msg"] if isinstance(exc, pydantic.ValidationError) else str(exc)
             problems.append(
                 f"{src}:{line_of(lines, p)}: {format_path(p)}: {detail} (expected "
-                f"{_describe_type(opt.type)}{' or a list of them' if opt.sweep else ''}, got {_short(value)}"
-                f"{_text_hint(value)})"
+                f"{describe_type(opt.type)}{' or a list of them' if opt.sweep else ''}, got {short(value)}"
+                f"{text_hint(value)})"
             )
     for key, opt in spec.options.items():
         if opt.required and ref.get(key) is None:
@@ -96,7 +66,7 @@ def _resolve_plugin(
     return PluginUse(kind, name, spec, options, path)
 
 
-def _resolved(uses: list[PluginUse[_S] | None]) -> list[PluginUse[_S]]:
+def _resolved(uses: list[PluginUse[S] | None]) -> list[PluginUse[S]]:
     """The plugin uses of a list that validated without problems (none is None)."""
     return [u for u in uses if u is not None]
 
@@ -121,7 +91,7 @@ def _hypothesis_members(spec: Any, given: dict[str, Any], path, src, lines, prob
                 problems.append(f"{where}: NaN is not a value")
             elif isinstance(default, (int, float)) and not isinstance(default, bool):
                 if isinstance(item, bool) or not isinstance(item, (int, float)):
-                    problems.append(f"{where}: expected a number or a list of numbers, got {_short(item)}")
+                    problems.append(f"{where}: expected a number or a list of numbers, got {short(item)}")
         values[key] = vs
     keys = list(values)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))] or [{}]
@@ -182,7 +152,7 @@ def validate(
     try:
         m = StudyModel.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise StudyError(src, _pydantic_problems(exc, src, lines, data)) from None
+        raise StudyError(src, pydantic_problems(exc, src, lines, data)) from None
     problems: list[str] = []
 
     model = _resolve_plugin(registry, "models", m.model.model_dump(), ("model",), src, lines, problems)
@@ -239,7 +209,7 @@ def validate(
         executor = _resolve_plugin(registry, "executors", m.executor.model_dump(), ("executor",), src, lines, problems)
     if m.sweep is not None:
         uses = {"init": inits, "model": [model], "solver": [solver], "datasets": datasets}
-        _check_sweep(m.sweep, uses, src, lines, problems)
+        check_sweep(m.sweep, uses, src, lines, problems)
     if problems:
         raise StudyError(src, problems)
     # no problems: every plugin reference resolved (a None from _resolve_plugin adds a problem)
@@ -250,6 +220,7 @@ def validate(
         constructions=_resolved(constructions), hypotheses=hyps, verdict=m.verdict, report=m.report,
         plugin_files=list(plugin_files or []), sweep=m.sweep, device=m.device,
         chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
+        kinds={h.spec.kind: registry.kinds_for(h.spec.kind) for h in hyps},
     )
     from ibtest.study.budget import check_study
 
@@ -277,7 +248,3 @@ def _finish_load(data, lines, src, base: Path, extra_plugins) -> tuple[Study, Re
     files = list(extra_plugins) + [f for f in plugin_files_of(data, base) if f not in extra_plugins]
     registry = load_registry(files)
     return validate(data, registry, src=src, lines=lines, plugin_files=files), registry
-
-
-def is_inf(x: Any) -> bool:
-    return isinstance(x, float) and math.isinf(x)

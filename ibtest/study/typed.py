@@ -14,10 +14,10 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ibtest.plugin.specs import Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
+from ibtest.plugin.specs import ClaimKind, Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
 
-Verdict = Literal["falsified", "survives", "inconclusive"]
-VERDICTS = ("falsified", "survives", "inconclusive")
+#: what a study may expect of a member (``survives`` is not met by ``unrefuted``)
+Verdict = Literal["falsified", "survives", "unrefuted", "inconclusive"]
 
 
 def _no_bool(value: Any) -> Any:
@@ -70,15 +70,7 @@ class VerdictSettings(_Strict):
     shrink_budget: Int = Field(default=6000, ge=4, description="instance solves each shrink may spend")
 
 
-ReportFormat = Literal["table", "markdown", "json"]
-
-
-def _all_formats() -> list[ReportFormat]:
-    return ["table", "markdown", "json"]
-
-
 class ReportSettings(_Strict):
-    formats: list[ReportFormat] = Field(default_factory=_all_formats)
     triples: bool | Annotated[int, Field(ge=0)] = Field(default=True, description=(
         "list solved triples (True, False or at most N rows)"))
     digits: Int = Field(default=6, ge=1, le=17)
@@ -193,4 +185,11 @@ class Study:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     executor: PluginUse[Executor] | None = None  # None: the local executor with its defaults
+    #: hypothesis kind → the claim kinds that judge it (registration order), for every kind the
+    #: study's hypotheses use
+    kinds: dict[str, tuple[ClaimKind, ...]] = field(default_factory=dict)
+
+    def claim_kinds(self, use: HypothesisUse) -> tuple[ClaimKind, ...]:
+        """The claim kinds that judge a hypothesis of this study."""
+        return self.kinds.get(use.spec.kind, ())
 

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from ibtest.plugin.manager import Registry, load_registry
-from ibtest.testing.studies import _local_files
+from ibtest.testing.studies import local_files
 
 
 def _registry(plugin) -> Registry:
-    return load_registry(_local_files([plugin] if plugin is not None else []))
+    return load_registry(local_files([plugin] if plugin is not None else []))
 
 
 def check_hypothesis(plugin: str | Path | types.ModuleType | None, name: str, params: dict[str, Any] | None = None, *,

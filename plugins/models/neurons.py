@@ -18,6 +18,8 @@ from ibtest import Option, PiecewiseLinearNeuron
 class PiecewiseNeuron(ibtest.ModelBase):
     """f_w(x) = σ(⟨w, x⟩) for σ given by a :class:`PiecewiseLinearNeuron`."""
 
+    piecewise: PiecewiseLinearNeuron  # always declared here (ModelBase's is optional)
+
     def __init__(self, piecewise: PiecewiseLinearNeuron, **options):
         super().__init__(**options)
         self.piecewise = piecewise
