@@ -117,6 +117,18 @@ class TwoLayerReLU(ibtest.ModelBase):
         W, v = self.split(theta)
         return v * v - (W * W).sum(-1)
 
+    def certified_min_norm(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                           **options) -> list:
+        """θ [B, P] against the certified min of ½‖θ‖² (= min Σ|v_j|‖w_j‖) over all nets that fit
+        (X [B, n, d], y [B, n], mask [B, n]): one :class:`two_layer_convex.Check` per instance
+        (verdicts, a width-m witness θ' when beaten, the optimum and whether it is exact).
+        ``options`` go to :func:`two_layer_convex.check_theta` (atol, rtol, pattern options)."""
+        from .two_layer_convex import check_theta
+
+        if not self.train_output:
+            raise ValueError("certified_min_norm: the convex program needs trained output weights (train_output=True)")
+        return [check_theta(theta[b], X[b], y[b], mask[b], **options) for b in range(theta.shape[0])]
+
 
 def two_layer_relu(width: int = 1, train_output: bool = True,
                    relu_grad_at_zero: Literal[0, 1] = 1) -> TwoLayerReLU:
