@@ -32,6 +32,17 @@ def path_norm(theta: torch.Tensor, ctx: ibtest.HypothesisContext) -> torch.Tenso
     return (v.abs() * W.norm(dim=-1)).sum(-1)
 
 
+def variation_norm(u: torch.Tensor, ctx: ibtest.HypothesisContext) -> torch.Tensor:
+    """Σ_j ‖u_j‖ of the predictor u = (v_1·w_1, …, v_m·w_m) [B, m·d] of a one-hidden-layer ReLU net:
+    its variation (path) norm Σ_j |v_j|‖w_j‖, unchanged when a neuron is rescaled
+    (w_j, v_j) → (c·w_j, v_j/c)."""
+    m = getattr(ctx.model, "m", None)
+    if not isinstance(m, int) or u.shape[-1] % m:
+        raise TypeError(f"variation_norm needs a one-hidden-layer net (a model with width m), "
+                        f"got {type(ctx.model).__name__}")
+    return u.reshape(u.shape[0], m, -1).norm(dim=-1).sum(-1)
+
+
 def frobenius(theta: torch.Tensor, ctx: ibtest.HypothesisContext) -> torch.Tensor:
     """Σ over layers of ‖W_l‖_F², i.e. ‖θ‖² (weight decay)."""
     return (theta * theta).sum(-1)
@@ -99,7 +110,11 @@ def ibtest_hypotheses():
     return [
         ibtest.Hypothesis(name="balancedness", fn=balancedness, kind="invariant", atol=1e-9, rtol=1e-7,
                           doc="v_j^2 - |w_j|^2 per hidden unit is conserved (Du, Hu & Lee 2018)"),
-        ibtest.Hypothesis(name="path_norm", fn=path_norm, doc="path norm sum_j |v_j| |w_j| of a one-hidden-layer net"),
+        ibtest.Hypothesis(name="path_norm", fn=path_norm, optimum="path_norm",
+                          doc="path norm sum_j |v_j| |w_j| of a one-hidden-layer net"),
+        ibtest.Hypothesis(name="variation_norm", fn=variation_norm, on="predictor", optimum="path_norm",
+                          doc="variation norm sum_j |v_j w_j| of a one-hidden-layer net's predictor (rescaling-"
+                              "invariant; its minimum over Z(D) is certified by the convex program)"),
         ibtest.Hypothesis(name="frobenius", fn=frobenius, convex=True, cvx=_frobenius_cvx,
                           doc="sum of squared Frobenius norms of all layers (= |theta|^2)"),
         ibtest.Hypothesis(name="predictor_norm", fn=predictor_norm, on="predictor", params={"p": 2.0},

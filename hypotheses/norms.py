@@ -56,7 +56,7 @@ def dist_to_init_cvx(x, ctx: ibtest.CvxContext):
 def ibtest_hypotheses():
     return [
         ibtest.Hypothesis(name="l2_norm", fn=l2_norm, depends_on="params", convex=True, cvx=l2_norm_cvx,
-                          doc="Euclidean norm |theta|_2"),
+                          optimum="half_sq_norm", doc="Euclidean norm |theta|_2"),
         ibtest.Hypothesis(name="lp_norm", fn=lp_norm, depends_on="params", params={"p": 2.0},
                           convex=True, cvx=lp_norm_cvx,
                           doc="l_p norm |theta|_p, a family over p in [1, inf]"),

@@ -83,9 +83,16 @@ def cmd_run(args) -> int:
 def _print_sweep(results, args) -> int:
     from ibtest.out import report
 
-    print(report.render_sweep([clean_tree(r.json_cache or r.to_json()) for r in results], clean(results[0].study.sweep.path)))
+    payload = clean_tree(results.to_json())
+    print(report.render_sweep(payload["runs"], payload["sweep"], payload.get("limits")))
     print(f"\nrun directory: {results[0].run_dir.parent if results[0].run_dir else '-'}")
-    return 0 if all(r.expectations_held for r in results) else 1
+    failed = [f"{clean(m.label)} at {payload['sweep']}={r.sweep_value} (expected {m.expect}, got {m.verdict})"
+              for r in results for m in r.members if m.held is False]
+    failed += [f"{clean(v.label)} as {payload['sweep']} -> {v.toward} (expected {v.expect}, got {v.verdict})"
+               for v in results.limits if v.held is False]
+    if failed:
+        print("expectations that did not hold: " + ", ".join(failed))
+    return results.exit_code
 
 
 def _rendering(runs: str) -> contextlib.AbstractContextManager[None]:
@@ -115,7 +122,7 @@ def cmd_report(args) -> int:
 
                 text = json.dumps(res, indent=1)
             else:
-                text = report.render_sweep(res["runs"], res["sweep"])
+                text = report.render_sweep(res["runs"], res["sweep"], res.get("limits"))
         else:
             text = report.render(res, args.format)
     print(text)

@@ -7,6 +7,7 @@ claim kind     judges         evidence
 ``witness``    regularizer    a point of one Z(D) with a smaller R (:mod:`ibtest.judge.witness_claim`)
 ``invariant``  invariant      one triple with C(θ∞) ≠ C(θ0) (:mod:`ibtest.judge.triple_claim`)
 ``bound``      bound          one triple with B(θ∞) > bound (:mod:`ibtest.judge.triple_claim`)
+``limit``      any (``*``)    a member's trend over a swept scale (:mod:`ibtest.judge.limits`)
 =============  =============  ======================================================================
 
 Each :class:`~ibtest.plugin.specs.ClaimKind` bundles score, finish (the judge layer), certificate,
@@ -16,9 +17,9 @@ hook like any plugin: a new kind is a plugin of its own, with no edit here or an
 """
 from __future__ import annotations
 
-from ibtest.cert import pair_cert, triple_cert, witness_cert
+from ibtest.cert import limit_cert, pair_cert, triple_cert, witness_cert
 from ibtest.judge import pair_claim, triple_claim, witness_claim
-from ibtest.out import plots, witness_plot
+from ibtest.out import limit_plot, plots, witness_plot
 from ibtest.plugin.hookspecs import hookimpl
 from ibtest.plugin.specs import ClaimKind
 
@@ -44,6 +45,12 @@ BOUND = ClaimKind(
     doc="one run whose B(θ∞) exceeds the bound")
 
 
+LIMIT = ClaimKind(
+    name="limit", judges="*", label="relative gap",
+    certificate=limit_cert.build, replay=limit_cert.replay, describe=limit_cert.describe, plot=limit_plot.plot,
+    doc="a member's relative gap against a swept scale: consistent in the limit, or not the limit")
+
+
 @hookimpl
 def ibtest_claim_kinds() -> list[ClaimKind]:
-    return [PAIR, WITNESS, INVARIANT, BOUND]
+    return [PAIR, WITNESS, INVARIANT, BOUND, LIMIT]

@@ -48,6 +48,7 @@ from ibtest.solve.rules import Judgement, Rules, Side, SolverSettings, Tolerance
 class VerifyResult:
     holds: bool
     lines: list[str]
+    judgement: Judgement | None = None  # the judgement of the re-solved runs (None: never reached)
 
 
 @dataclass
@@ -83,6 +84,8 @@ class Replay:
     settings: SolverSettings
     data: Data
     lines: list[str] = field(default_factory=list)
+    judgement: Judgement | None = None  # the replay's judgement of the re-solved runs, once made
+    registry: Any = None  # the registry the replay was built from (a sweep-wide kind replays with it)
 
     def context(self, runs: Sequence[int]) -> Any:
         """The hypothesis context of runs ``runs``."""
@@ -155,6 +158,7 @@ class Replay:
         except ev_mod.NonFiniteValue as exc:
             self.lines.append(f"  at {where}: {clean(exc)}: no evidence")
         else:
+            self.judgement = j
             self.lines.append(line)
             ok = j.refutes
             if j.in_noise:
@@ -167,7 +171,7 @@ class Replay:
         return ok
 
     def result(self, ok: bool) -> VerifyResult:
-        return VerifyResult(ok, self.lines)
+        return VerifyResult(ok, self.lines, self.judgement)
 
     def stored(self, checks: Sequence[tuple[str, Any, float, float, float]]) -> None:
         """Append one line naming every stored number (name, stored, recomputed, rel, abs tolerance)
@@ -225,7 +229,7 @@ def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
 def claim_kind(reg: Any, hspec: Any, cert: Mapping[str, Any], where: str) -> Any:
     """The registered claim kind that replays this file: its ``kind`` must judge the registered
     hypothesis's kind."""
-    kinds = reg.kinds_for(hspec.kind)
+    kinds = reg.replayers_for(hspec.kind)
     name = cert.get("kind")
     for k in kinds:
         if k.name == name:
@@ -260,7 +264,7 @@ def replay_context(reg: Any, cert: dict[str, Any], where: str) -> Replay:
     names = [s for s in ("a", "b") if s in cert]
     data = side_tensors(cert, model, names, where)
     rules = Rules(safety=rules.safety, fit_tol=rules.fit_tol, dist_tol=rules.dist_tol, notes=tuple(notes))
-    return Replay(cert, where, model, hspec, params, bound, rules, tol, sspec, settings, data)
+    return Replay(cert, where, model, hspec, params, bound, rules, tol, sspec, settings, data, registry=reg)
 
 
 def solver_settings(sspec: Any, cert: Mapping[str, Any], rules: Rules, where: str, notes: list[str]) -> SolverSettings:

@@ -152,6 +152,18 @@ class Witness(_Model):
     predictor: Vector | None = None
 
 
+class LimitRef(_Model):
+    path: StrictStr
+    to: Literal["0", "inf"]
+
+
+class LimitPointRef(_Model):
+    s: Finite
+    refuted: StrictBool
+    g: Num
+    certificate: dict[StrictStr, Any] | None = None
+
+
 class Certificate(_Model):
     format: Literal["ibtest-certificate/2"]
     kind: StrictStr  # the claim kind (pair, witness, invariant, bound, or a plugin's): the registry replays it
@@ -180,6 +192,14 @@ class Certificate(_Model):
     # written by ibtest shrink (informational: verify judges the data like any certificate's)
     shrunk_from: ShrunkFrom | None = None
     shrink: ShrinkRecord | None = None
+    # a limit certificate (kind limit): the sweep's path and direction, the judged values (each
+    # refuted one with its run's certificate, validated when it is replayed) and the fitted trend
+    limit: LimitRef | None = None
+    points: list[LimitPointRef] | None = None
+    verdict: StrictStr | None = None
+    rate: Num | None = None
+    r2: Num | None = None
+    floor_from: Num | None = None
 
 
 def _where(loc: tuple) -> str:
@@ -212,7 +232,7 @@ def validate(data: Any, where: str) -> dict[str, Any]:
         raise UserError(f"{where}: field {_where(e['loc'])}: {msg}{more}") from None
     except RecursionError:
         raise UserError(f"{where}: nested too deeply") from None
-    for s in ("a", "b", "witness"):
+    for s in ("a", "b", "witness", "limit", "points", "verdict", "rate", "r2", "floor_from"):
         if out.get(s) is None:
             out.pop(s, None)
     check_shapes(out, where)

@@ -156,6 +156,22 @@ def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Te
             x_best = torch.where((kkt & (R_best == R_inf))[:, None], x_inf, x_best)
         except RuntimeError:
             pass
+    if zs is None and spec.optimum is not None and certify_limit > 0:
+        # a model that certifies the global minimum of this quantity over Z(D) (a convex
+        # reformulation, e.g. min-norm two-layer nets): certified rows need no search, a beaten
+        # row's cheaper net is a candidate witness
+        rows = torch.arange(min(T, certify_limit))
+        checks = model.certified_optimum(spec.optimum, theta[rows], X[rows], y[rows], mask[rows],
+                                         atol=tol.atol, rtol=tol.rtol)
+        if checks is not None:
+            method = "model's certified optimum"
+            for r, c in zip(rows.tolist(), checks):
+                if c.status == "certified":
+                    certified[r], R_best[r], x_best[r] = True, R_inf[r], x_inf[r]
+                elif c.status == "beaten" and c.witness is not None:
+                    w = c.witness.to(x_best.dtype).reshape(1, -1)
+                    Rw0 = torch.nan_to_num(R(w, torch.tensor([r])).detach(), nan=float("inf"))
+                    x_best[r], R_best[r] = w[0], Rw0[0]
     rest = (~certified).nonzero().flatten()
     # one local pass over both kinds of rows (its cost is per step, hardly per row): the rest from
     # x∞ (``steps`` steps from S0) and the polish of optima from x* (POLISH_STEPS from POLISH_S0)

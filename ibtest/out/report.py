@@ -286,7 +286,31 @@ def diff_sweeps(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> l
             for line in diff(ra, rb, rel=rel)]
 
 
-def render_sweep(runs: list[dict[str, Any]], path: str) -> str:
+def limit_rows(limits: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per member and direction of a sweep's limit verdicts."""
+    rows = []
+    for v in limits:
+        held = "" if v.get("expect") is None else ("✓" if v.get("held") else "✗ expected " + str(v["expect"]))
+        rate = "" if v.get("rate") is None else f"{fmt_num(v['rate'], 3)} (R² {fmt_num(v.get('r2'), 2)})"
+        rows.append({"hypothesis": v["label"], "limit": "→ 0" if v["to"] == "0" else "→ ∞",
+                     "verdict": str(v["verdict"]).replace("_", " "), "expect": held, "rate": rate,
+                     "gaps": ", ".join(f"{fmt_num(p['s'], 3)}: {fmt_num(p['g'], 2) if p['refuted'] else '≤margin'}"
+                                       for p in v.get("points", [])),
+                     "certificate": v.get("certificate") or ""})
+    return rows
+
+
+def render_limits(limits: list[dict[str, Any]], path: str) -> str:
+    """The limit verdicts of a sweep: each member's relative gap toward the limit of ``path``, the
+    fitted rate and the verdict; then each verdict's reason."""
+    if not limits:
+        return ""
+    out = [f"Limits over {path} (relative gap at each value nearest the limit):", table(limit_rows(limits))]
+    out += [f"  {v['label']} → {'0' if v['to'] == '0' else '∞'}: {v['reason']}" for v in limits]
+    return "\n".join(out)
+
+
+def render_sweep(runs: list[dict[str, Any]], path: str, limits: list[dict[str, Any]] | None = None) -> str:
     """One row per sweep value: statuses, the end-to-end predictor of each study triple, verdicts."""
     rows = []
     for r in runs:
@@ -305,4 +329,6 @@ def render_sweep(runs: list[dict[str, Any]], path: str) -> str:
         for m in r["verdicts"]:
             if m.get("certificate"):
                 out.append(f"  {path}={r['sweep_value']}: {m['label']}: certificate {m['certificate']}")
+    if limits:
+        out += ["", render_limits(limits, path)]
     return "\n".join(out)

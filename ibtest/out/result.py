@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ibtest.base.jsonio import to_jsonable as jsonable
+from ibtest.judge.limits import LimitVerdict
 from ibtest.judge.records import MemberResult
 from ibtest.out import report
 from ibtest.run.streaming import Tally
@@ -130,3 +131,26 @@ class StudyResult:
 
     def markdown(self) -> str:
         return report.render_markdown(self.to_json())
+
+
+class SweepResult(list):
+    """The runs of a swept study, one :class:`StudyResult` per value (a list of them), with the
+    limit verdicts of a study that declares ``limit:`` (:mod:`ibtest.judge.limits`)."""
+
+    def __init__(self, runs: list[StudyResult], path: str, limits: list[LimitVerdict] | None = None):
+        super().__init__(runs)
+        self.path = path
+        self.limits: list[LimitVerdict] = list(limits or [])
+
+    @property
+    def expectations_held(self) -> bool:
+        return all(r.expectations_held for r in self) and all(v.held is not False for v in self.limits)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.expectations_held else 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The results format of a sweep: its path, each run's results and the limit verdicts."""
+        return jsonable({"sweep": self.path, "runs": [r.json_cache or r.to_json() for r in self],
+                         "limits": [v.to_json() for v in self.limits]})

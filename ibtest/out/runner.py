@@ -21,8 +21,9 @@ from ibtest.base.errors import UserError
 from ibtest.base.progress import Progress
 from ibtest.cert import certificate
 from ibtest.cert.shrink import SHRINKABLE
+from ibtest.judge.limits import CONSISTENT, NOT_THE_LIMIT, LimitVerdict, judge_limit, point_of
 from ibtest.out import report
-from ibtest.out.result import StudyResult
+from ibtest.out.result import StudyResult, SweepResult
 from ibtest.run import executors
 from ibtest.run.pipeline import judge_run
 from ibtest.run.store import Store, open_run
@@ -105,6 +106,45 @@ def write_certificates(res: StudyResult, ctx: RunContext) -> None:
             _shrink_one(res, ctx, path)
 
 
+def judge_limits(st_: Study, runs: list[StudyResult], out: Path | None) -> list[LimitVerdict]:
+    """The limit verdicts of a sweep with ``limit:`` (every member, every direction), with the
+    expectations of the study and, where consistent or not the limit, a limit certificate written to
+    ``out/certificates/<member>.limit-<to>.json`` embedding the runs' own certificates."""
+    if st_.limit is None or not runs:
+        return []
+    from ibtest.cert import limit_cert
+    from ibtest.cert.schema import load
+    from ibtest.study.schema import limit_directions
+
+    out_v: list[LimitVerdict] = []
+    for hi, use in enumerate(st_.hypotheses):
+        for mj in range(len(use.members)):
+            label = runs[0].members[sum(len(u.members) for u in st_.hypotheses[:hi]) + mj].label
+            points, certs = [], {}
+            for r in runs:
+                m = next((x for x in r.members if x.label == label), None)
+                if m is None or not isinstance(r.sweep_value, (int, float)):
+                    continue
+                s = float(r.sweep_value)
+                points.append(point_of(m, s))
+                if m.certificate:
+                    with contextlib.suppress(UserError):
+                        certs[s] = load(m.certificate)
+            for direction in limit_directions(st_.limit):
+                v = judge_limit(label, points, direction)
+                v.expect = use.expect_limit.get(direction)
+                if out is not None and v.verdict in (CONSISTENT, NOT_THE_LIMIT) and any(
+                        p.refuted and p.s in certs for p in v.points):
+                    path = out / "certificates" / f"{certificate.slug(label)}.limit-{v.toward}.json"
+                    try:
+                        certificate.write(limit_cert.build(v, st_.limit.path, certs), path)
+                        v.certificate = str(path)
+                    except (OSError, ValueError) as exc:
+                        runs[0].errors.append(f"limit certificate of {label}: {exc}")
+                out_v.append(v)
+    return out_v
+
+
 def _shrink_one(res: StudyResult, ctx: RunContext, path: Path) -> None:
     """``verdict: {shrink: true}``: write ``<name>.shrunk.json`` next to the certificate (verified)."""
     from ibtest.cert.shrink import NotRefuted, shrink_file
@@ -134,11 +174,12 @@ def _execute(st_: Study, out: Path | None, store: Store | None, progress,
             result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress, plan=todo[0])
             payload: Any = result.json_cache
         else:
-            result = []
+            result = SweepResult([], st_.sweep.path)
             for k, ((v, s), plan) in enumerate(zip(runs, todo)):
                 sub = out / f"sweep-{k:02d}" if out is not None else None
                 result.append(run_loaded(s, out_dir=sub, store=store, progress=progress, sweep_value=v, plan=plan))
-            payload = {"sweep": st_.sweep.path, "runs": [r.json_cache for r in result]}
+            result.limits = judge_limits(st_, result, out)
+            payload = result.to_json()
         if store is not None:
             store.write_results(payload)
             store.set_meta(state="finished", finished=_dt.datetime.now().isoformat(timespec="seconds"))

@@ -183,7 +183,7 @@ class Registry:
 
     def _check_kinds(self) -> None:
         """Every hypothesis's ``kind`` must be judged by a registered claim kind."""
-        judged = {k.spec.judges for k in self.items["kinds"].values()}
+        judged = {k.spec.judges for k in self.items["kinds"].values()} - {"*"}
         for name, reg in self.items["hypotheses"].items():
             kind = reg.spec.kind
             if not isinstance(kind, str) or kind not in judged:
@@ -194,8 +194,15 @@ class Registry:
                                   f"{', '.join(sorted(judged))})")
 
     def kinds_for(self, hypothesis_kind: str) -> tuple[Any, ...]:
-        """The claim kinds that judge hypotheses of this kind, in registration order."""
-        return tuple(r.spec for r in self.items["kinds"].values() if r.spec.judges == hypothesis_kind)
+        """The claim kinds that judge each run of a hypothesis of this kind, in registration order
+        (a kind with ``score`` and ``finish``; sweep-wide kinds, ``judges="*"``, are not among them)."""
+        return tuple(r.spec for r in self.items["kinds"].values()
+                     if r.spec.judges == hypothesis_kind and r.spec.score is not None and r.spec.finish is not None)
+
+    def replayers_for(self, hypothesis_kind: str) -> tuple[Any, ...]:
+        """The claim kinds whose certificates of a hypothesis of this kind ``ibtest verify`` replays:
+        its own kinds and the sweep-wide ones (``judges="*"``)."""
+        return tuple(r.spec for r in self.items["kinds"].values() if r.spec.judges in (hypothesis_kind, "*"))
 
     def _add(self, kind: str, specs: Any, plugin: str, source: str, hook_name: str) -> None:
         want = SPEC_TYPES[kind]

@@ -155,6 +155,34 @@ class ModelBase:
             return x
         raise NotImplementedError(f"model {type(self).__name__} does not define from_predictor()")
 
+    def certified_optimum(self, name: str, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor,
+                          atol: float = 0.0, rtol: float = 0.0) -> list[OptimumCheck] | None:
+        """θ [B, P] (solutions that fit X [B, n, d], y [B, n]) against the global minimum over Z(D)
+        of the quantity ``name`` (a :attr:`Hypothesis.optimum`), when the model can certify it (a
+        convex reformulation): one :class:`OptimumCheck` per row. ``atol``/``rtol``: the caller's
+        tolerance on top of the certificate's own. None (the default): no such certificate."""
+        return None
+
+
+@dataclass(frozen=True)
+class OptimumCheck:
+    """One solution θ against a certified minimum over Z(D) (``ModelBase.certified_optimum``).
+
+    ``status``: "certified" (θ attains the minimum within ``tol``), "beaten" (``witness``, a θ' of
+    the same model that fits D, is below R(θ) − tol), "inconclusive" (neither, with an exact
+    minimum) or "uncertified" (no certificate: a sampled program, no solution). ``value`` R(θ),
+    ``minimum`` the certified minimum (an upper bound when not ``exact``), ``lower_bound`` the
+    bound that rests on no solver claim, ``exact`` whether the program is the true minimum."""
+
+    status: Literal["certified", "beaten", "inconclusive", "uncertified"]
+    value: float
+    minimum: float
+    lower_bound: float
+    tol: float
+    exact: bool
+    reason: str = ""
+    witness: Tensor | None = None
+
 
 @dataclass(frozen=True)
 class Model:
@@ -394,6 +422,10 @@ class Hypothesis:
     #: optional cvxpy form of R for the certificate: ``cvx(x, ctx, **params) -> cvxpy expression``
     #: with x a cvxpy Variable [Q] and ctx a :class:`CvxContext` of one instance (numpy arrays)
     cvx: Callable[..., Any] | None = None
+    #: a quantity whose global minimum over Z(D) a model may certify (ModelBase.certified_optimum),
+    #: R being that quantity or a monotone function of it: "half_sq_norm" (½‖θ‖², so ‖θ‖) or
+    #: "path_norm" (Σ_j |v_j|‖w_j‖, the variation norm of a one-hidden-layer net)
+    optimum: str | None = None
 
 
 @dataclass
@@ -432,15 +464,18 @@ class ClaimKind:
     * ``describe(cert) -> list[str]``: ``ibtest show`` in words;
     * ``plot(cert, path, plugins) -> Path``: ``ibtest show --plot`` (optional);
     * ``label``: how a report names its gap (``|ΔR|``).
+
+    ``judges="*"`` marks a kind judged across the runs of a sweep (``limit``): it has no ``score`` or
+    ``finish`` (the runs' own kinds judge each run) and replays a certificate of any hypothesis.
     """
 
     name: str
     judges: str
-    score: Callable[..., Any]
-    finish: Callable[..., Any]
     certificate: Callable[..., Any]
     replay: Callable[..., Any]
     describe: Callable[..., Any]
+    score: Callable[..., Any] | None = None
+    finish: Callable[..., Any] | None = None
     label: str = "gap"
     plot: Callable[..., Any] | None = None
     doc: str = ""
@@ -486,6 +521,7 @@ __all__: Sequence[str] = [
     "Option",
     "PiecewiseLinearNeuron",
     "ModelBase",
+    "OptimumCheck",
     "Model",
     "DataBatch",
     "Dataset",

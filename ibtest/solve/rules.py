@@ -128,6 +128,12 @@ class Judgement:
     gap: float
     margin: float
     noise: float
+    scale: float = math.nan  # max |R| of the values compared: the gap relative to it is ``relative``
+
+    @property
+    def relative(self) -> float:
+        """gap / max |R| (NaN without a scale)."""
+        return self.gap / self.scale if self.scale > 0 else math.nan
 
     @property
     def finite(self) -> bool:
@@ -220,12 +226,14 @@ class Rules:
         """A regularizer on an admissible pair: gap |R(θa) − R(θb)|; ``path_noise``: the error of
         that difference beyond the sides' own noise (:func:`ibtest.judge.evaluation.path_noise`)."""
         gap = abs(a.value - b.value)
-        return Judgement(gap, self._margin(tol, a.R, b.R, a, b), a.noise + b.noise + path_noise)
+        return Judgement(gap, self._margin(tol, a.R, b.R, a, b), a.noise + b.noise + path_noise,
+                         max(abs(a.value), abs(b.value)))
 
     def judge_witness(self, tol: Tolerance, inf: Side, w: Side, path_noise: float = 0.0) -> Judgement:
         """A regularizer at θ∞ against a point θ' of its Z(D): gap R(θ∞) − R(θ') (signed)."""
         gap = inf.value - w.value
-        return Judgement(gap, self._margin(tol, inf.R, w.R, inf, w), inf.noise + w.noise + path_noise)
+        return Judgement(gap, self._margin(tol, inf.R, w.R, inf, w), inf.noise + w.noise + path_noise,
+                         max(abs(inf.value), abs(w.value)))
 
     def judge_triple(self, tol: Tolerance, s: Side, ref: Tensor, one_sided: bool, ref_noise: float = 0.0) -> Judgement:
         """An invariant (C(θ∞) against C(θ0) = ``ref``: max |ΔC|) or a bound (``one_sided``:
@@ -233,7 +241,8 @@ class Rules:
         the reference and of the difference (path noise from θ0)."""
         diff = s.R.reshape(-1) - ref.reshape(-1).to(s.R.dtype)
         gap = float(diff.max() if one_sided else diff.abs().max())
-        return Judgement(gap, self._margin(tol, s.R, ref, s, None), s.noise + ref_noise)
+        scale = max(float(s.R.abs().max()), float(ref.abs().max()))
+        return Judgement(gap, self._margin(tol, s.R, ref, s, None), s.noise + ref_noise, scale)
 
     def _margin(self, tol: Tolerance, Ra: Tensor, Rb: Tensor, a: Side, b: Side | None) -> float:
         fl = floor(tol, Ra.reshape(1, -1), Rb.reshape(1, -1), torch.tensor([a.grad]), None if b is None else

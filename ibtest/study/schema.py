@@ -192,7 +192,8 @@ def validate(
         seen.add(key)
         hyps.append(HypothesisUse(h.name, spec, members, h.expect,
                                   spec.atol if h.atol is None else h.atol,
-                                  spec.rtol if h.rtol is None else h.rtol, path))
+                                  spec.rtol if h.rtol is None else h.rtol, path,
+                                  _expect_limit(h, m, path, src, lines, problems)))
     if model is not None and solver is not None:
         try:
             reason = solver.spec.applies(model.spec.factory(**model.options))
@@ -207,6 +208,8 @@ def validate(
     executor = None
     if m.executor is not None:
         executor = _resolve_plugin(registry, "executors", m.executor.model_dump(), ("executor",), src, lines, problems)
+    if m.limit is not None:
+        _check_limit(m, src, lines, problems)
     if m.sweep is not None:
         uses = {"init": inits, "model": [model], "solver": [solver], "datasets": datasets}
         check_sweep(m.sweep, uses, src, lines, problems)
@@ -218,7 +221,7 @@ def validate(
         name=m.study, source=src, raw=data, seed=m.seed, model=model, inits=_resolved(inits),
         init_counts=[r.count for r in init_refs], datasets=_resolved(datasets), solver=solver,
         constructions=_resolved(constructions), hypotheses=hyps, verdict=m.verdict, report=m.report,
-        plugin_files=list(plugin_files or []), sweep=m.sweep, device=m.device,
+        plugin_files=list(plugin_files or []), sweep=m.sweep, limit=m.limit, device=m.device,
         chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
         kinds={h.spec.kind: registry.kinds_for(h.spec.kind) for h in hyps},
     )
@@ -248,3 +251,40 @@ def _finish_load(data, lines, src, base: Path, extra_plugins) -> tuple[Study, Re
     files = list(extra_plugins) + [f for f in plugin_files_of(data, base) if f not in extra_plugins]
     registry = load_registry(files)
     return validate(data, registry, src=src, lines=lines, plugin_files=files), registry
+
+
+def limit_directions(limit: Any) -> list[float]:
+    """The directions of a ``limit:`` block, in order: [0.0], [inf] or [0.0, inf]."""
+    to = limit.to if isinstance(limit.to, list) else [limit.to]
+    return [float(v) for v in to]
+
+
+def _check_limit(m: StudyModel, src: str, lines: dict, problems: list[str]) -> None:
+    """``limit:`` needs a sweep over the same path, and directions 0 or .inf (each once)."""
+    assert m.limit is not None
+    where = f"{src}:{line_of(lines, ('limit',))}: limit"
+    if m.sweep is None:
+        problems.append(f"{where}: a limit is judged over a sweep: add sweep: {{path: {m.limit.path}, values: [...]}}")
+    elif m.sweep.path != m.limit.path:
+        problems.append(f"{where}.path: {m.limit.path!r} is not the sweep's path {m.sweep.path!r}")
+    dirs = limit_directions(m.limit)
+    if not dirs or any(d not in (0.0, math.inf) for d in dirs) or len(set(dirs)) != len(dirs):
+        problems.append(f"{where}.to: expected 0, .inf or [0, .inf], got {m.limit.to!r}")
+
+
+def _expect_limit(h: Any, m: StudyModel, path: tuple, src: str, lines: dict, problems: list[str]) -> dict[float, str]:
+    """A hypothesis's ``expect_limit``, per direction of the study's ``limit:``."""
+    if h.expect_limit is None:
+        return {}
+    where = f"{src}:{line_of(lines, path + ('expect_limit',))}: {format_path(path + ('expect_limit',))}"
+    if m.limit is None:
+        problems.append(f"{where}: the study declares no limit: add limit: {{path: ..., to: 0}}")
+        return {}
+    dirs = limit_directions(m.limit)
+    if isinstance(h.expect_limit, str):
+        return {d: h.expect_limit for d in dirs}
+    out = {float(k): v for k, v in h.expect_limit.items()}
+    unknown = [k for k in out if k not in dirs]
+    if unknown:
+        problems.append(f"{where}: direction(s) {unknown} are not among the study's limit.to {dirs}")
+    return out

@@ -48,10 +48,17 @@ class InitRef(PluginRef):
     count: Int = Field(default=1, ge=1, description="initializations drawn per dataset")
 
 
+#: what a limit verdict may be (:mod:`ibtest.judge.limits`)
+LimitVerdict = Literal["consistent", "not_the_limit", "inconclusive"]
+
+
 class HypothesisRef(_Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     expect: Verdict | None = None
+    #: the expected verdict about the sweep's limit (a study with ``limit:``): one for every
+    #: direction, or one per direction ({0: consistent, .inf: not_the_limit})
+    expect_limit: LimitVerdict | dict[float, LimitVerdict] | None = None
     atol: Float | None = Field(default=None, ge=0)
     rtol: Float | None = Field(default=None, ge=0)
 
@@ -78,6 +85,14 @@ class ReportSettings(_Strict):
         "study triples listed in results.json (every triple is in results.sqlite)"))
 
 
+class LimitSettings(_Strict):
+    """Judge each member's trend toward a limit of the swept scale (``init.scale → 0``): the
+    sweep's ``path`` and the direction(s) ``to`` (0, .inf, or both)."""
+
+    path: str = Field(description="the swept option, e.g. init.scale (must be the sweep's path)")
+    to: float | list[float] = Field(description="0 or .inf (or [0, .inf]): the limit of the scale")
+
+
 class SweepSettings(_Strict):
     """Repeat the study for each value of one option (e.g. ``init.scale``) and tabulate."""
 
@@ -100,6 +115,7 @@ class StudyModel(_Strict):
     verdict: VerdictSettings = Field(default_factory=VerdictSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     sweep: SweepSettings | None = None
+    limit: LimitSettings | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     chunk_size: Int = Field(default=20000, ge=1, description="instances solved per batch")
     block_size: Int = Field(default=20000, ge=1, description=(
@@ -158,6 +174,7 @@ class HypothesisUse:
     atol: float
     rtol: float
     path: tuple[Any, ...]
+    expect_limit: dict[float, str] = field(default_factory=dict)  # direction (0 or inf) -> limit verdict
 
 
 @dataclass
@@ -179,6 +196,7 @@ class Study:
     report: ReportSettings
     plugin_files: list[str]
     sweep: SweepSettings | None = None
+    limit: LimitSettings | None = None
     device: str = "cpu"
     chunk_size: int = 20000
     block_size: int = 20000
