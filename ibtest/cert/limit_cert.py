@@ -42,7 +42,7 @@ def build(verdict: LimitVerdict, path: str, certs: dict[float, dict[str, Any]]) 
     claim = (f"{verdict.label} is the limit of gradient flow's implicit bias as {path} -> {arrow}"
              if verdict.verdict == CONSISTENT else
              f"{verdict.label} is not the limit of gradient flow's implicit bias as {path} -> {arrow}")
-    out = {k: copy.deepcopy(top[k]) for k in ("hypothesis", "model", "solver", "theta0", "a", "fit_tol", "safety",
+    out: dict[str, Any] = {k: copy.deepcopy(top[k]) for k in ("hypothesis", "model", "solver", "theta0", "a", "fit_tol", "safety",
                                               "plugins", "versions") if k in top}
     out.update({
         "format": FORMAT, "kind": KIND, "claim": claim, "refutation": verdict.reason,

@@ -86,6 +86,7 @@ def judge_all(ctx: RunContext, t: Triples, pairs: Pairs, counts: dict[MemberKey,
                 continue
             try:
                 for kind in ctx.study.claim_kinds(use):
+                    assert kind.score is not None  # claim_kinds gives the kinds that score a run
                     s.scores.append(kind.score(ctx, t, pairs, use, params, list(s.scores)))
             except Exception as exc:
                 s.error = raised_message(exc)
@@ -104,6 +105,7 @@ def judge_all(ctx: RunContext, t: Triples, pairs: Pairs, counts: dict[MemberKey,
         try:
             findings = []
             for kind, sc in zip(ctx.study.claim_kinds(s.use), s.scores):
+                assert kind.finish is not None
                 f = kind.finish(ctx, t, sc, s.use, s.params, meter, s.counts)
                 for e in (f.evidence, f.noisy):
                     if e is not None:

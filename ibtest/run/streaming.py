@@ -138,6 +138,7 @@ def score_block(ctx: RunContext, t: Triples, pairs: Pairs, skip: AbstractSet[tup
         try:
             prior: list[Any] = []
             for kind in ctx.study.claim_kinds(use):
+                assert kind.score is not None  # claim_kinds gives the kinds that score a run
                 sc = kind.score(ctx, t, pairs, use, params, list(prior))
                 prior.append(sc)
                 if sc is None:
