@@ -7,6 +7,7 @@ claim kind     judges         evidence
 ``witness``    regularizer    a point of one Z(D) with a smaller R (:mod:`ibtest.judge.witness_claim`)
 ``invariant``  invariant      one triple with C(θ∞) ≠ C(θ0) (:mod:`ibtest.judge.triple_claim`)
 ``bound``      bound          one triple with B(θ∞) > bound (:mod:`ibtest.judge.triple_claim`)
+``optimum``    regularizer    a certified survival: θ∞ is the global argmin over Z(D) (certificate only)
 ``limit``      any (``*``)    a member's trend over a swept scale (:mod:`ibtest.judge.limits`)
 =============  =============  ======================================================================
 
@@ -17,7 +18,7 @@ hook like any plugin: a new kind is a plugin of its own, with no edit here or an
 """
 from __future__ import annotations
 
-from ibtest.cert import limit_cert, pair_cert, triple_cert, witness_cert
+from ibtest.cert import limit_cert, optimum_cert, pair_cert, triple_cert, witness_cert
 from ibtest.judge import pair_claim, triple_claim, witness_claim
 from ibtest.out import limit_plot, plots, witness_plot
 from ibtest.plugin.hookspecs import hookimpl
@@ -45,6 +46,11 @@ BOUND = ClaimKind(
     doc="one run whose B(θ∞) exceeds the bound")
 
 
+OPTIMUM = ClaimKind(
+    name="optimum", judges="regularizer", label="certified",
+    certificate=optimum_cert.fields, replay=optimum_cert.replay, describe=optimum_cert.describe,
+    plot=witness_plot.plot_optimum,
+    doc="a certified survival: the run's theta_inf is the global minimum of R over its zero-loss set")
 LIMIT = ClaimKind(
     name="limit", judges="*", label="relative gap",
     certificate=limit_cert.build, replay=limit_cert.replay, describe=limit_cert.describe, plot=limit_plot.plot,
@@ -53,4 +59,4 @@ LIMIT = ClaimKind(
 
 @hookimpl
 def ibtest_claim_kinds() -> list[ClaimKind]:
-    return [PAIR, WITNESS, INVARIANT, BOUND, LIMIT]
+    return [PAIR, WITNESS, INVARIANT, BOUND, OPTIMUM, LIMIT]

@@ -22,7 +22,7 @@ from ibtest.base.jsonio import encode_float, tensor_to_list, to_jsonable
 from ibtest.cert.schema import FORMAT
 
 if TYPE_CHECKING:
-    from ibtest.judge.records import MemberResult
+    from ibtest.judge.records import Evidence, MemberResult
     from ibtest.solve.batch import Triples
     from ibtest.solve.engine import RunContext
     from ibtest.solve.rules import Side
@@ -59,16 +59,19 @@ def loss_at(ctx: RunContext, t: Triples, theta: torch.Tensor, j: int) -> float:
     return float(ctx.model.loss(theta[None], t.X[sl], t.y[sl], t.mask[sl])[0])
 
 
-def build(ctx: RunContext, t: Triples, member: MemberResult) -> dict[str, Any]:
-    """The certificate dict for a falsified member: the fields every certificate shares (format,
-    claim kind, hypothesis, model, solver and its tightened settings, rules, versions, θ0, gap,
-    margin, noise) and those of its claim kind (``ClaimKind.certificate``)."""
-    ev = member.evidence
+def build(ctx: RunContext, t: Triples, member: MemberResult, ev: Evidence | None = None,
+          kind: Any = None) -> dict[str, Any]:
+    """The certificate dict of a member's evidence (by default the evidence it was falsified by):
+    the fields every certificate shares (format, claim kind, hypothesis, model, solver and its
+    tightened settings, rules, versions, θ0, gap, margin, noise) and those of its claim kind
+    (``kind.certificate``; by default the study's claim kind named by the evidence)."""
+    ev = member.evidence if ev is None else ev
     if ev is None:
         raise ValueError(f"{member.label}: no evidence to certify")
     if member.use is None or member.spec is None:
         raise ValueError(f"{member.label}: no hypothesis use (atol, rtol) to certify with")
-    kind = next((k for k in ctx.study.claim_kinds(member.use) if k.name == ev.kind), None)
+    if kind is None:
+        kind = ctx.study.kind_named(member.use, ev.kind)
     if kind is None:
         raise ValueError(f"{member.label}: no claim kind {ev.kind!r} judges a {member.spec.kind}")
     spec = member.spec

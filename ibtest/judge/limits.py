@@ -12,14 +12,17 @@ on the values nearest the limit (the half of the sweep on that side, at least 3 
 
 * a value where the member is not refuted is at the **floor**: its gap is within the margin (the
   solver error and the tolerances), and only bounds g (it is never fitted);
-* the refuted values are fitted by least squares, log g = k·log s + c; toward the limit the rate
-  is r = k (s → 0) or −k (s → ∞).
+* the refuted values are fitted by least squares, log g = k·log s + c (a power law: the rate
+  toward the limit is r = k for s → 0, −k for s → ∞), and log g = −q·log|log s| + c (a
+  logarithmic law, g ~ 1/|log s|^q: small-init flows often converge this slowly, their alignment
+  phase lasting a time ~ log(1/s)).
 
 The verdict (:class:`LimitVerdict`):
 
-* **consistent** in the limit: g decreases monotonically toward the limit at a rate r ≥ RATE_MIN
-  (with its fit), or falls to the floor (refuted far from the limit, not near it), or the member is
-  not refuted at any value near the limit;
+* **consistent** in the limit: g decreases monotonically toward the limit at a power rate
+  r ≥ RATE_MIN, or at a logarithmic rate q ≥ LOG_RATE_MIN with a fit of R² ≥ LOG_R2 (with its
+  fit), or falls to the floor (refuted far from the limit, not near it), or the member is not
+  refuted at any value near the limit;
 * **not the limit**: g is refuted near the limit and does not fall (g nearest the limit at least
   BOUNDED × g farthest from it, r < RATE_MIN), or the member is refuted near the limit after being
   at the floor farther from it;
@@ -40,6 +43,8 @@ MIN_POINTS = 3
 RATE_MIN = 0.25
 #: g nearest the limit at least this fraction of g farthest from it: bounded away from 0
 BOUNDED = 0.5
+#: the least logarithmic rate q (g ~ 1/|log s|^q) called convergence, and the fit it needs
+LOG_RATE_MIN, LOG_R2 = 0.5, 0.9
 
 CONSISTENT, NOT_THE_LIMIT, INCONCLUSIVE = "consistent", "not_the_limit", "inconclusive"
 
@@ -67,6 +72,9 @@ class LimitVerdict:
     points: list[LimitPoint] = field(default_factory=list)  # the values judged, farthest from the limit first
     rate: float | None = None  # r: g ~ s^r toward the limit (fitted on the refuted values)
     r2: float | None = None  # the fit's R²
+    log_rate: float | None = None  # q: g ~ 1/|log s|^q toward the limit
+    log_r2: float | None = None
+    law: str | None = None  # the law a convergence was judged by: "power" or "log"
     floor_from: float | None = None  # the scale from which on the gap is within the margin
     expect: str | None = None
     certificate: str | None = None
@@ -81,7 +89,8 @@ class LimitVerdict:
 
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "to": self.toward, "verdict": self.verdict, "reason": self.reason,
-                "rate": self.rate, "r2": self.r2, "floor_from": self.floor_from, "expect": self.expect,
+                "rate": self.rate, "r2": self.r2, "log_rate": self.log_rate, "log_r2": self.log_r2, "law": self.law,
+                "floor_from": self.floor_from, "expect": self.expect,
                 "held": self.held, "certificate": self.certificate,
                 "points": [{"s": p.s, "refuted": p.refuted, "g": p.g, "verdict": p.verdict} for p in self.points]}
 
@@ -96,8 +105,19 @@ def nearest(points: Sequence[LimitPoint], direction: float) -> list[LimitPoint]:
 
 def fit_rate(points: Sequence[LimitPoint], direction: float) -> tuple[float, float]:
     """(r, R²) of log g = k·log s + c by least squares (r = k toward 0, −k toward ∞)."""
-    xs = [math.log(p.s) for p in points]
-    ys = [math.log(p.g) for p in points]
+    return _fit([math.log(p.s) for p in points], [math.log(p.g) for p in points], direction == 0)
+
+
+def fit_log_rate(points: Sequence[LimitPoint]) -> tuple[float, float] | None:
+    """(q, R²) of log g = −q·log|log s| + c (g ~ 1/|log s|^q), or None when some s is within a
+    factor e of 1 (|log s| ≤ 1: no logarithmic scale there)."""
+    if any(abs(math.log(p.s)) <= 1 for p in points):
+        return None
+    return _fit([math.log(abs(math.log(p.s))) for p in points], [math.log(p.g) for p in points], False)
+
+
+def _fit(xs: list[float], ys: list[float], positive: bool) -> tuple[float, float]:
+    """(k or −k, R²) of the least-squares line y = k·x + c."""
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
@@ -106,7 +126,7 @@ def fit_rate(points: Sequence[LimitPoint], direction: float) -> tuple[float, flo
     ss = sum((y - my) ** 2 for y in ys)
     res = sum((y - (my + k * (x - mx))) ** 2 for x, y in zip(xs, ys))
     r2 = 1.0 - res / ss if ss > 0 else 1.0
-    return (k if direction == 0 else -k), r2
+    return (k if positive else -k), r2
 
 
 def judge_limit(label: str, points: Sequence[LimitPoint], direction: float, select: bool = True) -> LimitVerdict:
@@ -140,6 +160,9 @@ def judge_limit(label: str, points: Sequence[LimitPoint], direction: float, sele
         out.floor_from = at_floor[0].s
     if len(refuted) >= 2:
         out.rate, out.r2 = fit_rate(refuted, direction)
+        lq = fit_log_rate(refuted)
+        if lq is not None:
+            out.log_rate, out.log_r2 = lq
     gs = [p.g for p in refuted]
     monotone = all(b < a for a, b in zip(gs, gs[1:]))
     floor_text = (f"; from {out.floor_from:g} on the gap is within the margin (the solver-error floor: not fitted)"
@@ -149,9 +172,14 @@ def judge_limit(label: str, points: Sequence[LimitPoint], direction: float, sele
         rate = f" at rate ~ scale^{out.rate:.2f} (R² {out.r2:.2f})" if out.rate is not None else ""
         out.reason = f"relative gap falls from {gs[0]:.3g} to the margin toward {arrow}{rate}{floor_text}"
     elif monotone and out.rate is not None and out.rate >= RATE_MIN:
-        out.verdict = CONSISTENT
+        out.verdict, out.law = CONSISTENT, "power"
         out.reason = (f"relative gap → 0 toward {arrow} at rate ~ scale^{out.rate:.2f} (R² {out.r2:.2f}), from "
                       f"{gs[0]:.3g} to {gs[-1]:.3g}")
+    elif (monotone and len(refuted) >= MIN_POINTS and out.log_rate is not None and out.log_rate >= LOG_RATE_MIN
+          and out.log_r2 is not None and out.log_r2 >= LOG_R2):
+        out.verdict, out.law = CONSISTENT, "log"
+        out.reason = (f"relative gap → 0 toward {arrow} at a logarithmic rate ~ 1/|log scale|^{out.log_rate:.2f} "
+                      f"(R² {out.log_r2:.2f}; power-law rate only {out.rate:.2f}), from {gs[0]:.3g} to {gs[-1]:.3g}")
     elif gs[-1] >= BOUNDED * gs[0] and (out.rate is None or out.rate < RATE_MIN):
         out.verdict = NOT_THE_LIMIT
         rate = f" (rate {out.rate:.2f}, R² {out.r2:.2f})" if out.rate is not None else ""
@@ -163,12 +191,17 @@ def judge_limit(label: str, points: Sequence[LimitPoint], direction: float, sele
     return out
 
 
-def point_of(member: Any, s: float) -> LimitPoint:
-    """The :class:`LimitPoint` of a run's :class:`~ibtest.judge.records.MemberResult` at scale s."""
+def point_of(member: Any, s: float) -> LimitPoint | None:
+    """The :class:`LimitPoint` of a run's :class:`~ibtest.judge.records.MemberResult` at scale s:
+    refuted (falsified), or at the floor (it survived: certified, on pairs or triples, or a local
+    search found nothing); None where the run says nothing (inconclusive, error: no converged
+    triple, no power), which is no evidence either way."""
     ev = member.evidence
     scale = max(abs(ev.Ra), abs(ev.Rb)) if ev is not None else 0.0
-    if member.verdict == "falsified" and ev is not None and scale > 0:
-        return LimitPoint(s, True, ev.gap / scale, str(member.verdict))
+    if member.verdict == "falsified":
+        return LimitPoint(s, True, ev.gap / scale, str(member.verdict)) if ev is not None and scale > 0 else None
+    if member.verdict not in ("survives", "unrefuted"):
+        return None
     if ev is not None and scale > 0 and member.grade != "certified":
         return LimitPoint(s, False, min(abs(ev.gap), ev.margin + ev.noise) / scale, str(member.verdict))
     return LimitPoint(s, False, 0.0, str(member.verdict))

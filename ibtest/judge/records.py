@@ -108,6 +108,7 @@ class MemberResult:
     certificate: str | None = None
     error: str | None = None
     search: SearchTotals | None = None  # witness search and optimality over Z(D)
+    support: Evidence | None = None  # a certified survival: a triple whose optimality was certified
     spec: Hypothesis | None = None
     use: HypothesisUse | None = None
 
@@ -148,6 +149,8 @@ class Finding:
     local_text: str = ""
     reason: str = ""
     noisy: Evidence | None = None
+    #: a triple the survival rests on, certifiable on its own (an ``optimum`` certificate)
+    support_evidence: Evidence | None = None
 
 
 def settle(found: Finding, candidates: Iterable[Evidence | None]) -> Evidence | None:

@@ -150,6 +150,7 @@ def decide(r: MemberResult, findings: Sequence[Finding], counts: MemberCounts, m
         if g in support and support[g][0] >= min_pairs:
             r.verdict, r.grade = Verdict.SURVIVES, g
             r.reason = "; ".join(texts)
+            r.support = next((f.support_evidence for f in findings if f.support_evidence is not None), None)
             return r
     local = sum(f.local for f in findings)
     if local >= min_pairs:

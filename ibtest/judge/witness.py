@@ -165,13 +165,20 @@ def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Te
                                          atol=tol.atol, rtol=tol.rtol)
         if checks is not None:
             method = "model's certified optimum"
+            beaten: list[int] = []
             for r, c in zip(rows.tolist(), checks):
                 if c.status == "certified":
                     certified[r], R_best[r], x_best[r] = True, R_inf[r], x_inf[r]
                 elif c.status == "beaten" and c.witness is not None:
-                    w = c.witness.to(x_best.dtype).reshape(1, -1)
-                    Rw0 = torch.nan_to_num(R(w, torch.tensor([r])).detach(), nan=float("inf"))
-                    x_best[r], R_best[r] = w[0], Rw0[0]
+                    # the certified minimum is known and below θ∞: its net is the candidate witness,
+                    # polished by short steps on Z like a convex optimum
+                    certified[r] = bool(c.exact)
+                    x_best[r] = c.witness.to(x_best.dtype).reshape(-1)
+                    beaten.append(r)
+            if beaten:
+                br = torch.tensor(beaten)
+                R_best[br] = torch.nan_to_num(R(x_best[br], br).detach(), nan=float("inf"))
+                polish = (br, x_best[br].clone(), R_best[br].clone())
     rest = (~certified).nonzero().flatten()
     # one local pass over both kinds of rows (its cost is per step, hardly per row): the rest from
     # x∞ (``steps`` steps from S0) and the polish of optima from x* (POLISH_STEPS from POLISH_S0)

@@ -32,7 +32,7 @@ from ibtest.judge.records import (
 )
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import RunContext
-from ibtest.solve.rules import Grade
+from ibtest.solve.rules import Grade, Judgement
 from ibtest.study.typed import HypothesisUse
 
 Tensor = torch.Tensor
@@ -140,8 +140,24 @@ def finish_search(ctx: RunContext, t: Triples, s: SearchScore | None, use: Hypot
     if tot.certified:
         found.support = (Grade.CERTIFIED, tot.certified)
         found.support_text = tot.describe()
+        found.support_evidence = _certified_triple(ctx, t, s, use, params)
     elif tot.local:
         found.local, found.local_text = tot.local, tot.describe()
     else:
         found.reason = tot.describe() + " (any R is minimized there: no power)"
     return found
+
+
+def _certified_triple(ctx: RunContext, t: Triples, s: SearchScore | None, use: HypothesisUse,
+                      params: dict) -> Evidence | None:
+    """The first triple of ``s`` whose global optimality was certified (with power: Z(D) more than a
+    point), as the evidence an ``optimum`` certificate holds."""
+    if s is None:
+        return None
+    rows = (s.res.certified & ~s.res.vacuous).nonzero().flatten()
+    if rows.numel() == 0:
+        return None
+    i = int(s.idx[int(rows[0])])
+    a, _, _ = sides_at(ctx, t, use.spec, params, [i, i], t.theta[torch.tensor([i, i])], [0.0, 0.0])
+    return Evidence("optimum", i, None, a, None, Judgement(0.0, 0.0, a.noise, abs(a.value)),
+                    f"search ({s.res.method})", rechecked=False)

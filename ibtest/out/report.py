@@ -291,7 +291,10 @@ def limit_rows(limits: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for v in limits:
         held = "" if v.get("expect") is None else ("✓" if v.get("held") else "✗ expected " + str(v["expect"]))
-        rate = "" if v.get("rate") is None else f"{fmt_num(v['rate'], 3)} (R² {fmt_num(v.get('r2'), 2)})"
+        if v.get("law") == "log":
+            rate = f"1/|log s|^{fmt_num(v['log_rate'], 3)} (R² {fmt_num(v.get('log_r2'), 2)})"
+        else:
+            rate = "" if v.get("rate") is None else f"s^{fmt_num(v['rate'], 3)} (R² {fmt_num(v.get('r2'), 2)})"
         rows.append({"hypothesis": v["label"], "limit": "→ 0" if v["to"] == "0" else "→ ∞",
                      "verdict": str(v["verdict"]).replace("_", " "), "expect": held, "rate": rate,
                      "gaps": ", ".join(f"{fmt_num(p['s'], 3)}: {fmt_num(p['g'], 2) if p['refuted'] else '≤margin'}"
@@ -300,14 +303,44 @@ def limit_rows(limits: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_limits(limits: list[dict[str, Any]], path: str) -> str:
+def render_limits(limits: list[dict[str, Any]], path: str, runs: list[dict[str, Any]] | None = None) -> str:
     """The limit verdicts of a sweep: each member's relative gap toward the limit of ``path``, the
-    fitted rate and the verdict; then each verdict's reason."""
+    fitted rate and the verdict; then each verdict's reason; then, for each study triple, its
+    solution (the predictor where the model has one) at the value nearest the limit and how much it
+    still moved from the value before (the limit the flows themselves approach)."""
     if not limits:
         return ""
     out = [f"Limits over {path} (relative gap at each value nearest the limit):", table(limit_rows(limits))]
     out += [f"  {v['label']} → {'0' if v['to'] == '0' else '∞'}: {v['reason']}" for v in limits]
+    for to in dict.fromkeys(v["to"] for v in limits):
+        rows = solution_trend(runs or [], to)
+        if rows:
+            out += [f"Solutions as {path} → {'0' if to == '0' else '∞'}:", table(rows)]
     return "\n".join(out)
+
+
+def solution_trend(runs: list[dict[str, Any]], to: str) -> list[dict[str, Any]]:
+    """Per study triple (dataset, init) of the sweep: the solution at the two values nearest the
+    limit ``to`` ("0" or "inf") and the relative change between them."""
+    valued = [r for r in runs if isinstance(r.get("sweep_value"), (int, float))]
+    if len(valued) < 2:
+        return []
+    valued.sort(key=lambda r: r["sweep_value"], reverse=to == "0")
+    a, b = valued[-2], valued[-1]
+    rows = []
+    ta = {(t["dataset"], t["init"]): t for t in a["triples"]}
+    for t in b["triples"]:
+        s = ta.get((t["dataset"], t["init"]))
+        if s is None or t["status"] != "converged":
+            continue
+        key = "predictor" if "predictor" in t else "theta"
+        x, w = t[key], s[key]
+        size = max(math.sqrt(sum(v * v for v in x)), 1e-300)
+        change = math.sqrt(sum((p - q) ** 2 for p, q in zip(x, w))) / size if len(x) == len(w) else math.nan
+        rows.append({"dataset": t["dataset"], "init": t["init"],
+                     f"{key} at {fmt_num(b['sweep_value'], 3)}": fmt_vec(x, 5),
+                     f"change from {fmt_num(a['sweep_value'], 3)}": fmt_num(change, 2)})
+    return rows
 
 
 def render_sweep(runs: list[dict[str, Any]], path: str, limits: list[dict[str, Any]] | None = None) -> str:
@@ -330,5 +363,5 @@ def render_sweep(runs: list[dict[str, Any]], path: str, limits: list[dict[str, A
             if m.get("certificate"):
                 out.append(f"  {path}={r['sweep_value']}: {m['label']}: certificate {m['certificate']}")
     if limits:
-        out += ["", render_limits(limits, path)]
+        out += ["", render_limits(limits, path, runs)]
     return "\n".join(out)

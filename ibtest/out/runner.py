@@ -88,6 +88,9 @@ def write_certificates(res: StudyResult, ctx: RunContext) -> None:
     if res.study.verdict.max_certificates <= 0:
         return
     for m in res.members:
+        if m.verdict == Verdict.SURVIVES and m.support is not None:  # a certified survival
+            _write_support(res, ctx, m)
+            continue
         if m.verdict != Verdict.FALSIFIED or m.evidence is None:
             continue
         path = d / "certificates" / f"{certificate.slug(m.label)}.json"
@@ -126,7 +129,9 @@ def judge_limits(st_: Study, runs: list[StudyResult], out: Path | None) -> list[
                 if m is None or not isinstance(r.sweep_value, (int, float)):
                     continue
                 s = float(r.sweep_value)
-                points.append(point_of(m, s))
+                pt = point_of(m, s)
+                if pt is not None:
+                    points.append(pt)
                 if m.certificate:
                     with contextlib.suppress(UserError):
                         certs[s] = load(m.certificate)
@@ -143,6 +148,23 @@ def judge_limits(st_: Study, runs: list[StudyResult], out: Path | None) -> list[
                         runs[0].errors.append(f"limit certificate of {label}: {exc}")
                 out_v.append(v)
     return out_v
+
+
+def _write_support(res: StudyResult, ctx: RunContext, m: Any) -> None:
+    """``certificates/<member>.certified.json``: the run a certified survival rests on (when the
+    study has the ``optimum`` claim kind registered), which ``ibtest verify`` re-certifies."""
+    assert res.run_dir is not None and m.use is not None and m.support is not None
+    kind = ctx.study.kind_named(m.use, m.support.kind)
+    if kind is None:
+        return
+    path = res.run_dir / "certificates" / f"{certificate.slug(m.label)}.certified.json"
+    try:
+        certificate.write(certificate.build(ctx, res.triples, m, m.support, kind), path)
+    except Exception as exc:  # said, the run goes on
+        ctx.errors.append(f"certificate of {m.label} (certified survival): {type(exc).__name__}: {exc}")
+        return
+    m.certificate = str(path)
+    res.certificates.append(str(path))
 
 
 def _shrink_one(res: StudyResult, ctx: RunContext, path: Path) -> None:

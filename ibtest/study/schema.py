@@ -223,7 +223,7 @@ def validate(
         constructions=_resolved(constructions), hypotheses=hyps, verdict=m.verdict, report=m.report,
         plugin_files=list(plugin_files or []), sweep=m.sweep, limit=m.limit, device=m.device,
         chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
-        kinds={h.spec.kind: registry.kinds_for(h.spec.kind) for h in hyps},
+        kinds={h.spec.kind: tuple(k for k in registry.replayers_for(h.spec.kind) if k.judges != "*") for h in hyps},
     )
     from ibtest.study.budget import check_study
 

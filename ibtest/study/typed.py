@@ -208,6 +208,10 @@ class Study:
     kinds: dict[str, tuple[ClaimKind, ...]] = field(default_factory=dict)
 
     def claim_kinds(self, use: HypothesisUse) -> tuple[ClaimKind, ...]:
-        """The claim kinds that judge a hypothesis of this study."""
-        return self.kinds.get(use.spec.kind, ())
+        """The claim kinds that judge each run of a hypothesis of this study (those that score)."""
+        return tuple(k for k in self.kinds.get(use.spec.kind, ()) if k.score is not None and k.finish is not None)
+
+    def kind_named(self, use: HypothesisUse, name: str) -> ClaimKind | None:
+        """The claim kind ``name`` among those of the hypothesis's kind (certificate-only ones too)."""
+        return next((k for k in self.kinds.get(use.spec.kind, ()) if k.name == name), None)
 
