@@ -154,15 +154,24 @@ class Finding:
 
 
 def settle(found: Finding, candidates: Iterable[Evidence | None]) -> Evidence | None:
-    """The strongest of a kind's re-checked candidates (largest gap / (margin + noise)): when it
-    refutes it becomes ``found.evidence``; when it clears the margin but not the noise,
-    ``found.noisy``. Returns it (None: no candidate)."""
-    best = max((e for e in candidates if e is not None), key=lambda e: e.judgement.strength, default=None)
-    if best is not None and best.judgement.refutes:
-        found.evidence = best
-    elif best is not None and best.judgement.in_noise:
+    """A kind's verdict on its re-checked candidates. Of those that refute, the one with the
+    largest *relative* gap (gap / max |R|: the size of the refutation, the statistic a limit
+    verdict follows from run to run) becomes ``found.evidence``; with none refuting, the strongest
+    (largest gap / (margin + noise), the closest call) is returned, and recorded as
+    ``found.noisy`` when it clears the margin but not the noise. Returns it (None: no candidate)."""
+    evs = [e for e in candidates if e is not None]
+    refuting = [e for e in evs if e.judgement.refutes]
+    if refuting:
+        found.evidence = max(refuting, key=lambda e: (_finite_or(e.judgement.relative), e.judgement.strength))
+        return found.evidence
+    best = max(evs, key=lambda e: e.judgement.strength, default=None)
+    if best is not None and best.judgement.in_noise:
         found.noisy = best
     return best
+
+
+def _finite_or(x: float, default: float = -math.inf) -> float:
+    return x if math.isfinite(x) else default
 
 
 class TableScore:

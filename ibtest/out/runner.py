@@ -202,6 +202,8 @@ def _execute(st_: Study, out: Path | None, store: Store | None, progress,
                 result.append(run_loaded(s, out_dir=sub, store=store, progress=progress, sweep_value=v, plan=plan))
             result.limits = judge_limits(st_, result, out)
             payload = result.to_json()
+            if out is not None:  # the sweep's own results: every run's, and its limit verdicts
+                _write_text(out / "results.json", json.dumps(payload, indent=1), out)
         if store is not None:
             store.write_results(payload)
             store.set_meta(state="finished", finished=_dt.datetime.now().isoformat(timespec="seconds"))
