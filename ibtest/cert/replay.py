@@ -44,6 +44,7 @@ import torch
 
 from ibtest.base import status as st
 from ibtest.base.errors import UserError
+from ibtest.base.guard import plugin_call
 from ibtest.base.textsafe import clean
 from ibtest.cert.replay_rules import (  # noqa: F401  (re-exported: the former contents of this module)
     BUDGET_FACTOR,
@@ -68,6 +69,7 @@ from ibtest.cert.replay_rules import (  # noqa: F401  (re-exported: the former c
 from ibtest.cert.replay_witness import _replay_witness
 from ibtest.cert.schema import load
 from ibtest.judge import evaluation as ev_mod
+from ibtest.study.checks import call_solver
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,7 +111,7 @@ def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
 
     mopts = check_options("model", mname, mspec, cert["model"]["options"], where, "model.options")
     try:
-        model = mspec.factory(**mopts)
+        model = plugin_call(mspec.factory, **mopts)
         reason = sspec.applies(model)
     except Exception as exc:
         raise UserError(f"{where}: model {mname!r} rejects its options: {type(exc).__name__}: {clean(exc)}") from None
@@ -183,7 +185,7 @@ def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
 
     # 3. re-solve every side at the tightened settings
     try:
-        res = sspec.solve(model, D.X, D.y, D.mask, D.theta0, **opts)
+        res = call_solver(sspec, model, D.X, D.y, D.mask, D.theta0, opts)
         theta = res.theta.detach().to(torch.float64).reshape(D.theta.shape)
         status = [int(s) for s in res.status]
     except UserError:
@@ -287,7 +289,7 @@ def model_and_hypothesis(cert: dict, plugins: Sequence[str] = (), where: str = "
     mspec = reg.get("models", mname)
     mopts = check_options("model", mname, mspec, cert["model"]["options"] or {}, where, "model.options")
     try:
-        model = mspec.factory(**mopts)
+        model = plugin_call(mspec.factory, **mopts)
     except Exception as exc:
         raise UserError(f"{where}: model {mname!r} rejects its options: {type(exc).__name__}: {clean(exc)}") from None
     return model, reg.get("hypotheses", cert["hypothesis"]["name"]), dict(cert["hypothesis"].get("params") or {})

@@ -18,6 +18,7 @@ from ibtest.base.errors import UserError
 from ibtest.base.textsafe import clean
 from ibtest.cert.replay_rules import Rules, VerifyResult, _Data, _disagree, _g, fits
 from ibtest.judge import evaluation as ev_mod
+from ibtest.study.checks import call_solver
 
 
 def _replay_witness(cert: dict, model: Any, hspec: Any, params: dict, sspec: Any, opts: dict, D: _Data,
@@ -59,7 +60,7 @@ def _replay_witness(cert: dict, model: Any, hspec: Any, params: dict, sspec: Any
     except ev_mod.NonFiniteValue as exc:
         lines.append(f"  at the file's own theta: {clean(exc)} (the stored numbers cannot be checked)")
     try:
-        res = sspec.solve(model, D.X, D.y, D.mask, D.theta0, **opts)
+        res = call_solver(sspec, model, D.X, D.y, D.mask, D.theta0, opts)
         th = res.theta.detach().to(torch.float64).reshape(D.theta.shape)
         status = int(res.status[0])
     except UserError:

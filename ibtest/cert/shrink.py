@@ -50,6 +50,7 @@ import torch
 
 from ibtest.base.errors import UserError
 from ibtest.base.jsonio import to_jsonable
+from ibtest.base.outpath import writing
 from ibtest.cert import certificate as certmod
 from ibtest.cert.shrink_judge import (  # noqa: F401  (re-exported: the former contents of this module)
     DEFAULT_BUDGET,
@@ -221,7 +222,8 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
     except (ValueError, TypeError, IndexError, KeyError, RuntimeError) as exc:
         raise UserError(f"certificate {p}: cannot be shrunk: {type(exc).__name__}: {exc}") from None
     dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
-    certmod.write(res.cert, dest)
+    with writing(dest, "the shrunk certificate"):
+        certmod.write(res.cert, dest)
     if check and not _verify(dest, plugins):
         raise NotRefuted(f"the shrunk certificate {dest} did not pass 'ibtest verify' (removed)")
     return dest, res

@@ -23,8 +23,10 @@ import torch
 
 from ibtest.base import status as st
 from ibtest.base.errors import UserError
+from ibtest.base.guard import plugin_call
 from ibtest.judge import evaluation as ev
 from ibtest.solve import fit
+from ibtest.study.checks import call_solver
 
 Tensor = torch.Tensor
 
@@ -151,7 +153,7 @@ def make_judge(cert: dict[str, Any], budget: int, plugins: Sequence[str] = ()) -
                         + ("" if "b" in cert else " certificate with one side"))
     mspec = reg.get("models", cert["model"]["name"])
     try:
-        model = mspec.factory(**cert["model"]["options"])
+        model = plugin_call(mspec.factory, **cert["model"]["options"])
     except Exception as exc:
         raise UserError(f"model {mspec.name!r} rejects the certificate's options: {exc}") from None
     solver = reg.get("solvers", cert["solver"]["name"])
@@ -199,8 +201,8 @@ def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     J.used += 4 * K
     J.calls += 2
     try:
-        r1 = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
-        r2 = J.solver.solve(J.model, X, y, mask, th0, **J.tight)
+        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
+        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight)
     except Exception:  # a candidate the solver cannot handle is no evidence
         return [None for _ in cands]
     th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)
@@ -255,8 +257,8 @@ def _judge_witness(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     J.calls += 2
     outs: list[Outcome | None] = [None for _ in cands]
     try:
-        r1 = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
-        r2 = J.solver.solve(J.model, X, y, mask, th0, **J.tight)
+        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
+        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight)
     except Exception:
         return outs
     th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)

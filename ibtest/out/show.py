@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ibtest.base.textsafe import clean_tree
+from ibtest.base.textsafe import clean, clean_tree
 from ibtest.cert import certificate
 
 
@@ -97,13 +97,14 @@ def describe_shrunk(cert: dict) -> list[str]:
     return lines
 
 
-def show(path: str | Path, plot: str | None = None, plugins: Iterable[str] = ()) -> int:
+def show(path: str | Path, plot: str | Path | None = None, plugins: Iterable[str] = ()) -> int:
     cert = certificate.load(path)
     shrunk = bool(cert.get("shrink")) and "b" in cert
     print("\n".join(describe_shrunk(cert) if shrunk else describe(cert)))
     if plot:
+        from ibtest.base.outpath import save_figure
         from ibtest.out.plots import plot_certificate
 
-        out = plot_certificate(cert, plot, plugins=list(plugins))
-        print(f"figure written to {out}")
+        out = save_figure(plot_certificate, Path(plot), cert, plugins=list(plugins))
+        print(f"figure written to {clean(out)}")
     return 0

@@ -30,7 +30,9 @@ from typing import Any, Protocol, cast
 import pluggy
 
 from ibtest.base.errors import PluginError, UserError
+from ibtest.base.guard import PluginFailure, describe, plugin_call
 from ibtest.plugin import hookspecs
+from ibtest.plugin.spec_checks import spec_problems
 from ibtest.plugin.specs import SPEC_TYPES
 
 ENTRY_POINT_GROUP = "ibtest"
@@ -75,9 +77,9 @@ def _register_tree(pm: pluggy.PluginManager, module: types.ModuleType, name: str
             continue
         full = f"{module.__name__}.{info.name}"
         try:
-            sub = importlib.import_module(full)
-        except Exception as exc:  # a broken plugin module names itself
-            raise PluginError(f"plugin {full} failed to import: {type(exc).__name__}: {exc}") from exc
+            sub = plugin_call(importlib.import_module, full)
+        except Exception as exc:  # a broken plugin module names itself (sys.exit included)
+            raise PluginError(f"plugin {full} failed to import: {describe(exc)}") from None
         _register_tree(pm, sub, f"{name}.{info.name}")
 
 
@@ -95,13 +97,13 @@ def load_plugin_file(pm: pluggy.PluginManager, path: str | Path) -> types.Module
             raise PluginError(f"plugin file {p}: cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
+        try:  # whatever the file does on import (raise, sys.exit, KeyboardInterrupt, loop) is its failure
+            plugin_call(spec.loader.exec_module, module)
         except Exception as exc:
             del sys.modules[mod_name]
-            raise PluginError(
-                f"plugin file {p} raised on import: {type(exc).__name__}: {exc}"
-            ) from exc
+            what = f"{describe(exc)} on import" if isinstance(exc, PluginFailure) else \
+                f"raised on import: {type(exc).__name__}: {exc}"
+            raise PluginError(f"plugin file {p} {what}") from None
     _register_module(pm, module, f"file:{p}")
     return module
 
@@ -142,12 +144,9 @@ def get_plugin_manager(
     if entry_points:
         for ep in entry_points_to_load():
             try:
-                module = ep.load()
+                module = plugin_call(ep.load)
             except Exception as exc:
-                raise PluginError(
-                    f"plugin {ep.name} (entry point {ep.value}) failed to import: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+                raise PluginError(f"plugin {ep.name} (entry point {ep.value}) failed to import: {describe(exc)}") from None
             _register_tree(pm, module, ep.name)
     for f in plugin_files:
         load_plugin_file(pm, f)
@@ -171,12 +170,9 @@ class Registry:
                 plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
                 source = _module_source(impl.plugin) if isinstance(impl.plugin, types.ModuleType) else plugin_name
                 try:
-                    specs = impl.function()
+                    specs = plugin_call(impl.function)
                 except Exception as exc:
-                    raise PluginError(
-                        f"plugin {plugin_name} ({source}): {hook_name}() raised "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
+                    raise PluginError(f"plugin {plugin_name} ({source}): {hook_name}() {describe(exc)}") from None
                 self._add(kind, specs, plugin_name, source, hook_name)
 
     def _add(self, kind: str, specs: Any, plugin: str, source: str, hook_name: str) -> None:
@@ -195,12 +191,19 @@ class Registry:
                     f"expected ibtest.{want.__name__}"
                 )
             name = cast(_NamedSpec, spec).name  # every class in SPEC_TYPES has a ``name: str`` field
+            if not isinstance(name, str) or not name.strip():
+                raise PluginError(f"plugin {plugin} ({source}): {hook_name}() returned a {SINGULAR[kind]} whose "
+                                  f"name is {name!r}, expected a non-empty string")
             if name in self.items[kind]:
                 other = self.items[kind][name]
                 raise PluginError(
                     f"duplicate {SINGULAR[kind]} name {name!r}: registered by plugin {other.plugin} "
                     f"({other.source}) and again by plugin {plugin} ({source})"
                 )
+            problems = spec_problems(kind, spec)
+            if problems:
+                raise PluginError(f"plugin {plugin} ({source}): {SINGULAR[kind]} {name!r} from {hook_name}(): "
+                                  + "; ".join(problems))
             self.items[kind][name] = Registered(kind, spec, plugin, source)
 
     def get(self, kind: str, name: str) -> Any:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ibtest.base.errors import UserError
+from ibtest.base.guard import PluginFailure, describe, plugin_call
 from ibtest.base.progress import Quiet
 from ibtest.pairs.constructions import run_block
 from ibtest.plugin.hookspecs import hookimpl
@@ -243,11 +244,12 @@ def make(study: Study) -> ExecutorBase:
     if use is None:
         return LocalExecutor()
     try:
-        return use.spec.factory(**use.options)
+        return plugin_call(use.spec.factory, **use.options)
     except UserError:
         raise
     except Exception as exc:  # a plugin executor that cannot be made with these options
-        raise UserError(f"executor {use.name!r}: {type(exc).__name__}: {exc}") from None
+        detail = describe(exc) if isinstance(exc, PluginFailure) else f"{type(exc).__name__}: {exc}"
+        raise UserError(f"executor {use.name!r}: {detail}") from None
 
 
 # ------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ibtest.solve import fit
 from ibtest.solve.batch import Triples, cat_padded
 from ibtest.solve.cache import SolveCache, solve_key
 from ibtest.study import budget
-from ibtest.study.checks import call_plugin, check_data, check_n_params, check_theta0
+from ibtest.study.checks import call_plugin, call_solver, check_data, check_n_params, check_theta0
 from ibtest.study.schema import PluginUse, Study
 from ibtest.study.yamlpos import format_path
 
@@ -233,11 +233,12 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
             ctx.solve_calls += 1
             calls += 1
             c0 = time.perf_counter()
-            try:
-                res = ctx.solver.solve(ctx.model, X[sl], y[sl], mask[sl], theta0[sl], **opts)
-            except (Exception, SystemExit) as exc:  # keep going: report the failure in the summary
-                ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} raised on instances "
-                                  f"{sl.start}..{sl.stop - 1}: {type(exc).__name__}: {exc}")
+            try:  # raising, sys.exit, the deadline, a result of the wrong shape: all a failed chunk
+                res = call_solver(ctx.solver, ctx.model, X[sl], y[sl], mask[sl], theta0[sl], opts)
+            except Exception as exc:  # keep going: report the failure in the summary
+                detail = str(exc) if isinstance(exc, UserError) else \
+                    f"solver {ctx.study.solver.name!r} raised {type(exc).__name__}: {exc}"
+                ctx.errors.append(f"{phase}: instances {sl.start}..{sl.stop - 1}: {detail}")
                 k = sl.stop - sl.start
                 res = SolveResult(theta0[sl].clone(), torch.full((k,), st.FAILED, dtype=torch.int64),
                                   torch.full((k,), float("nan"), dtype=torch.float64), {})
@@ -275,7 +276,7 @@ def solve_into(ctx: RunContext, t: Triples, phase: str) -> Triples:
 
 # ------------------------------------------------------------------------------------------
 def build_context(study: Study, progress: Progress | None = None, store: SolveCache | None = None) -> RunContext:
-    model = study.model.spec.factory(**study.model.options)
+    model = call_plugin(study.model, study.model.spec.factory, **study.model.options)
     options = dict(study.solver.options)
     fit_tol = float(options.get("fit_tol", fit.DEFAULT_FIT_TOL))
     cuda = study.device == "cuda" and torch.cuda.is_available()

@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from ibtest.base.errors import UserError
+from ibtest.base.guard import describe, plugin_call
 from ibtest.study.checks import check_n_params
 from ibtest.study.yamlpos import format_path, line_of
 
@@ -93,7 +94,7 @@ def _declared_sizes(study: Any) -> tuple[list[tuple[str, int, int, int]], bool]:
             try:
                 kd: tuple[int, int, int] | None = None
                 if size is not None:
-                    k, n, d = (int(v) for v in size(**opts))
+                    k, n, d = (int(v) for v in plugin_call(size, **opts))
                     kd = (k, n, d)
             except Exception:  # a size() that cannot say: checked once the data exist
                 kd = None
@@ -120,12 +121,13 @@ def check_study(study: Any, lines: dict) -> list[str]:
             continue
         d = sizes[0][3]
         try:
-            P = check_n_params(s.model.spec.factory(**s.model.options).n_params(d), s.model.name, d)
+            model = plugin_call(s.model.spec.factory, **s.model.options)
+            P = check_n_params(plugin_call(model.n_params, d), s.model.name, d)
         except UserError as exc:
             return [f"{src}:{line_of(lines, ('model',))}: model: {exc}{suffix}"]
         except Exception as exc:  # noqa: BLE001 - a plugin's failure, named
-            return [f"{src}:{line_of(lines, ('model',))}: model: {s.model.name!r}: n_params({d}) raised "
-                    f"{type(exc).__name__}: {exc}{suffix}"]
+            return [f"{src}:{line_of(lines, ('model',))}: model: {s.model.name!r}: n_params({d}) "
+                    f"{describe(exc)}{suffix}"]
         n_inits = sum(len(u.expand()) * c for u, c in zip(s.inits, s.init_counts))
         why = too_big(sum(k for _, k, _, _ in sizes), max(n for _, _, n, _ in sizes), d, n_inits, P,
                       max(1, s.block_size))

@@ -15,6 +15,7 @@ import pydantic
 import yaml
 
 from ibtest.base.errors import StudyError
+from ibtest.base.guard import describe, plugin_call
 from ibtest.plugin.manager import SINGULAR, Registry
 from ibtest.study.coerce import (  # noqa: F401
     _admits_bool,
@@ -224,11 +225,11 @@ def validate(
                                   spec.atol if h.atol is None else h.atol,
                                   spec.rtol if h.rtol is None else h.rtol, path))
     if model is not None and solver is not None:
-        try:
-            reason = solver.spec.applies(model.spec.factory(**model.options))
-        except Exception as exc:  # a model factory rejecting its options
+        try:  # a model factory rejecting its options, calling sys.exit, running past its deadline
+            reason = plugin_call(solver.spec.applies, plugin_call(model.spec.factory, **model.options))
+        except Exception as exc:
             reason = None
-            problems.append(f"{src}:{line_of(lines, ('model',))}: model: {type(exc).__name__}: {exc}")
+            problems.append(f"{src}:{line_of(lines, ('model',))}: model: {model.name!r} {describe(exc)}")
         if reason:
             problems.append(
                 f"{src}:{line_of(lines, ('solver', 'name'))}: solver.name: solver {solver.name!r} "
