@@ -70,6 +70,7 @@ from ibtest.cert.replay_witness import _replay_witness
 from ibtest.cert.schema import load
 from ibtest.judge import evaluation as ev_mod
 from ibtest.study.checks import call_solver
+from ibtest.study.work import certificate_work_problem
 
 
 # ------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
     mopts = check_options("model", mname, mspec, cert["model"]["options"], where, "model.options")
     try:
         model = plugin_call(mspec.factory, **mopts)
-        reason = sspec.applies(model)
+        reason = plugin_call(sspec.applies, model)
     except Exception as exc:
         raise UserError(f"{where}: model {mname!r} rejects its options: {type(exc).__name__}: {clean(exc)}") from None
     if reason:
@@ -123,11 +124,15 @@ def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
     if "fit_tol" in opts:
         opts["fit_tol"] = min(float(opts["fit_tol"]), rules.fit_tol)
     try:
-        opts = sspec.tighten(dict(opts))
+        opts = plugin_call(sspec.tighten, dict(opts))
     except Exception as exc:
         raise UserError(f"{where}: solver {sspec.name!r} cannot tighten these options: "
                         f"{type(exc).__name__}: {clean(exc)}") from None
     D = side_tensors(cert, model, names, where)
+    too_much = certificate_work_problem(sspec, opts, tightened=2 if cert["solver"].get("tightened") else 1,
+                                        B=len(names), n=D.X.shape[1], P=D.theta.shape[1])
+    if too_much:  # the work is capped, not each option alone
+        raise UserError(f"{where}: {too_much}")
 
     label = hspec.name + (f"[{', '.join(f'{k}={v}' for k, v in params.items())}]" if params else "")
     lines = [f"Replaying {clean(str(path))}",

@@ -27,6 +27,7 @@ from ibtest.base.guard import plugin_call
 from ibtest.judge import evaluation as ev
 from ibtest.solve import fit
 from ibtest.study.checks import call_solver
+from ibtest.study.work import certificate_work_problem
 
 Tensor = torch.Tensor
 
@@ -159,7 +160,12 @@ def make_judge(cert: dict[str, Any], budget: int, plugins: Sequence[str] = ()) -
     solver = reg.get("solvers", cert["solver"]["name"])
     opts = {k: o.default for k, o in solver.options.items()}
     opts.update(cert["solver"].get("options") or {})
-    tight = dict(cert["solver"].get("tightened") or solver.tighten(dict(opts)))
+    tight = dict(cert["solver"].get("tightened") or plugin_call(solver.tighten, dict(opts)))
+    n, P = max(len(cert[s]["X"]) for s in ("a", "b") if s in cert), len(cert["theta0"])
+    for settings, times in ((opts, 0), (tight, 1)):  # the work a file may ask for is capped, not each option
+        too_much = certificate_work_problem(solver, settings, tightened=times, B=4, n=n, P=P)
+        if too_much:
+            raise UserError(f"the certificate cannot be shrunk: {too_much}")
     params = dict(spec.params)
     params.update(cert["hypothesis"].get("params") or {})
     h = cert["hypothesis"]

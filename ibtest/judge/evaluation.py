@@ -35,6 +35,7 @@ from typing import Any, Literal, overload
 
 import torch
 
+from ibtest.base.guard import plugin_call
 from ibtest.plugin.specs import Hypothesis, HypothesisContext, ModelBase
 
 Tensor = torch.Tensor
@@ -91,10 +92,9 @@ def evaluate(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], thet
     with torch.enable_grad() if grad else torch.no_grad():
         th = theta.detach().clone().requires_grad_(grad)
         x = model.predictor(th) if spec.on == "predictor" else th
-        try:
-            R = spec.fn(x, hctx, **params)
-        except SystemExit as exc:  # a plugin must not end the run: its member gets an error row
-            raise PluginExit(f"called sys.exit({exc.code!r})") from None
+        # a plugin must not end the run (sys.exit, its own KeyboardInterrupt) or hang it (the deadline):
+        # PluginFailure, an ordinary exception, gives its member an error row
+        R = plugin_call(spec.fn, x, hctx, **params)
         if not isinstance(R, torch.Tensor):
             raise TypeError(f"returned {type(R).__name__}, expected a tensor of shape [{B}]")
         if R.dim() == 0 or R.shape[0] != B or (spec.kind == "regularizer" and R.dim() != 1):

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ibtest.base.guard import plugin_call
 from ibtest.judge import evaluation as ev
 from ibtest.judge.optimality import certify, kkt_certified
 from ibtest.judge.zeroset import Polyhedron, gauss_newton_project, gn_tangent, zero_set
@@ -120,14 +121,14 @@ def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Te
         to_theta = (lambda x: x) if zs.on == "theta" else model.from_predictor
 
         def R(x: Tensor, rows: Tensor | None = None) -> Tensor:
-            return spec.fn(x, hctx if rows is None else _sub_ctx(hctx, rows), **params)
+            return plugin_call(spec.fn, x, hctx if rows is None else _sub_ctx(hctx, rows), **params)
         method = "exact Z(D)"
     else:
         x_inf, to_theta = theta, (lambda x: x)
 
         def R(x: Tensor, rows: Tensor | None = None) -> Tensor:
             c = hctx if rows is None else _sub_ctx(hctx, rows)
-            return spec.fn(model.predictor(x) if spec.on == "predictor" else x, c, **params)
+            return plugin_call(spec.fn, model.predictor(x) if spec.on == "predictor" else x, c, **params)
         method = "Gauss-Newton on r(θ) = 0"
 
     certified = torch.zeros(T, dtype=torch.bool)

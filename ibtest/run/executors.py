@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ibtest.base import deadline
 from ibtest.base.errors import UserError
 from ibtest.base.guard import PluginFailure, describe, plugin_call
 from ibtest.base.progress import Quiet
@@ -357,9 +358,10 @@ def run_recipe_block(recipe: Recipe, start: int, stop: int) -> BlockResult:
     ctx.phases, ctx.errors, ctx.solve_calls = [], [], 0
     rec = RecordingStore()
     ctx.store = rec
-    try:
-        t, pairs = run_block(ctx, plan.block(start, stop), start)
-    finally:
-        ctx.store = None
-    scores = score_block(ctx, t, pairs) if recipe.score else None
+    with deadline.policy(ctx.study.budget.deadline):  # the driver's plugin calls get it too (runner)
+        try:
+            t, pairs = run_block(ctx, plan.block(start, stop), start)
+        finally:
+            ctx.store = None
+        scores = score_block(ctx, t, pairs) if recipe.score else None
     return BlockResult(start, stop, t, pairs, ctx.phases, ctx.errors, ctx.solve_calls, rec.records, scores)

@@ -119,6 +119,7 @@ class InstancePlan:
     labels: list[str]
     init_labels: list[str]
     device: torch.device
+    warnings: list[str] = field(default_factory=list)  # its estimated work, said before it runs
 
     @property
     def n(self) -> int:
@@ -175,7 +176,7 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
     d = X.shape[-1]
     P = check_n_params(call_plugin(study.model, model.n_params, d), study.model.name, d)
     n_inits = sum(len(u.expand()) * c for u, c in zip(study.inits, study.init_counts))
-    budget.check_plan(X.shape[0], X.shape[1], d, n_inits, P, max(1, study.block_size))
+    warnings = budget.check_plan_study(study, X.shape[0], X.shape[1], d, n_inits, P)
     thetas, init_labels = [], []
     for ii, (iuse, count) in enumerate(zip(study.inits, study.init_counts)):
         for jj, opts in enumerate(iuse.expand()):
@@ -184,7 +185,7 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
             thetas.append(check_theta0(th0, iuse, count, P))
             base = _label(iuse, opts)
             init_labels += [f"{base}#{c}" for c in range(count)] if count > 1 else [base]
-    return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device)
+    return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device, warnings)
 
 
 def make_instances(ctx: RunContext) -> Triples:

@@ -33,6 +33,7 @@ from ibtest.study.coerce import (  # noqa: F401
 from ibtest.study.sweep import _check_sweep, apply_sweep, variants  # noqa: F401
 from ibtest.study.typed import (  # noqa: F401  (re-exported: the former contents of this module)
     VERDICTS,
+    BudgetSettings,
     Float,
     HypothesisRef,
     HypothesisUse,
@@ -251,6 +252,7 @@ def validate(
         constructions=_resolved(constructions), hypotheses=hyps, verdict=m.verdict, report=m.report,
         plugin_files=list(plugin_files or []), sweep=m.sweep, device=m.device,
         chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
+        budget=m.budget,
     )
     from ibtest.study.budget import check_study
 
