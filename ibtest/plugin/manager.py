@@ -87,7 +87,7 @@ def load_plugin_file(pm: pluggy.PluginManager, path: str | Path) -> types.Module
     """Import a local ``.py`` file as a plugin module and register it."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise PluginError(f"plugin file {p}: no such file")
+        raise PluginError(f"plugin file {p}: " + ("not a regular file" if p.exists() else "no such file"))
     mod_name = f"ibtest_local_{abs(hash(str(p.resolve())))}_{p.stem}"
     if mod_name in sys.modules:
         module = sys.modules[mod_name]

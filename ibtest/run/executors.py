@@ -5,7 +5,9 @@ The driver (:func:`run_blocks`, called by :func:`ibtest.run.pipeline.judge_run`)
 executor (an object made by an :class:`ibtest.Executor` spec's ``factory(**options)``):
 
 * ``start()`` connects to whatever runs the blocks; ``workers()`` is the number of blocks it runs
-  at once (shown in the phase table); ``close()`` lets go of what ``start`` took;
+  at once (shown in the phase table); ``close()`` lets go of what ``start`` took; an optional
+  ``check()`` (called when the study is validated, before anything is written) raises a
+  UserError when it cannot work here (the Ray executor: a cluster address that does not answer);
 * ``run(job)`` yields one :class:`BlockResult` per block of ``job.starts``, **in block order**,
   however and wherever the blocks were computed. A block computed elsewhere must be rebuilt from
   ``job.recipe`` (plain data: the study, its plugin files' text, the sweep value) with
@@ -236,7 +238,13 @@ def choose(study: Study, registry: Any, name: str | None) -> None:
         spec = registry.get("executors", name)
         study.executor = PluginUse("executors", name, spec, {k: o.default for k, o in spec.options.items()},
                                    ("executor",))
-    make(study).close()
+    made = make(study)
+    try:
+        check = getattr(made, "check", None)
+        if callable(check):  # e.g. a cluster that does not answer: refused before anything is written
+            check()
+    finally:
+        made.close()
 
 
 def make(study: Study) -> ExecutorBase:

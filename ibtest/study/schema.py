@@ -16,6 +16,7 @@ import yaml
 
 from ibtest.base.errors import StudyError
 from ibtest.base.guard import describe, plugin_call
+from ibtest.base.inputs import read_input
 from ibtest.plugin.manager import SINGULAR, Registry
 from ibtest.study.coerce import (  # noqa: F401
     _admits_bool,
@@ -133,7 +134,7 @@ def read_study_bytes(path: str | Path) -> str:
     """A study file's text: UTF-8, or a StudyError naming the file (and the first bad byte)."""
     src = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = read_input(path)  # a FIFO nobody writes to, /dev/zero: an error, never a hang
     except OSError as exc:
         raise StudyError(src, [f"{src}: cannot read: {exc.strerror or exc}"]) from None
     try:
