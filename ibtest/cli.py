@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
         print(f"\nfigure written to {clean(save_figure(plot_run, plot, res))}")
     for e in res.errors:
         print(f"error: {clean(e)}", file=sys.stderr)
-    print(f"\nrun directory: {res.run_dir}")
+    print(f"\nrun directory: {clean(res.run_dir)}")
     failed = [m for m in res.members if m.held is False]
     if failed:
         print("expectations that did not hold: "
@@ -88,7 +88,7 @@ def _print_sweep(results, args) -> int:
     from ibtest.out import report
 
     print(report.render_sweep([clean_tree(r.json_cache or r.to_json()) for r in results], clean(results[0].study.sweep.path)))
-    print(f"\nrun directory: {results[0].run_dir.parent if results[0].run_dir else '-'}")
+    print(f"\nrun directory: {clean(results[0].run_dir.parent) if results[0].run_dir else '-'}")
     return 0 if all(r.expectations_held for r in results) else 1
 
 
@@ -183,7 +183,7 @@ def cmd_verify(args) -> int:
     from ibtest.cert.certificate import verify
 
     res = verify(args.certificate, args.plugin)
-    print("\n".join(res.lines))
+    print("\n".join(clean(line) for line in res.lines))
     return 0 if res.holds else 1
 
 
@@ -200,7 +200,7 @@ def cmd_shrink(args) -> int:
     except NotRefuted as exc:
         print(f"ibtest shrink: {clean(args.certificate)}: {clean(exc)}")
         return 1
-    print("\n".join(summary(dest, res)))
+    print("\n".join(clean(line) for line in summary(dest, res)))
     return 0
 
 

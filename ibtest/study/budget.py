@@ -63,9 +63,9 @@ def estimate(n_datasets: int, n: int, d: int, n_inits: int, P: int, block: int,
 
 def partners_of(study: Any, B: int, n: int) -> list[tuple[int, int]]:
     """(instances, points) every construction of ``study`` adds to a block of B instances of n points."""
-    from ibtest.study.work import construction_size
+    from ibtest.study.work import built_by_constructions
 
-    return [construction_size(use, opts, B, n) for use in study.constructions for opts in use.expand()]
+    return [(k, m) for _, k, m in built_by_constructions(study, B, n)]
 
 
 def human(nbytes: float) -> str:

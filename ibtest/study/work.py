@@ -9,7 +9,8 @@ does not: a million rotations of every pair, an error tolerance of 0, a step siz
 * **calls**: per block of B = min(N, block_size) instances, the main solve; each triple
   construction's partners and each pair construction's new pairs, sized by the construction's
   ``size(sources, n, **options) -> (instances, points)`` (a construction that declares none is
-  taken to add one instance per source); and once per run the re-solve of the candidates a verdict
+  taken to add one instance per source; a pair construction's sources are every pair the block
+  can hold); and once per run the re-solve of the candidates a verdict
   rests on, at the solver's tightened settings. A sweep runs every value.
 * **steps** an instance is *expected* to take, from the solver's options (:func:`expected_steps`):
   ``exact`` its linear pieces (at most one per point and ``max_pieces``); ``gd`` its ``steps``, or
@@ -136,6 +137,19 @@ def construction_size(use: Any, opts: dict[str, Any], sources: int, n: int) -> t
         return sources, n
 
 
+def built_by_constructions(study: Any, B: int, n: int) -> list[tuple[str, int, int]]:
+    """(name, instances, points) each construction of ``study`` builds in a block of B study
+    instances of n points: a triple construction from the B triples, a pair construction from
+    every pair the block can hold (its study triples and the partners built before: T·(T−1)/2)."""
+    out = [(use.name, *construction_size(use, opts, B, n)) for use in study.constructions
+           if use.spec.stage != "pair" for opts in use.expand()]
+    T = B + sum(k for _, k, _ in out)
+    pairs = T * (T - 1) // 2
+    out += [(use.name, *construction_size(use, opts, pairs, n)) for use in study.constructions
+            if use.spec.stage == "pair" for opts in use.expand()]
+    return out
+
+
 def estimate(study: Any, N: int, n: int, d: int, P: int) -> Estimate:
     """The work of one run (one sweep value) of ``study`` with N instances of n points, d, P."""
     est = Estimate()
@@ -156,10 +170,8 @@ def estimate(study: Any, N: int, n: int, d: int, P: int) -> Estimate:
         est.add(what, full * one + last, one, times)
 
     solves("solve", B, n, opts, blocks)
-    for use in study.constructions:
-        for copts in use.expand():
-            k, m = construction_size(use, copts, B, n)
-            solves(f"construction {use.name}", k, m, opts, blocks)
+    for name_c, k, m in built_by_constructions(study, B, n):
+        solves(f"construction {name_c}", k, m, opts, blocks)
     try:
         tight = study.solver.spec.tighten(dict(opts))
     except Exception:  # noqa: BLE001 - judged when it runs
