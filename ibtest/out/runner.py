@@ -229,6 +229,9 @@ def resume_run(run_dir: str | Path, *, plugins: Sequence[str] = (), progress: Pr
     from ibtest.plugin.manager import load_registry, require_registered
     from ibtest.study.schema import parse_study_text, plugin_files_of, validate
 
+    who = holder(run_dir)
+    if who is not None:  # said first: the store may not even exist yet
+        raise UserError(in_use(run_dir, who))
     store = open_run(run_dir)
     try:
         meta = store.meta()
