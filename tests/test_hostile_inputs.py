@@ -554,3 +554,18 @@ def test_corpus_smoke():
         outcomes = [H.run_case(case, 20) for case in c.cases[:12]]
     assert all(o.kind in ("result", "user error") for o in outcomes), [(o.case.name, o.detail) for o in outcomes]
 
+
+
+def test_round2_corpus_smoke(tmp_path):
+    """The second round's plugin and store cases build and end as they must (no traceback, no hang,
+    no wrong result); its full run is manual (python -m benchmarks.hostile_inputs)."""
+    from benchmarks import hostile_inputs as H, hostile_round2 as R
+
+    c = H.Corpus(tmp_path)
+    R.plugin_cases(c)
+    picked = [case for case in c.cases if case.name.split(":")[0] in
+              ("solver none", "solver exit0", "construction source", "hypothesis interrupt_R during the run",
+               "sys.exit(0) at import", "hypothesis spec: params a list")]
+    outcomes = [H.run_case(case, 30) for case in picked]
+    assert len(outcomes) >= 6
+    assert all(o.kind in ("result", "user error") for o in outcomes), [(o.case.name, o.kind, o.detail) for o in outcomes]
