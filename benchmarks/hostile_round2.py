@@ -31,6 +31,7 @@ DEADLINE = 2  # seconds per plugin call in the cases that run into a deadline (t
 T3PAIR = _set(THEOREM3, ("datasets", 0, "gamma"), [0, 5])
 
 MISBEHAVE = '''
+"""Plugins that misbehave, each in one way (issue 27): solvers, constructions, hypotheses, a model."""
 import sys, time
 import torch
 import ibtest
@@ -42,16 +43,21 @@ def spin(*a, **k):
         time.sleep(0.001)
 
 
+def act(kind):
+    """The ways of not returning at all."""
+    if kind == "spin":
+        spin()
+    if kind in ("exit0", "exit3"):
+        sys.exit(int(kind[-1]))
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+
+
 def solver(kind):
     def solve(model, X, y, mask, theta0, **opts):
+        act(kind)
         if kind == "none":
             return None
-        if kind == "spin":
-            spin()
-        if kind == "exit0":
-            sys.exit(0)
-        if kind == "interrupt":
-            raise KeyboardInterrupt
         res = SPEC.solve(model, X, y, mask, theta0, **opts)
         if kind == "shape":
             return ibtest.SolveResult(res.theta[:, :1], res.status, res.loss)
@@ -65,14 +71,9 @@ def solver(kind):
     return ibtest.replace(SPEC, name=f"{kind}_solver", solve=solve)
 
 
-def construction(kind, stage="triple"):
-    def build(model, rng, triples=None, pairs=None, **opts):
-        if kind == "spin":
-            spin()
-        if kind == "exit0":
-            sys.exit(0)
-        if kind == "interrupt":
-            raise KeyboardInterrupt
+def construction(kind):
+    def build(model, rng, triples=None, **opts):
+        act(kind)
         if kind == "none":
             return None
         k, n, d = triples.X.shape
@@ -92,19 +93,13 @@ def construction(kind, stage="triple"):
         elif kind == "type":
             return (X, y)
         return ibtest.Partners(X, y, m, src, labels)
-    return ibtest.Construction(name=f"{kind}_construction", build=build, stage=stage)
+    return ibtest.Construction(name=f"{kind}_construction", build=build)
 
 
-def spin_R(theta, ctx):
-    spin()
-
-
-def interrupt_R(theta, ctx):
-    raise KeyboardInterrupt
-
-
-def exit_R(theta, ctx):
-    sys.exit(0)
+def R(kind):
+    def fn(theta, ctx):
+        act(kind)
+    return ibtest.Hypothesis(name=f"{kind}_R", fn=fn)
 
 
 class NanGrad(ibtest.ModelBase):
@@ -125,14 +120,13 @@ def ibtest_solvers():
 
 @ibtest.hookimpl
 def ibtest_constructions():
-    return [construction(k) for k in ("spin", "exit0", "interrupt", "none", "source", "negative", "shape", "labels",
+    return [construction(k) for k in ("spin", "exit3", "interrupt", "none", "source", "negative", "shape", "labels",
                                       "mask", "nan", "type")]
 
 
 @ibtest.hookimpl
 def ibtest_hypotheses():
-    return [ibtest.Hypothesis(name="spin_R", fn=spin_R), ibtest.Hypothesis(name="interrupt_R", fn=interrupt_R),
-            ibtest.Hypothesis(name="exit_R", fn=exit_R)]
+    return [R(k) for k in ("spin", "interrupt", "exit0")]
 
 
 @ibtest.hookimpl
@@ -325,11 +319,11 @@ def plugin_cases(c: Corpus) -> None:
         s = _set(falsified, ("solver",), {"name": f"{kind}_solver"})
         c.study("plugins2", f"solver {kind}", _dump(s), "--plugin", plugin)
         c.cases[-1].expect, c.cases[-1].check = (1,), says("solve: instances 0..1:")
-    for kind in ("exit0", "interrupt", "none", "source", "negative", "shape", "labels", "mask", "nan", "type"):
+    for kind in ("exit3", "interrupt", "none", "source", "negative", "shape", "labels", "mask", "nan", "type"):
         s = _set(falsified, ("constructions",), [f"{kind}_construction", "blocking_point"])
         c.study("plugins2", f"construction {kind}", _dump(s), "--plugin", plugin)
         c.cases[-1].expect, c.cases[-1].check = (0,), says("FALSIFIED")
-    for name in ("interrupt_R", "exit_R"):
+    for name in ("interrupt_R", "exit0_R"):
         s = _set(falsified, ("hypotheses",), [{"name": name, "expect": "falsified"},
                                              {"name": "l2_norm", "expect": "falsified"}])
         c.study("plugins2", f"hypothesis {name} during the run", _dump(s), "--plugin", plugin)

@@ -13,13 +13,13 @@ import json
 import math
 import os
 import signal
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.hostile_round2 import MISBEHAVE
 from ibtest.base import deadline, guard
 from ibtest.base.errors import UserError
 from ibtest.pairs.checks import check_new_pairs, check_partners
@@ -40,94 +40,10 @@ hypotheses:
 report: {formats: [table]}
 """
 
-PLUGINS = textwrap.dedent('''
-    """Plugins that misbehave, each in one way (issue 27)."""
-    import sys, time
-    import torch
-    import ibtest
-    from ibtest.solve.solvers.exact_spec import SPEC
-
-    def spin(*a, **k):
-        while True:
-            time.sleep(0.001)
-
-    def solver(kind):
-        def solve(model, X, y, mask, theta0, **opts):
-            if kind == "none":
-                return None
-            res = SPEC.solve(model, X, y, mask, theta0, **opts)
-            if kind == "shape":
-                return ibtest.SolveResult(res.theta[:, :1], res.status, res.loss)
-            if kind == "status":
-                return ibtest.SolveResult(res.theta, torch.full_like(res.status, 9), res.loss)
-            if kind == "exit":
-                sys.exit(0)
-            if kind == "interrupt":
-                raise KeyboardInterrupt
-            if kind == "spin":
-                spin()
-            return res
-        return ibtest.replace(SPEC, name=f"{kind}_solver", solve=solve)
-
-    def construction(kind):
-        def build(model, triples, rng, **opts):
-            k, n, d = triples.X.shape
-            src = torch.arange(k)
-            X = torch.cat([triples.X, triples.X[:, :1]], dim=1)
-            y = torch.cat([triples.y, triples.y[:, :1]], dim=1)
-            m = torch.cat([triples.mask, triples.mask[:, :1]], dim=1)
-            labels = ["copy"] * k
-            if kind == "source":
-                src = src + 100
-            elif kind == "shape":
-                X = X[..., :2]
-            elif kind == "labels":
-                labels = ["copy"]
-            elif kind == "mask":
-                m = m * 3
-            elif kind == "exit":
-                sys.exit(3)
-            elif kind == "spin":
-                spin()
-            return ibtest.Partners(X, y, m, src, labels)
-        return ibtest.Construction(name=f"{kind}_construction", build=build)
-
-    def spin_R(theta, ctx):
-        spin()
-
-    def interrupt_R(theta, ctx):
-        raise KeyboardInterrupt
-
-    class NanGrad(ibtest.ModelBase):
-        def n_params(self, d):
-            return d
-        def predict(self, theta, X):
-            return torch.einsum("bnd,bd->bn", X, theta)
-        def grad(self, theta, X, y, mask):
-            return torch.full_like(theta, float("nan"))
-
-    @ibtest.hookimpl
-    def ibtest_solvers():
-        return [solver(k) for k in ("none", "shape", "status", "exit", "interrupt", "spin")]
-
-    @ibtest.hookimpl
-    def ibtest_constructions():
-        return [construction(k) for k in ("source", "shape", "labels", "mask", "exit", "spin")]
-
-    @ibtest.hookimpl
-    def ibtest_hypotheses():
-        return [ibtest.Hypothesis(name="spin_R", fn=spin_R), ibtest.Hypothesis(name="interrupt_R", fn=interrupt_R)]
-
-    @ibtest.hookimpl
-    def ibtest_models():
-        return [ibtest.Model(name="nan_grad", factory=NanGrad)]
-''')
-
-
 @pytest.fixture(scope="module")
 def plugin(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("plugins27") / "misbehave.py"
-    p.write_text(PLUGINS)
+    p.write_text(MISBEHAVE)  # the corpus's plugins that misbehave, each in one way
     return p
 
 
@@ -155,7 +71,7 @@ def _one_line(r) -> None:
     ("none", "solver 'none_solver' returned NoneType, expected ibtest.SolveResult"),
     ("shape", "returned theta of shape [2, 1], expected [B, P] = [2, 3]"),
     ("status", "returned status code 9, not one of"),
-    ("exit", "solver 'exit_solver' called sys.exit(0)"),
+    ("exit0", "solver 'exit0_solver' called sys.exit(0)"),
     ("interrupt", "solver 'interrupt_solver' raised KeyboardInterrupt"),
 ])
 def test_a_solver_that_misbehaves_fails_its_rows(cli, tmp_path, plugin, kind, needle):
@@ -167,11 +83,11 @@ def test_a_solver_that_misbehaves_fails_its_rows(cli, tmp_path, plugin, kind, ne
 
 
 @pytest.mark.parametrize("kind, needle", [
-    ("source", "returned source index 100 out of range"),
-    ("shape", "returned X of shape [2, 4, 2], expected [2, n, 3]"),
-    ("labels", "returned 1 labels for 2 datasets"),
-    ("mask", "returned mask with entries other than 0 and 1"),
-    ("exit", "construction 'exit_construction' called sys.exit(3)"),
+    ("source", "returned source index 7 out of range"),
+    ("shape", "returned X of shape [2, 3, 1], expected [2, n, 3]"),
+    ("labels", "returned labels of type int, expected a list of 2 strings"),
+    ("mask", "returned a dataset whose mask has no real point"),
+    ("exit3", "construction 'exit3_construction' called sys.exit(3)"),
 ])
 def test_a_construction_that_misbehaves_is_reported_and_the_study_goes_on(cli, tmp_path, plugin, kind, needle):
     text = T3 + f"constructions: [{kind}_construction, blocking_point]\n"
