@@ -632,8 +632,8 @@ def build(root: pathlib.Path) -> Corpus:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", help="run one category (yaml, options, counts, sweeps, plugins, stores; round 2: "
-                    "certs, outputs, plugins2, hangs, forged, stores2)")
+    ap.add_argument("--only", help="run these categories, comma-separated (yaml, options, counts, sweeps, plugins, "
+                    "stores; round 2: certs, outputs, plugins2, hangs, forged, stores2)")
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("-v", "--verbose", action="store_true", help="print every case")
     args = ap.parse_args(argv)
@@ -644,7 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(root)
         try:
             corpus = build(root)
-            cases = [c for c in corpus.cases if not args.only or c.category == args.only]
+            only = set(args.only.split(",")) if args.only else None
+            cases = [c for c in corpus.cases if only is None or c.category in only]
             outcomes = []
             for case in cases:
                 o = run_case(case, args.timeout)

@@ -298,9 +298,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _output_failed(exc: OSError) -> int:
     """Exit 2 with one line when what ibtest printed could not be written (every file it writes
-    itself reports its own failure as a UserError; what is left is standard output)."""
+    itself reports its own failure as a UserError; what is left is standard output, or an
+    unforeseen file-system failure, named as such)."""
+    if exc.filename is None:  # a write to a stream: standard output could not take what was printed
+        what = f"cannot write to standard output: {clean(exc.strerror or exc)}"
+    else:
+        what = f"{clean(exc.strerror or exc)}: {clean(exc.filename)}"
     try:
-        print(f"ibtest: error: cannot write to standard output: {clean(exc.strerror or exc)}", file=sys.stderr)
+        print(f"ibtest: error: {what}", file=sys.stderr)
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
