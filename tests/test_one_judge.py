@@ -376,8 +376,9 @@ def test_verify_withdraws_a_forged_witness_off_the_zero_loss_set(tmp_path, cli):
             "model": {"name": "linear", "options": {}}, "solver": {"name": "exact", "options": {}},
             "theta0": t.theta0[0].tolist(),
             "a": {"X": t.X[0].tolist(), "y": t.y[0].tolist(), "theta": t.theta[0].tolist(),
-                  "theta0": t.theta0[0].tolist()},
-            "witness": {"theta": [1.0, 0.0, 0.0]}}
+                  "theta0": t.theta0[0].tolist(), "loss": 0.0, "R": 10.0, "measured_error": 0.0},
+            "witness": {"theta": [1.0, 0.0, 0.0], "loss": 0.0, "fit_threshold": 1e-12, "R": 0.5},
+            "gap": 9.5, "margin": 1e-9}  # every field a witness certificate has, the claim forged
     path = tmp_path / "forged.json"
     path.write_text(json.dumps(cert))
     r = cli("verify", path)

@@ -36,12 +36,15 @@ from pydantic import TypeAdapter, ValidationError
 
 from ibtest.base import status as st
 from ibtest.base.errors import UserError
+from ibtest.base.guard import plugin_call
 from ibtest.base.textsafe import clean
 from ibtest.cert.schema import load
 from ibtest.judge import evaluation as ev_mod
 from ibtest.judge.records import member_label
 from ibtest.solve import fit
 from ibtest.solve.rules import Judgement, Rules, Side, SolverSettings, Tolerance, capped_solver_options
+from ibtest.study.checks import call_solver
+from ibtest.study.work import certificate_work_problem
 
 
 @dataclass
@@ -127,7 +130,7 @@ class Replay:
         ‖θ − θ_file‖ + distance to Z(D), one report line per run)."""
         D = self.data
         try:
-            res = self.solver.solve(self.model, D.X, D.y, D.mask, D.theta0, **dict(self.settings.tightened))
+            res = call_solver(self.solver, self.model, D.X, D.y, D.mask, D.theta0, dict(self.settings.tightened))
             theta = res.theta.detach().to(torch.float64).reshape(D.theta.shape)
             status = [int(s) for s in res.status]
         except UserError:
@@ -226,9 +229,19 @@ def verify(path: str | Path, extra_plugins: Sequence[str] = ()) -> VerifyResult:
     return kind.replay(cert, rp)
 
 
+def registered_kind(reg: Any, cert: Mapping[str, Any], where: str = "certificate") -> Any:
+    """The registered claim kind (spec) a certificate's ``kind`` names; UserError when none is."""
+    reg_kind = reg.items["kinds"].get(str(cert.get("kind")))
+    if reg_kind is None:
+        raise UserError(f"{where}: field kind: claim kind {clean(repr(cert.get('kind')))} is not registered here "
+                        "(install its plugin or pass --plugin FILE)")
+    return reg_kind.spec
+
+
 def claim_kind(reg: Any, hspec: Any, cert: Mapping[str, Any], where: str) -> Any:
     """The registered claim kind that replays this file: its ``kind`` must judge the registered
     hypothesis's kind."""
+    registered_kind(reg, cert, where)
     kinds = reg.replayers_for(hspec.kind)
     name = cert.get("kind")
     for k in kinds:
@@ -254,8 +267,8 @@ def replay_context(reg: Any, cert: dict[str, Any], where: str) -> Replay:
     notes = list(rules.notes) + tnotes
     mopts = check_options("model", mname, mspec, cert["model"]["options"], where, "model.options")
     try:
-        model = mspec.factory(**mopts)
-        reason = sspec.applies(model)
+        model = plugin_call(mspec.factory, **mopts)
+        reason = plugin_call(sspec.applies, model)
     except Exception as exc:
         raise UserError(f"{where}: model {mname!r} rejects its options: {type(exc).__name__}: {clean(exc)}") from None
     if reason:
@@ -263,6 +276,10 @@ def replay_context(reg: Any, cert: dict[str, Any], where: str) -> Replay:
     settings = solver_settings(sspec, cert, rules, where, notes)
     names = [s for s in ("a", "b") if s in cert]
     data = side_tensors(cert, model, names, where)
+    too_much = certificate_work_problem(sspec, dict(settings.tightened), tightened=2 if cert["solver"].get("tightened") else 1,
+                                        B=len(names), n=data.X.shape[1], P=data.theta.shape[1])
+    if too_much:  # the work a file may ask for is capped, not each option alone
+        raise UserError(f"{where}: {too_much}")
     rules = Rules(safety=rules.safety, fit_tol=rules.fit_tol, dist_tol=rules.dist_tol, notes=tuple(notes))
     return Replay(cert, where, model, hspec, params, bound, rules, tol, sspec, settings, data, registry=reg)
 
@@ -282,7 +299,7 @@ def solver_settings(sspec: Any, cert: Mapping[str, Any], rules: Rules, where: st
         if "fit_tol" in o:
             o["fit_tol"] = min(float(o["fit_tol"]), rules.fit_tol)
     try:
-        tight = sspec.tighten(dict(tight))
+        tight = plugin_call(sspec.tighten, dict(tight))
     except Exception as exc:
         raise UserError(f"{where}: solver {sspec.name!r} cannot tighten these options: "
                         f"{type(exc).__name__}: {clean(exc)}") from None
@@ -382,7 +399,7 @@ def model_and_hypothesis(cert: dict, plugins: Sequence[str] = (), where: str = "
     mspec = reg.get("models", mname)
     mopts = check_options("model", mname, mspec, cert["model"]["options"] or {}, where, "model.options")
     try:
-        model = mspec.factory(**mopts)
+        model = plugin_call(mspec.factory, **mopts)
     except Exception as exc:
         raise UserError(f"{where}: model {mname!r} rejects its options: {type(exc).__name__}: {clean(exc)}") from None
     return model, reg.get("hypotheses", cert["hypothesis"]["name"]), dict(cert["hypothesis"].get("params") or {})

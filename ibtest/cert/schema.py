@@ -8,6 +8,20 @@ ragged array, a missing field or a field of the wrong type are all "bad input" (
 What the schema checks is the *shape* of the file. Whether its numbers make a refutation is
 decided by :mod:`ibtest.cert.replay` from the registry's rules, never from the file's own.
 
+Every command that reads a certificate (``verify``, ``show``, ``shrink``, plots) reads it through
+:func:`load`, and the schema is complete for each kind, so no command meets a missing field later:
+
+* **pair** (``kind: "pair"``, a regularizer refuted by two runs): sides a and b each with X, y,
+  θ, loss, R (a number), measured_error; ``gap``, ``margin``, ``cross_loss``;
+* **witness** (``kind: "witness"``): side a as above, ``witness`` with θ', loss, fit_threshold,
+  R; ``gap``, ``margin``; no side b;
+* **invariant**, **bound** (one run): side a with X, y, θ, loss, R (a number, or a list for an
+  invariant of several components), measured_error; ``gap``, ``margin``; no side b;
+* **shrunk** (written by ``ibtest shrink``: ``shrink`` or ``shrunk_from`` present): a pair or
+  witness certificate with both ``shrunk_from`` (path, sha256) and ``shrink`` (the record);
+* any other claim kind (``optimum``, ``limit``, a plugin's): the common fields; the kind's own
+  replay reads the rest and says what is missing.
+
 Numbers: JSON has no inf/nan, so the writer stores them as the strings ``"inf"``, ``"-inf"``,
 ``"nan"`` (:func:`ibtest.base.jsonio.encode_float`); the schema reads those strings back as floats in
 numeric fields only (a dataset label ``"nan"`` stays a string). Data arrays (X, y, θ0, θ) must be
@@ -202,6 +216,84 @@ class Certificate(_Model):
     floor_from: Num | None = None
 
 
+class RunSide(Side):
+    """A side of a pair or witness certificate: what was measured there is part of the claim."""
+
+    loss: Num
+    R: Num
+    measured_error: Num
+
+
+class TripleSide(Side):
+    """The run of an invariant or bound certificate (C may have several components)."""
+
+    loss: Num
+    R: Num | list[Num]
+    measured_error: Num
+
+
+class WitnessPoint(Witness):
+    loss: Num
+    fit_threshold: Num
+    R: Num
+
+
+class PairCertificate(Certificate):
+    kind: Literal["pair"]
+    a: RunSide
+    b: RunSide
+    gap: Num
+    margin: Num
+    cross_loss: CrossLoss
+
+
+class WitnessCertificate(Certificate):
+    kind: Literal["witness"]
+    a: RunSide
+    witness: WitnessPoint
+    gap: Num
+    margin: Num
+
+
+class TripleCertificate(Certificate):
+    kind: Literal["invariant", "bound"]
+    a: TripleSide
+    gap: Num
+    margin: Num
+
+
+class _Shrunk(BaseModel):
+    shrunk_from: ShrunkFrom
+    shrink: ShrinkRecord
+
+
+class ShrunkPairCertificate(PairCertificate, _Shrunk):
+    shrunk_from: ShrunkFrom
+    shrink: ShrinkRecord
+
+
+class ShrunkWitnessCertificate(WitnessCertificate, _Shrunk):
+    shrunk_from: ShrunkFrom
+    shrink: ShrinkRecord
+
+
+#: the claim kinds whose certificate shape is fixed here (a file ``ibtest shrink`` wrote: ``shrunk-``)
+SCHEMAS: dict[str, type[Certificate]] = {
+    "pair": PairCertificate, "witness": WitnessCertificate, "invariant": TripleCertificate,
+    "bound": TripleCertificate, "shrunk-pair": ShrunkPairCertificate, "shrunk-witness": ShrunkWitnessCertificate,
+}
+ONE_RUN = ("witness", "invariant", "bound")
+
+
+def kind_of(data: dict[str, Any]) -> str:
+    """The claim kind a certificate dict names (``""`` when it names none), ``shrunk-`` prefixed for
+    a file ``ibtest shrink`` wrote."""
+    named = data.get("kind")
+    kind = named if isinstance(named, str) else ""
+    shrunk = data.get("shrink") is not None or data.get("shrunk_from") is not None
+    return f"shrunk-{kind}" if shrunk and kind else kind
+
+
 def _where(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -220,9 +312,17 @@ def validate(data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != FORMAT:
-        raise UserError(f"{where}: field 'format': expected {FORMAT!r}, got {_short(data.get('format'))}")
+        raise UserError(f"{where}: field 'format': expected {FORMAT!r}, got {clean(_short(data.get('format')))}")
+    kind = kind_of(data)
+    if kind in ("shrunk-invariant", "shrunk-bound"):
+        raise UserError(f"{where}: fields shrink / shrunk_from: only pair and witness certificates are shrunk, "
+                        "this one has one run and no witness")
+    if kind.removeprefix("shrunk-") in ONE_RUN and data.get("b") is not None:
+        what = "the point 'witness'" if kind.endswith("witness") else "its own run"
+        raise UserError(f"{where}: field b: a{'n' if kind[0] in 'aeiou' else ''} {clean(kind)} certificate holds "
+                        f"one run (side a) and {what}, not a side b")
     try:
-        out = Certificate.model_validate(data).model_dump()
+        out = SCHEMAS.get(kind, Certificate).model_validate(data).model_dump()
     except pydantic.ValidationError as exc:
         e = exc.errors()[0]
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
@@ -278,7 +378,7 @@ def check_shapes(cert: dict[str, Any], where: str) -> None:
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate a certificate file; every failure is a one-line :class:`UserError`."""
     p = Path(path)
-    where = f"certificate {p}"
+    where = f"certificate {clean(str(p))}"
     try:
         if not p.is_file():
             raise UserError(f"{where}: no such file" if not p.exists() else f"{where}: not a regular file")

@@ -46,6 +46,7 @@ import torch
 
 from ibtest.base.errors import UserError
 from ibtest.base.jsonio import to_jsonable
+from ibtest.base.outpath import writing
 from ibtest.base.textsafe import clean
 from ibtest.cert import certificate as certmod
 from ibtest.cert.schema import load
@@ -198,21 +199,26 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
     cert = load(p)
     witness = cert.get("kind") == "witness"
     if cert.get("kind") not in SHRINKABLE:
-        raise UserError(f"certificate {p}: shrinking supports pair and witness certificates; this one is a "
+        from ibtest.cert.replay import registered_kind
+        from ibtest.plugin.manager import load_registry
+
+        registered_kind(load_registry(list(plugins)), cert, f"certificate {clean(str(p))}")  # a kind not known: said so
+        raise UserError(f"certificate {clean(str(p))}: shrinking supports pair and witness certificates; this one is a "
                         f"{clean(str(cert.get('kind')))} certificate")
     for s in (("a",) if witness else ("a", "b")):
         if s not in cert:
-            raise UserError(f"certificate {p}: required field {s!r} is missing")
+            raise UserError(f"certificate {clean(str(p))}: required field {s!r} is missing")
         for key in ("X", "y", "theta"):
             if key not in cert[s]:
-                raise UserError(f"certificate {p}: required field {s}.{key!r} is missing")
+                raise UserError(f"certificate {clean(str(p))}: required field {s}.{key!r} is missing")
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
     try:
         res = shrink_cert(cert, str(path), digest, budget, plugins)
     except (ValueError, TypeError, IndexError, KeyError, RuntimeError) as exc:
-        raise UserError(f"certificate {p}: cannot be shrunk: {type(exc).__name__}: {exc}") from None
+        raise UserError(f"certificate {clean(str(p))}: cannot be shrunk: {type(exc).__name__}: {exc}") from None
     dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
-    certmod.write(res.cert, dest)
+    with writing(dest, "the shrunk certificate"):
+        certmod.write(res.cert, dest)
     if check and not _verify(dest, plugins):
         raise NotRefuted(f"the shrunk certificate {dest} did not pass 'ibtest verify' (removed)")
     return dest, res

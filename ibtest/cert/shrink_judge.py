@@ -27,6 +27,8 @@ from ibtest.base import status as st
 from ibtest.base.errors import UserError
 from ibtest.judge import evaluation as ev
 from ibtest.solve.rules import Rules, SolverSettings, Tolerance, eligible
+from ibtest.study.checks import call_solver
+from ibtest.study.work import certificate_work_problem
 
 Tensor = torch.Tensor
 
@@ -92,7 +94,7 @@ def case_from_cert(cert: dict[str, Any]) -> Case:
             inb[hit] = True
     X = torch.tensor([r[0] for r in rows], dtype=torch.float64)
     y = torch.tensor([r[1] for r in rows], dtype=torch.float64)
-    th0 = [cert[s].get("theta0", cert["theta0"]) for s in ("a", "b")]
+    th0 = [cert[s].get("theta0") or cert["theta0"] for s in ("a", "b")]
     return Case(X, y, torch.tensor([ina, inb]), torch.tensor(th0, dtype=torch.float64))
 
 
@@ -159,6 +161,12 @@ def make_judge(cert: dict[str, Any], budget: int, plugins: Sequence[str] = ()) -
         raise UserError(f"shrinking supports pair and witness certificates of regularizers; this one is a "
                         f"{kind.name} certificate")
     rp = replay_context(reg, cert, where)
+    data = rp.data
+    for settings, times in ((dict(rp.settings.options), 0), (dict(rp.settings.tightened), 1)):
+        too_much = certificate_work_problem(rp.solver, settings, tightened=times, B=4, n=data.X.shape[1],
+                                            P=data.theta.shape[1])
+        if too_much:  # the work a file may ask for is capped, not each option alone
+            raise UserError(f"the certificate cannot be shrunk: {too_much}")
     cons = reg.items["constructions"].get("blocking_point")
     return Judge(rp.model, rp.solver, rp.spec, rp.params, rp.settings, rp.rules, rp.tol, int(budget),
                  construction=None if cons is None else cons.spec.build, witness=kind.name == "witness")
@@ -192,8 +200,8 @@ def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     J.used += 4 * K
     J.calls += 2
     try:
-        r1 = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
-        r2 = J.solver.solve(J.model, X, y, mask, th0, **J.tight)
+        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
+        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight)
     except Exception:  # a candidate the solver cannot handle is no evidence
         return [None for _ in cands]
     th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)
@@ -242,8 +250,8 @@ def _judge_witness(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     J.calls += 2
     outs: list[Outcome | None] = [None for _ in cands]
     try:
-        r1 = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
-        r2 = J.solver.solve(J.model, X, y, mask, th0, **J.tight)
+        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
+        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight)
     except Exception:
         return outs
     th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)

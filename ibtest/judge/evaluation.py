@@ -42,6 +42,7 @@ from typing import Any, Literal, overload
 import numpy as np
 import torch
 
+from ibtest.base.guard import plugin_call
 from ibtest.plugin.specs import Hypothesis, HypothesisContext, ModelBase
 from ibtest.solve.rules import Side
 
@@ -57,10 +58,6 @@ _CTX_TENSORS = ("init", "init_predictor", "X", "y", "mask")
 
 class NonFiniteValue(ValueError):
     """A hypothesis returned NaN or ±inf (or its gradient or margin is not finite)."""
-
-
-class PluginExit(RuntimeError):
-    """A plugin called ``sys.exit`` (SystemExit is not an Exception: caught here, reported in its row)."""
 
 
 class InputWritten(RuntimeError):
@@ -98,15 +95,12 @@ def take(h: HypothesisContext, rows: Tensor) -> HypothesisContext:
 
 @contextmanager
 def guarded(spec: Hypothesis, hctx: HypothesisContext, *given: Tensor) -> Iterator[None]:
-    """Run a call of ``spec.fn``: ``sys.exit`` becomes :class:`PluginExit`, and a write into the
-    context's tensors or into ``given`` (θ) becomes :class:`InputWritten`."""
+    """Around a call of ``spec.fn``: a write into the context's tensors or into ``given`` (θ)
+    becomes :class:`InputWritten`."""
     watched = [(k, getattr(hctx, k)) for k in _CTX_TENSORS if getattr(hctx, k) is not None]
     watched += [("theta", t) for t in given]
     before = [t._version for _, t in watched]
-    try:
-        yield
-    except SystemExit as exc:  # a plugin must not end the run: its member gets an error row
-        raise PluginExit(f"called sys.exit({exc.code!r})") from None
+    yield
     for (name, t), v in zip(watched, before):
         if t._version != v:
             raise InputWritten(f"wrote into {'its input theta' if name == 'theta' else 'ctx.' + name}: a hypothesis "
@@ -114,9 +108,11 @@ def guarded(spec: Hypothesis, hctx: HypothesisContext, *given: Tensor) -> Iterat
 
 
 def call(spec: Hypothesis, params: Mapping[str, Any], x: Tensor, hctx: HypothesisContext) -> Any:
-    """``spec.fn(x, hctx, **params)`` under :func:`guarded`."""
+    """``spec.fn(x, hctx, **params)`` as a plugin call (:func:`ibtest.base.guard.plugin_call`: a
+    plugin must not end the run with sys.exit or its own KeyboardInterrupt, nor hang it past the
+    deadline; it raises an ordinary exception, its member gets an error row) under :func:`guarded`."""
     with guarded(spec, hctx, x):
-        return spec.fn(x, hctx, **params)
+        return plugin_call(spec.fn, x, hctx, **params)
 
 
 def variable(model: ModelBase, spec: Hypothesis, theta: Tensor) -> Tensor:

@@ -63,17 +63,13 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = ()) 
     its claim kind's ``plot`` (the registry's kind named by the file; code only from installed
     plugins and the files the user named). Returns the path written."""
     from ibtest.base.errors import UserError
-    from ibtest.base.textsafe import clean
+    from ibtest.cert.replay import registered_kind
     from ibtest.plugin.manager import load_registry
 
-    reg = load_registry(list(plugins))
-    kind = reg.items["kinds"].get(str(cert.get("kind")))
-    if kind is None:
-        raise UserError(f"certificate: claim kind {clean(repr(cert.get('kind')))} is not registered here "
-                        "(install its plugin or pass --plugin FILE)")
-    if kind.spec.plot is None:
-        raise UserError(f"claim kind {kind.spec.name!r} draws no figure")
-    return Path(kind.spec.plot(cert, path, list(plugins)))
+    kind = registered_kind(load_registry(list(plugins)), cert)
+    if kind.plot is None:
+        raise UserError(f"claim kind {kind.name!r} draws no figure")
+    return Path(kind.plot(cert, path, list(plugins)))
 
 
 def plot_sides(cert: dict, path: str | Path, plugins: Iterable[str] = (), *, grid: int = 161,

@@ -8,23 +8,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from ibtest.base.errors import UserError
-from ibtest.base.textsafe import clean_tree
+from ibtest.base.textsafe import clean, clean_tree
 from ibtest.cert.schema import load
 
 
-def describe(cert: dict, plugins: Iterable[str] = ()) -> list[str]:
+def describe(cert: dict, plugins: Iterable[str] = (), where: str = "certificate") -> list[str]:
     """The certificate in lines, by its claim kind's ``describe`` (the registry's kind named by the
     file); ``cert`` is a validated (:func:`ibtest.cert.schema.load`) dict, printed cleaned."""
+    from ibtest.cert.replay import registered_kind
     from ibtest.plugin.manager import load_registry
 
     cert = clean_tree(cert)
-    reg = load_registry(list(plugins))
-    kind = reg.items["kinds"].get(str(cert.get("kind")))
-    if kind is None:
-        raise UserError(f"certificate: claim kind {cert.get('kind')!r} is not registered here "
-                        "(install its plugin or pass --plugin FILE)")
-    return list(kind.spec.describe(cert))
+    return list(registered_kind(load_registry(list(plugins)), cert, where).describe(cert))
 
 
 def _vec(v) -> str:
@@ -69,13 +64,14 @@ def describe_shrunk(cert: dict) -> list[str]:
     return lines
 
 
-def show(path: str | Path, plot: str | None = None, plugins: Iterable[str] = ()) -> int:
+def show(path: str | Path, plot: str | Path | None = None, plugins: Iterable[str] = ()) -> int:
     cert = load(path)
     shrunk = bool(cert.get("shrink")) and "b" in cert
-    print("\n".join(describe_shrunk(cert) if shrunk else describe(cert, plugins)))
+    print("\n".join(describe_shrunk(cert) if shrunk else describe(cert, plugins, f"certificate {clean(str(path))}")))
     if plot:
+        from ibtest.base.outpath import save_figure
         from ibtest.out.plots import plot_certificate
 
-        out = plot_certificate(cert, plot, plugins=list(plugins))
-        print(f"figure written to {out}")
+        out = save_figure(plot_certificate, Path(plot), cert, plugins=list(plugins))
+        print(f"figure written to {clean(out)}")
     return 0

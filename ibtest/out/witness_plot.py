@@ -27,7 +27,7 @@ def plot(cert: dict[str, Any], path: str | Path, plugins=(), grid: int = 121, dp
     side = cert["a"]
     X, y = _t(side["X"])[None], _t(side["y"])[None]
     mask = torch.ones_like(y)
-    th0 = _t(side.get("theta0", cert["theta0"]))
+    th0 = _t(side.get("theta0") or cert["theta0"])
     ti, tw = _t(side["theta"]), _t(cert["witness"]["theta"])
     u1 = tw - ti
     span = float(u1.norm()) or 1.0

@@ -338,6 +338,11 @@ class Construction:
     triple, same θ0, built so that θ1 fits D2). ``stage="pair"``: ``build(model, pairs, rng,
     **options) -> NewPairs`` (e.g. rotations of an admissible pair). The engine solves what is
     built and keeps a pair only if both sides converged and each solution fits the other dataset.
+
+    ``size(sources, n, **options) -> (instances, points)``, optional, says how much it builds from
+    ``sources`` triples (pairs) of at most n points: at most ``instances`` new instances (a pair
+    stage's new pair is two) of at most ``points`` points. The study's memory and work are then
+    estimated before it runs (:mod:`ibtest.study.work`); without it, one instance per source.
     """
 
     name: str
@@ -345,6 +350,7 @@ class Construction:
     doc: str = ""
     options: Mapping[str, Option] = field(default_factory=dict)
     stage: Literal["triple", "pair"] = "triple"
+    size: Callable[..., tuple[int, int]] | None = None
 
 
 # --------------------------------------------------------------------------------------------

@@ -72,7 +72,12 @@ def judge_run(study: Study, *, store: Store | None = None, progress: Progress | 
         retainer.add(bt, bp, scores)
         offset, n_pairs = offset + len(bt), n_pairs + len(bp)
 
+    rejected = getattr(store, "rejected", 0)
     ran = executors.run_blocks(ctx, plan, study, sweep_value, apply)
+    rejected = getattr(store, "rejected", 0) - rejected
+    if rejected:  # the store's checksums: what failed was solved again, and the run says so
+        ctx.errors.append(f"results store: {rejected} stored solve(s) failed their checksum (damaged or edited "
+                          "since they were written) and were solved again")
     t, pairs, members, meter = retainer.finish(tally)
     solver_error = max(meter.err.values()) if meter.err else None
     return Judged(ctx, t, pairs, members, tally, -(-plan.n // size),

@@ -21,7 +21,7 @@ from ibtest.solve.batch import Triples, cat_padded
 from ibtest.solve.cache import SolveCache, solve_key
 from ibtest.solve.rules import Rules, SolverSettings
 from ibtest.study import budget
-from ibtest.study.checks import call_plugin, check_data, check_n_params, check_theta0
+from ibtest.study.checks import call_plugin, call_solver, check_data, check_n_params, check_theta0
 from ibtest.study.typed import PluginUse, Study
 from ibtest.study.yamlpos import format_path
 
@@ -127,6 +127,7 @@ class InstancePlan:
     labels: list[str]
     init_labels: list[str]
     device: torch.device
+    warnings: list[str] = field(default_factory=list)  # its estimated work, said before it runs
 
     @property
     def n(self) -> int:
@@ -183,7 +184,7 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
     d = X.shape[-1]
     P = check_n_params(call_plugin(study.model, model.n_params, d), study.model.name, d)
     n_inits = sum(len(u.expand()) * c for u, c in zip(study.inits, study.init_counts))
-    budget.check_plan(X.shape[0], X.shape[1], d, n_inits, P, max(1, study.block_size))
+    warnings = budget.check_plan_study(study, X.shape[0], X.shape[1], d, n_inits, P)
     thetas, init_labels = [], []
     for ii, (iuse, count) in enumerate(zip(study.inits, study.init_counts)):
         for jj, opts in enumerate(iuse.expand()):
@@ -192,7 +193,7 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
             thetas.append(check_theta0(th0, iuse, count, P))
             base = _label(iuse, opts)
             init_labels += [f"{base}#{c}" for c in range(count)] if count > 1 else [base]
-    return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device)
+    return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device, warnings)
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,14 +240,16 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
             # cannot change the triples (and is reported)
             given = [v[sl].clone() for v in (X, y, mask, theta0)]
             versions = [v._version for v in given]
-            try:
-                res = ctx.solver.solve(ctx.model, *given, **opts)
+            try:  # raising, sys.exit, the deadline, a result of the wrong shape: all a failed chunk
+                gX, gy, gmask, gtheta0 = given
+                res = call_solver(ctx.solver, ctx.model, gX, gy, gmask, gtheta0, opts)
                 if [v._version for v in given] != versions:
                     raise PluginInputWritten("the solver or the model wrote into its inputs (X, y, mask or theta0); "
                                              "a plugin must compute on copies")
-            except (Exception, SystemExit) as exc:  # keep going: report the failure in the summary
-                ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} raised on instances "
-                                  f"{sl.start}..{sl.stop - 1}: {type(exc).__name__}: {exc}")
+            except Exception as exc:  # keep going: report the failure in the summary
+                detail = str(exc) if isinstance(exc, UserError) else \
+                    f"solver {ctx.study.solver.name!r} raised {type(exc).__name__}: {exc}"
+                ctx.errors.append(f"{phase}: instances {sl.start}..{sl.stop - 1}: {detail}")
                 k = sl.stop - sl.start
                 res = SolveResult(theta0[sl].clone(), torch.full((k,), st.FAILED, dtype=torch.int64),
                                   torch.full((k,), float("nan"), dtype=torch.float64), {})
@@ -304,7 +307,7 @@ def solve_into(ctx: RunContext, t: Triples, phase: str) -> Triples:
 
 # ------------------------------------------------------------------------------------------
 def build_context(study: Study, progress: Progress | None = None, store: SolveCache | None = None) -> RunContext:
-    model = study.model.spec.factory(**study.model.options)
+    model = call_plugin(study.model, study.model.spec.factory, **study.model.options)
     options = dict(study.solver.options)
     fit_tol = float(options.get("fit_tol", fit.DEFAULT_FIT_TOL))
     cuda = study.device == "cuda" and torch.cuda.is_available()

@@ -15,6 +15,8 @@ import pydantic
 import yaml
 
 from ibtest.base.errors import StudyError
+from ibtest.base.guard import describe, plugin_call
+from ibtest.base.inputs import read_input
 from ibtest.plugin.manager import SINGULAR, Registry
 from ibtest.study.coerce import coerce, describe_type, pydantic_problems, short, text_hint
 from ibtest.study.sweep import check_sweep
@@ -101,7 +103,7 @@ def read_study_bytes(path: str | Path) -> str:
     """A study file's text: UTF-8, or a StudyError naming the file (and the first bad byte)."""
     src = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = read_input(path)  # a FIFO nobody writes to, /dev/zero: an error, never a hang
     except OSError as exc:
         raise StudyError(src, [f"{src}: cannot read: {exc.strerror or exc}"]) from None
     try:
@@ -195,11 +197,11 @@ def validate(
                                   spec.rtol if h.rtol is None else h.rtol, path,
                                   _expect_limit(h, m, path, src, lines, problems)))
     if model is not None and solver is not None:
-        try:
-            reason = solver.spec.applies(model.spec.factory(**model.options))
-        except Exception as exc:  # a model factory rejecting its options
+        try:  # a model factory rejecting its options, calling sys.exit, running past its deadline
+            reason = plugin_call(solver.spec.applies, plugin_call(model.spec.factory, **model.options))
+        except Exception as exc:
             reason = None
-            problems.append(f"{src}:{line_of(lines, ('model',))}: model: {type(exc).__name__}: {exc}")
+            problems.append(f"{src}:{line_of(lines, ('model',))}: model: {model.name!r} {describe(exc)}")
         if reason:
             problems.append(
                 f"{src}:{line_of(lines, ('solver', 'name'))}: solver.name: solver {solver.name!r} "
@@ -224,6 +226,7 @@ def validate(
         plugin_files=list(plugin_files or []), sweep=m.sweep, limit=m.limit, device=m.device,
         chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
         kinds={h.spec.kind: tuple(k for k in registry.replayers_for(h.spec.kind) if k.judges != "*") for h in hyps},
+        budget=m.budget,
     )
     from ibtest.study.budget import check_study
 

@@ -93,6 +93,16 @@ class LimitSettings(_Strict):
     to: float | list[float] = Field(description="0 or .inf (or [0, .inf]): the limit of the scale")
 
 
+class BudgetSettings(_Strict):
+    """How long a study may take: each plugin call (``deadline``) and the whole (``max_hours``)."""
+
+    deadline: Float | None = Field(default=60.0, gt=0, description=(
+        "seconds one plugin call (a solver's chunk, a construction, a hypothesis on a block) may take; a call "
+        "past it is stopped and reported in its row; null: no deadline"))
+    max_hours: Float = Field(default=1.0, gt=0, description=(
+        "a study whose work is estimated beyond this many hours is refused before it runs"))
+
+
 class SweepSettings(_Strict):
     """Repeat the study for each value of one option (e.g. ``init.scale``) and tabulate."""
 
@@ -121,6 +131,7 @@ class StudyModel(_Strict):
     block_size: Int = Field(default=20000, ge=1, description=(
         "instances streamed through the whole pipeline at a time (memory is O(block)); own-triple "
         "pairs are formed within a block"))
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
     executor: PluginRef | None = Field(default=None, description=(
         "where the blocks run: {name: local} (default) or {name: ray, address: ..., num_cpus_per_task: ...}"))
 
@@ -206,6 +217,8 @@ class Study:
     #: hypothesis kind → the claim kinds that judge it (registration order), for every kind the
     #: study's hypotheses use
     kinds: dict[str, tuple[ClaimKind, ...]] = field(default_factory=dict)
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
+    warnings: list[str] = field(default_factory=list)  # said before the study runs (e.g. its estimated work)
 
     def claim_kinds(self, use: HypothesisUse) -> tuple[ClaimKind, ...]:
         """The claim kinds that judge each run of a hypothesis of this study (those that score)."""

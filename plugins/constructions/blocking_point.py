@@ -94,12 +94,18 @@ def blocking_point(model: ibtest.ModelBase, triples: ibtest.TripleBatch, rng: to
     return ibtest.Partners(torch.cat(Xs), torch.cat(ys), torch.cat(ms), torch.cat(src), labels)
 
 
+def size(sources: int, n: int, scales: Sequence[float] = (1.0, 2.0, 5.0), **_: object) -> tuple[int, int]:
+    """One dataset of n + 1 points per triple and scale."""
+    return len(scales) * sources, n + 1
+
+
 @ibtest.hookimpl
 def ibtest_constructions():
     return [
         ibtest.Construction(
             name="blocking_point",
             build=blocking_point,
+            size=size,
             doc="add a zero-label point inactive at theta1 but active early on the path (the paper's x3)",
             options={
                 "scales": Option([1.0, 2.0, 5.0], list[float], "scales gamma of the new point, in units of the data's "
