@@ -198,8 +198,7 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
     cert = load(p)
     witness = cert.get("kind") == "witness"
     if cert.get("kind") not in SHRINKABLE:
-        raise UserError(f"certificate {p}: shrinking supports pair and witness certificates; this one is a "
-                        f"{clean(str(cert.get('kind')))} certificate")
+        return _shrink_by_kind(p, cert, out, budget, plugins, check)
     for s in (("a",) if witness else ("a", "b")):
         if s not in cert:
             raise UserError(f"certificate {p}: required field {s!r} is missing")
@@ -211,6 +210,25 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
         res = shrink_cert(cert, str(path), digest, budget, plugins)
     except (ValueError, TypeError, IndexError, KeyError, RuntimeError) as exc:
         raise UserError(f"certificate {p}: cannot be shrunk: {type(exc).__name__}: {exc}") from None
+    dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
+    certmod.write(res.cert, dest)
+    if check and not _verify(dest, plugins):
+        raise NotRefuted(f"the shrunk certificate {dest} did not pass 'ibtest verify' (removed)")
+    return dest, res
+
+
+def _shrink_by_kind(p: Path, cert: dict[str, Any], out: str | Path | None, budget: int, plugins: Sequence[str],
+                    check: bool) -> tuple[Path, ShrinkResult]:
+    """A certificate of a claim kind that shrinks its own (``ClaimKind.shrink``, e.g. ``no_fit``)."""
+    from ibtest.plugin.manager import load_registry
+
+    reg = load_registry(list(plugins))
+    kind = reg.items["kinds"].get(str(cert.get("kind")))
+    if kind is None or kind.spec.shrink is None:
+        raise UserError(f"certificate {p}: shrinking supports pair and witness certificates and claim kinds that "
+                        f"shrink their own; this one is a {clean(str(cert.get('kind')))} certificate")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    res = kind.spec.shrink(cert, str(p), digest, budget, list(plugins))
     dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
     certmod.write(res.cert, dest)
     if check and not _verify(dest, plugins):
