@@ -84,6 +84,15 @@ def quadratic_strict(lam: Any, mu: float, span: float, Q: int) -> list:
     return [matrix(lam, Q) >> (mu / 2) * np.eye(Q)]
 
 
+def quadratic_magnitude(lam: Any, Q: int) -> Any:
+    """|λ_k| ≤ a linear function of λ for M ⪰ 0: λ_ii = M_ii ≥ 0, |λ_ij| = 2|M_ij| ≤ M_ii + M_jj."""
+    import cvxpy as cp
+
+    i, j = _pairs(Q)
+    diag = {a: k for k, (a, b) in enumerate(zip(i, j)) if a == b}
+    return cp.hstack([lam[k] if a == b else lam[diag[a]] + lam[diag[b]] for k, (a, b) in enumerate(zip(i, j))])
+
+
 def quadratic_convex(lam: Any, Q: int) -> bool:
     M = matrix(lam, Q)
     ev = torch.linalg.eigvalsh(M)
@@ -262,7 +271,8 @@ def ibtest_families():
                   describe=separable_describe, parameters=separable_params)
     return [
         ibtest.Family(name="quadratic", features=quadratic_features, depends_on="init", on="theta",
-                      cone=quadratic_cone, strict=quadratic_strict, convex=quadratic_convex, cvx=quadratic_cvx,
+                      cone=quadratic_cone, strict=quadratic_strict, magnitude=quadratic_magnitude,
+                      convex=quadratic_convex, cvx=quadratic_cvx,
                       describe=quadratic_describe, parameters=quadratic_params,
                       doc="quadratic forms (theta - theta0)^T M (theta - theta0), M PSD (an SDP)"),
         ibtest.Family(name="separable", features=_make_separable("theta"), depends_on="init", on="theta",

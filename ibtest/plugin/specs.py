@@ -464,6 +464,8 @@ class Family:
     * ``strict(lam, mu, span, Q, **settings) -> [constraints]``: sufficient conditions, linear or
       conic in λ, for R_λ − μ‖x − x0‖²/2 to be convex on the box |x_i − x0_i| ≤ span (λ normalized
       so that R_λ grows like ½‖x − x0‖² on average); None: the family has no strictly convex member;
+    * ``magnitude(lam, Q, **settings) -> cvxpy expression [K]``: linear in λ and ≥ |λ_k| on the
+      cone (|2M_ij| ≤ M_ii + M_jj for M ⪰ 0): the no-fit program then needs no box on λ; optional;
     * ``convex(lam, Q, **settings) -> bool``: R_λ is convex (the falsifier may then certify optimality);
     * ``cvx(x, ctx, lam, **settings)``: R_λ as a cvxpy expression (a :class:`CvxContext`), optional;
     * ``labels(Q, **settings) -> [K names]`` and ``describe(lam, Q, **settings) -> str``: the fitted R
@@ -485,6 +487,7 @@ class Family:
     free: Mapping[str, Free] = field(default_factory=dict)
     cone: Callable[..., list] | None = None
     strict: Callable[..., list] | None = None
+    magnitude: Callable[..., Any] | None = None
     convex: Callable[..., bool] | None = None
     cvx: Callable[..., Any] | None = None
     labels: Callable[..., list[str]] | None = None

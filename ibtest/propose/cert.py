@@ -90,12 +90,12 @@ def fields(ctx: RunContext, t: Triples, member: MemberResult, ev: Evidence) -> d
     strict = f"strictly convex (mu = {o.strict:g}) " if o.strict else ""
     if ev.kind == "no_fit":
         mm = o.core_minimax
-        assert mm is not None and o.box is not None
-        block.update({"box": tensor_to_list(o.box), "s": mm.s, "s_err": mm.s_err, "free_claim": o.free_claim,
-                      "box_binds": mm.box_binds})
+        assert mm is not None
+        block.update({"box": None if o.box is None else tensor_to_list(o.box), "s": mm.s, "s_err": mm.s_err,
+                      "free_claim": o.free_claim, "box_binds": mm.box_binds})
         refutation = (f"no {strict}member of {fam.name} is consistent with {what}: the minimax program "
-                      f"(KKT of min R over Z(D) at each theta_inf, R equal on each pair, normalized growth 1, "
-                      f"|lambda_k| <= Lambda_k): {eng.excess_text(mm)}"
+                      f"(KKT of min R over Z(D) at each theta_inf, R equal on each pair, normalized growth 1"
+                      + (", |lambda_k| <= Lambda_k" if o.box is not None else "") + f"): {eng.excess_text(mm)}"
                       + (f"; free parameters {o.free_claim}" if o.free_claim else ""))
     else:
         assert o.lam is not None
@@ -242,16 +242,12 @@ def replay_no_fit(cert: dict[str, Any], rp: Replay) -> VerifyResult:
     """Confirmed when every run converges and fits at tight settings, every pair cross-fits and is
     valid, and the minimax program over the file's box is infeasible beyond its own error."""
     b, fam, settings, theta, status, err, pairs, problems = _resolved(cert, rp)
-    if b.box is None:
-        raise UserError(f"{rp.where}: required field 'fit.box' is missing")
     ok = all(s == st.CONVERGED for s in status) and not problems
     rp.lines += [f"  {p}: no evidence" for p in problems]
     if not ok:
         return rp.result(rp.verdict(False))
     pb = _problem(rp, fam, settings, b.strict, theta, status, pairs, err)
-    box = torch.tensor(b.box, dtype=torch.float64)
-    if box.numel() != pb.kkt.K or bool((box <= 0).any()):
-        raise UserError(f"{rp.where}: field fit.box: expected {pb.kkt.K} positive numbers, got {box.numel()}")
+    box = _box(b, fam, pb.kkt.K, rp)
     mm = eng.infeasible(pb, err, rp.rules.safety, box, measure=True)
     rp.lines.append(f"  family {fam.name} {_fmt_settings(settings)}{_strict_text(b.strict)}, KKT in {pb.kkt.var}, "
                     f"{pb.kkt.T} runs, {len(pb.pairs)} pairs: minimax excess s* = {mm.s:.6g}, program error "
@@ -260,6 +256,19 @@ def replay_no_fit(cert: dict[str, Any], rp: Replay) -> VerifyResult:
     if mm.box_binds:
         rp.lines.append("  note: the box |lambda_k| <= Lambda_k binds: the claim covers the members inside it")
     return rp.result(rp.verdict(mm.infeasible))
+
+
+def _box(b: FitBlock, fam: Any, K: int, rp: Replay) -> Tensor | None:
+    """The box of the claim: none for a family whose ``magnitude`` bounds |λ| (every member is
+    covered), else the file's (K positive numbers: part of the claim it states)."""
+    if fam.magnitude is not None:
+        return None
+    if b.box is None:
+        raise UserError(f"{rp.where}: required field 'fit.box' is missing")
+    box = torch.tensor(b.box, dtype=torch.float64)
+    if box.numel() != K or bool((box <= 0).any()):
+        raise UserError(f"{rp.where}: field fit.box: expected {K} positive numbers, got {box.numel()}")
+    return box
 
 
 def replay_fit(cert: dict[str, Any], rp: Replay) -> VerifyResult:
@@ -344,9 +353,10 @@ def shrink_no_fit(cert: dict[str, Any], source: str, digest: str, budget: int, p
     reg = load_registry(list(plugins))
     rp = replay_context(reg, cert, where)
     b, fam, settings, theta, status, err, pairs, problems = _resolved(cert, rp)
-    if b.box is None or problems or any(s != st.CONVERGED for s in status):
+    if problems or any(s != st.CONVERGED for s in status):
         raise NotRefuted("the no-fit does not hold at tight settings: nothing to shrink")
-    box = torch.tensor(b.box, dtype=torch.float64)
+    box = _box(b, fam, int(torch.as_tensor(cert["fit"].get("box") or []).numel()) if fam.magnitude is None
+               else 0, rp)
     n = theta.shape[0]
     runs, prs = set(range(n)), set(range(len(b.pairs)))
     solves = n

@@ -13,7 +13,8 @@ r"""Fit a family to one table of triples: errors, KKT data, free parameters, the
    their tolerance are measured first. All within → **fits**. Else the minimax program over the box
    |λ_k| ≤ Λ_k (BOX × λ̂'s largest scaled coefficient): s* ≤ 0 → **fits** (that member); s* > 0 →
    the rows its multipliers carry, reduced by deletion (drop a triple, or a pair, while the rest stays
-   infeasible, each subset with its own normalization), re-solved at tight settings with their
+   infeasible with at least CORE_FRACTION of the whole's excess, each subset with its own
+   normalization), re-solved at tight settings with their
    errors measured, judged again: still infeasible → **no fit** on those k triples; otherwise
    **inconclusive** (the infeasibility did not survive the tight re-solve).
 
@@ -41,6 +42,7 @@ from ibtest.solve.engine import RunContext
 Tensor = torch.Tensor
 SAMPLE = 16  # converged triples re-solved to estimate the solver error of the others
 MEASURE_TOP = 16  # triples closest to (or beyond) their tolerance re-solved before a decision
+CORE_FRACTION = 0.01  # the deletion search keeps a subset whose minimax excess is at least this share of the whole's
 
 FITS, NO_FIT, INCONCLUSIVE = "fits", "no_fit", "inconclusive"
 
@@ -123,7 +125,8 @@ def _ratio(r: Tensor, tau: Tensor) -> Tensor:
     return torch.where((r == 0), torch.zeros_like(r), out)
 
 
-def infeasible(pb: prog_mod.Problem, err: Tensor, safety: float, box: Tensor, measure: bool = False) -> prog_mod.Minimax:
+def infeasible(pb: prog_mod.Problem, err: Tensor, safety: float, box: Tensor | None, measure: bool = False
+               ) -> prog_mod.Minimax:
     """The minimax program on ``pb`` with the box; ``measure``: solved at both tolerances (its error
     measured), else once at the tighter one (error 0: for the deletion search only)."""
     a = kkt_mod.tolerance(pb.kkt, err, safety)
@@ -273,8 +276,11 @@ def _core(ctx: RunContext, t: Triples, pairs: Pairs, conv: Tensor, pb: prog_mod.
     """The no-fit core: the minimax multipliers' support, reduced by deletion, confirmed on tight
     re-solves (see the module docstring); sets ``out``."""
     mm, box = out.minimax, out.box
-    assert mm is not None and box is not None
+    assert mm is not None
     safety = ctx.rules.safety
+    # a subset stays only while its excess is a fair share of the whole's: a core whose excess is at
+    # the level of the program's own accuracy (an SDP near the cone's boundary) would not confirm
+    floor = CORE_FRACTION * mm.s if math.isfinite(mm.s) else 0.0
     rows, prow = mm.support()
     keep_t = set(rows.tolist()) | set(pb.pairs.a[prow].tolist()) | set(pb.pairs.b[prow].tolist())
     keep_p = set(prow.tolist())
@@ -285,9 +291,10 @@ def _core(ctx: RunContext, t: Triples, pairs: Pairs, conv: Tensor, pb: prog_mod.
         r = torch.tensor(sorted(tr))
         p = torch.tensor(sorted(pr), dtype=torch.int64)
         try:
-            return infeasible(pb.take(r, p), err[r], safety, box).infeasible_once
+            m = infeasible(pb.take(r, p), err[r], safety, box)
         except ValueError:
             return False
+        return m.status == "infeasible" or (m.infeasible_once and m.s >= floor)
 
     if not bad(keep_t, keep_p):
         keep_t, keep_p = set(range(pb.kkt.T)), set(range(len(pb.pairs)))
@@ -335,7 +342,6 @@ def confirm_core(ctx: RunContext, t: Triples, pairs: Pairs, out: FitOutcome, err
         return
     err = torch.tensor(out.core_err, dtype=torch.float64)
     rtol = float(out.family.hypotheses()[0].rtol)
-    assert out.box is not None
     pb = problem(model, out.family, out.settings, out.strict, tc, torch.arange(len(tc)), sub, err, rules.safety, rtol)
     mm = infeasible(pb, err, rules.safety, out.box, measure=True)
     out.core_minimax = mm
@@ -344,7 +350,8 @@ def confirm_core(ctx: RunContext, t: Triples, pairs: Pairs, out: FitOutcome, err
     if mm.infeasible:
         out.status = NO_FIT
         out.free_claim = free_claim(ctx.model, out, tc, sub, err, rules.safety, rtol)
-        out.reason = (f"no member of {out.family.name} (in the box) satisfies the KKT conditions of {what} at once: "
+        inbox = " (in the box)" if out.box is not None else ""
+        out.reason = (f"no member of {out.family.name}{inbox} satisfies the KKT conditions of {what} at once: "
                       + excess_text(mm) + ", on tight re-solves with measured errors")
         if mm.box_binds:
             out.notes.append("the box |lambda_k| <= Lambda_k binds at the optimum: members beyond it were not considered")
@@ -390,7 +397,6 @@ def free_claim(model: ModelBase, out: FitOutcome, tc: Triples, sub: Pairs, err: 
     fam = out.family
     if not fam.free:
         return ""
-    assert out.box is not None
     Q = tc.theta.shape[1] if out.var != "predictor" else model.predictor(tc.theta[:1]).shape[1]
     missed = []
     for name, f in fam.free.items():

@@ -16,7 +16,9 @@ its strict convexity constraints (``Family.strict``).
   many dimensions of members fit equally well (``null_dim``).
 * :func:`minimax`: min s s.t. |ρ_t|_∞ ≤ τ_t + s·w_t, |π_p| ≤ τ_p + s·w_p, the box |λ_k| ≤ Λ_k,
   cᵀλ = 1, the cone and strictness (an LP, or an SDP for M ⪰ 0), with τ the most the measured
-  solver error and rounding can do to a member of the box (τ_t = Σ_k Λ_k a_tk). s* ≤ 0: some member
+  solver error and rounding can do to a member of the box (τ_t = Σ_k Λ_k a_tk). A family whose
+  ``magnitude`` bounds |λ_k| by a linear function of λ on its cone (|2M_ij| ≤ M_ii + M_jj for
+  M ⪰ 0) needs no box: τ_t = Σ_k a_tk·magnitude_k(λ), linear in λ, and the claim covers every member. s* ≤ 0: some member
   in the box fits within the solver error; s* > 0 (beyond the program's own error, measured by
   solving it at two tolerances): **no member of the box fits**, and the multipliers of the rows
   (Farkas) name the triples and pairs the infeasibility rests on.
@@ -342,7 +344,7 @@ def tolerances(pb: Problem, a: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
     return a @ box, tp
 
 
-def minimax(pb: Problem, a: Tensor, box: Tensor) -> Minimax:
+def minimax(pb: Problem, a: Tensor, box: Tensor | None) -> Minimax:
     """Solve the minimax program (see the module docstring) at the two tolerances of TOLS: s* and
     the multipliers from the tighter solve, its error the difference of the two."""
     out = [_minimax_once(pb, a, box, tol) for tol in TOLS]
@@ -353,7 +355,9 @@ def minimax(pb: Problem, a: Tensor, box: Tensor) -> Minimax:
     return hi
 
 
-def _minimax_once(pb: Problem, a: Tensor, box: Tensor, tol: float) -> Minimax:
+def _minimax_once(pb: Problem, a: Tensor, box: Tensor | None, tol: float) -> Minimax:
+    """One solve of the minimax program. ``box`` None: the family's ``magnitude`` bounds |λ| on its
+    cone linearly, so the tolerance Σ_k a_tk·magnitude_k(λ) is linear in λ and no box is needed."""
     import cvxpy as cp
 
     k = pb.kkt
@@ -362,25 +366,34 @@ def _minimax_once(pb: Problem, a: Tensor, box: Tensor, tol: float) -> Minimax:
     C, D = _rows(pb, project_binding=False)
     M, n = _mu_matrix(pb)
     sig = col_scale(pb)
-    tau_t, tau_p = tolerances(pb, a, box)
-    w_t = pb.scale
-    ttol = np.repeat((tau_t / w_t).numpy(), Q)
-    ptol = (tau_p / pb.pairs.w.clamp_min(1e-300)).numpy() if len(pb.pairs) else np.zeros(0)
     lam_s = cp.Variable(K)
     lam = cp.multiply(1.0 / sig, lam_s)
     s = cp.Variable()
+    w_t = pb.scale
+    pw = pb.pairs.w.clamp_min(1e-300)
+    box_con = None
+    if box is None:
+        if pb.family.magnitude is None:
+            raise ValueError(f"family {pb.family.name!r} declares no magnitude: the minimax program needs a box")
+        mag = pb.family.magnitude(lam, Q, **pb.settings)
+        rep = sp.kron(sp.eye(T), np.ones((Q, 1))).tocsr()
+        ttol: Any = rep @ ((a / w_t[:, None]).numpy() @ mag)
+        ptol: Any = (pb.pairs.coef / pw[:, None]).numpy() @ mag if len(pb.pairs) else 0
+        cons = []
+    else:
+        tau_t, tau_p = tolerances(pb, a, box)
+        ttol = np.repeat((tau_t / w_t).numpy(), Q)
+        ptol = (tau_p / pw).numpy() if len(pb.pairs) else np.zeros(0)
+        box_con = cp.abs(lam) <= box.numpy()
+        cons = [box_con]
     expr = C @ lam + (M @ cp.Variable(n, nonneg=True) if n else 0)
     up, down = expr <= ttol + s, -expr <= ttol + s
-    cons = [up, down, (c / sig) @ lam_s == 1, cp.abs(lam) <= box.numpy()]
-    box_con = cons[-1]
+    cons += [up, down, (c / sig) @ lam_s == 1]
     pu = pd = None
     if D.shape[0]:
         pu, pd = D @ lam <= ptol + s, -(D @ lam) <= ptol + s
         cons += [pu, pd]
-    try:
-        cons += family_constraints(pb, lam)
-    except NoStrictMember:
-        raise
+    cons += family_constraints(pb, lam)
     prob = cp.Problem(cp.Minimize(s), cons)
     status = _solve(prob, tol)
     if s.value is None or status not in ("optimal", "optimal_inaccurate"):
@@ -393,16 +406,21 @@ def _minimax_once(pb: Problem, a: Tensor, box: Tensor, tol: float) -> Minimax:
     if pu is not None and pd is not None:
         dual_p = torch.as_tensor(np.abs(np.asarray(pu.dual_value)) + np.abs(np.asarray(pd.dual_value)),
                                  dtype=torch.float64)
-    bd = np.abs(np.asarray(box_con.dual_value))
     top = max(float(dual_t.max()) if T else 0.0, float(dual_p.max()) if dual_p.numel() else 0.0)
-    binds = bool(bd.size and bd.max() > SUPPORT_RTOL * max(top, 1e-300))
+    binds = False
+    if box_con is not None:
+        bd = np.abs(np.asarray(box_con.dual_value))
+        binds = bool(bd.size and bd.max() > SUPPORT_RTOL * max(top, 1e-300))
     lam_v = torch.as_tensor(np.asarray(lam_s.value) / sig, dtype=torch.float64)
     return Minimax(float(s.value), 0.0, lam_v, dual_t, dual_p, binds, status)
 
 
-def default_box(lam: Tensor, pb: Problem) -> Tensor:
+def default_box(lam: Tensor, pb: Problem) -> Tensor | None:
     """Λ_k = BOX · max_j |λ_j| σ_j / σ_k: the least-squares member's largest scaled coefficient,
-    times BOX, in every scaled coordinate (σ: :func:`col_scale`)."""
+    times BOX, in every scaled coordinate (σ: :func:`col_scale`); None for a family whose
+    ``magnitude`` bounds |λ| on its cone (no box needed)."""
+    if pb.family.magnitude is not None:
+        return None
     sig = torch.as_tensor(col_scale(pb), dtype=torch.float64)
     top = float((lam.abs() * sig).max())
     return BOX * top / sig
