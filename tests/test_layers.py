@@ -1,9 +1,10 @@
 """The layers of ``ibtest/`` follow the data flow, and a lower layer never imports a higher one.
 
 base < plugin < study < solve < pairs < judge < cert < run < out < the top-level modules
-(api, cli, testing, templates, kinds, and the propose package of ``ibtest fit``). Every ``import`` counts, also those inside functions (a lazy
-import is still a dependency). ``import ibtest`` / ``from ibtest import __version__`` is allowed
-everywhere: the package root only exposes the plugin API (layer ``plugin``).
+(api, cli, testing, templates, kinds, and the propose package of ``ibtest fit``). Every
+``import`` counts, also those inside functions (a lazy import is still a dependency).
+``import ibtest`` / ``from ibtest import __version__`` is allowed everywhere: the package root
+only exposes the plugin API (layer ``plugin``).
 """
 from __future__ import annotations
 

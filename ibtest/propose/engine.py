@@ -42,6 +42,7 @@ from ibtest.solve.engine import RunContext
 Tensor = torch.Tensor
 SAMPLE = 16  # converged triples re-solved to estimate the solver error of the others
 MEASURE_TOP = 16  # triples closest to (or beyond) their tolerance re-solved before a decision
+WORK, ROUNDS = 64, 8  # rows added to the minimax program's working set per round, and rounds at most
 CORE_FRACTION = 0.01  # the deletion search keeps a subset whose minimax excess is at least this share of the whole's
 
 FITS, NO_FIT, INCONCLUSIVE = "fits", "no_fit", "inconclusive"
@@ -207,17 +208,24 @@ def fit_table(ctx: RunContext, t: Triples, pairs: Pairs, family: Family, setting
             out.reason = f"the fit could not be set up: {exc}"
             return out
         try:
-            out.ls = prog_mod.least_squares(pb)
-            lam = out.ls.lam
-        except ValueError as exc:  # no member meets the constraints (strictness) with cᵀλ = 1
-            try:
-                lam = prog_mod.unconstrained(pb)[0]
-            except ValueError:
-                out.reason = f"the fit could not be set up: {exc}"
-                return out
-            out.notes.append(f"no least-squares member: {exc}")
+            lam, _, null_dim = prog_mod.unconstrained(pb)
+        except ValueError as exc:
+            out.reason = f"the fit could not be set up: {exc}"
+            return out
+        out.ls = prog_mod.LSFit(lam, math.nan, null_dim, "least squares (LAPACK)")
         out.n_pairs = len(pb.pairs)
-        rt, rp, rel = judge(pb, errs.vector(conv), safety, lam)
+        err = errs.vector(conv)
+        rt, rp, rel = judge(pb, err, safety, lam)
+        if prog_mod.needs_constraints(pb, lam):  # the family's cone, strictness or a sign of μ: on a working set
+            work = _working_set(rt, rp, pb, torch.empty(0, dtype=torch.int64))
+            sub = pb.take(*work)
+            try:
+                out.ls = prog_mod.least_squares(sub)
+                out.ls.method += f", on a working set of {sub.kkt.T} triples (the worst under the unconstrained one)"
+                lam = out.ls.lam
+            except ValueError as exc:  # no member meets the constraints (strictness) with cᵀλ = 1
+                out.notes.append(f"no least-squares member: {exc}")
+            rt, rp, rel = judge(pb, err, safety, lam)
         errs.measure(_closest(rt, rp, pb, conv))
         out.measured = len(errs.meter.err)
         err = errs.vector(conv)
@@ -227,6 +235,21 @@ def fit_table(ctx: RunContext, t: Triples, pairs: Pairs, family: Family, setting
             pb = at(s, hess=True)
             rt, rp, rel = judge(pb, err, safety, lam)
         return _decide(ctx, t, pairs, conv, pb, err, lam, rt, rp, rel, out, errs)
+
+
+def _working_set(rt: Tensor, rp: Tensor, pb: prog_mod.Problem, have: Tensor) -> tuple[Tensor, Tensor]:
+    """(triple rows, pair rows) of a working set: ``have`` plus the WORK rows most beyond their
+    tolerance, WORK spread evenly over the rest (a sample), and the triples of the pairs taken."""
+    T, n = len(rt), len(rp)
+    ratio = torch.cat([rt, rp])
+    worst = ratio.argsort(descending=True)[:WORK].tolist()
+    spread = torch.linspace(0, T - 1, min(T, WORK)).round().to(torch.int64).tolist() if T else []
+    rows = set(have.tolist()) | {i for i in worst if i < T} | set(spread)
+    prs = {i - T for i in worst if i >= T} | {p for p in range(n) if int(pb.pairs.a[p]) in rows
+                                                and int(pb.pairs.b[p]) in rows}
+    for p in list(prs):
+        rows |= {int(pb.pairs.a[p]), int(pb.pairs.b[p])}
+    return torch.tensor(sorted(rows), dtype=torch.int64), torch.tensor(sorted(prs), dtype=torch.int64)
 
 
 def _closest(rt: Tensor, rp: Tensor, pb: prog_mod.Problem, conv: Tensor) -> list[int]:
@@ -254,20 +277,35 @@ def _decide(ctx: RunContext, t: Triples, pairs: Pairs, conv: Tensor, pb: prog_mo
                       + (f" and rates all {len(pb.pairs)} distinct admissible pairs equal" if len(pb.pairs) else "")
                       + f" within what the measured solver error can do (worst residual / tolerance {out.worst_ratio:.3g})")
         return out
-    out.box = prog_mod.default_box(lam, pb)
-    mm = infeasible(pb, err, safety, out.box, measure=True)
-    out.minimax = mm
-    if not mm.infeasible:
+    # constraint generation: the minimax program on a working set of rows; a member that fits it is
+    # checked on every row, and the rows it misses join the set; an infeasible working set is the no-fit
+    rows, prs = _working_set(rt, rp, pb, torch.empty(0, dtype=torch.int64))
+    for _ in range(ROUNDS):
+        sub = pb.take(rows, prs)
+        out.box = prog_mod.default_box(lam, sub)
+        mm = infeasible(sub, err[rows], safety, out.box, measure=True)
+        out.minimax = mm
+        if mm.infeasible:
+            _core(ctx, t, pairs, conv[rows], sub, err[rows], out, errs)
+            return out
         if mm.lam is None or not mm.fits:
             out.reason = (f"the minimax program ended '{mm.status}'" if mm.lam is None else
                           f"undecided: minimax excess s* = {mm.s:.3g} is within {prog_mod.PROGRAM_SAFETY:g} x the "
                           f"program's error {mm.s_err:.2g} of 0")
             return out
-        out.status, out.lam = FITS, mm.lam
-        out.reason = (f"no least-squares member fits every triple (worst residual / tolerance {out.worst_ratio:.3g}), "
-                      f"but a member of the box fits all within their tolerances (minimax s* = {mm.s:.3g})")
-        return out
-    _core(ctx, t, pairs, conv, pb, err, out, errs)
+        rt2, rp2, rel2 = judge(pb, err, safety, mm.lam)
+        if float(torch.cat([rt2, rp2]).max()) <= 1:
+            out.status, out.lam = FITS, mm.lam
+            out.ratios, out.pair_ratios = rt2.tolist(), rp2.tolist()
+            out.worst_residual = float(rel2.max())
+            out.reason = (f"no least-squares member fits every triple (worst residual / tolerance {out.worst_ratio:.3g}), "
+                          f"but a member of the box fits all {len(conv)} within their tolerances (minimax s* = "
+                          f"{mm.s:.3g} on a working set of {len(rows)} triples, worst residual / tolerance on all "
+                          f"{float(torch.cat([rt2, rp2]).max()):.3g})")
+            out.worst_ratio = float(torch.cat([rt2, rp2]).max())
+            return out
+        rows, prs = _working_set(rt2, rp2, pb, rows)
+    out.reason = f"undecided after {ROUNDS} rounds of the working set ({len(rows)} triples)"
     return out
 
 
