@@ -116,12 +116,22 @@ def quadratic_params(lam: Any, Q: int) -> dict[str, Any]:
 
 
 def quadratic_describe(lam: Any, Q: int) -> str:
+    """The fitted form: M normalized to tr M = Q; "M ∝ I" when it is the identity to 1e-6; the
+    directions R is flat along when M is singular (entries below 1e-6 of the largest shown as 0)."""
     M = torch.tensor(quadratic_params(lam, Q)["M"], dtype=torch.float64)
     off = float((M - torch.eye(Q, dtype=torch.float64)).abs().max())
-    rows = "; ".join(" ".join(f"{v:.6g}" for v in r) for r in M.tolist())
-    text = f"(theta - theta0)^T M (theta - theta0), M ∝ [{rows}] (normalized to tr M = {Q})"
     if off <= 1e-6:
-        text += f": M ∝ I to {off:.1g}, i.e. |theta - theta0|^2, the squared distance to the init (dist_to_init)"
+        return (f"(theta - theta0)^T M (theta - theta0) with M ∝ I to {off:.1g}: |theta - theta0|^2, the squared "
+                "distance to the init (dist_to_init)")
+    top = float(M.abs().max())
+    rows = "; ".join(" ".join(f"{(v if abs(v) > 1e-6 * top else 0.0):.4g}" for v in r) for r in M.tolist())
+    text = f"(theta - theta0)^T M (theta - theta0), M ∝ [{rows}] (tr M = {Q})"
+    ev, V = torch.linalg.eigh(M)
+    flat = [V[:, k] for k in range(Q) if float(ev[k]) <= 1e-6 * float(ev.abs().max())]
+    if flat:
+        dirs = "; ".join("(" + ", ".join(f"{(float(x) if abs(float(x)) > 1e-6 else 0.0):.3g}" for x in v) + ")"
+                         for v in flat)
+        text += f"; M is singular: R is flat along {dirs}"
     return text
 
 

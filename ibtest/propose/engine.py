@@ -63,6 +63,7 @@ class FitOutcome:
     rows: list[int] = field(default_factory=list)
     n_pairs: int = 0  # distinct eligible pairs in the fit (a fit then only ties: see ``ties``)
     lam: Tensor | None = None
+    member: str = "least squares"  # which program gave ``lam``: "least squares" or "minimax"
     ls: prog_mod.LSFit | None = None
     worst_ratio: float = math.nan  # the largest residual / tolerance at the fitted member
     worst_residual: float = math.nan  # the largest relative residual |ρ_t|/w_t at the fitted member
@@ -294,14 +295,18 @@ def _decide(ctx: RunContext, t: Triples, pairs: Pairs, conv: Tensor, pb: prog_mo
                           f"program's error {mm.s_err:.2g} of 0")
             return out
         rt2, rp2, rel2 = judge(pb, err, safety, mm.lam)
-        if float(torch.cat([rt2, rp2]).max()) <= 1:
+        everything = len(rows) == pb.kkt.T and len(prs) == len(pb.pairs)  # the program saw every row
+        if everything or float(torch.cat([rt2, rp2]).max()) <= 1:
             out.status, out.lam = FITS, mm.lam
             out.ratios, out.pair_ratios = rt2.tolist(), rp2.tolist()
             out.worst_residual = float(rel2.max())
+            inbox = "of the box " if out.box is not None else ""
+            out.member = "minimax"
             out.reason = (f"no least-squares member fits every triple (worst residual / tolerance {out.worst_ratio:.3g}), "
-                          f"but a member of the box fits all {len(conv)} within their tolerances (minimax s* = "
-                          f"{mm.s:.3g} on a working set of {len(rows)} triples, worst residual / tolerance on all "
-                          f"{float(torch.cat([rt2, rp2]).max()):.3g})")
+                          f"but a member {inbox}fits all {len(conv)} within their tolerances: minimax s* = {mm.s:.3g} "
+                          f"(program error {mm.s_err:.2g}) on a working set of {len(rows)} triples"
+                          + ("" if everything else f", worst residual / tolerance on the others "
+                             f"{float(torch.cat([rt2, rp2]).max()):.3g}"))
             out.worst_ratio = float(torch.cat([rt2, rp2]).max())
             return out
         rows, prs = _working_set(rt2, rp2, pb, rows)

@@ -148,9 +148,10 @@ def family_lines(f: FamilyFit) -> list[str]:
         if o.search is not None:
             out.append(f"    free parameters by search: {eng._fmt(o.search.values)} "
                        f"(residual {o.search.residual:.3g}, {o.search.evaluations} evaluations)")
+        shown = "the least-norm one" if o.member == "least squares" else "the minimax program's"
         uniq = ("unique (no other member fits as well)" if o.ls is not None and o.ls.null_dim == 0 else
-                f"not unique: a {o.ls.null_dim}-dimensional set of members fits as well (shown: the least-norm one)"
-                if o.ls is not None else "")
+                f"not unique: the least-squares conditions leave a {o.ls.null_dim}-dimensional set of members "
+                f"(shown: {shown})" if o.ls is not None else "")
         out.append(f"    fit: {o.reason}; {uniq}")
         if o.ties:
             out.append(f"    it only ties: on {o.n_pairs} distinct admissible pairs both solutions lie in both zero-loss "
