@@ -154,6 +154,13 @@ def test_relu_neuron_no_strictly_convex_member_fits(theorem3_fit, cli, tmp_path)
     lax.write_text(json.dumps(data))
     r = cli("verify", lax)
     assert r.code == 1 and "refutation WITHDRAWN" in r.out, r
+    hostile = json.loads(open(by["separable"].certificate).read())
+    for key, value in (("degree", 10**9), ("c", ["x"]), ("per_coordinate", 1), ("nope", 1.0)):
+        bad = json.loads(json.dumps(hostile))
+        bad["fit"]["settings"][key] = value
+        lax.write_text(json.dumps(bad))
+        r = cli("verify", lax)
+        assert r.code == 2 and f"fit.settings.{key}" in r.err, (key, r)
 
 
 def test_a_family_in_ibtest_run_is_falsified_by_its_no_fit(tmp_path, cli):

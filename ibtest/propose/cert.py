@@ -155,18 +155,41 @@ def _block(cert: dict[str, Any], rp: Replay) -> FitBlock:
 
 
 def _settings(b: FitBlock, fam: Any, rp: Replay) -> dict[str, Any]:
-    """The family's settings: its registered defaults, the file's options and free values (names
-    checked; numbers finite)."""
+    """The family's settings: its registered defaults, then the file's options and free values, each
+    of its default's type (a number for a number, a list for a list, at most MAX_SETTING_LIST entries,
+    an integer at most MAX_SETTING_INT in size: a degree of 10⁹ would be a denial of service) and
+    finite; a free value inside its declared range."""
     out = fam.settings()
     for key, v in b.settings.items():
         if key not in out:
             raise UserError(f"{rp.where}: field fit.settings.{clean(key)}: not an option or free parameter of family "
                             f"{fam.name!r} (known: {', '.join(sorted(out)) or 'none'})")
-        vals = v if isinstance(v, list) else [v]
-        if any(isinstance(x, float) and not math.isfinite(x) for x in vals):
-            raise UserError(f"{rp.where}: field fit.settings.{key}: not finite")
-        out[key] = v
+        out[key] = _setting(key, v, out[key], fam.free.get(key), rp)
     return out
+
+
+MAX_SETTING_LIST, MAX_SETTING_INT = 256, 64
+
+
+def _setting(key: str, v: Any, default: Any, free: Any, rp: Replay) -> Any:
+    where = f"{rp.where}: field fit.settings.{clean(key)}"
+    if isinstance(default, list) != isinstance(v, list):
+        raise UserError(f"{where}: expected {'a list' if isinstance(default, list) else 'a single value'}, as the "
+                        f"family's default {clean(repr(default))[:40]}")
+    vals = v if isinstance(v, list) else [v]
+    if len(vals) > MAX_SETTING_LIST:
+        raise UserError(f"{where}: {len(vals)} entries, more than {MAX_SETTING_LIST}")
+    kinds = {type(x) for x in (default if isinstance(default, list) else [default])} or {float}
+    for x in vals:
+        if isinstance(x, bool) != (bool in kinds) or not isinstance(x, (bool, int, float)):
+            raise UserError(f"{where}: expected {'booleans' if bool in kinds else 'numbers'}, got {clean(repr(x))[:40]}")
+        if not math.isfinite(float(x)):
+            raise UserError(f"{where}: not finite")
+        if isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_SETTING_INT and float not in kinds:
+            raise UserError(f"{where}: {x} is beyond the {MAX_SETTING_INT} an integer setting may be")
+        if free is not None and not free.low <= float(x) <= free.high:
+            raise UserError(f"{where}: {x} is outside the free parameter's range [{free.low:g}, {free.high:g}]")
+    return v
 
 
 # ------------------------------------------------------------------------------------------
@@ -355,8 +378,7 @@ def shrink_no_fit(cert: dict[str, Any], source: str, digest: str, budget: int, p
     b, fam, settings, theta, status, err, pairs, problems = _resolved(cert, rp)
     if problems or any(s != st.CONVERGED for s in status):
         raise NotRefuted("the no-fit does not hold at tight settings: nothing to shrink")
-    box = _box(b, fam, int(torch.as_tensor(cert["fit"].get("box") or []).numel()) if fam.magnitude is None
-               else 0, rp)
+    box = _box(b, fam, _problem(rp, fam, settings, b.strict, theta, status, pairs, err).kkt.K, rp)
     n = theta.shape[0]
     runs, prs = set(range(n)), set(range(len(b.pairs)))
     solves = n

@@ -2,21 +2,25 @@ r"""Fit a family to one table of triples: errors, KKT data, free parameters, the
 
 :func:`fit_table` (a table of solved triples and its admissible pairs, a family, a run context):
 
-1. **solver error**: the first SAMPLE converged triples are re-solved at the tightened settings
+1. **free parameters** (:mod:`ibtest.propose.search`), then the KKT data (:mod:`ibtest.propose.kkt`)
+   and the least-squares member λ̂ (:func:`ibtest.propose.program.least_squares`);
+2. **solver error**: the first SAMPLE converged triples and the MEASURE_TOP closest to (or beyond)
+   their tolerance under λ̂ are re-solved at the tightened settings, in one batch
    (:class:`ibtest.judge.records.ErrorMeter`); each one's error in the KKT variable is
    ‖z(θ∞') − z(θ∞)‖ plus its distance to Z(D); the others get the sample's largest relative error
    times their own size (an estimate: whatever a decision rests on is measured, see below);
-2. **free parameters** (:mod:`ibtest.propose.search`), then the KKT data (:mod:`ibtest.propose.kkt`)
-   and the least-squares member λ̂ (:func:`ibtest.propose.program.least_squares`);
 3. **decision**: every triple's residual |ρ_t(λ̂)|_∞ against what the solver error and rounding can
-   do to it, Σ_k |λ̂_k| a_tk, and every pair's |Δφᵀλ̂| against its margin; the triples closest to
-   their tolerance are measured first. All within → **fits**. Else the minimax program over the box
-   |λ_k| ≤ Λ_k (BOX × λ̂'s largest scaled coefficient): s* ≤ 0 → **fits** (that member); s* > 0 →
-   the rows its multipliers carry, reduced by deletion (drop a triple, or a pair, while the rest stays
-   infeasible with at least CORE_FRACTION of the whole's excess, each subset with its own
-   normalization), re-solved at tight settings with their
-   errors measured, judged again: still infeasible → **no fit** on those k triples; otherwise
-   **inconclusive** (the infeasibility did not survive the tight re-solve).
+   do to it, Σ_k |λ̂_k| a_tk (the Hessian terms added on the rows that need them), and every pair's
+   |Δφᵀλ̂| against its margin. All within → **fits**. Else the minimax program (over the box
+   |λ_k| ≤ Λ_k, BOX × λ̂'s largest scaled coefficient, unless the family bounds |λ| on its cone) on a
+   working set of rows (the WORK most beyond their tolerance and WORK spread over the rest), grown
+   by the rows its member misses (constraint generation, ROUNDS at most): s* ≤ 0 on every row →
+   **fits** (that member); s* > 0 on the working set → the rows its multipliers carry, reduced by
+   deletion (drop a triple, or a pair, while the rest stays infeasible with at least CORE_FRACTION of
+   the whole's excess; one compiled program re-solved per candidate, each subset with its own
+   normalization), re-solved at tight settings with their errors measured, judged again: still
+   infeasible → **no fit** on those k triples; otherwise **inconclusive** (the infeasibility did not
+   survive the tight re-solve).
 
 A family that declares no strictly convex member (``Family.strict`` None) asked for strictness is
 ``no_fit`` without a certificate ("the family has no strictly convex member").
@@ -191,7 +195,6 @@ def fit_table(ctx: RunContext, t: Triples, pairs: Pairs, family: Family, setting
     zs = model.zero_set(t.X[conv[:1]], t.y[conv[:1]], t.mask[conv[:1]])
     out.var = kkt_mod.kkt_variable(model, family, zs)
     errs = _Errors(ctx, t, meter or ErrorMeter(ctx, t), out.var)
-    errs.measure(conv[:SAMPLE].tolist())
     Q = out.Q = z_of(model, out.var, t.theta[conv[:1]]).shape[1]
 
     def at(s: Mapping[str, Any], hess: bool = False) -> prog_mod.Problem:
@@ -227,15 +230,28 @@ def fit_table(ctx: RunContext, t: Triples, pairs: Pairs, family: Family, setting
             except ValueError as exc:  # no member meets the constraints (strictness) with cᵀλ = 1
                 out.notes.append(f"no least-squares member: {exc}")
             rt, rp, rel = judge(pb, err, safety, lam)
-        errs.measure(_closest(rt, rp, pb, conv))
+        errs.measure(sorted(set(conv[:SAMPLE].tolist()) | set(_closest(rt, rp, pb, conv))))  # one re-solve
         out.measured = len(errs.meter.err)
         err = errs.vector(conv)
-        pb = at(s)  # binding rows and tolerances with the measured errors
+        pb.kkt.rebind(err, safety)  # binding rows and pair tolerances with the measured errors
+        pb = prog_mod.Problem(pb.kkt, _pair_rows(pb.kkt, pairs, conv, err, safety, rtol, family), family, s, strict)
         rt, rp, rel = judge(pb, err, safety, lam)
-        if bool((torch.cat([rt, rp]) > 1).any()):  # the Hessian terms only widen the tolerance: add them now
-            pb = at(s, hess=True)
+        over = (rt > 1).nonzero().flatten()
+        if 0 < over.numel() <= 4 * WORK:  # the Hessian terms only widen the tolerance: add them where it matters
+            pb.kkt.hessian(over, err)  # (beyond that many rows the misfit is plain: the working set adds them)
             rt, rp, rel = judge(pb, err, safety, lam)
         return _decide(ctx, t, pairs, conv, pb, err, lam, rt, rp, rel, out, errs)
+
+
+def _pair_rows(k: kkt_mod.KKT, pairs: Pairs, conv: Tensor, err: Tensor, safety: float, rtol: float,
+               family: Family) -> kkt_mod.PairData:
+    pos = torch.full((int(conv.max()) + 1 if conv.numel() else 0,), -1, dtype=torch.int64)
+    pos[conv] = torch.arange(conv.numel())
+    if len(pairs):
+        top = int(max(int(pairs.a.max()), int(pairs.b.max()))) + 1
+        if top > pos.numel():
+            pos = torch.cat([pos, torch.full((top - pos.numel(),), -1, dtype=torch.int64)])
+    return kkt_mod.pair_data(k, pairs, pos, err, safety, rtol, family)
 
 
 def _working_set(rt: Tensor, rp: Tensor, pb: prog_mod.Problem, have: Tensor) -> tuple[Tensor, Tensor]:
@@ -282,6 +298,7 @@ def _decide(ctx: RunContext, t: Triples, pairs: Pairs, conv: Tensor, pb: prog_mo
     # checked on every row, and the rows it misses join the set; an infeasible working set is the no-fit
     rows, prs = _working_set(rt, rp, pb, torch.empty(0, dtype=torch.int64))
     for _ in range(ROUNDS):
+        pb.kkt.hessian(rows, err)  # the working set's tolerances in full
         sub = pb.take(rows, prs)
         out.box = prog_mod.default_box(lam, sub)
         mm = infeasible(sub, err[rows], safety, out.box, measure=True)
@@ -328,19 +345,28 @@ def _core(ctx: RunContext, t: Triples, pairs: Pairs, conv: Tensor, pb: prog_mod.
     keep_t = set(rows.tolist()) | set(pb.pairs.a[prow].tolist()) | set(pb.pairs.b[prow].tolist())
     keep_p = set(prow.tolist())
 
-    def bad(tr: set[int], pr: set[int]) -> bool:
-        if not tr:
-            return False
-        r = torch.tensor(sorted(tr))
-        p = torch.tensor(sorted(pr), dtype=torch.int64)
-        try:
-            m = infeasible(pb.take(r, p), err[r], safety, box)
-        except ValueError:
-            return False
-        return m.status == "infeasible" or (m.infeasible_once and m.s >= floor)
+    def screen_of(tr: set[int], pr: set[int]) -> Any:
+        """bad(subset): the minimax program of ``tr``/``pr``, compiled once, re-solved on subsets."""
+        base, base_p = torch.tensor(sorted(tr), dtype=torch.int64), torch.tensor(sorted(pr), dtype=torch.int64)
+        sub = pb.take(base, base_p)
+        prog = prog_mod.Program(sub, kkt_mod.tolerance(sub.kkt, err[base], safety), box)
+        pos = {int(i): j for j, i in enumerate(base.tolist())}
+        ppos = {int(p): j for j, p in enumerate(base_p.tolist())}
 
-    if not bad(keep_t, keep_p):
+        def bad(t2: set[int], p2: set[int]) -> bool:
+            if not t2:
+                return False
+            m = prog.solve(prog_mod.TOLS[1], torch.tensor(sorted(pos[i] for i in t2)),
+                           torch.tensor(sorted(ppos[p] for p in p2), dtype=torch.int64))
+            return m.status == "infeasible" or (m.infeasible_once and m.s >= floor)
+
+        return bad
+
+    bad = screen_of(keep_t, keep_p) if keep_t else None
+    if bad is None or not bad(keep_t, keep_p):
         keep_t, keep_p = set(range(pb.kkt.T)), set(range(len(pb.pairs)))
+        bad = screen_of(keep_t, keep_p)
+    whole_t, whole_p = set(keep_t), set(keep_p)
     order = sorted(keep_t, key=lambda i: float(mm.dual_t[i]))
     for i in order:  # drop triples while the rest stays infeasible
         tr = keep_t - {i}
@@ -350,10 +376,14 @@ def _core(ctx: RunContext, t: Triples, pairs: Pairs, conv: Tensor, pb: prog_mod.
     for p in sorted(keep_p):
         if bad(keep_t, keep_p - {p}):
             keep_p = keep_p - {p}
-    core = [int(conv[i]) for i in sorted(keep_t)]
-    out.core = core
-    out.core_pairs = _pair_positions(pairs, pb, conv, keep_p)
-    confirm_core(ctx, t, pairs, out, errs)
+    for tr, pr in ((keep_t, keep_p), (whole_t, whole_p)):  # the reduced core; if it does not confirm, all it came from
+        out.core = [int(conv[i]) for i in sorted(tr)]
+        out.core_pairs = _pair_positions(pairs, pb, conv, pr)
+        confirm_core(ctx, t, pairs, out, errs)
+        if out.status == NO_FIT or (tr, pr) == (whole_t, whole_p):
+            break
+        out.notes.append(f"the reduced core of {len(tr)} triples did not confirm on tight re-solves ({out.reason}); "
+                         f"judged again on the {len(whole_t)} triples it was reduced from")
 
 
 def _pair_positions(pairs: Pairs, pb: prog_mod.Problem, conv: Tensor, keep: set[int]) -> list[int]:

@@ -71,6 +71,8 @@ class KKT:
     hnorm: Tensor  # [T, K] ‖∇²φ_k‖_F
     curv: Tensor  # [T] ‖∂P/∂z‖ (0 on a polyhedral Z)
     cond: Tensor  # [T] condition number of the equality rows
+    has_h: Tensor | None = None  # [T] bool: hnorm computed (else 0 so far: see :meth:`hessian`)
+    src: Source | None = None  # where the rows came from (to re-bind rows and add Hessians)
 
     @property
     def T(self) -> int:
@@ -102,7 +104,43 @@ class KKT:
 
     def take(self, idx: Tensor) -> KKT:
         return KKT(self.var, self.z[idx], self.d[idx], self.phi[idx], self.G[idx], self.P[idx], self.Ab[idx],
-                   self.gnorm[idx], self.hnorm[idx], self.curv[idx], self.cond[idx])
+                   self.gnorm[idx], self.hnorm[idx], self.curv[idx], self.cond[idx],
+                   None if self.has_h is None else self.has_h[idx], None if self.src is None else self.src.take(idx))
+
+    def rebind(self, err: Tensor, safety: float) -> None:
+        """The binding one-sided rows again, for new errors ``err`` [T] (measured ones)."""
+        if self.src is not None and self.src.zs is not None and self.var != "gn":
+            self.Ab = _binding(self.src.zs, self.z, err, safety)
+
+    def hessian(self, rows: Tensor, err: Tensor) -> None:
+        """‖∇²φ_k‖ on the rows ``rows`` that lack it (K·Q backward passes over those rows only)."""
+        if self.has_h is None or self.src is None:
+            return
+        rows = rows[~self.has_h[rows]]
+        if rows.numel() == 0:
+            return
+        src = self.src.take(rows)
+        fn = feature_fn(src.model, src.family, src.settings, src.t, src.idx, self.var)
+        _, G, H = derivatives(fn, self.z[rows], True)
+        self.hnorm[rows] = _finite_hessian(fn, self.z[rows], G, H, err[rows])
+        self.has_h[rows] = True
+
+
+@dataclass
+class Source:
+    """The triples ``idx`` of ``t`` a KKT table was built from, with the family's settings and the
+    model's polyhedral Z(D) of those rows (None: Gauss–Newton)."""
+
+    model: ModelBase
+    family: Family
+    settings: Mapping[str, Any]
+    t: Triples
+    idx: Tensor
+    zs: Polyhedron | None
+
+    def take(self, rows: Tensor) -> Source:
+        return Source(self.model, self.family, self.settings, self.t, self.idx[rows],
+                      None if self.zs is None else self.zs.take(rows))
 
 
 def kkt_variable(model: ModelBase, family: Family, zs: Polyhedron | None) -> str:
@@ -190,7 +228,8 @@ def projector(A: Tensor, rtol: float | None = None) -> tuple[Tensor, Tensor]:
 def build(model: ModelBase, family: Family, settings: Mapping[str, Any], t: Triples, idx: Tensor, err: Tensor,
           safety: float, hess: bool = True) -> KKT:
     """The KKT data of triples ``idx`` of ``t`` (their first solutions), ``err`` [T] the error of
-    each θ∞ (measured or estimated) that decides which one-sided rows bind."""
+    each θ∞ (measured or estimated) that decides which one-sided rows bind; without ``hess`` the
+    Hessian norms are 0 until :meth:`KKT.hessian` adds them on the rows that need them."""
     idx = idx.to(torch.int64)
     X, y, mask, th, th0 = t.X[idx], t.y[idx], t.mask[idx], t.theta[idx], t.theta0[idx]
     zs = model.zero_set(X, y, mask)
@@ -214,7 +253,8 @@ def build(model: ModelBase, family: Family, settings: Mapping[str, Any], t: Trip
         P, cond = projector(zs.A_eq.to(torch.float64))
         Ab = _binding(zs, z, err, safety)
     gnorm = G.norm(dim=1)
-    return KKT(var, z, z - z0, phi, G, P, Ab, gnorm, H, curv, cond)
+    src = Source(model, family, settings, t, idx, None if var == "gn" else zs)
+    return KKT(var, z, z - z0, phi, G, P, Ab, gnorm, H, curv, cond, torch.full((T,), bool(hess)), src)
 
 
 def _finite_hessian(fn: Callable[[Tensor], Tensor], z: Tensor, G: Tensor, H: Tensor, err: Tensor) -> Tensor:

@@ -363,7 +363,8 @@ def tolerances(pb: Problem, a: Tensor, box: Tensor) -> tuple[Tensor, Tensor]:
 def minimax(pb: Problem, a: Tensor, box: Tensor | None) -> Minimax:
     """Solve the minimax program (see the module docstring) at the two tolerances of TOLS: s* and
     the multipliers from the tighter solve, its error the difference of the two."""
-    out = [_minimax_once(pb, a, box, tol) for tol in TOLS]
+    prog = Program(pb, a, box)
+    out = [prog.solve(tol) for tol in TOLS]
     lo, hi = out
     err = abs(hi.s - lo.s) if math.isfinite(hi.s) and math.isfinite(lo.s) else math.inf
     if any(m.status != "optimal" for m in out):  # "optimal_inaccurate": only Clarabel's reduced tolerances hold
@@ -373,63 +374,91 @@ def minimax(pb: Problem, a: Tensor, box: Tensor | None) -> Minimax:
 
 
 def _minimax_once(pb: Problem, a: Tensor, box: Tensor | None, tol: float) -> Minimax:
-    """One solve of the minimax program. ``box`` None: the family's ``magnitude`` bounds |λ| on its
-    cone linearly, so the tolerance Σ_k a_tk·magnitude_k(λ) is linear in λ and no box is needed."""
-    import cvxpy as cp
+    """One solve of the minimax program at Clarabel tolerance ``tol`` (its error not measured)."""
+    return Program(pb, a, box).solve(tol)
 
-    k = pb.kkt
-    T, Q, K = k.T, k.z.shape[1], k.K
-    c = k.normalization().numpy()
-    C, D = _rows(pb, project_binding=False)
-    M, n = _mu_matrix(pb)
-    sig = col_scale(pb)
-    lam_s = cp.Variable(K)
-    lam = cp.multiply(1.0 / sig, lam_s)
-    s = cp.Variable()
-    w_t = pb.scale
-    pw = pb.pairs.w.clamp_min(1e-300)
-    box_con = None
-    if box is None:
-        if pb.family.magnitude is None:
-            raise ValueError(f"family {pb.family.name!r} declares no magnitude: the minimax program needs a box")
-        mag = pb.family.magnitude(lam, Q, **pb.settings)
-        rep = sp.kron(sp.eye(T), np.ones((Q, 1))).tocsr()
-        ttol: Any = rep @ ((a / w_t[:, None]).numpy() @ mag)
-        ptol: Any = (pb.pairs.coef / pw[:, None]).numpy() @ mag if len(pb.pairs) else 0
-        cons = []
-    else:
-        tau_t, tau_p = tolerances(pb, a, box)
-        ttol = np.repeat((tau_t / w_t).numpy(), Q)
-        ptol = (tau_p / pw).numpy() if len(pb.pairs) else np.zeros(0)
-        box_con = cp.abs(lam) <= box.numpy()
-        cons = [box_con]
-    expr = C @ lam + (M @ cp.Variable(n, nonneg=True) if n else 0)
-    up, down = expr <= ttol + s, -expr <= ttol + s
-    cons += [up, down, (c / sig) @ lam_s == 1]
-    pu = pd = None
-    if D.shape[0]:
-        pu, pd = D @ lam <= ptol + s, -(D @ lam) <= ptol + s
-        cons += [pu, pd]
-    cons += family_constraints(pb, lam)
-    prob = cp.Problem(cp.Minimize(s), cons)
-    status = _solve(prob, tol)
-    if s.value is None or status not in ("optimal", "optimal_inaccurate"):
-        inf = math.inf if status in ("infeasible", "infeasible_inaccurate") else math.nan
-        return Minimax(inf, math.inf, None, torch.zeros(T, dtype=torch.float64), torch.zeros(len(pb.pairs),
-                       dtype=torch.float64), False, status)
-    dual = np.abs(np.asarray(up.dual_value)) + np.abs(np.asarray(down.dual_value))
-    dual_t = torch.as_tensor(dual.reshape(T, Q).sum(-1), dtype=torch.float64)
-    dual_p = torch.zeros(len(pb.pairs), dtype=torch.float64)
-    if pu is not None and pd is not None:
-        dual_p = torch.as_tensor(np.abs(np.asarray(pu.dual_value)) + np.abs(np.asarray(pd.dual_value)),
-                                 dtype=torch.float64)
-    top = max(float(dual_t.max()) if T else 0.0, float(dual_p.max()) if dual_p.numel() else 0.0)
-    binds = False
-    if box_con is not None:
-        bd = np.abs(np.asarray(box_con.dual_value))
-        binds = bool(bd.size and bd.max() > SUPPORT_RTOL * max(top, 1e-300))
-    lam_v = torch.as_tensor(np.asarray(lam_s.value) / sig, dtype=torch.float64)
-    return Minimax(float(s.value), 0.0, lam_v, dual_t, dual_p, binds, status)
+
+#: the offset that takes a row out of the compiled program (rows are O(1) in the scaled unknowns)
+OFF = 1e6
+
+
+class Program:
+    """The minimax program of one problem, compiled once by cvxpy (every datum that changes between
+    solves a Parameter: DPP), solved for all its rows or a subset of them (the deletion search): a
+    left-out row gets the offset OFF on its tolerance and the normalization is the subset's.
+
+    ``box`` None: the family's ``magnitude`` bounds |λ| on its cone linearly, so the tolerance
+    Σ_k a_tk·magnitude_k(λ) is linear in λ and no box is needed."""
+
+    def __init__(self, pb: Problem, a: Tensor, box: Tensor | None):
+        import cvxpy as cp
+
+        self.pb = pb
+        k = pb.kkt
+        T, Q, K = k.T, k.z.shape[1], k.K
+        C, D = _rows(pb, project_binding=False)
+        M, n = _mu_matrix(pb)
+        self.sig = col_scale(pb)
+        self.lam_s = lam_s = cp.Variable(K)
+        lam = cp.multiply(1.0 / self.sig, lam_s)
+        self.s = s = cp.Variable()
+        self.c = cp.Parameter(K)
+        self.roff = cp.Parameter(T * Q, nonneg=True)
+        self.poff = cp.Parameter(len(pb.pairs), nonneg=True)
+        w_t, pw = pb.scale, pb.pairs.w.clamp_min(1e-300)
+        self.box_con = None
+        if box is None:
+            if pb.family.magnitude is None:
+                raise ValueError(f"family {pb.family.name!r} declares no magnitude: the minimax program needs a box")
+            mag = pb.family.magnitude(lam, Q, **pb.settings)
+            rep = sp.kron(sp.eye(T), np.ones((Q, 1))).tocsr()
+            ttol: Any = rep @ ((a / w_t[:, None]).numpy() @ mag)
+            ptol: Any = (pb.pairs.coef / pw[:, None]).numpy() @ mag if len(pb.pairs) else 0
+            cons = []
+        else:
+            tau_t, tau_p = tolerances(pb, a, box)
+            ttol = np.repeat((tau_t / w_t).numpy(), Q)
+            ptol = (tau_p / pw).numpy() if len(pb.pairs) else np.zeros(0)
+            self.box_con = cp.abs(lam) <= box.numpy()
+            cons = [self.box_con]
+        expr = C @ lam + (M @ cp.Variable(n, nonneg=True) if n else 0)
+        self.up, self.down = expr <= ttol + self.roff + s, -expr <= ttol + self.roff + s
+        cons += [self.up, self.down, self.c @ lam_s == 1]
+        self.pu = self.pd = None
+        if D.shape[0]:
+            self.pu, self.pd = D @ lam <= ptol + self.poff + s, -(D @ lam) <= ptol + self.poff + s
+            cons += [self.pu, self.pd]
+        cons += family_constraints(pb, lam)
+        self.prob = cp.Problem(cp.Minimize(s), cons)
+
+    def solve(self, tol: float, rows: Tensor | None = None, pairs: Tensor | None = None) -> Minimax:
+        """Solve at Clarabel tolerance ``tol`` on the rows ``rows`` and pairs ``pairs`` (all: None)."""
+        pb, k = self.pb, self.pb.kkt
+        T, Q = k.T, k.z.shape[1]
+        on = torch.ones(T, dtype=torch.bool) if rows is None else torch.zeros(T, dtype=torch.bool).index_fill(0, rows, True)
+        pon = torch.ones(len(pb.pairs), dtype=torch.bool) if pairs is None else \
+            torch.zeros(len(pb.pairs), dtype=torch.bool).index_fill(0, pairs, True)
+        self.c.value = k.normalization(on.nonzero().flatten()).numpy() / self.sig
+        self.roff.value = np.repeat(np.where(on.numpy(), 0.0, OFF), Q)
+        self.poff.value = np.where(pon.numpy(), 0.0, OFF)
+        status = _solve(self.prob, tol)
+        if self.s.value is None or status not in ("optimal", "optimal_inaccurate"):
+            inf = math.inf if status in ("infeasible", "infeasible_inaccurate") else math.nan
+            return Minimax(inf, math.inf, None, torch.zeros(T, dtype=torch.float64), torch.zeros(len(pb.pairs),
+                           dtype=torch.float64), False, status)
+        dual = np.abs(np.asarray(self.up.dual_value)) + np.abs(np.asarray(self.down.dual_value))
+        dual_t = torch.as_tensor(dual.reshape(T, Q).sum(-1), dtype=torch.float64) * on
+        dual_p = torch.zeros(len(pb.pairs), dtype=torch.float64)
+        if self.pu is not None and self.pd is not None:
+            dual_p = torch.as_tensor(np.abs(np.asarray(self.pu.dual_value)) + np.abs(np.asarray(self.pd.dual_value)),
+                                     dtype=torch.float64) * pon
+        top = max(float(dual_t.max()) if T else 0.0, float(dual_p.max()) if dual_p.numel() else 0.0)
+        binds = False
+        if self.box_con is not None:
+            bd = np.abs(np.asarray(self.box_con.dual_value))
+            binds = bool(bd.size and bd.max() > SUPPORT_RTOL * max(top, 1e-300))
+        lam_v = torch.as_tensor(np.asarray(self.lam_s.value) / self.sig, dtype=torch.float64)
+        return Minimax(float(self.s.value), 0.0, lam_v, dual_t, dual_p, binds, status)
 
 
 def default_box(lam: Tensor, pb: Problem) -> Tensor | None:
