@@ -1,7 +1,7 @@
 """ibtest: put a conjecture about the implicit regularization of gradient flow to the test.
 
 Public API for plugin authors: :data:`hookimpl` and the spec objects of :mod:`ibtest.plugin.specs`.
-For notebooks: :func:`run_study`.
+For notebooks: :func:`run_study`, and :func:`fit_study` (propose a regularizer).
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collec
         DataContext,
         Dataset,
         Executor,
+        Family,
+        Free,
         Hypothesis,
         HypothesisContext,
         Init,
@@ -38,6 +40,13 @@ with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collec
 __version__ = "0.1.0"
 
 
+def fit_study(study, **kwargs):
+    """Fit a family to a study's triples (``ibtest fit``); returns a :class:`~ibtest.propose.study.FitReport`."""
+    from ibtest.propose.study import fit_study as _fit
+
+    return _fit(study, **kwargs)
+
+
 def run_study(study, **kwargs):
     """Run a study (a path to a YAML file, or a dict) and return its :class:`~ibtest.api.StudyResult`."""
     from ibtest.api import run_study as _run
@@ -55,6 +64,8 @@ __all__ = [
     "DataContext",
     "Dataset",
     "Executor",
+    "Family",
+    "Free",
     "Hypothesis",
     "Init",
     "InitContext",
@@ -71,5 +82,6 @@ __all__ = [
     "TripleBatch",
     "replace",
     "run_study",
+    "fit_study",
     "__version__",
 ]

@@ -1,4 +1,4 @@
-"""The ``ibtest`` command line: run, list, verify, shrink, show.
+"""The ``ibtest`` command line: run, fit, list, verify, shrink, show.
 
 Exit codes, like pytest: 0 every expected verdict held (or the certificate was confirmed),
 1 an expectation did not hold (or the refutation was withdrawn), 2 a usage or input error.
@@ -167,7 +167,7 @@ def cmd_list(args) -> int:
     from ibtest.plugin.manager import load_registry
 
     reg = load_registry(args.plugin)
-    for kind in ("models", "datasets", "inits", "solvers", "constructions", "hypotheses", "executors"):
+    for kind in ("models", "datasets", "inits", "solvers", "constructions", "hypotheses", "executors", "families"):
         rows = []
         for name in reg.names(kind):
             item = reg.items[kind][name]
@@ -211,6 +211,24 @@ def cmd_shrink(args) -> int:
     return 0
 
 
+def cmd_fit(args) -> int:
+    from ibtest.propose.study import fit_study
+
+    families = None if not args.family else (args.family[0] if len(args.family) == 1 else list(args.family))
+    res = fit_study(resolve_study(args.study), family=families, plugins=args.plugin, out_dir=args.out,
+                    strict=args.strict)
+    reports = res if isinstance(res, list) else [res]
+    for r in reports:
+        print("\n".join(r.lines()))
+    where = reports[0].run_dir
+    if where is not None:
+        print(f"\nrun directory: {where.parent if len(reports) > 1 else where}")
+    failed = [f"{f.family.name}: {c.what}" for r in reports for f in r.fits for c in f.checks if not c.held]
+    if failed:
+        print("expectations that did not hold: " + "; ".join(failed))
+    return 0 if not failed else 1
+
+
 def cmd_show(args) -> int:
     from ibtest.out.show import show
 
@@ -218,6 +236,18 @@ def cmd_show(args) -> int:
     if args.plot:
         plot = output_file(args.plot, flag="--plot", default_name=f"{Path(args.certificate).stem}.png", suffix=".png")
     return show(args.certificate, plot=plot, plugins=args.plugin)
+
+
+def _nonneg_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("-o", "--out", help="output file (default: CERT with suffix .shrunk.json)")
     sh.add_argument("--budget", type=int, metavar="N", help="most instance solves to spend (default 6000)")
     sh.set_defaults(func=cmd_shrink)
+
+    f = sub.add_parser("fit", parents=[plug], help="fit a regularizer family to a study's triples (or prove none fits)")
+    f.add_argument("study", help="study file or built-in study name")
+    f.add_argument("--family", action="append", default=[], metavar="NAME",
+                   help="the family to fit (repeatable; default: the study's fit: block)")
+    f.add_argument("--out", help="run directory (default runs/<study>-fit-<time>)")
+    f.add_argument("--strict", type=_nonneg_float, metavar="MU", help="only strictly convex members: R - MU|x - x0|^2/2 "
+                   "convex, with R normalized to grow like |x - x0|^2/2 (0: no strictness; overrides the study)")
+    f.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("show", parents=[plug], help="print a certificate's counterexample (and plot it)")
     s.add_argument("certificate")

@@ -157,7 +157,8 @@ def test_spec_problems_unit():
     bad = Hypothesis(name="h", fn=None, kind=3, depends_on="weather", params=[1],  # type: ignore[arg-type]
                      atol=-1.0, rtol=math.inf, bound=math.nan, optimum=1)  # type: ignore[arg-type]
     got = " ".join(spec_problems("hypotheses", bad))
-    for needle in ("fn: expected a function", "kind: expected a string", "optimum: expected None or a string", "depends_on: 'weather'", "params: expected a mapping",
+    for needle in ("fn: expected a function", "kind: expected a string", "optimum: expected None or a string",
+                   "depends_on: 'weather'", "params: expected a mapping",
                    "atol: expected a finite number >= 0, got -1.0", "rtol: expected", "bound: expected"):
         assert needle in got, got
     c = Construction(name="c", build=lambda **k: None, stage="both")  # type: ignore[arg-type]

@@ -1,9 +1,10 @@
 """The layers of ``ibtest/`` follow the data flow, and a lower layer never imports a higher one.
 
 base < plugin < study < solve < pairs < judge < cert < run < out < the top-level modules
-(api, cli, testing, templates). Every ``import`` counts, also those inside functions (a lazy
-import is still a dependency). ``import ibtest`` / ``from ibtest import __version__`` is allowed
-everywhere: the package root only exposes the plugin API (layer ``plugin``).
+(api, cli, testing, templates, kinds, and the propose package of ``ibtest fit``). Every
+``import`` counts, also those inside functions (a lazy import is still a dependency).
+``import ibtest`` / ``from ibtest import __version__`` is allowed everywhere: the package root
+only exposes the plugin API (layer ``plugin``).
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def _imports(module: str, path: pathlib.Path) -> list[tuple[int, str]]:
 
 def test_every_module_is_in_a_layer_or_at_the_top():
     top = sorted(m for m, _ in _modules() if layer_of(m) == TOP and m.count(".") == 1)
-    assert top == ["ibtest.api", "ibtest.cli", "ibtest.kinds", "ibtest.templates", "ibtest.testing"], top
+    assert top == ["ibtest.api", "ibtest.cli", "ibtest.kinds", "ibtest.propose", "ibtest.templates", "ibtest.testing"], top
     for name in LAYERS:
         assert (PKG / name / "__init__.py").exists(), name
 

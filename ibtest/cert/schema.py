@@ -45,6 +45,7 @@ MAX_BYTES = 32 * 2**20  # a genuine certificate is a few kB: two small datasets 
 #: a certificate is a counterexample (a few points in a few dimensions); beyond these the replay
 #: could run for hours (the exact solver is O(d³) per linear piece), so they are refused
 MAX_POINTS, MAX_DIM, MAX_PARAMS = 512, 128, 16384
+MAX_RUNS = 64  # a no-fit certificate's triples (a handful; the claim kind's replay re-solves each)
 _NONFINITE = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "nan": math.nan,
               "Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
 
@@ -203,6 +204,10 @@ class Certificate(_Model):
     source: StrictStr = ""
     replay: StrictStr = ""
     versions: dict[StrictStr, Any] = Field(default_factory=dict)
+    # several runs (the fit and no_fit claim kinds of ibtest fit): their data, and the fit itself,
+    # checked field by field by the claim kind's replay (ibtest.propose.cert)
+    runs: list[Side] | None = None
+    fit: dict[StrictStr, Any] | None = None
     # written by ibtest shrink (informational: verify judges the data like any certificate's)
     shrunk_from: ShrunkFrom | None = None
     shrink: ShrinkRecord | None = None
@@ -332,7 +337,7 @@ def validate(data: Any, where: str) -> dict[str, Any]:
         raise UserError(f"{where}: field {_where(e['loc'])}: {msg}{more}") from None
     except RecursionError:
         raise UserError(f"{where}: nested too deeply") from None
-    for s in ("a", "b", "witness", "limit", "points", "verdict", "rate", "r2", "floor_from"):
+    for s in ("a", "b", "witness", "runs", "fit", "limit", "points", "verdict", "rate", "r2", "floor_from"):
         if out.get(s) is None:
             out.pop(s, None)
     check_shapes(out, where)
@@ -346,8 +351,11 @@ def check_shapes(cert: dict[str, Any], where: str) -> None:
     P = len(cert["theta0"])
     if P > MAX_PARAMS:
         raise UserError(f"{where}: field theta0: {P} parameters, more than the {MAX_PARAMS} a certificate may have")
-    for s in ("a", "b"):
-        side = cert.get(s)
+    runs = cert.get("runs") or []
+    if len(runs) > MAX_RUNS:
+        raise UserError(f"{where}: field runs: {len(runs)} runs, more than the {MAX_RUNS} a certificate may have")
+    named = [("a", cert.get("a")), ("b", cert.get("b"))] + [(f"runs[{i}]", r) for i, r in enumerate(runs)]
+    for s, side in named:
         if side is None:
             continue
         X, y = side["X"], side["y"]

@@ -199,12 +199,7 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
     cert = load(p)
     witness = cert.get("kind") == "witness"
     if cert.get("kind") not in SHRINKABLE:
-        from ibtest.cert.replay import registered_kind
-        from ibtest.plugin.manager import load_registry
-
-        registered_kind(load_registry(list(plugins)), cert, f"certificate {clean(str(p))}")  # a kind not known: said so
-        raise UserError(f"certificate {clean(str(p))}: shrinking supports pair and witness certificates; this one is a "
-                        f"{clean(str(cert.get('kind')))} certificate")
+        return _shrink_by_kind(p, cert, out, budget, plugins, check)
     for s in (("a",) if witness else ("a", "b")):
         if s not in cert:
             raise UserError(f"certificate {clean(str(p))}: required field {s!r} is missing")
@@ -219,6 +214,26 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
     dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
     with writing(dest, "the shrunk certificate"):
         certmod.write(res.cert, dest)
+    if check and not _verify(dest, plugins):
+        raise NotRefuted(f"the shrunk certificate {dest} did not pass 'ibtest verify' (removed)")
+    return dest, res
+
+
+def _shrink_by_kind(p: Path, cert: dict[str, Any], out: str | Path | None, budget: int, plugins: Sequence[str],
+                    check: bool) -> tuple[Path, ShrinkResult]:
+    """A certificate of a claim kind that shrinks its own (``ClaimKind.shrink``, e.g. ``no_fit``)."""
+    from ibtest.base.guard import plugin_call
+    from ibtest.cert.replay import registered_kind
+    from ibtest.plugin.manager import load_registry
+
+    kind = registered_kind(load_registry(list(plugins)), cert, f"certificate {clean(str(p))}")
+    if kind.shrink is None:
+        raise UserError(f"certificate {clean(str(p))}: shrinking supports pair and witness certificates and claim "
+                        f"kinds that shrink their own; this one is a {clean(str(cert.get('kind')))} certificate")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    res = plugin_call(kind.shrink, cert, str(p), digest, budget, list(plugins))
+    dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
+    certmod.write(res.cert, dest)
     if check and not _verify(dest, plugins):
         raise NotRefuted(f"the shrunk certificate {dest} did not pass 'ibtest verify' (removed)")
     return dest, res

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
-from ibtest.plugin.specs import ClaimKind, Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
+from ibtest.plugin.specs import ClaimKind, Construction, Dataset, Executor, Family, Hypothesis, Init, Model, Solver
 
 PROJECT = "ibtest"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -56,6 +56,12 @@ def ibtest_claim_kinds() -> list[ClaimKind]:
     and drawn) this plugin provides."""
 
 
+@hookspec
+def ibtest_families() -> list[Family]:
+    """Return the regularizer families R_λ, linear in their coefficients λ, that ``ibtest fit`` can
+    fit to a study's triples (each also registers two hypotheses, see :class:`ibtest.Family`)."""
+
+
 HOOK_KINDS: dict[str, str] = {
     "ibtest_models": "models",
     "ibtest_datasets": "datasets",
@@ -65,4 +71,5 @@ HOOK_KINDS: dict[str, str] = {
     "ibtest_hypotheses": "hypotheses",
     "ibtest_executors": "executors",
     "ibtest_claim_kinds": "kinds",
+    "ibtest_families": "families",
 }

@@ -40,7 +40,7 @@ DISABLE_AUTOLOAD_ENV = "IBTEST_DISABLE_PLUGIN_AUTOLOAD"
 OWN_DISTRIBUTION = "ibtest"
 SINGULAR = {"models": "model", "datasets": "dataset", "inits": "init", "solvers": "solver",
             "constructions": "construction", "hypotheses": "hypothesis", "executors": "executor",
-            "kinds": "claim kind"}
+            "kinds": "claim kind", "families": "family"}
 
 
 class _NamedSpec(Protocol):
@@ -112,7 +112,8 @@ def load_plugin_file(pm: pluggy.PluginManager, path: str | Path) -> types.Module
 #: The core's own plugins, imported by name when a manager is built (as pytest does with its
 #: ``default_plugins``): the plugin layer sits below the layers that implement them, so it names
 #: them instead of importing them.
-BUILTIN_MODULES: tuple[str, ...] = ("ibtest.solve.solvers.builtin", "ibtest.run.executors", "ibtest.kinds")
+BUILTIN_MODULES: tuple[str, ...] = ("ibtest.solve.solvers.builtin", "ibtest.run.executors", "ibtest.kinds",
+                                    "ibtest.propose.kinds")
 
 
 def autoload_disabled() -> bool:
@@ -175,6 +176,8 @@ class Registry:
                 except Exception as exc:
                     raise PluginError(f"plugin {plugin_name} ({source}): {hook_name}() {describe(exc)}") from None
                 self._add(kind, specs, plugin_name, source, hook_name)
+        for reg in list(self.items["families"].values()):  # a family is judged as hypotheses of its own
+            self._add("hypotheses", reg.spec.hypotheses(), reg.plugin, reg.source, "ibtest_families")
         self._check_kinds()
 
     def _check_kinds(self) -> None:

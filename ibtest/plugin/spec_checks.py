@@ -35,10 +35,12 @@ CALLABLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "constructions": (("build",), ("size",)),
     "hypotheses": (("fn",), ("cvx",)),
     "executors": (("factory",), ()),
-    "kinds": (("certificate", "replay", "describe"), ("score", "finish", "plot")),
+    "kinds": (("certificate", "replay", "describe"), ("score", "finish", "plot", "shrink")),
+    "families": (("features",), ("cone", "strict", "magnitude", "convex", "cvx", "labels", "describe", "parameters")),
 }
 CHOICES: dict[str, dict[str, tuple[str, ...]]] = {
     "hypotheses": {"depends_on": ("params", "init", "data"), "on": ("theta", "predictor")},
+    "families": {"depends_on": ("params", "init", "data"), "on": ("theta", "predictor")},
     "constructions": {"stage": ("triple", "pair")},
 }
 
@@ -100,18 +102,23 @@ def _numbers(value: Any):
             yield from _numbers(v)
 
 
-def _hypothesis_problems(spec: Any) -> list[str]:
+def _defaults_problems(field: str, values: Any) -> list[str]:
+    """Problems of a mapping of names to default values (a hypothesis's params, a family's options)."""
+    if not isinstance(values, Mapping):
+        noun = "parameter" if field == "params" else "option"
+        return [f"{field}: expected a mapping of {noun} names to defaults (e.g. {{'p': 2.0}}), "
+                f"got {type(values).__name__} {_short(values)}"]
     out = []
-    params = getattr(spec, "params", None)
-    if not isinstance(params, Mapping):
-        out.append(f"params: expected a mapping of parameter names to defaults (e.g. {{'p': 2.0}}), "
-                   f"got {type(params).__name__} {_short(params)}")
-    else:
-        for k, v in params.items():
-            if not isinstance(k, str) or not k.isidentifier():
-                out.append(f"params: parameter name {_short(k)} is not an identifier")
-            elif any(isinstance(x, float) and math.isnan(x) for x in _numbers(v)):
-                out.append(f"params[{k!r}]: default {_short(v)} holds NaN")
+    for k, v in values.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            out.append(f"{field}: name {_short(k)} is not an identifier")
+        elif any(isinstance(x, float) and math.isnan(x) for x in _numbers(v)):
+            out.append(f"{field}[{k!r}]: default {_short(v)} holds NaN")
+    return out
+
+
+def _hypothesis_problems(spec: Any) -> list[str]:
+    out = _defaults_problems("params", getattr(spec, "params", None))
     for name in ("atol", "rtol"):
         tol: Any = getattr(spec, name, None)
         if not _is_number(tol) or not math.isfinite(tol) or tol < 0:
@@ -149,7 +156,9 @@ def spec_problems(kind: str, spec: Any) -> list[str]:
             out.append(f"{field}: {_short(v)} is not one of {', '.join(allowed)}")
     if not isinstance(getattr(spec, "doc", ""), str):
         out.append(f"doc: expected a string, got {type(spec.doc).__name__}")
-    if hasattr(spec, "options"):
+    if kind == "families":  # a family's options are plain defaults (a study's fit: block overrides them)
+        out += _defaults_problems("options", getattr(spec, "options", None))
+    elif hasattr(spec, "options"):
         out += option_problems(spec.options)
     if kind == "hypotheses":
         out += _hypothesis_problems(spec)

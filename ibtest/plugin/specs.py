@@ -447,6 +447,115 @@ class CvxContext:
 
 
 # --------------------------------------------------------------------------------------------
+# Families (``ibtest fit``: propose a regularizer)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Free:
+    """A parameter of a :class:`Family` that R is *not* linear in (α of Q_α, p of ℓp), found by a
+    search outside the linear fit: a grid on [``low``, ``high``] (log-spaced with ``log``), then
+    least squares on the fit's residual. ``per_coordinate``: one value per coordinate of the
+    variable (length Q), started from the best common value."""
+
+    default: float
+    low: float
+    high: float
+    log: bool = True
+    per_coordinate: bool = False
+    doc: str = ""
+
+
+class FamilyFunction:
+    """R_λ(x; ctx) = Σ_k λ_k φ_k(x; ctx) of a family, as a hypothesis's ``fn``: ``fn(x, ctx, lam,
+    **settings)`` with ``lam`` the K coefficients and ``settings`` the family's options and free
+    parameters. ``family`` is the spec it evaluates (how ``ibtest fit`` and its claim kinds reach it)."""
+
+    def __init__(self, family: Family):
+        self.family = family
+
+    def __call__(self, x: Tensor, ctx: Any, lam: Any = (), **settings: Any) -> Tensor:
+        phi = self.family.features(x, ctx, **settings)
+        coef = torch.as_tensor(list(lam) if not isinstance(lam, Tensor) else lam, dtype=phi.dtype)
+        if coef.numel() != phi.shape[-1]:
+            raise ValueError(f"family {self.family.name!r}: {coef.numel()} coefficients for {phi.shape[-1]} features")
+        return phi @ coef
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of regularizers linear in its coefficients λ ∈ R^K:
+
+        R_λ(x; ctx) = Σ_k λ_k φ_k(x; ctx),      ``features(x [B, Q], ctx, **options, **free) -> Φ [B, K]``
+
+    with x = θ, or the model's predictor for ``on="predictor"``, and ``ctx`` a hypothesis context
+    (θ0 for ``depends_on`` "init"). ``ibtest fit`` finds λ from the converged triples of a study
+    through the KKT condition of min R_λ over Z(D) at θ∞, linear in λ (:mod:`ibtest.propose`).
+    Gradients (and the Hessian norms the tolerance needs) come from autograd.
+
+    * ``options``: fixed settings with their defaults (a grid of c, polynomial degrees); a study's
+      ``fit: {options: ...}`` overrides them;
+    * ``free``: parameters R is not linear in (:class:`Free`), searched outside the linear fit;
+    The callables below get the coefficients, Q (the length of x) and the family's settings (its
+    options and the values of its free parameters) as keywords:
+
+    * ``cone(lam, Q, **settings) -> [cvxpy constraints]``: what makes λ a member (M ⪰ 0 for a
+      quadratic form); None: every λ;
+    * ``strict(lam, mu, span, Q, **settings) -> [constraints]``: sufficient conditions, linear or
+      conic in λ, for R_λ − μ‖x − x0‖²/2 to be convex on the box |x_i − x0_i| ≤ span (λ normalized
+      so that R_λ grows like ½‖x − x0‖² on average); None: the family has no strictly convex member;
+    * ``magnitude(lam, Q, **settings) -> cvxpy expression [K]``: linear in λ and ≥ |λ_k| on the
+      cone (|2M_ij| ≤ M_ii + M_jj for M ⪰ 0): the no-fit program then needs no box on λ; optional;
+    * ``convex(lam, Q, **settings) -> bool``: R_λ is convex (the falsifier may then certify optimality);
+    * ``cvx(x, ctx, lam, **settings)``: R_λ as a cvxpy expression (a :class:`CvxContext`), optional;
+    * ``labels(Q, **settings) -> [K names]`` and ``describe(lam, Q, **settings) -> str``: the fitted R
+      in closed form; ``parameters(lam, Q, **settings) -> {name: value}``: the fitted quantities a
+      study may compare with known values (``M``, ``alpha``).
+
+    Each family is also registered as two hypotheses: ``NAME`` (a regularizer, one member per λ:
+    ``params: {lam: [...]}``, what the falsifier judges and its certificates name) and
+    ``NAME_family`` (kind ``family``: "some member fits", judged by the ``fit`` and ``no_fit`` claim
+    kinds; its certificates are the no-fit certificates).
+    """
+
+    name: str
+    features: Callable[..., Tensor]
+    doc: str = ""
+    depends_on: DependsOn = "params"
+    on: Literal["theta", "predictor"] = "theta"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    free: Mapping[str, Free] = field(default_factory=dict)
+    cone: Callable[..., list] | None = None
+    strict: Callable[..., list] | None = None
+    magnitude: Callable[..., Any] | None = None
+    convex: Callable[..., bool] | None = None
+    cvx: Callable[..., Any] | None = None
+    labels: Callable[..., list[str]] | None = None
+    describe: Callable[..., str] | None = None
+    parameters: Callable[..., dict[str, Any]] | None = None
+
+    @property
+    def claim_name(self) -> str:
+        """The name of the family's ``family`` hypothesis ("some member of it fits")."""
+        return f"{self.name}_family"
+
+    def settings(self) -> dict[str, Any]:
+        """Default options and free parameters (a per-coordinate one as a list, filled in by the fit)."""
+        out = dict(self.options)
+        out.update({k: ([] if f.per_coordinate else f.default) for k, f in self.free.items()})
+        return out
+
+    def hypotheses(self) -> list[Hypothesis]:
+        """The two hypotheses this family registers (see the class docstring)."""
+        fn = FamilyFunction(self)
+        member = Hypothesis(name=self.name, fn=fn, depends_on=self.depends_on, on=self.on,
+                            params={"lam": [], **self.settings()},
+                            doc=f"a member R_lambda of family {self.name} (coefficients lam): {self.doc}")
+        claim = Hypothesis(name=self.claim_name, fn=fn, depends_on=self.depends_on, on=self.on, kind="family",
+                           params=dict(self.options),
+                           doc=f"some member of family {self.name} characterizes gradient flow here: {self.doc}")
+        return [member, claim]
+
+
+# --------------------------------------------------------------------------------------------
 # Claim kinds
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -469,7 +578,8 @@ class ClaimKind:
     * ``replay(cert, replay) -> VerifyResult``: ``ibtest verify`` of such a certificate;
     * ``describe(cert) -> list[str]``: ``ibtest show`` in words;
     * ``plot(cert, path, plugins) -> Path``: ``ibtest show --plot`` (optional);
-    * ``label``: how a report names its gap (``|ΔR|``).
+    * ``label``: how a report names its gap (``|ΔR|``);
+    * ``shrink``: ``ibtest shrink`` of such a certificate (optional).
 
     ``judges="*"`` marks a kind judged across the runs of a sweep (``limit``): it has no ``score`` or
     ``finish`` (the runs' own kinds judge each run) and replays a certificate of any hypothesis.
@@ -485,6 +595,10 @@ class ClaimKind:
     label: str = "gap"
     plot: Callable[..., Any] | None = None
     doc: str = ""
+    #: ``shrink(cert, source, digest, budget, plugins) -> ShrinkResult``: ``ibtest shrink`` of a
+    #: certificate of this kind (optional; the built-in pair and witness kinds shrink through
+    #: :mod:`ibtest.cert.shrink` itself)
+    shrink: Callable[..., Any] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,6 +629,7 @@ SPEC_TYPES: dict[str, type] = {
     "hypotheses": Hypothesis,
     "executors": Executor,
     "kinds": ClaimKind,
+    "families": Family,
 }
 
 
@@ -545,6 +660,9 @@ __all__: Sequence[str] = [
     "Hypothesis",
     "CvxContext",
     "ClaimKind",
+    "Free",
+    "Family",
+    "FamilyFunction",
     "Executor",
     "SPEC_TYPES",
 ]

@@ -212,6 +212,13 @@ def validate(
         executor = _resolve_plugin(registry, "executors", m.executor.model_dump(), ("executor",), src, lines, problems)
     if m.limit is not None:
         _check_limit(m, src, lines, problems)
+    if m.fit is not None:
+        names = [m.fit.family] if isinstance(m.fit.family, str) else list(m.fit.family or [])
+        names += list(m.fit.expect) if isinstance(m.fit.expect, dict) else []
+        for name in names:
+            if name not in registry.items["families"]:
+                problems.append(f"{src}:{line_of(lines, ('fit', 'family'))}: fit.family: unknown family {name!r} "
+                                f"(known: {', '.join(registry.names('families')) or 'none registered'})")
     if m.sweep is not None:
         uses = {"init": inits, "model": [model], "solver": [solver], "datasets": datasets}
         check_sweep(m.sweep, uses, src, lines, problems)
@@ -224,7 +231,7 @@ def validate(
         init_counts=[r.count for r in init_refs], datasets=_resolved(datasets), solver=solver,
         constructions=_resolved(constructions), hypotheses=hyps, verdict=m.verdict, report=m.report,
         plugin_files=list(plugin_files or []), sweep=m.sweep, limit=m.limit, device=m.device,
-        chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
+        chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor, fit=m.fit,
         kinds={h.spec.kind: tuple(k for k in registry.replayers_for(h.spec.kind) if k.judges != "*") for h in hyps},
         budget=m.budget,
     )

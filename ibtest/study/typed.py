@@ -110,6 +110,27 @@ class SweepSettings(_Strict):
     values: list[Any] = Field(min_length=1, description="one run per value (at least one)")
 
 
+class FitSettings(_Strict):
+    """``fit:``, what ``ibtest fit STUDY`` does with the study (the command line may override
+    ``family`` and ``strict``): the families to fit, their options, strict convexity, the share of
+    study instances held out for the falsifier, and what is expected."""
+
+    family: str | Annotated[list[str], Field(min_length=1)] | None = Field(default=None, description=(
+        "the family (or families) to fit"))
+    options: dict[str, Any] = Field(default_factory=dict, description="options of the families (a c grid, degrees)")
+    strict: Float | None = Field(default=None, ge=0, description=(
+        "ask R - strict*|x - x0|^2/2 convex (lambda normalized to unit growth): only strictly convex members"))
+    holdout: Float = Field(default=0.5, ge=0, lt=1, description="share of the study's instances held out")
+    expect: Literal["fits", "no_fit"] | dict[str, Literal["fits", "no_fit"]] | None = Field(default=None, description=(
+        "the expected outcome, for every family or per family"))
+    verdict: Verdict | None = Field(default=None, description="expected verdict of the fitted member on held-out triples")
+    truth: dict[str, Any] = Field(default_factory=dict, description=(
+        "known values of the fitted parameters (a number, a list, 'identity' for a matrix, 'sweep' for the "
+        "sweep's value)"))
+    rtol: Float = Field(default=1e-6, gt=0, description="relative tolerance of the truth comparison")
+    ties: bool | None = Field(default=None, description="expect the fit to only tie (distinct admissible pairs rated equal)")
+
+
 class StudyModel(_Strict):
     study: str
     description: str = ""
@@ -134,6 +155,7 @@ class StudyModel(_Strict):
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     executor: PluginRef | None = Field(default=None, description=(
         "where the blocks run: {name: local} (default) or {name: ray, address: ..., num_cpus_per_task: ...}"))
+    fit: FitSettings | None = Field(default=None, description="what ibtest fit does with this study")
 
 
 # ----------------------------------------------------------------------------------------
@@ -214,6 +236,7 @@ class Study:
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     executor: PluginUse[Executor] | None = None  # None: the local executor with its defaults
+    fit: FitSettings | None = None  # ``ibtest fit``'s settings (the study's ``fit:``)
     #: hypothesis kind → the claim kinds that judge it (registration order), for every kind the
     #: study's hypotheses use
     kinds: dict[str, tuple[ClaimKind, ...]] = field(default_factory=dict)
