@@ -39,7 +39,8 @@ def one(name: str, count: int) -> dict[str, Any]:
     from ibtest.solve.engine import build_context, plan_instances
     from ibtest.study.schema import validate
 
-    raw = {"study": f"fit-bench-{name}", "seed": 1, "solver": {"name": "exact", "fit_tol": 1e-20}, **STUDIES[name]}
+    raw: dict[str, Any] = {"study": f"fit-bench-{name}", "seed": 1, "solver": {"name": "exact", "fit_tol": 1e-20},
+                           **STUDIES[name]}
     raw["datasets"] = [dict(raw["datasets"][0], count=int(count))]
     reg = load_registry()
     study = validate(raw, reg)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import io
 import math
 import os
@@ -411,12 +412,12 @@ def full_disk(budget: int, files_too: bool = True) -> Iterator[None]:
         return real_write(self, *a, **k)
 
     sqlite3.connect = connect
-    pathlib.Path.write_text = write_text
+    setattr(pathlib.Path, "write_text", write_text)  # noqa: B010 - a monkeypatch of a method
     try:
         yield
     finally:
         sqlite3.connect = real
-        pathlib.Path.write_text = real_write
+        setattr(pathlib.Path, "write_text", real_write)  # noqa: B010
 
 
 @contextlib.contextmanager
@@ -529,7 +530,7 @@ def store_cases(c: Corpus, finished: pathlib.Path) -> None:
     for budget in (0, 2, 5, 9):
         c.cases.append(Case("stores", f"full disk after {budget} writes: run",
                             ["run", str(study), "-q", "--out", str(c.root / f"full{budget}")],
-                            lambda b=budget: full_disk(b)))
+                            functools.partial(full_disk, budget)))
     c.cases.append(Case("stores", "full disk only for files: run",
                         ["run", str(study), "-q", "--out", str(c.root / "fullfiles")], lambda: full_disk(10**9)))
     d = copy("fullresume")
@@ -584,7 +585,7 @@ def run_subprocess(case: Case, timeout: float) -> Outcome:
     except subprocess.TimeoutExpired:
         return Outcome(case, "hang", f"> {timeout} s", time.perf_counter() - t0)
     finally:
-        if case.stdout:
+        if not isinstance(sink, int):
             sink.close()
     seconds = time.perf_counter() - t0
     if "Traceback" in (p.stderr or ""):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import io
 import json
 import os
@@ -211,16 +212,17 @@ def genuine(root: pathlib.Path) -> dict[str, pathlib.Path]:
 
     out: dict[str, pathlib.Path] = {}
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        res = run_study(_set(_set(T3PAIR, ("verdict",), {"shrink": True, "shrink_budget": 400}), ("hypotheses",),
-                             [{"name": "l2_norm"}]), out_dir=root / "g-pair")
+        res = _single(run_study(_set(_set(T3PAIR, ("verdict",), {"shrink": True, "shrink_budget": 400}), ("hypotheses",),
+                                     [{"name": "l2_norm"}]), out_dir=root / "g-pair"))
         out["pair"], out["shrunk"] = (pathlib.Path(p) for p in res.certificates)
         witness = pathlib.Path(__file__).resolve().parents[1] / "hypotheses" / "vardi_shamir_gamma5_witness.yaml"
-        out["witness"] = pathlib.Path(run_study(witness, out_dir=root / "g-witness").certificates[0])
+        out["witness"] = pathlib.Path(_single(run_study(witness, out_dir=root / "g-witness")).certificates[0])
         out["plugin"] = root / "sq_conserved.py"
         out["plugin"].write_text(SQ)
         inv = _set(_set(T3PAIR, ("init",), {"name": "gaussian", "scale": 0.5, "count": 2}), ("hypotheses",),
                    [{"name": "sq_conserved"}])
-        out["invariant"] = pathlib.Path(run_study(inv, plugins=[str(out["plugin"])], out_dir=root / "g-inv").certificates[0])
+        out["invariant"] = pathlib.Path(_single(run_study(inv, plugins=[str(out["plugin"])],
+                                                          out_dir=root / "g-inv")).certificates[0])
     return out
 
 
@@ -237,8 +239,8 @@ def _edits(cert: dict) -> Iterator[tuple[str, dict]]:
             node[path[-1]] = value
         return c
 
-    paths = [(k,) for k in cert if k not in ("versions", "replay", "study", "study_file", "claim", "refutation",
-                                             "source", "plugins", "format")]
+    skip = ("versions", "replay", "study", "study_file", "claim", "refutation", "source", "plugins", "format")
+    paths: list[tuple[str, ...]] = [(k,) for k in cert if k not in skip]
     for side in ("a", "b"):
         if side in cert:
             paths += [(side, k) for k in ("X", "y", "theta", "loss", "R", "measured_error")]
@@ -256,6 +258,12 @@ def _edits(cert: dict) -> Iterator[tuple[str, dict]]:
 _DELETE = object()
 
 
+def _single(res: Any) -> Any:
+    """The one StudyResult of a study without a sweep (run_study returns a list for a sweep)."""
+    assert not isinstance(res, list), "a study without a sweep gives one result"
+    return res
+
+
 def cert_cases(c: Corpus, certs: dict[str, pathlib.Path]) -> None:
     for kind in ("pair", "shrunk", "witness", "invariant"):
         cert = json.loads(certs[kind].read_text())
@@ -265,7 +273,8 @@ def cert_cases(c: Corpus, certs: dict[str, pathlib.Path]) -> None:
             for cmd in (["show"], ["shrink", "--budget", "8", "-o", str(c.root / "shrunk-out.json")], ["verify"]):
                 c.cases.append(Case("certs", f"{kind}: {what}: {cmd[0]}", [cmd[0], str(p), *cmd[1:], *plugin],
                                     expect=(0, 1, 2), check=one_line))
-        for what, value in (("a.R a list", [1.0, 2.0]), ("gap a list", [0.1]), ("kind unknown", "pears")):
+        odd: tuple[tuple[str, Any], ...] = (("a.R a list", [1.0, 2.0]), ("gap a list", [0.1]), ("kind unknown", "pears"))
+        for what, value in odd:
             edited = copy.deepcopy(cert)
             if what.startswith("a.R"):
                 edited["a"]["R"] = value
@@ -275,8 +284,9 @@ def cert_cases(c: Corpus, certs: dict[str, pathlib.Path]) -> None:
                 edited["kind"] = value
             p = c.file(json.dumps(edited), ".json")
             ok = (0, 1, 2) if kind == "invariant" and what.startswith("a.R") else (2,)
-            for cmd in ("show", "verify"):
-                c.cases.append(Case("certs", f"{kind}: {what}: {cmd}", [cmd, str(p), *plugin], expect=ok, check=one_line))
+            for command in ("show", "verify"):
+                c.cases.append(Case("certs", f"{kind}: {what}: {command}", [command, str(p), *plugin], expect=ok,
+                                    check=one_line))
 
 
 # ------------------------------------------------------------------------------------------
@@ -446,9 +456,9 @@ def hang_cases(c: Corpus, certs: dict[str, pathlib.Path]) -> None:
             ("exact max_pieces 640 grid 1920", {"name": "exact", "options": {"max_pieces": 640, "grid": 1920}})):
         edited = copy.deepcopy(cert)
         edited["solver"] = solver
-        p = str(c.file(json.dumps(edited), ".json"))
-        for cmd in (["verify", p], ["shrink", p, "--budget", "8", "-o", str(c.root / "hang-shrunk.json")]):
-            c.cases.append(Case("hangs", f"{cmd[0]}: certificate asks for {label}", cmd, expect=(0, 1, 2)))
+        path = str(c.file(json.dumps(edited), ".json"))
+        for argv in (["verify", path], ["shrink", path, "--budget", "8", "-o", str(c.root / "hang-shrunk.json")]):
+            c.cases.append(Case("hangs", f"{argv[0]}: certificate asks for {label}", argv, expect=(0, 1, 2)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -468,10 +478,10 @@ def forged_cases(c: Corpus, certs: dict[str, pathlib.Path]) -> None:
         c.cases.append(Case("forged", f"ibtest list: hypothesis {label}", ["list", "--plugin", p], expect=(0,),
                             check=no_forged_line))
     for what, text in (("an empty object", "{}"), ("a genuine certificate", certs["pair"].read_text())):
-        p = c.root / f"cert{len(c.cases)}\n  refutation CONFIRMED.json"
-        p.write_text(text)
+        named = c.root / f"cert{len(c.cases)}\n  refutation CONFIRMED.json"
+        named.write_text(text)
         for cmd in ("verify", "show"):
-            c.cases.append(Case("forged", f"{cmd}: certificate file name with a newline ({what})", [cmd, str(p)],
+            c.cases.append(Case("forged", f"{cmd}: certificate file name with a newline ({what})", [cmd, str(named)],
                                 expect=(0, 2), check=both(one_line, no_forged_line)))
     c.cases.append(Case("forged", "verify: missing file name with a newline",
                         ["verify", str(c.root / "missing\n  refutation CONFIRMED.json")], expect=(2,),
@@ -533,7 +543,7 @@ def store_cases(c: Corpus, finished: pathlib.Path) -> None:
             c.cases.append(Case("stores2", f"{argv[0]} on a store {label}", argv, check=unchanged(d)))
     d = copy_run("running")
     for argv in (["report", str(d)], ["diff", str(finished), str(d)]):
-        c.cases.append(Case("stores2", f"{argv[0]} on a run being written", argv, patch=lambda d=d: writing(d)))
+        c.cases.append(Case("stores2", f"{argv[0]} on a run being written", argv, patch=functools.partial(writing, d)))
     d = copy_run("tampered")
     _tamper(d)
     c.cases.append(Case("stores2", "resume with a tampered stored solve", ["run", "--resume", str(d), "-q"],
@@ -548,7 +558,7 @@ def store_cases(c: Corpus, finished: pathlib.Path) -> None:
                         patch=lambda: held_lock(busy), expect=(2,), check=says("is in use by another ibtest run")))
     d = copy_run("resume-busy")
     c.cases.append(Case("stores2", "resume a run being resumed", ["run", "--resume", str(d), "-q"],
-                        patch=lambda d=d: held_lock(d), expect=(2,), check=says("is in use")))
+                        patch=functools.partial(held_lock, d), expect=(2,), check=says("is in use")))
 
 
 def _sql(d: pathlib.Path, statement: str) -> None:
