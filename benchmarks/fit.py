@@ -39,7 +39,7 @@ def one(name: str, count: int) -> dict[str, Any]:
     from ibtest.solve.engine import build_context, plan_instances
     from ibtest.study.schema import validate
 
-    raw: dict[str, Any] = {"study": f"fit-bench-{name}", "seed": 1, "solver": {"name": "exact", "fit_tol": 1e-20},
+    raw: dict[str, Any] = {"study": f"fit-bench-{name}", "seed": 1, "solver": {"name": "exact"},
                            **STUDIES[name]}
     raw["datasets"] = [dict(raw["datasets"][0], count=int(count))]
     reg = load_registry()

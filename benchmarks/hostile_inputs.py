@@ -158,7 +158,7 @@ def yaml_cases(c: Corpus) -> None:
     c.study("yaml", "merge key bomb", "a: &a {x: 1, y: 2}\nb: &b {<<: [*a, *a]}\nc: {<<: [*b, *b]}\n" + base)
     c.study("yaml", "duplicate top-level key", base + "seed: 1\nseed: 2\n")
     c.study("yaml", "duplicate key in flow mapping",
-            base.replace("solver:\n  name: exact", "solver: {name: exact, fit_tol: 1.0e-20, fit_tol: 1.0}"))
+            base.replace("solver:\n  name: exact", "solver: {name: exact, grid: 192, grid: 64}"))
     c.study("yaml", "duplicate study key", base + "study: again\n")
     c.study("yaml", "latin-1 file", ("description: café résumé\n" + base).encode("latin-1"))
     for seed in range(6):
@@ -199,7 +199,8 @@ def option_cases(c: Corpus) -> None:
         (_set(LINEAR, ("datasets", 0), {"name": "orthogonal", "n": 2, "d": 3}), ("datasets", 0),
          ["n", "d", "count", "scale"]),
         (LINEAR, ("init",), ["scale", "count"]),
-        (THEOREM3, ("solver",), ["fit_tol", "root_tol", "max_pieces", "grid", "workers"]),
+        (THEOREM3, ("solver",), ["fit_tol", "root_tol", "max_pieces", "grid", "workers"]),  # fit_tol: not an option
+        (THEOREM3, (), ["fit_tol"]),
         (_set(THEOREM3, ("init",), {"name": "fixed", "value": [0.0, 0.0, 0.0]}), ("init",), ["value"]),
         (THEOREM3, ("verdict",), ["min_pairs", "safety", "max_certificates", "max_group_pairs"]),
         (THEOREM3, (), ["seed", "chunk_size", "block_size"]),
@@ -248,7 +249,7 @@ def sweep_cases(c: Corpus) -> None:
         ("datasets.nope", [1]), ("nope", [1]), ("", [1]), ("init", [1]), ("datasets.0.n", [2]),
         ("init.scale", ["x"]), ("init.scale", [math.nan]), ("init.scale", [True]), ("init.scale", [[1, 2]]),
         ("datasets.n", [-3]), ("datasets.n", [0]), ("datasets.d", [0]), ("datasets.count", [0]),
-        ("datasets.n", [[]]), ("solver.grid", [-5]), ("solver.fit_tol", [math.nan]), ("solver.fit_tol", [-1.0]),
+        ("datasets.n", [[]]), ("solver.grid", [-5]), ("solver.fit_tol", [math.nan]), ("solver.root_tol", [-1.0]),
         ("init.count", [2]), ("model.relu_grad_at_zero", [2]), ("datasets.labels", ["nope"]),
         ("init.scale", 3), ("init.scale", None),
     ]:

@@ -357,7 +357,8 @@ def plugin_cases(c: Corpus) -> None:
                                                            extra=extra)
     opt = ("import ibtest\nfrom ibtest.solve.solvers.exact_spec import SPEC\n@ibtest.hookimpl\ndef ibtest_solvers():\n"
            "    return [ibtest.replace(SPEC, name='s', options={{**SPEC.options, {opt}}})]\n")
-    for label, o in (("option default nan", "'fit_tol': ibtest.Option(float('nan'), float)"),
+    for label, o in (("option default nan", "'root_tol': ibtest.Option(float('nan'), float)"),
+                     ("fit_tol declared as an option", "'fit_tol': ibtest.Option(1e-20, float)"),
                      ("tolerance default inf", "'root_tol': ibtest.Option(float('inf'), float)"),
                      ("tolerance default negative", "'root_tol': ibtest.Option(-1.0, float)"),
                      ("option not an Option", "'grid': 5"), ("option type not a type", "'grid': ibtest.Option(1, 5)")):
@@ -420,8 +421,8 @@ def hang_cases(c: Corpus, certs: dict[str, pathlib.Path]) -> None:
         "model with a NaN gradient, gd": (_set(_set(T3PAIR, ("model",), {"name": "nan_grad"}),
                                                ("solver",), {"name": "gd"}), (0, 1)),
         "gd lr 1e-300, 10**6 steps": (_set(T3PAIR, ("solver",), {"name": "gd", "lr": 1e-300, "steps": 10**6}), (0, 1)),
-        "gd lr 1e-300, 10**6 steps, tolerances 0": (_set(T3PAIR, ("solver",), {
-            "name": "gd", "lr": 1e-300, "steps": 10**6, "fit_tol": 0, "grad_tol": 0}), (0, 1)),
+        "gd lr 1e-300, 10**6 steps, tolerances 0": (_set(_set(T3PAIR, ("solver",), {
+            "name": "gd", "lr": 1e-300, "steps": 10**6, "grad_tol": 0}), ("fit_tol",), 0), (0, 1)),
         "a solver that never returns": (_set(T3PAIR, ("solver",), {"name": "spin_solver"}), (0, 1)),
         "a construction that never returns": (_set(T3PAIR, ("constructions",), ["spin_construction"]), (0, 1)),
         "a hypothesis that never returns": (_set(T3PAIR, ("hypotheses",), [{"name": "spin_R"}]), (0, 1)),
@@ -449,6 +450,8 @@ def hang_cases(c: Corpus, certs: dict[str, pathlib.Path]) -> None:
     for label, solver in (
             ("gd lr 1e-300 steps 1e6 tolerances 0", {"name": "gd", "options": {"lr": 1e-300, "steps": 1000000,
                                                                                 "fit_tol": 0, "grad_tol": 0}}),
+            ("gd lr 1e-300 steps 1e6, fit rule 0", {"name": "gd", "fit_tol": 0, "options": {"lr": 1e-300, "steps": 1000000,
+                                                                                            "grad_tol": 0}}),
             ("gd lr 1e-300 steps 1e6 (tightened too)", {"name": "gd", "options": {"lr": 1e-300, "steps": 1000000},
                                                          "tightened": {"lr": 1e-300, "steps": 1000000}}),
             ("adaptive max_steps 2e6 rtol 1e-30", {"name": "adaptive", "options": {"rtol": 1e-30, "atol": 0,
@@ -456,6 +459,8 @@ def hang_cases(c: Corpus, certs: dict[str, pathlib.Path]) -> None:
             ("exact max_pieces 640 grid 1920", {"name": "exact", "options": {"max_pieces": 640, "grid": 1920}})):
         edited = copy.deepcopy(cert)
         edited["solver"] = solver
+        if "fit_tol" in solver:  # the fit rule is the file's top-level fit_tol
+            edited["fit_tol"] = solver.pop("fit_tol")
         path = str(c.file(json.dumps(edited), ".json"))
         for argv in (["verify", path], ["shrink", path, "--budget", "8", "-o", str(c.root / "hang-shrunk.json")]):
             c.cases.append(Case("hangs", f"{argv[0]}: certificate asks for {label}", argv, expect=(0, 1, 2)))

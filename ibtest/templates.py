@@ -255,7 +255,8 @@ init: {name: gaussian, scale: 0.5, count: 2}
 datasets:
   - {name: gaussian, n: 2, d: 3, count: 3, labels: teacher_relu}
 # any model with a gradient ('exact' is for piecewise-linear neurons only)
-solver: {name: adaptive, fit_tol: 1.0e-16}
+solver: {name: adaptive}
+fit_tol: 1.0e-16               # the study's fit rule (relative loss), one for every solver
 constructions: []              # e.g. [consistent_augmentation]: pairs sharing θ0, more solving
 hypotheses:
   - {name: l2_norm, expect: falsified}   # two inits on one dataset end at different interpolators
@@ -353,7 +354,8 @@ model: {name: relu_neuron, relu_grad_at_zero: 1}
 init: {name: zeros}
 datasets:
   - {name: $name, n: 3, d: 4, count: 4}
-solver: {name: exact, fit_tol: 1.0e-20}
+solver: {name: exact}
+fit_tol: 1.0e-20               # the study's fit rule (relative loss), one for every solver
 constructions:
   - blocking_point
   - consistent_augmentation

@@ -218,7 +218,8 @@ def test_tighten_and_spec():
     assert tighten({"rtol": 1e-14, "atol": 1e-16, "drift_tol": 1e-13})["rtol"] >= 1e-13
     assert o["rtol"] == 1e-10  # not mutated
     assert SPEC.name == "adaptive" and SPEC.solve is solve_adaptive
-    assert set(SPEC.options) >= {"rtol", "atol", "fit_tol", "drift_tol", "t_max", "max_steps", "div_norm"}
+    assert set(SPEC.options) >= {"rtol", "atol", "drift_tol", "t_max", "max_steps", "div_norm"}
+    assert "fit_tol" not in SPEC.options  # the study's fit rule, handed to every solver
     assert SPEC.tighten(o)["rtol"] == t["rtol"]
 
 

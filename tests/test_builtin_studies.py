@@ -21,7 +21,7 @@ OLD_TESTING_THEOREM3 = {
     "model": {"name": "relu_neuron", "relu_grad_at_zero": 1},
     "init": {"name": "zeros"},
     "datasets": [{"name": "vardi_shamir_theorem3", "alpha": 1.0, "gamma": [0, 1, 5]}],
-    "solver": {"name": "exact", "fit_tol": 1e-20},
+    "solver": {"name": "exact"},
     "constructions": ["blocking_point", "consistent_augmentation", {"name": "rotate", "count": 2, "max_pairs": 8}],
     "report": {"triples": False},
 }
@@ -37,7 +37,7 @@ model: {name: relu_neuron, relu_grad_at_zero: 1}
 init: {name: zeros}
 datasets:
   - {name: vardi_shamir_theorem3, alpha: 1.0, gamma: [0, 1, 2, 5, 20]}
-solver: {name: exact, fit_tol: 1.0e-20}
+solver: {name: exact}
 constructions:
   - blocking_point
   - consistent_augmentation

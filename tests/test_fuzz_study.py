@@ -47,7 +47,7 @@ PATHS: list[tuple] = [
     ("datasets",), ("datasets", 0), ("datasets", 0, "name"), ("datasets", 0, "n"), ("datasets", 0, "d"),
     ("datasets", 0, "count"), ("datasets", 0, "gamma"), ("datasets", 0, "alpha"), ("datasets", 0, "pad_to"),
     ("datasets", 0, "labels"), ("datasets", 0, "noise"), ("datasets", 1),
-    ("solver",), ("solver", "name"), ("solver", "fit_tol"), ("solver", "grid"), ("solver", "max_pieces"),
+    ("solver",), ("solver", "name"), ("fit_tol",), ("solver", "grid"), ("solver", "max_pieces"),
     ("solver", "root_tol"), ("constructions",), ("constructions", 0),
     ("hypotheses",), ("hypotheses", 0), ("hypotheses", 0, "name"), ("hypotheses", 0, "params"),
     ("hypotheses", 0, "params", "p"), ("hypotheses", 0, "expect"), ("hypotheses", 0, "atol"),
@@ -57,7 +57,7 @@ PATHS: list[tuple] = [
 ]
 NAMES = ["exact", "gd", "gaussian", "zeros", "fixed", "scaled", "l2_norm", "lp_norm", "relu_neuron", "linear",
          "vardi_shamir_theorem3", "sparse_regression", "orthogonal", "matrix_completion", "blocking_point",
-         "init.scale", "datasets.n", "datasets.d", "solver.fit_tol", "model.relu_grad_at_zero", "falsified"]
+         "init.scale", "datasets.n", "datasets.d", "fit_tol", "solver.root_tol", "model.relu_grad_at_zero", "falsified"]
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 6), st.sampled_from([10**12, -10**12, 2**70]),

@@ -107,9 +107,9 @@ def test_hostile_yaml_structures(text, needle):
 
 
 def test_duplicate_key_names_file_line_and_key(cli, tmp_path):
-    text = T3.replace("solver: {name: exact}", "solver: {name: exact, fit_tol: 1.0e-20, fit_tol: 1.0}")
+    text = T3.replace("solver: {name: exact}", "solver: {name: exact, grid: 192, grid: 64}")
     p = write(tmp_path, text)
-    refused(cli, tmp_path, p, f"{p}:6: solver.fit_tol: duplicate key 'fit_tol'")
+    refused(cli, tmp_path, p, f"{p}:6: solver.grid: duplicate key 'grid'")
     p = write(tmp_path, T3 + "seed: 1\nseed: 2\n")
     refused(cli, tmp_path, p, f"{p}:11: seed: duplicate key 'seed' (first given on line 10)")
 
@@ -139,11 +139,12 @@ def test_study_files_that_are_not_utf8_text(cli, tmp_path, data, needle):
     (("scale: 1.0", "scale: .nan"), "init.scale: NaN is not a value"),
     (("scale: 1.0", "scale: .inf"), "init.scale: must be finite"),
     (("{name: exact}", "{name: exact, grid: -5}"), "solver.grid: Input should be greater than or equal to 2"),
-    (("{name: exact}", "{name: exact, fit_tol: .nan}"), "solver.fit_tol: NaN is not a value"),
-    (("{name: exact}", "{name: exact, fit_tol: -1.0e-9}"), "solver.fit_tol: Input should be greater than or equal to 0"),
-    (("{name: exact}", "{name: exact, fit_tol: 1e-9, root_tol: -1}"), "solver.root_tol: Input should be greater than 0"),
+    (("{name: exact}", "{name: exact}\nfit_tol: .nan"), "fit_tol: NaN is not a value"),
+    (("{name: exact}", "{name: exact}\nfit_tol: -1.0e-9"), "fit_tol: Input should be greater than or equal to 0"),
+    (("{name: exact}", "{name: exact, fit_tol: 1e-9}"), "solver.fit_tol: fit_tol is the study's fit rule, not a solver option"),
+    (("{name: exact}", "{name: exact, root_tol: -1}"), "solver.root_tol: Input should be greater than 0"),
     (("{name: dist_to_init}", "{name: dist_to_init, atol: -1}"), "hypotheses[0].atol: Input should be greater"),
-    (("{name: dist_to_init}", "{name: dist_to_init, atol: .nan}"), "hypotheses[0].atol: Input should be a finite"),
+    (("{name: dist_to_init}", "{name: dist_to_init, atol: .nan}"), "hypotheses[0].atol: NaN is not a value"),
     (("{name: dist_to_init}", "{name: lp_norm, params: {p: .nan}}"), "hypotheses[0].params.p: NaN is not a value"),
     (("{name: dist_to_init}", "{name: lp_norm, params: {p: []}}"), "hypotheses[0].params.p: an empty list"),
     (("report:", "verdict: {safety: .inf}\nreport:"), "verdict.safety: Input should be a finite number"),
@@ -204,7 +205,7 @@ def test_sweeps(cli, tmp_path):
             "sweep.values[1]: Input should be greater than or equal to 2")
     refused(cli, tmp_path, study("sweep: {path: datasets.n, values: [2, true]}\n"),
             "sweep.values[1]: True is not a number")
-    refused(cli, tmp_path, study("sweep: {path: solver.fit_tol, values: [.nan]}\n"),
+    refused(cli, tmp_path, study("sweep: {path: solver.root_tol, values: [.nan]}\n"),
             "sweep.values[0]: NaN is not a value")
 
 

@@ -129,8 +129,11 @@ def test_a_users_ctrl_c_still_interrupts():
     ("import ibtest\n@ibtest.hookimpl\ndef ibtest_hypotheses():\n    return [ibtest.Hypothesis(name='h', "
      "fn=lambda t, c: t, rtol=float('nan'))]\n", "rtol: expected a finite number >= 0, got nan"),
     ("import ibtest\nfrom ibtest.solve.solvers.exact_spec import SPEC\n@ibtest.hookimpl\ndef ibtest_solvers():\n"
-     "    return [ibtest.replace(SPEC, name='s', options={**SPEC.options, 'fit_tol': ibtest.Option(float('inf'), "
+     "    return [ibtest.replace(SPEC, name='s', options={**SPEC.options, 'root_tol': ibtest.Option(float('inf'), "
      "float)})]\n", "default inf is infinite"),
+    ("import ibtest\nfrom ibtest.solve.solvers.exact_spec import SPEC\n@ibtest.hookimpl\ndef ibtest_solvers():\n"
+     "    return [ibtest.replace(SPEC, name='s', options={**SPEC.options, 'fit_tol': ibtest.Option(1e-20, "
+     "float)})]\n", "fit_tol is the study's fit rule"),
 ])
 def test_a_plugin_that_misbehaves_while_loading_is_exit_2_naming_its_file(cli, tmp_path, body, needle):
     p = tmp_path / "bad_plugin.py"
@@ -163,7 +166,7 @@ def test_spec_problems_unit():
         assert needle in got, got
     c = Construction(name="c", build=lambda **k: None, stage="both")  # type: ignore[arg-type]
     assert "stage: 'both' is not one of triple, pair" in spec_problems("constructions", c)
-    s = Solver(name="s", solve=lambda *a, **k: None, options={"fit_tol": Option(math.nan, float), "n": 3,
+    s = Solver(name="s", solve=lambda *a, **k: None, options={"tol": Option(math.nan, float), "n": 3,
                                                               "t": Option(1, 5)})  # type: ignore[dict-item]
     got = " ".join(spec_problems("solvers", s))
     assert "default nan holds NaN" in got and "expected ibtest.Option, got int" in got and "cannot be validated" in got
@@ -321,7 +324,8 @@ def test_verify_refuses_a_certificate_that_asks_for_unbounded_work(cli, tmp_path
 
     res = run_study(_study(tmp_path, T3), out_dir=tmp_path / "t3")  # a genuine Theorem 3 certificate
     cert = json.loads(Path(res.certificates[0]).read_text())
-    cert["solver"] = {"name": "gd", "options": {"lr": 1e-300, "steps": 1000000, "fit_tol": 0, "grad_tol": 0}}
+    cert["solver"] = {"name": "gd", "options": {"lr": 1e-300, "steps": 1000000, "grad_tol": 0}}
+    cert["fit_tol"] = 0  # the fit rule (a file may tighten it): 0 means no instance stops by fitting
     for tightened in (False, True):
         if tightened:
             cert["solver"]["tightened"] = dict(cert["solver"]["options"])

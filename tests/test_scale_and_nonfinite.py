@@ -264,15 +264,15 @@ def test_the_kit_and_the_engine_pass_the_same_context(tmp_path):
 
 
 @pytest.mark.parametrize("option, needle", [
-    ("fit_tol: 1.5", "solver.fit_tol: Input should be less than 1"),
-    ("fit_tol: -1.0e-20", "solver.fit_tol: Input should be greater than or equal to 0"),
-    ("grid: 0", "solver.grid: Input should be greater than or equal to 2"),
-    ("max_pieces: 0", "solver.max_pieces: Input should be greater than or equal to 1"),
+    ("}\nfit_tol: 1.5", "fit_tol: Input should be less than 1"),
+    ("}\nfit_tol: -1.0e-20", "fit_tol: Input should be greater than or equal to 0"),
+    ("grid: 0}", "solver.grid: Input should be greater than or equal to 2"),
+    ("max_pieces: 0}", "solver.max_pieces: Input should be greater than or equal to 1"),
 ])
 def test_a_relative_fit_tol_of_one_or_more_and_empty_budgets_are_refused(tmp_path, cli, option, needle):
     """fit_tol is relative: 1 or more would call θ0 itself a fit."""
     path = tmp_path / "study.yaml"
     path.write_text("study: x\nmodel: {name: relu_neuron}\ndatasets: [{name: vardi_shamir_theorem3}]\n"
-                    f"solver: {{name: exact, {option}}}\n")
+                    f"solver: {{name: exact, {option}\n")
     r = cli("run", path, "--out", tmp_path / "run")
     assert r.code == 2 and needle in r.err, r

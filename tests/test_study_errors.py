@@ -35,7 +35,9 @@ def write(tmp_path, text, name="study.yaml"):
         (("gamma: [0, 1]", "gamma: [0, one]"), 6, "datasets[0].gamma: "),
         (("{name: l2_norm}", "{name: lp_norm, params: {q: 2}}"), 9, "hypotheses[0].params.q: unknown parameter 'q'"),
         (("{name: l2_norm}", "{name: l2_norm, expect: refuted}"), 9, "hypotheses[0].expect"),
-        (("{name: exact}", "{name: exact, fit_tol: tiny}"), 7, "solver.fit_tol"),
+        (("{name: exact}", "{name: exact, grid: tiny}"), 7, "solver.grid"),
+        (("{name: exact}", "{name: exact, fit_tol: 1.0e-20}"), 7, "solver.fit_tol: fit_tol is the study's fit rule"),
+        (("{name: exact}", "{name: exact}\nfit_tol: tiny"), 8, "fit_tol: "),
     ],
 )
 def test_bad_field_names_file_line_and_path(tmp_path, cli, change, line, needle):

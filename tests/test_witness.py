@@ -155,7 +155,7 @@ def test_data_dependent_hypotheses_are_testable(tmp_path):
     d = {"study": "data-dependent", "seed": 2, "model": {"name": "linear"},
          "init": {"name": "gaussian", "scale": 1.0},
          "datasets": [{"name": "gaussian", "n": 3, "d": 5, "count": 3, "labels": "teacher_linear"}],
-         "solver": {"name": "exact", "fit_tol": 1e-20}, "constructions": [], "plugins": [str(plug)],
+         "solver": {"name": "exact"}, "constructions": [], "plugins": [str(plug)],
          "hypotheses": [{"name": "dist_data", "expect": "survives"}, {"name": "l1_to_minnorm", "expect": "falsified"}]}
     res = run_study(d, write=False)
     assert res.expectations_held, res.table()

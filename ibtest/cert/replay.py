@@ -130,7 +130,8 @@ class Replay:
         ‖θ − θ_file‖ + distance to Z(D), one report line per run)."""
         D = self.data
         try:
-            res = call_solver(self.solver, self.model, D.X, D.y, D.mask, D.theta0, dict(self.settings.tightened))
+            res = call_solver(self.solver, self.model, D.X, D.y, D.mask, D.theta0, dict(self.settings.tightened),
+                              self.rules.fit_tol)
             theta = res.theta.detach().to(torch.float64).reshape(D.theta.shape)
             status = [int(s) for s in res.status]
         except UserError:
@@ -260,9 +261,7 @@ def replay_context(reg: Any, cert: dict[str, Any], where: str) -> Replay:
     mname = cert["model"]["name"]
     mspec = reg.get("models", mname)
     params, bound = member_params(hspec, cert["hypothesis"]["params"], where)
-    opt = sspec.options.get("fit_tol")
-    default_fit = float(opt.default) if opt is not None and _is_num(opt.default) else fit.DEFAULT_FIT_TOL
-    rules = Rules.from_certificate(cert, default_fit, where)
+    rules = Rules.from_certificate(cert, fit.DEFAULT_FIT_TOL, where)
     tol, tnotes = rules.tolerance_from_file(cert["hypothesis"], hspec, where)
     notes = list(rules.notes) + tnotes
     mopts = check_options("model", mname, mspec, cert["model"]["options"], where, "model.options")
@@ -276,7 +275,8 @@ def replay_context(reg: Any, cert: dict[str, Any], where: str) -> Replay:
     settings = solver_settings(sspec, cert, rules, where, notes)
     names = [s for s in ("a", "b") if s in cert]
     data = side_tensors(cert, model, names, where)
-    too_much = certificate_work_problem(sspec, dict(settings.tightened), tightened=2 if cert["solver"].get("tightened") else 1,
+    asked = {**settings.tightened, "fit_tol": rules.fit_tol}  # the work depends on the fit rule too (gd)
+    too_much = certificate_work_problem(sspec, asked, tightened=2 if cert["solver"].get("tightened") else 1,
                                         B=len(names), n=data.X.shape[1], P=data.theta.shape[1])
     if too_much:  # the work a file may ask for is capped, not each option alone
         raise UserError(f"{where}: {too_much}")
@@ -286,24 +286,30 @@ def replay_context(reg: Any, cert: dict[str, Any], where: str) -> Replay:
 
 def solver_settings(sspec: Any, cert: Mapping[str, Any], rules: Rules, where: str, notes: list[str]) -> SolverSettings:
     """The certificate's solver options, checked against the registered spec and capped by its
-    defaults, and the tightened settings a replay re-solves at (``fit_tol`` no looser than the
-    rules')."""
-    opts_file = cert["solver"].get("options") or {}
+    defaults, and the tightened settings a replay re-solves at. ``fit_tol`` is not a solver option:
+    the solver gets the rules' (the file's top-level ``fit_tol``, no looser than the tool's)."""
+    opts_file = _without_fit_tol(cert["solver"].get("options") or {}, "solver.options", notes)
     opts = capped_solver_options(sspec, check_options("solver", sspec.name, sspec, opts_file, where, "solver.options"),
                                  where, "solver.options", [])
-    base = cert["solver"].get("tightened") or opts_file
+    base = _without_fit_tol(cert["solver"].get("tightened") or {}, "solver.tightened", notes) or opts_file
     path = "solver.tightened" if cert["solver"].get("tightened") else "solver.options"
     tight = capped_solver_options(sspec, check_options("solver", sspec.name, sspec, base, where, path), where, path,
                                   notes)
-    for o in (opts, tight):
-        if "fit_tol" in o:
-            o["fit_tol"] = min(float(o["fit_tol"]), rules.fit_tol)
     try:
         tight = plugin_call(sspec.tighten, dict(tight))
     except Exception as exc:
         raise UserError(f"{where}: solver {sspec.name!r} cannot tighten these options: "
                         f"{type(exc).__name__}: {clean(exc)}") from None
     return SolverSettings(opts, tight)
+
+
+def _without_fit_tol(options: Any, path: str, notes: list[str]) -> Any:
+    """A file's solver options without ``fit_tol``, which is not a solver option (the file's
+    top-level ``fit_tol``, capped by the rules, is what every solver call gets): said in ``notes``."""
+    if not isinstance(options, Mapping) or "fit_tol" not in options:
+        return options
+    notes.append(f"{path}.fit_tol is not a solver option (the fit rule is the file's top-level fit_tol): ignored")
+    return {k: v for k, v in options.items() if k != "fit_tol"}
 
 
 def _is_num(v: Any) -> bool:

@@ -200,8 +200,8 @@ def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     J.used += 4 * K
     J.calls += 2
     try:
-        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
-        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight)
+        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts, J.rules.fit_tol)
+        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight, J.rules.fit_tol)
     except Exception:  # a candidate the solver cannot handle is no evidence
         return [None for _ in cands]
     th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)
@@ -250,8 +250,8 @@ def _judge_witness(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     J.calls += 2
     outs: list[Outcome | None] = [None for _ in cands]
     try:
-        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
-        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight)
+        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts, J.rules.fit_tol)
+        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight, J.rules.fit_tol)
     except Exception:
         return outs
     th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)

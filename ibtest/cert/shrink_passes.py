@@ -131,7 +131,7 @@ def pass_rebuild(c: Case, J: Judge) -> list[Cand]:
     J.used += k
     J.calls += 1
     try:
-        res = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
+        res = call_solver(J.solver, J.model, X, y, mask, th0, J.opts, J.rules.fit_tol)
         ok = (res.status == st.CONVERGED).nonzero().flatten()
         if ok.numel() == 0:
             return []

@@ -160,6 +160,9 @@ def spec_problems(kind: str, spec: Any) -> list[str]:
         out += _defaults_problems("options", getattr(spec, "options", None))
     elif hasattr(spec, "options"):
         out += option_problems(spec.options)
+    if kind == "solvers" and isinstance(getattr(spec, "options", None), Mapping) and "fit_tol" in spec.options:
+        out.append("options['fit_tol']: fit_tol is the study's fit rule, handed to every solver as the keyword "
+                   "fit_tol: a solver must not declare it as an option")
     if kind == "hypotheses":
         out += _hypothesis_problems(spec)
     if kind == "kinds" and not isinstance(getattr(spec, "judges", None), str):

@@ -264,7 +264,10 @@ class SolveResult:
 class Solver:
     """A gradient-flow solver.
 
-    ``solve(model, X, y, mask, theta0, **options) -> SolveResult``; batched over instances.
+    ``solve(model, X, y, mask, theta0, *, fit_tol, **options) -> SolveResult``; batched over
+    instances. ``fit_tol`` is the study's fit rule (:mod:`ibtest.solve.fit`: an instance has
+    converged only when L(θ; D) ≤ fit_tol · max(½‖y‖², L(θ0; D))), handed to every solver by the
+    engine, ``verify`` and ``shrink``; it is never one of the declared ``options``.
     ``applies(model) -> str | None`` returns a reason when the solver cannot handle the model.
     ``tighten(options) -> options`` returns the settings of a re-solve with a smaller error, used
     to measure the solver error of every θ∞ a verdict rests on.

@@ -16,7 +16,6 @@ from ibtest.base import status as st
 from ibtest.base.errors import UserError
 from ibtest.base.progress import Progress, Quiet
 from ibtest.plugin.specs import ModelBase, SolveResult
-from ibtest.solve import fit
 from ibtest.solve.batch import Triples, cat_padded
 from ibtest.solve.cache import SolveCache, solve_key
 from ibtest.solve.rules import Rules, SolverSettings
@@ -202,7 +201,7 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
 def solve_settings(ctx: RunContext, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The settings part of a solve's store key (solver, its options, model, its options)."""
     opts = dict(ctx.solver_options if options is None else options)
-    return {"solver": ctx.study.solver.name, "options": opts, "model": ctx.study.model.name,
+    return {"solver": ctx.study.solver.name, "options": opts, "fit_tol": ctx.fit_tol, "model": ctx.study.model.name,
             "model_options": ctx.study.model.options}
 
 
@@ -242,7 +241,7 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
             versions = [v._version for v in given]
             try:  # raising, sys.exit, the deadline, a result of the wrong shape: all a failed chunk
                 gX, gy, gmask, gtheta0 = given
-                res = call_solver(ctx.solver, ctx.model, gX, gy, gmask, gtheta0, opts)
+                res = call_solver(ctx.solver, ctx.model, gX, gy, gmask, gtheta0, opts, ctx.fit_tol)
                 if [v._version for v in given] != versions:
                     raise PluginInputWritten("the solver or the model wrote into its inputs (X, y, mask or theta0); "
                                              "a plugin must compute on copies")
@@ -309,7 +308,7 @@ def solve_into(ctx: RunContext, t: Triples, phase: str) -> Triples:
 def build_context(study: Study, progress: Progress | None = None, store: SolveCache | None = None) -> RunContext:
     model = call_plugin(study.model, study.model.spec.factory, **study.model.options)
     options = dict(study.solver.options)
-    fit_tol = float(options.get("fit_tol", fit.DEFAULT_FIT_TOL))
+    fit_tol = float(study.fit_tol)  # the study's fit rule, handed to every solver call
     cuda = study.device == "cuda" and torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     settings = SolverSettings(options, study.solver.spec.tighten(dict(options)))

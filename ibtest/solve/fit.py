@@ -46,12 +46,19 @@ DEFAULT_DIST_TOL = 1e-6
 GN_RTOL = float(torch.finfo(torch.float64).eps) ** 0.5
 
 
+def scale_of(y: Tensor, mask: Tensor, init_loss: Tensor) -> Tensor:
+    """s = max(½ Σ mask·y², L(θ0; D)) [B] float64 from the labels y [B, n], mask [B, n] and the
+    initial loss [B] (a non-finite initial loss counts as 0). The one definition of the loss scale:
+    :func:`loss_scale` and the solvers that compute L(θ0) themselves (``exact``) call it."""
+    zero = 0.5 * (mask * y * y).sum(-1).to(torch.float64)
+    return torch.maximum(zero, torch.nan_to_num(init_loss.to(torch.float64), nan=0.0, posinf=0.0))
+
+
 def loss_scale(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor) -> Tensor:
     """s(D, θ0) = max(½ Σ mask·y², L(θ0; D)) per instance, [B] float64."""
     with torch.no_grad():
-        zero = 0.5 * (mask * y * y).sum(-1).to(torch.float64)
-        init = model.loss(theta0.clone(), X.clone(), y.clone(), mask.clone()).to(torch.float64)
-    return torch.maximum(zero, torch.nan_to_num(init, nan=0.0, posinf=0.0))
+        init = model.loss(theta0.clone(), X.clone(), y.clone(), mask.clone())
+        return scale_of(y, mask, init)
 
 
 def fit_threshold(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,

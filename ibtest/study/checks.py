@@ -130,11 +130,13 @@ def check_n_params(P: Any, model_name: str, d: int) -> int:
 
 
 def call_solver(spec: Any, model: Any, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
-                options: dict[str, Any]) -> SolveResult:
-    """``spec.solve(model, X, y, mask, theta0, **options)`` guarded and checked
-    (:func:`check_solve_result`); every failure is a PluginError naming the solver."""
+                options: dict[str, Any], fit_tol: float) -> SolveResult:
+    """``spec.solve(model, X, y, mask, theta0, fit_tol=fit_tol, **options)`` guarded and checked
+    (:func:`check_solve_result`); every failure is a PluginError naming the solver. ``fit_tol`` is
+    the study's fit rule (:mod:`ibtest.solve.fit`), handed to every solver: it is never one of a
+    solver's declared options."""
     name = f"solver {spec.name!r}"
-    res = call_named(name, spec.solve, model, X, y, mask, theta0, **options)
+    res = call_named(name, spec.solve, model, X, y, mask, theta0, fit_tol=float(fit_tol), **options)
     return check_solve_result(res, theta0, name)
 
 

@@ -43,6 +43,13 @@ def _resolve_plugin(
             continue
         p = path + (key,)
         opt = spec.options.get(key)
+        if opt is None and kind == "solvers" and key == "fit_tol":
+            problems.append(
+                f"{src}:{line_of(lines, p)}: {format_path(p)}: fit_tol is the study's fit rule, not a solver "
+                f"option (one rule for every solver and the judge): write 'fit_tol: {short(value)}' at the top "
+                "level of the study"
+            )
+            continue
         if opt is None:
             allowed = ", ".join(sorted(spec.options)) or "none"
             problems.append(
@@ -230,7 +237,7 @@ def validate(
         name=m.study, source=src, raw=data, seed=m.seed, model=model, inits=_resolved(inits),
         init_counts=[r.count for r in init_refs], datasets=_resolved(datasets), solver=solver,
         constructions=_resolved(constructions), hypotheses=hyps, verdict=m.verdict, report=m.report,
-        plugin_files=list(plugin_files or []), sweep=m.sweep, limit=m.limit, device=m.device,
+        plugin_files=list(plugin_files or []), sweep=m.sweep, limit=m.limit, fit_tol=m.fit_tol, device=m.device,
         chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor, fit=m.fit,
         kinds={h.spec.kind: tuple(k for k in registry.replayers_for(h.spec.kind) if k.judges != "*") for h in hyps},
         budget=m.budget,

@@ -28,6 +28,10 @@ def check_sweep(sweep: SweepSettings, uses: dict[str, list], src: str, lines: di
         problems.append(f"{where}: expected init.OPTION, model.OPTION, solver.OPTION or datasets.OPTION, "
                         f"got {sweep.path!r}")
         return
+    if head == "solver" and opt == "fit_tol":
+        problems.append(f"{where}: fit_tol is the study's fit rule, not a solver option, and is not swept "
+                        "(one rule judges every value of a sweep)")
+        return
     coerced: list[Any] | None = None
     for use in uses[head]:
         if use is None:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ibtest.plugin.specs import ClaimKind, Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
+from ibtest.solve.fit import DEFAULT_FIT_TOL
 
 #: what a study may expect of a member (``survives`` is not met by ``unrefuted``)
 Verdict = Literal["falsified", "survives", "unrefuted", "inconclusive"]
@@ -29,8 +30,15 @@ def _no_bool(value: Any) -> Any:
 
 #: an int field: lax (``"3"`` and ``3.0`` read as 3) but never a bool
 Int = Annotated[int, BeforeValidator(_no_bool)]
+def _no_nan(value: Any) -> Any:
+    """NaN first: a bound such as ``lt=1`` would otherwise say "should be less than 1" of it."""
+    if isinstance(value, float) and value != value:
+        raise ValueError("NaN is not a value")
+    return value
+
+
 #: a float field: lax (YAML reads ``1e-9``, without a dot, as a string), never a bool, finite
-Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+Float = Annotated[float, BeforeValidator(_no_bool), BeforeValidator(_no_nan), Field(allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
@@ -147,6 +155,10 @@ class StudyModel(_Strict):
     report: ReportSettings = Field(default_factory=ReportSettings)
     sweep: SweepSettings | None = None
     limit: LimitSettings | None = None
+    fit_tol: Float = Field(default=DEFAULT_FIT_TOL, ge=0, lt=1, description=(
+        "the fit rule, one for the whole study: theta fits D when L(theta; D) <= fit_tol * "
+        "max(0.5|y|^2, L(theta0; D)) (relative, in [0, 1)); handed to every solver as its "
+        "convergence test and used by the judge for every fit and cross-fit"))
     device: Literal["cpu", "cuda"] = "cpu"
     chunk_size: Int = Field(default=20000, ge=1, description="instances solved per batch")
     block_size: Int = Field(default=20000, ge=1, description=(
@@ -230,6 +242,7 @@ class Study:
     plugin_files: list[str]
     sweep: SweepSettings | None = None
     limit: LimitSettings | None = None
+    fit_tol: float = DEFAULT_FIT_TOL  # the study's fit rule (ibtest.solve.fit), handed to every solver
     device: str = "cpu"
     chunk_size: int = 20000
     block_size: int = 20000

@@ -169,15 +169,16 @@ def estimate(study: Any, N: int, n: int, d: int, P: int) -> Estimate:
         last = call_seconds(name, options, rest, m, P)[0] if rest else 0.0
         est.add(what, full * one + last, one, times)
 
-    solves("solve", B, n, opts, blocks)
-    for name_c, k, m in built_by_constructions(study, B, n):
-        solves(f"construction {name_c}", k, m, opts, blocks)
     try:
         tight = study.solver.spec.tighten(dict(opts))
     except Exception:  # noqa: BLE001 - judged when it runs
         tight = opts
+    fit_tol = {"fit_tol": getattr(study, "fit_tol", 1e-20)}  # the study's fit rule: every solver gets it
+    solves("solve", B, n, {**opts, **fit_tol}, blocks)
+    for name_c, k, m in built_by_constructions(study, B, n):
+        solves(f"construction {name_c}", k, m, {**opts, **fit_tol}, blocks)
     if study.verdict.recheck:
-        solves("re-solve at tightened settings", min(N, RECHECK), n, tight, 1)
+        solves("re-solve at tightened settings", min(N, RECHECK), n, {**tight, **fit_tol}, 1)
     return est
 
 

@@ -35,7 +35,7 @@ def run_hypothesis(plugin: str | Path | types.ModuleType | None = None, study: s
     makes a family) given to every tested hypothesis. ``expect``: an expected verdict written into
     the study (the result's ``expectations_held`` then tells). ``plugins``: more plugin files the
     study needs. ``overrides``: top-level study keys replaced, e.g. ``seed=3``,
-    ``solver={"name": "exact", "fit_tol": 1e-18}``, ``datasets=[...]``.
+    ``solver={"name": "exact"}``, ``fit_tol=1e-18``, ``datasets=[...]``.
     Nothing is written to disk.
     """
     files = local_files(([plugin] if plugin is not None else []) + list(plugins))
@@ -63,15 +63,15 @@ def run_hypothesis(plugin: str | Path | types.ModuleType | None = None, study: s
 def run_model(plugin: str | Path | types.ModuleType | None, name: str, options: dict[str, Any] | None = None, *,
               hypotheses: Sequence[str | dict] = ("l2_norm",), d: int = 3, n: int = 2,
               count: int = 2, inits: int = 2, init_scale: float = 0.5, labels: str = "teacher_relu",
-              solver: dict[str, Any] | None = None, constructions: Sequence[str | dict] = (),
+              solver: dict[str, Any] | None = None, fit_tol: float = 1e-16, constructions: Sequence[str | dict] = (),
               plugins: Iterable[str | Path] = (), **overrides: Any):
     """Run a small study on your model and return its StudyResult.
 
     Gaussian data (``count`` datasets of n points in R^d, labels from a ``labels`` teacher),
     ``inits`` Gaussian θ0 per dataset (scale ``init_scale``), the given hypotheses. Pairs come
     from the study's own triples (two inits on one dataset) and from ``constructions`` (none by
-    default: each construction means more solving). Solver default: ``adaptive`` with
-    fit_tol 1e-16 (works for any model with a gradient; ``{"name": "exact"}`` for piecewise-linear
+    default: each construction means more solving). Solver default: ``adaptive``, the study's
+    ``fit_tol`` 1e-16 (works for any model with a gradient; ``{"name": "exact"}`` for piecewise-linear
     neurons).
     """
     files = local_files(([plugin] if plugin is not None else []) + list(plugins))
@@ -81,7 +81,8 @@ def run_model(plugin: str | Path | types.ModuleType | None, name: str, options: 
         "model": {"name": name, **(options or {})},
         "init": {"name": "gaussian", "scale": init_scale, "count": inits},
         "datasets": [{"name": "gaussian", "n": n, "d": d, "count": count, "labels": labels}],
-        "solver": solver or {"name": "adaptive", "fit_tol": 1e-16},
+        "solver": solver or {"name": "adaptive"},
+        "fit_tol": fit_tol,
         "constructions": list(constructions),
         "hypotheses": [h if isinstance(h, dict) else {"name": h} for h in hypotheses],
         "report": {"triples": False},
@@ -103,7 +104,7 @@ def run_dataset(plugin: str | Path | types.ModuleType | None, name: str, options
         "model": {"name": model} if isinstance(model, str) else dict(model),
         "init": init or {"name": "zeros"},
         "datasets": [{"name": name, **(options or {})}],
-        "solver": solver or {"name": "exact", "fit_tol": 1e-20},
+        "solver": solver or {"name": "exact"},
         "constructions": list(constructions),
         "hypotheses": [h if isinstance(h, dict) else {"name": h} for h in hypotheses],
         "report": {"triples": False},

@@ -341,8 +341,6 @@ SPEC = Solver(
     options={
         "rtol": Option(1e-10, float, "relative local error tolerance"),
         "atol": Option(1e-12, float, "absolute local error tolerance"),
-        "fit_tol": Option(1e-20, float, "loss, relative to max(0.5*|y|^2, L(theta0)), at or below "
-                          "which a limit may be declared converged"),
         "drift_tol": Option(1e-9, float, "bound on the remaining motion |theta(t) - theta(inf)|"),
         "t_max": Option(1e7, float, "flow-time budget"),
         "max_steps": Option(200_000, int, "step budget (accepted + rejected) per instance"),

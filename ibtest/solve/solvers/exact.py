@@ -73,6 +73,7 @@ import torch
 
 from ibtest.base.status import BUDGET, CONVERGED, DIVERGED, SLIDING, STALLED
 from ibtest.plugin.specs import PiecewiseLinearNeuron, SolveResult
+from ibtest.solve.fit import scale_of
 from ibtest.solve.solvers.exact_piece import bmv, leave_dir, next_switch, piece_system, side_slope
 from ibtest.solve.solvers.exact_scale import concat_results, denormalize, normalize, workers_for
 from ibtest.solve.solvers.exact_tol import (
@@ -331,11 +332,10 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
     f = torch.where(zf > 0, pos * zf, neg * zf)
     r = (f - ym) * m
     loss = 0.5 * (r * r).sum(-1)
-    # fit_tol is relative to the loss scale max(½‖y‖², L(w0)) (ibtest.solve.fit)
+    # the study's fit rule: fit_tol relative to the loss scale max(½‖y‖², L(w0)) (ibtest.solve.fit)
     z0 = bmv(Xm, w0)
     r0 = (torch.where(z0 > 0, pos * z0, neg * z0) - ym) * m
-    scale = torch.maximum(0.5 * (ym * ym * m).sum(-1), 0.5 * (r0 * r0).sum(-1))
-    fitted = loss <= fit_tol * scale
+    fitted = loss <= fit_tol * scale_of(ym, m, 0.5 * (r0 * r0).sum(-1))
     unset = status < 0
     status = torch.where(unset & fitted, CONVERGED, status)
     status = torch.where(unset & ~fitted, STALLED, status)

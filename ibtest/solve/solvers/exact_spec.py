@@ -30,8 +30,6 @@ def _tighten(options: dict) -> dict:
     return tighten(options)
 
 
-#: a relative fit tolerance: 1 or more would call θ0 itself a fit (ibtest.solve.fit)
-FIT_TOL = Annotated[float, Field(ge=0, lt=1)]
 
 
 SPEC = Solver(
@@ -39,8 +37,6 @@ SPEC = Solver(
     solve=_solve,
     doc="GF in closed form on each linear piece, switches by root finding, exact t -> inf limit",
     options={
-        "fit_tol": Option(1e-20, FIT_TOL, "converged when loss <= fit_tol * max(0.5|y|^2, L(theta0)) "
-                                          "(relative, in [0, 1))"),
         "root_tol": Option(1e-14, Annotated[float, Field(gt=0, lt=1)], "relative tolerance of the switch times"),
         "max_pieces": Option(64, Annotated[int, Field(ge=1)], "budget of linear pieces"),
         "grid": Option(192, Annotated[int, Field(ge=2)], "points of the log-spaced bracketing grid per piece"),

@@ -16,7 +16,6 @@ from pydantic import Field
 from ibtest.base import status as st
 from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
-from ibtest.solve.solvers.exact_spec import FIT_TOL
 
 
 def solve_gd(
@@ -77,8 +76,6 @@ SPEC = Solver(
     options={
         "lr": Option(1e-2, Annotated[float, Field(gt=0)], "step size eta"),
         "steps": Option(100_000, Annotated[int, Field(ge=1)], "step budget"),
-        "fit_tol": Option(1e-20, FIT_TOL, "converged when loss <= fit_tol * max(0.5|y|^2, L(theta0)) "
-                                          "(relative, in [0, 1))"),
         "grad_tol": Option(1e-14, float, "gradient norm below which a positive-loss instance has stalled"),
         "div_norm": Option(1e8, float, "parameter norm above which an instance has diverged"),
     },
