@@ -105,6 +105,7 @@ EDITS = [  # the issue's examples, then one of each kind's other fields
     ("pair", _pop(("cross_loss",)), "'cross_loss' is missing"),
     ("pair", _pop(("b", "R")), "'b.R' is missing"),
     ("pair", _set(("kind",), "pears"), "field kind"),
+    ("shrunk", _set(("kind",), "pears"), "field kind"),  # the shrunk form too (the corpus found show exit 0)
     ("invariant", _pop(("a", "measured_error")), "'a.measured_error' is missing"),
     ("invariant", _set(("b",), None), None),  # still an invariant certificate: fine
     ("invariant", _set(("shrink",), {}), "only pair and witness certificates are shrunk"),

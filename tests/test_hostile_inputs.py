@@ -570,3 +570,19 @@ def test_round2_corpus_smoke(tmp_path):
     outcomes = [H.run_case(case, 30) for case in picked]
     assert len(outcomes) >= 6
     assert all(o.kind in ("result", "user error") for o in outcomes), [(o.case.name, o.kind, o.detail) for o in outcomes]
+
+
+def test_a_document_with_too_many_values_is_refused_before_it_is_composed(cli, tmp_path):
+    """libyaml's event parser counts the values first (the corpus's 10**6-scale construction took
+    the pure-Python composer past its 10 s deadline): the refusal names the line of the first value
+    beyond the limit, and the count agrees with the composer's own on a small limit."""
+    from ibtest.study import yamlpos
+
+    text = "a: [" + ", ".join(["1"] * 30) + "]\nb: 2\n"
+    assert yamlpos._first_value_beyond(text, 35) is None  # the root, 2 keys, a list, 31 scalars
+    assert yamlpos._first_value_beyond(text, 33) == 2  # the 34th value is b's key
+    with pytest.raises(yamlpos.YAMLInputError, match="holds more than 33 values"):
+        yamlpos.load_with_lines(text, max_nodes=33)
+    big = T3 + "description: [" + ", ".join(["1.0"] * 100_001) + "]\n"
+    p = write(tmp_path, big)
+    refused(cli, tmp_path, p, f"{p}:", "the document holds more than 100000 values")

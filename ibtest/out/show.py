@@ -67,7 +67,13 @@ def describe_shrunk(cert: dict) -> list[str]:
 def show(path: str | Path, plot: str | Path | None = None, plugins: Iterable[str] = ()) -> int:
     cert = load(path)
     shrunk = bool(cert.get("shrink")) and "b" in cert
-    print("\n".join(describe_shrunk(cert) if shrunk else describe(cert, plugins, f"certificate {clean(str(path))}")))
+    where = f"certificate {clean(str(path))}"
+    if shrunk:  # its kind must be registered here too (the shrunk form is printed by the core)
+        from ibtest.cert.replay import registered_kind
+        from ibtest.plugin.manager import load_registry
+
+        registered_kind(load_registry(list(plugins)), cert, where)
+    print("\n".join(describe_shrunk(cert) if shrunk else describe(cert, plugins, where)))
     if plot:
         from ibtest.base.outpath import save_figure
         from ibtest.out.plots import plot_certificate
