@@ -141,6 +141,7 @@ class SweepResult(list):
         super().__init__(runs)
         self.path = path
         self.limits: list[LimitVerdict] = list(limits or [])
+        self.stopped: str | None = None  # why fewer values ran than the sweep has (``-x``)
 
     @property
     def expectations_held(self) -> bool:

@@ -1,0 +1,173 @@
+"""What a person reads after a run (issue 28): markdown that renders to the same cells, sweeps in
+every format with their expectations, tables that fit 100 columns, ``-v``, ``-x``, ``-k``, the
+exit codes in ``--help`` and the interrupt message naming the run's directory."""
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+import yaml
+from markdown_it import MarkdownIt
+
+from ibtest.out import report
+from ibtest.out.cells import fit_widths, md_cell
+
+
+def _study(name: str, **extra) -> str:
+    """A tiny linear study (about a second): l2 and lp are refuted by two inits on one dataset,
+    dist_to_init survives, so its ``expect: falsified`` does not hold."""
+    return yaml.safe_dump({
+        "study": name, "model": {"name": "linear"}, "init": {"name": "gaussian", "scale": 1.0, "count": 2},
+        "datasets": [{"name": "gaussian", "n": 2, "d": 3, "count": 2, "labels": "teacher_linear"}],
+        "solver": {"name": "exact"},
+        "hypotheses": [{"name": "l2_norm", "expect": "falsified"},
+                       {"name": "lp_norm", "params": {"p": [1, 3]}, "expect": "falsified"},
+                       {"name": "dist_to_init", "expect": "falsified"}], **extra}, sort_keys=False)
+
+
+SINGLE = _study("lin-single")
+SWEEP = _study("lin-sweep", sweep={"path": "init.scale", "values": [0.5, 2]})
+
+
+def gfm_tables(text: str) -> list[list[list[str]]]:
+    """Every table of a markdown document as a GFM renderer reads it: rows of cell texts."""
+    md = MarkdownIt("commonmark").enable("table")
+    tables: list[list[list[str]]] = []
+    row: list[str] = []
+    for tok in md.parse(text):
+        if tok.type == "table_open":
+            tables.append([])
+        elif tok.type == "tr_open":
+            row = []
+        elif tok.type == "inline" and tables and tok.map is not None and tok.level >= 4:
+            row.append("".join(c.content if c.type in ("text", "code_inline") else
+                               ("\n" if c.type == "html_inline" and c.content == "<br>" else "")
+                               for c in tok.children or []))
+        elif tok.type == "tr_close":
+            tables[-1].append(row)
+    return tables
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A finished single run (dist_to_init misses its expectation) and a two-value sweep."""
+    from ibtest.api import run_study
+
+    root = tmp_path_factory.mktemp("readable")
+    (root / "single.yaml").write_text(SINGLE)
+    (root / "sweep.yaml").write_text(SWEEP)
+    run_study(root / "single.yaml", out_dir=root / "single")
+    run_study(root / "sweep.yaml", out_dir=root / "sweep")
+    return root
+
+
+# 1. markdown
+def test_md_cell_round_trips_through_a_gfm_renderer():
+    hostile = ["|ΔR|=0.01988 > margin 5.1e-09", "a\\|b", "*not bold* _nor this_", "`tick`", "<b>x</b>",
+               "[link](http://x)", "two\nlines", "&amp;", ""]
+    doc = report.table([{"cell": h, "next": "after"} for h in hostile], "github")
+    (rows,) = gfm_tables(doc)
+    assert rows[0] == ["cell", "next"]
+    assert [r[0] for r in rows[1:]] == hostile  # the text comes back, in its own cell
+    assert all(r[1] == "after" for r in rows[1:])  # nothing spilled into the next column
+    assert md_cell("a|b") == "a\\|b"
+
+
+def test_report_md_keeps_the_evidence_and_the_certificate_in_their_cells(runs, cli):
+    verdicts = json.loads((runs / "single" / "results.json").read_text())["verdicts"]
+    for text in ((runs / "single" / "report.md").read_text(), cli("report", runs / "single", "--format", "markdown").out):
+        head, *body = gfm_tables(text)[0]
+        assert len(head) == 10 and head[-2:] == ["evidence", "certificate"]
+        cells = {r[0]: dict(zip(head, r)) for r in body}
+        for v in verdicts:
+            row = cells[v["label"]]
+            assert row["evidence"] == report.evidence_text(v)
+            assert row["certificate"] == (v["certificate"] or "")
+        assert cells["l2_norm"]["evidence"].startswith("|ΔR|=")
+
+
+# 2, 3. sweeps: every format, expectations as in a single run
+def test_a_sweep_renders_in_every_format_with_its_expectations(runs, cli):
+    table = cli("report", runs / "sweep")
+    assert "survives ✗" in table.out and "falsified ✓" in table.out
+    assert "expectations that did not hold: dist_to_init at init.scale=0.5 (expected falsified, got survives)" \
+        in table.out
+    md = cli("report", runs / "sweep", "--format", "markdown")
+    head, *body = gfm_tables(md.out)[0]
+    assert head[0] == "init.scale" and [r[0] for r in body] == ["0.5", "2"]
+    col = head.index("dist_to_init")
+    assert all(r[col] == "survives ✗ expected falsified" for r in body)
+    assert "expectations that did not hold" in md.out
+    page = cli("report", runs / "sweep", "--format", "html").out
+    assert page.startswith("<!doctype html>") and page.count("<tr>") == 3 and "✗ expected falsified" in page
+    assert json.loads(cli("report", runs / "sweep", "--format", "json").out)["sweep"] == "init.scale"
+
+
+def test_run_prints_a_sweeps_failed_expectations_and_x_stops_it(runs, cli):
+    r = cli("run", runs / "sweep.yaml", "--out", runs / "swx", "-q", "-x")
+    assert r.code == 1
+    assert "stopped after init.scale=0.5 (-x): 1 of 2 values run" in r.out
+    assert "expectations that did not hold: dist_to_init at init.scale=0.5" in r.out
+    assert len(json.loads((runs / "swx" / "results.json").read_text())["runs"]) == 1
+
+
+# 9. width
+def test_tables_fit_100_columns_unless_wide(runs, cli):
+    narrow = cli("report", runs / "single").out
+    tables = narrow.split("certificates:")[0] + narrow.split("\nphases")[1]  # the verdict and phase tables
+    assert max(len(line) for line in tables.splitlines()) <= 100
+    assert "certificates:\n  l2_norm: " in narrow  # the full paths, one a line, under the table
+    wide = cli("report", runs / "single", "--wide").out
+    assert max(len(line) for line in wide.splitlines()) > 100
+    cert = json.loads((runs / "single" / "results.json").read_text())["verdicts"][0]["certificate"]
+    assert any(line.startswith("l2_norm ") and line.endswith(cert) for line in wide.splitlines())
+
+
+def test_fit_widths_keeps_words_whole_while_it_can():
+    rows = [{"a": "x" * 30, "b": "one two three four five six seven eight nine ten"}]
+    widths = fit_widths(rows, 60)
+    assert widths == [None, 28]  # 30 + 2 + 28
+    assert max(len(line) for line in report.table(rows, width=60).splitlines()) <= 60
+    assert fit_widths(rows, 200) == [None, None]
+
+
+def test_subopt_near_zero_is_an_absolute_gap():
+    v = {"search": {"searched": 4, "worst_suboptimality": 30.0, "label": "lower bound", "relative": False,
+                    "worst_gap": 0.0123}}
+    assert report._subopt(v) == "abs 0.012 (lower bound)"
+    v["search"]["relative"] = True
+    assert report._subopt(v) == "30 (lower bound)"
+
+
+# 11. CLI habits
+def test_k_selects_members_and_v_says_each_reason(runs, cli):
+    r = cli("run", runs / "single.yaml", "--out", runs / "k", "-q", "-v", "-k", "lp_norm and not 3")
+    labels = [v["label"] for v in json.loads((runs / "k" / "results.json").read_text())["verdicts"]]
+    assert labels == ["lp_norm[p=1]"]
+    assert "  lp_norm[p=1]: FALSIFIED ✓: |ΔR|=" in r.err
+    bad = cli("run", runs / "single.yaml", "--out", runs / "k2", "-k", "nothing_like_this")
+    assert bad.code == 2 and "selects no hypothesis member (members: l2_norm, lp_norm[p=1]" in bad.err
+    assert cli("run", runs / "single.yaml", "-k", "(l2_norm").code == 2
+
+
+def test_help_lists_the_exit_codes(cli, capsys):
+    from ibtest.cli import build_parser
+
+    for argv in ([], ["run"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv + ["--help"])
+        out = capsys.readouterr().out
+        assert "exit codes" in out and "130  interrupted" in out and "1    an expectation did not hold" in out
+
+
+def test_an_interrupt_names_the_runs_directory(runs, cli, monkeypatch):
+    import ibtest.out.runner as runner
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_loaded", interrupted)
+    r = cli("run", runs / "single.yaml", "--out", runs / "stopped", "-q")
+    assert r.code == 128 + signal.SIGINT
+    assert f"'ibtest run --resume {runs / 'stopped'}'" in r.err
