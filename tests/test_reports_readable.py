@@ -171,3 +171,36 @@ def test_an_interrupt_names_the_runs_directory(runs, cli, monkeypatch):
     r = cli("run", runs / "single.yaml", "--out", runs / "stopped", "-q")
     assert r.code == 128 + signal.SIGINT
     assert f"'ibtest run --resume {runs / 'stopped'}'" in r.err
+
+
+# 8. dead ends
+def test_dead_ends_say_what_to_do_and_what_they_mean(tmp_path, cli):
+    from ibtest.out.dead_ends import dead_end_notes
+
+    study = tmp_path / "budget.yaml"
+    data = yaml.safe_load(SINGLE)
+    data["solver"] = {"name": "adaptive", "max_steps": 5}
+    study.write_text(yaml.safe_dump(data))
+    r = cli("run", study, "--out", tmp_path / "run", "-q", "-k", "l2_norm")
+    assert ("note: 4 triples hit the solver's budget before a limit was certified (not judged): raise t_max "
+            "(now 1e+07) or max_steps (now 5) under solver: {name: adaptive}") in r.out
+    assert "- 4 triples hit the solver's budget" in (tmp_path / "run" / "report.md").read_text()
+    from ibtest.study.schema import load_study
+
+    st_, _ = load_study(study)
+    stalled, diverged = dead_end_notes(st_, {"converged": 3, "stalled": 2, "diverged": 1})
+    assert stalled.startswith("2 triples stalled: GF reached a stationary point with loss above fit_tol")
+    assert "the verdicts rest on the converged ones" in stalled
+    assert diverged.startswith("1 triple diverged: ") and "count for no verdict" in diverged
+
+
+# 9. labels
+def test_two_entries_of_one_init_plugin_get_distinct_labels():
+    from ibtest.api import run_study
+
+    data = yaml.safe_load(SINGLE)
+    data["init"] = [{"name": "gaussian", "scale": 0.1, "count": 1}, {"name": "gaussian", "scale": 1.0, "count": 1}]
+    data["hypotheses"] = [{"name": "l2_norm"}]
+    res = run_study(data, write=False)
+    assert sorted({t["init"] for t in res.to_json()["triples"]}) == ["gaussian(scale=0.1)", "gaussian(scale=1)"]
+    assert [v["depends_on"] for v in res.to_json()["verdicts"]] == ["params"]

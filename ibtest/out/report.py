@@ -90,7 +90,7 @@ def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4, *,
         held = "" if v["expect"] is None else ("✓" if v["held"] else "✗ expected " + v["expect"])
         rows.append({
             "hypothesis": v["label"],
-            "depends on": v["depends_on"] if regularizer else v["kind"],
+            "depends on": v["depends_on"],
             "verdict": verdict_text(v),
             "expect": held,
             "pairs": v["pairs"] if regularizer else f"{v['pairs']} triples",
@@ -185,6 +185,7 @@ def render_table(res: dict[str, Any], *, verbose: bool = True, width: int | None
             out.append(f"... and {more} more triples (see results.json)")
         out.append("")
     out += verdict_table(res["verdicts"], width) + ["", res["summary"]]
+    out += [f"note: {n}" for n in res.get("dead_ends") or []]
     if verbose:
         out += ["", f"phases ({_executor_note(res)}):" if res.get("executor") else "phases:",
                 table(phase_rows(res["phases"]), width=width)]
@@ -195,6 +196,7 @@ def render_markdown(res: dict[str, Any]) -> str:
     digits = res.get("report", {}).get("digits", 6)
     parts = [f"# {md_text(res['study'])}", "", md_text(res.get("description") or ""), "", "## Verdicts", "",
              table(verdict_rows(res["verdicts"]), "github"), "", "## Summary", "", "```", res["summary"], "```", ""]
+    parts += [f"- {md_cell(n)}" for n in res.get("dead_ends") or []] + ([""] if res.get("dead_ends") else [])
     shown = _triples_limit(res)
     if shown:
         parts += ["## Solved triples", "", table(triple_rows(shown, digits), "github"), ""]

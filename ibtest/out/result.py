@@ -13,6 +13,7 @@ from ibtest.base.jsonio import to_jsonable as jsonable
 from ibtest.judge.limits import LimitVerdict
 from ibtest.judge.records import MemberResult
 from ibtest.out import report
+from ibtest.out.dead_ends import dead_end_notes
 from ibtest.run.streaming import Tally
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import Phase
@@ -118,6 +119,7 @@ class StudyResult:
             ],
             "triples": ty.rows,
             "status_counts": ty.counts,
+            "dead_ends": dead_end_notes(self.study, ty.counts),
             "solves": ty.n_solves,
             "solver_calls": self.solve_calls,
             "pairs": {"admissible": ty.n_pairs, "distinct": ty.n_distinct, "by_source": ty.by_source},
