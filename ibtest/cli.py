@@ -152,26 +152,11 @@ def cmd_new(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from ibtest.out import report
+    from ibtest.out.plugin_doc import describe_plugin, overview
     from ibtest.plugin.manager import load_registry
 
     reg = load_registry(args.plugin)
-    for kind in ("models", "datasets", "inits", "solvers", "constructions", "hypotheses", "executors", "families"):
-        rows = []
-        for name in reg.names(kind):
-            item = reg.items[kind][name]
-            doc = (item.spec.doc or "").strip().splitlines()[0] if (item.spec.doc or "").strip() else ""
-            extra = ""
-            if kind == "hypotheses":
-                extra = f"[{item.spec.kind}, depends on {item.spec.depends_on}, on {item.spec.on}] "
-            # a plugin's name, doc and file name are its own text: shown inert, one line each
-            rows.append({"name": clean(name), "doc": clean(extra + doc), "source": clean(f"{item.plugin} ({item.source})")})
-        print(f"{kind}:")
-        print(report.table(rows))
-        print()
-    studies = builtin_studies()
-    if studies:
-        print("built-in studies: " + ", ".join(sorted(studies)))
+    print(describe_plugin(reg, args.name) if args.name else overview(reg, sorted(builtin_studies())))
     return 0
 
 
@@ -196,7 +181,7 @@ def cmd_shrink(args) -> int:
     except NotRefuted as exc:
         print(f"ibtest shrink: {clean(args.certificate)}: {clean(exc)}")
         return 1
-    print("\n".join(clean(line) for line in summary(dest, res)))
+    print("\n".join(clean(line) for line in summary(dest, res, args.plugin)))
     return 0
 
 
@@ -295,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--dir", default=".", help="directory to write into (default: .)")
     n.set_defaults(func=cmd_new)
 
-    lst = sub.add_parser("list", parents=[plug], help="list every registered plugin with its source and doc")
+    lst = sub.add_parser("list", parents=[plug], help="list every registered plugin with its source and doc; "
+                         "list NAME: its options (type, bounds, default, doc)")
+    lst.add_argument("name", nargs="?", metavar="NAME", help="a plugin's name: every option it takes")
     lst.set_defaults(func=cmd_list)
 
     v = sub.add_parser("verify", parents=[plug], help="re-solve a certificate and confirm or withdraw it")

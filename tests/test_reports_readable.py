@@ -204,3 +204,54 @@ def test_two_entries_of_one_init_plugin_get_distinct_labels():
     res = run_study(data, write=False)
     assert sorted({t["init"] for t in res.to_json()["triples"]}) == ["gaussian(scale=0.1)", "gaussian(scale=1)"]
     assert [v["depends_on"] for v in res.to_json()["verdicts"]] == ["params"]
+
+
+# 4. every printed replay command runs as printed
+def _printed_commands(text: str) -> list[str]:
+    return [line.split(": ", 1)[1] for line in text.splitlines()
+            if line.strip().startswith(("replay: ibtest ", "confirmed by: ibtest "))]
+
+
+@pytest.mark.slow
+def test_every_printed_replay_command_runs(tmp_path, cli, monkeypatch):
+    """From ``ibtest new`` to a shrunk certificate with a plugin file: each command that ``shrink``
+    and ``show`` print (and each certificate's replay field) names ``--plugin`` and exits 0."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    assert cli("new", "hypothesis", "my_reg").code == 0
+    assert cli("run", "my_reg_study.yaml", "--plugin", "my_reg.py", "--out", "runs/r", "-q", "-k", "p=2").code == 0
+    cert = "runs/r/certificates/my_reg_p=2.json"
+    shrunk = cli("shrink", cert, "--plugin", "my_reg.py")
+    shown = [cli("show", c, "--plugin", "my_reg.py").out for c in (cert, cert.replace(".json", ".shrunk.json"))]
+    stored = [json.loads((tmp_path / c).read_text())["replay"] for c in (cert, cert.replace(".json", ".shrunk.json"))]
+    commands = _printed_commands(shrunk.out) + [c for s in shown for c in _printed_commands(s)] + stored
+    assert len(commands) == 5, commands
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[:2] == ["ibtest", "verify"] and argv[-2:] == ["--plugin", "my_reg.py"], command
+        r = cli(*argv[1:])
+        assert r.code == 0 and "refutation CONFIRMED" in r.out, (command, r)
+
+
+# 7. options
+def test_list_name_shows_every_option(cli):
+    relu = cli("list", "two_layer_relu").out
+    assert relu.splitlines()[0].startswith("model two_layer_relu  from models.two_layer_relu (")
+    rows = {line.split()[0]: line for line in relu.splitlines() if line[:1].isalpha()}
+    assert rows["width"].split()[1:5] == ["int", ">=", "1", "1"] and "number m of hidden units" in rows["width"]
+    gauss = cli("list", "gaussian").out
+    assert "dataset gaussian" in gauss and "init gaussian" in gauss  # both plugins of that name
+    assert "labels  one of 'teacher_relu'," in gauss and "'gaussian'" in gauss
+    adaptive = cli("list", "adaptive").out
+    assert any(line.startswith("max_steps ") and "200000" in line and "step budget" in line
+               for line in adaptive.splitlines())
+    assert any(line.startswith("rtol ") and "float >= 0" in line for line in adaptive.splitlines())
+    lp = cli("list", "lp_norm").out
+    assert "kind regularizer, depends on params, on theta" in lp and any(
+        line.split()[:3] == ["p", "float", "2.0"] for line in lp.splitlines())
+    missing = cli("list", "no_such_plugin")
+    assert missing.code == 2 and "no plugin of that name" in missing.err
+    overview = cli("list").out
+    assert max(len(line) for line in overview.splitlines()) <= 100
+    assert "ibtest list NAME" in overview

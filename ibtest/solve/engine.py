@@ -7,8 +7,8 @@ tensors. A failing plugin is reported in its row (``errors``) and the rest of th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
