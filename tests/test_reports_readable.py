@@ -212,7 +212,6 @@ def _printed_commands(text: str) -> list[str]:
             if line.strip().startswith(("replay: ibtest ", "confirmed by: ibtest "))]
 
 
-@pytest.mark.slow
 def test_every_printed_replay_command_runs(tmp_path, cli, monkeypatch):
     """From ``ibtest new`` to a shrunk certificate with a plugin file: each command that ``shrink``
     and ``show`` print (and each certificate's replay field) names ``--plugin`` and exits 0."""
@@ -255,3 +254,60 @@ def test_list_name_shows_every_option(cli):
     overview = cli("list").out
     assert max(len(line) for line in overview.splitlines()) <= 100
     assert "ibtest list NAME" in overview
+
+
+# 6. the Python API takes what the CLI takes
+TWO_HYPOTHESES = '''\
+import ibtest
+
+
+def elastic(theta, ctx, lam=0.1):
+    return (theta * theta).sum(-1) + lam * theta.abs().sum(-1)
+
+
+def sq(theta, ctx):
+    return (theta * theta).sum(-1)
+
+
+@ibtest.hookimpl
+def ibtest_hypotheses():
+    return [ibtest.Hypothesis(name="elastic", fn=elastic, params={"lam": 0.1}, doc="elastic net"),
+            ibtest.Hypothesis(name="sq", fn=sq, doc="squared norm")]
+'''
+
+
+def test_api_takes_built_in_names_and_shows_tables(runs):
+    import ibtest
+    from ibtest.base.errors import UserError
+
+    res = ibtest.run_study("linear_zero_init", write=False)
+    page = res._repr_html_()
+    assert page.startswith("<table>") and all(f"<td>{m.label}" in page for m in res.members)
+    with pytest.raises(UserError, match="not a built-in study"):
+        ibtest.run_study("no_such_study", write=False)
+    from ibtest.api import load_results
+    from ibtest.out.result import SweepResult
+
+    sweep = ibtest.run_study(runs / "sweep.yaml", write=False)
+    assert isinstance(sweep, SweepResult) and "<th>init.scale" in sweep._repr_html_()
+    assert "expectations that did not hold" in sweep._repr_html_()
+    assert load_results(runs / "sweep")["sweep"] == "init.scale"
+
+
+def test_run_hypothesis_gives_each_parameter_to_the_hypotheses_that_take_it(tmp_path):
+    from ibtest.base.errors import UserError
+    from ibtest.testing import run_hypothesis
+
+    plugin = tmp_path / "two.py"
+    plugin.write_text(TWO_HYPOTHESES)
+    res = run_hypothesis(plugin, "linear", params={"lam": [0, 1]})
+    assert sorted(res.verdicts) == ["elastic[lam=0]", "elastic[lam=1]", "sq"]
+    with pytest.raises(UserError) as bad:
+        run_hypothesis(plugin, "linear", params={"mu": 1})
+    assert str(bad.value) == ("run_hypothesis(params=...): elastic, sq take no parameter 'mu' "
+                              "(parameters: elastic: lam; sq: none)")
+    with pytest.raises(UserError, match="sq takes no parameter 'lam'"):
+        run_hypothesis(plugin, "linear", names=["elastic", "sq"], params={"lam": 1})
+    with pytest.raises(UserError) as dict_err:  # a dict study's problems name its fields, not dump lines
+        run_hypothesis(plugin, "linear", solver={"name": "exact", "no_such_option": 1})
+    assert "study dict: solver.no_such_option" in str(dict_err.value) and "<dict>:" not in str(dict_err.value)

@@ -134,6 +134,21 @@ class StudyResult:
     def markdown(self) -> str:
         return report.render_markdown(self.to_json())
 
+    def _repr_html_(self) -> str:
+        """A notebook shows the verdict table (HTML, every cell escaped) and the summary."""
+        payload = self.json_cache or self.to_json()
+        return html_summary(report.table(report.verdict_rows(payload["verdicts"]), "html"), payload["summary"])
+
+    def __repr__(self) -> str:
+        return f"<StudyResult {self.study.name}: {', '.join(f'{k} {v}' for k, v in self.verdicts.items())}>"
+
+
+def html_summary(tables: str, text: str) -> str:
+    """Tables (HTML already) and a plain-text note under them, escaped."""
+    import html
+
+    return tables + (f"<pre>{html.escape(text)}</pre>" if text else "")
+
 
 class SweepResult(list):
     """The runs of a swept study, one :class:`StudyResult` per value (a list of them), with the
@@ -152,6 +167,16 @@ class SweepResult(list):
     @property
     def exit_code(self) -> int:
         return 0 if self.expectations_held else 1
+
+    def _repr_html_(self) -> str:
+        """A notebook shows one row per swept value (verdicts with ✓ / ✗) and the limit verdicts."""
+        from ibtest.out.sweep_report import sweep_rows
+
+        payload = self.to_json()
+        parts = [report.table(sweep_rows(payload["runs"], self.path), "html")]
+        if payload["limits"]:
+            parts.append(report.table(report.limit_rows(payload["limits"]), "html"))
+        return html_summary("".join(parts), report.expectation_line(payload) or "")
 
     def to_json(self) -> dict[str, Any]:
         """The results format of a sweep: its path, each run's results and the limit verdicts."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from typing import Any
 import yaml
 
 from ibtest.base import deadline
-from ibtest.base.errors import RunInterrupted, UserError
+from ibtest.base.errors import RunInterrupted, StudyError, UserError
 from ibtest.base.progress import Progress
 from ibtest.base.textsafe import clean
 from ibtest.cert import certificate
@@ -259,6 +260,16 @@ def _run_variants(st_: Study, out: Path | None, store: Store | None, progress,
     return result
 
 
+DICT_SOURCE = "<dict>"
+_DICT_LINE = re.compile(re.escape(DICT_SOURCE) + r":\d+: ")
+
+
+def dict_study_error(exc: StudyError) -> StudyError:
+    """A study given as a dict has no lines of its own (those of its YAML dump mean nothing to
+    the caller): each problem names the dict's field path only (``study dict: hypotheses[1]...``)."""
+    return StudyError("given as a dict", [_DICT_LINE.sub("study dict: ", p) for p in exc.problems])
+
+
 def run_study(study: str | Path | dict, *, plugins: Sequence[str] = (), out_dir: str | Path | None = None,
               write: bool = True, progress: Progress | None = None, executor: str | None = None,
               select: str | None = None, habits: Habits | None = None) -> StudyResult | list[StudyResult]:
@@ -268,12 +279,17 @@ def run_study(study: str | Path | dict, *, plugins: Sequence[str] = (), out_dir:
     ``executor`` names where the blocks run (``local``, ``ray``, ...), over the study's ``executor:``;
     ``select`` keeps the members a ``-k`` expression selects (:mod:`ibtest.out.select`)."""
     if isinstance(study, dict):
-        text, src, base = yaml.safe_dump(study, sort_keys=False), "<dict>", Path.cwd()
+        text, src, base = yaml.safe_dump(study, sort_keys=False), DICT_SOURCE, Path.cwd()
     else:
         p = resolve_study(study)
         text = read_study_bytes(p)
         src, base = str(p), p.resolve().parent
-    st_, registry = load_study_text(text, src, base, list(plugins))
+    try:
+        st_, registry = load_study_text(text, src, base, list(plugins))
+    except StudyError as exc:
+        if src != DICT_SOURCE:
+            raise
+        raise dict_study_error(exc) from None
     st_ = select_members(st_, select)
     executors.choose(st_, registry, executor)
     plans = _plans(st_)
