@@ -311,3 +311,95 @@ def test_run_hypothesis_gives_each_parameter_to_the_hypotheses_that_take_it(tmp_
     with pytest.raises(UserError) as dict_err:  # a dict study's problems name its fields, not dump lines
         run_hypothesis(plugin, "linear", solver={"name": "exact", "no_such_option": 1})
     assert "study dict: solver.no_such_option" in str(dict_err.value) and "<dict>:" not in str(dict_err.value)
+
+
+# 5. figures: titles that fit and say what they should, a witness figure that shows the refutation
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib figure saved during the test, drawn (so text has its extent)."""
+    from matplotlib.figure import Figure
+
+    figures = []
+    save = Figure.savefig
+
+    def keep(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        figures.append(self)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def _titles_fit(fig) -> list[str]:
+    """The figure's titles (suptitle and each panel's), checked: inside the figure, no two overlap."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # the figure was closed after saving: draw it again, as saved
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    texts = ([fig._suptitle] if fig._suptitle is not None else []) + [a.title for a in fig.axes if a.get_title()]
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    width, height = fig.bbox.width, fig.bbox.height
+    for t, b in zip(texts, boxes):
+        assert b.x0 >= 0 and b.x1 <= width and b.y1 <= height, f"title cut off: {t.get_text()!r}"
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), f"titles overlap: {texts[boxes.index(a)].get_text()!r}"
+    return [t.get_text() for t in texts]
+
+
+def test_a_pair_figure_has_its_members_title_and_titles_that_fit(runs, saved_figures, tmp_path):
+    from ibtest.cert.schema import load
+    from ibtest.out.plots import plot_certificate
+
+    plot_certificate(load(runs / "single" / "certificates" / "l2_norm.json"), tmp_path / "pair.png")
+    (fig,) = saved_figures
+    titles = _titles_fit(fig)
+    assert titles[0].startswith("l2_norm: FALSIFIED")
+    assert not any("path and" in t for t in titles)  # no legend label leaks into a title
+    assert "l2_norm along the paths" in titles
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(t.startswith("level set R = R(θ_a) = ") for t in legend)
+
+
+def test_the_witness_figure_shows_both_points_on_z_and_the_drop_of_r(tmp_path, saved_figures):
+    import ibtest
+    from ibtest.cert.schema import load
+    from ibtest.out.plots import plot_certificate
+
+    res = ibtest.run_study("vardi_shamir_gamma5_witness", out_dir=tmp_path / "run", select="l2_norm")
+    cert = load(res.members[0].certificate)
+    plot_certificate(cert, tmp_path / "witness.png")
+    (fig,) = saved_figures
+    titles = _titles_fit(fig)
+    assert titles[0].startswith("l2_norm: FALSIFIED by a witness")
+    plane, along = fig.axes[0], fig.axes[1]  # axes[2] is the loss colorbar
+    labels = [t.get_text() for t in plane.get_legend().get_texts()]
+    assert labels[0].startswith("Z(D): zero loss") and "θ∞: where gradient flow ends" in labels
+    assert "θ': witness, also on Z(D)" in labels
+    span = float(torch_norm(cert["witness"]["theta"], cert["a"]["theta"]))
+    lo, hi = plane.get_xlim()
+    assert lo < 0 < span < hi  # both points inside the picture, the axis sized by their distance
+    assert plane.get_ylim()[1] == pytest.approx(0.5 * span, rel=0.05)
+    r_inf, r_w = cert["a"]["R"], cert["witness"]["R"]
+    y0, y1 = along.get_ylim()
+    assert y0 < r_w < r_inf < y1 and (r_inf - r_w) > 0.2 * (y1 - y0)  # the drop of R fills the panel
+    assert along.get_ylabel() == "R" and "not the argmin of R on Z(D)" in along.get_title()
+
+
+def torch_norm(a, b) -> float:
+    import math
+
+    return math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+
+
+def test_the_run_figure_title_fits(tmp_path, saved_figures):
+    from ibtest.api import run_study
+    from ibtest.out.plots import plot_run
+
+    res = run_study(yaml.safe_load(SINGLE), write=False)
+    plot_run(res, tmp_path / "run.png")
+    (fig,) = saved_figures
+    (title,) = _titles_fit(fig)
+    assert title.startswith("hypothesis members: gaps over pairs against the margin")
+    assert max(len(line) for line in title.splitlines()) <= 80
