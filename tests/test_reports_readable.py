@@ -65,7 +65,7 @@ def runs(tmp_path_factory):
 # 1. markdown
 def test_md_cell_round_trips_through_a_gfm_renderer():
     hostile = ["|ΔR|=0.01988 > margin 5.1e-09", "a\\|b", "*not bold* _nor this_", "`tick`", "<b>x</b>",
-               "[link](http://x)", "two\nlines", "&amp;", ""]
+               "[link](http://x)", "two\nlines", "&amp;", "my_reg_p=1.json", ""]
     doc = report.table([{"cell": h, "next": "after"} for h in hostile], "github")
     (rows,) = gfm_tables(doc)
     assert rows[0] == ["cell", "next"]

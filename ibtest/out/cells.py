@@ -8,6 +8,7 @@ the cells at those widths (full values stay in the JSON results and in ``--wide`
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,8 @@ GAP = 2  # spaces between the columns of tabulate's "simple" format
 
 # ASCII punctuation that markdown reads as syntax inside a table cell; backslash-escaped, each
 # renders as itself (CommonMark: any ASCII punctuation may be escaped)
-_MD_SPECIAL = re.compile(r"([\\|*_`\[\]<~&])")
+# (an underscore between two letters or digits, as in my_reg_p=1, never marks emphasis: left as is)
+_MD_SPECIAL = re.compile(r"([\\|*`\[\]<~&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 
 
 def md_cell(value: Any) -> str:
@@ -38,24 +40,37 @@ def _longest_word(text: str) -> int:
     return max((len(w) for w in text.split()), default=0)
 
 
+def _wrapped_lines(cells: Sequence[str], width: int) -> int:
+    """Lines the cells of a column take wrapped at ``width`` (as tabulate wraps them)."""
+    return sum(max(1, len(textwrap.wrap(c, width, break_long_words=True))) if c else 1 for c in cells)
+
+
 def fit_widths(rows: Sequence[dict[str, Any]], width: int = DEFAULT_WIDTH) -> list[int | None]:
     """Per column (in the rows' key order), the most characters a line of it may hold so that the
     table is at most ``width`` wide (headers unpadded: :func:`fitted_table`); ``None`` for a
-    column left as it is. The widest column is
-    narrowed first, never below its longest word (nor its header's) while another column can
-    still give; only a table whose words alone are wider than ``width`` has words broken."""
+    column left as it is. Each step narrows by one character the column where that adds the
+    fewest wrapped lines (the widest among equals), never below its longest word (nor its
+    header's) while another column can still give; only a table whose words alone are wider than
+    ``width`` has words broken."""
     keys = list(rows[0]) if rows else []
-    natural = [max([len(str(k))] + [max((len(x) for x in str(r.get(k, "")).splitlines()), default=0)
-                                     for r in rows]) for k in keys]
-    floor = [max([_longest_word(str(k)), 4] + [_longest_word(str(r.get(k, ""))) for r in rows]) for k in keys]
+    cells = [[str(k)] + [str(r.get(k, "")) for r in rows] for k in keys]
+    natural = [max(max((len(x) for x in c.splitlines()), default=0) for c in col) for col in cells]
+    floor = [max([4] + [_longest_word(c) for c in col]) for col in cells]
     cur = list(natural)
     budget = width - GAP * (len(keys) - 1)
+    lines: dict[tuple[int, int], int] = {}
+
+    def cost(i: int, w: int) -> int:
+        if (i, w) not in lines:
+            lines[(i, w)] = _wrapped_lines(cells[i], w)
+        return lines[(i, w)]
+
     for floors in (floor, [4] * len(keys)):  # first keep words whole, then break them if need be
         while sum(cur) > budget:
             room = [i for i in range(len(keys)) if cur[i] > floors[i]]
             if not room:
                 break
-            i = max(room, key=lambda j: cur[j])
+            i = min(room, key=lambda j: (cost(j, cur[j] - 1) - cost(j, cur[j]), -cur[j]))
             cur[i] -= 1
         if sum(cur) <= budget:
             break

@@ -68,9 +68,14 @@ class StudyResult:
     def exit_code(self) -> int:
         return 0 if self.expectations_held else 1
 
-    def table(self, fmt: str = "simple") -> str:
-        """The verdict table (one row per hypothesis member)."""
-        return report.table(report.verdict_rows(self.to_json()["verdicts"]), fmt)
+    def table(self, fmt: str = "simple", width: int | None = report.DEFAULT_WIDTH) -> str:
+        """The verdict table (one row per hypothesis member) as ``ibtest run`` prints it: ``width``
+        columns at most with the certificates listed under it (None: one line per member), or in
+        another tabulate format (``github``, ``html``) with every column."""
+        verdicts = (self.json_cache or self.to_json())["verdicts"]
+        if fmt == "simple":
+            return "\n".join(report.verdict_table(verdicts, width))
+        return report.table(report.verdict_rows(verdicts), fmt)
 
     def render(self, fmt: str = "table") -> str:
         """The full report as ``ibtest run`` prints it (``table``), or markdown / json / html."""
