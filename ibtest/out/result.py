@@ -77,9 +77,10 @@ class StudyResult:
             return "\n".join(report.verdict_table(verdicts, width))
         return report.table(report.verdict_rows(verdicts), fmt)
 
-    def render(self, fmt: str = "table") -> str:
-        """The full report as ``ibtest run`` prints it (``table``), or markdown / json / html."""
-        return report.render(self.to_json(), fmt)
+    def render(self, fmt: str = "table", width: int | None = report.DEFAULT_WIDTH) -> str:
+        """The full report as ``ibtest run`` prints it (``table``, ``width`` columns at most; None:
+        one line per row), or markdown / json / html."""
+        return report.render(self.to_json(), fmt, width)
 
     def _tally(self) -> Tally:
         assert self.tally is not None, "a StudyResult made by run_loaded has a tally"

@@ -19,7 +19,8 @@ def _mark(v: dict[str, Any]) -> str:
 
 
 def sweep_rows(runs: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
-    """One row per value: statuses, each study triple's solution (up to 6), each member's verdict."""
+    """One row per value: statuses, each study triple's solution (up to 6 triples, 4 coordinates
+    each), each member's verdict with ✓ / ✗."""
     rows = []
     for r in runs:
         v = r["sweep_value"]
@@ -28,7 +29,8 @@ def sweep_rows(runs: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
         if len(r["triples"]) <= 6:
             for t in r["triples"]:
                 vec = t.get("predictor", t["theta"])
-                row[f"{'predictor' if 'predictor' in t else 'θ∞'}: {t['dataset']}"] = fmt_vec(vec, 5)
+                # the first 4 coordinates: the whole vectors are in the JSON results
+                row[f"{'predictor' if 'predictor' in t else 'θ∞'}: {t['dataset']}"] = fmt_vec(vec, 5, max_len=4)
         for m in r["verdicts"]:
             row[m["label"]] = _mark(m)
         rows.append(row)
