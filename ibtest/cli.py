@@ -10,13 +10,13 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 from ibtest.base.errors import UserError
 from ibtest.base.guard import user_interrupts
 from ibtest.base.outpath import output_dir, output_file, save_figure, writing
 from ibtest.base.textsafe import clean, clean_tree as _clean_tree, fit_stream
+from ibtest.study.builtin import THEOREM3, builtin_studies, resolve_study
 
 MULTILINE = frozenset({"description", "summary"})  # stored free text whose line breaks are its own
 
@@ -25,28 +25,7 @@ def clean_tree(obj):
     """Stored results made safe to print (see :mod:`ibtest.base.textsafe`); paragraphs keep their breaks."""
     return _clean_tree(obj, MULTILINE)
 
-DEFAULT_STUDY = "vardi_shamir_theorem3"
-
-
-def builtin_studies() -> dict[str, Path]:
-    """The YAML studies shipped in the ``ibtest_hypotheses`` package, by stem."""
-    try:
-        root = resources.files("ibtest_hypotheses")
-    except ModuleNotFoundError:
-        return {}
-    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
-
-
-def resolve_study(arg: str | None) -> Path:
-    if arg is None:
-        arg = DEFAULT_STUDY
-    p = Path(arg)
-    if p.exists():
-        return p
-    known = builtin_studies()
-    if arg in known:
-        return known[arg]
-    raise UserError(f"study {arg}: no such file, and not a built-in study (built-in: {', '.join(sorted(known))})")
+DEFAULT_STUDY = THEOREM3
 
 
 def cmd_run(args) -> int:
@@ -56,20 +35,27 @@ def cmd_run(args) -> int:
         from ibtest.api import resume_run, run_study
         from ibtest.base.progress import Progress
         from ibtest.out import report
+        from ibtest.out.runner import Habits
 
     progress = Progress(enabled=False if args.quiet else None)
     plot = output_file(args.plot, flag="--plot", default_name="gaps.png", suffix=".png") if args.plot else None
+    habits = Habits(exitfirst=args.exitfirst, on_run=_say_members if args.verbose else None)
     if args.resume:
         if args.study:
             raise UserError("give either a study or --resume RUN, not both")
-        results = resume_run(args.resume, plugins=args.plugin, progress=progress, executor=args.executor)
+        if args.keyword:
+            raise UserError("-k selects members of a new run; a resumed run keeps the members it was started with")
+        results = resume_run(args.resume, plugins=args.plugin, progress=progress, executor=args.executor,
+                             habits=habits)
     else:
         results = run_study(resolve_study(args.study), plugins=args.plugin, out_dir=args.out, progress=progress,
-                            executor=args.executor)
+                            executor=args.executor, select=args.keyword, habits=habits)
+    width = None if args.wide else report.DEFAULT_WIDTH
     if isinstance(results, list):
-        return _print_sweep(results, args)
+        return _print_sweep(results, width)
     res = results
-    print(report.render_table(clean_tree(res.json_cache or res.to_json()), verbose=not args.quiet))
+    payload = clean_tree(res.json_cache or res.to_json())
+    print(report.render_table(payload, verbose=not args.quiet, width=width))
     if plot is not None:
         from ibtest.out.plots import plot_run
 
@@ -77,25 +63,33 @@ def cmd_run(args) -> int:
     for e in res.errors:
         print(f"error: {clean(e)}", file=sys.stderr)
     print(f"\nrun directory: {clean(res.run_dir)}")
-    failed = [m for m in res.members if m.held is False]
-    if failed:
-        print("expectations that did not hold: "
-              + ", ".join(f"{clean(m.label)} (expected {m.expect}, got {m.verdict})" for m in failed))
+    line = report.expectation_line(payload)
+    if line:
+        print(line)
     return res.exit_code
 
 
-def _print_sweep(results, args) -> int:
+def _say_members(res) -> None:
+    """``-v``: as each run (each sweep value) finishes, one line per member: verdict and reason."""
+    from ibtest.out import report
+
+    payload = clean_tree(res.json_cache or res.to_json())
+    where = f" at {payload['sweep_value']}" if res.sweep_value is not None else ""
+    print(f"{clean(res.study.name)}{where}:", file=sys.stderr)
+    for v in payload["verdicts"]:
+        mark = "" if v.get("held") is None else (" ✓" if v["held"] else f" ✗ (expected {v['expect']})")
+        why = report.evidence_text(v) or v.get("reason") or ""
+        print(f"  {v['label']}: {report.verdict_text(v)}{mark}: {why}", file=sys.stderr)
+
+
+def _print_sweep(results, width: int | None) -> int:
     from ibtest.out import report
 
     payload = clean_tree(results.to_json())
-    print(report.render_sweep(payload["runs"], payload["sweep"], payload.get("limits")))
+    print(report.render(payload, "table", width))
+    if results.stopped:
+        print(clean(results.stopped))
     print(f"\nrun directory: {clean(results[0].run_dir.parent) if results[0].run_dir else '-'}")
-    failed = [f"{clean(m.label)} at {payload['sweep']}={clean(str(r.sweep_value))} (expected {m.expect}, got {m.verdict})"
-              for r in results for m in r.members if m.held is False]
-    failed += [f"{clean(v.label)} as {payload['sweep']} -> {v.toward} (expected {v.expect}, got {v.verdict})"
-               for v in results.limits if v.held is False]
-    if failed:
-        print("expectations that did not hold: " + ", ".join(failed))
     return results.exit_code
 
 
@@ -120,16 +114,11 @@ def cmd_report(args) -> int:
 
     res = clean_tree(load_results(args.run))  # a stored run is data: no control characters reach the terminal
     with _rendering(args.run):
-        if "runs" in res:  # a sweep
-            if args.format == "json":
-                import json
-
-                text = json.dumps(res, indent=1)
-            else:
-                text = report.render_sweep(res["runs"], res["sweep"], res.get("limits"))
-        else:
-            text = report.render(res, args.format)
+        text = report.render(res, args.format, None if args.wide else report.DEFAULT_WIDTH)
+        line = report.expectation_line(res) if args.format == "table" and "runs" not in res else None
     print(text)
+    if line:  # a sweep's table has the line already; markdown, html and json carry it in their content
+        print(line)
     return 0
 
 
@@ -163,26 +152,11 @@ def cmd_new(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from ibtest.out import report
+    from ibtest.out.plugin_doc import describe_plugin, overview
     from ibtest.plugin.manager import load_registry
 
     reg = load_registry(args.plugin)
-    for kind in ("models", "datasets", "inits", "solvers", "constructions", "hypotheses", "executors", "families"):
-        rows = []
-        for name in reg.names(kind):
-            item = reg.items[kind][name]
-            doc = (item.spec.doc or "").strip().splitlines()[0] if (item.spec.doc or "").strip() else ""
-            extra = ""
-            if kind == "hypotheses":
-                extra = f"[{item.spec.kind}, depends on {item.spec.depends_on}, on {item.spec.on}] "
-            # a plugin's name, doc and file name are its own text: shown inert, one line each
-            rows.append({"name": clean(name), "doc": clean(extra + doc), "source": clean(f"{item.plugin} ({item.source})")})
-        print(f"{kind}:")
-        print(report.table(rows))
-        print()
-    studies = builtin_studies()
-    if studies:
-        print("built-in studies: " + ", ".join(sorted(studies)))
+    print(describe_plugin(reg, args.name) if args.name else overview(reg, sorted(builtin_studies())))
     return 0
 
 
@@ -207,7 +181,7 @@ def cmd_shrink(args) -> int:
     except NotRefuted as exc:
         print(f"ibtest shrink: {clean(args.certificate)}: {clean(exc)}")
         return 1
-    print("\n".join(clean(line) for line in summary(dest, res)))
+    print("\n".join(clean(line) for line in summary(dest, res, args.plugin)))
     return 0
 
 
@@ -238,6 +212,16 @@ def cmd_show(args) -> int:
     return show(args.certificate, plot=plot, plugins=args.plugin)
 
 
+EXIT_CODES = """exit codes (as pytest's):
+  0    every expect: held (run, fit), the certificate is confirmed (verify), the shrink holds
+  1    an expectation did not hold (run, fit), the refutation is withdrawn (verify, shrink),
+       the runs differ (diff)
+  2    a usage or input error: a bad study, certificate or option (one line on stderr)
+  130  interrupted by Ctrl-C (a run keeps what it stored: ibtest run --resume RUN_DIR)"""
+
+WIDE_HELP = "do not fit tables to 100 columns (one line per row, full certificate paths in the table)"
+
+
 def _nonneg_float(text: str) -> float:
     import math
 
@@ -251,7 +235,8 @@ def _nonneg_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ibtest", description="Test conjectures about the implicit regularization of gradient flow.")
+    p = argparse.ArgumentParser(prog="ibtest", description="Test conjectures about the implicit regularization of gradient flow.",
+                                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     from ibtest import __version__
 
     p.add_argument("--version", action="version", version=f"ibtest {__version__}")
@@ -259,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     plug = argparse.ArgumentParser(add_help=False)
     plug.add_argument("--plugin", action="append", default=[], metavar="FILE", help="load a local plugin file (repeatable)")
 
-    r = sub.add_parser("run", parents=[plug], help="run a YAML study (default: the paper's Theorem 3 study)")
+    r = sub.add_parser("run", parents=[plug], help="run a YAML study (default: the paper's Theorem 3 study)",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("study", nargs="?", help=f"study file or built-in study name (default {DEFAULT_STUDY})")
     r.add_argument("--out", help="run directory (default runs/<study>-<time>)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no triples or phase table")
@@ -267,11 +253,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--executor", metavar="NAME", help="where the blocks run: local (default), ray, or a plugin's "
                    "executor; overrides the study's executor: key")
     r.add_argument("--plot", metavar="FILE.png", help="draw R(theta_b) - R(theta_a) over admissible pairs against the margin")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="as each run (each sweep value) finishes, each member's verdict and its reason (on stderr)")
+    r.add_argument("-x", "--exitfirst", action="store_true",
+                   help="stop a sweep after the first value where an expectation did not hold")
+    r.add_argument("-k", dest="keyword", metavar="EXPR",
+                   help="only the hypothesis members whose label matches EXPR, as pytest -k: words (substrings "
+                        "of labels such as lp_norm[p=1.5]) with and, or, not, parentheses")
+    r.add_argument("--wide", action="store_true", help=WIDE_HELP)
     r.set_defaults(func=cmd_run)
 
     rep = sub.add_parser("report", help="re-render a finished run without solving anything")
     rep.add_argument("run", metavar="RUN")
     rep.add_argument("--format", choices=["table", "markdown", "json", "html"], default="table")
+    rep.add_argument("--wide", action="store_true", help=WIDE_HELP)
     rep.set_defaults(func=cmd_report)
 
     d = sub.add_parser("diff", help="compare two runs (two sweeps: value by value): verdicts that changed, numbers that moved")
@@ -285,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--dir", default=".", help="directory to write into (default: .)")
     n.set_defaults(func=cmd_new)
 
-    lst = sub.add_parser("list", parents=[plug], help="list every registered plugin with its source and doc")
+    lst = sub.add_parser("list", parents=[plug], help="list every registered plugin with its source and doc; "
+                         "list NAME: its options (type, bounds, default, doc)")
+    lst.add_argument("name", nargs="?", metavar="NAME", help="a plugin's name: every option it takes")
     lst.set_defaults(func=cmd_list)
 
     v = sub.add_parser("verify", parents=[plug], help="re-solve a certificate and confirm or withdraw it")
@@ -331,9 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecursionError:  # a JSON or YAML input nested beyond what the parser can follow
         print("ibtest: error: input nested too deeply", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ibtest: interrupted (a run keeps what it stored: finish it with 'ibtest run --resume RUN')",
-              file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        where = getattr(exc, "run_dir", None)
+        how = f"'ibtest run --resume {clean(where)}'" if where is not None else "'ibtest run --resume RUN'"
+        print(f"ibtest: interrupted (a run keeps what it stored: finish it with {how})", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. piped into head
         sys.stderr.close()

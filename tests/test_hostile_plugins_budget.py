@@ -55,7 +55,7 @@ def _study(tmp_path: Path, text: str) -> Path:
 
 def _run(cli, tmp_path, text: str, plugin: Path | None = None):
     extra = ("--plugin", plugin) if plugin else ()
-    return cli("run", _study(tmp_path, text), "-q", "--out", tmp_path / "run", *extra)
+    return cli("run", _study(tmp_path, text), "-q", "--wide", "--out", tmp_path / "run", *extra)  # reasons unwrapped
 
 
 def _one_line(r) -> None:

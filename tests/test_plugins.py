@@ -153,7 +153,7 @@ def test_a_raising_hypothesis_is_reported_in_its_row_and_the_study_goes_on(tmp_p
         solver: {name: exact}
         hypotheses: [{name: boom}, {name: l2_norm, expect: falsified}]
         """))
-    r = cli("run", study, "--plugin", f, "--out", tmp_path / "run", "-q")
+    r = cli("run", study, "--plugin", f, "--out", tmp_path / "run", "-q", "--wide")  # the reason on one line
     assert r.code == 0, r
     v = verdicts(tmp_path / "run")
     assert v == {"boom": "error", "l2_norm": "falsified"}

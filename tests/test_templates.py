@@ -59,7 +59,9 @@ def test_template_is_listed(kind, tmp_path, cli):
     r = cli("list", "--plugin", plugin)
     assert r.code == 0, r
     section = r.out.split(f"{REGISTRY_KIND[kind]}:", 1)[1].split("\n\n", 1)[0]
-    assert any(line.startswith(name + " ") and str(plugin) in line for line in section.splitlines()), r.out
+    assert any(line.startswith(name + " ") and plugin.name in line for line in section.splitlines()), r.out
+    detail = cli("list", name, "--plugin", plugin)  # the whole path, and the plugin's options
+    assert detail.code == 0 and str(plugin) in detail.out.splitlines()[0], detail
 
 
 def test_hypothesis_template_study_runs_from_the_cli(tmp_path, cli):

@@ -38,3 +38,11 @@ class StudyError(UserError):
 
 class PluginError(UserError):
     """A plugin could not be loaded or registered (names the plugin and its file)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The user interrupted a run that has a run directory: ``run_dir`` is what ``--resume`` takes."""
+
+    def __init__(self, run_dir: object):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir

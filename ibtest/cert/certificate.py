@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,10 +98,25 @@ def build(ctx: RunContext, t: Triples, member: MemberResult, ev: Evidence | None
     return base
 
 
-def write(cert: dict[str, Any], path: Path) -> Path:
+def replay_command(path: str | Path, plugins: Sequence[str] = ()) -> str:
+    """``ibtest verify PATH --plugin FILE ...``: the command that replays a certificate, with the
+    plugin files it needs (each file once, quoted for a POSIX shell where need be)."""
+    import shlex
+
+    seen: dict[Path, str] = {}  # one flag per file, however it was spelled (relative, absolute)
+    for f in plugins:
+        seen.setdefault(Path(f).resolve(), str(f))
+    flags = "".join(f" --plugin {shlex.quote(f)}" for f in seen.values())
+    return f"ibtest verify {shlex.quote(str(path))}{flags}"
+
+
+def write(cert: dict[str, Any], path: Path, plugins: Sequence[str] | None = None) -> Path:
+    """Write ``cert`` to ``path`` with its replay command (the plugin files: ``plugins``, else the
+    certificate's own ``plugins`` list)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     cert = dict(cert)
-    cert["replay"] = f"ibtest verify {path}"
+    listed = cert.get("plugins") if plugins is None else plugins
+    cert["replay"] = replay_command(path, [str(f) for f in listed] if isinstance(listed, (list, tuple)) else [])
     path.write_text(json.dumps(to_jsonable(cert), indent=1))
     return path
 

@@ -213,7 +213,7 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
         raise UserError(f"certificate {clean(str(p))}: cannot be shrunk: {type(exc).__name__}: {exc}") from None
     dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
     with writing(dest, "the shrunk certificate"):
-        certmod.write(res.cert, dest)
+        certmod.write(res.cert, dest, replay_plugins(plugins, res.cert))
     if check and not _verify(dest, plugins):
         raise NotRefuted(f"the shrunk certificate {dest} did not pass 'ibtest verify' (removed)")
     return dest, res
@@ -233,7 +233,7 @@ def _shrink_by_kind(p: Path, cert: dict[str, Any], out: str | Path | None, budge
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
     res = plugin_call(kind.shrink, cert, str(p), digest, budget, list(plugins))
     dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
-    certmod.write(res.cert, dest)
+    certmod.write(res.cert, dest, replay_plugins(plugins, res.cert))
     if check and not _verify(dest, plugins):
         raise NotRefuted(f"the shrunk certificate {dest} did not pass 'ibtest verify' (removed)")
     return dest, res
@@ -268,12 +268,19 @@ def _size_text(s: dict[str, Any]) -> str:
             f"{', integer data' if s['integer'] else ''}{', theta0 = 0' if s['theta0_zero'] else ''}")
 
 
-def summary(dest: Path, res: ShrinkResult) -> list[str]:
-    """What ``ibtest shrink`` prints: sizes before and after, passes, budget used."""
+def replay_plugins(plugins: Sequence[str], cert: dict[str, Any]) -> list[str]:
+    """The plugin files a replay of ``cert`` names: those the command was given, else the
+    certificate's own list (the files it was made with)."""
+    listed = cert.get("plugins")
+    return [str(f) for f in plugins] or ([str(f) for f in listed] if isinstance(listed, list) else [])
+
+
+def summary(dest: Path, res: ShrinkResult, plugins: Sequence[str] = ()) -> list[str]:
+    """What ``ibtest shrink`` prints: sizes before and after, passes, budget used, the replay."""
     return [f"shrunk certificate written to {dest}",
             f"  before: {_size_text(res.before)}",
             f"  after:  {_size_text(res.after)}",
             f"  {len(res.steps)} step(s) kept: {'; '.join(res.steps) or 'none'}",
             f"  solves used: {res.solves} of a budget of {res.budget}"
             + (" (fixed point reached)" if res.fixed_point else " (budget spent before a fixed point)"),
-            f"  confirmed by: ibtest verify {dest}"]
+            f"  confirmed by: {certmod.replay_command(dest, replay_plugins(plugins, res.cert))}"]

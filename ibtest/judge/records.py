@@ -293,11 +293,14 @@ class SearchTotals:
     method: str = ""
     skipped: int = 0  # converged triples not searched: a sample sufficed (member settled by a pair)
     vacuous: int = 0  # searched triples whose Z(D) is a single point in R's variable
+    worst_gap: float = 0.0  # the largest absolute gap R(θ∞) − R(θ') behind a positive suboptimality
+    relative: bool = True  # False: some suboptimal θ∞ has R(θ∞) <= 0 or near 0 (a ratio would mislead)
 
     def merge(self, o: SearchTotals) -> SearchTotals:
         return SearchTotals(self.searched + o.searched, self.certified + o.certified, self.witnesses + o.witnesses,
                             max(self.worst_certified, o.worst_certified), max(self.worst_local, o.worst_local),
-                            self.method or o.method, self.skipped + o.skipped, self.vacuous + o.vacuous)
+                            self.method or o.method, self.skipped + o.skipped, self.vacuous + o.vacuous,
+                            max(self.worst_gap, o.worst_gap), self.relative and o.relative)
 
     @property
     def worst(self) -> float:
@@ -348,7 +351,8 @@ class SearchTotals:
         return {"searched": self.searched, "certified": self.certified, "witnesses": self.witnesses,
                 "worst_suboptimality": self.worst, "worst_certified": self.worst_certified,
                 "worst_local": self.worst_local, "label": self.label, "method": self.method,
-                "skipped": self.skipped, "vacuous": self.vacuous}
+                "skipped": self.skipped, "vacuous": self.vacuous, "worst_gap": self.worst_gap,
+                "relative": self.relative}
 
 
 def no_converged_reason(counts: dict[str, int], growth: float | None = None) -> str:

@@ -74,7 +74,20 @@ class SearchScore(TableScore):
         return SearchTotals(int(self.idx.numel()), int(cert.sum()), int(r.found.sum()),
                             float(sub[cert].max()) if bool(cert.any()) else 0.0,
                             float(sub[local].max()) if bool(local.any()) else 0.0, r.method, self.skipped,
-                            int(r.vacuous.sum()))
+                            int(r.vacuous.sum()), *self._absolute(powered))
+
+    def _absolute(self, powered: torch.Tensor) -> tuple[float, bool]:
+        """The largest absolute gap behind a positive suboptimality, and whether every such ratio
+        is meaningful (R(θ∞) > 0 and the gap at most R(θ∞): else R sits near 0 or below it)."""
+        r = self.res
+        bad = powered & (r.sub > 0)
+        if not bool(bad.any()):
+            return 0.0, True
+        gap = r.gap[bad]
+        return float(gap.max()), bool(((r.R_inf[bad] > 0) & (r.sub[bad] <= RELATIVE_MAX)).all())
+
+
+RELATIVE_MAX = 1.0  # a relative suboptimality above this means R(θ') < 0 < R(θ∞) or R(θ∞) near 0
 
 
 def score_search(ctx: RunContext, t: Triples, pairs: Pairs, use: HypothesisUse, params: dict,

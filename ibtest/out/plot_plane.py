@@ -17,6 +17,14 @@ COLORS = {"a": "#1f77b4", "b": "#d62728", "init": "#2ca02c"}
 HATCH = {"a": "////", "b": "\\\\\\\\"}
 
 
+def wrap_title(text: str, width: int = 60) -> str:
+    """``text`` broken into lines of at most ``width`` characters (its own line breaks kept), so a
+    title stays inside its panel at the figure's default size."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width, break_on_hyphens=False) or line for line in text.split("\n"))
+
+
 def pyplot():
     """matplotlib.pyplot with the Agg backend (never opens a window)."""
     import matplotlib

@@ -18,7 +18,7 @@ import torch
 
 from ibtest.base.errors import UserError
 from ibtest.judge import evaluation as ev_mod
-from ibtest.out.plot_plane import pyplot
+from ibtest.out.plot_plane import pyplot, wrap_title
 from ibtest.run.results_file import load_results, runs_of
 from ibtest.solve.rules import eligible
 
@@ -204,9 +204,10 @@ def plot_run(results: Any, path: str | Path, *, dpi: int = 110) -> Path:
     ax.axvline(0, color="k", lw=0.6)
     ax.set_xlabel("R(θ2) − R(θ1) over admissible pairs  (shaded: |ΔR| ≤ margin; symlog axis, linear below "
                   f"{lin:.2g})")
-    ax.set_title("hypothesis members: gaps over pairs against the margin"
-                 + ("\n(the run's retained pairs: each block's candidate witnesses and closest calls; "
-                    "the note gives the member's admissible pairs over the whole run)" if totals else ""))
+    ax.set_title(wrap_title("hypothesis members: gaps over pairs against the margin"
+                            + ("\n(the run's retained pairs: each block's candidate witnesses and closest calls; "
+                               "the note gives the member's admissible pairs over the whole run)" if totals else ""),
+                            80), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

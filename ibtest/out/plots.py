@@ -35,6 +35,7 @@ from ibtest.out.plot_plane import (
     plane_grid,
     projection_plane,
     pyplot,
+    wrap_title,
     zero_band,
 )
 from ibtest.out.plot_run import gap_summary, pair_gaps, plot_run
@@ -178,9 +179,9 @@ def plot_sides(cert: dict, path: str | Path, plugins: Iterable[str] = (), *, gri
     lo, hi = allp.min(0), allp.max(0)
     pad = np.maximum(0.08 * (hi - lo), 1e-3 * max(float(np.abs(allp).max()), 1.0))
     drawn = draw_plane(ax_full, lo - pad, hi + pad, zoom=False)
-    ax_full.set_title(("gradient-flow paths from θ0 in the plane through θ0" if not extra0 else
-                       "gradient-flow paths from θ0_a and θ0_b (square), plane through θ0_a")
-                      + (", θ∞" if invariant else ", θ_a, θ_b"))
+    ax_full.set_title(wrap_title(("gradient-flow paths from θ0 in the plane through θ0" if not extra0 else
+                                  "gradient-flow paths from θ0_a and θ0_b (square), plane through θ0_a")
+                                 + (", θ∞" if invariant else ", θ_a, θ_b")))
 
     # zoom on the end points (equal aspect: level sets keep their true shape)
     ep = np.concatenate([proj(end_np[s]) for s in sides])
@@ -189,7 +190,7 @@ def plot_sides(cert: dict, path: str | Path, plugins: Iterable[str] = (), *, gri
     half = max(half, 0.05 * float(np.linalg.norm(allp.max(0) - allp.min(0))), 1e-6)
     draw_plane(ax_zoom, mid - half, mid + half, zoom=True)
     ax_zoom.set_aspect("equal")
-    ax_zoom.set_title("end points: zero-loss sets (shaded) and level sets of " + what)
+    ax_zoom.set_title(wrap_title("end points: zero-loss sets (shaded) and level sets of " + what))
 
     # legend (proxy artists)
     from matplotlib.lines import Line2D
@@ -199,13 +200,14 @@ def plot_sides(cert: dict, path: str | Path, plugins: Iterable[str] = (), *, gri
     if extra0:
         handles.append(Line2D([], [], color=COLORS["b"], marker="s", ls="", mec="k", label="θ0_b"))
     for s in sides:
-        label = f"path and θ_{s if not invariant else '∞'}: {cert[s]['label']}"[:90]
-        handles.append(Line2D([], [], color=COLORS[s], marker="o", mec="k", label=label))
+        entry = f"path and θ_{s if not invariant else '∞'}: {cert[s]['label']}"[:90]
+        handles.append(Line2D([], [], color=COLORS[s], marker="o", mec="k", label=entry))
         if s in drawn:
             handles.append(Patch(facecolor=COLORS[s], alpha=0.3, hatch=HATCH[s], edgecolor=COLORS[s],
                                  label=f"zero-loss set of D_{s} (where it meets the plane)"))
-    for value, color, style in levels:
-        handles.append(Line2D([], [], color=color, ls=style, label=f"{what} = {value:.6g}"))
+    through = ["θ0", "θ∞"] if invariant else [f"θ_{s}" for s in sides]
+    for (value, color, style), at in zip(levels, through):
+        handles.append(Line2D([], [], color=color, ls=style, label=f"level set {what} = {what}({at}) = {value:.6g}"))
     fig.legend(handles=handles, fontsize=8, loc="lower center", ncol=2, framealpha=0.9)
 
     # coordinates against time
@@ -220,7 +222,7 @@ def plot_sides(cert: dict, path: str | Path, plugins: Iterable[str] = (), *, gri
             ax_coord.axhline(end_np[s][i], color=cmap((4, 5, 8)[j]), lw=0.5, ls=":")
     ax_coord.set_xscale("log")
     ax_coord.set_xlabel("flow time t")
-    ax_coord.set_title("coordinates that differ most" + (" from θ0" if invariant else " between θ_a and θ_b"))
+    ax_coord.set_title(wrap_title("coordinates that differ most" + (" from θ0" if invariant else " between θ_a and θ_b")))
     ax_coord.legend(fontsize=7)
 
     # R (or C − C(θ0)) along the paths
@@ -234,22 +236,23 @@ def plot_sides(cert: dict, path: str | Path, plugins: Iterable[str] = (), *, gri
             v2 = np.atleast_2d(v.T).T if v.ndim == 1 else v
             C0v = np.atleast_1d(R(th0[None], *data[s])[0])
             for k in range(v2.shape[1]):
-                label = f"C{k + 1}(θ(t)) − C{k + 1}(θ0)" if v2.shape[1] > 1 else "C(θ(t)) − C(θ0)"
-                ax_R.plot(t[1:], v2[1:, k] - C0v[k], color=cmap(k), label=label)
+                entry = f"C{k + 1}(θ(t)) − C{k + 1}(θ0)" if v2.shape[1] > 1 else "C(θ(t)) − C(θ0)"
+                ax_R.plot(t[1:], v2[1:, k] - C0v[k], color=cmap(k), label=entry)
         else:
             ax_R.plot(t[1:], v[1:], ls=ls, color=COLORS[s], label=f"R(θ_{s}(t))")
             ax_R.axhline(float(Rend[s][0]), color=COLORS[s], lw=0.6, ls=":")
     ax_R.set_xscale("log")
     ax_R.set_xlabel("flow time t")
-    ax_R.set_title(f"{label} along the paths" if not invariant else f"{label}: change along the path")
+    ax_R.set_title(wrap_title(f"{label} along the paths" if not invariant else f"{label}: change along the path"))
     ax_R.legend(fontsize=7)
 
     verdict = str(cert.get("verdict", "falsified")).upper()
     gap, margin = cert.get("gap"), cert.get("margin")
     numeric = isinstance(gap, (int, float)) and isinstance(margin, (int, float))
     num = f"|Δ{what}| = {gap:.4g} > margin {margin:.2g}" if numeric else ""
-    fig.suptitle(f"{label}: {verdict}   ({num})\nmodel {cert['model']['name']} {cert['model']['options'] or ''}"
-                 f"   study {cert.get('study', '')}   source {cert.get('source', 'study')}", fontsize=11)
+    fig.suptitle(wrap_title(f"{label}: {verdict}   ({num})\nmodel {cert['model']['name']} "
+                            f"{cert['model']['options'] or ''}   study {cert.get('study', '')}   "
+                            f"source {cert.get('source', 'study')}", 110), fontsize=11)
     fig.tight_layout(rect=(0, 0.02 + 0.02 * math.ceil(len(handles) / 2), 1, 0.95))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

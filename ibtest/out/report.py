@@ -13,6 +13,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ibtest.out.cells import DEFAULT_WIDTH, fitted_table, md_cell, md_text
+
 FORMATS = ("table", "markdown", "json", "html")
 
 
@@ -39,10 +41,13 @@ def _source(v: dict[str, Any], ev: dict[str, Any]) -> str:
 
 
 def _subopt(v: dict[str, Any]) -> str:
-    """Worst relative suboptimality of θ∞ over the study, and how it was obtained."""
+    """Worst relative suboptimality of θ∞ over the study, and how it was obtained; where R(θ∞) is
+    near 0 or negative (a ratio would mislead) the absolute gap R(θ∞) − R(θ'), marked ``abs``."""
     se = v.get("search") or {}
     if not se.get("searched"):
         return ""
+    if se.get("relative", True) is False:
+        return f"abs {fmt_num(se.get('worst_gap'), 2)} ({se['label']})"
     return f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})"
 
 
@@ -68,22 +73,24 @@ def evidence_text(v: dict[str, Any], digits: int = 4) -> str:
         return f"worst {fmt_num(v['worst'], digits)} <= {fmt_num(v['params'].get('bound'), digits)}"
     se = v.get("search") or {}
     if v.get("grade") == "certified" and se.get("searched"):
-        return (f"argmin on {se['certified']}/{se['searched']} triples, worst subopt "
-                f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})")
+        return f"argmin on {se['certified']}/{se['searched']} triples, worst subopt {_subopt(v)}"
     if ev and ev.get("margin"):
         return (f"closest: {ev.get('label', 'gap')}={fmt_num(ev['gap'], 2)}, "
                 f"{fmt_num(ev['gap'] / (ev['margin'] + ev.get('noise', 0.0)), 2)} of the margin")
     return ""
 
 
-def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[dict[str, Any]]:
+def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4, *,
+                 certificate: bool = True) -> list[dict[str, Any]]:
+    """One row per member; ``certificate=False`` leaves the certificate column out (a narrow table
+    lists the certificates under it: :func:`certificate_lines`)."""
     rows = []
     for v in verdicts:
         regularizer = v["kind"] == "regularizer"
         held = "" if v["expect"] is None else ("✓" if v["held"] else "✗ expected " + v["expect"])
         rows.append({
             "hypothesis": v["label"],
-            "depends on": v["depends_on"] if regularizer else v["kind"],
+            "depends on": v["depends_on"],
             "verdict": verdict_text(v),
             "expect": held,
             "pairs": v["pairs"] if regularizer else f"{v['pairs']} triples",
@@ -91,9 +98,24 @@ def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[di
             "source": _source(v, v.get("evidence") or {}),
             "subopt": _subopt(v),
             "evidence": evidence_text(v, digits),
-            "certificate": v.get("certificate") or "",
         })
+        if certificate:
+            rows[-1]["certificate"] = v.get("certificate") or ""
     return rows
+
+
+def certificate_lines(verdicts: Iterable[dict[str, Any]]) -> list[str]:
+    """``certificates:`` and one ``  member: path`` line per certificate (none: no lines)."""
+    lines = [f"  {v['label']}: {v['certificate']}" for v in verdicts if v.get("certificate")]
+    return ["certificates:"] + lines if lines else []
+
+
+def verdict_table(verdicts: list[dict[str, Any]], width: int | None = DEFAULT_WIDTH) -> list[str]:
+    """The verdict table as printed: at most ``width`` columns with the certificates listed under
+    it, or (``width=None``, ``--wide``) one line per member with its certificate path."""
+    if width is None:
+        return [table(verdict_rows(verdicts), width=None)]
+    return [table(verdict_rows(verdicts, certificate=False), width=width)] + certificate_lines(verdicts)
 
 
 def triple_rows(triples: list[dict[str, Any]], digits: int = 6) -> list[dict[str, Any]]:
@@ -128,9 +150,17 @@ def _executor_note(res: dict[str, Any]) -> str:
     return f"executor {ex['name']}, {n} worker{'s' if n != 1 else ''}"
 
 
-def table(rows: list[dict[str, Any]], fmt: str = "simple") -> str:
+def table(rows: list[dict[str, Any]], fmt: str = "simple", width: int | None = DEFAULT_WIDTH) -> str:
+    """``rows`` as a table: plain text wrapped to ``width`` columns (None: unwrapped), a GFM
+    table with every cell escaped (``github``), or HTML (cells escaped by tabulate)."""
     if not rows:
         return "(none)"
+    if fmt == "github":
+        keys = list(rows[0])
+        cells = [[md_cell(r.get(k, "")) for k in keys] for r in rows]
+        return tabulate(cells, headers=[md_cell(k) for k in keys], tablefmt=fmt, disable_numparse=True)
+    if fmt == "simple" and width is not None:
+        return fitted_table(rows, width)
     return tabulate(rows, headers="keys", tablefmt=fmt, disable_numparse=True)
 
 
@@ -142,34 +172,38 @@ def _triples_limit(res: dict[str, Any]) -> list[dict[str, Any]]:
     return res["triples"][:limit]
 
 
-def render_table(res: dict[str, Any], *, verbose: bool = True) -> str:
-    """What ``ibtest run`` prints on stdout (and ``ibtest report`` re-prints)."""
+def render_table(res: dict[str, Any], *, verbose: bool = True, width: int | None = DEFAULT_WIDTH) -> str:
+    """What ``ibtest run`` prints on stdout (and ``ibtest report`` re-prints), ``width`` columns
+    wide at most (None: ``--wide``)."""
     digits = res.get("report", {}).get("digits", 6)
     out = []
     shown = _triples_limit(res)
     if verbose and shown:
         more = len(res["triples"]) - len(shown)
-        out += [f"Solved triples ({res['solver']} solver):", table(triple_rows(shown, digits))]
+        out += [f"Solved triples ({res['solver']} solver):", table(triple_rows(shown, digits), width=width)]
         if more > 0:
             out.append(f"... and {more} more triples (see results.json)")
         out.append("")
-    out += [table(verdict_rows(res["verdicts"])), "", res["summary"]]
+    out += verdict_table(res["verdicts"], width) + ["", res["summary"]]
+    out += [f"note: {n}" for n in res.get("dead_ends") or []]
     if verbose:
-        out += ["", f"phases ({_executor_note(res)}):" if res.get("executor") else "phases:", table(phase_rows(res["phases"]))]
+        out += ["", f"phases ({_executor_note(res)}):" if res.get("executor") else "phases:",
+                table(phase_rows(res["phases"]), width=width)]
     return "\n".join(out)
 
 
 def render_markdown(res: dict[str, Any]) -> str:
     digits = res.get("report", {}).get("digits", 6)
-    parts = [f"# {res['study']}", "", res.get("description") or "", "", "## Verdicts", "",
+    parts = [f"# {md_text(res['study'])}", "", md_text(res.get("description") or ""), "", "## Verdicts", "",
              table(verdict_rows(res["verdicts"]), "github"), "", "## Summary", "", "```", res["summary"], "```", ""]
+    parts += [f"- {md_cell(n)}" for n in res.get("dead_ends") or []] + ([""] if res.get("dead_ends") else [])
     shown = _triples_limit(res)
     if shown:
         parts += ["## Solved triples", "", table(triple_rows(shown, digits), "github"), ""]
     parts += ["## Phases", "", f"Blocks ran on {_executor_note(res)}." if res.get("executor") else "",
               table(phase_rows(res["phases"]), "github"), ""]
     if res.get("errors"):
-        parts += ["## Errors", ""] + [f"- {e}" for e in res["errors"]] + [""]
+        parts += ["## Errors", ""] + [f"- {md_cell(e)}" for e in res["errors"]] + [""]
     return "\n".join(parts)
 
 
@@ -183,14 +217,43 @@ def render_html(res: dict[str, Any]) -> str:
     if shown:
         body += ["<h2>Solved triples</h2>", table(triple_rows(shown, digits), "html")]
     body += ["<h2>Phases</h2>", table(phase_rows(res["phases"]), "html")]
+    return html_page(res["study"], body)
+
+
+def html_page(title: str, body: list[str]) -> str:
+    """A standalone HTML document: ``title`` (escaped here) and ``body`` (HTML already)."""
     style = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(res['study'])}</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
 
 
-def render(res: dict[str, Any], fmt: str = "table") -> str:
+def failed_expectations(res: dict[str, Any]) -> list[str]:
+    """Each expectation of a run's (or a sweep's) results that did not hold, as printed after
+    ``expectations that did not hold:``."""
+    if "runs" not in res:
+        return [f"{v['label']} (expected {v['expect']}, got {v['verdict']})" for v in res["verdicts"]
+                if v.get("held") is False]
+    path = res["sweep"]
+    out = [f"{v['label']} at {path}={r['sweep_value']} (expected {v['expect']}, got {v['verdict']})"
+           for r in res["runs"] for v in r["verdicts"] if v.get("held") is False]
+    return out + [f"{v['label']} as {path} -> {v.get('toward', v['to'])} (expected {v['expect']}, got {v['verdict']})"
+                  for v in res.get("limits") or [] if v.get("held") is False]
+
+
+def expectation_line(res: dict[str, Any]) -> str | None:
+    """``expectations that did not hold: ...`` (None when every one held)."""
+    failed = failed_expectations(res)
+    return "expectations that did not hold: " + ", ".join(failed) if failed else None
+
+
+def render(res: dict[str, Any], fmt: str = "table", width: int | None = DEFAULT_WIDTH) -> str:
+    """A run's results (or a sweep's: :mod:`ibtest.out.sweep_report`) in one of :data:`FORMATS`."""
+    if "runs" in res and fmt != "json":
+        from ibtest.out.sweep_report import render_sweep
+
+        return render_sweep(res, fmt, width)
     if fmt == "table":
-        return render_table(res)
+        return render_table(res, width=width)
     if fmt == "markdown":
         return render_markdown(res)
     if fmt == "json":
@@ -303,19 +366,20 @@ def limit_rows(limits: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_limits(limits: list[dict[str, Any]], path: str, runs: list[dict[str, Any]] | None = None) -> str:
+def render_limits(limits: list[dict[str, Any]], path: str, runs: list[dict[str, Any]] | None = None,
+                  width: int | None = DEFAULT_WIDTH) -> str:
     """The limit verdicts of a sweep: each member's relative gap toward the limit of ``path``, the
     fitted rate and the verdict; then each verdict's reason; then, for each study triple, its
     solution (the predictor where the model has one) at the value nearest the limit and how much it
     still moved from the value before (the limit the flows themselves approach)."""
     if not limits:
         return ""
-    out = [f"Limits over {path} (relative gap at each value nearest the limit):", table(limit_rows(limits))]
+    out = [f"Limits over {path} (relative gap at each value nearest the limit):", table(limit_rows(limits), width=width)]
     out += [f"  {v['label']} → {'0' if v['to'] == '0' else '∞'}: {v['reason']}" for v in limits]
     for to in dict.fromkeys(v["to"] for v in limits):
         rows = solution_trend(runs or [], to)
         if rows:
-            out += [f"Solutions as {path} → {'0' if to == '0' else '∞'}:", table(rows)]
+            out += [f"Solutions as {path} → {'0' if to == '0' else '∞'}:", table(rows, width=width)]
     return "\n".join(out)
 
 
@@ -341,27 +405,3 @@ def solution_trend(runs: list[dict[str, Any]], to: str) -> list[dict[str, Any]]:
                      f"{key} at {fmt_num(b['sweep_value'], 3)}": fmt_vec(x, 5),
                      f"change from {fmt_num(a['sweep_value'], 3)}": fmt_num(change, 2)})
     return rows
-
-
-def render_sweep(runs: list[dict[str, Any]], path: str, limits: list[dict[str, Any]] | None = None) -> str:
-    """One row per sweep value: statuses, the end-to-end predictor of each study triple, verdicts."""
-    rows = []
-    for r in runs:
-        v = r["sweep_value"]
-        row: dict[str, Any] = {path: fmt_num(v) if isinstance(v, float) else v}
-        row["statuses"] = ", ".join(f"{k} {n}" for k, n in r["status_counts"].items())
-        if len(r["triples"]) <= 6:
-            for t in r["triples"]:
-                vec = t.get("predictor", t["theta"])
-                row[f"{'predictor' if 'predictor' in t else 'θ∞'}: {t['dataset']}"] = fmt_vec(vec, 5)
-        for m in r["verdicts"]:
-            row[m["label"]] = m["verdict"]
-        rows.append(row)
-    out = [f"Sweep over {path}:", table(rows)]
-    for r in runs:
-        for m in r["verdicts"]:
-            if m.get("certificate"):
-                out.append(f"  {path}={r['sweep_value']}: {m['label']}: certificate {m['certificate']}")
-    if limits:
-        out += ["", render_limits(limits, path, runs)]
-    return "\n".join(out)

@@ -13,6 +13,7 @@ from ibtest.base.jsonio import to_jsonable as jsonable
 from ibtest.judge.limits import LimitVerdict
 from ibtest.judge.records import MemberResult
 from ibtest.out import report
+from ibtest.out.dead_ends import dead_end_notes
 from ibtest.run.streaming import Tally
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import Phase
@@ -67,13 +68,19 @@ class StudyResult:
     def exit_code(self) -> int:
         return 0 if self.expectations_held else 1
 
-    def table(self, fmt: str = "simple") -> str:
-        """The verdict table (one row per hypothesis member)."""
-        return report.table(report.verdict_rows(self.to_json()["verdicts"]), fmt)
+    def table(self, fmt: str = "simple", width: int | None = report.DEFAULT_WIDTH) -> str:
+        """The verdict table (one row per hypothesis member) as ``ibtest run`` prints it: ``width``
+        columns at most with the certificates listed under it (None: one line per member), or in
+        another tabulate format (``github``, ``html``) with every column."""
+        verdicts = (self.json_cache or self.to_json())["verdicts"]
+        if fmt == "simple":
+            return "\n".join(report.verdict_table(verdicts, width))
+        return report.table(report.verdict_rows(verdicts), fmt)
 
-    def render(self, fmt: str = "table") -> str:
-        """The full report as ``ibtest run`` prints it (``table``), or markdown / json / html."""
-        return report.render(self.to_json(), fmt)
+    def render(self, fmt: str = "table", width: int | None = report.DEFAULT_WIDTH) -> str:
+        """The full report as ``ibtest run`` prints it (``table``, ``width`` columns at most; None:
+        one line per row), or markdown / json / html."""
+        return report.render(self.to_json(), fmt, width)
 
     def _tally(self) -> Tally:
         assert self.tally is not None, "a StudyResult made by run_loaded has a tally"
@@ -118,6 +125,7 @@ class StudyResult:
             ],
             "triples": ty.rows,
             "status_counts": ty.counts,
+            "dead_ends": dead_end_notes(self.study, ty.counts),
             "solves": ty.n_solves,
             "solver_calls": self.solve_calls,
             "pairs": {"admissible": ty.n_pairs, "distinct": ty.n_distinct, "by_source": ty.by_source},
@@ -132,6 +140,21 @@ class StudyResult:
     def markdown(self) -> str:
         return report.render_markdown(self.to_json())
 
+    def _repr_html_(self) -> str:
+        """A notebook shows the verdict table (HTML, every cell escaped) and the summary."""
+        payload = self.json_cache or self.to_json()
+        return html_summary(report.table(report.verdict_rows(payload["verdicts"]), "html"), payload["summary"])
+
+    def __repr__(self) -> str:
+        return f"<StudyResult {self.study.name}: {', '.join(f'{k} {v}' for k, v in self.verdicts.items())}>"
+
+
+def html_summary(tables: str, text: str) -> str:
+    """Tables (HTML already) and a plain-text note under them, escaped."""
+    import html
+
+    return tables + (f"<pre>{html.escape(text)}</pre>" if text else "")
+
 
 class SweepResult(list):
     """The runs of a swept study, one :class:`StudyResult` per value (a list of them), with the
@@ -141,6 +164,7 @@ class SweepResult(list):
         super().__init__(runs)
         self.path = path
         self.limits: list[LimitVerdict] = list(limits or [])
+        self.stopped: str | None = None  # why fewer values ran than the sweep has (``-x``)
 
     @property
     def expectations_held(self) -> bool:
@@ -149,6 +173,16 @@ class SweepResult(list):
     @property
     def exit_code(self) -> int:
         return 0 if self.expectations_held else 1
+
+    def _repr_html_(self) -> str:
+        """A notebook shows one row per swept value (verdicts with ✓ / ✗) and the limit verdicts."""
+        from ibtest.out.sweep_report import sweep_rows
+
+        payload = self.to_json()
+        parts = [report.table(sweep_rows(payload["runs"], self.path), "html")]
+        if payload["limits"]:
+            parts.append(report.table(report.limit_rows(payload["limits"]), "html"))
+        return html_summary("".join(parts), report.expectation_line(payload) or "")
 
     def to_json(self) -> dict[str, Any]:
         """The results format of a sweep: its path, each run's results and the limit verdicts."""

@@ -10,16 +10,18 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ibtest.base import deadline
-from ibtest.base.errors import UserError
+from ibtest.base.errors import RunInterrupted, StudyError, UserError
 from ibtest.base.progress import Progress
 from ibtest.base.textsafe import clean
 from ibtest.cert import certificate
@@ -27,12 +29,14 @@ from ibtest.cert.shrink import SHRINKABLE
 from ibtest.judge.limits import CONSISTENT, NOT_THE_LIMIT, LimitVerdict, judge_limit, point_of
 from ibtest.out import report
 from ibtest.out.result import StudyResult, SweepResult
+from ibtest.out.select import select_members
 from ibtest.run import executors
 from ibtest.run.lock import holder, in_use
 from ibtest.run.pipeline import judge_run
 from ibtest.run.store import Store, open_run
 from ibtest.solve.engine import InstancePlan, RunContext, build_context, plan_instances
 from ibtest.solve.rules import Verdict
+from ibtest.study.builtin import resolve_study
 from ibtest.study.schema import load_study_text, read_study_bytes
 from ibtest.study.sweep import variants
 from ibtest.study.typed import Study
@@ -199,32 +203,52 @@ def _plans(st_: Study) -> list[InstancePlan]:
     return plans
 
 
+@dataclass
+class Habits:
+    """How a command-line run goes (``-x``, ``-v``): stop a sweep after the first value whose run
+    has an expectation that did not hold; call ``on_run`` with each finished run."""
+
+    exitfirst: bool = False
+    on_run: Callable[[StudyResult], None] | None = None
+
+
 def _execute(st_: Study, out: Path | None, store: Store | None, progress,
-             plans: list[InstancePlan] | None = None) -> StudyResult | list[StudyResult]:
+             plans: list[InstancePlan] | None = None, habits: Habits | None = None) -> StudyResult | list[StudyResult]:
     """Run a study (each sweep value) into ``out`` and ``store``; the store is closed after. Every
     plugin call gets the study's deadline (``budget.deadline``)."""
     try:
         with deadline.policy(st_.budget.deadline):
-            return _run_variants(st_, out, store, progress, plans)
+            return _run_variants(st_, out, store, progress, plans, habits or Habits())
+    except KeyboardInterrupt as exc:  # the user's Ctrl-C: the message names this run's directory
+        if out is None or isinstance(exc, RunInterrupted):
+            raise
+        raise RunInterrupted(out) from exc
     finally:
         if store is not None:
             store.close()
 
 
 def _run_variants(st_: Study, out: Path | None, store: Store | None, progress,
-                  plans: list[InstancePlan] | None) -> StudyResult | list[StudyResult]:
+                  plans: list[InstancePlan] | None, habits: Habits) -> StudyResult | list[StudyResult]:
     """Each sweep value's run in turn (one run without a sweep); a sweep also gets its limit
     verdicts and its own ``results.json``. The store gets the payload and is marked finished."""
     runs = variants(st_)
     todo: list[InstancePlan | None] = list(plans) if plans else [None] * len(runs)
     if st_.sweep is None:
         result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress, plan=todo[0])
+        if habits.on_run is not None:
+            habits.on_run(result)
         payload: Any = result.json_cache
     else:
         result = SweepResult([], st_.sweep.path)
         for k, ((v, s), plan) in enumerate(zip(runs, todo)):
             sub = out / f"sweep-{k:02d}" if out is not None else None
             result.append(run_loaded(s, out_dir=sub, store=store, progress=progress, sweep_value=v, plan=plan))
+            if habits.on_run is not None:
+                habits.on_run(result[-1])
+            if habits.exitfirst and not result[-1].expectations_held:
+                result.stopped = f"stopped after {st_.sweep.path}={v} (-x): {k + 1} of {len(runs)} values run"
+                break
         result.limits = judge_limits(st_, result, out)
         payload = result.to_json()
         if out is not None:  # the sweep's own results: every run's, and its limit verdicts
@@ -236,19 +260,37 @@ def _run_variants(st_: Study, out: Path | None, store: Store | None, progress,
     return result
 
 
-def run_study(study: str | Path | dict, *, plugins: Sequence[str] = (), out_dir: str | Path | None = None,
-              write: bool = True, progress: Progress | None = None,
-              executor: str | None = None) -> StudyResult | list[StudyResult]:
-    """Run a study given as a YAML path or a dict. Returns a list of results for a sweep.
+DICT_SOURCE = "<dict>"
+_DICT_LINE = re.compile(re.escape(DICT_SOURCE) + r":\d+: ")
 
-    ``executor`` names where the blocks run (``local``, ``ray``, ...), over the study's ``executor:``."""
+
+def dict_study_error(exc: StudyError) -> StudyError:
+    """A study given as a dict has no lines of its own (those of its YAML dump mean nothing to
+    the caller): each problem names the dict's field path only (``study dict: hypotheses[1]...``)."""
+    return StudyError("given as a dict", [_DICT_LINE.sub("study dict: ", p) for p in exc.problems])
+
+
+def run_study(study: str | Path | dict, *, plugins: Sequence[str] = (), out_dir: str | Path | None = None,
+              write: bool = True, progress: Progress | None = None, executor: str | None = None,
+              select: str | None = None, habits: Habits | None = None) -> StudyResult | list[StudyResult]:
+    """Run a study given as a YAML path, a built-in study's name (``"vardi_shamir_theorem3"``,
+    as ``ibtest run`` takes) or a dict. Returns a list of results for a sweep.
+
+    ``executor`` names where the blocks run (``local``, ``ray``, ...), over the study's ``executor:``;
+    ``select`` keeps the members a ``-k`` expression selects (:mod:`ibtest.out.select`)."""
     if isinstance(study, dict):
-        text, src, base = yaml.safe_dump(study, sort_keys=False), "<dict>", Path.cwd()
+        text, src, base = yaml.safe_dump(study, sort_keys=False), DICT_SOURCE, Path.cwd()
     else:
-        p = Path(study)
+        p = resolve_study(study)
         text = read_study_bytes(p)
-        src, base = str(study), p.resolve().parent
-    st_, registry = load_study_text(text, src, base, list(plugins))
+        src, base = str(p), p.resolve().parent
+    try:
+        st_, registry = load_study_text(text, src, base, list(plugins))
+    except StudyError as exc:
+        if src != DICT_SOURCE:
+            raise
+        raise dict_study_error(exc) from None
+    st_ = select_members(st_, select)
     executors.choose(st_, registry, executor)
     plans = _plans(st_)
     out = None
@@ -262,7 +304,7 @@ def run_study(study: str | Path | dict, *, plugins: Sequence[str] = (), out_dir:
             raise UserError(f"run directory {out} already holds a run: resume it with "
                             f"'ibtest run --resume {out}' or choose another --out")
         store = _start_store(out, text=text, src=src, base=base, plugins=st_.plugin_files)
-    return _execute(st_, out, store, progress, plans)
+    return _execute(st_, out, store, progress, plans, habits)
 
 
 def _start_store(out: Path, **study: Any) -> Store:
@@ -291,7 +333,7 @@ def _start_store(out: Path, **study: Any) -> Store:
 
 
 def resume_run(run_dir: str | Path, *, plugins: Sequence[str] = (), progress: Progress | None = None,
-               executor: str | None = None):
+               executor: str | None = None, habits: Habits | None = None):
     """Finish (or re-render) a stored run: every stored solve is reused, nothing is recomputed.
 
     A store is data: the plugin files it lists (``meta.plugins``, the study's ``plugins:``) are
@@ -332,7 +374,7 @@ def resume_run(run_dir: str | Path, *, plugins: Sequence[str] = (), progress: Pr
         store.close()
         raise
     store.set_meta(state="running", resumed=_dt.datetime.now().isoformat(timespec="seconds"))
-    return _execute(st_, Path(run_dir), store, progress, plans)
+    return _execute(st_, Path(run_dir), store, progress, plans, habits)
 
 
 def _study_needs(data: dict[str, Any]) -> list[tuple[str, str]]:

@@ -65,6 +65,9 @@ def describe_shrunk(cert: dict) -> list[str]:
 
 
 def show(path: str | Path, plot: str | Path | None = None, plugins: Iterable[str] = ()) -> int:
+    from ibtest.cert.certificate import replay_command
+    from ibtest.cert.shrink import replay_plugins
+
     cert = load(path)
     shrunk = bool(cert.get("shrink")) and "b" in cert
     where = f"certificate {clean(str(path))}"
@@ -73,7 +76,10 @@ def show(path: str | Path, plot: str | Path | None = None, plugins: Iterable[str
         from ibtest.plugin.manager import load_registry
 
         registered_kind(load_registry(list(plugins)), cert, where)
-    print("\n".join(describe_shrunk(cert) if shrunk else describe(cert, plugins, where)))
+    lines = describe_shrunk(cert) if shrunk else describe(cert, plugins, where)
+    # the replay as this command was given (its path and --plugin files), not the file's own text
+    replay = clean(replay_command(path, replay_plugins(list(plugins), cert)))
+    print("\n".join(f"  replay: {replay}" if line.startswith("  replay: ") else line for line in lines))
     if plot:
         from ibtest.base.outpath import save_figure
         from ibtest.out.plots import plot_certificate

@@ -7,6 +7,7 @@ tensors. A failing plugin is reported in its row (``errors``) and the rest of th
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,10 +101,25 @@ def construction_seed(ctx: RunContext, stage: int, n: int) -> torch.Generator:
     return _seed(*parts)
 
 
-def _label(use: PluginUse, opts: dict[str, Any]) -> str:
+def _label(use: PluginUse, opts: dict[str, Any], telling: Sequence[str] = ()) -> str:
+    """``gaussian(scale=0.1)``: the plugin's name with the options that vary within the entry (a
+    list) and those in ``telling`` (the options that tell it from another entry of the plugin)."""
     varying = [k for k, v in use.options.items() if isinstance(v, list) and use.spec.options[k].sweep]
-    shown = ", ".join(f"{k}={_fmt(opts[k])}" for k in varying)
+    varying += [k for k in telling if k not in varying]
+    shown = ", ".join(f"{k}={_fmt(opts.get(k, use.options.get(k)))}" for k in varying)
     return f"{use.name}({shown})" if shown else use.name
+
+
+def _telling_options(uses: Sequence[PluginUse]) -> list[list[str]]:
+    """Per entry, the options whose values differ between the entries of the same plugin (two
+    ``gaussian`` inits of scales 0.1 and 1 are labelled by their scale, not both ``gaussian``)."""
+    out = []
+    for u in uses:
+        same = [o for o in uses if o.name == u.name]
+        keys = dict.fromkeys(k for o in same for k in o.options)
+        out.append([k for k in keys if len(same) > 1 and
+                    len({repr(o.options.get(k)) for o in same}) > 1])
+    return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -162,11 +178,12 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
     """
     study, model = ctx.study, ctx.model
     parts, labels, dims = [], [], []
+    data_telling = _telling_options(study.datasets)
     for i, use in enumerate(study.datasets):
         for j, opts in enumerate(use.expand()):
             batch = call_plugin(use, use.spec.generate, rng=_seed(study.seed, 1, i, j), **opts)
             batch = check_data(batch, use)
-            base = _label(use, opts)
+            base = _label(use, opts, data_telling[i])
             k = batch.X.shape[0]
             assert batch.mask is not None  # DataBatch fills a missing mask with ones
             parts.append((batch.X, batch.y, batch.mask))
@@ -185,12 +202,13 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
     n_inits = sum(len(u.expand()) * c for u, c in zip(study.inits, study.init_counts))
     warnings = budget.check_plan_study(study, X.shape[0], X.shape[1], d, n_inits, P)
     thetas, init_labels = [], []
+    telling = _telling_options(study.inits)
     for ii, (iuse, count) in enumerate(zip(study.inits, study.init_counts)):
         for jj, opts in enumerate(iuse.expand()):
             th0 = call_plugin(iuse, iuse.spec.sample, model=model, d=d, count=count,
                               rng=_seed(study.seed, 2, ii, jj), **opts)
             thetas.append(check_theta0(th0, iuse, count, P))
-            base = _label(iuse, opts)
+            base = _label(iuse, opts, telling[ii])
             init_labels += [f"{base}#{c}" for c in range(count)] if count > 1 else [base]
     return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device, warnings)
 

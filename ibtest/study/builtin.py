@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from ibtest.base.errors import UserError
+
 #: The package that ships the YAML studies.
 PACKAGE = "ibtest_hypotheses"
 #: Vardi & Shamir (COLT 2021), Theorem 3: single ReLU neuron from w(0) = 0; the default study.
@@ -49,3 +51,26 @@ def study_section(name: str, first: str, stop: str) -> str:
     start = next(i for i, s in enumerate(lines) if s.startswith(f"{first}:"))
     end = next(i for i, s in enumerate(lines) if i > start and s.startswith(f"{stop}:"))
     return "".join(lines[start:end])
+
+
+def builtin_studies() -> dict[str, Path]:
+    """The YAML studies shipped in the ``ibtest_hypotheses`` package, by stem."""
+    try:
+        root = resources.files(PACKAGE)
+    except ModuleNotFoundError:
+        return {}
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_study(arg: str | Path | None) -> Path:
+    """A study argument as ``ibtest run`` and :func:`ibtest.run_study` take it: an existing file, or
+    a built-in study's name (``None``: the default study); UserError naming both otherwise."""
+    if arg is None:
+        arg = THEOREM3
+    p = Path(arg)
+    if p.exists():
+        return p
+    known = builtin_studies()
+    if str(arg) in known:
+        return known[str(arg)]
+    raise UserError(f"study {arg}: no such file, and not a built-in study (built-in: {', '.join(sorted(known))})")

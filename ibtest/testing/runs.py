@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ibtest.base.errors import UserError
 from ibtest.testing.studies import builtin_study, local_files, plugin_path, registered_names
 
 
@@ -21,6 +22,29 @@ def _merge(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     for k, v in overrides.items():
         data[k] = copy.deepcopy(v)
     return data
+
+
+def _params_for(names: list[str], params: dict[str, Any], files: Sequence[str], *,
+                strict: bool) -> dict[str, dict[str, Any]]:
+    """Which of ``params`` each tested hypothesis gets: those it declares. A parameter no tested
+    hypothesis declares, or (``strict``: the caller named the hypotheses) one a named hypothesis
+    does not declare, is a UserError naming ``params=`` and each hypothesis's parameters."""
+    if not params:
+        return {n: {} for n in names}
+    from ibtest.plugin.manager import load_registry
+
+    known = load_registry(list(files)).items["hypotheses"]
+    declared = {n: dict(known[n].spec.params) if n in known else {} for n in names}
+
+    def takes() -> str:
+        return "; ".join(f"{n}: {', '.join(d) or 'none'}" for n, d in declared.items())
+
+    for k in params:
+        missing = [n for n in names if k not in declared[n]]
+        if len(missing) == len(names) or (strict and missing):
+            raise UserError(f"run_hypothesis(params=...): {', '.join(missing)} take{'s' if len(missing) == 1 else ''} "
+                            f"no parameter {k!r} (parameters: {takes()})")
+    return {n: {k: v for k, v in params.items() if k in declared[n]} for n in names}
 
 
 def run_hypothesis(plugin: str | Path | types.ModuleType | None = None, study: str | Path | dict = "theorem3", *,
@@ -39,6 +63,7 @@ def run_hypothesis(plugin: str | Path | types.ModuleType | None = None, study: s
     Nothing is written to disk.
     """
     files = local_files(([plugin] if plugin is not None else []) + list(plugins))
+    explicit = names is not None
     if plugin is not None:
         f = plugin_path(plugin)
         if names is None:
@@ -48,11 +73,13 @@ def run_hypothesis(plugin: str | Path | types.ModuleType | None = None, study: s
     if not names:
         raise ValueError("run_hypothesis: give a plugin file or the names of registered hypotheses")
     data = _merge(builtin_study(study), overrides)
+    names = list(names)
+    given = _params_for(names, params or {}, files, strict=explicit)
     entries = []
     for n in names:
         e: dict[str, Any] = {"name": n}
-        if params:
-            e["params"] = dict(params)
+        if given[n]:
+            e["params"] = given[n]
         if expect:
             e["expect"] = expect
         entries.append(e)
