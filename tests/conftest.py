@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from ibtest.cli import main
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one process per core (pytest -n): no oversubscription
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = ROOT / "hypotheses"

@@ -38,6 +38,7 @@ init: {name: zeros}
 datasets:
   - {name: vardi_shamir_theorem3, alpha: 1.0, gamma: [0, 1, 2, 5, 20]}
 solver: {name: exact}
+fit_tol: 1.0e-20  # the study's fit rule: theta fits D when L <= fit_tol * max(0.5|y|^2, L(theta0))
 constructions:
   - blocking_point
   - consistent_augmentation

@@ -41,6 +41,7 @@ from ibtest.base.textsafe import clean
 from ibtest.cert.schema import load
 from ibtest.judge import evaluation as ev_mod
 from ibtest.judge.records import member_label
+from ibtest.plugin.specs import DEFAULT_FIT_TOL
 from ibtest.solve import fit
 from ibtest.solve.rules import Judgement, Rules, Side, SolverSettings, Tolerance, capped_solver_options
 from ibtest.study.checks import call_solver
@@ -261,7 +262,7 @@ def replay_context(reg: Any, cert: dict[str, Any], where: str) -> Replay:
     mname = cert["model"]["name"]
     mspec = reg.get("models", mname)
     params, bound = member_params(hspec, cert["hypothesis"]["params"], where)
-    rules = Rules.from_certificate(cert, fit.DEFAULT_FIT_TOL, where)
+    rules = Rules.from_certificate(cert, DEFAULT_FIT_TOL, where)
     tol, tnotes = rules.tolerance_from_file(cert["hypothesis"], hspec, where)
     notes = list(rules.notes) + tnotes
     mopts = check_options("model", mname, mspec, cert["model"]["options"], where, "model.options")

@@ -22,6 +22,11 @@ import torch
 Tensor = torch.Tensor
 
 
+
+#: the default of a study's fit rule ``fit_tol`` (relative, :mod:`ibtest.solve.fit`), which the
+#: engine hands to every solver (a certificate may only be stricter)
+DEFAULT_FIT_TOL = 1e-20
+
 @dataclass(frozen=True)
 class Option:
     """One option a plugin accepts in a study.

@@ -38,8 +38,6 @@ from ibtest.plugin.specs import ModelBase
 
 Tensor = torch.Tensor
 
-#: the tool's default relative fit tolerance (a certificate may only be stricter)
-DEFAULT_FIT_TOL = 1e-20
 #: the largest distance to Z(D), relative to max(‖x‖, ‖x0‖), at which a point still fits D
 DEFAULT_DIST_TOL = 1e-6
 #: relative cut-off of the singular values of an autograd Jacobian in the Gauss–Newton distance

@@ -52,8 +52,9 @@ import torch
 
 from ibtest.base.errors import UserError
 from ibtest.base.textsafe import clean
+from ibtest.plugin.specs import DEFAULT_FIT_TOL
 from ibtest.solve import fit
-from ibtest.solve.fit import DEFAULT_DIST_TOL, DEFAULT_FIT_TOL
+from ibtest.solve.fit import DEFAULT_DIST_TOL
 
 Tensor = torch.Tensor
 

@@ -14,8 +14,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ibtest.plugin.specs import ClaimKind, Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
-from ibtest.solve.fit import DEFAULT_FIT_TOL
+from ibtest.plugin.specs import DEFAULT_FIT_TOL, ClaimKind, Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
 
 #: what a study may expect of a member (``survives`` is not met by ``unrefuted``)
 Verdict = Literal["falsified", "survives", "unrefuted", "inconclusive"]
