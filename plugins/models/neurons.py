@@ -18,9 +18,14 @@ from ibtest import Option, PiecewiseLinearNeuron
 class PiecewiseNeuron(ibtest.ModelBase):
     """f_w(x) = σ(⟨w, x⟩) for σ given by a :class:`PiecewiseLinearNeuron`."""
 
+    #: a neuron's output weight is v ≡ 1 (:class:`ibtest.PiecewiseLinearUnits`, m = 1)
+    train_output = False
+
     def __init__(self, piecewise: PiecewiseLinearNeuron, **options):
         super().__init__(**options)
         self.piecewise = piecewise
+        self.slopes = (float(piecewise.neg), float(piecewise.pos))
+        self.at_zero = float(piecewise.at_zero)
 
     def n_params(self, d: int) -> int:
         return d
@@ -31,6 +36,24 @@ class PiecewiseNeuron(ibtest.ModelBase):
     def preactivation(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         """z_i = ⟨w, x_i⟩, [B, n]."""
         return torch.einsum("bnd,bd->bn", X, theta)
+
+    # -- the kink capability (ibtest.PiecewiseLinearUnits): one unit, v ≡ 1 -----------------
+    def hidden_preactivations(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """z_i1 = ⟨w, x_i⟩, [B, n, 1]."""
+        return self.preactivation(theta, X).unsqueeze(-1)
+
+    def units(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W = w [B, 1, d], v = 1 [B, 1])."""
+        return theta.unsqueeze(1), torch.ones(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
+
+    def from_units(self, W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return W[:, 0]
+
+    def grad_on_pattern(self, theta, X, y, mask, slope):
+        """∇L [B, d] with σ'(z_i) = slope_i1 and σ(z_i) = slope_i1·z_i held."""
+        s = slope[..., 0]
+        r = (s * self.preactivation(theta, X) - y) * mask * s
+        return torch.einsum("bn,bnd->bd", r, X)
 
     def _slopes(self, z: torch.Tensor) -> torch.Tensor:
         pw = self.piecewise

@@ -110,6 +110,7 @@ from typing import Any, Literal
 
 import torch
 
+from ibtest.base import status as st
 from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
 from ibtest.solve.solvers.adaptive_sliding import Sliding
@@ -125,7 +126,8 @@ from ibtest.solve.solvers.adaptive_step import (
 )
 from ibtest.solve.solvers.adaptive_stop import checkpoints, drift_check, status_codes, zero_gradient
 from ibtest.solve.solvers.drift import drift_bound, drift_estimate  # noqa: F401  (drift_bound: the former name)
-from ibtest.solve.solvers.kinks import kink_field, preact_fn
+from ibtest.solve.solvers.events import DenseOutput
+from ibtest.solve.solvers.kinks import kink_field
 
 Tensor = torch.Tensor
 
@@ -199,92 +201,86 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
     if sliding not in ("follow", "stop"):
         raise ValueError(f"sliding must be 'follow' or 'stop', got {sliding!r}")
     rk = RKMethod(int(order), stiff_method)
-    A, bw = rk.A, rk.bw
+    A = rk.A
 
     dt = torch.float64
     X, y, mask = X.to(dt), y.to(dt), mask.to(dt)
     theta0 = theta0.to(dt)
+    dev = theta0.device
+    rk.to(dev)
     B, P = theta0.shape
-    preact = preact_fn(model)
-    kf = kink_field(model) if sliding == "follow" else None
-    sl = Sliding(model, preact, kf, sliding_count)
-    F = sl.plain
+    kf = kink_field(model)
+    sl = Sliding(model, kf, sliding == "follow", DenseOutput(int(order), dev))
     out = Outputs.start(theta0)
 
     th = theta0.clone()
-    f = F(th, X, y, mask)
     loss = model.loss(th, X, y, mask)
-    h = initial_step(F, th, f, X, y, mask, rtol, atol, rk.order, t_max)
     # the fit threshold per instance: fit_tol relative to the loss scale max(½‖y‖², L(θ0))
     fit = fit_threshold(model, X, y, mask, theta0, fit_tol).to(dt)
     W = int(growth_window)
-    if preact is not None:
-        z_old = preact(th, X)
-    else:  # no kinks: empty entry sets [B, 0, 0]
-        z_old = torch.zeros(B, 0, 0, dtype=dt)
+    E = (B, X.shape[1], kf.preact(th[:1], X[:1]).shape[-1]) if kf is not None else (B, 0, 0)
     i64 = torch.int64
+
+    def full(v: float, dtype: torch.dtype = dt, shape: tuple[int, ...] = (B,)) -> Tensor:
+        return torch.full(shape, v, dtype=dtype, device=dev)
+
     w = WorkingSet(
-        idx=torch.arange(B), th=th, f=f, t=torch.zeros(B, dtype=dt), h=h, loss=loss, Xa=X, ya=y, ma=mask,
-        growth_lim=torch.full((B,), FAC_MAX, dtype=dt), fit=fit,
-        next_check=1e6 * fit, h_cap=torch.full((B,), math.inf, dtype=dt),
-        drift=torch.full((B,), math.inf, dtype=dt),
-        ck_next=torch.full((B,), 1e-3, dtype=dt), ck_hist=torch.full((B, W + 1, 4), math.nan, dtype=dt),
-        ck_n=torch.zeros(B, dtype=i64), rate=torch.zeros(B, dtype=dt), diss=torch.zeros(B, dtype=dt),
-        ck_loss=loss.clone(), z_old=z_old, pos_old=z_old > 0, chat=torch.zeros(z_old.shape, dtype=i64),
-        quiet=torch.zeros(B, dtype=i64), S_hold=torch.zeros(z_old.shape, dtype=torch.bool),
-        qp=torch.zeros(B, dtype=torch.bool),
-        pend=torch.zeros(z_old.shape, dtype=torch.bool), t_slide=torch.zeros(B, dtype=dt),
-        episodes=torch.zeros(B, dtype=i64), stiff=torch.zeros(B, dtype=torch.bool),
-        h_ex=torch.zeros(B, dtype=dt), st_cnt=torch.zeros(B, dtype=i64), st_non=torch.zeros(B, dtype=i64),
-        st_block=torch.zeros(B, dtype=i64), st_steps=torch.zeros(B, dtype=i64))
+        idx=torch.arange(B, device=dev), th=th, f=torch.zeros_like(th), t=full(0.0), h=full(0.0), loss=loss,
+        Xa=X, ya=y, ma=mask, growth_lim=full(FAC_MAX), fit=fit, next_check=1e6 * fit, h_cap=full(math.inf),
+        drift=full(math.inf), ck_next=full(1e-3), ck_hist=full(math.nan, shape=(B, W + 1, 4)),
+        ck_n=full(0, i64), rate=full(0.0), slope=full(0.0, shape=E), S_hold=full(False, torch.bool, E),
+        t_slide=full(0.0), episodes=full(0, i64), events=full(0, i64), repel=full(0, i64), t_repel=full(math.inf),
+        stiff=full(False, torch.bool), h_ex=full(0.0), st_cnt=full(0, i64), st_non=full(0, i64),
+        st_block=full(0, i64), st_steps=full(0, i64))
+    if kf is not None:
+        slid0 = sl.start(w)
+    else:
+        w.f = sl.plain(th, X, y, mask)
+        slid0 = None
+    w.h = initial_step(sl.stage_field(w), w.th, w.f, X, y, mask, rtol, atol, rk.order, t_max)
     th0n = theta0.norm(dim=-1)
     can_stiff = bool(stiff_after) and stiff_after > 0
     n_iter = 0  # every active instance takes one (accepted or rejected) step per iteration
+    if slid0 is not None and bool(slid0.any()):  # sliding: stop, and a kink held from the start
+        out.retire(w, slid0, st.SLIDING, n_iter)
+        w.keep(~slid0)
+        sl.setup(w)
 
     while w.idx.numel() > 0:
         b = w.idx.numel()
         # ---- one embedded RK step for every active instance (stiff rows: Rosenbrock) -------
         sliding_rows = sl.rows
         any_stiff = bool(w.stiff.any())
+        explicit = ~w.stiff  # the rows taking an explicit step (the switch below may change w.stiff)
         h = w.h
         if any_stiff:  # the explicit stages of the explicit rows only
             ex_rows = (~w.stiff).nonzero().squeeze(-1)
-            K, th_new, y_s = rk.stages(F, w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
+            K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
                                        F_rows=sl.stage_field(w, ex_rows))
         else:
             K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma)
         err = rk.error(K, w.th, th_new, h, rtol, atol)
-        # projected sliding steps whose held λ* left (0, 1): rejected, retried with the box QP
-        retry = sl.check(w, th_new, err) if sliding_rows is not None else None
         kinked = None
         if any_stiff:
-            th_new, kinked = stiff_rows(model, preact, kf, rk, w, K, th_new, err, rtol, atol)
+            th_new, kinked = stiff_rows(model, sl, rk, w, K, th_new, err, rtol, atol)
         accept = err <= 1.0
         n_iter += 1
 
         # ---- step size update, stiffness switch ----------------------------------------------
-        th_old, h_next = advance(model, rk, w, K, th_new, err, accept, any_stiff, sliding_rows, t_max)
-        if sliding_rows is not None:
-            w.qp &= ~accept
-            if retry is not None:
-                h_next[retry] = h[retry]
+        t_old = w.t
+        th_old, h_next = advance(model, rk, w, K, th_new, err, accept, any_stiff, sliding_rows)
         if kinked is not None and bool(kinked.any()):
-            # the activation pattern changed within a Rosenbrock step: back to the explicit
-            # method (it resolves kinks and detects sliding), no switch for RESWITCH_AFTER steps
+            # the Rosenbrock step crossed or left a kink: back to the explicit method (it locates
+            # the event), no switch for RESWITCH_AFTER steps
             w.stiff &= ~kinked
             h_next = torch.where(kinked, w.h_ex, h_next)
             w.st_block = torch.where(kinked, n_iter + RESWITCH_AFTER, w.st_block)
         if can_stiff:
             stiffness_switch(rk, w, K, th_new, y_s, h, h_next, accept, n_iter, stiff_after)
 
-        # ---- sliding detection -------------------------------------------------------------
-        slid = None
-        if sliding_rows is not None:
-            rel = sl.release(w, sliding_rows, accept)
-            if rel is not None:  # a released row was put on the side it leaves to
-                th_new[rel] = w.th[rel]
-        if preact is not None:
-            slid = sl.detect(w, preact, A, bw, th_new, th_old, K, h, h_next, accept, any_stiff, kinked)
+        # ---- kink events: the first in each accepted explicit step (the step is cut there) ----
+        slid = sl.after_step(w, A, K, th_old, t_old, h, accept & explicit)
+        h_next = torch.minimum(h_next, (t_max - w.t).clamp_min_(0.0))  # t lands exactly on t_max
         w.h = h_next
 
         # ---- status checks -----------------------------------------------------------------
@@ -293,8 +289,7 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         converged = drift_check(model, w, accept, diverged, drift_tol)
         not_conv = ~diverged if converged is None else ~diverged & ~converged
         stalled = zero_gradient(w, accept, not_conv)
-        escaped, stalled, slid = checkpoints(w, sl, accept, not_conv, thn, stalled, slid, growth_t_min,
-                                             growth_min_rate)
+        escaped, stalled = checkpoints(w, accept, not_conv, thn, stalled, growth_t_min, growth_min_rate)
         # the drift bound is kept only while the loss stays fitted (converged rows have loss_gn ≤ fit_tol)
         w.drift.masked_fill_(w.loss > w.fit, math.inf)
 
@@ -306,11 +301,10 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
                 done |= flag
         if budget_all or bool(done.any()):
             if budget_all:
-                done = torch.ones(b, dtype=torch.bool)
+                done = torch.ones(b, dtype=torch.bool, device=dev)
             out.retire(w, done, status_codes(b, diverged, converged, stalled, escaped, slid), n_iter)
             w.keep(~done)
-            if sl.rows is not None:
-                sl.setup(w)
+            sl.setup(w)
 
     loss_out = model.loss(out.theta, X, y, mask)
     tn = out.theta.norm(dim=-1)

@@ -1,36 +1,51 @@
-"""Sliding in the ``adaptive`` solver: chatter detection, pending and held kinks, and the
-Filippov field of the held kinks (the rules are in :mod:`ibtest.solve.solvers.adaptive`, the kink
-geometry in :mod:`ibtest.solve.solvers.kinks`).
+"""Kinks in the ``adaptive`` solver: the activation pattern, events, and held kinks (the rules
+are in :mod:`ibtest.solve.solvers.adaptive`, the kink geometry in
+:mod:`ibtest.solve.solvers.kinks`, the interpolant and root finding in
+:mod:`ibtest.solve.solvers.events`).
 
-Per working-set row a set S of kink entries is *held* (``WorkingSet.S_hold``, empty: the
-classical field −∇L) and a set is *pending* (``WorkingSet.pend``: evidence of sliding, the kink is
-being approached). :class:`Sliding` caches the rows with some entry held and their entry lists
-and tangent projectors while S is unchanged (:meth:`Sliding.setup` after every change), so the
-field of a Runge–Kutta stage (:meth:`Sliding.stage_field`) costs nothing extra when nothing slides
-and one batched product per stage on the sliding rows (the tangent projection −Π∇L, which is the
-Filippov velocity while the held λ* are interior); the box QP runs once per step, at the proposal
-(:meth:`Sliding.check`), and at every stage only of a step being retried because the flow left a
-held kink in it.
+Per working-set row the solver carries the side of its kink every entry is on
+(``WorkingSet.slope``: σ'₊ above, σ'₋ below) and a set S of entries *held* at their kinks
+(``WorkingSet.S_hold``). The field of a Runge–Kutta stage is −∇L with that pattern held, and on
+the rows that hold kinks its W blocks are projected onto the kinks' tangent space (the
+Filippov velocity while every held kink attracts; :meth:`Sliding.stage_field`). The field is
+smooth inside a step, so the step is accepted or rejected by accuracy alone. After an accepted
+step, :meth:`Sliding.after_step` looks for the first *event* in it:
+
+* a free entry whose pre-activation crosses its kink against its side (its polynomial on the
+  dense output changes sign beyond rounding): the arrival is located by root finding on the
+  interpolant (no field evaluation);
+* a held entry that stops being held (min(α_e, μ_e, α_e − μ_e) reaches 0:
+  :meth:`KinkField.hold_margin`): located by root finding with one field evaluation per
+  iteration on the rows concerned.
+
+The step is cut at the first event (θ from the interpolant), and :meth:`Sliding.settle` decides
+the pattern there: the arriving entries and the held ones are held if together they attract
+(every α_e > 0 and λ*_e in (0, 1)), else dropped (arrivals first) and put on the side their
+one-sided normal velocities take them to. The next step starts there with the step size the
+controller proposed: a transversal crossing costs one cut step, not a cascade of rejected ones,
+and crossings later in the same step are found, in order, by the next steps.
+
+``sliding: stop``: a row that would hold a kink ends with status SLIDING instead.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers.adaptive_state import WorkingSet
-from ibtest.solve.solvers.kinks import KinkField, Preact, kink_evidence
+from ibtest.solve.solvers.events import DenseOutput, first_crossing, first_root, horner
+from ibtest.solve.solvers.kinks import KinkField, _pack, unit_factors, unit_identity
 
 Tensor = torch.Tensor
 #: the field of a stage: (θ [b, P], X [b, n, d], y [b, n], mask [b, n]) -> f [b, P]
 Field = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-#: a released kink entry is left at z_e = ±RELEASE_OFFSET·‖x_i‖‖w_j‖, on the side the flow leaves to
-#: (far above the rounding of z, ~1e-16 of that scale; far below the solver's tolerances)
+#: an entry that leaves its kink (or crosses it) is put at z_e = ±RELEASE_OFFSET·‖x_i‖‖w_j‖ on its
+#: side (far above the rounding of z, ~1e-16 of that scale; far below the solver's tolerances),
+#: so that its sign agrees with its side
 RELEASE_OFFSET = 1e-12
-#: |z_e| ≤ AT_KINK·‖x_i‖‖w_j‖: a pending entry is at its kink (entered, θ projected onto it), and a
-#: released one that has not left this band is put at ±RELEASE_OFFSET
+#: |z_e| ≤ AT_KINK·‖x_i‖‖w_j‖: an entry settled at an event is at its kink, and goes to ±offset
 AT_KINK = 1e-10
 
 
@@ -43,29 +58,22 @@ def entries(Sm: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Sliding:
-    """The kink bookkeeping of one solve. ``preact`` None: the model has no known kinks (no
-    detection); ``kf`` None: ``sliding: stop`` or no :class:`KinkField` (chatter counting, status
-    SLIDING); else ``sliding: follow`` (pending/held kinks, Filippov field)."""
+    """The kink bookkeeping of one solve (``kf`` None: the model has no kinks the solver knows;
+    every method is then a no-op or the classical field). ``follow``: hold attracting kinks
+    (``sliding: follow``); else a row that reaches one is flagged SLIDING."""
 
-    def __init__(self, model: ModelBase, preact: Preact | None, kf: KinkField | None,
-                 sliding_count: int) -> None:
+    def __init__(self, model: ModelBase, kf: KinkField | None, follow: bool, dense: DenseOutput) -> None:
         self.model = model
-        self.preact = preact
         self.kf = kf
-        self.sliding_count = sliding_count
-        #: working-set rows with some entry held [r] (None: none), their masks [r, n, m] and
-        #: entry lists ent/ok [r, k]
+        self.follow = follow
+        self.dense = dense
+        #: working-set rows with some entry held [r] (None: none), their instances [r] (to
+        #: re-align the cache when rows leave), held masks [r, n, m] and per-unit factors
+        #: [r, m, d, d + n] (projector and pseudo-inverse, :meth:`KinkField.unit_pinv`)
         self.rows: Tensor | None = None
-        self.S = self.ent = self.ok = torch.zeros(0)
-        #: their tangent projectors [r, m, d, d] (:meth:`KinkField.tangent_projector`) and
-        #: instance indices [r] (to reuse the projectors across :meth:`setup`)
-        self.Pi = torch.zeros(0)
         self.inst: Tensor | None = None
-        #: the held entries [r, k] whose kink the flow leaves at the proposal of this step
-        #: (:meth:`KinkField.field_leave`; False where not evaluated)
-        self.last_leave = torch.zeros(0, dtype=torch.bool)
-        #: λ* [r, k] there (where box-QP'd; the side a released kink is left on)
-        self.last_lam = torch.zeros(0)
+        self.S = torch.zeros(0)
+        self.Ap = torch.zeros(0)
 
     # ---- the field ----------------------------------------------------------------------
     def plain(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
@@ -73,298 +81,305 @@ class Sliding:
         return -self.model.grad(theta, Xs, ys, ms)
 
     def stage_field(self, w: WorkingSet, rows: Tensor | None = None) -> Field:
-        """The field of this step's Runge–Kutta stages: −∇L, and on the rows that hold kinks the
-        Filippov velocity, in one of two forms (module docstring): −Π∇L (the tangent
-        projection, a product per stage) on the rows whose held kinks the flow did not leave
-        at the end of their last step, the box QP of :meth:`KinkField.field_leave` on the rows
-        marked ``w.qp`` (a step being retried because the flow left a held kink in it; their
-        ``last_leave`` is that of the last stage, the proposal).
-
-        ``rows`` [r]: the field of those working-set rows alone (the explicit rows of a step
-        that has stiff rows; the field is then called on θ [r, P]). The held entries of rows
-        whose stages are not box-QP'd here do not leave (``last_leave`` False): projected rows
-        are tested by :meth:`check`, stiff rows by their Rosenbrock step."""
-        if self.rows is None:
-            return self.plain
+        """The field of this step's stages for the working-set rows ``rows`` [r] (None: all):
+        −∇L with each row's pattern held, its W blocks projected onto the tangent space of the
+        row's held kinks (module docstring)."""
         kf = self.kf
-        assert kf is not None
-        if rows is None:
-            r = self.rows
-            kp = torch.ones(r.numel(), dtype=torch.bool)
-        else:
-            pos = torch.full((w.idx.numel(),), -1, dtype=torch.long)
-            pos[rows] = torch.arange(rows.numel())
-            r = pos[self.rows]
-            kp = r >= 0
-        ex = kp & w.qp[self.rows]
-        pr = kp & ~ex
-        r_pr, Pi_pr = r[pr], self.Pi[pr]
-        r_ex, S_ex, ent_ex, ok_ex = r[ex], self.S[ex], self.ent[ex], self.ok[ex]
-        self.last_leave = torch.zeros(self.ok.shape, dtype=torch.bool)
-        self.last_lam = torch.full(self.ok.shape, 0.5, dtype=torch.float64)
-        any_pr, any_ex = r_pr.numel() > 0, r_ex.numel() > 0
+        if kf is None:
+            return self.plain
+        slope = w.slope if rows is None else w.slope[rows]
+        pr, Ap = self._held_positions(w, rows)
 
         def F(theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
-            g = -self.model.grad(theta, Xs, ys, ms)
-            if any_pr:
-                g[r_pr] = kf.project_field(Pi_pr, g[r_pr])
-            if any_ex:
-                fs, lam, leave = kf.field_leave(theta[r_ex], Xs[r_ex], ys[r_ex], ms[r_ex], S_ex, ent_ex, ok_ex)
-                g[r_ex] = fs
-                self.last_leave[ex] = leave & ok_ex
-                self.last_lam[ex] = lam
-            return g
+            g = kf.grad(theta, Xs, ys, ms, slope)
+            if pr is not None:
+                g[pr] = kf.project_field(Ap, Xs[pr], g[pr])
+            return -g
         return F
 
-    def check(self, w: WorkingSet, th_new: Tensor, err: Tensor) -> Tensor | None:
-        """After the stages: the leaving test (:meth:`KinkField.field_leave`) at the proposal
-        θ_new [b, P] of the sliding rows that took a projected explicit step (one box QP per
-        step instead of one per stage). Where the flow leaves a held kink the projected field
-        was not the Filippov velocity somewhere in the step: the step is rejected (err [b] set
-        to inf in place) and retried with the same h and the box-QP field at every stage
-        (``w.qp``), which releases the kink (:meth:`release`). Returns the retried rows [q]
-        (None: none)."""
+    def _held_positions(self, w: WorkingSet, rows: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        """Positions (within ``rows``, or the working set) of the rows that hold kinks, and their
+        cached pseudo-inverses."""
         if self.rows is None:
-            return None
-        kf = self.kf
-        assert kf is not None
-        sel = ~w.qp[self.rows] & ~w.stiff[self.rows]
-        if not bool(sel.any()):
-            return None
-        rr = self.rows[sel]
-        ok = self.ok[sel]
-        _, _, leave = kf.field_leave(th_new[rr], w.Xa[rr], w.ya[rr], w.ma[rr], self.S[sel], self.ent[sel], ok)
-        out = (ok & leave).any(-1)
-        if not bool(out.any()):
-            return None
-        q = rr[out]
-        err[q] = math.inf
-        w.qp[q] = True
-        return q
-
-    def setup(self, w: WorkingSet) -> None:
-        """Recompute the cache of sliding rows after S_hold changed (or rows left): their masks,
-        entry lists and tangent projectors (reused for an instance whose S is unchanged: they
-        depend on X and S only)."""
-        rows = w.S_hold.flatten(1).any(-1).nonzero().squeeze(-1)
-        if rows.numel() == 0:
-            self.rows = None
-            self.inst = None
-            return
-        kf = self.kf
-        assert kf is not None
-        S = w.S_hold[rows]
-        ent, ok = entries(S)
-        inst = w.idx[rows]
-        reuse = torch.zeros(rows.numel(), dtype=torch.bool)
-        Pi = None
-        if self.inst is not None:
-            # instance indices are ascending in the working set (rows only ever leave it)
-            j = torch.searchsorted(self.inst, inst).clamp_max(self.inst.numel() - 1)
-            reuse = (self.inst[j] == inst) & (self.S[j] == S).flatten(1).all(-1)
-            if bool(reuse.all()):
-                Pi = self.Pi[j]
-            elif bool(reuse.any()):
-                Pi = torch.empty(rows.numel(), *self.Pi.shape[1:], dtype=self.Pi.dtype)
-                Pi[reuse] = self.Pi[j[reuse]]
-        new = ~reuse
-        if Pi is None:
-            Pi = kf.tangent_projector(w.Xa[rows], S)
-        elif bool(new.any()):
-            Pi[new] = kf.tangent_projector(w.Xa[rows[new]], S[new])
-        self.rows, self.S, self.ent, self.ok, self.Pi, self.inst = rows, S, ent, ok, Pi, inst
-        w.qp[rows[~reuse]] = False
+            return None, self.Ap
+        if rows is None:
+            return self.rows, self.Ap
+        pos = torch.full((w.idx.numel(),), -1, dtype=torch.long, device=w.idx.device)
+        pos[rows] = torch.arange(rows.numel(), device=w.idx.device)
+        p = pos[self.rows]
+        keep = p >= 0
+        if not bool(keep.any()):
+            return None, self.Ap
+        return p[keep], self.Ap[keep]
 
     def field_at(self, w: WorkingSet, rr: Tensor) -> Tensor:
-        """The field [r, P] (Filippov where S is held) at the working-set rows rr [r]."""
-        g = -self.model.grad(w.th[rr], w.Xa[rr], w.ya[rr], w.ma[rr])
-        has = w.S_hold[rr].flatten(1).any(-1)
-        if bool(has.any()):
-            assert self.kf is not None
-            sub = rr[has]
-            ent, ok = entries(w.S_hold[sub])
-            g[has] = self.kf.field(w.th[sub], w.Xa[sub], w.ya[sub], w.ma[sub], w.S_hold[sub], ent, ok)[0]
-        return g
+        """The field [r, P] at the working-set rows rr [r] (pattern held, projected where held)."""
+        return self.stage_field(w, rr)(w.th[rr], w.Xa[rr], w.ya[rr], w.ma[rr])
 
-    # ---- holding kinks ------------------------------------------------------------------
-    def enter(self, w: WorkingSet, rows: Tensor, cand: Tensor) -> Tensor:
-        """Try to hold the candidate entries ``cand`` [r, n, m] (plus those held) of working-set
-        rows ``rows`` [r] at their kinks: keep the attracting ones (the flow does not leave them
-        at θ projected onto them: λ* interior, α ≠ 0;
-        :meth:`KinkField.field_leave`) at that projected θ. Leaving entries are dropped
-        until the rest is consistent, candidates before held entries; a row whose candidates are
-        all dropped keeps its held set as it is (W2 seed 0, instance 22: read at z_e = rounding,
-        the held set alone looked left and was dropped at the kink rather than released on the
-        flow's side, 1.6e-8 from the tight solve at t = 50; now 7.9e-10). Returns the rows that
-        now slide (bool [r])."""
-        kf, preact = self.kf, self.preact
-        assert kf is not None and preact is not None
+    # ---- the cache of held rows ---------------------------------------------------------
+    def setup(self, w: WorkingSet) -> None:
+        """Re-align the cache with the working set after S_hold changed or rows left: the
+        pseudo-inverses of an instance's units are kept where its held set on that unit is
+        unchanged, and recomputed for the changed units only."""
+        kf = self.kf
+        if kf is None:
+            return
+        rows = w.S_hold.flatten(1).any(-1).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            self.rows = self.inst = None
+            return
+        S = w.S_hold[rows]
+        inst = w.idx[rows]
+        b, n, m = S.shape
+        d = w.Xa.shape[-1]
+        Ap = unit_identity(b, m, d, n, w.th)
+        todo = S.transpose(1, 2).any(-1)  # [r, m]: units with held entries
+        if self.inst is not None and self.rows is not None:
+            # instance indices are ascending in the working set (rows only ever leave it)
+            j = torch.searchsorted(self.inst, inst).clamp_max(self.inst.numel() - 1)
+            known = self.inst[j] == inst
+            if bool(known.any()):
+                same = (self.S[j] == S).all(1) & known.unsqueeze(-1)  # [r, m] unit unchanged
+                Ap = torch.where(same.view(b, m, 1, 1), self.Ap[j], Ap)
+                todo &= ~same
+        ru, ju = todo.nonzero(as_tuple=True)
+        if ru.numel():
+            Xs = w.Xa[rows[ru]] * S[ru, :, ju].unsqueeze(-1).to(w.Xa.dtype)  # [u, n, d]
+            Ap[ru, ju] = unit_factors(Xs)
+        self.rows, self.inst, self.S, self.Ap = rows, inst, S, Ap
+
+    # ---- events -------------------------------------------------------------------------
+    def after_step(self, w: WorkingSet, A: Tensor, K: Tensor, th_old: Tensor, t_old: Tensor, h: Tensor,
+                   accept: Tensor) -> Tensor | None:
+        """Find the first event in each accepted explicit step (``accept`` [b]: the rows whose
+        explicit step was accepted; module docstring), cut the step there and settle the
+        pattern. K [S+1, b, P] the stages, A [S, S] the tableau, θ_old [b, P] and t_old [b] the
+        start of the step, h [b]. Returns the rows flagged SLIDING (``stop``; bool [b]) or None."""
+        kf = self.kf
+        if kf is None:
+            return None
+        look = accept
+        if not bool(look.any()):
+            return None
+        ri = look.nonzero().squeeze(-1)
+        Xr = w.Xa[ri]
+        live = (w.ma[ri] > 0).unsqueeze(-1)
+        S_r = w.S_hold[ri]
+        above = w.slope[ri] == kf.hi
+        sgn = torch.where(above, 1.0, -1.0).to(w.th.dtype)
+        free = ~S_r & live
+        tol = kf.rounding(th_old[ri], Xr)
+        z0 = kf.preact(th_old[ri], Xr)
+        # pre-activations at the stage points and at the end (z is linear in θ)
+        S1 = K.shape[0]
+        Kr = K[:, ri]
+        Zk = kf.preact(Kr.reshape(S1 * ri.numel(), -1), Xr.repeat(S1, 1, 1)).reshape(S1, -1)
+        hz = h[ri].view(-1, 1, 1)
+        cross = ((sgn * kf.preact(w.th[ri], Xr) < -tol) & free).flatten(1).any(-1)
+        for s in range(1, A.shape[0]):  # the stage points (vector @ matrix: batch-independent bits)
+            zs = z0 + hz * (A[s, :s] @ Zk[:s]).view_as(z0)
+            cross |= ((sgn * zs < -tol) & free).flatten(1).any(-1)
+        # held entries that stop being held by the end of the step
+        leave = torch.zeros_like(cross)
+        if self.rows is not None:
+            pr, Ap = self._held_positions(w, ri)
+            if pr is not None:
+                phi, _, _ = kf.hold_margin(w.th[ri][pr], Xr[pr], w.ya[ri][pr], w.ma[ri][pr], w.slope[ri][pr],
+                                           Ap, S_r[pr])
+                leave[pr] = (phi <= 0).flatten(1).any(-1)
+        ev = cross | leave
+        if not bool(ev.any()):
+            return None
+        # ---- locate the first event on the interpolant of the flagged rows
+        e = ev.nonzero().squeeze(-1)
+        re = ri[e]
+        F = self.stage_field(w, re)
+        Xe, ye, me = w.Xa[re], w.ya[re], w.ma[re]
+        Ke = self.dense.extend(lambda u: F(u, Xe, ye, me), th_old[re], K[:, re], h[re])
+        C = self.dense.coefficients(Ke, h[re])  # [deg, r, P]
+        deg, r, P = C.shape
+        Zc = kf.preact(C.reshape(deg * r, P), Xe.repeat(deg, 1, 1)).view(deg, r, -1)
+        E = Zc.shape[-1]
+        x_c, hit = first_crossing(z0[e].reshape(r, E), Zc, sgn[e].reshape(r, E), free[e].reshape(r, E),
+                                  tol[e].reshape(r, E))
+        hit = hit.view_as(z0[e])
+        x_l = torch.full_like(x_c, float("inf"))
+        leave_e = leave[e]
+        forced = torch.zeros_like(z0[e], dtype=torch.int8)
+        n_rep = torch.zeros(r, dtype=torch.int64, device=x_c.device)
+        if bool(leave_e.any()):
+            li = leave_e.nonzero().squeeze(-1)
+            pr, Ap = self._held_positions(w, re[li])
+            assert pr is not None
+            lr = li[pr]
+            th0_l, C_l = th_old[re[lr]], C[:, lr]
+            Xl, yl, ml, sl_l, S_l = Xe[lr], ye[lr], me[lr], w.slope[re[lr]], w.S_hold[re[lr]]
+
+            def margin(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                th_x = horner(th0_l, C_l, x.unsqueeze(-1))
+                return kf.hold_margin(th_x, Xl, yl, ml, sl_l, Ap, S_l)
+
+            def Phi(x: Tensor) -> Tensor:
+                return margin(x)[0].flatten(1).min(-1).values
+
+            g1 = Phi(torch.ones(lr.numel(), dtype=th0_l.dtype, device=th0_l.device))
+            xl = first_root(Phi, g1)
+            x_l[lr] = xl
+            # the entry that leaves, and to which side: μ → 0: below; μ → α: above; α → 0
+            # (the kink turns concave, repelling): the side with λ* = μ/α at the last point it
+            # held, above when λ* ≥ ½ (gradient descent's more likely side)
+            phi, al, mu = margin(xl)
+            flat = phi.flatten(1)
+            k = flat.argmin(-1)
+            al_k = al.flatten(1).gather(1, k.unsqueeze(-1)).squeeze(-1)
+            mu_k = mu.flatten(1).gather(1, k.unsqueeze(-1)).squeeze(-1)
+            rep = al_k <= torch.minimum(mu_k, al_k - mu_k)
+            _, al0, mu0 = margin(torch.zeros_like(xl))
+            lam0 = mu0.flatten(1).gather(1, k.unsqueeze(-1)).squeeze(-1) / \
+                al0.flatten(1).gather(1, k.unsqueeze(-1)).squeeze(-1).clamp_min(1e-300)
+            up = torch.where(rep, lam0 >= 0.5, (al_k - mu_k) <= mu_k)
+            fl = torch.zeros(lr.numel(), E, dtype=torch.int8, device=x_c.device)
+            fl.scatter_(1, k.unsqueeze(-1), torch.where(up, 1, -1).to(torch.int8).unsqueeze(-1))
+            forced[lr] = fl.view(-1, *z0.shape[1:])
+            n_rep[lr] = rep.long()
+        use_l = x_l <= x_c
+        x_ev = torch.minimum(x_c, x_l)
+        go = torch.isfinite(x_ev)
+        if not bool(go.any()):
+            return None
+        gi = go.nonzero().squeeze(-1)
+        rg = re[gi]
+        xg = x_ev[gi].clamp(0.0, 1.0)
+        th_ev = horner(th_old[rg], C[:, gi], xg.unsqueeze(-1))
+        th_ev = torch.where((xg >= 1.0).unsqueeze(-1), w.th[rg], th_ev)
+        # the step ends at the event
+        t_ev = t_old[rg] + xg * h[rg]
+        if self.rows is not None:
+            was = w.S_hold[rg].flatten(1).any(-1)
+            w.t_slide[rg] -= torch.where(was, w.t[rg] - t_ev, torch.zeros_like(t_ev))
+        w.th[rg] = th_ev
+        w.t[rg] = t_ev
+        arrive = torch.where(use_l[gi].view(-1, 1, 1), torch.zeros_like(hit[gi]), hit[gi])
+        frc = torch.where(use_l[gi].view(-1, 1, 1), forced[gi], torch.zeros_like(forced[gi]))
+        w.repel[rg] += torch.where(use_l[gi], n_rep[gi], torch.zeros_like(n_rep[gi]))
+        first_rep = (w.repel[rg] > 0) & ~torch.isfinite(w.t_repel[rg])
+        w.t_repel[rg] = torch.where(first_rep, t_ev, w.t_repel[rg])
+        w.events[rg] += 1
+        return self.settle(w, rg, arrive, frc)
+
+    def settle(self, w: WorkingSet, rows: Tensor, arrive: Tensor, forced: Tensor) -> Tensor | None:
+        """Decide the pattern at an event for the working-set rows ``rows`` [r] (θ at the event):
+        the entries ``arrive`` [r, n, m] are at their kinks, the held entries with ``forced``
+        [r, n, m] ≠ 0 leave (+1 above, −1 below). The arrivals and the other held entries are
+        held where together they attract (:meth:`KinkField.hold_margin` > 0, beyond its rounding
+        allowance :meth:`KinkField.hold_tolerance` for an arrival), dropping inconsistent
+        arrivals first and then the most violating held entry; a dropped entry goes to the side
+        its one-sided normal velocities a₋ (below) and a₊ (above) take it to (both < 0: below, both
+        > 0: above; a₊ < 0 < a₋ or a concave kink, a₋ < 0 < a₊: above when
+        a₋/(a₋ − a₊) ≥ ½, the latter counted as a repelling release). θ is put on the held kinks
+        and at ±``RELEASE_OFFSET`` on the dropped ones that are within ``AT_KINK`` of theirs.
+        ``stop``: rows that would hold a kink are returned (bool [b]) unchanged; else None."""
+        kf = self.kf
+        assert kf is not None
+        dt = w.th.dtype
+        th = w.th[rows]
         Xr, yr, mr = w.Xa[rows], w.ya[rows], w.ma[rows]
-        z = preact(w.th[rows], Xr)
-        near = z.abs() <= 1e-6 * kf.scale(w.th[rows], Xr)
         held0 = w.S_hold[rows]
-        C = (cand & near) | held0
-        per_row = (-1,) + (1,) * (C.dim() - 1)  # a per-row flag [r] broadcast over C's entries
-        # drop entries the flow leaves, one batch of them per pass, until the set is consistent:
-        # leaving candidates first, a held entry only when no candidate of its row leaves and one
-        # stays (a held set that was consistent is not thrown away with an inconsistent
-        # candidate: W2 seed 0, instance 924 lost its two held kinks that way at every step)
+        above = w.slope[rows] == kf.hi
+        fl = forced != 0
+        above = torch.where(fl, forced > 0, above)
+        C = (held0 & ~fl) | arrive
+        dropped = fl.clone()
+        shape = (-1,) + (1,) * (C.dim() - 1)
         for _ in range(int(C.flatten(1).sum(-1).max()) + 1 if C.numel() else 0):
             if not bool(C.any()):
                 break
-            ent, ok = entries(C)
-            thp = kf.project(w.th[rows], Xr, C)
-            _, _, leave = kf.field_leave(thp, Xr, yr, mr, C, ent, ok)
-            bad = ok & leave
+            thp = kf.project(th, Xr, C)
+            slope = torch.where(C, kf.lo, kf.slope_of(above)).to(dt)
+            Ap = kf.unit_pinv(Xr, C)
+            phi, _, _ = kf.hold_margin(thp, Xr, yr, mr, slope, Ap, C)
+            # an arrival is held only when it attracts beyond rounding (a held entry while φ > 0)
+            need = torch.where(arrive, kf.hold_tolerance(thp, Xr, yr, mr, slope), torch.zeros_like(phi))
+            bad = C & (phi <= need)
             if not bool(bad.any()):
                 break
-            badm = torch.zeros(C.shape[0], C[0].numel(), dtype=torch.bool)
-            badm.scatter_(1, ent, bad)
-            badm = badm.view_as(C)
-            new_bad = badm & ~held0
-            # a row back at its held set keeps it: its held kinks are left by the step's own
-            # leaving test and released on the flow's side (:meth:`release`), not here at z_e = 0
-            only_held = (C == held0).flatten(1).all(-1)
-            badm &= ~only_held.view(per_row)
-            if not bool(badm.any()):
-                break
-            has_new = new_bad.flatten(1).any(-1).view(per_row)
-            C = C & ~torch.where(has_new, new_bad, badm)
-        now = C.flatten(1).any(-1)
-        rr = rows[now]
-        if bool(now.any()):
-            new_ep = ~w.S_hold[rr].flatten(1).any(-1)
-            w.episodes[rr] += new_ep.long()
-            w.th[rr] = kf.project(w.th[rr], w.Xa[rr], C[now])
-            w.S_hold[rr] = C[now]
-        w.S_hold[rows[~now]] = False
-        w.chat[rows] = 0
+            new_bad = bad & arrive
+            has_new = new_bad.flatten(1).any(-1).view(shape)
+            # a held entry: drop the most violating one per row
+            worst = torch.where(bad, phi, torch.full_like(phi, float("inf"))).flatten(1).argmin(-1)
+            one = torch.zeros_like(bad).flatten(1)
+            one.scatter_(1, worst.unsqueeze(-1), True)
+            drop = torch.where(has_new, new_bad, one.view_as(bad) & bad)
+            C = C & ~drop
+            dropped |= drop
+        sliding = C.flatten(1).any(-1)
+        if not self.follow and bool(sliding.any()):
+            flag = torch.zeros(w.idx.numel(), dtype=torch.bool, device=rows.device)
+            flag[rows[sliding]] = True
+            # the rows that do not slide still take their new sides
+            C = C & ~sliding.view(shape)
+            if not bool((~sliding).any()):
+                return flag
+        else:
+            flag = None
+        # sides of the dropped entries (and arrivals not held) from the one-sided normal velocities
+        thp = kf.project(th, Xr, C)
+        free_new = (arrive | dropped) & ~C & ~fl
+        slope = torch.where(C | free_new, kf.lo, kf.slope_of(above)).to(dt)
+        g0 = kf.grad(thp, Xr, yr, mr, slope)
+        if bool(C.any()):
+            g0 = kf.project_field(kf.unit_pinv(Xr, C), Xr, g0)
+        a_lo = -kf.preact(g0, Xr)
+        al = kf.alpha(thp, kf.residual(thp, Xr, yr, mr, slope))
+        a_hi = a_lo - al * (Xr * Xr).sum(-1).unsqueeze(-1)
+        down = (a_lo <= 0) & (a_hi <= 0)
+        up = (a_lo >= 0) & (a_hi >= 0) & ~down
+        mixed = ~down & ~up
+        lam = a_lo / (a_lo - a_hi).where(a_lo != a_hi, torch.ones_like(a_lo))
+        side_up = torch.where(mixed, lam >= 0.5, up)
+        above = torch.where(free_new, side_up, above)
+        repel = free_new & mixed & (a_lo < 0)
+        w.repel[rows] += repel.flatten(1).sum(-1)
+        first_rep = (w.repel[rows] > 0) & ~torch.isfinite(w.t_repel[rows])
+        w.t_repel[rows] = torch.where(first_rep, w.t[rows], w.t_repel[rows])
+        # θ onto the held kinks; the entries that left within AT_KINK of theirs at ±offset
+        moved = arrive | dropped
+        z = kf.preact(thp, Xr)
+        mag = kf.scale(thp, Xr)
+        sgn = torch.where(above, 1.0, -1.0).to(dt)
+        near = moved & ~C & (sgn * z <= AT_KINK * mag)
+        target = torch.where(near, sgn * RELEASE_OFFSET * mag, torch.zeros_like(z))
+        th_new = kf.project(th, Xr, C | near, target)
+        new_ep = C.flatten(1).any(-1) & ~held0.flatten(1).any(-1)
+        w.episodes[rows] += new_ep.long()
+        w.th[rows] = th_new
+        w.S_hold[rows] = C
+        w.slope[rows] = torch.where(C, kf.lo, kf.slope_of(above)).to(dt)
         self.setup(w)
-        if bool(now.any()):
-            w.f[rr] = self.field_at(w, rr)
-            w.loss[rr] = self.model.loss(w.th[rr], w.Xa[rr], w.ya[rr], w.ma[rr])
-        return now
+        w.f[rows] = self.field_at(w, rows)
+        w.loss[rows] = self.model.loss(th_new, Xr, yr, mr)
+        return flag
 
-    def approach(self, w: WorkingSet, h_next: Tensor) -> None:
-        """Rows with pending kink entries: enter the entries that are at their kink to rounding
-        (|z_e| ≤ ``AT_KINK``·‖x_i‖‖w_j‖; θ is then projected onto it); else cap the next step
-        h_next [b] (in place) at 0.8 of the time to the nearest pending kink along the current
-        field (z_e·ż_e < 0; entries the field leaves are dropped), so the kink is reached
-        geometrically without a step straddling it."""
-        kf, preact = self.kf, self.preact
-        assert kf is not None and preact is not None
-        rows = w.pend.flatten(1).any(-1).nonzero().squeeze(-1)
-        if rows.numel() == 0:
-            return
-        Xr = w.Xa[rows]
-        z = preact(w.th[rows], Xr)
-        zd = preact(w.f[rows], Xr)
-        mag = kf.scale(w.th[rows], Xr)
-        p = w.pend[rows]
-        ready = z.abs() <= AT_KINK * mag
-        toward = (z * zd < 0) & ~ready
-        p = p & (ready | toward)
-        go = (p & ready).flatten(1).any(-1)
-        w.pend[rows] = p & ~ready
-        if bool(go.any()):
-            self.enter(w, rows[go], (p & ready)[go])
-        wait = (p & ~ready).flatten(1).any(-1)
-        if bool(wait.any()):
-            tau = torch.where(p & ~ready, z.abs() / zd.abs().clamp_min(1e-300),
-                              torch.full_like(z, math.inf)).flatten(1).min(-1).values
-            wr = rows[wait]
-            h_next[wr] = torch.minimum(h_next[wr], 0.8 * tau[wait])
-
-    # ---- after every step ---------------------------------------------------------------
-    def release(self, w: WorkingSet, sliding_rows: Tensor, accept: Tensor) -> Tensor | None:
-        """Leave the held kinks that the flow leaves at the proposal θ_new of an accepted step
-        (λ* at a bound and the one-sided field there pointing away beyond rounding:
-        :meth:`KinkField.field_leave`, of the last stage of a box-QP'd step). Returns the
-        working-set rows that released a kink (None: none).
-
-        The row is put on the side the flow leaves to: z_e = −ε (λ*_e = 0, the field below the
-        kink points away) or +ε (λ*_e = 1), ε = ``RELEASE_OFFSET``·‖x_i‖‖w_j‖, the other held
-        kinks staying at 0 (:meth:`KinkField.project`). Left at z_e = ±rounding, the classical
-        field would be read on the side σ'(0) picks: with σ'(0) = 1 the side above, which may
-        point up while the flow leaves below (both one-sided fields pointing away: the
-        minimal-norm velocity is the one below), and the row flew off on the wrong branch
-        (W2 seed 0, instance 952: 0.026 from the gradient-descent limit at t = 20). An entry
-        that has left the band |z_e| ≤ ``AT_KINK``·‖x_i‖‖w_j‖ on that side keeps its z_e: a
-        box-QP'd step integrates the one-sided field −g(λ*) with λ*_e at the bound past the
-        moment λ*_e reached it, so z_e has moved off the kink along the flow, and putting it back
-        at ±ε threw that motion away (W2 seed 0, instance 61: z_e = −2.5e-5, a jump of 1.2e-5
-        in θ, 4.2e-7 from the tight solve's limit; now 5.6e-10). Within the band (z_e at the
-        kink to the solver's resolution) it goes to ±ε: instance 952 releases two entries at
-        z_e ≈ −2e-11 with the field below nearly tangent and returns to the kink later; kept
-        there, it missed the return and ended 0.014 from gradient descent at t = 20."""
-        acc_r = accept[sliding_rows]
-        bound = self.ok & self.last_leave & acc_r.unsqueeze(-1)
-        if not bool(bound.any()):
+    def start(self, w: WorkingSet) -> Tensor | None:
+        """The pattern at the start of a solve: every entry on the side of its sign (σ'(0)
+        decides for an entry exactly at 0); entries at 0 that the field with that pattern
+        drives to the other side, or presses from both sides, are settled at once."""
+        kf = self.kf
+        if kf is None:
             return None
-        kf = self.kf
-        assert kf is not None
-        sub = bound.any(-1)
-        rr = sliding_rows[sub]
-        Sf = w.S_hold[rr].flatten(1)
-        drop = torch.zeros_like(Sf)
-        drop.scatter_(1, self.ent[sub], bound[sub])
-        side = torch.zeros(Sf.shape, dtype=w.th.dtype)
-        up = (self.last_lam[sub] >= 1.0).to(side.dtype)
-        side.scatter_(1, self.ent[sub], (2.0 * up - 1.0) * bound[sub])
-        Xr = w.Xa[rr]
-        sv = side.view_as(w.S_hold[rr])
-        z = self.preact(w.th[rr], Xr) if self.preact is not None else torch.zeros_like(sv)
-        mag = kf.scale(w.th[rr], Xr)
-        beyond = sv * z > AT_KINK * mag
-        target = sv * torch.where(beyond, sv * z, RELEASE_OFFSET * mag)
-        w.th[rr] = kf.project(w.th[rr], Xr, w.S_hold[rr], target)
-        w.S_hold[rr] = (Sf & ~drop).view_as(w.S_hold[rr])
-        self.setup(w)
-        w.f[rr] = self.field_at(w, rr)
-        w.loss[rr] = self.model.loss(w.th[rr], Xr, w.ya[rr], w.ma[rr])
-        return rr
+        z = kf.preact(w.th, w.Xa)
+        w.slope = kf.slope_of(kf.start_side(z))
+        w.f = self.field_at(w, torch.arange(w.idx.numel(), device=w.idx.device))
+        at0 = (z == 0) & (w.ma > 0).unsqueeze(-1)
+        if not bool(at0.any()):
+            return None
+        zd = kf.preact(w.f, w.Xa)
+        sgn = torch.where(w.slope == kf.hi, 1.0, -1.0).to(z.dtype)
+        against = at0 & (sgn * zd < 0)
+        rows = against.flatten(1).any(-1).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            return None
+        return self.settle(w, rows, against[rows], torch.zeros_like(against[rows], dtype=torch.int8))
 
-    def detect(self, w: WorkingSet, preact: Preact, A: Tensor, bw: Tensor, th_new: Tensor,
-               th_old: Tensor, K: Tensor, h: Tensor, h_next: Tensor, accept: Tensor,
-               any_stiff: bool, kinked: Tensor | None) -> Tensor | None:
-        """Examine the steps that were rejected or whose proposal flipped a pre-activation for
-        kink evidence (tableau A [S, S], bw [S]; θ_new, θ_old [b, P]; stages K [S+1, b, P]; step
-        h [b], accept [b]). ``follow``: evidence makes entries pending, and pending kinks are
-        approached (h_next [b] capped in place). ``stop``: chatter counts per entry (reset lazily
-        after 200 quiet accepted steps); returns the rows that reached ``sliding_count``
-        (bool [b]) or None."""
-        kf = self.kf
-        sliding = None
-        z_new = preact(th_new, w.Xa)
-        pos_new = z_new > 0
-        look = (pos_new != w.pos_old).flatten(1).any(-1).logical_or_(~accept)
-        if any_stiff:
-            look &= ~w.stiff if kinked is None else ~(w.stiff | kinked)
-        w.quiet += accept
-        if bool(look.any()):
-            ri = look.nonzero().squeeze(-1)
-            ev = kink_evidence(preact, A, bw, th_old[ri], K[:, ri], h[ri], w.Xa[ri], w.ma[ri])
-            hit = ev.flatten(1).any(-1)
-            if kf is not None and bool(hit.any()):
-                # follow: approach these kinks without crossing, then hold the attracting ones
-                w.pend[ri[hit]] |= ev[hit]
-            elif bool(hit.any()):
-                rj = ri[hit]
-                chat = w.chat
-                stale = (w.quiet[rj] > 200).view(-1, *([1] * (chat.dim() - 1)))
-                cj = torch.where(stale, torch.zeros_like(chat[rj]), chat[rj]) + ev[hit].long()
-                chat[rj] = cj
-                w.quiet[rj] = 0
-                slid = cj.flatten(1).max(-1).values >= self.sliding_count
-                if bool(slid.any()):
-                    if kf is not None:  # follow: hold the attracting kinks
-                        self.enter(w, rj[slid], cj[slid] > 0)
-                    else:
-                        sliding = torch.zeros(w.idx.numel(), dtype=torch.bool)
-                        sliding[rj[slid]] = True
-        z_old = w.z_old
-        w.z_old = torch.where(accept.view(-1, *([1] * (z_old.dim() - 1))), z_new, z_old)
-        w.pos_old = w.z_old > 0
-        if kf is not None:
-            self.approach(w, h_next)
-        return sliding
+
+__all__ = ["Sliding", "entries", "Field", "RELEASE_OFFSET", "AT_KINK", "_pack"]

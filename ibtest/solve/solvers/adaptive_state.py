@@ -43,17 +43,13 @@ class WorkingSet:
     ck_hist: Tensor  # [b, W+1, 4] ring of (log t, log‖θ‖, log L, log‖g‖) at checkpoints
     ck_n: Tensor  # [b] int64 checkpoints taken
     rate: Tensor  # [b] fitted power-law exponent of ‖θ‖
-    diss: Tensor  # [b] ∫‖∇L‖²dt since the last checkpoint
-    ck_loss: Tensor  # [b] loss at the last checkpoint
-    z_old: Tensor  # [b, n, m] pre-activations at θ
-    pos_old: Tensor  # [b, n, m] bool z_old > 0
-    chat: Tensor  # [b, n, m] int64 chatter events per entry (sliding: stop)
-    quiet: Tensor  # [b] int64 accepted steps since the last chatter event
+    slope: Tensor  # [b, n, m] the activation pattern: σ' of the side of its kink each entry is on (σ'₋ on held entries)
     S_hold: Tensor  # [b, n, m] bool kink entries held (Filippov following)
-    qp: Tensor  # [b] bool a sliding row whose step is retried with the box-QP field per stage
-    pend: Tensor  # [b, n, m] bool kink entries with evidence of sliding, being approached
     t_slide: Tensor  # [b] flow time with some entry held
     episodes: Tensor  # [b] int64 sliding episodes
+    events: Tensor  # [b] int64 kink events (crossings, arrivals, releases) the steps were cut at
+    repel: Tensor  # [b] int64 repelling releases: a held kink turned concave, or one pressed on from neither side
+    t_repel: Tensor  # [b] flow time of the first repelling release (inf: none)
     stiff: Tensor  # [b] bool rows on the Rosenbrock step
     h_ex: Tensor  # [b] explicit step size to return to from the Rosenbrock step
     st_cnt: Tensor  # [b] int64 stability-limited explicit steps
@@ -84,6 +80,9 @@ class Outputs:
     tslide: Tensor
     episodes: Tensor  # [B] int64
     stiff: Tensor  # [B] int64
+    events: Tensor  # [B] int64
+    repel: Tensor  # [B] int64
+    t_repel: Tensor
 
     @classmethod
     def start(cls, theta0: Tensor) -> Outputs:
@@ -91,10 +90,13 @@ class Outputs:
         B = theta0.shape[0]
         dt = theta0.dtype
         i64 = torch.int64
-        return cls(theta0.clone(), torch.full((B,), st.BUDGET, dtype=i64), torch.zeros(B, dtype=dt),
-                   torch.zeros(B, dtype=i64), torch.full((B,), math.inf, dtype=dt), torch.zeros(B, dtype=dt),
-                   torch.zeros(B, dtype=dt), torch.zeros(B, dtype=dt), torch.zeros(B, dtype=i64),
-                   torch.zeros(B, dtype=i64))
+        dev = theta0.device
+
+        def z(dtype: torch.dtype) -> Tensor:
+            return torch.zeros(B, dtype=dtype, device=dev)
+        return cls(theta0.clone(), torch.full((B,), st.BUDGET, dtype=i64, device=dev), z(dt), z(i64),
+                   torch.full((B,), math.inf, dtype=dt, device=dev), z(dt), z(dt), z(dt), z(i64), z(i64), z(i64),
+                   z(i64), torch.full((B,), math.inf, dtype=dt, device=dev))
 
     def retire(self, w: WorkingSet, sel: Tensor, code: Tensor | int, n_iter: int) -> None:
         """Write the working-set rows ``sel`` (bool [b]) with status ``code`` ([b] or one code)."""
@@ -109,10 +111,14 @@ class Outputs:
         self.tslide[gi] = w.t_slide[sel]
         self.episodes[gi] = w.episodes[sel]
         self.stiff[gi] = w.st_steps[sel]
+        self.events[gi] = w.events[sel]
+        self.repel[gi] = w.repel[sel]
+        self.t_repel[gi] = w.t_repel[sel]
 
     def info(self, growth: Tensor) -> dict[str, Tensor]:
         """The ``info`` dict of the :class:`SolveResult` (``growth`` [B]: ‖θ‖/‖θ0‖)."""
         return {"t": self.t, "steps": self.steps, "drift": self.drift, "grad_norm": self.gnorm,
                 "growth": growth, "growth_rate": self.rate, "drift_estimate": self.drift,
                 "slid": (self.episodes > 0).long(), "t_sliding": self.tslide,
-                "sliding_episodes": self.episodes, "stiff_steps": self.stiff}
+                "sliding_episodes": self.episodes, "stiff_steps": self.stiff, "kink_events": self.events,
+                "repelling_releases": self.repel, "t_repelling": self.t_repel}
