@@ -11,6 +11,7 @@ from ibtest._startup import gc_paused
 _compat.install()  # the module paths from before the layers (deprecated aliases)
 
 with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collect
+    from ibtest.judge.zeroset import Polyhedron
     from ibtest.plugin.hookspecs import hookimpl
     from ibtest.plugin.specs import (
         Construction,
@@ -22,6 +23,7 @@ with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collec
         Hypothesis,
         HypothesisContext,
         Init,
+        LossHessian,
         Model,
         ModelBase,
         NewPairs,
@@ -29,6 +31,7 @@ with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collec
         PairBatch,
         Partners,
         PiecewiseLinearNeuron,
+        PiecewiseLinearUnits,
         Solver,
         SolveResult,
         TripleBatch,
@@ -63,6 +66,9 @@ __all__ = [
     "PairBatch",
     "Partners",
     "PiecewiseLinearNeuron",
+    "PiecewiseLinearUnits",
+    "LossHessian",
+    "Polyhedron",
     "SolveResult",
     "Solver",
     "TripleBatch",

@@ -222,6 +222,7 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
     for s in range(0, B, chunk):
         sl = slice(s, min(B, s + chunk))
         res, key = None, None
+        solved = False
         if ctx.store is not None:
             key = solve_key([X[sl], y[sl], mask[sl], theta0[sl]], settings)
             res = ctx.store.get_solve(key)
@@ -232,9 +233,11 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
         if res is None:
             ctx.solve_calls += 1
             calls += 1
+            solved = True
             c0 = time.perf_counter()
             try:
-                res = ctx.solver.solve(ctx.model, X[sl], y[sl], mask[sl], theta0[sl], **opts)
+                with ctx.progress.solving(sl.stop - sl.start):
+                    res = ctx.solver.solve(ctx.model, X[sl], y[sl], mask[sl], theta0[sl], **opts)
             except (Exception, SystemExit) as exc:  # keep going: report the failure in the summary
                 ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} raised on instances "
                                   f"{sl.start}..{sl.stop - 1}: {type(exc).__name__}: {exc}")
@@ -248,7 +251,8 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
         stats.append(res.status.to(torch.int64).cpu())
         losses.append(res.loss.detach().to(torch.float64))
         infos.append(res.info)
-        ctx.progress.update(sl.stop - sl.start)
+        if not solved:  # a solved chunk moved the bar inside its call
+            ctx.progress.update(sl.stop - sl.start)
     theta = torch.cat(thetas) if thetas else theta0.clone()
     status = torch.cat(stats) if stats else torch.zeros(0, dtype=torch.int64)
     loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)

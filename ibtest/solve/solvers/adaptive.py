@@ -106,13 +106,14 @@ Models without a :class:`KinkField` (no known kinks) behave as under ``stop``.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
 
 import torch
 
 from ibtest.base import status as st
-from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
+from ibtest.base.progress import solver_reporter
+from ibtest.plugin.specs import ModelBase, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
+from ibtest.solve.solvers.adaptive_options import DEFAULTS, OPTIONS, tighten
 from ibtest.solve.solvers.adaptive_sliding import Sliding
 from ibtest.solve.solvers.adaptive_state import Outputs, WorkingSet
 from ibtest.solve.solvers.adaptive_step import (
@@ -142,22 +143,21 @@ def solve_adaptive(
     mask: Tensor,
     theta0: Tensor,
     *,
-    rtol: float = 1e-10,
-    atol: float = 1e-12,
-    fit_tol: float = 1e-20,
-    drift_tol: float = 1e-9,
-    t_max: float = 1e7,
-    max_steps: int = 200_000,
-    div_norm: float = 1e8,
-    order: int = 8,
-    sliding_count: int = 8,
-    growth_window: int = 8,
-    growth_t_min: float = 100.0,
-    growth_min_rate: float = 0.02,
-    sliding: str = "follow",
-    stiff_after: int = 100,
-    stiff_method: str = "rodas5",
-    threads: int = 1,
+    rtol: float = DEFAULTS["rtol"],
+    atol: float = DEFAULTS["atol"],
+    fit_tol: float = DEFAULTS["fit_tol"],
+    drift_tol: float = DEFAULTS["drift_tol"],
+    t_max: float = DEFAULTS["t_max"],
+    max_steps: int = DEFAULTS["max_steps"],
+    div_norm: float = DEFAULTS["div_norm"],
+    order: int = DEFAULTS["order"],
+    growth_window: int = DEFAULTS["growth_window"],
+    growth_t_min: float = DEFAULTS["growth_t_min"],
+    growth_min_rate: float = DEFAULTS["growth_min_rate"],
+    sliding: str = DEFAULTS["sliding"],
+    stiff_after: int = DEFAULTS["stiff_after"],
+    stiff_method: str = DEFAULTS["stiff_method"],
+    threads: int = DEFAULTS["threads"],
 ) -> SolveResult:
     """Integrate gradient flow for B instances at once; see the module docstring for the rules.
 
@@ -183,7 +183,7 @@ def solve_adaptive(
         with torch.no_grad():
             return _solve(model, X, y, mask, theta0, rtol=rtol, atol=atol, fit_tol=fit_tol,
                           drift_tol=drift_tol, t_max=t_max, max_steps=max_steps, div_norm=div_norm,
-                          order=order, sliding_count=sliding_count, growth_window=growth_window,
+                          order=order, growth_window=growth_window,
                           growth_t_min=growth_t_min, growth_min_rate=growth_min_rate,
                           sliding=sliding, stiff_after=stiff_after, stiff_method=stiff_method)
     finally:
@@ -193,7 +193,7 @@ def solve_adaptive(
 
 def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *, rtol: float, atol: float,
            fit_tol: float, drift_tol: float, t_max: float, max_steps: int, div_norm: float, order: int,
-           sliding_count: int, growth_window: int, growth_t_min: float, growth_min_rate: float,
+           growth_window: int, growth_t_min: float, growth_min_rate: float,
            sliding: str = "follow", stiff_after: int = 100, stiff_method: str = "rodas5") -> SolveResult:
     """The loop of :func:`solve_adaptive` (same arguments; X [B, n, d], y [B, n], mask [B, n],
     theta0 [B, P]): one step of every row of the working set per iteration, then the stopping
@@ -246,8 +246,11 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         w.keep(~slid0)
         sl.setup(w)
 
+    report = solver_reporter()  # the progress bar of the call, if someone watches it
     while w.idx.numel() > 0:
         b = w.idx.numel()
+        if report is not None and n_iter % 8 == 0:
+            report(B - b, n_iter, float(w.t.min()))
         # ---- one embedded RK step for every active instance (stiff rows: Rosenbrock) -------
         sliding_rows = sl.rows
         any_stiff = bool(w.stiff.any())
@@ -306,25 +309,12 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
             w.keep(~done)
             sl.setup(w)
 
+    if report is not None:
+        report(B, n_iter, float(out.t.min()) if B else 0.0)
     loss_out = model.loss(out.theta, X, y, mask)
     tn = out.theta.norm(dim=-1)
     growth = torch.where(th0n > 0, tn / th0n.clamp_min(1e-300), tn)
     return SolveResult(out.theta, out.status, loss_out, out.info(growth))
-
-
-def tighten(options: dict[str, Any]) -> dict[str, Any]:
-    """Settings of a re-solve with a smaller error: rtol, atol and drift_tol divided by 100.
-
-    Floors: rtol ≥ 1e-13 and atol ≥ 1e-15 (below them float64 round-off dominates the error
-    estimate and steps shrink for nothing), drift_tol ≥ 1e-12 (the drift bound is ~‖r‖/σ and
-    float64 residuals are not resolved much below 1e-13·|y|). The step budget is doubled.
-    """
-    o = dict(options)
-    o["rtol"] = max(float(o.get("rtol", 1e-10)) / 100.0, 1e-13)
-    o["atol"] = max(float(o.get("atol", 1e-12)) / 100.0, 1e-15)
-    o["drift_tol"] = max(float(o.get("drift_tol", 1e-9)) / 100.0, 1e-12)
-    o["max_steps"] = 2 * int(o.get("max_steps", 200_000))
-    return o
 
 
 SPEC = Solver(
@@ -332,28 +322,6 @@ SPEC = Solver(
     solve=solve_adaptive,
     doc="batched embedded Runge-Kutta (DOP853 or Dormand-Prince 5(4)) with per-instance step "
         "size, drift-bounded convergence and divergence/stall/sliding detection; every model",
-    options={
-        "rtol": Option(1e-10, float, "relative local error tolerance"),
-        "atol": Option(1e-12, float, "absolute local error tolerance"),
-        "fit_tol": Option(1e-20, float, "loss, relative to max(0.5*|y|^2, L(theta0)), at or below "
-                          "which a limit may be declared converged"),
-        "drift_tol": Option(1e-9, float, "bound on the remaining motion |theta(t) - theta(inf)|"),
-        "t_max": Option(1e7, float, "flow-time budget"),
-        "max_steps": Option(200_000, int, "step budget (accepted + rejected) per instance"),
-        "div_norm": Option(1e8, float, "|theta| beyond which an instance is diverged"),
-        "order": Option(8, int, "8: DOP853, 5: Dormand-Prince 5(4)"),
-        "sliding_count": Option(8, int, "chatter events on one pre-activation that mean sliding"),
-        "growth_window": Option(8, int, "doublings of t over which power-law escape is fitted"),
-        "growth_t_min": Option(100.0, float, "flow time before power-law escape may be declared"),
-        "growth_min_rate": Option(0.02, float, "smallest exponent p of |theta| ~ t^p called escape"),
-        "sliding": Option("follow", Literal["follow", "stop"],
-                          "on a Filippov sliding mode: follow it (minimal-norm Clarke velocity) "
-                          "or stop with status sliding"),
-        "stiff_after": Option(100, int, "steps before a stability-limited instance may switch to "
-                              "the Rosenbrock tail integrator (0: never)"),
-        "stiff_method": Option("rodas5", Literal["rodas5", "rodas3"],
-                               "Rosenbrock method of the stiff tail: rodas5 (order 5) or rodas3 (order 3)"),
-        "threads": Option(1, int, "torch intra-op threads during the solve (0: leave as is)"),
-    },
+    options=OPTIONS,
     tighten=tighten,
 )

@@ -35,7 +35,7 @@ import torch
 
 from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers.adaptive_state import WorkingSet
-from ibtest.solve.solvers.events import DenseOutput, first_crossing, first_root, horner
+from ibtest.solve.solvers.events import DenseOutput, first_crossing, horner, illinois
 from ibtest.solve.solvers.kinks import KinkField, _pack, unit_factors, unit_identity
 
 Tensor = torch.Tensor
@@ -175,10 +175,11 @@ class Sliding:
         Kr = K[:, ri]
         Zk = kf.preact(Kr.reshape(S1 * ri.numel(), -1), Xr.repeat(S1, 1, 1)).reshape(S1, -1)
         hz = h[ri].view(-1, 1, 1)
-        cross = ((sgn * kf.preact(w.th[ri], Xr) < -tol) & free).flatten(1).any(-1)
+        past = (sgn * kf.preact(w.th[ri], Xr) < -tol) & free  # [r, n, m]: past the kink at the end
         for s in range(1, A.shape[0]):  # the stage points (vector @ matrix: batch-independent bits)
             zs = z0 + hz * (A[s, :s] @ Zk[:s]).view_as(z0)
-            cross |= ((sgn * zs < -tol) & free).flatten(1).any(-1)
+            past |= (sgn * zs < -tol) & free
+        cross = past.flatten(1).any(-1)
         # held entries that stop being held by the end of the step
         leave = torch.zeros_like(cross)
         if self.rows is not None:
@@ -200,7 +201,7 @@ class Sliding:
         deg, r, P = C.shape
         Zc = kf.preact(C.reshape(deg * r, P), Xe.repeat(deg, 1, 1)).view(deg, r, -1)
         E = Zc.shape[-1]
-        x_c, hit = first_crossing(z0[e].reshape(r, E), Zc, sgn[e].reshape(r, E), free[e].reshape(r, E),
+        x_c, hit = first_crossing(z0[e].reshape(r, E), Zc, sgn[e].reshape(r, E), past[e].reshape(r, E),
                                   tol[e].reshape(r, E))
         hit = hit.view_as(z0[e])
         x_l = torch.full_like(x_c, float("inf"))
@@ -222,26 +223,33 @@ class Sliding:
             def Phi(x: Tensor) -> Tensor:
                 return margin(x)[0].flatten(1).min(-1).values
 
-            g1 = Phi(torch.ones(lr.numel(), dtype=th0_l.dtype, device=th0_l.device))
-            xl = first_root(Phi, g1)
-            x_l[lr] = xl
-            # the entry that leaves, and to which side: μ → 0: below; μ → α: above; α → 0
-            # (the kink turns concave, repelling): the side with λ* = μ/α at the last point it
-            # held, above when λ* ≥ ½ (gradient descent's more likely side)
-            phi, al, mu = margin(xl)
-            flat = phi.flatten(1)
-            k = flat.argmin(-1)
-            al_k = al.flatten(1).gather(1, k.unsqueeze(-1)).squeeze(-1)
-            mu_k = mu.flatten(1).gather(1, k.unsqueeze(-1)).squeeze(-1)
-            rep = al_k <= torch.minimum(mu_k, al_k - mu_k)
-            _, al0, mu0 = margin(torch.zeros_like(xl))
-            lam0 = mu0.flatten(1).gather(1, k.unsqueeze(-1)).squeeze(-1) / \
-                al0.flatten(1).gather(1, k.unsqueeze(-1)).squeeze(-1).clamp_min(1e-300)
-            up = torch.where(rep, lam0 >= 0.5, (al_k - mu_k) <= mu_k)
-            fl = torch.zeros(lr.numel(), E, dtype=torch.int8, device=x_c.device)
-            fl.scatter_(1, k.unsqueeze(-1), torch.where(up, 1, -1).to(torch.int8).unsqueeze(-1))
-            forced[lr] = fl.view(-1, *z0.shape[1:])
-            n_rep[lr] = rep.long()
+            # a held entry can leave before the row's first crossing only if it is no longer held
+            # there: one evaluation at that point, the root only where that is so
+            x_top = x_c[lr].clamp(max=1.0)
+            g_top = Phi(x_top)
+            go_l = g_top <= 0
+            if bool(go_l.any()):
+                lr, x_top, g_top = lr[go_l], x_top[go_l], g_top[go_l]
+                th0_l, C_l = th0_l[go_l], C_l[:, go_l]
+                Xl, yl, ml, sl_l, S_l, Ap = Xl[go_l], yl[go_l], ml[go_l], sl_l[go_l], S_l[go_l], Ap[go_l]
+                x0 = torch.zeros_like(x_top)
+                phi0, al0, mu0 = margin(x0)
+                xl = illinois(Phi, x0, x_top, phi0.flatten(1).min(-1).values, g_top)
+                x_l[lr] = xl
+                # the entry that leaves, and to which side: μ → 0: below; μ → α: above; α → 0
+                # (the kink turns concave, repelling): the side with λ* = μ/α at the step's
+                # start, where it held, above when λ* ≥ ½ (gradient descent's more likely side)
+                phi, al, mu = margin(xl)
+                k = phi.flatten(1).argmin(-1).unsqueeze(-1)
+                al_k = al.flatten(1).gather(1, k).squeeze(-1)
+                mu_k = mu.flatten(1).gather(1, k).squeeze(-1)
+                rep = al_k <= torch.minimum(mu_k, al_k - mu_k)
+                lam0 = mu0.flatten(1).gather(1, k).squeeze(-1) / al0.flatten(1).gather(1, k).squeeze(-1).clamp_min(1e-300)
+                up = torch.where(rep, lam0 >= 0.5, (al_k - mu_k) <= mu_k)
+                fl = torch.zeros(lr.numel(), E, dtype=torch.int8, device=x_c.device)
+                fl.scatter_(1, k, torch.where(up, 1, -1).to(torch.int8).unsqueeze(-1))
+                forced[lr] = fl.view(-1, *z0.shape[1:])
+                n_rep[lr] = rep.long()
         use_l = x_l <= x_c
         x_ev = torch.minimum(x_c, x_l)
         go = torch.isfinite(x_ev)
@@ -270,91 +278,112 @@ class Sliding:
     def settle(self, w: WorkingSet, rows: Tensor, arrive: Tensor, forced: Tensor) -> Tensor | None:
         """Decide the pattern at an event for the working-set rows ``rows`` [r] (θ at the event):
         the entries ``arrive`` [r, n, m] are at their kinks, the held entries with ``forced``
-        [r, n, m] ≠ 0 leave (+1 above, −1 below). The arrivals and the other held entries are
-        held where together they attract (:meth:`KinkField.hold_margin` > 0, beyond its rounding
-        allowance :meth:`KinkField.hold_tolerance` for an arrival), dropping inconsistent
-        arrivals first and then the most violating held entry; a dropped entry goes to the side
-        its one-sided normal velocities a₋ (below) and a₊ (above) take it to (both < 0: below, both
-        > 0: above; a₊ < 0 < a₋ or a concave kink, a₋ < 0 < a₊: above when
-        a₋/(a₋ − a₊) ≥ ½, the latter counted as a repelling release). θ is put on the held kinks
-        and at ±``RELEASE_OFFSET`` on the dropped ones that are within ``AT_KINK`` of theirs.
-        ``stop``: rows that would hold a kink are returned (bool [b]) unchanged; else None."""
+        [r, n, m] ≠ 0 leave (+1 above, −1 below). Only the units these entries belong to change
+        (the units decouple); on them the arrivals and the other held entries are held where
+        together they attract (:meth:`KinkField.hold_margin` > 0, beyond its rounding allowance
+        :meth:`KinkField.hold_tolerance` for an arrival), dropping inconsistent arrivals first
+        and then the most violating held entry; a dropped entry goes to the side its one-sided
+        normal velocities a₋ (below) and a₊ (above) take it to (both < 0: below, both > 0: above;
+        a₊ < 0 < a₋, or a concave kink a₋ < 0 < a₊: above when a₋/(a₋ − a₊) ≥ ½, the latter
+        counted as a repelling release). θ is put on the held kinks and at ±``RELEASE_OFFSET`` on
+        the dropped ones that are within ``AT_KINK`` of theirs. ``stop``: rows that would hold a
+        kink are returned (bool [b]) unchanged; else None."""
         kf = self.kf
         assert kf is not None
         dt = w.th.dtype
         th = w.th[rows]
         Xr, yr, mr = w.Xa[rows], w.ya[rows], w.ma[rows]
         held0 = w.S_hold[rows]
-        above = w.slope[rows] == kf.hi
         fl = forced != 0
-        above = torch.where(fl, forced > 0, above)
-        C = (held0 & ~fl) | arrive
-        dropped = fl.clone()
+        above = torch.where(fl, forced > 0, w.slope[rows] == kf.hi)
+        touched = (arrive | fl).any(1, keepdim=True)  # [r, 1, m]: the units whose pattern is decided
+        keep = held0 & ~touched  # held entries of the other units stay held
+        C = ((held0 & ~fl) | arrive) & touched
         shape = (-1,) + (1,) * (C.dim() - 1)
-        for _ in range(int(C.flatten(1).sum(-1).max()) + 1 if C.numel() else 0):
-            if not bool(C.any()):
-                break
+        lo = torch.tensor(kf.lo, dtype=dt, device=th.device)
+        # one candidate alone on its unit (the common case): it is held iff it attracts beyond
+        # rounding, a₋ > tol and a₊ < −tol (the same test as φ > tol, from one field
+        # evaluation, no factorization); else it goes to the side a₋, a₊ take it to
+        single = C & (C.sum(1, keepdim=True) == 1)
+        multi = C & ~single
+        slope = torch.where(C | keep, lo, kf.slope_of(above))
+        g0 = kf.grad(th, Xr, yr, mr, slope)
+        a_lo = -kf.preact(g0, Xr)
+        al = kf.alpha(th, kf.residual(th, Xr, yr, mr, slope))
+        nx = (Xr * Xr).sum(-1).unsqueeze(-1)  # ‖x_i‖² [r, n, 1]
+        a_hi = a_lo - al * nx
+        tol_v = kf.hold_tolerance(th, Xr, yr, mr, slope) * nx
+        held_1 = single & (a_lo > tol_v) & (a_hi < -tol_v)
+        free_new = single & ~held_1 & ~fl
+        dropped = fl | (single & ~held_1)
+        C = multi
+        # several candidates on a unit: drop inconsistent arrivals first, then the most
+        # violating held entry, until those left attract together
+        for _ in range(int(C.flatten(1).sum(-1).max()) + 1 if bool(C.any()) else 0):
             thp = kf.project(th, Xr, C)
-            slope = torch.where(C, kf.lo, kf.slope_of(above)).to(dt)
-            Ap = kf.unit_pinv(Xr, C)
-            phi, _, _ = kf.hold_margin(thp, Xr, yr, mr, slope, Ap, C)
-            # an arrival is held only when it attracts beyond rounding (a held entry while φ > 0)
+            slope = torch.where(C | keep | held_1, lo, kf.slope_of(above))
+            phi, _, _ = kf.hold_margin(thp, Xr, yr, mr, slope, kf.unit_pinv(Xr, C), C)
             need = torch.where(arrive, kf.hold_tolerance(thp, Xr, yr, mr, slope), torch.zeros_like(phi))
             bad = C & (phi <= need)
             if not bool(bad.any()):
                 break
             new_bad = bad & arrive
             has_new = new_bad.flatten(1).any(-1).view(shape)
-            # a held entry: drop the most violating one per row
-            worst = torch.where(bad, phi, torch.full_like(phi, float("inf"))).flatten(1).argmin(-1)
+            worst = torch.where(bad, phi - need, torch.full_like(phi, float("inf"))).flatten(1).argmin(-1)
             one = torch.zeros_like(bad).flatten(1)
             one.scatter_(1, worst.unsqueeze(-1), True)
             drop = torch.where(has_new, new_bad, one.view_as(bad) & bad)
             C = C & ~drop
             dropped |= drop
-        sliding = C.flatten(1).any(-1)
-        if not self.follow and bool(sliding.any()):
-            flag = torch.zeros(w.idx.numel(), dtype=torch.bool, device=rows.device)
-            flag[rows[sliding]] = True
-            # the rows that do not slide still take their new sides
-            C = C & ~sliding.view(shape)
-            if not bool((~sliding).any()):
-                return flag
-        else:
-            flag = None
-        # sides of the dropped entries (and arrivals not held) from the one-sided normal velocities
-        thp = kf.project(th, Xr, C)
-        free_new = (arrive | dropped) & ~C & ~fl
-        slope = torch.where(C | free_new, kf.lo, kf.slope_of(above)).to(dt)
-        g0 = kf.grad(thp, Xr, yr, mr, slope)
-        if bool(C.any()):
-            g0 = kf.project_field(kf.unit_pinv(Xr, C), Xr, g0)
-        a_lo = -kf.preact(g0, Xr)
-        al = kf.alpha(thp, kf.residual(thp, Xr, yr, mr, slope))
-        a_hi = a_lo - al * (Xr * Xr).sum(-1).unsqueeze(-1)
-        down = (a_lo <= 0) & (a_hi <= 0)
-        up = (a_lo >= 0) & (a_hi >= 0) & ~down
-        mixed = ~down & ~up
-        lam = a_lo / (a_lo - a_hi).where(a_lo != a_hi, torch.ones_like(a_lo))
-        side_up = torch.where(mixed, lam >= 0.5, up)
-        above = torch.where(free_new, side_up, above)
-        repel = free_new & mixed & (a_lo < 0)
-        w.repel[rows] += repel.flatten(1).sum(-1)
-        first_rep = (w.repel[rows] > 0) & ~torch.isfinite(w.t_repel[rows])
-        w.t_repel[rows] = torch.where(first_rep, w.t[rows], w.t_repel[rows])
+            if not bool(C.any()):
+                break
+        free_m = (multi & dropped) & ~fl
+        C = C | held_1
+        flag = None
+        if not self.follow:
+            sliding = C.flatten(1).any(-1)
+            if bool(sliding.any()):
+                flag = torch.zeros(w.idx.numel(), dtype=torch.bool, device=rows.device)
+                flag[rows[sliding]] = True
+                if bool(sliding.all()):
+                    return flag
+                C = C & ~sliding.view(shape)  # the other rows still take their new sides
+        if bool(free_m.any()):
+            # the normal velocities of the entries dropped from a unit that holds others: with
+            # the field projected onto the kinks that unit keeps
+            thp = kf.project(th, Xr, C)
+            slope = torch.where(C | keep | free_m, lo, kf.slope_of(above))
+            gm = kf.project_field(kf.unit_pinv(Xr, C), Xr, kf.grad(thp, Xr, yr, mr, slope))
+            a_lo = torch.where(free_m, -kf.preact(gm, Xr), a_lo)
+            al_m = kf.alpha(thp, kf.residual(thp, Xr, yr, mr, slope))
+            a_hi = torch.where(free_m, a_lo - al_m * nx, a_hi)
+            free_new = free_new | free_m
+        if bool(free_new.any()):
+            # sides: both velocities ≤ 0 below, ≥ 0 above; mixed (an attracting kink within
+            # rounding, or a concave one: repelling) above when a₋/(a₋ − a₊) ≥ ½
+            down = (a_lo <= 0) & (a_hi <= 0)
+            up = (a_lo >= 0) & (a_hi >= 0) & ~down
+            mixed = ~down & ~up
+            lam = a_lo / (a_lo - a_hi).where(a_lo != a_hi, torch.ones_like(a_lo))
+            above = torch.where(free_new, torch.where(mixed, lam >= 0.5, up), above)
+            repel = free_new & mixed & (a_lo < 0)
+            w.repel[rows] += repel.flatten(1).sum(-1)
+            first_rep = (w.repel[rows] > 0) & ~torch.isfinite(w.t_repel[rows])
+            w.t_repel[rows] = torch.where(first_rep, w.t[rows], w.t_repel[rows])
         # θ onto the held kinks; the entries that left within AT_KINK of theirs at ±offset
-        moved = arrive | dropped
-        z = kf.preact(thp, Xr)
-        mag = kf.scale(thp, Xr)
+        moved = (arrive | dropped) & ~C
+        z = kf.preact(th, Xr)
+        mag = kf.scale(th, Xr)
         sgn = torch.where(above, 1.0, -1.0).to(dt)
-        near = moved & ~C & (sgn * z <= AT_KINK * mag)
+        near = moved & (sgn * z <= AT_KINK * mag)
         target = torch.where(near, sgn * RELEASE_OFFSET * mag, torch.zeros_like(z))
         th_new = kf.project(th, Xr, C | near, target)
-        new_ep = C.flatten(1).any(-1) & ~held0.flatten(1).any(-1)
+        S_new = C | keep
+        new_ep = S_new.flatten(1).any(-1) & ~held0.flatten(1).any(-1)
         w.episodes[rows] += new_ep.long()
         w.th[rows] = th_new
-        w.S_hold[rows] = C
-        w.slope[rows] = torch.where(C, kf.lo, kf.slope_of(above)).to(dt)
+        w.S_hold[rows] = S_new
+        w.slope[rows] = torch.where(S_new, lo, kf.slope_of(above))
         self.setup(w)
         w.f[rows] = self.field_at(w, rows)
         w.loss[rows] = self.model.loss(th_new, Xr, yr, mr)

@@ -32,8 +32,9 @@ import torch
 Tensor = torch.Tensor
 #: sample points of the interpolant per step at which sign changes are looked for
 SAMPLES = 16
-#: Illinois iterations of a root refinement (superlinear: ~1e-15 of the bracket for a simple root)
-ILLINOIS = 14
+#: Illinois iterations of a root refinement (superlinear: a simple root to rounding from a
+#: bracket of 1/SAMPLES of the step; the result is the right end of the last bracket, past the root)
+ILLINOIS = 8
 
 
 def _dop853_dense() -> tuple[np.ndarray, np.ndarray]:
@@ -121,50 +122,49 @@ def horner(c0: Tensor, C: Tensor, x: Tensor) -> Tensor:
     return c0 + x * acc
 
 
-def first_crossing(z0: Tensor, Zc: Tensor, side: Tensor, free: Tensor, tol: Tensor) -> tuple[Tensor, Tensor]:
-    """The first time each row's free kink entries cross against their side.
+def first_crossing(z0: Tensor, Zc: Tensor, side: Tensor, cand: Tensor, tol: Tensor) -> tuple[Tensor, Tensor]:
+    """The first time each row's candidate kink entries cross against their side.
 
     z0 [b, E] pre-activations at x = 0, Zc [deg, b, E] their interpolant coefficients, side
-    [b, E] ±1 (the side of the kink each entry's pattern says it is on), free [b, E] (entries
-    watched), tol [b, E] the rounding allowance of z. An entry is past its kink where
-    side·z < −tol. Returns (x_event [b] in (0, 1], inf where no entry crosses; hit [b, E]: the
-    entries at their kink at x_event, i.e. whose own root is at x_event to the refinement's
-    resolution). A row whose entry is on the wrong side within rounding already at the start of
-    the interval gets the interval's start."""
+    [b, E] ±1 (the side of the kink each entry's pattern says it is on), cand [b, E] the entries
+    to watch (free entries seen past their kink at a stage point or at the end of the step), tol
+    [b, E] the rounding allowance of z. An entry is past its kink where side·z < −tol. Returns
+    (x_event [b] in [0, 1], inf where no candidate crosses; hit [b, E]: the entries at their kink
+    at x_event, i.e. whose own root is at x_event to the refinement's resolution). An entry
+    already past its kink within rounding at the start of its interval crosses at that start."""
     b, E = z0.shape
     dev = z0.device
-    xs = torch.arange(1, SAMPLES + 1, dtype=z0.dtype, device=dev) / SAMPLES  # [Q]
-    gz = side * horner(z0.unsqueeze(0), Zc.unsqueeze(1), xs.view(1, -1, 1, 1)).squeeze(0)  # [Q, b, E]
-    past = (gz < -tol) & free
-    anyp = past.any(0)  # [b, E]
-    q_e = torch.where(anyp, past.to(torch.int8).argmax(0), torch.full((b, E), SAMPLES, dtype=torch.int64, device=dev))
-    q_r = q_e.min(-1).values  # [b]
-    rows = (q_r < SAMPLES).nonzero().squeeze(-1)
     x_ev = torch.full((b,), float("inf"), dtype=z0.dtype, device=dev)
     hit = torch.zeros(b, E, dtype=torch.bool, device=dev)
-    if rows.numel() == 0:
-        return x_ev, hit
-    cand = (q_e[rows] == q_r[rows].unsqueeze(-1))  # [r, E]
     ri, ei = cand.nonzero(as_tuple=True)
-    q = q_r[rows][ri]
+    if ri.numel() == 0:
+        return x_ev, hit
+    s = side[ri, ei]
+    c0 = z0[ri, ei]
+    cc = Zc[:, ri, ei]  # [deg, c]
+    tl = tol[ri, ei]
+    xs = torch.arange(1, SAMPLES + 1, dtype=z0.dtype, device=dev) / SAMPLES  # [Q]
+    gz = s * horner(c0, cc.unsqueeze(1), xs.view(-1, 1))  # [Q, c]
+    past = gz < -tl
+    qi = torch.arange(SAMPLES, device=dev).view(-1, 1)
+    q_e = torch.where(past, qi, SAMPLES).amin(0)  # [c] first sample past its kink
+    q_r = torch.full((b,), SAMPLES, dtype=q_e.dtype, device=dev).scatter_reduce(0, ri, q_e, reduce="amin")
+    # the row's earliest interval: refine the candidates past their kink first in it
+    keep = (q_e == q_r[ri]) & (q_e < SAMPLES)
+    if not bool(keep.any()):
+        return x_ev, hit
+    ri, ei, s, c0, cc, q = ri[keep], ei[keep], s[keep], c0[keep], cc[:, keep], q_e[keep]
     a = q.to(z0.dtype) / SAMPLES
     bb = (q + 1).to(z0.dtype) / SAMPLES
-    s = side[rows][ri, ei]
-    c0 = z0[rows][ri, ei]
-    cc = Zc[:, rows][:, ri, ei]  # [deg, c]
 
     def g(x: Tensor) -> Tensor:
         return s * horner(c0, cc, x)
 
     root = illinois(g, a, bb, g(a), g(bb))
-    xr = torch.full((rows.numel(),), float("inf"), dtype=z0.dtype, device=dev)
-    xr = xr.scatter_reduce(0, ri, root, reduce="amin")
-    x_ev[rows] = xr
+    x_ev.scatter_reduce_(0, ri, root, reduce="amin")
     # simultaneous: the entries whose root is the row's event time to the refinement's resolution
-    same = root <= xr[ri] * (1.0 + 1e-12) + 1e-15
-    hr = torch.zeros(rows.numel(), E, dtype=torch.bool, device=dev)
-    hr[ri[same], ei[same]] = True
-    hit[rows] = hr
+    same = root <= x_ev[ri] * (1.0 + 1e-12) + 1e-15
+    hit[ri[same], ei[same]] = True
     return x_ev, hit
 
 

@@ -76,6 +76,7 @@ from ibtest.plugin.specs import PiecewiseLinearNeuron, SolveResult
 from ibtest.solve.solvers.exact_piece import _bmv, _leave_dir, _next_switch, _slope, _system
 from ibtest.solve.solvers.exact_roots import _G, _G1, _brackets, _fine_brackets, _log_grid, _refine  # noqa: F401
 from ibtest.solve.solvers.exact_scale import MAX_WORKERS, MIN_SHARE, _concat, _denormalize, _normalize, _pow2, _workers  # noqa: F401
+from ibtest.solve.solvers.exact_spec import DEFAULTS
 from ibtest.solve.solvers.exact_tol import (  # noqa: F401  (re-exported: exact_reference, tests)
     CLUSTER_TOL,
     COARSE,
@@ -97,8 +98,8 @@ from ibtest.solve.solvers.exact_tol import (  # noqa: F401  (re-exported: exact_
 def tighten(options: dict[str, Any]) -> dict[str, Any]:
     """Settings of a re-solve with a smaller error (used to measure the solver error)."""
     out = dict(options)
-    out["root_tol"] = max(float(out.get("root_tol", 1e-14)) / 1e3, 1e-16)
-    out["grid"] = int(out.get("grid", 192)) * 2
+    out["root_tol"] = max(float(out.get("root_tol", DEFAULTS["root_tol"])) / 1e3, 1e-16)
+    out["grid"] = int(out.get("grid", DEFAULTS["grid"])) * 2
     return out
 
 
@@ -107,8 +108,9 @@ def tighten(options: dict[str, Any]) -> dict[str, Any]:
 # the solver
 # ----------------------------------------------------------------------------------------------
 def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
-                neuron: PiecewiseLinearNeuron, *, fit_tol: float = 1e-20, root_tol: float = 1e-14,
-                max_pieces: int = 64, grid: int = 192, threads: int = 1, workers: int = 1) -> SolveResult:
+                neuron: PiecewiseLinearNeuron, *, fit_tol: float = DEFAULTS["fit_tol"],
+                root_tol: float = DEFAULTS["root_tol"], max_pieces: int = DEFAULTS["max_pieces"],
+                grid: int = DEFAULTS["grid"], threads: int = 1, workers: int = DEFAULTS["workers"]) -> SolveResult:
     """Exact GF limit of B single-neuron instances (see the module docstring).
 
     ``threads``: torch intra-op threads during the solve (restored afterwards; 0 leaves the

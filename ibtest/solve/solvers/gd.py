@@ -18,6 +18,17 @@ from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
 from ibtest.solve.solvers.exact_spec import FIT_TOL
 
+#: the options of ``gd``, declared once (the signature and :func:`tighten_gd` read them)
+OPTIONS: dict[str, Option] = {
+    "lr": Option(1e-2, Annotated[float, Field(gt=0)], "step size eta"),
+    "steps": Option(100_000, Annotated[int, Field(ge=1)], "step budget"),
+    "fit_tol": Option(1e-20, FIT_TOL, "converged when loss <= fit_tol * max(0.5|y|^2, L(theta0)) "
+                                      "(relative, in [0, 1))"),
+    "grad_tol": Option(1e-14, float, "gradient norm below which a positive-loss instance has stalled"),
+    "div_norm": Option(1e8, float, "parameter norm above which an instance has diverged"),
+}
+DEFAULTS = {k: o.default for k, o in OPTIONS.items()}
+
 
 def solve_gd(
     model: ModelBase,
@@ -26,11 +37,11 @@ def solve_gd(
     mask: torch.Tensor,
     theta0: torch.Tensor,
     *,
-    lr: float = 1e-2,
-    steps: int = 100_000,
-    fit_tol: float = 1e-20,
-    grad_tol: float = 1e-14,
-    div_norm: float = 1e8,
+    lr: float = DEFAULTS["lr"],
+    steps: int = DEFAULTS["steps"],
+    fit_tol: float = DEFAULTS["fit_tol"],
+    grad_tol: float = DEFAULTS["grad_tol"],
+    div_norm: float = DEFAULTS["div_norm"],
     check_every: int = 50,
 ) -> SolveResult:
     """Run GD on all B instances at once; finished instances leave the working set."""
@@ -64,9 +75,10 @@ def solve_gd(
 
 
 def tighten_gd(options: dict) -> dict:
+    """A tenth of the step size, ten times the steps (options not given start from their defaults)."""
     out = dict(options)
-    out["lr"] = options.get("lr", 1e-2) / 10
-    out["steps"] = int(options.get("steps", 100_000)) * 10
+    out["lr"] = float(options.get("lr", DEFAULTS["lr"])) / 10
+    out["steps"] = int(options.get("steps", DEFAULTS["steps"])) * 10
     return out
 
 
@@ -74,13 +86,6 @@ SPEC = Solver(
     name="gd",
     solve=solve_gd,
     doc="plain gradient descent with a step size and a step budget (a baseline, not GF)",
-    options={
-        "lr": Option(1e-2, Annotated[float, Field(gt=0)], "step size eta"),
-        "steps": Option(100_000, Annotated[int, Field(ge=1)], "step budget"),
-        "fit_tol": Option(1e-20, FIT_TOL, "converged when loss <= fit_tol * max(0.5|y|^2, L(theta0)) "
-                                          "(relative, in [0, 1))"),
-        "grad_tol": Option(1e-14, float, "gradient norm below which a positive-loss instance has stalled"),
-        "div_norm": Option(1e8, float, "parameter norm above which an instance has diverged"),
-    },
+    options=OPTIONS,
     tighten=tighten_gd,
 )

@@ -388,18 +388,27 @@ class KinkField:
     def project(self, theta: Tensor, X: Tensor, S: Tensor, target: Tensor | None = None) -> Tensor:
         """θ moved onto {z_e = target_e, e ∈ S} (``target`` [b, n, m], default 0) by the least
         change of each w_j (a correction in span{x_i : (i, j) ∈ S}); with trained output weights
-        v_j is rescaled in magnitude so that v_j² − ‖w_j‖² is unchanged (frozen v stays)."""
+        v_j is rescaled in magnitude so that v_j² − ‖w_j‖² is unchanged (frozen v stays). Units
+        without an entry in S are left as they are (bit for bit)."""
         W, v = self.model.units(theta)
-        Xs = X.unsqueeze(1) * S.transpose(1, 2).unsqueeze(-1).to(X.dtype)  # [b, m, n, d]
-        zw = _mv(Xs, W).unsqueeze(-1)  # [b, m, n, 1]
+        St = S.transpose(1, 2)  # [b, m, n]
+        ru, ju = St.any(-1).nonzero(as_tuple=True)
+        if ru.numel() == 0:
+            return theta
+        Xs = X[ru] * St[ru, ju].unsqueeze(-1).to(X.dtype)  # [u, n, d]
+        Wu = W[ru, ju]  # [u, d]
+        zw = _mv(Xs, Wu)  # [u, n]
         if target is not None:
-            zw = zw - (target * S).transpose(1, 2).unsqueeze(-1)
-        dW = _mv(torch.linalg.pinv(Xs), zw.squeeze(-1))  # [b, m, d]
-        W2 = W - dW
+            zw = zw - (target * S).transpose(1, 2)[ru, ju]
+        W2u = Wu - _mv(torch.linalg.pinv(Xs), zw)
+        W2 = W.clone()
+        W2[ru, ju] = W2u
         if not self.train_output:  # v is frozen (or a neuron's v ≡ 1): it stays
             return self.model.from_units(W2, v)
-        bal = v * v - (W * W).sum(-1)
-        v2 = torch.sign(v) * (bal + (W2 * W2).sum(-1)).clamp_min(0.0).sqrt()
+        vu = v[ru, ju]
+        bal = vu * vu - (Wu * Wu).sum(-1)
+        v2 = v.clone()
+        v2[ru, ju] = torch.sign(vu) * (bal + (W2u * W2u).sum(-1)).clamp_min(0.0).sqrt()
         return self.model.from_units(W2, v2)
 
 
