@@ -30,7 +30,7 @@ class DiagonalLinear(ibtest.ModelBase):
         m = (mask > 0).to(X.dtype)
         B, _, d = X.shape
         return ibtest.Polyhedron("predictor", X * m[..., None], y * m, X.new_zeros(B, 0, d), X.new_zeros(B, 0),
-                                 torch.ones(B, dtype=torch.bool))
+                                 torch.ones(B, dtype=torch.bool, device=X.device))
 
     def from_predictor(self, beta: torch.Tensor) -> torch.Tensor:
         """θ = (√β₊, √β₋): its predictor is β."""

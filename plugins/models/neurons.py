@@ -98,7 +98,7 @@ class PiecewiseNeuron(ibtest.ModelBase):
         ub = real & (y == 0) if neg == 0 else torch.zeros_like(real)
         eq = real & ~ub
         rhs = torch.where(y > 0, y / pos, torch.where(y < 0, y / (neg if neg != 0 else 1.0), torch.zeros_like(y)))
-        feasible = ~(real & (y < 0)).any(-1) if neg == 0 else torch.ones(y.shape[0], dtype=torch.bool)
+        feasible = ~(real & (y < 0)).any(-1) if neg == 0 else torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
         e, u = eq.to(X.dtype), ub.to(X.dtype)
         return ibtest.Polyhedron("theta", X * e[..., None], rhs * e, X * u[..., None], torch.zeros_like(y), feasible)
 

@@ -109,7 +109,7 @@ class TwoLayerReLU(ibtest.ModelBase):
         Jw = ((s * v.unsqueeze(1)).unsqueeze(-1) * X.unsqueeze(2)).flatten(2)  # [B, n, m·d]
         if not self.train_output:
             H = torch.matmul(Jw.transpose(1, 2) * mask.unsqueeze(1), Jw)
-            Hf = torch.zeros(B, md + m, md + m, dtype=z.dtype)
+            Hf = torch.zeros(B, md + m, md + m, dtype=z.dtype, device=z.device)
             Hf[:, :md, :md] = H
             return 0.5 * (Hf + Hf.transpose(1, 2))
         J = torch.cat([Jw, z.clamp_min(0.0)], dim=-1)  # [B, n, P]
@@ -117,7 +117,7 @@ class TwoLayerReLU(ibtest.ModelBase):
         r = (torch.matmul(z.clamp_min(0.0), v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
         C = torch.matmul((r.unsqueeze(-1) * s).transpose(1, 2), X)  # [B, m, d]: Σ_i r_i s_ij x_i
         # the w_j, v_j block: 2·C into the upper block only, the symmetrization halves it into both
-        R = (2.0 * C).unsqueeze(-1) * torch.eye(m, dtype=z.dtype).unsqueeze(1)  # [B, m, d, m]
+        R = (2.0 * C).unsqueeze(-1) * torch.eye(m, dtype=z.dtype, device=z.device).unsqueeze(1)  # [B, m, d, m]
         H[:, :md, md:] += R.reshape(B, md, m)
         return 0.5 * (H + H.transpose(1, 2))
 

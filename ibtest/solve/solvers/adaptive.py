@@ -113,6 +113,7 @@ from ibtest.base import status as st
 from ibtest.base.progress import solver_reporter
 from ibtest.plugin.specs import ModelBase, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
+from ibtest.solve.solvers.adaptive_branches import fold_branches, open_branches
 from ibtest.solve.solvers.adaptive_options import DEFAULTS, OPTIONS, tighten
 from ibtest.solve.solvers.adaptive_sliding import Sliding
 from ibtest.solve.solvers.adaptive_state import Outputs, WorkingSet
@@ -158,6 +159,7 @@ def solve_adaptive(
     stiff_after: int = DEFAULTS["stiff_after"],
     stiff_method: str = DEFAULTS["stiff_method"],
     threads: int = DEFAULTS["threads"],
+    branches: int = DEFAULTS["branches"],
 ) -> SolveResult:
     """Integrate gradient flow for B instances at once; see the module docstring for the rules.
 
@@ -185,7 +187,8 @@ def solve_adaptive(
                           drift_tol=drift_tol, t_max=t_max, max_steps=max_steps, div_norm=div_norm,
                           order=order, growth_window=growth_window,
                           growth_t_min=growth_t_min, growth_min_rate=growth_min_rate,
-                          sliding=sliding, stiff_after=stiff_after, stiff_method=stiff_method)
+                          sliding=sliding, stiff_after=stiff_after, stiff_method=stiff_method,
+                          branches=branches)
     finally:
         if threads and threads != prev_threads:
             torch.set_num_threads(prev_threads)
@@ -193,8 +196,8 @@ def solve_adaptive(
 
 def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *, rtol: float, atol: float,
            fit_tol: float, drift_tol: float, t_max: float, max_steps: int, div_norm: float, order: int,
-           growth_window: int, growth_t_min: float, growth_min_rate: float,
-           sliding: str = "follow", stiff_after: int = 100, stiff_method: str = "rodas5") -> SolveResult:
+           growth_window: int, growth_t_min: float, growth_min_rate: float, sliding: str, stiff_after: int,
+           stiff_method: str, branches: int) -> SolveResult:
     """The loop of :func:`solve_adaptive` (same arguments; X [B, n, d], y [B, n], mask [B, n],
     theta0 [B, P]): one step of every row of the working set per iteration, then the stopping
     rules, then the finished rows leave."""
@@ -211,7 +214,7 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
     B, P = theta0.shape
     kf = kink_field(model)
     sl = Sliding(model, kf, sliding == "follow", DenseOutput(int(order), dev))
-    out = Outputs.start(theta0)
+    out = Outputs.start(theta0, branches)
 
     th = theta0.clone()
     loss = model.loss(th, X, y, mask)
@@ -292,7 +295,7 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         converged = drift_check(model, w, accept, diverged, drift_tol)
         not_conv = ~diverged if converged is None else ~diverged & ~converged
         stalled = zero_gradient(w, accept, not_conv)
-        escaped, stalled = checkpoints(w, accept, not_conv, thn, stalled, growth_t_min, growth_min_rate)
+        escaped, stalled = checkpoints(w, accept, not_conv, thn, stalled, growth_t_min, growth_min_rate, sl)
         # the drift bound is kept only while the loss stays fitted (converged rows have loss_gn ≤ fit_tol)
         w.drift.masked_fill_(w.loss > w.fit, math.inf)
 
@@ -308,13 +311,17 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
             out.retire(w, done, status_codes(b, diverged, converged, stalled, escaped, slid), n_iter)
             w.keep(~done)
             sl.setup(w)
+        if sl.repelled:  # follow this iteration's repelling releases both ways, in branches
+            open_branches(model, w, out, sl)
 
     if report is not None:
         report(B, n_iter, float(out.t.min()) if B else 0.0)
-    loss_out = model.loss(out.theta, X, y, mask)
-    tn = out.theta.norm(dim=-1)
+    folded = fold_branches(out, B)
+    theta = out.theta[:B]
+    loss_out = model.loss(theta, X, y, mask)
+    tn = theta.norm(dim=-1)
     growth = torch.where(th0n > 0, tn / th0n.clamp_min(1e-300), tn)
-    return SolveResult(out.theta, out.status, loss_out, out.info(growth))
+    return SolveResult(theta, out.status[:B], loss_out, out.info(growth) | folded)
 
 
 SPEC = Solver(

@@ -35,6 +35,9 @@ OPTIONS: dict[str, Option] = {
     "stiff_method": Option("rodas5", Literal["rodas5", "rodas3"],
                            "Rosenbrock method of the stiff tail: rodas5 (order 5) or rodas3 (order 3)"),
     "threads": Option(1, Annotated[int, Field(ge=0)], "torch intra-op threads during the solve (0: leave as is)"),
+    "branches": Option(3, Annotated[int, Field(ge=0)], "repelling releases per instance followed both ways "
+                       "(the other side in a branch of the solve); a limit that depends on the branch, or a "
+                       "release left unchecked, makes the instance ambiguous"),
 }
 
 #: the default of every option, as the solve function's signature takes them

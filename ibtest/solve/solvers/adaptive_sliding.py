@@ -74,6 +74,9 @@ class Sliding:
         self.inst: Tensor | None = None
         self.S = torch.zeros(0)
         self.Ap = torch.zeros(0)
+        #: repelling releases of this iteration: (output slots [k], released entries [k, n, m]),
+        #: for :func:`~ibtest.solve.solvers.adaptive_branches.open_branches`
+        self.repelled: list[tuple[Tensor, Tensor]] = []
 
     # ---- the field ----------------------------------------------------------------------
     def plain(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
@@ -207,7 +210,7 @@ class Sliding:
         x_l = torch.full_like(x_c, float("inf"))
         leave_e = leave[e]
         forced = torch.zeros_like(z0[e], dtype=torch.int8)
-        n_rep = torch.zeros(r, dtype=torch.int64, device=x_c.device)
+        f_rep = torch.zeros_like(z0[e], dtype=torch.bool)  # forced leaves that are repelling releases
         if bool(leave_e.any()):
             li = leave_e.nonzero().squeeze(-1)
             pr, Ap = self._held_positions(w, re[li])
@@ -249,7 +252,7 @@ class Sliding:
                 fl = torch.zeros(lr.numel(), E, dtype=torch.int8, device=x_c.device)
                 fl.scatter_(1, k, torch.where(up, 1, -1).to(torch.int8).unsqueeze(-1))
                 forced[lr] = fl.view(-1, *z0.shape[1:])
-                n_rep[lr] = rep.long()
+                f_rep[lr] = (fl != 0).view(-1, *z0.shape[1:]) & rep.view(-1, 1, 1)
         use_l = x_l <= x_c
         x_ev = torch.minimum(x_c, x_l)
         go = torch.isfinite(x_ev)
@@ -269,13 +272,12 @@ class Sliding:
         w.t[rg] = t_ev
         arrive = torch.where(use_l[gi].view(-1, 1, 1), torch.zeros_like(hit[gi]), hit[gi])
         frc = torch.where(use_l[gi].view(-1, 1, 1), forced[gi], torch.zeros_like(forced[gi]))
-        w.repel[rg] += torch.where(use_l[gi], n_rep[gi], torch.zeros_like(n_rep[gi]))
-        first_rep = (w.repel[rg] > 0) & ~torch.isfinite(w.t_repel[rg])
-        w.t_repel[rg] = torch.where(first_rep, t_ev, w.t_repel[rg])
+        frep = f_rep[gi] & use_l[gi].view(-1, 1, 1)
         w.events[rg] += 1
-        return self.settle(w, rg, arrive, frc)
+        return self.settle(w, rg, arrive, frc, frep)
 
-    def settle(self, w: WorkingSet, rows: Tensor, arrive: Tensor, forced: Tensor) -> Tensor | None:
+    def settle(self, w: WorkingSet, rows: Tensor, arrive: Tensor, forced: Tensor,
+               repelled: Tensor | None = None) -> Tensor | None:
         """Decide the pattern at an event for the working-set rows ``rows`` [r] (θ at the event):
         the entries ``arrive`` [r, n, m] are at their kinks, the held entries with ``forced``
         [r, n, m] ≠ 0 leave (+1 above, −1 below). Only the units these entries belong to change
@@ -285,9 +287,11 @@ class Sliding:
         and then the most violating held entry; a dropped entry goes to the side its one-sided
         normal velocities a₋ (below) and a₊ (above) take it to (both < 0: below, both > 0: above;
         a₊ < 0 < a₋, or a concave kink a₋ < 0 < a₊: above when a₋/(a₋ − a₊) ≥ ½, the latter
-        counted as a repelling release). θ is put on the held kinks and at ±``RELEASE_OFFSET`` on
-        the dropped ones that are within ``AT_KINK`` of theirs. ``stop``: rows that would hold a
-        kink are returned (bool [b]) unchanged; else None."""
+        counted as a repelling release, like the forced leaves marked in ``repelled``). θ is put
+        on the held kinks and at ±``RELEASE_OFFSET`` on the dropped ones that are within
+        ``AT_KINK`` of theirs. Repelling releases are counted and queued for a branch
+        (``self.repelled``). ``stop``: rows that would hold a kink are returned (bool [b])
+        unchanged; else None."""
         kf = self.kf
         assert kf is not None
         dt = w.th.dtype
@@ -351,12 +355,14 @@ class Sliding:
         if bool(free_m.any()):
             # the normal velocities of the entries dropped from a unit that holds others: with
             # the field projected onto the kinks that unit keeps
+            # (a₊ − a₋ = −α_e‖Π_j x_i‖²: the jump α_e x_i of the field, projected)
             thp = kf.project(th, Xr, C)
             slope = torch.where(C | keep | free_m, lo, kf.slope_of(above))
-            gm = kf.project_field(kf.unit_pinv(Xr, C), Xr, kf.grad(thp, Xr, yr, mr, slope))
+            Fm = kf.unit_pinv(Xr, C)
+            gm = kf.project_field(Fm, Xr, kf.grad(thp, Xr, yr, mr, slope))
             a_lo = torch.where(free_m, -kf.preact(gm, Xr), a_lo)
             al_m = kf.alpha(thp, kf.residual(thp, Xr, yr, mr, slope))
-            a_hi = torch.where(free_m, a_lo - al_m * nx, a_hi)
+            a_hi = torch.where(free_m, a_lo - al_m * kf.projected_norms(Fm, Xr), a_hi)
             free_new = free_new | free_m
         if bool(free_new.any()):
             # sides: both velocities ≤ 0 below, ≥ 0 above; mixed (an attracting kink within
@@ -367,9 +373,13 @@ class Sliding:
             lam = a_lo / (a_lo - a_hi).where(a_lo != a_hi, torch.ones_like(a_lo))
             above = torch.where(free_new, torch.where(mixed, lam >= 0.5, up), above)
             repel = free_new & mixed & (a_lo < 0)
-            w.repel[rows] += repel.flatten(1).sum(-1)
+            repelled = repel if repelled is None else repelled | repel
+        if repelled is not None and bool(repelled.any()):
+            w.repel[rows] += repelled.flatten(1).sum(-1)
             first_rep = (w.repel[rows] > 0) & ~torch.isfinite(w.t_repel[rows])
             w.t_repel[rows] = torch.where(first_rep, w.t[rows], w.t_repel[rows])
+            has = repelled.flatten(1).any(-1)
+            self.repelled.append((w.idx[rows[has]], repelled[has]))
         # θ onto the held kinks; the entries that left within AT_KINK of theirs at ±offset
         moved = (arrive | dropped) & ~C
         z = kf.preact(th, Xr)

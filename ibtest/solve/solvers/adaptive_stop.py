@@ -16,6 +16,8 @@ import torch
 
 from ibtest.base import status as st
 from ibtest.plugin.specs import ModelBase
+from ibtest.solve.solvers.adaptive_saddle import leaves_saddle
+from ibtest.solve.solvers.adaptive_sliding import Sliding
 from ibtest.solve.solvers.adaptive_state import WorkingSet
 from ibtest.solve.solvers.drift import drift_estimate
 
@@ -69,11 +71,13 @@ def zero_gradient(w: WorkingSet, accept: Tensor, not_conv: Tensor) -> Tensor | N
 
 
 def checkpoints(w: WorkingSet, accept: Tensor, not_conv: Tensor, thn: Tensor, stalled: Tensor | None,
-                growth_t_min: float, growth_min_rate: float) -> tuple[Tensor | None, Tensor | None]:
+                growth_t_min: float, growth_min_rate: float,
+                sl: Sliding | None = None) -> tuple[Tensor | None, Tensor | None]:
     """The doubling checkpoints of t for the rows [b] that passed theirs (‖θ‖ = thn [b]).
 
     Appends (log t, log‖θ‖, log L, log‖g‖) to the ring ``w.ck_hist`` [b, W+1, 4] and sets:
-    STALLED by rate (‖∇L‖ decays at μ > 0 with ‖∇L‖²/(2μ) < 1e-6·L and L > 1e6·fit) and DIVERGED
+    STALLED by rate (‖∇L‖ decays at μ > 0 with ‖∇L‖²/(2μ) < 1e-6·L and L > 1e6·fit; with ``sl``
+    given, not where the row is near a saddle it will leave: :mod:`~ibtest.solve.solvers.adaptive_saddle`) and DIVERGED
     by power-law escape of ‖θ‖ over the window (``w.rate`` = fitted exponent). Returns (escaped,
     stalled), each bool [b] or None (no checkpoint passed; the input ``stalled`` is returned
     unchanged then, else extended)."""
@@ -101,6 +105,14 @@ def checkpoints(w: WorkingSet, accept: Tensor, not_conv: Tensor, thn: Tensor, st
     mu = (prev[:, 3] - rec[:, 3]) / dtt
     g_ = rec[:, 3].exp()
     st_rate = have2 & (mu > 0) & (g_ * g_ / (2 * mu) < 1e-6 * loss[ci]) & (loss[ci] > 1e6 * fit[ci])
+    if bool(st_rate.any()) and sl is not None:
+        # near a saddle the flow will leave (negative curvature, an unstable component above
+        # rounding): a plateau, not the end of the flow
+        si = ci[st_rate]
+        held = w.S_hold[si] if sl.kf is not None else None
+        go_on = leaves_saddle(sl.model, sl.kf, w.th[si], w.f[si], w.Xa[si], w.ya[si], w.ma[si], held)
+        st_rate = st_rate.clone()
+        st_rate[st_rate.nonzero().squeeze(-1)[go_on]] = False
     stalled[ci[st_rate]] = True
     # power-law escape of ‖θ‖ with the loss falling
     full = (w.ck_n[ci] >= W + 1) & (hist[:, 0, 0].exp() >= growth_t_min)

@@ -37,7 +37,7 @@ def drift_estimate(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, mask: 
     """
     B, n, d = X.shape
     P = theta.shape[1]
-    eye = torch.eye(n, dtype=theta.dtype)
+    eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
     th = theta.unsqueeze(1).expand(B, n, P).reshape(B * n, P)
     Xr = X.unsqueeze(1).expand(B, n, n, d).reshape(B * n, n, d)
     yr = y.unsqueeze(1).expand(B, n, n).reshape(B * n, n)

@@ -47,9 +47,10 @@ def solve_gd(
     """Run GD on all B instances at once; finished instances leave the working set."""
     B = theta0.shape[0]
     theta = theta0.clone()
-    status = torch.full((B,), st.BUDGET, dtype=torch.int64)
-    done_steps = torch.zeros(B, dtype=torch.int64)
-    active = torch.arange(B)
+    dev = theta0.device
+    status = torch.full((B,), st.BUDGET, dtype=torch.int64, device=dev)
+    done_steps = torch.zeros(B, dtype=torch.int64, device=dev)
+    active = torch.arange(B, device=dev)
     fit_abs = fit_threshold(model, X, y, mask, theta0, fit_tol)  # fit_tol is relative (ibtest.solve.fit)
     k = 0
     while k < steps and active.numel():

@@ -115,9 +115,9 @@ def box_qp(M: Tensor, q: Tensor, valid: Tensor, iters: int | None = None) -> Ten
         # (tests/test_kinks_qp.py checks this).
         lam1 = (-q[:, 0] * (1.0 / (M[:, 0, 0] + 4 * EPS * tr))).clamp(0.0, 1.0)
         return torch.where(valid, lam1.unsqueeze(-1), torch.zeros_like(q))
-    eye = torch.eye(k, dtype=M.dtype)
+    eye = torch.eye(k, dtype=M.dtype, device=M.device)
     Mr = M + (4 * EPS * tr).view(b, 1, 1) * eye
-    lam = torch.zeros(b, k, dtype=M.dtype)
+    lam = torch.zeros(b, k, dtype=M.dtype, device=M.device)
     free = valid.clone()
     at_one = torch.zeros_like(valid)
     iters = iters if iters is not None else 2 * k + 4
@@ -145,7 +145,7 @@ def box_qp(M: Tensor, q: Tensor, valid: Tensor, iters: int | None = None) -> Ten
         vv = torch.where(viol, grad.abs(), torch.full_like(grad, -1.0))
         j = vv.argmax(-1)
         rel = torch.zeros_like(viol)
-        rel[torch.arange(b), j] = viol.any(-1)
+        rel[torch.arange(b, device=M.device), j] = viol.any(-1)
         free = free | rel
         at_one = at_one & ~rel
     return torch.where(valid, lam.clamp(0.0, 1.0), torch.zeros_like(lam))
@@ -266,6 +266,15 @@ class KinkField:
         b, m, d, _ = Ap.shape
         gW = _mv(Ap[..., :d], self._wblock(g, m, d))
         return torch.cat([gW.flatten(1), g[:, m * d:]], -1)
+
+    def projected_norms(self, Ap: Tensor, X: Tensor) -> Tensor:
+        """‖Π_j x_i‖² [b, n, m] (Ap the factors of :meth:`unit_pinv`): how much of the jump of
+        the field at kink (i, j) is left normal to it once the held kinks of unit j take their
+        share."""
+        d = X.shape[-1]
+        Pi = Ap[..., :d]  # [b, m, d, d]
+        PX = torch.matmul(X.unsqueeze(1), Pi.transpose(-1, -2))  # [b, m, n, d]: rows Π_j x_i
+        return (PX * PX).sum(-1).transpose(1, 2)
 
     def hold_margin(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor, Ap: Tensor,
                     S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
