@@ -7,6 +7,7 @@ Sections (each next to its baseline, in this process or in subprocesses it start
 * end to end — ``ibtest run`` of the Theorem 3 study and of a 10 000-instance study, as
   subprocesses (process start included), with the phase table the run prints, and import times;
 * growth — ``exact`` triples/s against B, d and n;
+* fit — ``ibtest fit`` on 10 000 triples against the time to produce them (``benchmarks/fit.py``);
 * memory (``--memory``) — peak RSS of a study with 10^6 instances streamed through the engine.
 
 ``--quick`` runs every section on tiny sizes (a smoke test; tests/test_benchmarks_smoke.py).
@@ -21,6 +22,7 @@ import math
 import os
 import sys
 import time
+from typing import Any
 
 from ._common import ROOT, log, machine
 
@@ -154,6 +156,23 @@ def section_growth(quick: bool) -> tuple[dict, str]:
     return r, "\n".join(md)
 
 
+def section_fit(quick: bool) -> tuple[dict, str]:
+    from . import fit
+
+    r = fit.run(count=25, repeat=1) if quick else fit.run()
+    md = ["## ibtest fit: fitting a family to 10^4 triples (issue 26)", "",
+          f"`benchmarks/fit.py`: {r['count']:,} datasets × 4 inits, exact solver, the `quadratic` family "
+          "(least squares by LAPACK; an SDP by cvxpy + Clarabel where its cone is active). 'produce': "
+          "solving the instances and forming the own pairs (`ibtest.propose.collect`); 'fit': "
+          "`ibtest.propose.engine.fit_table` (KKT rows, the tight re-solves of the error sample and of "
+          "the closest calls, the programs, the no-fit core and its confirmation); cvxpy is imported once "
+          f"before both timings. Median of {r['repeat']} runs, both timed in one process.", "",
+          _table(fit.HEAD, fit.rows(r)), "",
+          "Target: fit ≤ 2 × produce: **" + ", ".join(f"{k} {v['median_ratio']:.2f}×" for k, v in r["runs"].items())
+          + "**."]
+    return r, "\n".join(md)
+
+
 def section_memory(counts: list[int]) -> tuple[list[dict], str]:
     from . import memory
 
@@ -190,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", action="store_true", help="also the 10^6-instance memory run (slow)")
     ap.add_argument("--memory-count", type=int, nargs="+", default=[1_000_000],
                     help="instances of the memory run(s)")
-    ap.add_argument("--only", nargs="*", choices=["w1", "w2", "e2e", "growth", "memory"],
+    ap.add_argument("--only", nargs="*", choices=["w1", "w2", "e2e", "growth", "fit", "memory"],
                     help="run these sections only")
     ap.add_argument("--out", default=None, help="markdown file (default benchmarks/RESULTS.md; "
                     "with --quick, stdout only; '-': stdout only)")
@@ -198,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--append", action="store_true",
                     help="append the sections to --out (e.g. a slow section run on its own)")
     a = ap.parse_args(argv)
-    only = set(a.only or ["w1", "w2", "e2e", "growth"] + (["memory"] if a.memory else []))
+    only = set(a.only or ["w1", "w2", "e2e", "growth", "fit"] + (["memory"] if a.memory else []))
     m = machine()
     parts = ["# Benchmarks (issue 4)", "",
              f"- machine: {m['cpu']}, {m['cores']} cores (load average {m['load_1min_at_start']:.2f} "
@@ -208,9 +227,10 @@ def main(argv: list[str] | None = None) -> int:
              f"torch threads {m['torch_threads']}; {m['platform']}",
              f"- date: {m['date']}; command: `python -m benchmarks{' --quick' if a.quick else ''}"
              f"{' --memory' if a.memory else ''}`", ""]
-    raw: dict = {"machine": m}
+    raw: dict[str, Any] = {"machine": m}
     # W2 last: its per-instance LSODA baseline is the slowest part (minutes)
-    sections = [("w1", section_w1), ("e2e", section_e2e), ("growth", section_growth), ("w2", section_w2)]
+    sections = [("w1", section_w1), ("e2e", section_e2e), ("growth", section_growth), ("fit", section_fit),
+                ("w2", section_w2)]
     for name, fn in sections:
         if name not in only:
             continue
@@ -223,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         print(md + "\n", flush=True)
     if "memory" in only:
         log("[benchmarks] memory ...")
-        r, md = section_memory([1000] if a.quick else a.memory_count)
-        raw["memory"] = r
+        mem, md = section_memory([1000] if a.quick else a.memory_count)
+        raw["memory"] = mem
         parts += [md, ""]
         print(md + "\n", flush=True)
     text = "\n".join(parts)

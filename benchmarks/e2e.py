@@ -56,7 +56,7 @@ def import_time(repeat: int = 3) -> dict:
     """`python -X importtime -m ibtest.cli list`: the slowest imports (cumulative, µs) and the
     wall time of `ibtest list` and of `python -c pass` (the interpreter alone)."""
     best_list = best_py = float("inf")
-    rows: list[tuple[int, int, str]] = []
+    rows: list[tuple[int, int, int, str]] = []
     for _ in range(max(1, repeat)):
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "pass"], cwd=ROOT, capture_output=True)
@@ -65,7 +65,7 @@ def import_time(repeat: int = 3) -> dict:
         p = subprocess.run([sys.executable, "-X", "importtime", "-m", "ibtest.cli", "list"], cwd=ROOT,
                            capture_output=True, text=True)
         best_list = min(best_list, time.perf_counter() - t0)
-        cur = []
+        cur: list[tuple[int, int, int, str]] = []
         for line in p.stderr.splitlines():
             mm = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
             if mm:

@@ -7,7 +7,15 @@ directory, runs each through ``ibtest.cli.main`` in this process and classifies 
 * ``result``: exit 0 or 1 (the study ran, or the command did its job);
 * ``user error``: exit 2 with a message on stderr;
 * ``traceback``: an exception escaped ``main`` (the user would see a traceback);
-* ``hang``: still running after ``--timeout`` seconds (SIGALRM).
+* ``hang``: still running after ``--timeout`` seconds (SIGALRM);
+* ``wrong``: it ended, but not as it must: an exit code the case does not allow (``Case.expect``:
+  a failing study that passes, a refusal with no message) or a check of what it printed or left
+  behind that fails (``Case.check``: a forged line, a file changed by a read-only command).
+
+A case with ``env`` or ``stdout`` runs as a subprocess (``python -m ibtest.cli``): an ASCII
+terminal, a standard output on ``/dev/full``. The second round (issue 27) adds certificates edited
+by kind, output paths, plugins of every kind, hangs a budget catches, forged lines and stores
+(:mod:`benchmarks.hostile_round2`).
 
 Every study in the corpus is tiny, so a case that runs takes well under a second; sizes that
 would allocate much are chosen so large that the allocation fails at once (or is refused).
@@ -17,12 +25,22 @@ Measured (issue 9): on main before the fix (commit 4935beb), 158 of the 708 inpu
 traceback (153) or a hang (5: alias bombs of 5, 6 and 9 levels, ``root_tol: -3`` and
 ``root_tol: -.inf``); after it, none. The exit-2 share rose from 367 to 618 (inputs that ran
 to a meaningless result before, such as ``grid: -5`` or ``n: true``, are refused now).
+
+Measured (issue 27): the second round adds 978 inputs (1686 in all). On main before the fix
+(commit d3538bd), the first four round-2 categories gave 30 bad outcomes of certs (25
+tracebacks from ``show`` on edited shrunk and witness certificates, 5 wrong), 15 of outputs (12
+tracebacks: ``-o DIR``, ``-o /dev/full``, ``--plot x.notaformat``, ``new --dir /dev/null``, stdout
+on ``/dev/full``, ``PYTHONIOENCODING=ascii``), 59 of plugins2 (13 tracebacks, 46 wrong: plugin
+files calling ``sys.exit(0)`` ending the run with exit 0, specs with an unknown kind or NaN
+tolerances accepted) and 2 hangs before the run was killed for memory (``rotate count:
+1000000``); after it, none of the 1686.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import errno
+import functools
 import io
 import math
 import os
@@ -47,7 +65,7 @@ THEOREM3 = {
     "datasets": [{"name": "vardi_shamir_theorem3", "gamma": [0, 1]}],
     "solver": {"name": "exact"},
     "hypotheses": [{"name": "l2_norm"}],
-    "report": {"formats": ["table"]},
+    "report": {"digits": 6},
 }
 LINEAR = {
     "study": "lin",
@@ -56,7 +74,7 @@ LINEAR = {
     "datasets": [{"name": "gaussian", "n": 2, "d": 3, "count": 2, "labels": "teacher_linear"}],
     "solver": {"name": "exact"},
     "hypotheses": [{"name": "l2_norm"}, {"name": "dist_to_init"}],
-    "report": {"formats": ["table"]},
+    "report": {"digits": 6},
 }
 
 BAD_NUMBERS: list[Any] = [-3, 0, True, [], "x", {}, None, 1.5, math.nan, math.inf, -math.inf, -1e-3]
@@ -69,6 +87,13 @@ class Case:
     name: str
     argv: list[str]
     patch: Callable[[], contextlib.AbstractContextManager] | None = None
+    #: exit codes this case may end with (None: any but a traceback or a hang)
+    expect: tuple[int, ...] | None = None
+    #: (exit code, stdout, stderr) -> why the outcome is wrong, or None
+    check: Callable[[int, str, str], str | None] | None = None
+    #: run as a subprocess with these environment variables / this standard output (a path)
+    env: dict[str, str] | None = None
+    stdout: str | None = None
 
 
 @dataclass
@@ -387,12 +412,12 @@ def full_disk(budget: int, files_too: bool = True) -> Iterator[None]:
         return real_write(self, *a, **k)
 
     sqlite3.connect = connect
-    pathlib.Path.write_text = write_text
+    setattr(pathlib.Path, "write_text", write_text)  # noqa: B010 - a monkeypatch of a method
     try:
         yield
     finally:
         sqlite3.connect = real
-        pathlib.Path.write_text = real_write
+        setattr(pathlib.Path, "write_text", real_write)  # noqa: B010
 
 
 @contextlib.contextmanager
@@ -505,7 +530,7 @@ def store_cases(c: Corpus, finished: pathlib.Path) -> None:
     for budget in (0, 2, 5, 9):
         c.cases.append(Case("stores", f"full disk after {budget} writes: run",
                             ["run", str(study), "-q", "--out", str(c.root / f"full{budget}")],
-                            lambda b=budget: full_disk(b)))
+                            functools.partial(full_disk, budget)))
     c.cases.append(Case("stores", "full disk only for files: run",
                         ["run", str(study), "-q", "--out", str(c.root / "fullfiles")], lambda: full_disk(10**9)))
     d = copy("fullresume")
@@ -530,8 +555,49 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
+def _judged(case: Case, code: int, out: str, err: str, seconds: float) -> Outcome:
+    """The outcome of a case that ended with ``code``: a result, a user error, or wrong."""
+    if code == 2 and not err.strip():
+        return Outcome(case, "wrong", "exit 2 with no message", seconds)
+    if case.expect is not None and code not in case.expect:
+        return Outcome(case, "wrong", f"exit {code}, expected {'/'.join(map(str, case.expect))}: "
+                                      f"{(err.strip().splitlines() or [''])[-1][:160]}", seconds)
+    if case.check is not None:
+        why = case.check(code, out, err)
+        if why:
+            return Outcome(case, "wrong", why[:200], seconds)
+    if code == 2:
+        msg = err.strip().splitlines()
+        return Outcome(case, "user error", msg[0][:200] if msg else "(no message)", seconds)
+    return Outcome(case, "result", f"exit {code}", seconds)
+
+
+def run_subprocess(case: Case, timeout: float) -> Outcome:
+    """A case that needs its own process (environment, standard output)."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    env = {**os.environ, **(case.env or {})}
+    sink = open(case.stdout, "w") if case.stdout else subprocess.PIPE  # noqa: SIM115
+    try:
+        p = subprocess.run([sys.executable, "-m", "ibtest.cli", *case.argv], stdout=sink, stderr=subprocess.PIPE,
+                           text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return Outcome(case, "hang", f"> {timeout} s", time.perf_counter() - t0)
+    finally:
+        if not isinstance(sink, int):
+            sink.close()
+    seconds = time.perf_counter() - t0
+    if "Traceback" in (p.stderr or ""):
+        return Outcome(case, "traceback", p.stderr.strip().splitlines()[-1][:160], seconds)
+    return _judged(case, p.returncode, p.stdout or "", p.stderr or "", seconds)
+
+
 def run_case(case: Case, timeout: float) -> Outcome:
     from ibtest.cli import main
+
+    if case.env is not None or case.stdout is not None:
+        return run_subprocess(case, timeout)
 
     out, err = io.StringIO(), io.StringIO()
     t0 = time.perf_counter()
@@ -552,11 +618,7 @@ def run_case(case: Case, timeout: float) -> Outcome:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    seconds = time.perf_counter() - t0
-    if code == 2:
-        msg = err.getvalue().strip().splitlines()
-        return Outcome(case, "user error", msg[0][:200] if msg else "(no message)", seconds)
-    return Outcome(case, "result", f"exit {code}", seconds)
+    return _judged(case, code, out.getvalue(), err.getvalue(), time.perf_counter() - t0)
 
 
 def build(root: pathlib.Path) -> Corpus:
@@ -572,12 +634,16 @@ def build(root: pathlib.Path) -> Corpus:
     sweep_cases(c)
     plugin_cases(c)
     store_cases(c, finished)
+    from benchmarks import hostile_round2
+
+    hostile_round2.add_cases(c, finished)
     return c
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", help="run one category (yaml, options, counts, sweeps, plugins, stores)")
+    ap.add_argument("--only", help="run these categories, comma-separated (yaml, options, counts, sweeps, plugins, "
+                    "stores; round 2: certs, outputs, plugins2, hangs, forged, stores2)")
     ap.add_argument("--timeout", type=float, default=10.0)
     ap.add_argument("-v", "--verbose", action="store_true", help="print every case")
     args = ap.parse_args(argv)
@@ -588,12 +654,13 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(root)
         try:
             corpus = build(root)
-            cases = [c for c in corpus.cases if not args.only or c.category == args.only]
+            only = set(args.only.split(",")) if args.only else None
+            cases = [c for c in corpus.cases if only is None or c.category in only]
             outcomes = []
             for case in cases:
                 o = run_case(case, args.timeout)
                 outcomes.append(o)
-                if args.verbose or o.kind in ("traceback", "hang"):
+                if args.verbose or o.kind in ("traceback", "hang", "wrong"):
                     print(f"{o.kind:10s} {o.seconds:6.2f}s  [{case.category}] {case.name}: {o.detail}", flush=True)
         finally:
             os.chdir(cwd)
@@ -602,12 +669,12 @@ def main(argv: list[str] | None = None) -> int:
         by_cat.setdefault(o.case.category, {}).setdefault(o.kind, 0)
         by_cat[o.case.category][o.kind] += 1
     print()
-    kinds = ("result", "user error", "traceback", "hang")
+    kinds = ("result", "user error", "traceback", "hang", "wrong")
     print(f"{'category':10s} " + " ".join(f"{k:>11s}" for k in kinds) + "      total")
     for cat, counts in by_cat.items():
         print(f"{cat:10s} " + " ".join(f"{counts.get(k, 0):11d}" for k in kinds) + f" {sum(counts.values()):10d}")
-    bad = sum(o.kind in ("traceback", "hang") for o in outcomes)
-    print(f"\n{bad} of {len(outcomes)} hostile inputs end in a traceback or a hang")
+    bad = sum(o.kind in ("traceback", "hang", "wrong") for o in outcomes)
+    print(f"\n{bad} of {len(outcomes)} hostile inputs end in a traceback, a hang or a wrong result")
     return 1 if bad else 0
 
 

@@ -15,6 +15,7 @@ Prints markdown for ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
+import logging
 import pickle
 import tempfile
 import time
@@ -34,11 +35,12 @@ def _study(count: int, block_size: int, executor: str) -> dict:
 
 
 def _run(data: dict, out: Path) -> dict:
-    from ibtest.api import run_study
+    from ibtest.api import StudyResult, run_study
 
     t0 = time.perf_counter()
     res = run_study(data, out_dir=out)
     wall = time.perf_counter() - t0
+    assert isinstance(res, StudyResult) and res.json_cache is not None  # no sweep, a finished run
     j = res.json_cache
     return {"wall": wall, "per_s": sum(j["status_counts"].values()) / wall,
             "executor": j["executor"], "summary": j["summary"], "verdicts": res.verdicts,
@@ -111,7 +113,7 @@ def run(count: int, block_size: int, repeat: int = 1) -> dict:
                 torch.set_num_threads(1 if cpus == 0 else threads)
                 if cpus:
                     t0 = time.perf_counter()
-                    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+                    ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.ERROR)
                     start = time.perf_counter() - t0
                 d = Path(tmp) / f"run{rep}-{k}"
                 try:

@@ -39,14 +39,15 @@ def refutations(count: int, root: Path, first_seed: int = 0, max_seeds: int = 20
     every label is 0 rests on θ0 ≠ 0 (from θ0 = 0 such data has zero loss and the flow does not
     move), so it can never end at θ0 = 0; the benchmark reports both populations.
     """
-    from ibtest.api import run_study
-    from ibtest.cert.certificate import load
+    from ibtest.api import StudyResult, run_study
+    from ibtest.cert.schema import load
 
     out: list[Path] = []
     for seed in range(first_seed, first_seed + max_seeds):
         if len(out) >= count:
             break
         res = run_study(random_study(seed), out_dir=root / f"seed{seed}")
+        assert isinstance(res, StudyResult)  # no sweep
         if res.certificates:
             p = Path(res.certificates[0])
             if not labelled or any(v > 0 for v in load(p)["a"]["y"]):
@@ -55,7 +56,7 @@ def refutations(count: int, root: Path, first_seed: int = 0, max_seeds: int = 20
 
 
 def run(count: int = 30, budget: int = 6000, labelled: bool = False) -> dict:
-    from ibtest.cert.certificate import load
+    from ibtest.cert.schema import load
     from ibtest.cert.shrink import shrink_file
 
     torch.set_num_threads(1)

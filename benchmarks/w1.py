@@ -19,8 +19,9 @@ import torch
 
 from ibtest.base import status as st
 from ibtest.plugin.specs import PiecewiseLinearNeuron
-from ibtest.solve.solvers.exact import _workers, solve_exact
+from ibtest.solve.solvers.exact import solve_exact
 from ibtest.solve.solvers.exact_reference import solve_exact_reference
+from ibtest.solve.solvers.exact_scale import workers_for
 
 from ._common import timed, w1_batch
 
@@ -84,7 +85,7 @@ def run(n: int = 10_000, n_ref: int = 200, n_loop: int = 10, n_gd_batched: int =
 
     walls, walls1 = [], []
     res = res1 = None
-    workers = _workers(0, n)  # what workers=0 (auto) picks here
+    workers = workers_for(0, n)  # what workers=0 (auto) picks here
     for _ in range(max(1, repeat)):  # the default (one worker) and `workers` threads, alternating
         t0 = time.perf_counter()
         res = solve_exact(X, y, m, w0, RELU)
@@ -92,6 +93,7 @@ def run(n: int = 10_000, n_ref: int = 200, n_loop: int = 10, n_gd_batched: int =
         t0 = time.perf_counter()
         res1 = solve_exact(X, y, m, w0, RELU, workers=workers)
         walls1.append(time.perf_counter() - t0)
+    assert res is not None and res1 is not None  # repeat >= 1
     walls.sort()
     walls1.sort()
     exact_best, exact_med = walls[0], walls[len(walls) // 2]

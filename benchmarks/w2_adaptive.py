@@ -36,11 +36,7 @@ if ROOT not in sys.path:
 
 from ibtest.base import status as st  # noqa: E402
 from ibtest.solve.solvers.adaptive import solve_adaptive  # noqa: E402
-
-try:  # installed package, or the source tree
-    from ibtest_plugins.models.two_layer_relu import two_layer_relu
-except ImportError:  # pragma: no cover
-    from plugins.models.two_layer_relu import two_layer_relu
+from plugins.models.two_layer_relu import two_layer_relu  # noqa: E402 - the source tree's plugins (ROOT on sys.path)
 
 
 def make_w2(n_instances: int, seed: int = 0, m: int = 4, d: int = 4, n: int = 3, init_norm: float = 0.1):
@@ -258,8 +254,15 @@ def _print(out: dict) -> None:
     sys.stdout.flush()
 
 
+def _ints(argv: list[str], defaults: list[int]) -> list[int]:
+    """Positional integers from the command line, the defaults for those not given."""
+    return [int(a) for a in argv[: len(defaults)]] + defaults[len(argv):]
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "all":  # ... all [n_w2 nb_w2 n_16 nb_16 n_64 nb_64 torchode_n]
-        main(*[int(a) for a in sys.argv[2:9]], report=_print)
-    else:
-        _print(run(*[int(a) for a in sys.argv[1:6]], torchode_n=int(os.environ.get("TORCHODE_N", "0"))))
+        a = _ints(sys.argv[2:], [1000, 30, 20, 3, 4, 2, 100])
+        main(a[0], a[1], a[2], a[3], a[4], a[5], a[6], report=_print)
+    else:  # ... [n_instances n_baseline width d n]
+        a = _ints(sys.argv[1:], [1000, 50, 4, 4, 3])
+        _print(run(a[0], a[1], a[2], a[3], a[4], torchode_n=int(os.environ.get("TORCHODE_N", "0"))))

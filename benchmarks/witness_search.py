@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import yaml
 
@@ -17,16 +18,17 @@ from ._common import ROOT
 def run(count: int = 10_000) -> dict:
     import cvxpy  # noqa: F401  (import once, outside both timings: ~3-8 s on a busy machine)
 
-    from ibtest.api import run_study
+    from ibtest.api import StudyResult, run_study
 
     with open(f"{ROOT}/benchmarks/study_10k.yaml") as f:
         base = yaml.safe_load(f)
     base["datasets"][0]["count"] = int(count)
-    out = {"count": int(count)}
+    out: dict[str, Any] = {"count": int(count)}
     for search in (False, True):
         d = dict(base, verdict={"search": search})
         t0 = time.perf_counter()
         res = run_study(d, write=False)
+        assert isinstance(res, StudyResult)  # no sweep
         out["search" if search else "no_search"] = time.perf_counter() - t0
         if search:
             out["table"] = res.table()

@@ -11,11 +11,11 @@ import torch
 import ibtest
 
 
-def l2_norm(theta: torch.Tensor, ctx: ibtest.Context) -> torch.Tensor:
+def l2_norm(theta: torch.Tensor, ctx: ibtest.HypothesisContext) -> torch.Tensor:
     return torch.linalg.vector_norm(theta, ord=2, dim=-1)
 
 
-def lp_norm(theta: torch.Tensor, ctx: ibtest.Context, p: float) -> torch.Tensor:
+def lp_norm(theta: torch.Tensor, ctx: ibtest.HypothesisContext, p: float) -> torch.Tensor:
     """‖θ‖_p computed as m·‖θ/m‖_p with m = max|θ_i| (a constant for autograd): |θ_i|^p would
     under- or overflow float64 long before ‖θ‖_p does (p = 3 at |θ| ~ 1e±150)."""
     if not p >= 1:
@@ -25,7 +25,7 @@ def lp_norm(theta: torch.Tensor, ctx: ibtest.Context, p: float) -> torch.Tensor:
     return m.squeeze(-1) * torch.linalg.vector_norm(theta / m, ord=float(p), dim=-1)
 
 
-def dist_to_init(theta: torch.Tensor, ctx: ibtest.Context) -> torch.Tensor:
+def dist_to_init(theta: torch.Tensor, ctx: ibtest.InitContext) -> torch.Tensor:
     return torch.linalg.vector_norm(theta - ctx.init, ord=2, dim=-1)
 
 
@@ -37,7 +37,7 @@ def _cp_norm(x, p: float):
         return cp.norm1(x)
     if p == float("inf"):
         return cp.norm_inf(x)
-    return cp.pnorm(x, p)
+    return cp.pnorm(x, p)  # type: ignore[arg-type]  # cvxpy's stub says int | str; a float p is documented
 
 
 def l2_norm_cvx(x, ctx: ibtest.CvxContext):
@@ -56,7 +56,7 @@ def dist_to_init_cvx(x, ctx: ibtest.CvxContext):
 def ibtest_hypotheses():
     return [
         ibtest.Hypothesis(name="l2_norm", fn=l2_norm, depends_on="params", convex=True, cvx=l2_norm_cvx,
-                          doc="Euclidean norm |theta|_2"),
+                          optimum="half_sq_norm", doc="Euclidean norm |theta|_2"),
         ibtest.Hypothesis(name="lp_norm", fn=lp_norm, depends_on="params", params={"p": 2.0},
                           convex=True, cvx=lp_norm_cvx,
                           doc="l_p norm |theta|_p, a family over p in [1, inf]"),

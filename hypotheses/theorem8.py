@@ -51,7 +51,7 @@ def distance_to_zero_loss_set(w0: torch.Tensor, X: torch.Tensor, y: torch.Tensor
     return torch.where(empty, torch.full_like(best, float("inf")), best)
 
 
-def theorem8_ratio(theta: torch.Tensor, ctx: ibtest.Context) -> torch.Tensor:
+def theorem8_ratio(theta: torch.Tensor, ctx: ibtest.DataContext) -> torch.Tensor:
     pw = getattr(ctx.model, "piecewise", None)
     if pw is None:
         raise TypeError("theorem8_ratio needs a single piecewise-linear neuron (relu_neuron, leaky_relu_neuron, linear)")

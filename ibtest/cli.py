@@ -1,4 +1,4 @@
-"""The ``ibtest`` command line: run, list, verify, shrink, show.
+"""The ``ibtest`` command line: run, fit, list, verify, shrink, show.
 
 Exit codes, like pytest: 0 every expected verdict held (or the certificate was confirmed),
 1 an expectation did not hold (or the refutation was withdrawn), 2 a usage or input error.
@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
 from ibtest.base.errors import UserError
-from ibtest.base.textsafe import clean, clean_tree as _clean_tree
+from ibtest.base.guard import user_interrupts
+from ibtest.base.outpath import output_dir, output_file, save_figure, writing
+from ibtest.base.textsafe import clean, clean_tree as _clean_tree, fit_stream
 
 MULTILINE = frozenset({"description", "summary"})  # stored free text whose line breaks are its own
 
@@ -55,6 +58,7 @@ def cmd_run(args) -> int:
         from ibtest.out import report
 
     progress = Progress(enabled=False if args.quiet else None)
+    plot = output_file(args.plot, flag="--plot", default_name="gaps.png", suffix=".png") if args.plot else None
     if args.resume:
         if args.study:
             raise UserError("give either a study or --resume RUN, not both")
@@ -66,13 +70,13 @@ def cmd_run(args) -> int:
         return _print_sweep(results, args)
     res = results
     print(report.render_table(clean_tree(res.json_cache or res.to_json()), verbose=not args.quiet))
-    if args.plot:
+    if plot is not None:
         from ibtest.out.plots import plot_run
 
-        print(f"\nfigure written to {plot_run(res, args.plot)}")
+        print(f"\nfigure written to {clean(save_figure(plot_run, plot, res))}")
     for e in res.errors:
         print(f"error: {clean(e)}", file=sys.stderr)
-    print(f"\nrun directory: {res.run_dir}")
+    print(f"\nrun directory: {clean(res.run_dir)}")
     failed = [m for m in res.members if m.held is False]
     if failed:
         print("expectations that did not hold: "
@@ -83,9 +87,16 @@ def cmd_run(args) -> int:
 def _print_sweep(results, args) -> int:
     from ibtest.out import report
 
-    print(report.render_sweep([clean_tree(r.json_cache or r.to_json()) for r in results], clean(results[0].study.sweep.path)))
-    print(f"\nrun directory: {results[0].run_dir.parent if results[0].run_dir else '-'}")
-    return 0 if all(r.expectations_held for r in results) else 1
+    payload = clean_tree(results.to_json())
+    print(report.render_sweep(payload["runs"], payload["sweep"], payload.get("limits")))
+    print(f"\nrun directory: {clean(results[0].run_dir.parent) if results[0].run_dir else '-'}")
+    failed = [f"{clean(m.label)} at {payload['sweep']}={clean(str(r.sweep_value))} (expected {m.expect}, got {m.verdict})"
+              for r in results for m in r.members if m.held is False]
+    failed += [f"{clean(v.label)} as {payload['sweep']} -> {v.toward} (expected {v.expect}, got {v.verdict})"
+               for v in results.limits if v.held is False]
+    if failed:
+        print("expectations that did not hold: " + ", ".join(failed))
+    return results.exit_code
 
 
 def _rendering(runs: str) -> contextlib.AbstractContextManager[None]:
@@ -115,7 +126,7 @@ def cmd_report(args) -> int:
 
                 text = json.dumps(res, indent=1)
             else:
-                text = report.render_sweep(res["runs"], res["sweep"])
+                text = report.render_sweep(res["runs"], res["sweep"], res.get("limits"))
         else:
             text = report.render(res, args.format)
     print(text)
@@ -143,9 +154,11 @@ def cmd_diff(args) -> int:
 def cmd_new(args) -> int:
     from ibtest.templates import write_template
 
-    paths = write_template(args.kind, args.name, args.dir)
+    d = output_dir(args.dir, flag="--dir")
+    with writing(d, "the template into"):
+        paths = write_template(args.kind, args.name, d)
     for p in (paths if isinstance(paths, (list, tuple)) else [paths]):
-        print(f"wrote {p}")
+        print(f"wrote {clean(p)}")
     return 0
 
 
@@ -154,15 +167,16 @@ def cmd_list(args) -> int:
     from ibtest.plugin.manager import load_registry
 
     reg = load_registry(args.plugin)
-    for kind in ("models", "datasets", "inits", "solvers", "constructions", "hypotheses", "executors"):
+    for kind in ("models", "datasets", "inits", "solvers", "constructions", "hypotheses", "executors", "families"):
         rows = []
         for name in reg.names(kind):
             item = reg.items[kind][name]
-            doc = (item.spec.doc or "").strip().splitlines()[0] if item.spec.doc else ""
+            doc = (item.spec.doc or "").strip().splitlines()[0] if (item.spec.doc or "").strip() else ""
             extra = ""
             if kind == "hypotheses":
                 extra = f"[{item.spec.kind}, depends on {item.spec.depends_on}, on {item.spec.on}] "
-            rows.append({"name": name, "doc": extra + doc, "source": f"{item.plugin} ({item.source})"})
+            # a plugin's name, doc and file name are its own text: shown inert, one line each
+            rows.append({"name": clean(name), "doc": clean(extra + doc), "source": clean(f"{item.plugin} ({item.source})")})
         print(f"{kind}:")
         print(report.table(rows))
         print()
@@ -173,30 +187,67 @@ def cmd_list(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from ibtest.cert.certificate import verify
+    from ibtest.cert.replay import verify
 
     res = verify(args.certificate, args.plugin)
-    print("\n".join(res.lines))
+    print("\n".join(clean(line) for line in res.lines))
     return 0 if res.holds else 1
 
 
 def cmd_shrink(args) -> int:
     from ibtest.cert.shrink import DEFAULT_BUDGET, NotRefuted, shrink_file, summary
 
+    out = None
+    if args.out:
+        stem = Path(args.certificate).stem
+        out = output_file(args.out, flag="-o", default_name=f"{stem}.shrunk.json")
     try:
-        dest, res = shrink_file(args.certificate, args.out, args.budget if args.budget is not None else DEFAULT_BUDGET,
+        dest, res = shrink_file(args.certificate, out, args.budget if args.budget is not None else DEFAULT_BUDGET,
                                 plugins=args.plugin)
     except NotRefuted as exc:
-        print(f"ibtest shrink: {args.certificate}: {exc}")
+        print(f"ibtest shrink: {clean(args.certificate)}: {clean(exc)}")
         return 1
-    print("\n".join(summary(dest, res)))
+    print("\n".join(clean(line) for line in summary(dest, res)))
     return 0
+
+
+def cmd_fit(args) -> int:
+    from ibtest.propose.study import fit_study
+
+    families = None if not args.family else (args.family[0] if len(args.family) == 1 else list(args.family))
+    res = fit_study(resolve_study(args.study), family=families, plugins=args.plugin, out_dir=args.out,
+                    strict=args.strict)
+    reports = res if isinstance(res, list) else [res]
+    for r in reports:
+        print("\n".join(r.lines()))
+    where = reports[0].run_dir
+    if where is not None:
+        print(f"\nrun directory: {where.parent if len(reports) > 1 else where}")
+    failed = [f"{f.family.name}: {c.what}" for r in reports for f in r.fits for c in f.checks if not c.held]
+    if failed:
+        print("expectations that did not hold: " + "; ".join(failed))
+    return 0 if not failed else 1
 
 
 def cmd_show(args) -> int:
     from ibtest.out.show import show
 
-    return show(args.certificate, plot=args.plot, plugins=args.plugin)
+    plot = None
+    if args.plot:
+        plot = output_file(args.plot, flag="--plot", default_name=f"{Path(args.certificate).stem}.png", suffix=".png")
+    return show(args.certificate, plot=plot, plugins=args.plugin)
+
+
+def _nonneg_float(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--budget", type=int, metavar="N", help="most instance solves to spend (default 6000)")
     sh.set_defaults(func=cmd_shrink)
 
+    f = sub.add_parser("fit", parents=[plug], help="fit a regularizer family to a study's triples (or prove none fits)")
+    f.add_argument("study", help="study file or built-in study name")
+    f.add_argument("--family", action="append", default=[], metavar="NAME",
+                   help="the family to fit (repeatable; default: the study's fit: block)")
+    f.add_argument("--out", help="run directory (default runs/<study>-fit-<time>)")
+    f.add_argument("--strict", type=_nonneg_float, metavar="MU", help="only strictly convex members: R - MU|x - x0|^2/2 "
+                   "convex, with R normalized to grow like |x - x0|^2/2 (0: no strictness; overrides the study)")
+    f.set_defaults(func=cmd_fit)
+
     s = sub.add_parser("show", parents=[plug], help="print a certificate's counterexample (and plot it)")
     s.add_argument("certificate")
     s.add_argument("--plot", metavar="FILE.png", help="draw the counterexample into a PNG file")
@@ -258,10 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        fit_stream(stream)  # an ASCII terminal gets "theta" for θ, "ok" for ✓: never a UnicodeEncodeError
     try:
-        return int(args.func(args) or 0)
+        with user_interrupts():  # a KeyboardInterrupt a plugin raises is its failure; Ctrl-C is the user's
+            code = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return code
     except UserError as exc:
-        print(f"ibtest: error: {clean(exc, keep_newlines=True)}", file=sys.stderr)
+        print(f"ibtest: error: {clean(exc, keep_newlines=exc.multiline)}", file=sys.stderr)
         return exc.exit_code
     except RecursionError:  # a JSON or YAML input nested beyond what the parser can follow
         print("ibtest: error: input nested too deeply", file=sys.stderr)
@@ -273,6 +338,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. piped into head
         sys.stderr.close()
         return 0
+    except OSError as exc:  # writing the output failed (stdout on a full disk, /dev/full)
+        return _output_failed(exc)
+
+
+def _output_failed(exc: OSError) -> int:
+    """Exit 2 with one line when what ibtest printed could not be written (every file it writes
+    itself reports its own failure as a UserError; what is left is standard output, or an
+    unforeseen file-system failure, named as such)."""
+    if exc.filename is None:  # a write to a stream: standard output could not take what was printed
+        what = f"cannot write to standard output: {clean(exc.strerror or exc)}"
+    else:
+        what = f"{clean(exc.strerror or exc)}: {clean(exc.filename)}"
+    try:
+        print(f"ibtest: error: {what}", file=sys.stderr)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    with contextlib.suppress(OSError, ValueError):  # drop what could not be written: no second error at exit
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process ends right after
+    return 2
 
 
 def run() -> None:  # pragma: no cover (exercised by every subprocess test of the console script)

@@ -45,7 +45,7 @@ import torch
 import ibtest
 
 
-def $name(theta: torch.Tensor, ctx: ibtest.Context, p: float = 2.0) -> torch.Tensor:
+def $name(theta: torch.Tensor, ctx: ibtest.HypothesisContext, p: float = 2.0) -> torch.Tensor:
     """R(θ) = ‖θ − θ0‖_p.
 
     theta: [B, P] float64, one parameter vector per row (B solutions judged at once; rows must
@@ -59,6 +59,17 @@ def $name(theta: torch.Tensor, ctx: ibtest.Context, p: float = 2.0) -> torch.Ten
     the margin that absorbs solver error).
     """
     return torch.linalg.vector_norm(theta - ctx.init, ord=float(p), dim=-1)
+
+
+def ${name}_cvx(x, ctx: ibtest.CvxContext, p: float = 2.0):
+    """The same R as a cvxpy expression of one instance (x: a cvxpy Variable [P], ctx.init a numpy
+    array [P]). With ``convex=True`` it lets ibtest compute the global minimum of R over the
+    zero-loss set (a polyhedron for neurons and linear models): a survival there is *certified*,
+    not just a local search that found nothing (verdict "unrefuted"). Delete it (and
+    ``convex``/``cvx`` below) if your R is not convex."""
+    import cvxpy as cp
+
+    return cp.norm(x - ctx.init, float(p))
 
 
 @ibtest.hookimpl
@@ -76,6 +87,7 @@ def ibtest_hypotheses():
             kind="regularizer",            # or "invariant": claims C(theta_inf) = C(theta0)
             on="theta",                    # or "predictor": fn sees model.predictor(theta)
             atol=1e-9, rtol=1e-9,          # tolerance floor of the margin
+            convex=True, cvx=${name}_cvx,  # R is convex: its global argmin on Z(D) is computable
         ),
     ]
 ''')
@@ -104,9 +116,10 @@ def test_theorem3_refutes_it():
 
 def test_linear_control():
     """Linear model: GF converges to the interpolator closest to θ0 in ℓ2 (Theorem 1), so the
-    template's R survives at p = 2. Change or delete this test when you change R."""
+    template's R survives at p = 2, certified (its convex minimum over Z(D) is θ∞). Change or
+    delete this test when you change R."""
     result = run_hypothesis(PLUGIN, "linear", params={"p": 2.0})
-    assert_survives(result, "$name")
+    assert_survives(result, "$name", grade="certified")
 ''')
 
 # The study reuses the paper's Theorem 3 study (hypotheses/vardi_shamir_theorem3.yaml, the one

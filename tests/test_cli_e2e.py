@@ -153,7 +153,7 @@ def test_data_dependent_hypothesis_is_judged_by_the_search(cli, tmp_path):
     study.write_text(text)
     r = cli("run", study, "--plugin", plugin, "--out", tmp_path / "run", "-q")
     assert r.code == 0, r
-    assert "search" in r.out
+    assert "witness" in r.out  # the claim kind that refuted it (the source column)
     off = tmp_path / "off.yaml"
     off.write_text(text.replace("expect: falsified", "expect: inconclusive") + "verdict: {search: false}\n")
     r = cli("run", off, "--plugin", plugin, "--out", tmp_path / "run2", "-q")

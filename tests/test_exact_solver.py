@@ -266,7 +266,7 @@ def test_point_leaving_the_kink_is_not_switched_back_at_t0():
 def test_worker_threads_split_the_batch_without_changing_results():
     """``workers`` threads each solve a share of the batch; every instance gets the single-worker
     result (up to the round-off of a batched kernel), statuses and piece counts identical."""
-    from ibtest.solve.solvers.exact import _workers
+    from ibtest.solve.solvers.exact_scale import workers_for
 
     g = torch.Generator().manual_seed(11)
     B, n, d = 301, 4, 5
@@ -281,4 +281,4 @@ def test_worker_threads_split_the_batch_without_changing_results():
     assert (one.theta - three.theta).abs().max() <= 1e-12
     assert bool((one.status == CONVERGED).any()) and bool((one.status == STALLED).any())
     # automatic choice: one worker for small batches, never more than the batch can share
-    assert _workers(0, 100) == 1 and _workers(5, 3) == 3 and 1 <= _workers(0, 10**6) <= 4
+    assert workers_for(0, 100) == 1 and workers_for(5, 3) == 3 and 1 <= workers_for(0, 10**6) <= 4

@@ -30,7 +30,7 @@ T3 = {
     "solver": {"name": "exact"},
     "constructions": ["blocking_point"],
     "hypotheses": [{"name": "l2_norm", "expect": "falsified"}],
-    "report": {"formats": ["table"]},
+    "report": {"digits": 6},
 }
 LIN = {
     "study": "lin",
@@ -39,7 +39,7 @@ LIN = {
     "datasets": [{"name": "gaussian", "n": 2, "d": 3, "count": 2, "labels": "teacher_linear"}],
     "solver": {"name": "exact"},
     "hypotheses": [{"name": "dist_to_init"}, {"name": "lp_norm", "params": {"p": [1, 2]}}],
-    "report": {"formats": ["table"]},
+    "report": {"digits": 6},
 }
 PATHS: list[tuple] = [
     ("seed",), ("study",), ("description",), ("model",), ("model", "name"), ("model", "relu_grad_at_zero"),

@@ -1,18 +1,15 @@
 """The layers of ``ibtest/`` follow the data flow, and a lower layer never imports a higher one.
 
 base < plugin < study < solve < pairs < judge < cert < run < out < the top-level modules
-(api, cli, testing, templates). Every ``import`` counts, also those inside functions (a lazy
-import is still a dependency). ``import ibtest`` / ``from ibtest import __version__`` is allowed
-everywhere: the package root only exposes the plugin API (layer ``plugin``).
+(api, cli, testing, templates, kinds, and the propose package of ``ibtest fit``). Every
+``import`` counts, also those inside functions (a lazy import is still a dependency).
+``import ibtest`` / ``from ibtest import __version__`` is allowed everywhere: the package root
+only exposes the plugin API (layer ``plugin``).
 """
 from __future__ import annotations
 
 import ast
-import importlib
 import pathlib
-import warnings
-
-import pytest
 
 import ibtest
 
@@ -25,7 +22,7 @@ def layer_of(module: str) -> int:
     parts = module.split(".")
     if len(parts) >= 2 and parts[1] in LAYERS:
         return LAYERS.index(parts[1])
-    if module in ("ibtest", "ibtest._startup", "ibtest._compat"):
+    if module in ("ibtest", "ibtest._startup"):
         return -1  # below everything, importable from everywhere
     return TOP
 
@@ -67,7 +64,7 @@ def _imports(module: str, path: pathlib.Path) -> list[tuple[int, str]]:
 
 def test_every_module_is_in_a_layer_or_at_the_top():
     top = sorted(m for m, _ in _modules() if layer_of(m) == TOP and m.count(".") == 1)
-    assert top == ["ibtest.api", "ibtest.cli", "ibtest.templates", "ibtest.testing"], top
+    assert top == ["ibtest.api", "ibtest.cli", "ibtest.kinds", "ibtest.propose", "ibtest.templates", "ibtest.testing"], top
     for name in LAYERS:
         assert (PKG / name / "__init__.py").exists(), name
 
@@ -89,37 +86,3 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     p.write_text("def f():\n    from ibtest.out.report import render\n")
     deps = _imports("ibtest.solve.fake", p)
     assert any(layer_of(d) > layer_of("ibtest.solve.fake") for _, d in deps)
-
-
-@pytest.mark.parametrize("old, new, name", [
-    ("ibtest.engine", "ibtest.pairs.constructions", "run_block"),
-    ("ibtest.engine", "ibtest.solve.engine", "build_context"),
-    ("ibtest.specs", "ibtest.plugin.specs", "Hypothesis"),
-    ("ibtest.solvers.exact", "ibtest.solve.solvers.exact", "solve_exact"),
-    ("ibtest.certificate", "ibtest.cert.certificate", "verify"),
-    ("ibtest.plots", "ibtest.out.plots", "plot_run"),
-    ("ibtest.store", "ibtest.run.store", "Store"),
-])
-def test_old_module_paths_still_work_with_a_deprecation_warning(old, new, name):
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        mod = importlib.import_module(old)
-        obj = getattr(mod, name)
-    assert obj is getattr(importlib.import_module(new), name)
-    assert any(issubclass(x.category, DeprecationWarning) for x in w) or old in __import__("sys").modules
-
-
-def test_old_and_new_paths_are_one_module():
-    """No second copy of a solver module under its old name (module state, isinstance)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        old = importlib.import_module("ibtest.solvers.adaptive")
-    assert old is importlib.import_module("ibtest.solve.solvers.adaptive")
-
-
-def test_renamed_contexts_keep_their_old_names():
-    from ibtest.plugin.specs import HypothesisContext
-    from ibtest.solve.engine import Context, RunContext
-
-    assert ibtest.Context is HypothesisContext and ibtest.HypothesisContext is HypothesisContext
-    assert Context is RunContext

@@ -41,11 +41,11 @@ def test_show_plot_writes_png_for_theorem3_certificate(theorem3_run, cli, tmp_pa
 @pytest.mark.slow
 def test_plot_certificate_blocking_and_rotated_pairs(theorem3_run, tmp_path):
     """A blocking-point pair (dist_to_init) and a rotated pair (l_inf) draw too."""
-    from ibtest.cert import certificate
+    from ibtest.cert.schema import load
     from ibtest.out.plots import plot_certificate
 
     for c in [c for c in theorem3_run.certificates if c.endswith(("dist_to_init.json", "p=inf.json"))]:
-        out = plot_certificate(certificate.load(c), tmp_path / (c.rsplit("/", 1)[-1] + ".png"))
+        out = plot_certificate(load(c), tmp_path / (c.rsplit("/", 1)[-1] + ".png"))
         assert _is_png(out)
 
 

@@ -291,7 +291,7 @@ def test_stored_blocks_are_known_before_solving(tmp_path):
 
 def test_recipe_of_a_sweep_value_rebuilds_that_value(tmp_path):
     from ibtest.run.executors import Recipe, rebuild
-    from ibtest.study.schema import apply_sweep
+    from ibtest.study.sweep import apply_sweep
 
     p = _write_study(tmp_path)
     p.write_text(p.read_text() + "sweep: {path: init.scale, values: [0.1, 0.3]}\n")

@@ -46,7 +46,6 @@ datasets:
 solver: {name: exact}
 hypotheses:
   - {name: dist_to_init}
-report: {formats: [table]}
 sweep: {path: init.scale, values: [0.5, 2]}
 """
 

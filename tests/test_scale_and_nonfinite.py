@@ -12,7 +12,6 @@ from conftest import STUDIES
 from hypothesis import HealthCheck, example, given, settings, strategies as stz
 
 from ibtest.api import run_study
-from ibtest.judge import evaluation
 from ibtest.solve import fit
 
 THEOREM3 = yaml.safe_load((STUDIES / "vardi_shamir_theorem3.yaml").read_text())
@@ -99,14 +98,26 @@ def test_a_scale_float64_cannot_hold_is_reported():
                              torch.zeros(1, 2)) is None
 
 
-def test_the_margin_scales_with_r():
-    """margin(c·R) = c·margin(R) when the solver error scales with θ (atol 0)."""
-    Ra, Rb = torch.tensor([5.1]), torch.tensor([5.0])
-    g, th, e = torch.tensor([1.0]), torch.tensor([[5.0, -1.0, 0.0]]), 1e-12
-    m1 = evaluation.margin(0.0, 1e-9, 10.0, Ra, Rb, g, g, th, th, e, e)
-    c = 1e-80
-    mc = evaluation.margin(0.0, 1e-9, 10.0, c * Ra, c * Rb, g, g, c * th, c * th, c * e, c * e)
-    assert float(mc / m1) == pytest.approx(c, rel=1e-12)
+@given(stz.floats(min_value=-100, max_value=100))
+@settings(max_examples=60, deadline=None)
+def test_the_margin_scales_with_r(k):
+    """margin(c·R) = c·margin(R) when θ, R, the solver error and the noise scale with c (atol 0):
+    every term of the one rule (rules.Rules.judge_pair) is relative to the problem's scale."""
+    from ibtest.solve.rules import Rules, Side, Tolerance
+
+    c = 10.0 ** k
+    th = torch.tensor([5.0, -1.0, 0.0], dtype=torch.float64)
+    rules, tol = Rules(), Tolerance(0.0, 1e-9)
+
+    def judged(c: float):
+        a = Side(c * th, torch.tensor([5.1 * c], dtype=torch.float64), 1.0, 1e-12 * c, 1e-15 * c)
+        b = Side(c * th, torch.tensor([5.0 * c], dtype=torch.float64), 1.0, 2e-12 * c, 3e-15 * c)
+        return rules.judge_pair(tol, a, b)
+
+    one, scaled = judged(1.0), judged(c)
+    assert scaled.margin / one.margin == pytest.approx(c, rel=1e-12)
+    assert scaled.noise / one.noise == pytest.approx(c, rel=1e-12)
+    assert scaled.refutes == one.refutes
 
 
 # ------------------------------------------------------------------------------------------

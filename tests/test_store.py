@@ -174,3 +174,148 @@ def test_progress_draws_bars_and_phase_summaries_on_a_terminal():
     assert "solve:" in out and "0/10" in out and "inst/s" in out  # a tqdm bar with counts
     assert "solve: 10 instances (converged 10)" in out
     assert not Progress(enabled=None, stream=io.StringIO()).enabled
+
+
+# ------------------------------------------------------------------------------------------
+# issue 27: a store from someone else's hands, read-only that means it, checksums, one writer
+# ------------------------------------------------------------------------------------------
+SMALL = textwrap.dedent("""\
+    study: small
+    model: {name: relu_neuron}
+    init: {name: zeros}
+    datasets: [{name: vardi_shamir_theorem3, gamma: [0, 5]}]
+    solver: {name: exact}
+    constructions: [blocking_point]
+    hypotheses: [{name: l2_norm}, {name: dist_to_init}]
+    report: {triples: true}
+    """)
+
+
+@pytest.fixture(scope="module")
+def finished_small(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("small27")
+    (d / "small.yaml").write_text(SMALL)
+    run_study(d / "small.yaml", out_dir=d / "run")
+    return d / "run"
+
+
+@pytest.fixture
+def small_copy(finished_small, tmp_path):
+    import shutil
+
+    def make(name: str = "copy") -> Path:
+        shutil.copytree(finished_small, tmp_path / name)
+        return tmp_path / name
+    return make
+
+
+def _listing(d: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file of a directory with its mtime and bytes (what 'changes no file' compares)."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(d.iterdir()) if p.is_file()}
+
+
+def test_resume_refuses_a_foreign_database_before_writing_to_it(cli, tmp_path):
+    run = tmp_path / "foreign"
+    run.mkdir()
+    con = sqlite3.connect(run / "results.sqlite")
+    with con:
+        con.execute("CREATE TABLE accounts (id INTEGER, owner TEXT)")
+        con.execute("INSERT INTO accounts VALUES (1, 'someone')")
+    con.close()
+    before, dir_mtime = _listing(run), run.stat().st_mtime_ns
+    r = cli("run", "--resume", run, "-q")
+    assert r.code == 2 and "is not an ibtest results store" in r.err, r
+    assert _listing(run) == before and run.stat().st_mtime_ns >= dir_mtime
+    assert sorted(p.name for p in run.iterdir()) == ["results.sqlite"]
+
+
+@pytest.mark.parametrize("state", ["truncated", "garbage-wal", "running"])
+def test_report_and_diff_create_or_change_no_file(cli, small_copy, finished_small, state):
+    from ibtest.run.store import Store
+
+    run = small_copy()
+    db = run / "results.sqlite"
+    writer = None
+    if state == "truncated":
+        db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    elif state == "garbage-wal":
+        (run / "results.sqlite-wal").write_bytes(bytes(range(256)) * 40)
+    else:  # another process is writing this run right now (WAL mode, its -wal beside the file, its lock)
+        writer = Store(run)
+        writer.set_meta(state="running")
+    try:
+        before = _listing(run)
+        codes = {cli("report", run).code, cli("report", run, "--format", "json").code, cli("diff", finished_small, run).code}
+        assert codes <= ({2} if state == "truncated" else {0, 1, 2}), codes
+        assert _listing(run) == before, f"report/diff changed the run directory ({state})"
+    finally:
+        if writer is not None:
+            writer.close()
+    assert not (run / "results.sqlite-shm").exists() or state == "running"
+
+
+def _tamper_one_solve(run: Path) -> None:
+    """Alter the θ bytes of one stored solve, leaving a payload that still parses."""
+    con = sqlite3.connect(run / "results.sqlite")
+    key, payload = con.execute("SELECT key, payload FROM solves ORDER BY created LIMIT 1").fetchone()
+    payload = bytearray(payload)
+    payload[-1] ^= 0x01  # the last byte of the body: a float's low bit (the payload still unpacks)
+    with con:
+        con.execute("UPDATE solves SET payload = ? WHERE key = ?", (bytes(payload), key))
+    con.close()
+
+
+def test_a_tampered_stored_solve_is_solved_again_and_the_run_says_so(small_copy, finished_small):
+    run = small_copy()
+    _tamper_one_solve(run)
+    res = resume_run(run)
+    assert res.solve_calls >= 1
+    assert [e for e in res.errors if "1 stored solve(s) failed their checksum" in e], res.errors
+    ref = load_results(finished_small)
+    got = load_results(run)
+    assert [(v["label"], v["verdict"]) for v in got["verdicts"]] == [(v["label"], v["verdict"]) for v in ref["verdicts"]]
+    assert [t["theta"] for t in got["triples"]] == [t["theta"] for t in ref["triples"]]
+    again = resume_run(run)  # the re-solved chunk was stored with its checksum
+    assert again.solve_calls == 0 and not again.errors
+
+
+def test_edited_results_are_refused_by_report(cli, small_copy):
+    run = small_copy()
+    con = sqlite3.connect(run / "results.sqlite")
+    with con:
+        con.execute("UPDATE results SET json = replace(json, 'falsified', 'survives') WHERE id = 1")
+    con.close()
+    r = cli("report", run)
+    assert r.code == 2 and "fail their checksum" in r.err, r
+    assert cli("run", "--resume", run, "-q").code == 0  # re-rendered from the stored solves
+    assert cli("report", run).code == 0
+
+
+def test_two_runs_into_one_directory(cli, tmp_path, small_copy):
+    from ibtest.run.lock import RunLock, holder
+
+    study = tmp_path / "small.yaml"
+    study.write_text(SMALL)
+    out = tmp_path / "busy"
+    out.mkdir()
+    other = RunLock(out).acquire()  # another ibtest run writes into it
+    try:
+        assert holder(out) is not None
+        for argv in (("run", study, "-q", "--out", out), ("run", "--resume", out, "-q")):
+            r = cli(*argv)
+            assert r.code == 2 and f"run directory {out} is in use by another ibtest run (pid {os.getpid()}" in r.err, r
+        assert sorted(p.name for p in out.iterdir()) == ["results.sqlite.lock"]
+    finally:
+        other.release()
+    assert holder(out) is None
+    assert cli("run", study, "-q", "--out", out).code == 0
+    assert "results.sqlite.lock" not in [p.name for p in out.iterdir()]  # let go when the run ended
+    run = small_copy("finished")  # a run that is being resumed cannot be resumed twice
+    lock = RunLock(run).acquire()
+    try:
+        r = cli("report", run)
+        assert r.code == 0, r  # reading takes no lock
+        r = cli("run", "--resume", run, "-q")
+        assert r.code == 2 and "is in use" in r.err, r
+    finally:
+        lock.release()

@@ -85,7 +85,7 @@ def test_streamed_equals_one_block(one_block):
 
 @pytest.mark.slow
 def test_streamed_run_writes_every_triple_and_a_verifiable_certificate(tmp_path, one_block):
-    from ibtest.cert.certificate import verify
+    from ibtest.cert.replay import verify
 
     res = run_study(_study(block_size=9), out_dir=tmp_path / "run")
     db = sqlite3.connect(tmp_path / "run" / "results.sqlite")

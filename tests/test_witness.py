@@ -10,11 +10,12 @@ import yaml
 from hypothesis import given, settings, strategies as hst
 
 from ibtest.api import run_study
-from ibtest.cert.certificate import verify
+from ibtest.cert.replay import verify
 from ibtest.judge import evaluation as ev, witness
 from ibtest.judge.zeroset import neuron_zero_set
 from ibtest.plugin.manager import load_registry
 from ibtest.solve import fit
+from ibtest.solve.rules import Rules, Tolerance
 
 ROOT = Path(__file__).resolve().parents[1]
 HYP = ROOT / "hypotheses"
@@ -188,16 +189,16 @@ def test_property_any_witness_fits_and_beats_the_margin(registry, seed, model, h
     theta0 = torch.zeros(T, d, dtype=torch.float64)
     # a point of Z(D) that is not the argmin: the teacher itself
     spec = registry.get("hypotheses", hyp[0])
-    res = witness.search(mdl, spec, hyp[1], X, y, mask, theta0, w_teacher, 1e-20, steps=30, certify_limit=2)
-    hctx = ev.context(mdl, spec, theta0=theta0, X=X, y=y, mask=mask)
-    R_inf, G_inf = ev.evaluate(mdl, spec, hyp[1], w_teacher, hctx)
+    res = witness.search(mdl, spec, hyp[1], X, y, mask, theta0, w_teacher, Rules(), Tolerance(0.0, 1e-9), steps=30,
+                         certify_limit=2)
     for k in res.found.nonzero().flatten().tolist():
         th = res.theta[k : k + 1]
         assert bool(fit.fits(mdl, th, X[k : k + 1], y[k : k + 1], mask[k : k + 1], theta0[k : k + 1], 1e-20)[0])
-        R_w, G_w = ev.evaluate(mdl, spec, hyp[1], th, ev.context(mdl, spec, theta0=theta0[k : k + 1]))
-        margin = ev.margin(spec.atol, spec.rtol, 10.0, R_inf[k : k + 1], R_w, G_inf[k : k + 1], G_w,
-                           w_teacher[k : k + 1], th, 0.0, 0.0)
-        assert float(R_inf[k] - R_w[0]) > float(margin[0])
+        two = torch.tensor([k, k])
+        hctx = ev.context(mdl, spec, theta0=theta0[two], X=X[two], y=y[two], mask=mask[two])
+        inf, w, pn = ev.compare(mdl, spec, hyp[1], torch.cat([w_teacher[k : k + 1], th]), hctx, [0.0, 0.0])
+        j = Rules().judge_witness(Tolerance(spec.atol, spec.rtol), inf, w, pn)
+        assert j.refutes, j
     assert bool((res.sub >= 0).all()) and bool(torch.isfinite(res.sub).all())
 
 
@@ -216,7 +217,7 @@ def test_default_gauss_newton_path_for_undeclared_variables(registry):
     theta = (mdl.from_predictor(beta + 2.0 * null) ** 2 + 0.3).sqrt()  # u² and v² up by 0.3: same β
     spec = registry.get("hypotheses", "l2_norm")
     theta0 = torch.zeros_like(theta)
-    res = witness.search(mdl, spec, {}, X, y, mask, theta0, theta, 1e-20, steps=40)
+    res = witness.search(mdl, spec, {}, X, y, mask, theta0, theta, Rules(), Tolerance(0.0, 1e-9), steps=40)
     assert res.method.startswith("Gauss-Newton")
     assert bool(res.found.any())
     assert bool(res.fits[res.found].all()) and bool((res.R[res.found] < res.R_inf[res.found]).all())

@@ -10,7 +10,7 @@ STALLED = 1  # stationary point (or limit) with loss > fit_tol
 DIVERGED = 2  # ‖θ‖ → ∞ or a non-finite value appeared
 BUDGET = 3  # step, piece or time budget exhausted before a limit was certified
 SLIDING = 4  # Filippov sliding mode on a kink: no classical GF solution to follow
-FAILED = 5  # the solver raised for this instance (reported, never judged)
+FAILED = 5  # the solver raised, or claimed a fit the engine's rule rejects (reported, never judged)
 AMBIGUOUS = 6  # the flow is not unique (a repelling kink whose branches end apart): no one limit
 
 NAMES = {
@@ -22,7 +22,6 @@ NAMES = {
     FAILED: "failed",
     AMBIGUOUS: "ambiguous",
 }
-CODES = {v: k for k, v in NAMES.items()}
 
 
 def counts(codes) -> dict[str, int]:

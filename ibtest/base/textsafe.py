@@ -55,3 +55,66 @@ def clean_tree(obj: Any, multiline: frozenset[str] | set[str] = frozenset()) -> 
     if isinstance(obj, (list, tuple)):
         return [clean_tree(v, multiline) for v in obj]
     return obj
+
+
+# ------------------------------------------------------------------------------------------
+# a terminal that cannot show Unicode (PYTHONIOENCODING=ascii, LANG=C on an old system)
+# ------------------------------------------------------------------------------------------
+#: ASCII spellings of the symbols ibtest prints (tables, verdicts, figures' captions)
+ASCII_SPELLING = {
+    "θ": "theta", "Θ": "Theta", "✓": "ok", "✗": "NO", "→": "->", "←": "<-", "⇒": "=>", "≤": "<=", "≥": ">=",
+    "≠": "!=", "≈": "~", "∞": "inf", "‖": "|", "·": "*", "×": "x", "−": "-", "–": "-", "—": "--", "…": "...",
+    "∇": "grad ", "∈": " in ", "Δ": "Delta", "δ": "delta", "γ": "gamma", "α": "alpha", "β": "beta",
+    "ε": "eps", "λ": "lambda", "σ": "sigma", "η": "eta", "μ": "mu", "π": "pi", "ρ": "rho", "τ": "tau",
+    "φ": "phi", "ψ": "psi", "ω": "omega", "²": "^2", "³": "^3", "₀": "0", "₁": "1", "₂": "2", "ᵀ": "^T",
+    "√": "sqrt", "∑": "sum", "Σ": "Sum", "∘": "o", "⊗": "(x)", "∪": "U", "∩": "&", "‘": "'", "’": "'",
+    "“": '"', "”": '"', "•": "*", "°": "deg", "±": "+/-",
+}
+ASCII_ERRORS = "ibtest-ascii"
+
+
+def _ascii_fallback(exc: UnicodeError) -> tuple[str, int]:
+    """Codec error handler: the ASCII spelling of a symbol (θ -> theta, ✓ -> ok), an accented
+    letter without its accent (é -> e), anything else as a visible escape (\\u2603)."""
+    import unicodedata
+
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = []
+    for ch in exc.object[exc.start : exc.end]:
+        if ch in ASCII_SPELLING:
+            out.append(ASCII_SPELLING[ch])
+            continue
+        plain = unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode("ascii")
+        out.append(plain if plain else (f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}"))
+    return "".join(out), exc.end
+
+
+def _register() -> None:
+    import codecs
+
+    try:
+        codecs.lookup_error(ASCII_ERRORS)
+    except LookupError:
+        codecs.register_error(ASCII_ERRORS, _ascii_fallback)
+
+
+_register()
+
+
+def fit_stream(stream: Any) -> None:
+    """Let ``stream`` (stdout, stderr) print every symbol ibtest uses: when its encoding cannot
+    hold them (``PYTHONIOENCODING=ascii``), unencodable characters get their ASCII spelling
+    instead of ending the command with a UnicodeEncodeError."""
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    try:
+        "θ✓✗→≤‖·−".encode(encoding)
+        return
+    except (UnicodeEncodeError, LookupError):
+        pass
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors=ASCII_ERRORS)
+        except (ValueError, OSError, TypeError):  # a stream that cannot change (already closed)
+            pass

@@ -8,6 +8,20 @@ ragged array, a missing field or a field of the wrong type are all "bad input" (
 What the schema checks is the *shape* of the file. Whether its numbers make a refutation is
 decided by :mod:`ibtest.cert.replay` from the registry's rules, never from the file's own.
 
+Every command that reads a certificate (``verify``, ``show``, ``shrink``, plots) reads it through
+:func:`load`, and the schema is complete for each kind, so no command meets a missing field later:
+
+* **pair** (``kind: "pair"``, a regularizer refuted by two runs): sides a and b each with X, y,
+  θ, loss, R (a number), measured_error; ``gap``, ``margin``, ``cross_loss``;
+* **witness** (``kind: "witness"``): side a as above, ``witness`` with θ', loss, fit_threshold,
+  R; ``gap``, ``margin``; no side b;
+* **invariant**, **bound** (one run): side a with X, y, θ, loss, R (a number, or a list for an
+  invariant of several components), measured_error; ``gap``, ``margin``; no side b;
+* **shrunk** (written by ``ibtest shrink``: ``shrink`` or ``shrunk_from`` present): a pair or
+  witness certificate with both ``shrunk_from`` (path, sha256) and ``shrink`` (the record);
+* any other claim kind (``optimum``, ``limit``, a plugin's): the common fields; the kind's own
+  replay reads the rest and says what is missing.
+
 Numbers: JSON has no inf/nan, so the writer stores them as the strings ``"inf"``, ``"-inf"``,
 ``"nan"`` (:func:`ibtest.base.jsonio.encode_float`); the schema reads those strings back as floats in
 numeric fields only (a dataset label ``"nan"`` stays a string). Data arrays (X, y, θ0, θ) must be
@@ -26,11 +40,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, 
 from ibtest.base.errors import UserError
 from ibtest.base.textsafe import clean
 
-FORMAT = "ibtest-certificate/1"
+FORMAT = "ibtest-certificate/2"
 MAX_BYTES = 32 * 2**20  # a genuine certificate is a few kB: two small datasets and their solutions
 #: a certificate is a counterexample (a few points in a few dimensions); beyond these the replay
 #: could run for hours (the exact solver is O(d³) per linear piece), so they are refused
 MAX_POINTS, MAX_DIM, MAX_PARAMS = 512, 128, 16384
+MAX_RUNS = 64  # a no-fit certificate's triples (a handful; the claim kind's replay re-solves each)
 _NONFINITE = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "nan": math.nan,
               "Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
 
@@ -84,6 +99,7 @@ class Side(_Model):
     loss: Num | None = None
     R: Num | list[Num] | None = None
     measured_error: Num | None = None
+    noise: Num | None = None
     n: StrictInt | None = None
 
 
@@ -147,12 +163,25 @@ class Witness(_Model):
     loss: Num | None = None
     fit_threshold: Num | None = None
     R: Num | None = None
+    noise: Num | None = None
     predictor: Vector | None = None
 
 
+class LimitRef(_Model):
+    path: StrictStr
+    to: Literal["0", "inf"]
+
+
+class LimitPointRef(_Model):
+    s: Finite
+    refuted: StrictBool
+    g: Num
+    certificate: dict[StrictStr, Any] | None = None
+
+
 class Certificate(_Model):
-    format: Literal["ibtest-certificate/1"]
-    kind: Literal["pair", "triple", "witness"] | None = None
+    format: Literal["ibtest-certificate/2"]
+    kind: StrictStr  # the claim kind (pair, witness, invariant, bound, or a plugin's): the registry replays it
     witness: Witness | None = None
     hypothesis: HypothesisRef
     model: PluginRef
@@ -165,6 +194,7 @@ class Certificate(_Model):
     plugins: list[StrictStr] = Field(default_factory=list)
     gap: Num | None = None
     margin: Num | None = None
+    noise: Num | None = None
     cross_loss: CrossLoss | None = None
     C_init: Num | list[Num] | None = None
     study: StrictStr = ""
@@ -174,9 +204,99 @@ class Certificate(_Model):
     source: StrictStr = ""
     replay: StrictStr = ""
     versions: dict[StrictStr, Any] = Field(default_factory=dict)
+    # several runs (the fit and no_fit claim kinds of ibtest fit): their data, and the fit itself,
+    # checked field by field by the claim kind's replay (ibtest.propose.cert)
+    runs: list[Side] | None = None
+    fit: dict[StrictStr, Any] | None = None
     # written by ibtest shrink (informational: verify judges the data like any certificate's)
     shrunk_from: ShrunkFrom | None = None
     shrink: ShrinkRecord | None = None
+    # a limit certificate (kind limit): the sweep's path and direction, the judged values (each
+    # refuted one with its run's certificate, validated when it is replayed) and the fitted trend
+    limit: LimitRef | None = None
+    points: list[LimitPointRef] | None = None
+    verdict: StrictStr | None = None
+    rate: Num | None = None
+    r2: Num | None = None
+    floor_from: Num | None = None
+
+
+class RunSide(Side):
+    """A side of a pair or witness certificate: what was measured there is part of the claim."""
+
+    loss: Num
+    R: Num
+    measured_error: Num
+
+
+class TripleSide(Side):
+    """The run of an invariant or bound certificate (C may have several components)."""
+
+    loss: Num
+    R: Num | list[Num]
+    measured_error: Num
+
+
+class WitnessPoint(Witness):
+    loss: Num
+    fit_threshold: Num
+    R: Num
+
+
+class PairCertificate(Certificate):
+    kind: Literal["pair"]
+    a: RunSide
+    b: RunSide
+    gap: Num
+    margin: Num
+    cross_loss: CrossLoss
+
+
+class WitnessCertificate(Certificate):
+    kind: Literal["witness"]
+    a: RunSide
+    witness: WitnessPoint
+    gap: Num
+    margin: Num
+
+
+class TripleCertificate(Certificate):
+    kind: Literal["invariant", "bound"]
+    a: TripleSide
+    gap: Num
+    margin: Num
+
+
+class _Shrunk(BaseModel):
+    shrunk_from: ShrunkFrom
+    shrink: ShrinkRecord
+
+
+class ShrunkPairCertificate(PairCertificate, _Shrunk):
+    shrunk_from: ShrunkFrom
+    shrink: ShrinkRecord
+
+
+class ShrunkWitnessCertificate(WitnessCertificate, _Shrunk):
+    shrunk_from: ShrunkFrom
+    shrink: ShrinkRecord
+
+
+#: the claim kinds whose certificate shape is fixed here (a file ``ibtest shrink`` wrote: ``shrunk-``)
+SCHEMAS: dict[str, type[Certificate]] = {
+    "pair": PairCertificate, "witness": WitnessCertificate, "invariant": TripleCertificate,
+    "bound": TripleCertificate, "shrunk-pair": ShrunkPairCertificate, "shrunk-witness": ShrunkWitnessCertificate,
+}
+ONE_RUN = ("witness", "invariant", "bound")
+
+
+def kind_of(data: dict[str, Any]) -> str:
+    """The claim kind a certificate dict names (``""`` when it names none), ``shrunk-`` prefixed for
+    a file ``ibtest shrink`` wrote."""
+    named = data.get("kind")
+    kind = named if isinstance(named, str) else ""
+    shrunk = data.get("shrink") is not None or data.get("shrunk_from") is not None
+    return f"shrunk-{kind}" if shrunk and kind else kind
 
 
 def _where(loc: tuple) -> str:
@@ -197,9 +317,17 @@ def validate(data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != FORMAT:
-        raise UserError(f"{where}: field 'format': expected {FORMAT!r}, got {_short(data.get('format'))}")
+        raise UserError(f"{where}: field 'format': expected {FORMAT!r}, got {clean(_short(data.get('format')))}")
+    kind = kind_of(data)
+    if kind in ("shrunk-invariant", "shrunk-bound"):
+        raise UserError(f"{where}: fields shrink / shrunk_from: only pair and witness certificates are shrunk, "
+                        "this one has one run and no witness")
+    if kind.removeprefix("shrunk-") in ONE_RUN and data.get("b") is not None:
+        what = "the point 'witness'" if kind.endswith("witness") else "its own run"
+        raise UserError(f"{where}: field b: a{'n' if kind[0] in 'aeiou' else ''} {clean(kind)} certificate holds "
+                        f"one run (side a) and {what}, not a side b")
     try:
-        out = Certificate.model_validate(data).model_dump()
+        out = SCHEMAS.get(kind, Certificate).model_validate(data).model_dump()
     except pydantic.ValidationError as exc:
         e = exc.errors()[0]
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
@@ -209,7 +337,7 @@ def validate(data: Any, where: str) -> dict[str, Any]:
         raise UserError(f"{where}: field {_where(e['loc'])}: {msg}{more}") from None
     except RecursionError:
         raise UserError(f"{where}: nested too deeply") from None
-    for s in ("a", "b", "kind", "witness"):
+    for s in ("a", "b", "witness", "runs", "fit", "limit", "points", "verdict", "rate", "r2", "floor_from"):
         if out.get(s) is None:
             out.pop(s, None)
     check_shapes(out, where)
@@ -223,8 +351,11 @@ def check_shapes(cert: dict[str, Any], where: str) -> None:
     P = len(cert["theta0"])
     if P > MAX_PARAMS:
         raise UserError(f"{where}: field theta0: {P} parameters, more than the {MAX_PARAMS} a certificate may have")
-    for s in ("a", "b"):
-        side = cert.get(s)
+    runs = cert.get("runs") or []
+    if len(runs) > MAX_RUNS:
+        raise UserError(f"{where}: field runs: {len(runs)} runs, more than the {MAX_RUNS} a certificate may have")
+    named = [("a", cert.get("a")), ("b", cert.get("b"))] + [(f"runs[{i}]", r) for i, r in enumerate(runs)]
+    for s, side in named:
         if side is None:
             continue
         X, y = side["X"], side["y"]
@@ -255,7 +386,7 @@ def check_shapes(cert: dict[str, Any], where: str) -> None:
 def load(path: str | Path) -> dict[str, Any]:
     """Read and validate a certificate file; every failure is a one-line :class:`UserError`."""
     p = Path(path)
-    where = f"certificate {p}"
+    where = f"certificate {clean(str(p))}"
     try:
         if not p.is_file():
             raise UserError(f"{where}: no such file" if not p.exists() else f"{where}: not a regular file")

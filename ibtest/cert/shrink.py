@@ -14,23 +14,19 @@ searches, by deterministic passes, for a *simpler* pair that refutes the *same m
   zero or decrement integer entries, divide by a common factor.
 
 Every candidate of a pass is judged in ONE batched solve (both sides of every candidate, at the
-certificate's solver settings and at the tightened ones). A candidate is kept only if, exactly as
-the engine decides a witness (:mod:`ibtest.judge.evaluation`, :mod:`ibtest.solve.fit`):
-
-    both sides converged at both settings, each solution fits its own dataset and the other side's
-    (relative fit_tol), the pair is valid for the member's ``depends_on``, and
-
-        |R(θ_a) − R(θ_b)| > SLACK · margin,   margin = floor + safety·(‖∇R_a‖·err_a + ‖∇R_b‖·err_b)
-
-with err the distance between the default and the tight solve (SLACK = 2 leaves room for the
-replay's own re-solve). Candidates are tried in a fixed order and the first that holds is kept,
-so the result depends only on the input file. The loop stops at a fixed point (a round of all
-passes keeps nothing) or when the budget of solves is spent.
+certificate's solver settings and at the tightened ones, capped as ``ibtest verify`` caps them), by
+the rules the engine and ``verify`` judge by (:mod:`ibtest.solve.rules`, through
+:mod:`ibtest.cert.shrink_judge`): both sides converged at both settings, each solution fits its own
+dataset and the other side's, the pair is valid for the member's ``depends_on``, and the gap
+exceeds SLACK × (margin + noise) (SLACK = 2 leaves room for the replay's own re-solve).
+Candidates are tried in a fixed order and the first that holds is kept, so the result depends
+only on the input file. The loop stops at a fixed point (a round of all passes keeps nothing) or
+when the budget of solves is spent.
 
 A witness certificate (one run (D, θ0, θ∞) and θ' ∈ Z(D)) is shrunk by the same passes (no
 rebuild); a candidate is kept when θ∞ re-solved at both settings converges and
 :func:`ibtest.judge.witness.search` on the candidate's Z(D) finds θ' that fits D with
-R(θ∞) − R(θ') > SLACK · margin.
+R(θ∞) − R(θ') > SLACK · (margin + noise).
 
 Sizes are measured, not claimed: n (points of the larger dataset), d, the largest |coordinate| of
 X, y, θ0 and the significant digits needed to write them, before and after.
@@ -50,23 +46,16 @@ import torch
 
 from ibtest.base.errors import UserError
 from ibtest.base.jsonio import to_jsonable
+from ibtest.base.outpath import writing
+from ibtest.base.textsafe import clean
 from ibtest.cert import certificate as certmod
-from ibtest.cert.shrink_judge import (  # noqa: F401  (re-exported: the former contents of this module)
-    DEFAULT_BUDGET,
-    DEFAULT_SAFETY,
-    SLACK,
-    Case,
-    Judge,
-    NotRefuted,
-    Outcome,
-    case_from_cert,
-    judge,
-    make_judge,
-)
-from ibtest.cert.shrink_passes import PASSES, Cand, _valid  # noqa: F401
-from ibtest.solve import fit
+from ibtest.cert.schema import load
+from ibtest.cert.shrink_judge import DEFAULT_BUDGET, Case, Judge, NotRefuted, Outcome, case_from_cert, judge, make_judge
+from ibtest.cert.shrink_passes import PASSES, valid
 
 Tensor = torch.Tensor
+#: the claim kinds a certificate of which can be shrunk
+SHRINKABLE = ("pair", "witness")
 
 
 # ------------------------------------------------------------------------------------------
@@ -75,13 +64,13 @@ def sizes(c: Case) -> dict[str, Any]:
     significant decimal digits any of them needs (shortest round-trip form)."""
     vals = torch.cat([c.X.flatten(), c.y, c.theta0.flatten()]).tolist()
     return {"n": int(c.sides.sum(-1).max()), "d": c.d, "points": c.m,
-            "max_abs": _clean_num(max((abs(v) for v in vals), default=0.0)),
+            "max_abs": clean_num(max((abs(v) for v in vals), default=0.0)),
             "digits": max((_digits(v) for v in vals), default=0),
             "integer": all(float(v).is_integer() for v in vals),
             "theta0_zero": bool((c.theta0 == 0).all())}
 
 
-def _clean_num(v: float) -> float | int:
+def clean_num(v: float) -> float | int:
     return int(v) if float(v).is_integer() and abs(v) < 2**53 else v
 
 
@@ -123,7 +112,7 @@ def shrink_cert(cert: dict[str, Any], source: str, digest: str, budget: int = DE
         changed = False
         for _name, gen in PASSES:
             while J.used < J.budget:
-                cands = [(desc, c) for desc, c in gen(cur, J) if _valid(c) and c.key() not in seen]
+                cands = [(desc, c) for desc, c in gen(cur, J) if valid(c) and c.key() not in seen]
                 room = (J.budget - J.used) // 4
                 if not cands or room <= 0:
                     break
@@ -175,10 +164,10 @@ def _witness_fields(new: dict, cert: dict, c: Case, o: Outcome, J: Judge) -> Non
     new["a"] = side
     new["theta0"] = c.theta0[0].tolist()
     tw = o.theta[1:2]
-    thr = float(fit.fit_threshold(J.model, X[None], y[None], torch.ones_like(y)[None], c.theta0[:1], J.fit_tol)[0])
+    thr = float(J.rules.check_fit(J.model, tw, X[None], y[None], torch.ones_like(y)[None], c.theta0[:1]).threshold[0])
     new["witness"] = {"theta": tw[0].tolist(), "loss": float(o.loss[1]), "fit_threshold": thr, "R": float(o.R[1]),
                       "predictor": J.model.predictor(tw)[0].tolist()}
-    new["gap"], new["margin"] = o.gap, o.margin
+    new["gap"], new["margin"], new["noise"] = o.gap, o.margin, o.noise
     new["refutation"] = (f"theta' also fits every data point of D (loss {float(o.loss[1]):.3g} <= {thr:.3g}) and has a "
                          f"smaller R: R(theta_inf) - R(theta') = {o.gap:.6g} > margin {o.margin:.6g}, so theta_inf "
                          f"is not a minimizer of R on Z(D)")
@@ -194,7 +183,7 @@ def _pair_fields(new: dict, cert: dict, c: Case, o: Outcome) -> None:
                      "R": float(o.R[s]), "measured_error": float(o.err[s]), "n": int(len(y))})
         new[name] = side
     new["theta0"] = c.theta0[0].tolist()
-    new["gap"], new["margin"] = o.gap, o.margin
+    new["gap"], new["margin"], new["noise"] = o.gap, o.margin, o.noise
     new["cross_loss"] = {"theta_a_on_D_b": float(o.cross[0]), "theta_b_on_D_a": float(o.cross[1])}
     new["refutation"] = (f"theta_{lo} fits D_{hi} (cross-loss below fit_tol) and R(theta_{lo}) is lower than "
                          f"R(theta_{hi}) by {o.gap:.6g} > margin {o.margin:.6g}: theta_{hi} is not a minimizer on D_{hi}")
@@ -207,19 +196,42 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
     p = Path(path)
     if budget < 4:
         raise UserError(f"--budget {budget}: at least 4 solves are needed to re-judge one candidate")
-    cert = certmod.load(p)
+    cert = load(p)
     witness = cert.get("kind") == "witness"
-    if "b" not in cert and not witness:
-        raise UserError(f"certificate {p}: shrinking supports pair and witness certificates; this one has one run and no witness")
+    if cert.get("kind") not in SHRINKABLE:
+        return _shrink_by_kind(p, cert, out, budget, plugins, check)
     for s in (("a",) if witness else ("a", "b")):
+        if s not in cert:
+            raise UserError(f"certificate {clean(str(p))}: required field {s!r} is missing")
         for key in ("X", "y", "theta"):
             if key not in cert[s]:
-                raise UserError(f"certificate {p}: required field {s}.{key!r} is missing")
+                raise UserError(f"certificate {clean(str(p))}: required field {s}.{key!r} is missing")
     digest = hashlib.sha256(p.read_bytes()).hexdigest()
     try:
         res = shrink_cert(cert, str(path), digest, budget, plugins)
     except (ValueError, TypeError, IndexError, KeyError, RuntimeError) as exc:
-        raise UserError(f"certificate {p}: cannot be shrunk: {type(exc).__name__}: {exc}") from None
+        raise UserError(f"certificate {clean(str(p))}: cannot be shrunk: {type(exc).__name__}: {exc}") from None
+    dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
+    with writing(dest, "the shrunk certificate"):
+        certmod.write(res.cert, dest)
+    if check and not _verify(dest, plugins):
+        raise NotRefuted(f"the shrunk certificate {dest} did not pass 'ibtest verify' (removed)")
+    return dest, res
+
+
+def _shrink_by_kind(p: Path, cert: dict[str, Any], out: str | Path | None, budget: int, plugins: Sequence[str],
+                    check: bool) -> tuple[Path, ShrinkResult]:
+    """A certificate of a claim kind that shrinks its own (``ClaimKind.shrink``, e.g. ``no_fit``)."""
+    from ibtest.base.guard import plugin_call
+    from ibtest.cert.replay import registered_kind
+    from ibtest.plugin.manager import load_registry
+
+    kind = registered_kind(load_registry(list(plugins)), cert, f"certificate {clean(str(p))}")
+    if kind.shrink is None:
+        raise UserError(f"certificate {clean(str(p))}: shrinking supports pair and witness certificates and claim "
+                        f"kinds that shrink their own; this one is a {clean(str(cert.get('kind')))} certificate")
+    digest = hashlib.sha256(p.read_bytes()).hexdigest()
+    res = plugin_call(kind.shrink, cert, str(p), digest, budget, list(plugins))
     dest = Path(out) if out else p.with_name(p.stem + ".shrunk.json")
     certmod.write(res.cert, dest)
     if check and not _verify(dest, plugins):
@@ -228,10 +240,8 @@ def shrink_file(path: str | Path, out: str | Path | None = None, budget: int = D
 
 
 def _verify(path: Path, plugins) -> bool:
-    try:
-        from ibtest.cert.replay import verify  # the registry-ruled replay, where present
-    except ImportError:
-        from ibtest.cert.certificate import verify
+    from ibtest.cert.replay import verify
+
     ok = bool(verify(path, list(plugins)).holds)
     if not ok:
         path.unlink()

@@ -2,19 +2,21 @@ r"""Judging shrink candidates: is the same member still refuted? (``ibtest shrin
 
 A :class:`Case` is one candidate: the data of both sides (one shared point list with a side mask)
 and their θ0. :func:`judge` solves every candidate of a pass in one batch at the certificate's
-solver settings and at the tightened ones, and keeps a pair candidate only if both sides converged
-at both settings, each solution fits both datasets (relative fit_tol), the pair is valid for the
-member's ``depends_on``, and
+solver settings and at the tightened ones (both capped by the registry, as ``ibtest verify`` caps
+them: :func:`ibtest.cert.replay.replay_context`), and keeps a pair candidate only if both sides
+converged at both settings, each solution fits both datasets (the fit rule), the pair is valid for
+the member's ``depends_on``, and the pair refutes by :meth:`ibtest.solve.rules.Rules.judge_pair`
+with room to spare:
 
-    |R(θ_a) − R(θ_b)| > SLACK · margin,   margin = floor + safety·(‖∇R_a‖·err_a + ‖∇R_b‖·err_b),
+    |R(θ_a) − R(θ_b)| > SLACK · (margin + noise),
 
-err the distance between the default and the tight solve. A witness candidate is kept when θ∞
-converges at both settings and :func:`ibtest.judge.witness.search` finds θ' ∈ Z(D) with
-R(θ∞) − R(θ') > SLACK · margin.
+err (in the margin) the distance between the default and the tight solve plus the tight one's
+distance to Z(D). A witness candidate is kept when θ∞ converges at both settings and
+:func:`ibtest.judge.witness.search` finds θ' ∈ Z(D) with R(θ∞) − R(θ') > SLACK · (margin + noise)
+(:meth:`ibtest.solve.rules.Rules.judge_witness`).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +26,9 @@ import torch
 from ibtest.base import status as st
 from ibtest.base.errors import UserError
 from ibtest.judge import evaluation as ev
-from ibtest.solve import fit
+from ibtest.solve.rules import Rules, SolverSettings, Tolerance, eligible
+from ibtest.study.checks import call_solver
+from ibtest.study.work import certificate_work_problem
 
 Tensor = torch.Tensor
 
@@ -33,8 +37,6 @@ Tensor = torch.Tensor
 SLACK = 2.0
 #: instance solves a shrink may spend unless told otherwise
 DEFAULT_BUDGET = 6000
-#: the tool's default safety factor (ibtest.study.schema.VerdictSettings.safety)
-DEFAULT_SAFETY = 10.0
 
 
 class NotRefuted(Exception):
@@ -92,30 +94,37 @@ def case_from_cert(cert: dict[str, Any]) -> Case:
             inb[hit] = True
     X = torch.tensor([r[0] for r in rows], dtype=torch.float64)
     y = torch.tensor([r[1] for r in rows], dtype=torch.float64)
-    th0 = [cert[s].get("theta0", cert["theta0"]) for s in ("a", "b")]
+    th0 = [cert[s].get("theta0") or cert["theta0"] for s in ("a", "b")]
     return Case(X, y, torch.tensor([ina, inb]), torch.tensor(th0, dtype=torch.float64))
 
 
 # ------------------------------------------------------------------------------------------
 @dataclass
 class Judge:
-    """Everything a re-judgement needs, from the registry and the certificate's data only."""
+    """Everything a re-judgement needs, from the registry and the certificate's data only: the
+    rules, tolerance and solver settings are :func:`ibtest.cert.replay.replay_context`'s, the
+    same ``ibtest verify`` judges by."""
 
     model: Any
     solver: Any
     spec: Any
     params: dict[str, Any]
-    opts: dict[str, Any]
-    tight: dict[str, Any]
-    atol: float
-    rtol: float
-    safety: float
-    fit_tol: float
+    settings: SolverSettings
+    rules: Rules
+    tol: Tolerance
     budget: int
     construction: Callable[..., Any] | None = None  # the registered blocking_point build, for pass_rebuild
     witness: bool = False  # a witness certificate: one run, θ' found by ibtest.judge.witness.search on Z(D)
     used: int = 0
     calls: int = 0
+
+    @property
+    def opts(self) -> dict[str, Any]:
+        return dict(self.settings.options)
+
+    @property
+    def tight(self) -> dict[str, Any]:
+        return dict(self.settings.tightened)
 
     def n_params(self, d: int) -> int:
         return int(self.model.n_params(d))
@@ -134,41 +143,33 @@ class Outcome:
     cross: Tensor  # [2] L(θ_a; D_b), L(θ_b; D_a)
     gap: float = 0.0
     margin: float = 0.0
+    noise: float = 0.0
 
 
 def make_judge(cert: dict[str, Any], budget: int, plugins: Sequence[str] = ()) -> Judge:
-    from ibtest.plugin.manager import SINGULAR, load_registry
+    from ibtest.cert.replay import claim_kind, replay_context
+    from ibtest.plugin.manager import load_registry, require_registered
 
+    where = "certificate"
     reg = load_registry(list(plugins))
-    for kind, key in (("models", cert["model"]["name"]), ("solvers", cert["solver"]["name"]),
-                      ("hypotheses", cert["hypothesis"]["name"])):
-        if key not in reg.items[kind]:
-            raise UserError(f"{SINGULAR[kind]} {key!r} is not registered here (install its plugin or pass --plugin FILE)")
+    require_registered(reg, [("models", cert["model"]["name"]), ("solvers", cert["solver"]["name"]),
+                             ("hypotheses", cert["hypothesis"]["name"])], what=where,
+                       named_files=cert.get("plugins") or [])
     spec = reg.get("hypotheses", cert["hypothesis"]["name"])
-    witness = cert.get("kind") == "witness"
-    if spec.kind != "regularizer" or ("b" not in cert and not witness):
-        raise UserError(f"shrinking supports pair certificates of regularizers; {spec.name!r} is a {spec.kind}"
-                        + ("" if "b" in cert else " certificate with one side"))
-    mspec = reg.get("models", cert["model"]["name"])
-    try:
-        model = mspec.factory(**cert["model"]["options"])
-    except Exception as exc:
-        raise UserError(f"model {mspec.name!r} rejects the certificate's options: {exc}") from None
-    solver = reg.get("solvers", cert["solver"]["name"])
-    opts = {k: o.default for k, o in solver.options.items()}
-    opts.update(cert["solver"].get("options") or {})
-    tight = dict(cert["solver"].get("tightened") or solver.tighten(dict(opts)))
-    params = dict(spec.params)
-    params.update(cert["hypothesis"].get("params") or {})
-    h = cert["hypothesis"]
-    fdef = solver.options["fit_tol"].default if "fit_tol" in solver.options else fit.DEFAULT_FIT_TOL
+    kind = claim_kind(reg, spec, cert, where)
+    if kind.name not in ("pair", "witness"):
+        raise UserError(f"shrinking supports pair and witness certificates of regularizers; this one is a "
+                        f"{kind.name} certificate")
+    rp = replay_context(reg, cert, where)
+    data = rp.data
+    for settings, times in ((dict(rp.settings.options), 0), (dict(rp.settings.tightened), 1)):
+        too_much = certificate_work_problem(rp.solver, settings, tightened=times, B=4, n=data.X.shape[1],
+                                            P=data.theta.shape[1])
+        if too_much:  # the work a file may ask for is capped, not each option alone
+            raise UserError(f"the certificate cannot be shrunk: {too_much}")
     cons = reg.items["constructions"].get("blocking_point")
-    return Judge(model, solver, spec, params, opts, tight, construction=None if cons is None else cons.spec.build,
-                 witness=witness,
-                 atol=max(float(h.get("atol") or 0.0), float(spec.atol)),
-                 rtol=max(float(h.get("rtol") or 0.0), float(spec.rtol)),
-                 safety=max(float(cert.get("safety") or 0.0), DEFAULT_SAFETY),
-                 fit_tol=min(float(cert.get("fit_tol", fdef)), float(fdef)), budget=int(budget))
+    return Judge(rp.model, rp.solver, rp.spec, rp.params, rp.settings, rp.rules, rp.tol, int(budget),
+                 construction=None if cons is None else cons.spec.build, witness=kind.name == "witness")
 
 
 def judge(J: Judge, cands: list[Case]) -> list[Outcome | None]:
@@ -199,40 +200,34 @@ def _judge_same_d(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     J.used += 4 * K
     J.calls += 2
     try:
-        r1 = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
-        r2 = J.solver.solve(J.model, X, y, mask, th0, **J.tight)
+        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
+        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight)
     except Exception:  # a candidate the solver cannot handle is no evidence
         return [None for _ in cands]
     th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)
     conv = (r1.status == st.CONVERGED) & (r2.status == st.CONVERGED) & torch.isfinite(th).all(-1) & torch.isfinite(tt).all(-1)
-    own = fit.fits(J.model, th, X, y, mask, th0, J.fit_tol) & fit.fits(J.model, tt, X, y, mask, th0, J.fit_tol)
+    fd, ft = J.rules.check_fit(J.model, th, X, y, mask, th0), J.rules.check_fit(J.model, tt, X, y, mask, th0)
+    own = fd.ok & ft.ok
     sw = torch.arange(2 * K).view(K, 2).flip(-1).reshape(-1)  # a <-> b
-    cross = (fit.fits(J.model, th, X[sw], y[sw], mask[sw], th0[sw], J.fit_tol)
-             & fit.fits(J.model, tt, X[sw], y[sw], mask[sw], th0[sw], J.fit_tol))
-    with torch.no_grad():
-        own_loss = J.model.loss(th, X, y, mask).to(torch.float64)
-        cross_loss = J.model.loss(th, X[sw], y[sw], mask[sw]).to(torch.float64)
+    cd = J.rules.check_fit(J.model, th, X[sw], y[sw], mask[sw], th0[sw])
+    cross = cd.ok & J.rules.fits(J.model, tt, X[sw], y[sw], mask[sw], th0[sw])
     same = torch.tensor([torch.equal(c.theta0[0], c.theta0[1]) for c in cands], dtype=torch.bool)
-    elig = ev.eligible(J.spec.depends_on, same)
+    elig = eligible(J.spec.depends_on, same)
     ok = (conv & own & cross).view(K, 2).all(-1) & elig
-    err = (th - tt).norm(dim=-1)
+    err = (th - tt).norm(dim=-1) + torch.nan_to_num(ft.dist, nan=0.0)
     outs: list[Outcome | None] = [None for _ in cands]
-    rows = ok.nonzero().flatten().tolist()
-    for k in rows:  # R per candidate: a plugin's NaN on one row must not sink the others
+    for k in ok.nonzero().flatten().tolist():  # R per candidate: a plugin's NaN on one row must not sink the others
         sl = slice(2 * k, 2 * k + 2)
         try:
             hctx = ev.context(J.model, J.spec, theta0=th0[sl], X=X[sl], y=y[sl], mask=mask[sl])
-            Rt, gt = ev.evaluate(J.model, J.spec, J.params, tt[sl], hctx)
+            a, b, pn = ev.compare(J.model, J.spec, J.params, tt[sl], hctx, err[sl].tolist())
             Rd, _ = ev.evaluate(J.model, J.spec, J.params, th[sl], hctx, grad=False)
-            m = ev.margin(J.atol, J.rtol, J.safety, Rt[:1], Rt[1:], gt[:1], gt[1:], tt[sl][:1], tt[sl][1:],
-                          err[sl][:1], err[sl][1:])
         except Exception:
             continue
-        gap = float((Rt[0] - Rt[1]).abs())
-        margin = float(m[0])
-        if gap > SLACK * margin and math.isfinite(gap):
+        j = J.rules.judge_pair(J.tol, a, b, pn)
+        if j.refutes and j.strength > SLACK:
             outs[k] = Outcome(th[sl].clone(), tt[sl].clone(), Rd.reshape(-1).clone(), err[sl].clone(),
-                              own_loss[sl].clone(), cross_loss[sl].clone(), gap, margin)
+                              fd.loss[sl].clone(), cd.loss[sl].clone(), j.gap, j.margin, j.noise)
     return outs
 
 
@@ -255,40 +250,39 @@ def _judge_witness(J: Judge, cands: list[Case]) -> list[Outcome | None]:
     J.calls += 2
     outs: list[Outcome | None] = [None for _ in cands]
     try:
-        r1 = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
-        r2 = J.solver.solve(J.model, X, y, mask, th0, **J.tight)
+        r1 = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
+        r2 = call_solver(J.solver, J.model, X, y, mask, th0, J.tight)
     except Exception:
         return outs
     th, tt = r1.theta.detach().to(torch.float64), r2.theta.detach().to(torch.float64)
+    ft = J.rules.check_fit(J.model, tt, X, y, mask, th0)
     ok = ((r1.status == st.CONVERGED) & (r2.status == st.CONVERGED) & torch.isfinite(th).all(-1) & torch.isfinite(tt).all(-1)
-          & fit.fits(J.model, th, X, y, mask, th0, J.fit_tol) & fit.fits(J.model, tt, X, y, mask, th0, J.fit_tol))
+          & J.rules.fits(J.model, th, X, y, mask, th0) & ft.ok)
     rows = ok.nonzero().flatten()
     if rows.numel() == 0:
         return outs
     try:
-        sr = search(J.model, J.spec, J.params, X[rows], y[rows], mask[rows], th0[rows], tt[rows], J.fit_tol,
-                    atol=J.atol, rtol=J.rtol)
+        sr = search(J.model, J.spec, J.params, X[rows], y[rows], mask[rows], th0[rows], tt[rows], J.rules, J.tol)
     except Exception:
         return outs
-    err = (th - tt).norm(dim=-1)
-    for j, k in enumerate(rows.tolist()):
-        tw = sr.theta[j : j + 1].detach().to(torch.float64)
+    err = (th - tt).norm(dim=-1) + torch.nan_to_num(ft.dist, nan=0.0)
+    for j_, k in enumerate(rows.tolist()):
+        tw = sr.theta[j_ : j_ + 1].detach().to(torch.float64)
         sl = slice(k, k + 1)
         try:
-            if not bool(fit.fits(J.model, tw, X[sl], y[sl], mask[sl], th0[sl], J.fit_tol)[0]):
+            if not bool(J.rules.fits(J.model, tw, X[sl], y[sl], mask[sl], th0[sl])[0]):
                 continue
             two = torch.tensor([k, k])
             hctx = ev.context(J.model, J.spec, theta0=th0[two], X=X[two], y=y[two], mask=mask[two])
-            R, g = ev.evaluate(J.model, J.spec, J.params, torch.cat([tt[sl], tw]), hctx)
+            inf, w, pn = ev.compare(J.model, J.spec, J.params, torch.cat([tt[sl], tw]), hctx, [float(err[k]), 0.0])
             Rd, _ = ev.evaluate(J.model, J.spec, J.params, torch.cat([th[sl], tw]), hctx, grad=False)
-            m = ev.margin(J.atol, J.rtol, J.safety, R[:1], R[1:], g[:1], g[1:], tt[sl], tw, err[sl], 0.0)
         except Exception:
             continue
-        gap, margin = float(R[0] - R[1]), float(m[0])
-        if math.isfinite(gap) and gap > SLACK * margin:
+        jd = J.rules.judge_witness(J.tol, inf, w, pn)
+        if jd.refutes and jd.strength > SLACK:
             with torch.no_grad():
                 losses = J.model.loss(torch.cat([th[sl], tw]), X[two], y[two], mask[two]).to(torch.float64)
             outs[k] = Outcome(torch.cat([th[sl], tw]), tt[sl].clone(), Rd.reshape(-1).clone(),
-                              torch.stack([err[k], torch.zeros((), dtype=torch.float64)]), losses, losses, gap, margin)
+                              torch.stack([err[k], torch.zeros((), dtype=torch.float64)]), losses, losses, jd.gap,
+                              jd.margin, jd.noise)
     return outs
-

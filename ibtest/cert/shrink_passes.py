@@ -18,6 +18,7 @@ import torch
 
 from ibtest.base import status as st
 from ibtest.cert.shrink_judge import Case, Judge
+from ibtest.study.checks import call_solver
 
 Tensor = torch.Tensor
 
@@ -27,7 +28,7 @@ Tensor = torch.Tensor
 Cand = tuple[str, Case]
 
 
-def _valid(c: Case) -> bool:
+def valid(c: Case) -> bool:
     """Each side keeps a point and the sides still differ (in data or θ0)."""
     if c.d < 1 or not bool(c.sides.any(-1).all()):
         return False
@@ -130,7 +131,7 @@ def pass_rebuild(c: Case, J: Judge) -> list[Cand]:
     J.used += k
     J.calls += 1
     try:
-        res = J.solver.solve(J.model, X, y, mask, th0, **J.opts)
+        res = call_solver(J.solver, J.model, X, y, mask, th0, J.opts)
         ok = (res.status == st.CONVERGED).nonzero().flatten()
         if ok.numel() == 0:
             return []

@@ -13,14 +13,18 @@ triples):
    point of each row is kept.
 3. **Global minimum** for a convex R over a polyhedral Z (:mod:`ibtest.judge.optimality`): certified
    (``certified`` True); its minimizer is itself a candidate witness.
-4. **Fresh check.** θ' is evaluated afresh in float64: it must fit D (:func:`ibtest.solve.fit.fits`)
-   and beat R(θ∞) by more than the tolerance floor (:func:`ibtest.judge.evaluation.floor`) to be a
-   candidate; the verdict re-checks the candidate against the full margin on θ∞ re-solved at
-   tighter settings, as for pairs.
+4. **Fresh check.** θ' is evaluated afresh in float64: it must fit D (the rules' fit rule) and
+   beat R(θ∞) by more than the tolerance floor plus R's evaluation noise at both points
+   (:func:`ibtest.solve.rules.floor`, :func:`ibtest.judge.evaluation.noise`) to be a candidate;
+   the verdict re-checks the candidate against the full margin on θ∞ re-solved at tighter
+   settings, as for pairs.
+5. **Power.** Where Z(D) is a single point in the variable R reads
+   (:func:`ibtest.judge.zeroset.single_point`), every R is minimized at θ∞: such a triple is
+   ``vacuous``, never support for a survival.
 
-Relative suboptimality per triple: sub = max(0, R(θ∞) − R_best)/|R(θ∞)| with R_best the least R
-of a point that fits D: the certified minimum where ``certified``, else a lower bound on the true
-suboptimality (local search).
+Relative suboptimality per triple: sub = (R(θ∞) − R_best)/|R(θ∞)| where that gap beats the floor
+and R's noise (else 0), R_best the least R of a point that fits D: the certified minimum where
+``certified``, else a lower bound on the true suboptimality (local search).
 """
 from __future__ import annotations
 
@@ -33,9 +37,9 @@ import torch
 
 from ibtest.judge import evaluation as ev
 from ibtest.judge.optimality import certify, kkt_certified
-from ibtest.judge.zeroset import Polyhedron, gauss_newton_project, gn_tangent, zero_set
-from ibtest.plugin.specs import Hypothesis, HypothesisContext as HypContext, ModelBase
-from ibtest.solve import fit
+from ibtest.judge.zeroset import Polyhedron, gauss_newton_project, gn_tangent, single_point, zero_set
+from ibtest.plugin.specs import Hypothesis, ModelBase
+from ibtest.solve.rules import Rules, Tolerance, floor
 
 Tensor = torch.Tensor
 S0 = 0.1
@@ -46,8 +50,9 @@ TIE = 4 * torch.finfo(torch.float64).eps
 @dataclass
 class SearchResult:
     """Per searched triple [T]: R(θ∞), the best point θ' [T, P] found on Z(D) and R(θ'), whether
-    θ' fits D, the tolerance floor of the gap, the relative suboptimality and whether it is
-    certified (global minimum of a convex R on a polyhedral Z)."""
+    θ' fits D, the tolerance floor of the gap (with R's evaluation noise at both points), the
+    relative suboptimality (0 inside the floor), whether it is certified (global minimum of a
+    convex R on a polyhedral Z) and whether Z(D) is a single point in R's variable."""
 
     R_inf: Tensor
     theta: Tensor
@@ -57,6 +62,7 @@ class SearchResult:
     sub: Tensor
     certified: Tensor
     method: str
+    vacuous: Tensor  # [T] Z(D) is a single point in the variable R reads: no power on this triple
 
     @property
     def gap(self) -> Tensor:
@@ -67,14 +73,6 @@ class SearchResult:
     def found(self) -> Tensor:
         """Candidate witnesses: θ' fits D and R(θ∞) − R(θ') exceeds the floor."""
         return self.fits & (self.gap > self.floor)
-
-
-def _sub_ctx(h: HypContext, rows: Tensor) -> HypContext:
-    c = HypContext(model=h.model, study=h.study)
-    for k in ("init", "init_predictor", "X", "y", "mask"):
-        v = getattr(h, k)
-        setattr(c, k, None if v is None else v[rows])
-    return c
 
 
 @contextmanager
@@ -93,23 +91,24 @@ def _one_thread():
 
 
 def search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Tensor, y: Tensor, mask: Tensor,
-           theta0: Tensor, theta: Tensor, fit_tol: float, *, atol: float = 0.0, rtol: float = 1e-9,
-           steps: int = 100, certify_limit: int = 16, study: Mapping[str, Any] | None = None) -> SearchResult:
+           theta0: Tensor, theta: Tensor, rules: Rules, tol: Tolerance, *, steps: int = 100,
+           certify_limit: int = 16, study: Mapping[str, Any] | None = None) -> SearchResult:
     """Search Z(D) of every row (triple) for a point with smaller R (see the module docstring).
 
-    X [T, n, d], y / mask [T, n], theta0 / theta [T, P] (θ∞ of converged triples).
+    X [T, n, d], y / mask [T, n], theta0 / theta [T, P] (θ∞ of converged triples); ``rules``: the
+    fit rule a point must meet; ``tol``: the member's tolerance floors.
     """
     with _one_thread():
-        return _search(model, spec, params, X, y, mask, theta0, theta, fit_tol, atol=atol, rtol=rtol,
-                       steps=steps, certify_limit=certify_limit, study=study)
+        return _search(model, spec, params, X, y, mask, theta0, theta, rules, tol, steps=steps,
+                       certify_limit=certify_limit, study=study)
 
 
 def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Tensor, y: Tensor, mask: Tensor,
-            theta0: Tensor, theta: Tensor, fit_tol: float, *, atol: float, rtol: float, steps: int,
+            theta0: Tensor, theta: Tensor, rules: Rules, tol: Tolerance, *, steps: int,
             certify_limit: int, study: Mapping[str, Any] | None) -> SearchResult:
     T = theta.shape[0]
     hctx = ev.context(model, spec, theta0=theta0, X=X, y=y, mask=mask, study=study)
-    R_inf, _ = ev.evaluate(model, spec, params, theta, hctx, grad=False)
+    R_inf, G_inf = ev.evaluate(model, spec, params, theta, hctx, grad=True)
     zs_all = zero_set(model, X, y, mask)
     identity = type(model).predictor is ModelBase.predictor
     # the model's exact Z(D), when it lives in the space R is evaluated in; else None
@@ -120,14 +119,14 @@ def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Te
         to_theta = (lambda x: x) if zs.on == "theta" else model.from_predictor
 
         def R(x: Tensor, rows: Tensor | None = None) -> Tensor:
-            return spec.fn(x, hctx if rows is None else _sub_ctx(hctx, rows), **params)
+            return ev.call(spec, params, x, hctx if rows is None else ev.take(hctx, rows))
         method = "exact Z(D)"
     else:
         x_inf, to_theta = theta, (lambda x: x)
 
         def R(x: Tensor, rows: Tensor | None = None) -> Tensor:
-            c = hctx if rows is None else _sub_ctx(hctx, rows)
-            return spec.fn(model.predictor(x) if spec.on == "predictor" else x, c, **params)
+            c = hctx if rows is None else ev.take(hctx, rows)
+            return ev.call(spec, params, ev.variable(model, spec, x), c)
         method = "Gauss-Newton on r(θ) = 0"
 
     certified = torch.zeros(T, dtype=torch.bool)
@@ -157,6 +156,29 @@ def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Te
             x_best = torch.where((kkt & (R_best == R_inf))[:, None], x_inf, x_best)
         except RuntimeError:
             pass
+    if zs is None and spec.optimum is not None and certify_limit > 0:
+        # a model that certifies the global minimum of this quantity over Z(D) (a convex
+        # reformulation, e.g. min-norm two-layer nets): certified rows need no search, a beaten
+        # row's cheaper net is a candidate witness
+        rows = torch.arange(min(T, certify_limit))
+        checks = model.certified_optimum(spec.optimum, theta[rows], X[rows], y[rows], mask[rows],
+                                         atol=tol.atol, rtol=tol.rtol)
+        if checks is not None:
+            method = "model's certified optimum"
+            beaten: list[int] = []
+            for r, c in zip(rows.tolist(), checks):
+                if c.status == "certified":
+                    certified[r], R_best[r], x_best[r] = True, R_inf[r], x_inf[r]
+                elif c.status == "beaten" and c.witness is not None:
+                    # the certified minimum is known and below θ∞: its net is the candidate witness,
+                    # polished by short steps on Z like a convex optimum
+                    certified[r] = bool(c.exact)
+                    x_best[r] = c.witness.to(x_best.dtype).reshape(-1)
+                    beaten.append(r)
+            if beaten:
+                br = torch.tensor(beaten)
+                R_best[br] = torch.nan_to_num(R(x_best[br], br).detach(), nan=float("inf"))
+                polish = (br, x_best[br].clone(), R_best[br].clone())
     rest = (~certified).nonzero().flatten()
     # one local pass over both kinds of rows (its cost is per step, hardly per row): the rest from
     # x∞ (``steps`` steps from S0) and the polish of optima from x* (POLISH_STEPS from POLISH_S0)
@@ -182,14 +204,29 @@ def _search(model: ModelBase, spec: Hypothesis, params: Mapping[str, Any], X: Te
             x_best[pr] = torch.where(take[:, None], xp, x_best[pr])
             R_best[pr] = torch.minimum(Rp, R_best[pr])
     theta_w = to_theta(x_best)
-    ok = fit.fits(model, theta_w, X, y, mask, theta0, fit_tol)
+    ok = rules.fits(model, theta_w, X, y, mask, theta0)
     Rw, _ = ev.evaluate(model, spec, params, theta_w, hctx, grad=False)  # afresh, on θ'
     Rw = torch.where(ok, Rw, torch.full_like(Rw, float("inf")))
-    floor = ev.floor(atol, rtol, R_inf, torch.where(ok, Rw, R_inf))
-    sub = ((R_inf - torch.minimum(Rw, R_inf)) / R_inf.abs().clamp_min(1e-300)).clamp_min(0)
+    # the floor with its rounding term (ROUNDING·‖∇R(θ∞)‖·‖θ∞‖): a gap below it is rounding of θ∞
+    fl = floor(tol, R_inf, torch.where(ok, Rw, R_inf), G_inf, None, theta, None)
+    # R's own float64 noise at both points: a gap inside it is no evidence (and no suboptimality)
+    nz = ev.noise(model, spec, params, theta, hctx, R=R_inf) + torch.where(
+        ok, ev.noise(model, spec, params, theta_w, hctx, R=torch.where(ok, Rw, R_inf)), torch.zeros_like(R_inf))
+    fl = fl + nz
+    gap = torch.where(ok, R_inf - Rw, torch.zeros_like(Rw))
+    # where θ' looks better, the gap computed a second way (the path integral of ∇R): a systematic
+    # rounding offset of R is no suboptimality (the candidate still goes to the verdict's re-check,
+    # which says "within R's evaluation noise")
+    rows = (ok & (gap > fl)).nonzero().flatten()
+    pn = torch.zeros_like(fl)
+    if rows.numel():
+        pn[rows] = ev.path_noise(model, spec, params, theta[rows], theta_w[rows], ev.take(hctx, rows),
+                                 (R_inf - Rw)[rows])
+    sub = torch.where(gap > fl + pn, gap / R_inf.abs().clamp_min(1e-300), torch.zeros_like(gap)).clamp_min(0)
     # a certified minimum that does not re-check as a fit is no certificate
     certified = certified & ok
-    return SearchResult(R_inf, theta_w, Rw, ok, floor, sub, certified, method)
+    vacuous = single_point(model, zs, spec.on, theta, X, y, mask)
+    return SearchResult(R_inf, theta_w, Rw, ok, fl, sub, certified, method, vacuous)
 
 
 def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int | Tensor,
@@ -210,7 +247,10 @@ def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int |
     for k in range(K):
         with torch.enable_grad():
             xx = x.detach().clone().requires_grad_(True)
-            (g,) = torch.autograd.grad(R(xx).sum(), xx, allow_unused=True)
+            Rx = R(xx)
+            if not Rx.requires_grad:  # a constant R: nothing to descend
+                break
+            (g,) = torch.autograd.grad(Rx.sum(), xx, allow_unused=True)
         if g is None:
             break
         g = torch.nan_to_num(g.detach())
@@ -224,7 +264,7 @@ def _local(R, zs: Polyhedron | None, model, X, y, mask, x0: Tensor, steps: int |
         with torch.no_grad():
             v = torch.nan_to_num(R(x).detach(), nan=float("inf"))
         if zs is not None:
-            v = torch.where(zs.violation(x) <= 1e-7 * (1 + scale[:, 0]), v, torch.full_like(v, float("inf")))
+            v = torch.where(zs.relative_violation(x) <= 1e-7, v, torch.full_like(v, float("inf")))
         # ties at rounding level go to the later iterate (smaller steps: closer to the minimizer)
         better = v <= best_R + TIE * best_R.abs()
         best_R = torch.where(better, torch.minimum(v, best_R), best_R)

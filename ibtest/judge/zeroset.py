@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 
 from ibtest.plugin.specs import ModelBase
+from ibtest.solve.fit import residual_jacobian
 
 Tensor = torch.Tensor
 
@@ -63,18 +64,37 @@ class Polyhedron:
             v = torch.maximum(v, (_mv(self.A_ub, x) - self.b_ub).clamp_min(0).amax(-1))
         return v
 
+    def row_scale(self, A: Tensor, b: Tensor, x: Tensor) -> Tensor:
+        """The size of the terms of A x − b per row [B, rows]: |b| + ‖A_row‖₁·max|x| (tiny rows 1e-300),
+        so that a tolerance on A x − b is relative to the problem's scale."""
+        return (b.abs() + A.abs().sum(-1) * x.abs().amax(-1, keepdim=True)).clamp_min(1e-300)
+
+    def relative_violation(self, x: Tensor) -> Tensor:
+        """Largest constraint violation per row [B], each row's relative to its own :meth:`row_scale`."""
+        v = x.new_zeros(x.shape[0])
+        if self.A_eq.shape[1]:
+            v = ((_mv(self.A_eq, x) - self.b_eq).abs() / self.row_scale(self.A_eq, self.b_eq, x)).amax(-1)
+        if self.A_ub.shape[1]:
+            u = (_mv(self.A_ub, x) - self.b_ub).clamp_min(0) / self.row_scale(self.A_ub, self.b_ub, x)
+            v = torch.maximum(v, u.amax(-1))
+        return v
+
+    def binding(self, x: Tensor, tol: float) -> Tensor:
+        """bool [B, k]: the one-sided rows within ``tol`` (relative to :meth:`row_scale`) of binding at x."""
+        s = _mv(self.A_ub, x) - self.b_ub
+        return s > -tol * self.row_scale(self.A_ub, self.b_ub, x)
+
     def project(self, x: Tensor, rounds: int = 3, active_tol: float = 0.0) -> Tensor:
         """A point of Z near x [B, Q]: the Euclidean projection onto the affine set of the
         equalities together with the inequality rows that x violates (or that are within
-        ``active_tol`` of binding), repeated ``rounds`` times (rows a projection violates join
+        ``active_tol`` of binding, relative to the row's scale), repeated ``rounds`` times (rows a projection violates join
         the active set). Exact for an affine Z; for a polyhedron a feasible point near x (not
         always the nearest one); :meth:`violation` says how well it holds."""
         k = self.A_ub.shape[1]
         active = torch.zeros(x.shape[0], k, dtype=torch.bool)
         for _ in range(rounds if k else 1):
             if k:
-                s = _mv(self.A_ub, x) - self.b_ub
-                active = active | (s > -active_tol * (1 + self.b_ub.abs()))
+                active = active | self.binding(x, active_tol)
             x = self._project_active(x, active)
         return x
 
@@ -129,8 +149,7 @@ class Polyhedron:
         binding row is negative; the search re-projects anyway)."""
         A = self.A_eq
         if self.A_ub.shape[1]:
-            s = _mv(self.A_ub, x) - self.b_ub
-            bind = (s > -tol * (1 + x.norm(dim=-1, keepdim=True)))
+            bind = self.binding(x, tol)
             # a binding row only blocks a step that would cross it: −g pointing outward
             out = _mv(self.A_ub, -g) > 0
             blocked = bind & out
@@ -201,30 +220,103 @@ def linear_predictor_zero_set(X: Tensor, y: Tensor, mask: Tensor) -> Polyhedron:
 # ------------------------------------------------------------------------------------------
 # the default: Gauss–Newton on the residual
 # ------------------------------------------------------------------------------------------
-def jacobian(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """(r [B, n], J [B, n, P]) of the residual r(θ) = mask ∘ (f_θ(X) − y), by autograd (one
-    backward pass per data point, batched over instances)."""
-    with torch.enable_grad():
-        th = theta.detach().clone().requires_grad_(True)
-        r = model.residual(th, X, y, mask)
-        rows = []
-        for i in range(r.shape[1]):
-            (g,) = torch.autograd.grad(r[:, i].sum(), th, retain_graph=True, allow_unused=True)
-            rows.append(torch.zeros_like(theta) if g is None else g)
-    J = torch.stack(rows, 1) if rows else theta.new_zeros(theta.shape[0], 0, theta.shape[1])
-    return r.detach(), J.detach()
-
-
 def gauss_newton_project(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor,
                          steps: int = 8) -> Tensor:
     """Pull θ [B, P] back onto {r(θ) = 0}: θ ← θ − J⁺ r, ``steps`` times (batched)."""
     for _ in range(steps):
-        r, J = jacobian(model, theta, X, y, mask)
+        r, J = residual_jacobian(model, theta, X, y, mask)
         theta = theta - _mv(torch.linalg.pinv(J), r)
     return theta
 
 
 def gn_tangent(model: ModelBase, g: Tensor, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """g [B, P] projected onto the null space of J(θ): the tangent space of {r = 0} at θ."""
-    _, J = jacobian(model, theta, X, y, mask)
+    _, J = residual_jacobian(model, theta, X, y, mask)
     return g - _mv(torch.linalg.pinv(J), _mv(J, g))
+
+
+# ------------------------------------------------------------------------------------------
+# is Z(D) more than a point in the variable R reads?
+# ------------------------------------------------------------------------------------------
+def single_point(model: ModelBase, zs: Polyhedron | None, on: str, theta: Tensor, X: Tensor, y: Tensor,
+                 mask: Tensor) -> Tensor:
+    """bool [B]: near θ [B, P] (a point of Z(D)), Z(D) is a single point in the variable R reads
+    (θ, or the model's predictor for ``on="predictor"``), so every R is minimized there and a
+    survival on that triple has no power.
+
+    ``zs``: the model's polyhedral Z(D) when it lives in that variable. Then Z is a point iff the
+    cone of feasible directions {δ : A_eq δ = 0, A_b δ ≤ 0} (A_b the one-sided rows binding at x)
+    is {0}: by rank when rank[A_eq; A_b] < Q (a line: not a point) or rank A_eq = Q (a point), and
+    otherwise by an LP (HiGHS): is there δ with A_eq δ = 0, A_b δ ≤ 0, Σ −A_b δ ≥ 1?
+    Without such a Z: the tangent space null(J) of {r(θ) = 0} at θ (J = ∂r/∂θ), mapped into the
+    predictor by its Jacobian for ``on="predictor"``; Z is a point there iff that map has rank 0.
+    Ranks use the standard float64 tolerance max(m, n)·eps·σ_max.
+    """
+    if zs is not None:
+        x = model.predictor(theta) if zs.on == "predictor" else theta
+        return _polyhedron_point(zs, x.detach())
+    _, J = residual_jacobian(model, theta, X, y, mask)
+    B, n, P = J.shape
+    if n == 0:
+        return torch.zeros(B, dtype=torch.bool)
+    _, S, Vh = torch.linalg.svd(J, full_matrices=True)
+    tol = S.amax(-1, keepdim=True) * max(n, P) * torch.finfo(J.dtype).eps
+    rank = (S > tol).sum(-1)
+    if on != "predictor":
+        return rank >= P
+    D = _predictor_jacobian(model, theta)  # [B, Q, P]
+    out = torch.zeros(B, dtype=torch.bool)
+    for r in torch.unique(rank).tolist():  # rows grouped by rank (few distinct values)
+        rows = (rank == r).nonzero().flatten()
+        if r >= P:
+            out[rows] = True
+            continue
+        N = Vh[rows, r:, :].transpose(1, 2)  # [k, P, P − r] null-space basis
+        M = D[rows] @ N
+        s = torch.linalg.svdvals(M)
+        scale = torch.linalg.svdvals(D[rows]).amax(-1)
+        out[rows] = (s <= scale[:, None] * max(M.shape[1:]) * torch.finfo(M.dtype).eps).all(-1)
+    return out
+
+
+def _predictor_jacobian(model: ModelBase, theta: Tensor) -> Tensor:
+    """∂ predictor / ∂θ [B, Q, P] by autograd (one backward pass per predictor coordinate)."""
+    with torch.enable_grad():
+        th = theta.detach().clone().requires_grad_(True)
+        q = model.predictor(th)
+        rows = []
+        for j in range(q.shape[1]):
+            (g,) = torch.autograd.grad(q[:, j].sum(), th, retain_graph=True, allow_unused=True)
+            rows.append(torch.zeros_like(theta) if g is None else g)
+    return torch.stack(rows, 1).detach()
+
+
+def _polyhedron_point(zs: Polyhedron, x: Tensor) -> Tensor:
+    B, Q = x.shape
+    A = zs.A_eq
+    rank_eq = torch.linalg.matrix_rank(A) if A.shape[1] else torch.zeros(B, dtype=torch.int64)
+    out = rank_eq >= Q
+    if not zs.A_ub.shape[1] or bool(out.all()):
+        return out
+    binding = zs.binding(x, 1e-9) & (zs.A_ub.abs().sum(-1) > 0)
+    Ab = zs.A_ub * binding.to(x.dtype)[..., None]
+    full = torch.linalg.matrix_rank(torch.cat([A, Ab], 1)) >= Q
+    for i in (full & ~out).nonzero().flatten().tolist():  # rare: a pointed cone, decided by an LP
+        out[i] = not _cone_has_direction(A[i], Ab[i][binding[i]])
+    return out
+
+
+def _cone_has_direction(A_eq: Tensor, A_b: Tensor) -> bool:
+    """Is there δ ≠ 0 with A_eq δ = 0, A_b δ ≤ 0? (Called when [A_eq; A_b] has full column rank,
+    so such a δ has A_b δ ≠ 0 and can be scaled to Σ −A_b δ = 1.)"""
+    import numpy as np
+    from scipy.optimize import linprog
+
+    Q = A_b.shape[1]
+    Ae = A_eq[A_eq.abs().sum(-1) > 0].numpy()
+    Ab = A_b.numpy()
+    A_ub = np.vstack([Ab, Ab.sum(0, keepdims=True)])  # A_b δ ≤ 0 and Σ A_b δ ≤ −1
+    b_ub = np.concatenate([np.zeros(len(Ab)), [-1.0]])
+    res = linprog(np.zeros(Q), A_ub=A_ub, b_ub=b_ub, A_eq=Ae if len(Ae) else None, b_eq=np.zeros(len(Ae)) if len(Ae) else None,
+                  bounds=[(None, None)] * Q, method="highs")
+    return bool(res.status == 0)

@@ -17,7 +17,7 @@ COLORS = {"a": "#1f77b4", "b": "#d62728", "init": "#2ca02c"}
 HATCH = {"a": "////", "b": "\\\\\\\\"}
 
 
-def _plt():
+def pyplot():
     """matplotlib.pyplot with the Agg backend (never opens a window)."""
     import matplotlib
 
@@ -73,7 +73,7 @@ def projection_plane(origin: np.ndarray, anchors: Sequence[np.ndarray], cloud: n
     return U, spread
 
 
-def _coord_names(model, d: int, P: int) -> list[str]:
+def coord_names(model, d: int, P: int) -> list[str]:
     """Names of θ's coordinates from the model's blocks: w1, w2, ..., v1 (1-based)."""
     names = [f"θ{i + 1}" for i in range(P)]
     try:
@@ -86,7 +86,7 @@ def _coord_names(model, d: int, P: int) -> list[str]:
     return names
 
 
-def _direction_label(u: np.ndarray, names: list[str], top: int = 3) -> str:
+def direction_label(u: np.ndarray, names: list[str], top: int = 3) -> str:
     """'0.981 w1 − 0.196 w2 + …' for a unit vector u."""
     order = np.argsort(-np.abs(u))
     parts = []
@@ -108,7 +108,7 @@ def _direction_label(u: np.ndarray, names: list[str], top: int = 3) -> str:
 # ------------------------------------------------------------------------------------------
 # R, loss on the plane
 # ------------------------------------------------------------------------------------------
-class _Evaluator:
+class Evaluator:
     """R_p(θ; ctx) of a certificate's hypothesis for a batch θ [B, P], as numpy [B] or [B, k].
 
     The context is built like :func:`ibtest.cert.certificate.verify`: ``init`` = θ0 (or its predictor)
@@ -139,7 +139,7 @@ class _Evaluator:
         return R[:, 0] if R.shape[1] == 1 else R
 
 
-def _loss(model, theta: np.ndarray, X: Tensor, y: Tensor, mask: Tensor, chunk: int = 8192) -> np.ndarray:
+def loss_on(model, theta: np.ndarray, X: Tensor, y: Tensor, mask: Tensor, chunk: int = 8192) -> np.ndarray:
     """L(θ; D) for θ [B, P] (numpy), [B]."""
     th_all = torch.as_tensor(theta, dtype=torch.float64)
     out = []
@@ -151,7 +151,7 @@ def _loss(model, theta: np.ndarray, X: Tensor, y: Tensor, mask: Tensor, chunk: i
     return np.concatenate(out)
 
 
-def _grid(center: np.ndarray, U: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int):
+def plane_grid(center: np.ndarray, U: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int):
     """Plane coordinates S, T [n, n] over [lo, hi] and the points θ = center + S u1 + T u2 [n², P]."""
     s = np.linspace(lo[0], hi[0], n)
     t = np.linspace(lo[1], hi[1], n)
@@ -160,7 +160,7 @@ def _grid(center: np.ndarray, U: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: 
     return S, T, pts
 
 
-def _zero_band(ax, S, T, loss: np.ndarray, color: str, hatch: str) -> bool:
+def zero_band(ax, S, T, loss: np.ndarray, color: str, hatch: str) -> bool:
     """Shade {θ in the plane : L(θ) ≈ 0}: residual ρ = √(2L) below 1.5 grid cells × median |∇ρ|.
 
     The zero-loss set is thin (an affine set for a neuron with its active points fixed), so a
@@ -185,7 +185,7 @@ def _zero_band(ax, S, T, loss: np.ndarray, color: str, hatch: str) -> bool:
     return True
 
 
-def _level_sets(ax, S, T, R: np.ndarray, levels: list[tuple[float, str, str]], background: bool) -> None:
+def level_sets(ax, S, T, R: np.ndarray, levels: list[tuple[float, str, str]], background: bool) -> None:
     """Level sets of R through given values (value, color, style); faint R contours behind."""
     if not np.isfinite(R).any():
         return
@@ -199,7 +199,7 @@ def _level_sets(ax, S, T, R: np.ndarray, levels: list[tuple[float, str, str]], b
             ax.contour(S, T, R, levels=[value], colors=[color], linestyles=[style], linewidths=1.6)
 
 
-def _label(h: dict) -> str:
+def hypothesis_label(h: dict) -> str:
     params = h.get("params") or {}
     if not params:
         return h["name"]

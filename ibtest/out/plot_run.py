@@ -18,8 +18,9 @@ import torch
 
 from ibtest.base.errors import UserError
 from ibtest.judge import evaluation as ev_mod
-from ibtest.out.plot_plane import _plt
+from ibtest.out.plot_plane import pyplot
 from ibtest.run.results_file import load_results, runs_of
+from ibtest.solve.rules import eligible
 
 
 def _model_of(result):
@@ -67,7 +68,7 @@ def pair_gaps(result: Any) -> dict[str, list[float]]:
                 k = D.abs().argmax(-1)
                 out[m.label] = D.gather(1, k[:, None]).flatten().tolist()
                 continue
-            sel = (ev_mod.eligible(spec.depends_on, pairs.same_init).nonzero().flatten() if len(pairs)
+            sel = (eligible(spec.depends_on, pairs.same_init).nonzero().flatten() if len(pairs)
                    else torch.zeros(0, dtype=torch.int64))
             if sel.numel() == 0:
                 out[m.label] = []
@@ -158,7 +159,7 @@ def plot_run(results: Any, path: str | Path, *, dpi: int = 110) -> Path:
         summary = gap_summary(results)
     totals = _run_counts(results)
     path = Path(path)
-    plt = _plt()
+    plt = pyplot()
     labels = list(summary)
     n = max(len(labels), 1)
     fig, ax = plt.subplots(figsize=(11, 1.5 + 0.55 * n))

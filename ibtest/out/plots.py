@@ -26,16 +26,16 @@ import torch
 from ibtest.out.plot_plane import (
     COLORS,
     HATCH,
-    _coord_names,
-    _direction_label,
-    _Evaluator,
-    _grid,
-    _label,
-    _level_sets,
-    _loss,
-    _plt,
-    _zero_band,
+    Evaluator,
+    coord_names,
+    direction_label,
+    hypothesis_label,
+    level_sets,
+    loss_on,
+    plane_grid,
     projection_plane,
+    pyplot,
+    zero_band,
 )
 from ibtest.out.plot_run import gap_summary, pair_gaps, plot_run
 from ibtest.solve.trajectory import flow_path
@@ -43,7 +43,7 @@ from ibtest.solve.trajectory import flow_path
 Tensor = torch.Tensor
 
 __all__ = ["gap_summary", "gradient_flow_path", "pair_gaps", "plot_certificate", "plot_run", "projection_plane",
-           "COLORS", "HATCH", "_plt"]
+           "COLORS", "HATCH", "pyplot"]
 
 
 def gradient_flow_path(model, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
@@ -58,11 +58,25 @@ def gradient_flow_path(model, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor
     return fp.t, fp.theta
 
 
-def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), *, grid: int = 161,
-                     dpi: int = 110) -> Path:
-    """Draw a certificate's counterexample into ``path`` (PNG, or any format matplotlib knows).
+def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = ()) -> Path:
+    """Draw a certificate's counterexample into ``path`` (PNG, or any format matplotlib knows) with
+    its claim kind's ``plot`` (the registry's kind named by the file; code only from installed
+    plugins and the files the user named). Returns the path written."""
+    from ibtest.base.errors import UserError
+    from ibtest.cert.replay import registered_kind
+    from ibtest.plugin.manager import load_registry
 
-    Regularizer certificate (sides a and b, one θ0): both gradient-flow paths θ_a(t), θ_b(t)
+    kind = registered_kind(load_registry(list(plugins)), cert)
+    if kind.plot is None:
+        raise UserError(f"claim kind {kind.name!r} draws no figure")
+    return Path(kind.plot(cert, path, list(plugins)))
+
+
+def plot_sides(cert: dict, path: str | Path, plugins: Iterable[str] = (), *, grid: int = 161,
+               dpi: int = 110) -> Path:
+    """Draw a pair, invariant or bound certificate into ``path``.
+
+    Pair certificate (sides a and b, one θ0): both gradient-flow paths θ_a(t), θ_b(t)
     integrated from θ0 by :func:`ibtest.solve.trajectory.flow_path`, in the affine plane through θ0, θ_a, θ_b
     (coordinates θ = θ0 + s·u1 + t·u2, directions named in the axis labels), with the zero-loss
     set of D_a and D_b (shaded, sampled on a ``grid``×``grid`` plane grid) and the level sets
@@ -81,14 +95,10 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     from ibtest.cert.replay import model_and_hypothesis
 
     cert = decode_floats(cert)
-    if cert.get("kind") == "witness":  # θ∞ and the witness θ' on Z(D)
-        from ibtest.out.witness_plot import plot as plot_witness
-
-        return plot_witness(cert, path, plugins)
     path = Path(path)
     model, spec, params = model_and_hypothesis(cert, list(plugins))
     theta0 = torch.tensor(cert["theta0"], dtype=torch.float64)
-    R = _Evaluator(model, spec, params, theta0)
+    R = Evaluator(model, spec, params, theta0)
     sides = [s for s in ("a", "b") if s in cert]
     invariant = "b" not in cert
 
@@ -105,7 +115,7 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
         paths[s] = gradient_flow_path(model, *data[s][:3], inits[s], ends[s])
     d = data["a"][0].shape[1]
     P = theta0.numel()
-    names = _coord_names(model, d, P)
+    names = coord_names(model, d, P)
     th0 = theta0.numpy()
     end_np = {s: ends[s].numpy() for s in sides}
     cloud = np.concatenate([paths[s][1] for s in sides] + [np.stack(list(end_np.values()))])
@@ -115,10 +125,10 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
     def proj(x: np.ndarray) -> np.ndarray:
         return (np.atleast_2d(x) - th0) @ U.T
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(13, 10))
     (ax_full, ax_zoom), (ax_coord, ax_R) = axes
-    label = _label(cert["hypothesis"])
+    label = hypothesis_label(cert["hypothesis"])
     what = "C" if invariant else "R"
 
     # values of R (or C) at the end points and the level sets to draw
@@ -139,16 +149,16 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
         return v[:, comp] if v.ndim == 2 else v
 
     def draw_plane(ax, lo, hi, zoom: bool):
-        S, T, pts = _grid(th0, U, lo, hi, grid)
+        S, T, pts = plane_grid(th0, U, lo, hi, grid)
         drawn = []
         for s in sides:
-            if _zero_band(ax, S, T, _loss(model, pts, *data[s][:3]).reshape(S.shape), COLORS[s], HATCH[s]):
+            if zero_band(ax, S, T, loss_on(model, pts, *data[s][:3]).reshape(S.shape), COLORS[s], HATCH[s]):
                 drawn.append(s)
         if spec.depends_on == "data" and not invariant:
             for (value, color, style), s in zip(levels, sides):
-                _level_sets(ax, S, T, field(pts, s).reshape(S.shape), [(value, color, style)], zoom and s == "a")
+                level_sets(ax, S, T, field(pts, s).reshape(S.shape), [(value, color, style)], zoom and s == "a")
         else:
-            _level_sets(ax, S, T, field(pts, "a").reshape(S.shape), levels, zoom)
+            level_sets(ax, S, T, field(pts, "a").reshape(S.shape), levels, zoom)
         for s in sides:
             pp = proj(paths[s][1])
             ax.plot(pp[:, 0], pp[:, 1], color=COLORS[s], lw=1.4, alpha=0.9)
@@ -159,8 +169,8 @@ def plot_certificate(cert: dict, path: str | Path, plugins: Iterable[str] = (), 
             ax.plot(*proj(x0)[0], marker="s", ms=7, color=COLORS["b"], mec="k", zorder=5)
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
-        ax.set_xlabel(f"s   (u1 = {_direction_label(U[0], names)})")
-        ax.set_ylabel(f"t   (u2 = {_direction_label(U[1], names)})")
+        ax.set_xlabel(f"s   (u1 = {direction_label(U[0], names)})")
+        ax.set_ylabel(f"t   (u2 = {direction_label(U[1], names)})")
         return drawn
 
     # full view: every projected point, padded

@@ -32,10 +32,10 @@ def fmt_vec(v: Any, digits: int = 6, max_len: int = 8) -> str:
 
 
 def _source(v: dict[str, Any], ev: dict[str, Any]) -> str:
-    """Where a falsifying witness came from: "pair" (two solved triples) or "search" (one Z(D))."""
+    """Where a falsifying witness came from: its claim kind ("pair", "witness", ...)."""
     if v["verdict"] != "falsified" or not ev:
         return ""
-    return {"witness": "search", "pair": "pair"}.get(ev.get("kind", "pair"), "triple")
+    return str(ev.get("kind", ""))
 
 
 def _subopt(v: dict[str, Any]) -> str:
@@ -46,37 +46,51 @@ def _subopt(v: dict[str, Any]) -> str:
     return f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})"
 
 
+def graded(v: dict[str, Any]) -> str:
+    """The verdict with the grade a survival rests on: ``survives (certified)``."""
+    return f"{v['verdict']} ({v['grade']})" if v.get("grade") else v["verdict"]
+
+
+def verdict_text(v: dict[str, Any]) -> str:
+    """The verdict column: FALSIFIED, or the verdict with its grade."""
+    return "FALSIFIED" if v["verdict"] == "falsified" else graded(v)
+
+
+def evidence_text(v: dict[str, Any], digits: int = 4) -> str:
+    """The evidence column: the refuting gap against its margin; for the others what the verdict
+    rests on, or the closest call in units of its margin."""
+    ev = v.get("evidence") or {}
+    if v["verdict"] == "falsified" and ev:
+        return f"{ev.get('label', 'gap')}={fmt_num(ev['gap'], digits)} > margin {fmt_num(ev['margin'], 2)}"
+    if v["verdict"] in ("inconclusive", "error", "unrefuted") or v.get("grade") == "vacuous":
+        return v["reason"]
+    if v["kind"] == "bound" and v.get("worst") is not None:
+        return f"worst {fmt_num(v['worst'], digits)} <= {fmt_num(v['params'].get('bound'), digits)}"
+    se = v.get("search") or {}
+    if v.get("grade") == "certified" and se.get("searched"):
+        return (f"argmin on {se['certified']}/{se['searched']} triples, worst subopt "
+                f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})")
+    if ev and ev.get("margin"):
+        return (f"closest: {ev.get('label', 'gap')}={fmt_num(ev['gap'], 2)}, "
+                f"{fmt_num(ev['gap'] / (ev['margin'] + ev.get('noise', 0.0)), 2)} of the margin")
+    return ""
+
+
 def verdict_rows(verdicts: Iterable[dict[str, Any]], digits: int = 4) -> list[dict[str, Any]]:
     rows = []
     for v in verdicts:
-        ev = v.get("evidence") or {}
         regularizer = v["kind"] == "regularizer"
-        if v["verdict"] == "falsified" and ev:
-            delta = {"regularizer": "|ΔR|", "invariant": "|ΔC|", "bound": "B - bound"}[v["kind"]]
-            if ev.get("kind") == "witness":
-                delta = "R(θ∞)-R(θ')"
-            evidence = f"{delta}={fmt_num(ev['gap'], digits)} > margin {fmt_num(ev['margin'], 2)}"
-        elif v["verdict"] == "survives" and (v.get("search") or {}).get("searched") and not v["distinct"]:
-            se = v["search"]
-            evidence = (f"argmin on {se['certified']}/{se['searched']} triples, worst subopt "
-                        f"{fmt_num(se['worst_suboptimality'], 2)} ({se['label']})")
-        elif v["kind"] == "bound" and v.get("worst") is not None and v["verdict"] == "survives":
-            evidence = f"worst {fmt_num(v['worst'], digits)} <= {fmt_num(v['params'].get('bound'), digits)}"
-        elif v["verdict"] in ("survives", "inconclusive") and v["pairs"] and ev:
-            evidence = f"closest: rel gap {fmt_num(v['max_rel_gap'], 2)}"
-        else:
-            evidence = ""
         held = "" if v["expect"] is None else ("✓" if v["held"] else "✗ expected " + v["expect"])
         rows.append({
             "hypothesis": v["label"],
             "depends on": v["depends_on"] if regularizer else v["kind"],
-            "verdict": v["verdict"].upper() if v["verdict"] == "falsified" else v["verdict"],
+            "verdict": verdict_text(v),
             "expect": held,
             "pairs": v["pairs"] if regularizer else f"{v['pairs']} triples",
             "distinct": v["distinct"] if regularizer else "",
-            "source": _source(v, ev),
+            "source": _source(v, v.get("evidence") or {}),
             "subopt": _subopt(v),
-            "evidence": evidence or (v["reason"] if v["verdict"] in ("inconclusive", "error") else ""),
+            "evidence": evidence_text(v, digits),
             "certificate": v.get("certificate") or "",
         })
     return rows
@@ -199,8 +213,8 @@ def diff(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> list[str
         if y is None:
             lines.append(f"{label}: only in run A ({x['verdict']})")
             continue
-        if x["verdict"] != y["verdict"]:
-            lines.append(f"{label}: verdict {x['verdict']} -> {y['verdict']}")
+        if graded(x) != graded(y):  # the grade a survival rests on counts too
+            lines.append(f"{label}: verdict {graded(x)} -> {graded(y)}")
         for key in ("pairs", "distinct"):
             if x[key] != y[key]:
                 lines.append(f"{label}: {key} {x[key]} -> {y[key]}")
@@ -272,7 +286,64 @@ def diff_sweeps(a: dict[str, Any], b: dict[str, Any], *, rel: float = 1e-9) -> l
             for line in diff(ra, rb, rel=rel)]
 
 
-def render_sweep(runs: list[dict[str, Any]], path: str) -> str:
+def limit_rows(limits: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per member and direction of a sweep's limit verdicts."""
+    rows = []
+    for v in limits:
+        held = "" if v.get("expect") is None else ("✓" if v.get("held") else "✗ expected " + str(v["expect"]))
+        if v.get("law") == "log":
+            rate = f"1/|log s|^{fmt_num(v['log_rate'], 3)} (R² {fmt_num(v.get('log_r2'), 2)})"
+        else:
+            rate = "" if v.get("rate") is None else f"s^{fmt_num(v['rate'], 3)} (R² {fmt_num(v.get('r2'), 2)})"
+        rows.append({"hypothesis": v["label"], "limit": "→ 0" if v["to"] == "0" else "→ ∞",
+                     "verdict": str(v["verdict"]).replace("_", " "), "expect": held, "rate": rate,
+                     "gaps": ", ".join(f"{fmt_num(p['s'], 3)}: {fmt_num(p['g'], 2) if p['refuted'] else '≤margin'}"
+                                       for p in v.get("points", [])),
+                     "certificate": v.get("certificate") or ""})
+    return rows
+
+
+def render_limits(limits: list[dict[str, Any]], path: str, runs: list[dict[str, Any]] | None = None) -> str:
+    """The limit verdicts of a sweep: each member's relative gap toward the limit of ``path``, the
+    fitted rate and the verdict; then each verdict's reason; then, for each study triple, its
+    solution (the predictor where the model has one) at the value nearest the limit and how much it
+    still moved from the value before (the limit the flows themselves approach)."""
+    if not limits:
+        return ""
+    out = [f"Limits over {path} (relative gap at each value nearest the limit):", table(limit_rows(limits))]
+    out += [f"  {v['label']} → {'0' if v['to'] == '0' else '∞'}: {v['reason']}" for v in limits]
+    for to in dict.fromkeys(v["to"] for v in limits):
+        rows = solution_trend(runs or [], to)
+        if rows:
+            out += [f"Solutions as {path} → {'0' if to == '0' else '∞'}:", table(rows)]
+    return "\n".join(out)
+
+
+def solution_trend(runs: list[dict[str, Any]], to: str) -> list[dict[str, Any]]:
+    """Per study triple (dataset, init) of the sweep: the solution at the two values nearest the
+    limit ``to`` ("0" or "inf") and the relative change between them."""
+    valued = [r for r in runs if isinstance(r.get("sweep_value"), (int, float))]
+    if len(valued) < 2:
+        return []
+    valued.sort(key=lambda r: r["sweep_value"], reverse=to == "0")
+    a, b = valued[-2], valued[-1]
+    rows = []
+    ta = {(t["dataset"], t["init"]): t for t in a["triples"]}
+    for t in b["triples"]:
+        s = ta.get((t["dataset"], t["init"]))
+        if s is None or t["status"] != "converged":
+            continue
+        key = "predictor" if "predictor" in t else "theta"
+        x, w = t[key], s[key]
+        size = max(math.sqrt(sum(v * v for v in x)), 1e-300)
+        change = math.sqrt(sum((p - q) ** 2 for p, q in zip(x, w))) / size if len(x) == len(w) else math.nan
+        rows.append({"dataset": t["dataset"], "init": t["init"],
+                     f"{key} at {fmt_num(b['sweep_value'], 3)}": fmt_vec(x, 5),
+                     f"change from {fmt_num(a['sweep_value'], 3)}": fmt_num(change, 2)})
+    return rows
+
+
+def render_sweep(runs: list[dict[str, Any]], path: str, limits: list[dict[str, Any]] | None = None) -> str:
     """One row per sweep value: statuses, the end-to-end predictor of each study triple, verdicts."""
     rows = []
     for r in runs:
@@ -291,4 +362,6 @@ def render_sweep(runs: list[dict[str, Any]], path: str) -> str:
         for m in r["verdicts"]:
             if m.get("certificate"):
                 out.append(f"  {path}={r['sweep_value']}: {m['label']}: certificate {m['certificate']}")
+    if limits:
+        out += ["", render_limits(limits, path, runs)]
     return "\n".join(out)

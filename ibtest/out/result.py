@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ibtest.base.jsonio import to_jsonable as jsonable
-from ibtest.judge.verdicts import MemberResult
+from ibtest.judge.limits import LimitVerdict
+from ibtest.judge.records import MemberResult
 from ibtest.out import report
 from ibtest.run.streaming import Tally
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import Phase
-from ibtest.study.schema import Study
+from ibtest.study.typed import Study
 
 
 @dataclass
@@ -51,7 +52,7 @@ class StudyResult:
 
     @property
     def verdicts(self) -> dict[str, str]:
-        return {m.label: m.verdict for m in self.members}
+        return {m.label: m.verdict.value for m in self.members}
 
     @property
     def n_triples(self) -> int:
@@ -106,14 +107,13 @@ class StudyResult:
             "summary": self.summary(),
             "verdicts": [
                 {"hypothesis": m.hypothesis, "params": m.params, "label": m.label,
-                 "kind": m.kind, "depends_on": m.depends_on, "verdict": m.verdict, "expect": m.expect,
+                 "kind": m.kind, "depends_on": m.depends_on, "verdict": m.verdict.value,
+                 "grade": None if m.grade is None else m.grade.value, "expect": m.expect,
                  "held": m.held, "pairs": m.n_pairs, "distinct": m.n_distinct,
                  "max_rel_gap": m.max_rel_gap, "worst": m.worst, "reason": m.reason, "error": m.error,
                  "certificate": m.certificate,
                  "search": None if m.search is None else m.search.to_json(),
-                 "evidence": None if m.evidence is None else {
-                     "gap": m.evidence.gap, "margin": m.evidence.margin, "R_a": m.evidence.Ra,
-                     "R_b": m.evidence.Rb, "source": m.evidence.source, "kind": m.evidence.kind}}
+                 "evidence": None if m.evidence is None else m.evidence.to_json()}
                 for m in self.members
             ],
             "triples": ty.rows,
@@ -131,3 +131,26 @@ class StudyResult:
 
     def markdown(self) -> str:
         return report.render_markdown(self.to_json())
+
+
+class SweepResult(list):
+    """The runs of a swept study, one :class:`StudyResult` per value (a list of them), with the
+    limit verdicts of a study that declares ``limit:`` (:mod:`ibtest.judge.limits`)."""
+
+    def __init__(self, runs: list[StudyResult], path: str, limits: list[LimitVerdict] | None = None):
+        super().__init__(runs)
+        self.path = path
+        self.limits: list[LimitVerdict] = list(limits or [])
+
+    @property
+    def expectations_held(self) -> bool:
+        return all(r.expectations_held for r in self) and all(v.held is not False for v in self.limits)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.expectations_held else 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The results format of a sweep: its path, each run's results and the limit verdicts."""
+        return jsonable({"sweep": self.path, "runs": [r.json_cache or r.to_json() for r in self],
+                         "limits": [v.to_json() for v in self.limits]})

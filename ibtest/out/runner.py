@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,16 +18,24 @@ from typing import Any
 
 import yaml
 
+from ibtest.base import deadline
 from ibtest.base.errors import UserError
 from ibtest.base.progress import Progress
+from ibtest.base.textsafe import clean
 from ibtest.cert import certificate
+from ibtest.cert.shrink import SHRINKABLE
+from ibtest.judge.limits import CONSISTENT, NOT_THE_LIMIT, LimitVerdict, judge_limit, point_of
 from ibtest.out import report
-from ibtest.out.result import StudyResult
+from ibtest.out.result import StudyResult, SweepResult
 from ibtest.run import executors
+from ibtest.run.lock import holder, in_use
 from ibtest.run.pipeline import judge_run
 from ibtest.run.store import Store, open_run
 from ibtest.solve.engine import InstancePlan, RunContext, build_context, plan_instances
-from ibtest.study.schema import Study, load_study_text, read_study_bytes, variants
+from ibtest.solve.rules import Verdict
+from ibtest.study.schema import load_study_text, read_study_bytes
+from ibtest.study.sweep import variants
+from ibtest.study.typed import Study
 
 
 def run_loaded(study: Study, *, out_dir: str | Path | None = None, store: Store | None = None,
@@ -82,20 +91,84 @@ def write_certificates(res: StudyResult, ctx: RunContext) -> None:
         raise UserError(_write_failure(d, exc, d)) from None
     if res.study.verdict.max_certificates <= 0:
         return
-    tight = ctx.solver.tighten(dict(ctx.solver_options))
     for m in res.members:
-        if m.verdict != "falsified" or m.evidence is None:
+        if m.verdict == Verdict.SURVIVES and m.support is not None:  # a certified survival
+            _write_support(res, ctx, m)
+            continue
+        if m.verdict != Verdict.FALSIFIED or m.evidence is None:
             continue
         path = d / "certificates" / f"{certificate.slug(m.label)}.json"
-        cert = certificate.build(ctx, res.triples, m, tight)
+        try:
+            cert = certificate.build(ctx, res.triples, m)
+        except Exception as exc:  # a claim kind's plugin that cannot certify: said, the run goes on
+            ctx.errors.append(f"certificate of {m.label}: {type(exc).__name__}: {exc}")
+            continue
         try:
             certificate.write(cert, path)
         except OSError as exc:
             raise UserError(_write_failure(path, exc, d)) from None
         m.certificate = str(path)
         res.certificates.append(str(path))
-        if res.study.verdict.shrink and m.kind == "regularizer":
+        if res.study.verdict.shrink and m.evidence.kind in SHRINKABLE:
             _shrink_one(res, ctx, path)
+
+
+def judge_limits(st_: Study, runs: list[StudyResult], out: Path | None) -> list[LimitVerdict]:
+    """The limit verdicts of a sweep with ``limit:`` (every member, every direction), with the
+    expectations of the study and, where consistent or not the limit, a limit certificate written to
+    ``out/certificates/<member>.limit-<to>.json`` embedding the runs' own certificates."""
+    if st_.limit is None or not runs:
+        return []
+    from ibtest.cert import limit_cert
+    from ibtest.cert.schema import load
+    from ibtest.study.schema import limit_directions
+
+    out_v: list[LimitVerdict] = []
+    for hi, use in enumerate(st_.hypotheses):
+        for mj in range(len(use.members)):
+            label = runs[0].members[sum(len(u.members) for u in st_.hypotheses[:hi]) + mj].label
+            points, certs = [], {}
+            for r in runs:
+                m = next((x for x in r.members if x.label == label), None)
+                if m is None or not isinstance(r.sweep_value, (int, float)):
+                    continue
+                s = float(r.sweep_value)
+                pt = point_of(m, s)
+                if pt is not None:
+                    points.append(pt)
+                if m.certificate:
+                    with contextlib.suppress(UserError):
+                        certs[s] = load(m.certificate)
+            for direction in limit_directions(st_.limit):
+                v = judge_limit(label, points, direction)
+                v.expect = use.expect_limit.get(direction)
+                if out is not None and v.verdict in (CONSISTENT, NOT_THE_LIMIT) and any(
+                        p.refuted and p.s in certs for p in v.points):
+                    path = out / "certificates" / f"{certificate.slug(label)}.limit-{v.toward}.json"
+                    try:
+                        certificate.write(limit_cert.build(v, st_.limit.path, certs), path)
+                        v.certificate = str(path)
+                    except (OSError, ValueError) as exc:
+                        runs[0].errors.append(f"limit certificate of {label}: {exc}")
+                out_v.append(v)
+    return out_v
+
+
+def _write_support(res: StudyResult, ctx: RunContext, m: Any) -> None:
+    """``certificates/<member>.certified.json``: the run a certified survival rests on (when the
+    study has the ``optimum`` claim kind registered), which ``ibtest verify`` re-certifies."""
+    assert res.run_dir is not None and m.use is not None and m.support is not None
+    kind = ctx.study.kind_named(m.use, m.support.kind)
+    if kind is None:
+        return
+    path = res.run_dir / "certificates" / f"{certificate.slug(m.label)}.certified.json"
+    try:
+        certificate.write(certificate.build(ctx, res.triples, m, m.support, kind), path)
+    except Exception as exc:  # said, the run goes on
+        ctx.errors.append(f"certificate of {m.label} (certified survival): {type(exc).__name__}: {exc}")
+        return
+    m.certificate = str(path)
+    res.certificates.append(str(path))
 
 
 def _shrink_one(res: StudyResult, ctx: RunContext, path: Path) -> None:
@@ -113,33 +186,54 @@ def _shrink_one(res: StudyResult, ctx: RunContext, path: Path) -> None:
 
 def _plans(st_: Study) -> list[InstancePlan]:
     """The instances of every run of a study (each sweep value), made before anything is written:
-    a dataset or init plugin that fails, or data too large, stop here (exit 2, no run directory)."""
-    return [plan_instances(build_context(s)) for _, s in variants(st_)]
+    a dataset or init plugin that fails, or data too large or too much work, stop here (exit 2, no
+    run directory). What the plans warn of (a long estimated run) is said on stderr now."""
+    with deadline.policy(st_.budget.deadline):
+        plans = [plan_instances(build_context(s)) for _, s in variants(st_)]
+    said: set[str] = set()
+    for plan in plans:
+        for w in plan.warnings:
+            if w not in said:
+                said.add(w)
+                print(f"ibtest: warning: {clean(w)}", file=sys.stderr)
+    return plans
 
 
 def _execute(st_: Study, out: Path | None, store: Store | None, progress,
              plans: list[InstancePlan] | None = None) -> StudyResult | list[StudyResult]:
-    """Run a study (each sweep value) into ``out`` and ``store``; the store is closed after."""
+    """Run a study (each sweep value) into ``out`` and ``store``; the store is closed after. Every
+    plugin call gets the study's deadline (``budget.deadline``)."""
     try:
-        runs = variants(st_)
-        todo: list[InstancePlan | None] = list(plans) if plans else [None] * len(runs)
-        if st_.sweep is None:
-            result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress, plan=todo[0])
-            payload: Any = result.json_cache
-        else:
-            result = []
-            for k, ((v, s), plan) in enumerate(zip(runs, todo)):
-                sub = out / f"sweep-{k:02d}" if out is not None else None
-                result.append(run_loaded(s, out_dir=sub, store=store, progress=progress, sweep_value=v, plan=plan))
-            payload = {"sweep": st_.sweep.path, "runs": [r.json_cache for r in result]}
-        if store is not None:
-            store.write_results(payload)
-            store.set_meta(state="finished", finished=_dt.datetime.now().isoformat(timespec="seconds"))
-            store.finish()
-        return result
+        with deadline.policy(st_.budget.deadline):
+            return _run_variants(st_, out, store, progress, plans)
     finally:
         if store is not None:
             store.close()
+
+
+def _run_variants(st_: Study, out: Path | None, store: Store | None, progress,
+                  plans: list[InstancePlan] | None) -> StudyResult | list[StudyResult]:
+    """Each sweep value's run in turn (one run without a sweep); a sweep also gets its limit
+    verdicts and its own ``results.json``. The store gets the payload and is marked finished."""
+    runs = variants(st_)
+    todo: list[InstancePlan | None] = list(plans) if plans else [None] * len(runs)
+    if st_.sweep is None:
+        result: Any = run_loaded(st_, out_dir=out, store=store, progress=progress, plan=todo[0])
+        payload: Any = result.json_cache
+    else:
+        result = SweepResult([], st_.sweep.path)
+        for k, ((v, s), plan) in enumerate(zip(runs, todo)):
+            sub = out / f"sweep-{k:02d}" if out is not None else None
+            result.append(run_loaded(s, out_dir=sub, store=store, progress=progress, sweep_value=v, plan=plan))
+        result.limits = judge_limits(st_, result, out)
+        payload = result.to_json()
+        if out is not None:  # the sweep's own results: every run's, and its limit verdicts
+            _write_text(out / "results.json", json.dumps(payload, indent=1), out)
+    if store is not None:
+        store.write_results(payload)
+        store.set_meta(state="finished", finished=_dt.datetime.now().isoformat(timespec="seconds"))
+        store.finish()
+    return result
 
 
 def run_study(study: str | Path | dict, *, plugins: Sequence[str] = (), out_dir: str | Path | None = None,
@@ -161,6 +255,9 @@ def run_study(study: str | Path | dict, *, plugins: Sequence[str] = (), out_dir:
     store = None
     if write:
         out = Path(out_dir) if out_dir else default_run_dir(st_.name)
+        who = holder(out)
+        if who is not None:
+            raise UserError(in_use(out, who))
         if (out / "results.sqlite").exists():
             raise UserError(f"run directory {out} already holds a run: resume it with "
                             f"'ibtest run --resume {out}' or choose another --out")
@@ -206,6 +303,9 @@ def resume_run(run_dir: str | Path, *, plugins: Sequence[str] = (), progress: Pr
     from ibtest.plugin.manager import load_registry, require_registered
     from ibtest.study.schema import parse_study_text, plugin_files_of, validate
 
+    who = holder(run_dir)
+    if who is not None:  # said first: the store may not even exist yet
+        raise UserError(in_use(run_dir, who))
     store = open_run(run_dir)
     try:
         meta = store.meta()
@@ -226,8 +326,13 @@ def resume_run(run_dir: str | Path, *, plugins: Sequence[str] = (), progress: Pr
     except BaseException:
         store.close()
         raise
+    try:
+        plans = _plans(st_)  # a data plugin that fails, or too much work: refused before the store changes
+    except BaseException:
+        store.close()
+        raise
     store.set_meta(state="running", resumed=_dt.datetime.now().isoformat(timespec="seconds"))
-    return _execute(st_, Path(run_dir), store, progress)
+    return _execute(st_, Path(run_dir), store, progress, plans)
 
 
 def _study_needs(data: dict[str, Any]) -> list[tuple[str, str]]:

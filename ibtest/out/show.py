@@ -7,52 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from ibtest.base.textsafe import clean_tree
-from ibtest.cert import certificate
-
-
-def _f(x: Any, spec: str = ".3g") -> str:
-    return "-" if x is None else format(x, spec) if isinstance(x, (int, float)) else str(x)
+from ibtest.base.textsafe import clean, clean_tree
+from ibtest.cert.schema import load
 
 
-def describe(cert: dict) -> list[str]:
-    """The certificate in lines; ``cert`` is a validated (:func:`ibtest.cert.schema.load`) dict."""
+def describe(cert: dict, plugins: Iterable[str] = (), where: str = "certificate") -> list[str]:
+    """The certificate in lines, by its claim kind's ``describe`` (the registry's kind named by the
+    file); ``cert`` is a validated (:func:`ibtest.cert.schema.load`) dict, printed cleaned."""
+    from ibtest.cert.replay import registered_kind
+    from ibtest.plugin.manager import load_registry
+
     cert = clean_tree(cert)
-    if cert.get("kind") == "witness":
-        from ibtest.cert.witness_cert import describe as describe_witness
-
-        return describe_witness(cert)
-    h = cert["hypothesis"]
-    params = ", ".join(f"{k}={v}" for k, v in h["params"].items())
-    sides = [s for s in ("a", "b") if s in cert]
-    same0 = all((cert[s].get("theta0") or cert["theta0"]) == cert["theta0"] for s in sides)
-    lines = [
-        "Failing case:",
-        f"  hypothesis: {h['name']}{f'[{params}]' if params else ''} ({h.get('kind') or '?'}, depends on "
-        f"{h.get('depends_on') or '?'}; as stated by the file)",
-        f"  claim: {cert.get('claim', '')}",
-        f"  model: {cert['model']['name']} {cert['model']['options']}",
-        f"  solver: {cert['solver']['name']} {cert['solver']['options']}",
-        f"  theta0 = {cert['theta0']}" + ("" if same0 else " (side a; the sides differ)"),
-    ]
-    for s in sides:
-        side = cert[s]
-        lines += [
-            f"  dataset {s} ({side.get('label', '')}):",
-            *[f"    x = {x}, y = {y}" for x, y in zip(side["X"], side["y"])],
-            *([f"    theta0 of this side = {side['theta0']}"] if side.get("theta0") not in (None, cert["theta0"]) else []),
-            f"    theta_{s} = {side['theta']}",
-            f"    loss = {_f(side.get('loss'))}, R = {_f(side.get('R'), '')}, "
-            f"measured solver error = {_f(side.get('measured_error'))}",
-        ]
-    if cert.get("cross_loss"):
-        cl = cert["cross_loss"]
-        lines.append(f"  cross-fit: L(theta_a; D_b) = {_f(cl['theta_a_on_D_b'])}, L(theta_b; D_a) = {_f(cl['theta_b_on_D_a'])}")
-    lines += [f"  {cert.get('refutation', '')}", f"  replay: {cert.get('replay', '')}",
-              "  (numbers as stored in the file: 'ibtest verify' re-solves and judges them)"]
-    return lines
+    return list(registered_kind(load_registry(list(plugins)), cert, where).describe(cert))
 
 
 def _vec(v) -> str:
@@ -72,9 +39,9 @@ def describe_shrunk(cert: dict) -> list[str]:
     params = ", ".join(f"{k}={v}" for k, v in h["params"].items())
     sh = cert["shrink"]
     c: Case = case_from_cert(cert)
-    from ibtest.cert.shrink import _clean_num
+    from ibtest.cert.shrink import clean_num
 
-    aft, bef = ({**x, "max_abs": _clean_num(x["max_abs"])} for x in (sh["after"], sh["before"]))
+    aft, bef = ({**x, "max_abs": clean_num(x["max_abs"])} for x in (sh["after"], sh["before"]))
     lines = [f"Shrunk counterexample: {h['name']}{f'[{params}]' if params else ''} ({h['kind']}, depends on {h['depends_on']}), "
              f"model {cert['model']['name']} {cert['model']['options']}, solver {cert['solver']['name']}",
              f"  n = {aft['n']}, d = {aft['d']}, max |coordinate| = {aft['max_abs']}, digits {aft['digits']} "
@@ -97,13 +64,14 @@ def describe_shrunk(cert: dict) -> list[str]:
     return lines
 
 
-def show(path: str | Path, plot: str | None = None, plugins: Iterable[str] = ()) -> int:
-    cert = certificate.load(path)
+def show(path: str | Path, plot: str | Path | None = None, plugins: Iterable[str] = ()) -> int:
+    cert = load(path)
     shrunk = bool(cert.get("shrink")) and "b" in cert
-    print("\n".join(describe_shrunk(cert) if shrunk else describe(cert)))
+    print("\n".join(describe_shrunk(cert) if shrunk else describe(cert, plugins, f"certificate {clean(str(path))}")))
     if plot:
+        from ibtest.base.outpath import save_figure
         from ibtest.out.plots import plot_certificate
 
-        out = plot_certificate(cert, plot, plugins=list(plugins))
-        print(f"figure written to {out}")
+        out = save_figure(plot_certificate, Path(plot), cert, plugins=list(plugins))
+        print(f"figure written to {clean(out)}")
     return 0

@@ -1,8 +1,9 @@
 """Admissible pairs: which solved triples may be compared.
 
 A pair (a, b) is *admissible* when both triples converged and each solution fits the other's
-dataset by the fit rule of :mod:`ibtest.solve.fit`: L(θa; Db) ≤ fit_tol·max(½‖y_b‖², L(θ0_b; Db))
-and the same with a and b swapped. It is *distinct* when ‖θa − θb‖ > ``DISTINCT_RTOL``·max(‖θa‖, ‖θb‖).
+dataset by the fit rule of :mod:`ibtest.solve.fit` (``ctx.rules``): L(θa; Db) ≤ fit_tol·max(½‖y_b‖²,
+L(θ0_b; Db)) with θa near Z(Db), and the same with a and b swapped. It is *distinct* when
+‖θa − θb‖ > ``DISTINCT_RTOL``·max(‖θa‖, ‖θb‖).
 The study's own pairs group triples with the same θ0 (two datasets) or the same dataset (two θ0),
 capped per group.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import torch
 
 from ibtest.base import status as st
-from ibtest.solve import fit
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import RunContext
 
@@ -20,7 +20,7 @@ Tensor = torch.Tensor
 DISTINCT_RTOL = 1e-9  # two solutions are distinct when ‖θa − θb‖ > DISTINCT_RTOL · max(‖θa‖, ‖θb‖)
 
 
-def _distinct(ta: Tensor, tb: Tensor) -> Tensor:
+def distinct(ta: Tensor, tb: Tensor) -> Tensor:
     """Relative to the solutions' own size, so a study scaled by any factor pairs alike."""
     scale = torch.maximum(ta.norm(dim=-1), tb.norm(dim=-1))
     return (ta - tb).norm(dim=-1) > DISTINCT_RTOL * scale
@@ -37,14 +37,13 @@ def admissible(ctx: RunContext, t: Triples, a: Tensor, b: Tensor, source: str | 
     code, names = (torch.zeros(a.numel(), dtype=torch.int64), [source]) if isinstance(source, str) else source
     conv = (t.status[a] == st.CONVERGED) & (t.status[b] == st.CONVERGED)
     a, b, code = a[conv], b[conv], code[conv]
-    cab = m.loss(t.theta[a], t.X[b], t.y[b], t.mask[b]).detach().cpu()
-    cba = m.loss(t.theta[b], t.X[a], t.y[a], t.mask[a]).detach().cpu()
-    tol_b = fit.fit_threshold(m, t.X[b], t.y[b], t.mask[b], t.theta0[b], ctx.fit_tol).cpu()
-    tol_a = fit.fit_threshold(m, t.X[a], t.y[a], t.mask[a], t.theta0[a], ctx.fit_tol).cpu()
-    keep = ((cab <= tol_b) & (cba <= tol_a)).nonzero().flatten()
+    fab = ctx.rules.check_fit(m, t.theta[a], t.X[b], t.y[b], t.mask[b], t.theta0[b])
+    fba = ctx.rules.check_fit(m, t.theta[b], t.X[a], t.y[a], t.mask[a], t.theta0[a])
+    cab, cba = fab.loss.detach().cpu(), fba.loss.detach().cpu()
+    keep = (fab.ok & fba.ok).cpu().nonzero().flatten()
     a, b = a[keep], b[keep]
     same = (t.theta0[a] == t.theta0[b]).all(-1).cpu()
-    return Pairs(a, b, code[keep], list(names), same, cab[keep], cba[keep], _distinct(t.theta[a], t.theta[b]).cpu())
+    return Pairs(a, b, code[keep], list(names), same, cab[keep], cba[keep], distinct(t.theta[a], t.theta[b]).cpu())
 
 
 def group_pairs(keys: Tensor, cap: int) -> tuple[Tensor, Tensor]:

@@ -9,14 +9,18 @@ study: solve, own pairs, triple constructions, pair constructions.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ibtest.base import status as st
+from ibtest.base.guard import describe, plugin_call
 from ibtest.pairs.admissible import admissible, own_pairs
-from ibtest.plugin.specs import NewPairs, PairBatch, Partners, TripleBatch
+from ibtest.pairs.checks import check_new_pairs, check_partners
+from ibtest.plugin.specs import PairBatch, TripleBatch
 from ibtest.solve.batch import Pairs, Triples, cat_padded
-from ibtest.solve.engine import Phase, RunContext, _construction_seed, make_instances, solve_into
+from ibtest.solve.engine import Phase, RunContext, construction_seed, solve_into
 
 Tensor = torch.Tensor
 
@@ -36,6 +40,22 @@ def _new_triples(ctx: RunContext, X, y, mask, theta0, labels, origin, parent, in
     )
 
 
+def _built(ctx: RunContext, use: Any, check: Callable[..., Any], *shape: int, **kwargs: Any) -> Any:
+    """``use.spec.build(**kwargs)`` guarded (raising, ``sys.exit``, its own KeyboardInterrupt, the
+    deadline) and its result checked by ``check(out, *shape)``; a failure is reported in the run's
+    errors and None returned: the study goes on without these partners."""
+    try:
+        out = plugin_call(use.spec.build, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the plugin's failure, reported in its row
+        ctx.errors.append(f"construction {use.name!r} {describe(exc)}")
+        return None
+    try:
+        return check(out, *shape)
+    except ValueError as exc:
+        ctx.errors.append(f"construction {use.name!r} returned {exc}")
+        return None
+
+
 def run_triple_constructions(ctx: RunContext, t: Triples, pairs: Pairs) -> None:
     """Partner datasets from every converged study triple; solve; keep admissible pairs."""
     src_idx = ((t.status == st.CONVERGED) & (t.parent < 0)).nonzero().flatten()
@@ -43,13 +63,9 @@ def run_triple_constructions(ctx: RunContext, t: Triples, pairs: Pairs) -> None:
         if use.spec.stage != "triple" or src_idx.numel() == 0:
             continue
         for opts in use.expand():
-            try:
-                out: Partners = use.spec.build(model=ctx.model, triples=_triple_batch(t, src_idx),
-                                               rng=_construction_seed(ctx, 3, len(t)), **opts)
-            except (Exception, SystemExit) as exc:  # a plugin's sys.exit must not end the run
-                ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
-                continue
-            if out is None or out.X.shape[0] == 0:
+            out = _built(ctx, use, check_partners, src_idx.numel(), t.X.shape[-1], model=ctx.model,
+                         triples=_triple_batch(t, src_idx), rng=construction_seed(ctx, 3, len(t)), **opts)
+            if out is None:
                 continue
             parent = src_idx[out.source]
             new = _new_triples(ctx, out.X.to(torch.float64), out.y.to(torch.float64), out.mask.to(torch.float64),
@@ -71,12 +87,9 @@ def run_pair_constructions(ctx: RunContext, t: Triples, pairs: Pairs) -> None:
         pb = PairBatch(t.X[base.a], t.y[base.a], t.mask[base.a], t.X[base.b], t.y[base.b], t.mask[base.b],
                        t.theta0[base.a], [f"{t.labels[i]} | {t.labels[j]}" for i, j in zip(base.a.tolist(), base.b.tolist())])
         for opts in use.expand():
-            try:
-                out: NewPairs = use.spec.build(model=ctx.model, pairs=pb, rng=_construction_seed(ctx, 4, len(t)), **opts)
-            except (Exception, SystemExit) as exc:  # a plugin's sys.exit must not end the run
-                ctx.errors.append(f"construction {use.name!r} raised: {type(exc).__name__}: {exc}")
-                continue
-            if out is None or out.pairs.theta0.shape[0] == 0:
+            out = _built(ctx, use, check_new_pairs, len(base), t.X.shape[-1], t.theta0.shape[-1], model=ctx.model,
+                         pairs=pb, rng=construction_seed(ctx, 4, len(t)), **opts)
+            if out is None:
                 continue
             p = out.pairs
             k = p.theta0.shape[0]
@@ -104,8 +117,3 @@ def run_block(ctx: RunContext, t: Triples, start: int = 0) -> tuple[Triples, Pai
     run_triple_constructions(ctx, t, pairs)
     run_pair_constructions(ctx, t, pairs)
     return t, pairs
-
-
-def run_engine(ctx: RunContext) -> tuple[Triples, Pairs]:
-    """Solve the study's instances in one block, build and solve partners, return all triples and pairs."""
-    return run_block(ctx, make_instances(ctx))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
-from ibtest.plugin.specs import Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
+from ibtest.plugin.specs import ClaimKind, Construction, Dataset, Executor, Family, Hypothesis, Init, Model, Solver
 
 PROJECT = "ibtest"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -50,6 +50,18 @@ def ibtest_executors() -> list[Executor]:
     """Return the executors (where a study's blocks run: locally, on a cluster) this plugin provides."""
 
 
+@hookspec
+def ibtest_claim_kinds() -> list[ClaimKind]:
+    """Return the claim kinds (how a kind of evidence is scored, judged, certified, replayed, shown
+    and drawn) this plugin provides."""
+
+
+@hookspec
+def ibtest_families() -> list[Family]:
+    """Return the regularizer families R_λ, linear in their coefficients λ, that ``ibtest fit`` can
+    fit to a study's triples (each also registers two hypotheses, see :class:`ibtest.Family`)."""
+
+
 HOOK_KINDS: dict[str, str] = {
     "ibtest_models": "models",
     "ibtest_datasets": "datasets",
@@ -58,4 +70,6 @@ HOOK_KINDS: dict[str, str] = {
     "ibtest_constructions": "constructions",
     "ibtest_hypotheses": "hypotheses",
     "ibtest_executors": "executors",
+    "ibtest_claim_kinds": "kinds",
+    "ibtest_families": "families",
 }

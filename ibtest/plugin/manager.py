@@ -30,14 +30,17 @@ from typing import Any, Protocol, cast
 import pluggy
 
 from ibtest.base.errors import PluginError, UserError
+from ibtest.base.guard import PluginFailure, describe, plugin_call
 from ibtest.plugin import hookspecs
+from ibtest.plugin.spec_checks import spec_problems
 from ibtest.plugin.specs import SPEC_TYPES
 
 ENTRY_POINT_GROUP = "ibtest"
 DISABLE_AUTOLOAD_ENV = "IBTEST_DISABLE_PLUGIN_AUTOLOAD"
 OWN_DISTRIBUTION = "ibtest"
 SINGULAR = {"models": "model", "datasets": "dataset", "inits": "init", "solvers": "solver",
-            "constructions": "construction", "hypotheses": "hypothesis", "executors": "executor"}
+            "constructions": "construction", "hypotheses": "hypothesis", "executors": "executor",
+            "kinds": "claim kind", "families": "family"}
 
 
 class _NamedSpec(Protocol):
@@ -75,9 +78,9 @@ def _register_tree(pm: pluggy.PluginManager, module: types.ModuleType, name: str
             continue
         full = f"{module.__name__}.{info.name}"
         try:
-            sub = importlib.import_module(full)
-        except Exception as exc:  # a broken plugin module names itself
-            raise PluginError(f"plugin {full} failed to import: {type(exc).__name__}: {exc}") from exc
+            sub = plugin_call(importlib.import_module, full)
+        except Exception as exc:  # a broken plugin module names itself (sys.exit included)
+            raise PluginError(f"plugin {full} failed to import: {describe(exc)}") from None
         _register_tree(pm, sub, f"{name}.{info.name}")
 
 
@@ -85,7 +88,7 @@ def load_plugin_file(pm: pluggy.PluginManager, path: str | Path) -> types.Module
     """Import a local ``.py`` file as a plugin module and register it."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise PluginError(f"plugin file {p}: no such file")
+        raise PluginError(f"plugin file {p}: " + ("not a regular file" if p.exists() else "no such file"))
     mod_name = f"ibtest_local_{abs(hash(str(p.resolve())))}_{p.stem}"
     if mod_name in sys.modules:
         module = sys.modules[mod_name]
@@ -95,13 +98,13 @@ def load_plugin_file(pm: pluggy.PluginManager, path: str | Path) -> types.Module
             raise PluginError(f"plugin file {p}: cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
-        try:
-            spec.loader.exec_module(module)
+        try:  # whatever the file does on import (raise, sys.exit, KeyboardInterrupt, loop) is its failure
+            plugin_call(spec.loader.exec_module, module)
         except Exception as exc:
             del sys.modules[mod_name]
-            raise PluginError(
-                f"plugin file {p} raised on import: {type(exc).__name__}: {exc}"
-            ) from exc
+            what = f"{describe(exc)} on import" if isinstance(exc, PluginFailure) else \
+                f"raised on import: {type(exc).__name__}: {exc}"
+            raise PluginError(f"plugin file {p} {what}") from None
     _register_module(pm, module, f"file:{p}")
     return module
 
@@ -109,7 +112,8 @@ def load_plugin_file(pm: pluggy.PluginManager, path: str | Path) -> types.Module
 #: The core's own plugins, imported by name when a manager is built (as pytest does with its
 #: ``default_plugins``): the plugin layer sits below the layers that implement them, so it names
 #: them instead of importing them.
-BUILTIN_MODULES: tuple[str, ...] = ("ibtest.solve.solvers.builtin", "ibtest.run.executors")
+BUILTIN_MODULES: tuple[str, ...] = ("ibtest.solve.solvers.builtin", "ibtest.run.executors", "ibtest.kinds",
+                                    "ibtest.propose.kinds")
 
 
 def autoload_disabled() -> bool:
@@ -142,12 +146,9 @@ def get_plugin_manager(
     if entry_points:
         for ep in entry_points_to_load():
             try:
-                module = ep.load()
+                module = plugin_call(ep.load)
             except Exception as exc:
-                raise PluginError(
-                    f"plugin {ep.name} (entry point {ep.value}) failed to import: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
+                raise PluginError(f"plugin {ep.name} (entry point {ep.value}) failed to import: {describe(exc)}") from None
             _register_tree(pm, module, ep.name)
     for f in plugin_files:
         load_plugin_file(pm, f)
@@ -171,13 +172,36 @@ class Registry:
                 plugin_name = pm.get_name(impl.plugin) or repr(impl.plugin)
                 source = _module_source(impl.plugin) if isinstance(impl.plugin, types.ModuleType) else plugin_name
                 try:
-                    specs = impl.function()
+                    specs = plugin_call(impl.function)
                 except Exception as exc:
-                    raise PluginError(
-                        f"plugin {plugin_name} ({source}): {hook_name}() raised "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
+                    raise PluginError(f"plugin {plugin_name} ({source}): {hook_name}() {describe(exc)}") from None
                 self._add(kind, specs, plugin_name, source, hook_name)
+        for reg in list(self.items["families"].values()):  # a family is judged as hypotheses of its own
+            self._add("hypotheses", reg.spec.hypotheses(), reg.plugin, reg.source, "ibtest_families")
+        self._check_kinds()
+
+    def _check_kinds(self) -> None:
+        """Every hypothesis's ``kind`` must be judged by a registered claim kind."""
+        judged = {k.spec.judges for k in self.items["kinds"].values()} - {"*"}
+        for name, reg in self.items["hypotheses"].items():
+            kind = reg.spec.kind
+            if not isinstance(kind, str) or kind not in judged:
+                from ibtest.base.textsafe import clean
+
+                raise PluginError(f"plugin {reg.plugin} ({reg.source}): hypothesis {clean(name)!r} has kind "
+                                  f"{clean(repr(kind))}, which no registered claim kind judges (kinds: "
+                                  f"{', '.join(sorted(judged))})")
+
+    def kinds_for(self, hypothesis_kind: str) -> tuple[Any, ...]:
+        """The claim kinds that judge each run of a hypothesis of this kind, in registration order
+        (a kind with ``score`` and ``finish``; sweep-wide kinds, ``judges="*"``, are not among them)."""
+        return tuple(r.spec for r in self.items["kinds"].values()
+                     if r.spec.judges == hypothesis_kind and r.spec.score is not None and r.spec.finish is not None)
+
+    def replayers_for(self, hypothesis_kind: str) -> tuple[Any, ...]:
+        """The claim kinds whose certificates of a hypothesis of this kind ``ibtest verify`` replays:
+        its own kinds and the sweep-wide ones (``judges="*"``)."""
+        return tuple(r.spec for r in self.items["kinds"].values() if r.spec.judges in (hypothesis_kind, "*"))
 
     def _add(self, kind: str, specs: Any, plugin: str, source: str, hook_name: str) -> None:
         want = SPEC_TYPES[kind]
@@ -195,12 +219,19 @@ class Registry:
                     f"expected ibtest.{want.__name__}"
                 )
             name = cast(_NamedSpec, spec).name  # every class in SPEC_TYPES has a ``name: str`` field
+            if not isinstance(name, str) or not name.strip():
+                raise PluginError(f"plugin {plugin} ({source}): {hook_name}() returned a {SINGULAR[kind]} whose "
+                                  f"name is {name!r}, expected a non-empty string")
             if name in self.items[kind]:
                 other = self.items[kind][name]
                 raise PluginError(
                     f"duplicate {SINGULAR[kind]} name {name!r}: registered by plugin {other.plugin} "
                     f"({other.source}) and again by plugin {plugin} ({source})"
                 )
+            problems = spec_problems(kind, spec)
+            if problems:
+                raise PluginError(f"plugin {plugin} ({source}): {SINGULAR[kind]} {name!r} from {hook_name}(): "
+                                  + "; ".join(problems))
             self.items[kind][name] = Registered(kind, spec, plugin, source)
 
     def get(self, kind: str, name: str) -> Any:

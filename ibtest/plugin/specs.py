@@ -156,6 +156,34 @@ class ModelBase:
             return x
         raise NotImplementedError(f"model {type(self).__name__} does not define from_predictor()")
 
+    def certified_optimum(self, name: str, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor,
+                          atol: float = 0.0, rtol: float = 0.0) -> list[OptimumCheck] | None:
+        """θ [B, P] (solutions that fit X [B, n, d], y [B, n]) against the global minimum over Z(D)
+        of the quantity ``name`` (a :attr:`Hypothesis.optimum`), when the model can certify it (a
+        convex reformulation): one :class:`OptimumCheck` per row. ``atol``/``rtol``: the caller's
+        tolerance on top of the certificate's own. None (the default): no such certificate."""
+        return None
+
+
+@dataclass(frozen=True)
+class OptimumCheck:
+    """One solution θ against a certified minimum over Z(D) (``ModelBase.certified_optimum``).
+
+    ``status``: "certified" (θ attains the minimum within ``tol``), "beaten" (``witness``, a θ' of
+    the same model that fits D, is below R(θ) − tol), "inconclusive" (neither, with an exact
+    minimum) or "uncertified" (no certificate: a sampled program, no solution). ``value`` R(θ),
+    ``minimum`` the certified minimum (an upper bound when not ``exact``), ``lower_bound`` the
+    bound that rests on no solver claim, ``exact`` whether the program is the true minimum."""
+
+    status: Literal["certified", "beaten", "inconclusive", "uncertified"]
+    value: float
+    minimum: float
+    lower_bound: float
+    tol: float
+    exact: bool
+    reason: str = ""
+    witness: Tensor | None = None
+
 
 @runtime_checkable
 class PiecewiseLinearUnits(Protocol):
@@ -359,6 +387,11 @@ class Construction:
     triple, same θ0, built so that θ1 fits D2). ``stage="pair"``: ``build(model, pairs, rng,
     **options) -> NewPairs`` (e.g. rotations of an admissible pair). The engine solves what is
     built and keeps a pair only if both sides converged and each solution fits the other dataset.
+
+    ``size(sources, n, **options) -> (instances, points)``, optional, says how much it builds from
+    ``sources`` triples (pairs) of at most n points: at most ``instances`` new instances (a pair
+    stage's new pair is two) of at most ``points`` points. The study's memory and work are then
+    estimated before it runs (:mod:`ibtest.study.work`); without it, one instance per source.
     """
 
     name: str
@@ -366,6 +399,7 @@ class Construction:
     doc: str = ""
     options: Mapping[str, Option] = field(default_factory=dict)
     stage: Literal["triple", "pair"] = "triple"
+    size: Callable[..., tuple[int, int]] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,8 +423,25 @@ class HypothesisContext:
     study: Mapping[str, Any] = field(default_factory=dict)
 
 
-#: the name before the rename (still exported as ``ibtest.Context``)
-Context = HypothesisContext
+class InitContext(Protocol):
+    """What a hypothesis declared ``depends_on="init"`` is guaranteed to see: ``ctx.init`` (θ0
+    [B, P]) and ``ctx.init_predictor`` are never None. Annotate ``ctx: ibtest.InitContext`` and a
+    type checker knows it (the object passed is a :class:`HypothesisContext`)."""
+
+    model: ModelBase
+    init: Tensor
+    init_predictor: Tensor
+    study: Mapping[str, Any]
+
+
+class DataContext(InitContext, Protocol):
+    """What a hypothesis declared ``depends_on="data"`` is guaranteed to see: θ0 and the dataset
+    ``ctx.X`` [B, n, d], ``ctx.y`` [B, n], ``ctx.mask`` [B, n], never None."""
+
+    X: Tensor
+    y: Tensor
+    mask: Tensor
+
 
 DependsOn = Literal["params", "init", "data"]
 
@@ -414,7 +465,8 @@ class Hypothesis:
     depends_on: DependsOn = "params"
     params: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
-    kind: Literal["regularizer", "invariant", "bound"] = "regularizer"
+    #: "regularizer", "invariant", "bound", or a kind a plugin's claim kinds judge (ClaimKind.judges)
+    kind: str = "regularizer"
     on: Literal["theta", "predictor"] = "theta"
     atol: float = 0.0  # optional absolute floor of the margin; 0 keeps verdicts scale-free
     rtol: float = 1e-9  # the margin's floor relative to |R| (see ibtest.judge.evaluation)
@@ -425,6 +477,10 @@ class Hypothesis:
     #: optional cvxpy form of R for the certificate: ``cvx(x, ctx, **params) -> cvxpy expression``
     #: with x a cvxpy Variable [Q] and ctx a :class:`CvxContext` of one instance (numpy arrays)
     cvx: Callable[..., Any] | None = None
+    #: a quantity whose global minimum over Z(D) a model may certify (ModelBase.certified_optimum),
+    #: R being that quantity or a monotone function of it: "half_sq_norm" (½‖θ‖², so ‖θ‖) or
+    #: "path_norm" (Σ_j |v_j|‖w_j‖, the variation norm of a one-hidden-layer net)
+    optimum: str | None = None
 
 
 @dataclass
@@ -437,6 +493,161 @@ class CvxContext:
     init_predictor: Any = None
     X: Any = None
     y: Any = None
+
+
+# --------------------------------------------------------------------------------------------
+# Families (``ibtest fit``: propose a regularizer)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Free:
+    """A parameter of a :class:`Family` that R is *not* linear in (α of Q_α, p of ℓp), found by a
+    search outside the linear fit: a grid on [``low``, ``high``] (log-spaced with ``log``), then
+    least squares on the fit's residual. ``per_coordinate``: one value per coordinate of the
+    variable (length Q), started from the best common value."""
+
+    default: float
+    low: float
+    high: float
+    log: bool = True
+    per_coordinate: bool = False
+    doc: str = ""
+
+
+class FamilyFunction:
+    """R_λ(x; ctx) = Σ_k λ_k φ_k(x; ctx) of a family, as a hypothesis's ``fn``: ``fn(x, ctx, lam,
+    **settings)`` with ``lam`` the K coefficients and ``settings`` the family's options and free
+    parameters. ``family`` is the spec it evaluates (how ``ibtest fit`` and its claim kinds reach it)."""
+
+    def __init__(self, family: Family):
+        self.family = family
+
+    def __call__(self, x: Tensor, ctx: Any, lam: Any = (), **settings: Any) -> Tensor:
+        phi = self.family.features(x, ctx, **settings)
+        coef = torch.as_tensor(list(lam) if not isinstance(lam, Tensor) else lam, dtype=phi.dtype)
+        if coef.numel() != phi.shape[-1]:
+            raise ValueError(f"family {self.family.name!r}: {coef.numel()} coefficients for {phi.shape[-1]} features")
+        return phi @ coef
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family of regularizers linear in its coefficients λ ∈ R^K:
+
+        R_λ(x; ctx) = Σ_k λ_k φ_k(x; ctx),      ``features(x [B, Q], ctx, **options, **free) -> Φ [B, K]``
+
+    with x = θ, or the model's predictor for ``on="predictor"``, and ``ctx`` a hypothesis context
+    (θ0 for ``depends_on`` "init"). ``ibtest fit`` finds λ from the converged triples of a study
+    through the KKT condition of min R_λ over Z(D) at θ∞, linear in λ (:mod:`ibtest.propose`).
+    Gradients (and the Hessian norms the tolerance needs) come from autograd.
+
+    * ``options``: fixed settings with their defaults (a grid of c, polynomial degrees); a study's
+      ``fit: {options: ...}`` overrides them;
+    * ``free``: parameters R is not linear in (:class:`Free`), searched outside the linear fit;
+    The callables below get the coefficients, Q (the length of x) and the family's settings (its
+    options and the values of its free parameters) as keywords:
+
+    * ``cone(lam, Q, **settings) -> [cvxpy constraints]``: what makes λ a member (M ⪰ 0 for a
+      quadratic form); None: every λ;
+    * ``strict(lam, mu, span, Q, **settings) -> [constraints]``: sufficient conditions, linear or
+      conic in λ, for R_λ − μ‖x − x0‖²/2 to be convex on the box |x_i − x0_i| ≤ span (λ normalized
+      so that R_λ grows like ½‖x − x0‖² on average); None: the family has no strictly convex member;
+    * ``magnitude(lam, Q, **settings) -> cvxpy expression [K]``: linear in λ and ≥ |λ_k| on the
+      cone (|2M_ij| ≤ M_ii + M_jj for M ⪰ 0): the no-fit program then needs no box on λ; optional;
+    * ``convex(lam, Q, **settings) -> bool``: R_λ is convex (the falsifier may then certify optimality);
+    * ``cvx(x, ctx, lam, **settings)``: R_λ as a cvxpy expression (a :class:`CvxContext`), optional;
+    * ``labels(Q, **settings) -> [K names]`` and ``describe(lam, Q, **settings) -> str``: the fitted R
+      in closed form; ``parameters(lam, Q, **settings) -> {name: value}``: the fitted quantities a
+      study may compare with known values (``M``, ``alpha``).
+
+    Each family is also registered as two hypotheses: ``NAME`` (a regularizer, one member per λ:
+    ``params: {lam: [...]}``, what the falsifier judges and its certificates name) and
+    ``NAME_family`` (kind ``family``: "some member fits", judged by the ``fit`` and ``no_fit`` claim
+    kinds; its certificates are the no-fit certificates).
+    """
+
+    name: str
+    features: Callable[..., Tensor]
+    doc: str = ""
+    depends_on: DependsOn = "params"
+    on: Literal["theta", "predictor"] = "theta"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    free: Mapping[str, Free] = field(default_factory=dict)
+    cone: Callable[..., list] | None = None
+    strict: Callable[..., list] | None = None
+    magnitude: Callable[..., Any] | None = None
+    convex: Callable[..., bool] | None = None
+    cvx: Callable[..., Any] | None = None
+    labels: Callable[..., list[str]] | None = None
+    describe: Callable[..., str] | None = None
+    parameters: Callable[..., dict[str, Any]] | None = None
+
+    @property
+    def claim_name(self) -> str:
+        """The name of the family's ``family`` hypothesis ("some member of it fits")."""
+        return f"{self.name}_family"
+
+    def settings(self) -> dict[str, Any]:
+        """Default options and free parameters (a per-coordinate one as a list, filled in by the fit)."""
+        out = dict(self.options)
+        out.update({k: ([] if f.per_coordinate else f.default) for k, f in self.free.items()})
+        return out
+
+    def hypotheses(self) -> list[Hypothesis]:
+        """The two hypotheses this family registers (see the class docstring)."""
+        fn = FamilyFunction(self)
+        member = Hypothesis(name=self.name, fn=fn, depends_on=self.depends_on, on=self.on,
+                            params={"lam": [], **self.settings()},
+                            doc=f"a member R_lambda of family {self.name} (coefficients lam): {self.doc}")
+        claim = Hypothesis(name=self.claim_name, fn=fn, depends_on=self.depends_on, on=self.on, kind="family",
+                           params=dict(self.options),
+                           doc=f"some member of family {self.name} characterizes gradient flow here: {self.doc}")
+        return [member, claim]
+
+
+# --------------------------------------------------------------------------------------------
+# Claim kinds
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClaimKind:
+    """One kind of evidence, and everything the tool does with it, in one object.
+
+    A hypothesis of ``kind`` K (``Hypothesis.kind``) is judged by every registered claim kind with
+    ``judges == K``: the built-in ``pair`` and ``witness`` judge regularizers, ``invariant`` and
+    ``bound`` judge their namesakes. A plugin adds a kind through the ``ibtest_claim_kinds`` hook
+    (zero edits to the core). The callables:
+
+    * ``score(ctx, triples, pairs, use, params, prior) -> score | None``: a member on one table
+      of triples (a block): the score has ``counts()`` (a ``MemberCounts``), ``keep_triples()``,
+      ``keep_pairs()`` and ``triples_to_measure()``; ``prior`` holds the scores of the kinds
+      before it for the same member;
+    * ``finish(ctx, triples, score, use, params, meter, counts) -> Finding``: the strongest
+      re-checked evidence (its ``judgement`` from ``ctx.rules``) and the support it gives;
+    * ``certificate(ctx, triples, member, evidence) -> dict``: the certificate's kind-specific
+      fields (sides, claim, refutation);
+    * ``replay(cert, replay) -> VerifyResult``: ``ibtest verify`` of such a certificate;
+    * ``describe(cert) -> list[str]``: ``ibtest show`` in words;
+    * ``plot(cert, path, plugins) -> Path``: ``ibtest show --plot`` (optional);
+    * ``label``: how a report names its gap (``|ΔR|``);
+    * ``shrink``: ``ibtest shrink`` of such a certificate (optional).
+
+    ``judges="*"`` marks a kind judged across the runs of a sweep (``limit``): it has no ``score`` or
+    ``finish`` (the runs' own kinds judge each run) and replays a certificate of any hypothesis.
+    """
+
+    name: str
+    judges: str
+    certificate: Callable[..., Any]
+    replay: Callable[..., Any]
+    describe: Callable[..., Any]
+    score: Callable[..., Any] | None = None
+    finish: Callable[..., Any] | None = None
+    label: str = "gap"
+    plot: Callable[..., Any] | None = None
+    doc: str = ""
+    #: ``shrink(cert, source, digest, budget, plugins) -> ShrinkResult``: ``ibtest shrink`` of a
+    #: certificate of this kind (optional; the built-in pair and witness kinds shrink through
+    #: :mod:`ibtest.cert.shrink` itself)
+    shrink: Callable[..., Any] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,6 +677,8 @@ SPEC_TYPES: dict[str, type] = {
     "constructions": Construction,
     "hypotheses": Hypothesis,
     "executors": Executor,
+    "kinds": ClaimKind,
+    "families": Family,
 }
 
 
@@ -480,6 +693,7 @@ __all__: Sequence[str] = [
     "ModelBase",
     "PiecewiseLinearUnits",
     "LossHessian",
+    "OptimumCheck",
     "Model",
     "DataBatch",
     "Dataset",
@@ -491,10 +705,15 @@ __all__: Sequence[str] = [
     "PairBatch",
     "NewPairs",
     "Construction",
-    "Context",
     "HypothesisContext",
+    "InitContext",
+    "DataContext",
     "Hypothesis",
     "CvxContext",
+    "ClaimKind",
+    "Free",
+    "Family",
+    "FamilyFunction",
     "Executor",
     "SPEC_TYPES",
 ]

@@ -5,7 +5,9 @@ The driver (:func:`run_blocks`, called by :func:`ibtest.run.pipeline.judge_run`)
 executor (an object made by an :class:`ibtest.Executor` spec's ``factory(**options)``):
 
 * ``start()`` connects to whatever runs the blocks; ``workers()`` is the number of blocks it runs
-  at once (shown in the phase table); ``close()`` lets go of what ``start`` took;
+  at once (shown in the phase table); ``close()`` lets go of what ``start`` took; an optional
+  ``check()`` (called when the study is validated, before anything is written) raises a
+  UserError when it cannot work here (the Ray executor: a cluster address that does not answer);
 * ``run(job)`` yields one :class:`BlockResult` per block of ``job.starts``, **in block order**,
   however and wherever the blocks were computed. A block computed elsewhere must be rebuilt from
   ``job.recipe`` (plain data: the study, its plugin files' text, the sweep value) with
@@ -34,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ibtest.base import deadline
 from ibtest.base.errors import UserError
+from ibtest.base.guard import PluginFailure, describe, plugin_call
 from ibtest.base.progress import Quiet
 from ibtest.pairs.constructions import run_block
 from ibtest.plugin.hookspecs import hookimpl
@@ -43,7 +47,7 @@ from ibtest.run.streaming import BlockScore, score_block
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.cache import solve_key
 from ibtest.solve.engine import InstancePlan, Phase, RunContext, build_context, plan_instances, solve_settings
-from ibtest.study.schema import PluginUse, Study
+from ibtest.study.typed import PluginUse, Study
 
 
 # ------------------------------------------------------------------------------------------
@@ -234,7 +238,13 @@ def choose(study: Study, registry: Any, name: str | None) -> None:
         spec = registry.get("executors", name)
         study.executor = PluginUse("executors", name, spec, {k: o.default for k, o in spec.options.items()},
                                    ("executor",))
-    make(study).close()
+    made = make(study)
+    try:
+        check = getattr(made, "check", None)
+        if callable(check):  # e.g. a cluster that does not answer: refused before anything is written
+            check()
+    finally:
+        made.close()
 
 
 def make(study: Study) -> ExecutorBase:
@@ -243,11 +253,12 @@ def make(study: Study) -> ExecutorBase:
     if use is None:
         return LocalExecutor()
     try:
-        return use.spec.factory(**use.options)
+        return plugin_call(use.spec.factory, **use.options)
     except UserError:
         raise
     except Exception as exc:  # a plugin executor that cannot be made with these options
-        raise UserError(f"executor {use.name!r}: {type(exc).__name__}: {exc}") from None
+        detail = describe(exc) if isinstance(exc, PluginFailure) else f"{type(exc).__name__}: {exc}"
+        raise UserError(f"executor {use.name!r}: {detail}") from None
 
 
 # ------------------------------------------------------------------------------------------
@@ -337,7 +348,7 @@ def rebuild(recipe: Recipe) -> tuple[RunContext, InstancePlan]:
     files = [_plugin_path(p, text) for p, text in recipe.plugins]
     study = validate(recipe.raw, load_registry(files), src=recipe.source, plugin_files=files)
     if recipe.swept:
-        from ibtest.study.schema import apply_sweep
+        from ibtest.study.sweep import apply_sweep
 
         study = apply_sweep(study, recipe.sweep_value)
     ctx = build_context(study)
@@ -355,9 +366,10 @@ def run_recipe_block(recipe: Recipe, start: int, stop: int) -> BlockResult:
     ctx.phases, ctx.errors, ctx.solve_calls = [], [], 0
     rec = RecordingStore()
     ctx.store = rec
-    try:
-        t, pairs = run_block(ctx, plan.block(start, stop), start)
-    finally:
-        ctx.store = None
-    scores = score_block(ctx, t, pairs) if recipe.score else None
+    with deadline.policy(ctx.study.budget.deadline):  # the driver's plugin calls get it too (runner)
+        try:
+            t, pairs = run_block(ctx, plan.block(start, stop), start)
+        finally:
+            ctx.store = None
+        scores = score_block(ctx, t, pairs) if recipe.score else None
     return BlockResult(start, stop, t, pairs, ctx.phases, ctx.errors, ctx.solve_calls, rec.records, scores)

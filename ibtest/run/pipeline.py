@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ibtest.base.progress import Progress
-from ibtest.judge.verdicts import MemberResult
+from ibtest.judge.records import MemberResult
 from ibtest.run import executors
 from ibtest.run.store import Store
 from ibtest.run.streaming import Retainer, Tally
 from ibtest.solve import fit
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import InstancePlan, RunContext, build_context, plan_instances
-from ibtest.study.schema import Study
+from ibtest.study.typed import Study
 
 
 @dataclass
@@ -51,6 +51,7 @@ def judge_run(study: Study, *, store: Store | None = None, progress: Progress | 
     warning = fit.range_warning(plan.X, plan.y, plan.theta0)
     if warning:
         ctx.errors.append(warning)
+        ctx.out_of_range = warning
     size = max(1, study.block_size)
     setting = study.report.triples
     rows = max(study.report.json_triples, setting if setting is not True and setting is not False else 0)
@@ -71,7 +72,12 @@ def judge_run(study: Study, *, store: Store | None = None, progress: Progress | 
         retainer.add(bt, bp, scores)
         offset, n_pairs = offset + len(bt), n_pairs + len(bp)
 
+    rejected = getattr(store, "rejected", 0)
     ran = executors.run_blocks(ctx, plan, study, sweep_value, apply)
+    rejected = getattr(store, "rejected", 0) - rejected
+    if rejected:  # the store's checksums: what failed was solved again, and the run says so
+        ctx.errors.append(f"results store: {rejected} stored solve(s) failed their checksum (damaged or edited "
+                          "since they were written) and were solved again")
     t, pairs, members, meter = retainer.finish(tally)
     solver_error = max(meter.err.values()) if meter.err else None
     return Judged(ctx, t, pairs, members, tally, -(-plan.n // size),

@@ -13,10 +13,14 @@ Ray is an optional extra (``pip install "ibtest[ray]"``) and is imported only he
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from ibtest.base import deadline
 from ibtest.base.errors import UserError
+from ibtest.base.guard import PluginFailure, plugin_call
+from ibtest.base.textsafe import clean
 from ibtest.run.executors import BlockJob, BlockResult, ExecutorBase, Recipe, run_recipe_block
 
 INSTALL = 'pip install "ibtest[ray]"'
@@ -37,6 +41,52 @@ def _remote_block(recipe: Recipe, start: int, stop: int, threads: int) -> BlockR
 
     torch.set_num_threads(threads)  # one task, its own CPUs: no oversubscription of the cores
     return run_recipe_block(recipe, start, stop)
+
+
+#: seconds to wait for a cluster's port to accept a connection, and for ray.init to join it
+CONNECT_TIMEOUT = 5.0
+JOIN_TIMEOUT = 15.0
+
+
+def cluster_address(address: str | None) -> tuple[str, str] | None:
+    """(address, where it came from) of the cluster ``ray.init`` would join over the network, or
+    None when it starts one here (``local``, or nothing named and no ``RAY_ADDRESS``)."""
+    import os
+
+    if address is None:
+        env = os.environ.get("RAY_ADDRESS", "").strip()
+        return (env, "RAY_ADDRESS") if env and env not in ("auto", "local") else None
+    if address in ("auto", "local"):
+        return None
+    return address, "executor.address"
+
+
+def check_reachable(address: str | None, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A UserError within ``timeout`` seconds, naming the address, when the cluster ``ray.init``
+    would join does not answer on its port (``ray.init`` itself retries for minutes)."""
+    import socket
+    import urllib.parse
+
+    got = cluster_address(address)
+    if got is None:
+        return
+    addr, origin = got
+    parsed = urllib.parse.urlsplit(addr if "://" in addr else f"//{addr}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise UserError(f"executor 'ray': cannot read the cluster address {clean(addr)!r} (from {origin}): "
+                        "expected HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise UserError(f"executor 'ray': cannot reach the cluster at {clean(addr)} (from {origin}): {clean(why)} "
+                        f"within {timeout:g} s; start it ('ray start --head'), fix the address, or run with "
+                        "--executor local") from None
 
 
 class RayExecutor(ExecutorBase):
@@ -60,15 +110,37 @@ class RayExecutor(ExecutorBase):
     def start(self) -> None:
         ray = self.ray
         if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, include_dashboard=False, logging_level="ERROR")
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise UserError(f"executor 'ray': cannot join the cluster at {self.address or 'default'}: {exc}") from None
+            check_reachable(self.address)
+            self._join()
             self._owned = True
         cpus = float(ray.cluster_resources().get("CPU", 0))
         if cpus < self.cpus:
             raise UserError(f"executor 'ray': the cluster has {cpus:g} CPUs, fewer than num_cpus_per_task={self.cpus}")
         self._workers = max(1, int(cpus // self.cpus))
+
+    def check(self) -> None:
+        """Fail within seconds when the cluster to join does not answer (before a run writes
+        anything): its port must accept a connection, and Ray must join it within JOIN_TIMEOUT."""
+        check_reachable(self.address)
+        if cluster_address(self.address) is not None and not self.ray.is_initialized():
+            self._join()
+            self.ray.shutdown()
+
+    def _join(self) -> None:
+        """``ray.init``; joining a remote cluster that does not answer takes at most JOIN_TIMEOUT."""
+        ray = self.ray
+        remote = cluster_address(self.address)
+        try:  # ray.init retries a cluster that does not answer for minutes
+            with deadline.policy(JOIN_TIMEOUT if remote else None):
+                plugin_call(ray.init, address=self.address, include_dashboard=False, logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            where = f"{clean(remote[0])} (from {remote[1]})" if remote else clean(self.address or "default")
+            why = f"no answer within {JOIN_TIMEOUT:g} s" if isinstance(exc, PluginFailure) and exc.timed_out \
+                else clean(exc)
+            raise UserError(f"executor 'ray': cannot join the cluster at {where}: {why}; start it ('ray start "
+                            "--head'), fix the address, or run with --executor local") from None
 
     def workers(self) -> int:
         return self._workers

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ibtest.base.errors import UserError
+from ibtest.run.lock import holder
 from ibtest.run.store import open_run
 
 
@@ -22,6 +23,9 @@ def load_results(run_dir: str | Path) -> dict[str, Any]:
         res = store.results()
         if res is None:
             state = store.meta().get("state")
+            who = holder(run_dir)
+            if who is not None:
+                raise UserError(f"run {run_dir} has no results yet: it is still running ({who})")
             raise UserError(f"run {run_dir} has no results yet (state: {state}); finish it with "
                             f"'ibtest run --resume {run_dir}'")
     finally:

@@ -14,17 +14,32 @@ Tensors are stored as raw float64 / int64 bytes with their shape.
 
 A run writes in WAL mode and switches back to a plain rollback journal when it finishes
 (:meth:`Store.finish`), so a finished run is one self-contained file. ``report`` and ``diff``
-open it read-only (``readonly=True``: SQLite URI ``mode=ro``, no ``CREATE TABLE``, no pragma),
-so they work on read-only media and never change the file. Every SQLite or file-system failure
-(a damaged or foreign file, a read-only store, a full disk) is a
-:class:`~ibtest.base.errors.UserError` naming the run and what to do; a stored solve whose payload
-cannot be read is treated as missing (solved again), never trusted.
+open it read-only (``readonly=True``) and create or change no file, not even SQLite's ``-shm``:
+a store with no ``-wal`` or ``-journal`` beside it is opened ``mode=ro&immutable=1``; one with
+them (a run still running, one killed mid-write, a garbage ``-wal``) is copied with them into a
+private temporary directory and read there. They work on read-only media. Every SQLite or
+file-system failure (a damaged or foreign file, a read-only store, a full disk) is a
+:class:`~ibtest.base.errors.UserError` naming the run and what to do.
+
+A store is opened for writing (a run, ``--resume``) only under the run directory's lock
+(:mod:`ibtest.run.lock`: a second run into it is refused with a message), and an existing file
+only once its tables show it is an ibtest store: a foreign database is refused before anything
+is written to it.
+
+Integrity: every stored solve carries a SHA-256 of its key and bytes (:func:`_pack`), checked on
+read: a payload that was damaged or edited (even one that still parses) is not used; the chunk
+is solved again and the run says how many were (:attr:`Store.rejected`). The finished results
+JSON carries its SHA-256 in ``meta`` (``results_sha256``), checked by ``report`` and ``diff``. A
+checksum finds damage and edits that did not also recompute it; it is not a signature.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import shutil
 import sqlite3
+import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -36,8 +51,10 @@ import torch
 
 from ibtest.base.errors import UserError
 from ibtest.plugin.specs import SolveResult
+from ibtest.run.lock import RunLock
 
 FILENAME = "results.sqlite"
+RESULTS_SUM = "results_sha256"  # meta key: SHA-256 of the results JSON
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS solves (key TEXT PRIMARY KEY, phase TEXT, n INTEGER, seconds REAL,
@@ -52,7 +69,35 @@ CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY CHECK (id = 1), json 
 """
 
 
-def _pack(tensors: dict[str, torch.Tensor]) -> bytes:
+MAGIC = b"IBTSUM1\n"  # a payload with a checksum: MAGIC, sha256(key, body), body
+
+
+class ChecksumError(ValueError):
+    """A stored payload whose checksum does not match (or that has none)."""
+
+
+def _digest(key: str, body: bytes) -> bytes:
+    return hashlib.sha256(key.encode() + b"\0" + body).digest()
+
+
+def _pack(tensors: dict[str, torch.Tensor], key: str = "") -> bytes:
+    """Tensors as bytes (a JSON header of dtypes, shapes and offsets, then the raw data), behind
+    MAGIC and a SHA-256 of ``key`` and those bytes."""
+    body = _pack_body(tensors)
+    return MAGIC + _digest(key, body) + body
+
+
+def _unpack(payload: bytes, key: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of a :func:`_pack` payload; ChecksumError when it fails its checksum (or has none)."""
+    if not isinstance(payload, bytes) or not payload.startswith(MAGIC):
+        raise ChecksumError("no checksum")
+    digest, body = payload[len(MAGIC): len(MAGIC) + 32], payload[len(MAGIC) + 32:]
+    if digest != _digest(key, body):
+        raise ChecksumError("checksum mismatch")
+    return _unpack_body(body)
+
+
+def _pack_body(tensors: dict[str, torch.Tensor]) -> bytes:
     header, blobs, off = {}, [], 0
     for k, t in tensors.items():
         a = t.detach().cpu().contiguous().numpy()
@@ -64,7 +109,7 @@ def _pack(tensors: dict[str, torch.Tensor]) -> bytes:
     return len(h).to_bytes(8, "little") + h + b"".join(blobs)
 
 
-def _unpack(payload: bytes) -> dict[str, torch.Tensor]:
+def _unpack_body(payload: bytes) -> dict[str, torch.Tensor]:
     hl = int.from_bytes(payload[:8], "little")
     header = json.loads(payload[8 : 8 + hl])
     body = payload[8 + hl :]
@@ -88,25 +133,49 @@ class Store:
         self.readonly = readonly
         self.hits = 0
         self.misses = 0
+        self.rejected_keys: set[str] = set()  # stored solves that failed their checksum
+        self.lock: RunLock | None = None
+        self._copy: Path | None = None  # the private copy a read-only open reads (see the module doc)
         if (readonly or not create) and not path.exists():
             raise UserError(f"run {self.dir}: no {FILENAME} here (not an ibtest run directory)")
         if path.exists() and not path.is_file():
             raise UserError(f"run {self.dir}: {path} is not a file (an ibtest results store is one SQLite file)")
         if self.dir.exists() and not self.dir.is_dir():
             raise UserError(f"run {self.dir}: exists and is not a directory (choose another --out)")
-        with self.guard("open the results store"):
-            if readonly:
-                self.db = sqlite3.connect(_readonly_uri(path), uri=True, timeout=30)
+        if readonly:
+            with self.guard("open the results store"):
+                self.db = self._open_readonly(path)
                 self._check_tables()
-            else:
-                self.dir.mkdir(parents=True, exist_ok=True)
+            return
+        with self.guard("open the results store"):
+            self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.dir).acquire()
+        try:
+            with self.guard("open the results store"):
+                existed = path.exists()
                 self.db = sqlite3.connect(str(path), timeout=30)
+                if existed:  # nothing is written to a file before it shows it is an ibtest store
+                    self._check_tables(("meta", "solves", "results"))
                 self.db.executescript(SCHEMA)
                 self.db.execute("PRAGMA journal_mode=WAL")
+        except BaseException:
+            self.close()
+            raise
 
-    def _check_tables(self) -> None:
+    def _open_readonly(self, path: Path) -> sqlite3.Connection:
+        """A connection that cannot create or change a file next to ``path`` (see the module doc)."""
+        side = [Path(f"{path}{s}") for s in ("-wal", "-journal") if Path(f"{path}{s}").exists()]
+        if not side:
+            uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro&immutable=1"
+            return sqlite3.connect(uri, uri=True, timeout=30)
+        self._copy = Path(tempfile.mkdtemp(prefix="ibtest-read-"))
+        for f in [path, *side]:
+            shutil.copyfile(f, self._copy / f.name)
+        return sqlite3.connect(str(self._copy / path.name), timeout=30)
+
+    def _check_tables(self, needed: tuple[str, ...] = ("meta", "results")) -> None:
         names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        missing = [t for t in ("meta", "results") if t not in names]
+        missing = [t for t in needed if t not in names]
         if missing:
             raise UserError(f"run {self.dir}: {FILENAME} is not an ibtest results store (no table "
                             f"{', '.join(missing)}): damaged, or written by another program")
@@ -138,9 +207,22 @@ class Store:
             return f"{head}: SQLite cannot open {self.path} ({msg})"
         return f"{head}: {type(exc).__name__}: {msg}"
 
+    @property
+    def rejected(self) -> int:
+        """How many stored solves failed their checksum (and were solved again)."""
+        return len(self.rejected_keys)
+
     def close(self) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            self.db.close()
+        db = getattr(self, "db", None)
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+        if self._copy is not None:
+            shutil.rmtree(self._copy, ignore_errors=True)
+            self._copy = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def finish(self) -> None:
         """Leave WAL mode (fold the log into the file): a finished run is one read-only-able file."""
@@ -172,11 +254,12 @@ class Store:
         with self.guard("read the results store"):
             row = self.db.execute("SELECT payload FROM solves WHERE key = ?", (key,)).fetchone()
         try:
-            d = _unpack(row[0]) if row is not None else None
+            d = _unpack(row[0], key) if row is not None else None
             res = None if d is None else SolveResult(
                 d["theta"], d["status"], d["loss"], {k[5:]: v for k, v in d.items() if k.startswith("info.")})
         except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError):
-            res = None  # a damaged payload: the chunk is solved again
+            res = None  # a damaged or edited payload: the chunk is solved again (and the run says so)
+            self.rejected_keys.add(key)
         if res is None:
             self.misses += 1
         else:
@@ -188,7 +271,7 @@ class Store:
         tensors.update({f"info.{k}": v for k, v in res.info.items() if isinstance(v, torch.Tensor)})
         with self.guard("write to the results store"), self.db:
             self.db.execute("INSERT OR REPLACE INTO solves VALUES (?, ?, ?, ?, ?, ?)",
-                            (key, phase, int(res.theta.shape[0]), seconds, _pack(tensors), time.time()))
+                            (key, phase, int(res.theta.shape[0]), seconds, _pack(tensors, key), time.time()))
 
     def n_solves(self) -> int:
         with self.guard("read the results store"):
@@ -230,10 +313,13 @@ class Store:
                      v["expect"], json.dumps(v)) for r in results["runs"] for v in r["verdicts"]]
         else:
             rows = [(v["label"], v["hypothesis"], v["verdict"], v["expect"], json.dumps(v)) for v in results["verdicts"]]
+        text = json.dumps(results)
         with self.guard("write to the results store"), self.db:
             self.db.execute("DELETE FROM verdicts")
             self.db.executemany("INSERT INTO verdicts VALUES (?, ?, ?, ?, ?)", rows)
-            self.db.execute("INSERT OR REPLACE INTO results VALUES (1, ?)", (json.dumps(results),))
+            self.db.execute("INSERT OR REPLACE INTO results VALUES (1, ?)", (text,))
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                            (RESULTS_SUM, json.dumps(hashlib.sha256(text.encode()).hexdigest())))
 
     def results(self) -> dict[str, Any] | None:
         """The finished run's JSON (None before the run finished); damaged JSON is a UserError."""
@@ -241,6 +327,12 @@ class Store:
             row = self.db.execute("SELECT json FROM results WHERE id = 1").fetchone()
         if row is None:
             return None
+        with self.guard("read the results store"):
+            stored = self.db.execute("SELECT value FROM meta WHERE key = ?", (RESULTS_SUM,)).fetchone()
+        if stored is not None and (not isinstance(row[0], str)
+                                   or json.dumps(hashlib.sha256(row[0].encode()).hexdigest()) != stored[0]):
+            raise UserError(f"run {self.dir}: {FILENAME} is damaged: the stored results fail their checksum (edited "
+                            f"or damaged since they were written); re-render them with 'ibtest run --resume {self.dir}'")
         try:
             res = json.loads(row[0])
             if res is None:
@@ -249,22 +341,6 @@ class Store:
         except (TypeError, ValueError):
             raise UserError(f"run {self.dir}: {FILENAME} is damaged: the stored results are not JSON; "
                             f"re-render them with 'ibtest run --resume {self.dir}'") from None
-
-
-def _readonly_uri(path: Path) -> str:
-    """SQLite URI opening ``path`` read-only. A WAL-mode file with no ``-wal`` beside it (a run
-    that was not finished cleanly and is not running) is opened ``immutable``, since even a
-    read-only WAL connection would create ``-wal`` and ``-shm`` files next to it."""
-    uri = "file:" + urllib.parse.quote(str(path.resolve())) + "?mode=ro"
-    try:
-        with open(path, "rb") as fh:
-            header = fh.read(20)
-    except OSError:
-        return uri
-    wal = len(header) == 20 and header[18] == 2
-    if wal and not Path(str(path) + "-wal").exists():
-        uri += "&immutable=1"
-    return uri
 
 
 def _hint(exc: OSError, run_dir: Path) -> str:

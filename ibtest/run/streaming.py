@@ -31,16 +31,8 @@ import torch
 
 from ibtest.base import status as st
 from ibtest.base.jsonio import encode_float
-from ibtest.judge.verdicts import (
-    ErrorMeter,
-    MemberCounts,
-    MemberResult,
-    judge_all,
-    no_converged_reason,
-    no_pair_reason,
-    score_invariant,
-    score_regularizer,
-)
+from ibtest.judge.records import ErrorMeter, MemberCounts, MemberResult, no_converged_reason, no_pair_reason
+from ibtest.judge.verdicts import judge_all, raised_message
 from ibtest.solve.batch import Pairs, Triples
 from ibtest.solve.engine import RunContext
 
@@ -136,25 +128,26 @@ def members_of(ctx: RunContext) -> list[tuple[int, int, Any, dict[str, Any]]]:
 
 def score_block(ctx: RunContext, t: Triples, pairs: Pairs, skip: AbstractSet[tuple[int, int]] = frozenset()
                 ) -> dict[tuple[int, int], BlockScore]:
-    """Score every member (but those in ``skip``) on one block, where the block was computed."""
+    """Score every member (but those in ``skip``) on one block, where the block was computed: each
+    claim kind that judges its hypothesis adds its counts and the positions a verdict can rest on."""
     out: dict[tuple[int, int], BlockScore] = {}
     for i, j, use, params in members_of(ctx):
         if (i, j) in skip:
             continue
         b = out[(i, j)] = BlockScore()
         try:
-            if use.spec.kind in ("invariant", "bound"):
-                s = score_invariant(ctx, t, use, params)
-                if s is not None:
-                    b.counts = s.counts()
-                    b.keep_triples = s.keep()
-            else:
-                sc = score_regularizer(ctx, t, pairs, use, params)
-                b.counts = sc.counts()
-                b.keep_pairs = sc.keep()
-                b.keep_triples = sc.keep_triples()  # the block's best search witness, if any
+            prior: list[Any] = []
+            for kind in ctx.study.claim_kinds(use):
+                assert kind.score is not None  # claim_kinds gives the kinds that score a run
+                sc = kind.score(ctx, t, pairs, use, params, list(prior))
+                prior.append(sc)
+                if sc is None:
+                    continue
+                b.counts.merge(sc.counts())
+                b.keep_triples += sc.keep_triples()
+                b.keep_pairs += sc.keep_pairs()
         except Exception as exc:
-            b.raised = f"{type(exc).__name__}: {exc}"
+            b.raised = raised_message(exc)
     return out
 
 
@@ -210,13 +203,11 @@ class Retainer:
         the reason of a member judged on nothing (here only: it depends on the whole run)."""
         any_converged = tally.all_counts.get("converged", 0) > 0
         for (i, j, use, _) in self.members:
-            tot, single = self.counts[(i, j)], use.spec.kind in ("invariant", "bound")
-            if tot.n or (use.spec.depends_on == "data" and not single):
-                continue  # judged on something, or a data-dependent R, which keeps its own reason
-            if single or not any_converged:
-                tot.no_pairs_reason = tally.no_converged_reason()
-            else:
-                tot.no_pairs_reason = no_pair_reason(use.spec.depends_on)
+            tot = self.counts[(i, j)]
+            if tot.n:
+                continue
+            tot.no_pairs_reason = (no_pair_reason(use.spec.depends_on) if any_converged
+                                   else tally.no_converged_reason())
         assert self.kept is not None, "finish() before any block"
         members, meter = judge_all(self.ctx, self.kept, self.pairs, self.counts, also_measure=self.sample)
         return self.kept, self.pairs, members, meter

@@ -19,9 +19,10 @@ from ibtest.plugin.specs import ModelBase, SolveResult
 from ibtest.solve import fit
 from ibtest.solve.batch import Triples, cat_padded
 from ibtest.solve.cache import SolveCache, solve_key
+from ibtest.solve.rules import Rules, SolverSettings
 from ibtest.study import budget
-from ibtest.study.checks import call_plugin, check_data, check_n_params, check_theta0
-from ibtest.study.schema import PluginUse, Study
+from ibtest.study.checks import call_plugin, call_solver, check_data, check_n_params, check_theta0
+from ibtest.study.typed import PluginUse, Study
 from ibtest.study.yamlpos import format_path
 
 Tensor = torch.Tensor
@@ -52,12 +53,15 @@ class RunContext:
     solver_options: dict[str, Any]
     fit_tol: float
     device: torch.device
+    rules: Rules
+    settings: SolverSettings
     phases: list[Phase] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     progress: Progress = field(default_factory=Quiet)
     store: SolveCache | None = None
     solve_calls: int = 0
     block_start: int = 0  # index of the first study instance of the block being run
+    out_of_range: str | None = None  # the data's scale is beyond float64 (fit.range_warning): no verdict
 
     def add_phase(self, ph: Phase) -> Phase:
         """Record a phase; a phase of the same name (a later block of a streamed study) is merged."""
@@ -73,6 +77,10 @@ class RunContext:
         return ph
 
 
+class PluginInputWritten(RuntimeError):
+    """A solver or model plugin modified a tensor it was given."""
+
+
 def _seed(*parts: int) -> torch.Generator:
     s = 0
     for p in parts:
@@ -86,7 +94,7 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _construction_seed(ctx: RunContext, stage: int, n: int) -> torch.Generator:
+def construction_seed(ctx: RunContext, stage: int, n: int) -> torch.Generator:
     """The generator a construction gets: from the study seed, the stage and the table size, and
     for a later block of a streamed study its first instance (so blocks differ)."""
     parts = (ctx.study.seed, stage, n) + ((ctx.block_start,) if ctx.block_start else ())
@@ -119,6 +127,7 @@ class InstancePlan:
     labels: list[str]
     init_labels: list[str]
     device: torch.device
+    warnings: list[str] = field(default_factory=list)  # its estimated work, said before it runs
 
     @property
     def n(self) -> int:
@@ -175,7 +184,7 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
     d = X.shape[-1]
     P = check_n_params(call_plugin(study.model, model.n_params, d), study.model.name, d)
     n_inits = sum(len(u.expand()) * c for u, c in zip(study.inits, study.init_counts))
-    budget.check_plan(X.shape[0], X.shape[1], d, n_inits, P, max(1, study.block_size))
+    warnings = budget.check_plan_study(study, X.shape[0], X.shape[1], d, n_inits, P)
     thetas, init_labels = [], []
     for ii, (iuse, count) in enumerate(zip(study.inits, study.init_counts)):
         for jj, opts in enumerate(iuse.expand()):
@@ -184,13 +193,7 @@ def plan_instances(ctx: RunContext) -> InstancePlan:
             thetas.append(check_theta0(th0, iuse, count, P))
             base = _label(iuse, opts)
             init_labels += [f"{base}#{c}" for c in range(count)] if count > 1 else [base]
-    return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device)
-
-
-def make_instances(ctx: RunContext) -> Triples:
-    """All (dataset, θ0) instances of a study as one block of unsolved triples."""
-    plan = plan_instances(ctx)
-    return plan.block(0, plan.n)
+    return InstancePlan(X, y, mask, torch.cat(thetas), labels, init_labels, ctx.device, warnings)
 
 
 # ------------------------------------------------------------------------------------------
@@ -235,12 +238,21 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
             calls += 1
             solved = True
             c0 = time.perf_counter()
-            try:
+            # the solver and the model get their own copies: a plugin that writes into its inputs
+            # cannot change the triples (and is reported)
+            given = [v[sl].clone() for v in (X, y, mask, theta0)]
+            versions = [v._version for v in given]
+            try:  # raising, sys.exit, the deadline, a result of the wrong shape: all a failed chunk
+                gX, gy, gmask, gtheta0 = given
                 with ctx.progress.solving(sl.stop - sl.start):
-                    res = ctx.solver.solve(ctx.model, X[sl], y[sl], mask[sl], theta0[sl], **opts)
-            except (Exception, SystemExit) as exc:  # keep going: report the failure in the summary
-                ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} raised on instances "
-                                  f"{sl.start}..{sl.stop - 1}: {type(exc).__name__}: {exc}")
+                    res = call_solver(ctx.solver, ctx.model, gX, gy, gmask, gtheta0, opts)
+                if [v._version for v in given] != versions:
+                    raise PluginInputWritten("the solver or the model wrote into its inputs (X, y, mask or theta0); "
+                                             "a plugin must compute on copies")
+            except Exception as exc:  # keep going: report the failure in the summary
+                detail = str(exc) if isinstance(exc, UserError) else \
+                    f"solver {ctx.study.solver.name!r} raised {type(exc).__name__}: {exc}"
+                ctx.errors.append(f"{phase}: instances {sl.start}..{sl.stop - 1}: {detail}")
                 k = sl.stop - sl.start
                 res = SolveResult(theta0[sl].clone(), torch.full((k,), st.FAILED, dtype=torch.int64),
                                   torch.full((k,), float("nan"), dtype=torch.float64), {})
@@ -263,12 +275,32 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
             else torch.full((t.shape[0],), float("nan"), dtype=torch.float64)
             for i, t in zip(infos, thetas)
         ])
+    status = _recheck_converged(ctx, theta, status, X, y, mask, theta0, phase)
     counts = st.counts(status)
     ph = Phase(phase, B, time.perf_counter() - t0, counts, calls)
     ctx.add_phase(ph)
     ctx.progress.end(f"{phase}: {B} instances ({', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}), "
                      f"{ph.seconds:.2f} s" + ("" if calls or not B else ", all from the results store"))
     return SolveResult(theta, status, loss, info)
+
+
+def _recheck_converged(ctx: RunContext, theta: Tensor, status: Tensor, X: Tensor, y: Tensor, mask: Tensor,
+                       theta0: Tensor, phase: str) -> Tensor:
+    """The engine's own fit rule on every triple a solver calls converged: one that does not fit
+    (loss above the threshold, or too far from Z(D)) is FAILED, never judged, and said so."""
+    conv = (status == st.CONVERGED).nonzero().flatten()
+    if conv.numel() == 0:
+        return status
+    ok = ctx.rules.fits(ctx.model, theta[conv], X[conv], y[conv], mask[conv], theta0[conv]).cpu()
+    bad = conv[~ok]
+    if bad.numel():
+        status = status.clone()
+        status[bad] = st.FAILED
+        ctx.errors.append(f"{phase}: solver {ctx.study.solver.name!r} reported {bad.numel()} instance(s) converged "
+                          f"whose solution does not fit its data by the engine's rule (loss <= fit_tol * scale and "
+                          f"distance to Z(D) <= {ctx.rules.dist_tol:g} * |theta|), e.g. instance {int(bad[0])}: "
+                          "marked failed, not judged")
+    return status
 
 
 def solve_into(ctx: RunContext, t: Triples, phase: str) -> Triples:
@@ -279,18 +311,15 @@ def solve_into(ctx: RunContext, t: Triples, phase: str) -> Triples:
 
 # ------------------------------------------------------------------------------------------
 def build_context(study: Study, progress: Progress | None = None, store: SolveCache | None = None) -> RunContext:
-    model = study.model.spec.factory(**study.model.options)
+    model = call_plugin(study.model, study.model.spec.factory, **study.model.options)
     options = dict(study.solver.options)
     fit_tol = float(options.get("fit_tol", fit.DEFAULT_FIT_TOL))
     cuda = study.device == "cuda" and torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
-    ctx = RunContext(study, model, study.solver.spec, options, fit_tol, dev, progress=progress or Quiet(), store=store)
+    settings = SolverSettings(options, study.solver.spec.tighten(dict(options)))
+    ctx = RunContext(study, model, study.solver.spec, options, fit_tol, dev, Rules.from_study(study, fit_tol), settings,
+                     progress=progress or Quiet(), store=store)
     if study.device == "cuda" and not cuda:
         ctx.errors.append("device: cuda was asked for, but torch sees no CUDA device "
                           "(torch.cuda.is_available() is False): the study ran on the cpu")
     return ctx
-
-
-#: the name before the layers (deprecated; ``Context`` in :mod:`ibtest.plugin.specs` is the hypothesis
-#: context, now :class:`~ibtest.plugin.specs.HypothesisContext`)
-Context = RunContext

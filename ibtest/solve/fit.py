@@ -13,10 +13,24 @@ Scaling y by α (and θ with it, for a 1-homogeneous model) scales both sides by
 study at α = 1e-12 or 1e12 gets the same statuses. s = 0 only when y = 0 and f_θ0 = 0 on D: then
 θ0 itself has zero loss, and only an exact zero loss counts as a fit.
 
-Every place that decides a fit (the solvers' ``converged`` status, the engine's cross-fit of a
-pair, the re-check of a witness, ``verify``) calls :func:`fit_threshold` or :func:`fits`.
+A loss threshold cannot see an ill-conditioned direction (X = [[1, 0], [1, 1e-10]]: a point
+at distance 1 from Z(D) has loss 5e-21), so a fit also needs θ near Z(D):
+
+    dist(θ, Z(D)) ≤ dist_tol · max(‖x‖, ‖x0‖)
+
+with x = θ, or the model's predictor where its zero set lives there, and the distance estimated
+by one Gauss–Newton step ‖J⁺ r(x)‖ (exact on the affine hull of a model's polyhedral Z(D); J the
+Jacobian of the residual, by autograd, for any other model). :func:`distance_to_zero_set` gives
+it; the judge adds it to each side's measured error, so a point near but not on Z(D) widens its
+margin by exactly what the distance could change in R.
+
+Every place that decides a fit (the solvers' ``converged`` status, the engine's re-check of every
+converged triple and its cross-fit of a pair, the re-check of a witness, ``verify``, ``shrink``)
+calls :func:`fit_threshold`, :func:`check` or :func:`fits`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -26,13 +40,17 @@ Tensor = torch.Tensor
 
 #: the tool's default relative fit tolerance (a certificate may only be stricter)
 DEFAULT_FIT_TOL = 1e-20
+#: the largest distance to Z(D), relative to max(‖x‖, ‖x0‖), at which a point still fits D
+DEFAULT_DIST_TOL = 1e-6
+#: relative cut-off of the singular values of an autograd Jacobian in the Gauss–Newton distance
+GN_RTOL = float(torch.finfo(torch.float64).eps) ** 0.5
 
 
 def loss_scale(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor) -> Tensor:
     """s(D, θ0) = max(½ Σ mask·y², L(θ0; D)) per instance, [B] float64."""
     with torch.no_grad():
         zero = 0.5 * (mask * y * y).sum(-1).to(torch.float64)
-        init = model.loss(theta0, X, y, mask).to(torch.float64)
+        init = model.loss(theta0.clone(), X.clone(), y.clone(), mask.clone()).to(torch.float64)
     return torch.maximum(zero, torch.nan_to_num(init, nan=0.0, posinf=0.0))
 
 
@@ -43,14 +61,90 @@ def fit_threshold(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: 
 
 
 def fits(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
-         fit_tol: float) -> Tensor:
-    """Whether each θ [B, P] fits its dataset, judged on the scale of (D, θ0): bool [B].
+         fit_tol: float, dist_tol: float = DEFAULT_DIST_TOL) -> Tensor:
+    """Whether each θ [B, P] fits its dataset (loss and distance to Z(D), see the module
+    docstring): bool [B]. A non-finite loss never fits."""
+    return check(model, theta, X, y, mask, theta0, fit_tol, dist_tol).ok
 
-    A non-finite loss never fits.
-    """
+
+@dataclass(frozen=True)
+class FitCheck:
+    """The fit rule at B points: loss [B], the loss threshold [B], the distance to Z(D) [B]
+    (NaN where the loss test failed and the distance was not computed), the distance threshold
+    [B] and the verdict ``ok`` [B]."""
+
+    loss: Tensor
+    threshold: Tensor
+    dist: Tensor
+    dist_threshold: Tensor
+    ok: Tensor
+
+
+def check(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
+          fit_tol: float, dist_tol: float = DEFAULT_DIST_TOL) -> FitCheck:
+    """The fit rule with its numbers (see the module docstring). The distance is computed only
+    where the loss test passes."""
+    with torch.no_grad():  # the model gets copies: it cannot change the caller's tensors
+        loss = model.loss(theta.clone(), X.clone(), y.clone(), mask.clone()).to(torch.float64)
+    thr = fit_threshold(model, X, y, mask, theta0, fit_tol)
+    ok = torch.isfinite(loss) & (loss <= thr)
+    dist = torch.full_like(loss, float("nan"))
+    dthr = torch.zeros_like(loss)
+    rows = ok.nonzero().flatten()
+    if rows.numel():
+        d, scale = distance_to_zero_set(model, theta[rows], X[rows], y[rows], mask[rows], theta0[rows])
+        dist[rows] = d
+        dthr[rows] = float(dist_tol) * scale
+        ok[rows] = torch.isfinite(d) & (d <= dthr[rows])
+    return FitCheck(loss, thr, dist, dthr, ok)
+
+
+def distance_to_zero_set(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor,
+                         theta0: Tensor) -> tuple[Tensor, Tensor]:
+    """(‖J⁺ r(x)‖, max(‖x‖, ‖x0‖)) per row [B]: the first-order distance of x to Z(D) and the scale
+    it is measured against, in the variable the model's Z(D) lives in (θ, or the predictor of a
+    model whose ``zero_set`` is in the predictor). Exact on the affine hull of a polyhedral Z(D)
+    (its equality rows; a one-sided row's violation is in the loss); Gauss–Newton on the residual
+    r(θ) = mask ∘ (f_θ(X) − y) otherwise."""
+    zs = getattr(model, "zero_set", None)
+    poly = zs(X, y, mask) if zs is not None else None
     with torch.no_grad():
-        loss = model.loss(theta, X, y, mask).to(torch.float64)
-    return torch.isfinite(loss) & (loss <= fit_threshold(model, X, y, mask, theta0, fit_tol))
+        if poly is not None:
+            on_pred = poly.on == "predictor"
+            x = model.predictor(theta) if on_pred else theta
+            x0 = model.predictor(theta0) if on_pred else theta0
+            A, b = poly.A_eq.to(x.dtype), poly.b_eq.to(x.dtype)
+            if A.shape[1] == 0:
+                return torch.zeros(x.shape[0], dtype=torch.float64), _scale(x, x0)
+            r = (A * x[:, None, :]).sum(-1) - b
+            step = (torch.linalg.pinv(A) * r[:, None, :]).sum(-1)
+            return step.norm(dim=-1).to(torch.float64), _scale(x, x0)
+    r, J = residual_jacobian(model, theta, X, y, mask)
+    with torch.no_grad():
+        # singular values below √eps·σ_max are not resolved by an autograd Jacobian at a point that
+        # is itself only accurate to the solver's tolerance: treated as 0 (no false "far away")
+        step = (torch.linalg.pinv(J, rtol=GN_RTOL) * r[:, None, :]).sum(-1)
+    return step.norm(dim=-1).to(torch.float64), _scale(theta, theta0)
+
+
+def _scale(x: Tensor, x0: Tensor) -> Tensor:
+    return torch.maximum(x.norm(dim=-1), x0.norm(dim=-1)).to(torch.float64)
+
+
+def residual_jacobian(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(r [B, n], J = ∂r/∂θ [B, n, P]) by autograd, one backward pass per data point (batched)."""
+    with torch.enable_grad():
+        th = theta.detach().clone().requires_grad_(True)
+        r = model.residual(th, X, y, mask)
+        rows = []
+        for i in range(r.shape[1]):
+            if not r.requires_grad:
+                rows.append(torch.zeros_like(theta))
+                continue
+            (g,) = torch.autograd.grad(r[:, i].sum(), th, retain_graph=True, allow_unused=True)
+            rows.append(torch.zeros_like(theta) if g is None else g)
+    J = torch.stack(rows, 1) if rows else theta.new_zeros(theta.shape[0], 0, theta.shape[1])
+    return r.detach(), J.detach()
 
 
 #: float64 keeps ~1e±308: the loss squares |y| and the squared gradient norm squares |X|·|y|, so

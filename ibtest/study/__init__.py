@@ -2,7 +2,4 @@
 Positions in YAML (:mod:`~ibtest.study.yamlpos`), the schema and validation
 (:mod:`~ibtest.study.schema`), memory budgets (:mod:`~ibtest.study.budget`) and checks of what
 plugins return (:mod:`~ibtest.study.checks`). Imports ``base`` and ``plugin``.
-
-``ibtest.study`` was one module before the layers; its public names stay importable from here.
 """
-from ibtest.study.schema import *  # noqa: F401,F403  (the former ibtest.study module)

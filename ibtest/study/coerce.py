@@ -18,7 +18,7 @@ from ibtest.study.yamlpos import format_path, line_of
 
 
 # ----------------------------------------------------------------------------------------
-def _describe_type(tp: Any) -> str:
+def describe_type(tp: Any) -> str:
     """``int``, ``float``, ``list[float]``; an ``Annotated[int, Field(ge=1)]`` reads ``int >= 1``."""
     if get_origin(tp) is Annotated:
         base, *meta = get_args(tp)
@@ -28,11 +28,11 @@ def _describe_type(tp: Any) -> str:
                 for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
                     if getattr(c, attr, None) is not None:
                         bounds.append(f"{sym} {getattr(c, attr)}")
-        return " ".join([_describe_type(base)] + bounds)
+        return " ".join([describe_type(base)] + bounds)
     if get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if get_args(tp):
-        return f"{_describe_type(get_origin(tp))}[{', '.join(_describe_type(a) for a in get_args(tp))}]"
+        return f"{describe_type(get_origin(tp))}[{', '.join(describe_type(a) for a in get_args(tp))}]"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -79,7 +79,7 @@ def _convention_lower(name: str, tp: Any) -> float | None:
     return None
 
 
-def _coerce(value: Any, opt: Option, name: str = "") -> Any:
+def coerce(value: Any, opt: Option, name: str = "") -> Any:
     """Validate one option value against its declared type (a list when the option sweeps).
 
     On top of pydantic's check of ``opt.type``: a bool never passes for a number, no number is
@@ -130,7 +130,7 @@ def _data_loc(loc: tuple, data: Any) -> tuple:
     return tuple(out)
 
 
-def _pydantic_problems(exc: pydantic.ValidationError, src: str, lines: dict, data: Any = None) -> list[str]:
+def pydantic_problems(exc: pydantic.ValidationError, src: str, lines: dict, data: Any = None) -> list[str]:
     by_loc: dict[tuple, list[str]] = {}
     for e in exc.errors():
         loc = _data_loc(tuple(e["loc"]), data) if data is not None else tuple(e["loc"])
@@ -140,13 +140,13 @@ def _pydantic_problems(exc: pydantic.ValidationError, src: str, lines: dict, dat
         if e["type"] == "missing":
             msg = "required field is missing"
         else:
-            msg = f"{msg} (got {_short(e.get('input'))}{_text_hint(e.get('input'))})"
+            msg = f"{msg} (got {short(e.get('input'))}{text_hint(e.get('input'))})"
         if msg not in by_loc.setdefault(loc, []):
             by_loc[loc].append(msg)
     return [f"{src}:{line_of(lines, loc)}: {format_path(loc)}: {'; or '.join(msgs)}" for loc, msgs in by_loc.items()]
 
 
-def _text_hint(value: Any) -> str:
+def text_hint(value: Any) -> str:
     """YAML 1.1 reads ``1e9`` (no dot, no exponent sign) as text: say so where a number was due."""
     if isinstance(value, str):
         try:
@@ -159,7 +159,7 @@ def _text_hint(value: Any) -> str:
     return ""
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def short(value: Any, limit: int = 80) -> str:
     r = repr(value)
     return r if len(r) <= limit else r[: limit - 3] + "..."
 

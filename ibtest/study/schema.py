@@ -15,40 +15,12 @@ import pydantic
 import yaml
 
 from ibtest.base.errors import StudyError
+from ibtest.base.guard import describe, plugin_call
+from ibtest.base.inputs import read_input
 from ibtest.plugin.manager import SINGULAR, Registry
-from ibtest.study.coerce import (  # noqa: F401
-    _admits_bool,
-    _coerce,
-    _coerce_one,
-    _convention_lower,
-    _data_loc,
-    _describe_type,
-    _find_bool,
-    _numbers,
-    _pydantic_problems,
-    _short,
-    _text_hint,
-)
-from ibtest.study.sweep import _check_sweep, apply_sweep, variants  # noqa: F401
-from ibtest.study.typed import (  # noqa: F401  (re-exported: the former contents of this module)
-    VERDICTS,
-    Float,
-    HypothesisRef,
-    HypothesisUse,
-    InitRef,
-    Int,
-    PluginRef,
-    PluginUse,
-    ReportSettings,
-    S as _S,
-    Study,
-    StudyModel,
-    SweepSettings,
-    Verdict,
-    VerdictSettings,
-    _no_bool,
-    _Strict,
-)
+from ibtest.study.coerce import coerce, describe_type, pydantic_problems, short, text_hint
+from ibtest.study.sweep import check_sweep
+from ibtest.study.typed import HypothesisUse, PluginUse, S, Study, StudyModel
 from ibtest.study.yamlpos import YAMLInputError, decode_text, format_path, line_of, load_with_lines
 
 
@@ -79,13 +51,13 @@ def _resolve_plugin(
             )
             continue
         try:
-            options[key] = _coerce(value, opt, key)
+            options[key] = coerce(value, opt, key)
         except (pydantic.ValidationError, ValueError) as exc:
             detail = exc.errors()[0]["msg"] if isinstance(exc, pydantic.ValidationError) else str(exc)
             problems.append(
                 f"{src}:{line_of(lines, p)}: {format_path(p)}: {detail} (expected "
-                f"{_describe_type(opt.type)}{' or a list of them' if opt.sweep else ''}, got {_short(value)}"
-                f"{_text_hint(value)})"
+                f"{describe_type(opt.type)}{' or a list of them' if opt.sweep else ''}, got {short(value)}"
+                f"{text_hint(value)})"
             )
     for key, opt in spec.options.items():
         if opt.required and ref.get(key) is None:
@@ -96,7 +68,7 @@ def _resolve_plugin(
     return PluginUse(kind, name, spec, options, path)
 
 
-def _resolved(uses: list[PluginUse[_S] | None]) -> list[PluginUse[_S]]:
+def _resolved(uses: list[PluginUse[S] | None]) -> list[PluginUse[S]]:
     """The plugin uses of a list that validated without problems (none is None)."""
     return [u for u in uses if u is not None]
 
@@ -121,7 +93,7 @@ def _hypothesis_members(spec: Any, given: dict[str, Any], path, src, lines, prob
                 problems.append(f"{where}: NaN is not a value")
             elif isinstance(default, (int, float)) and not isinstance(default, bool):
                 if isinstance(item, bool) or not isinstance(item, (int, float)):
-                    problems.append(f"{where}: expected a number or a list of numbers, got {_short(item)}")
+                    problems.append(f"{where}: expected a number or a list of numbers, got {short(item)}")
         values[key] = vs
     keys = list(values)
     return [dict(zip(keys, combo)) for combo in itertools.product(*(values[k] for k in keys))] or [{}]
@@ -131,7 +103,7 @@ def read_study_bytes(path: str | Path) -> str:
     """A study file's text: UTF-8, or a StudyError naming the file (and the first bad byte)."""
     src = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = read_input(path)  # a FIFO nobody writes to, /dev/zero: an error, never a hang
     except OSError as exc:
         raise StudyError(src, [f"{src}: cannot read: {exc.strerror or exc}"]) from None
     try:
@@ -182,7 +154,7 @@ def validate(
     try:
         m = StudyModel.model_validate(data)
     except pydantic.ValidationError as exc:
-        raise StudyError(src, _pydantic_problems(exc, src, lines, data)) from None
+        raise StudyError(src, pydantic_problems(exc, src, lines, data)) from None
     problems: list[str] = []
 
     model = _resolve_plugin(registry, "models", m.model.model_dump(), ("model",), src, lines, problems)
@@ -222,13 +194,14 @@ def validate(
         seen.add(key)
         hyps.append(HypothesisUse(h.name, spec, members, h.expect,
                                   spec.atol if h.atol is None else h.atol,
-                                  spec.rtol if h.rtol is None else h.rtol, path))
+                                  spec.rtol if h.rtol is None else h.rtol, path,
+                                  _expect_limit(h, m, path, src, lines, problems)))
     if model is not None and solver is not None:
-        try:
-            reason = solver.spec.applies(model.spec.factory(**model.options))
-        except Exception as exc:  # a model factory rejecting its options
+        try:  # a model factory rejecting its options, calling sys.exit, running past its deadline
+            reason = plugin_call(solver.spec.applies, plugin_call(model.spec.factory, **model.options))
+        except Exception as exc:
             reason = None
-            problems.append(f"{src}:{line_of(lines, ('model',))}: model: {type(exc).__name__}: {exc}")
+            problems.append(f"{src}:{line_of(lines, ('model',))}: model: {model.name!r} {describe(exc)}")
         if reason:
             problems.append(
                 f"{src}:{line_of(lines, ('solver', 'name'))}: solver.name: solver {solver.name!r} "
@@ -237,9 +210,18 @@ def validate(
     executor = None
     if m.executor is not None:
         executor = _resolve_plugin(registry, "executors", m.executor.model_dump(), ("executor",), src, lines, problems)
+    if m.limit is not None:
+        _check_limit(m, src, lines, problems)
+    if m.fit is not None:
+        names = [m.fit.family] if isinstance(m.fit.family, str) else list(m.fit.family or [])
+        names += list(m.fit.expect) if isinstance(m.fit.expect, dict) else []
+        for name in names:
+            if name not in registry.items["families"]:
+                problems.append(f"{src}:{line_of(lines, ('fit', 'family'))}: fit.family: unknown family {name!r} "
+                                f"(known: {', '.join(registry.names('families')) or 'none registered'})")
     if m.sweep is not None:
         uses = {"init": inits, "model": [model], "solver": [solver], "datasets": datasets}
-        _check_sweep(m.sweep, uses, src, lines, problems)
+        check_sweep(m.sweep, uses, src, lines, problems)
     if problems:
         raise StudyError(src, problems)
     # no problems: every plugin reference resolved (a None from _resolve_plugin adds a problem)
@@ -248,8 +230,10 @@ def validate(
         name=m.study, source=src, raw=data, seed=m.seed, model=model, inits=_resolved(inits),
         init_counts=[r.count for r in init_refs], datasets=_resolved(datasets), solver=solver,
         constructions=_resolved(constructions), hypotheses=hyps, verdict=m.verdict, report=m.report,
-        plugin_files=list(plugin_files or []), sweep=m.sweep, device=m.device,
-        chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor,
+        plugin_files=list(plugin_files or []), sweep=m.sweep, limit=m.limit, device=m.device,
+        chunk_size=m.chunk_size, block_size=m.block_size, description=m.description, executor=executor, fit=m.fit,
+        kinds={h.spec.kind: tuple(k for k in registry.replayers_for(h.spec.kind) if k.judges != "*") for h in hyps},
+        budget=m.budget,
     )
     from ibtest.study.budget import check_study
 
@@ -279,5 +263,38 @@ def _finish_load(data, lines, src, base: Path, extra_plugins) -> tuple[Study, Re
     return validate(data, registry, src=src, lines=lines, plugin_files=files), registry
 
 
-def is_inf(x: Any) -> bool:
-    return isinstance(x, float) and math.isinf(x)
+def limit_directions(limit: Any) -> list[float]:
+    """The directions of a ``limit:`` block, in order: [0.0], [inf] or [0.0, inf]."""
+    to = limit.to if isinstance(limit.to, list) else [limit.to]
+    return [float(v) for v in to]
+
+
+def _check_limit(m: StudyModel, src: str, lines: dict, problems: list[str]) -> None:
+    """``limit:`` needs a sweep over the same path, and directions 0 or .inf (each once)."""
+    assert m.limit is not None
+    where = f"{src}:{line_of(lines, ('limit',))}: limit"
+    if m.sweep is None:
+        problems.append(f"{where}: a limit is judged over a sweep: add sweep: {{path: {m.limit.path}, values: [...]}}")
+    elif m.sweep.path != m.limit.path:
+        problems.append(f"{where}.path: {m.limit.path!r} is not the sweep's path {m.sweep.path!r}")
+    dirs = limit_directions(m.limit)
+    if not dirs or any(d not in (0.0, math.inf) for d in dirs) or len(set(dirs)) != len(dirs):
+        problems.append(f"{where}.to: expected 0, .inf or [0, .inf], got {m.limit.to!r}")
+
+
+def _expect_limit(h: Any, m: StudyModel, path: tuple, src: str, lines: dict, problems: list[str]) -> dict[float, str]:
+    """A hypothesis's ``expect_limit``, per direction of the study's ``limit:``."""
+    if h.expect_limit is None:
+        return {}
+    where = f"{src}:{line_of(lines, path + ('expect_limit',))}: {format_path(path + ('expect_limit',))}"
+    if m.limit is None:
+        problems.append(f"{where}: the study declares no limit: add limit: {{path: ..., to: 0}}")
+        return {}
+    dirs = limit_directions(m.limit)
+    if isinstance(h.expect_limit, str):
+        return {d: h.expect_limit for d in dirs}
+    out = {float(k): v for k, v in h.expect_limit.items()}
+    unknown = [k for k in out if k not in dirs]
+    if unknown:
+        problems.append(f"{where}: direction(s) {unknown} are not among the study's limit.to {dirs}")
+    return out

@@ -1,6 +1,6 @@
 """Sweeps: one study repeated for each value of one plugin option (``sweep: {path, values}``).
 
-:func:`_check_sweep` (during validation) requires that ``path`` = ``KIND.OPTION`` names an option
+:func:`check_sweep` (during validation) requires that ``path`` = ``KIND.OPTION`` names an option
 every plugin of that kind has, and coerces every value to its type; :func:`apply_sweep` sets the
 option on every plugin of the kind; :func:`variants` lists (value, study) for each run.
 """
@@ -11,12 +11,12 @@ from typing import Any
 import pydantic
 
 from ibtest.plugin.manager import SINGULAR
-from ibtest.study.coerce import _coerce, _describe_type, _short
+from ibtest.study.coerce import coerce, describe_type, short
 from ibtest.study.typed import Study, SweepSettings
 from ibtest.study.yamlpos import format_path, line_of
 
 
-def _check_sweep(sweep: SweepSettings, uses: dict[str, list], src: str, lines: dict, problems: list[str]) -> None:
+def check_sweep(sweep: SweepSettings, uses: dict[str, list], src: str, lines: dict, problems: list[str]) -> None:
     """``sweep.path`` names an option every plugin of its kind has; every value is valid for it.
 
     The values are replaced by their validated form (``"1e-3"`` read as 0.001 where the option
@@ -42,11 +42,11 @@ def _check_sweep(sweep: SweepSettings, uses: dict[str, list], src: str, lines: d
         values = []
         for k, v in enumerate(sweep.values):
             try:
-                values.append(_coerce(v, option, opt))
+                values.append(coerce(v, option, opt))
             except (pydantic.ValidationError, ValueError) as exc:
                 detail = exc.errors()[0]["msg"] if isinstance(exc, pydantic.ValidationError) else str(exc)
                 problems.append(f"{src}:{line_of(lines, ('sweep', 'values', k))}: sweep.values[{k}]: {detail} "
-                                f"(expected {_describe_type(option.type)} for {sweep.path}, got {_short(v)})")
+                                f"(expected {describe_type(option.type)} for {sweep.path}, got {short(v)})")
         if coerced is None:
             coerced = values
     if coerced is not None and len(coerced) == len(sweep.values):

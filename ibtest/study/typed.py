@@ -14,10 +14,10 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ibtest.plugin.specs import Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
+from ibtest.plugin.specs import ClaimKind, Construction, Dataset, Executor, Hypothesis, Init, Model, Solver
 
-Verdict = Literal["falsified", "survives", "inconclusive"]
-VERDICTS = ("falsified", "survives", "inconclusive")
+#: what a study may expect of a member (``survives`` is not met by ``unrefuted``)
+Verdict = Literal["falsified", "survives", "unrefuted", "inconclusive"]
 
 
 def _no_bool(value: Any) -> Any:
@@ -48,10 +48,17 @@ class InitRef(PluginRef):
     count: Int = Field(default=1, ge=1, description="initializations drawn per dataset")
 
 
+#: what a limit verdict may be (:mod:`ibtest.judge.limits`)
+LimitVerdict = Literal["consistent", "not_the_limit", "inconclusive"]
+
+
 class HypothesisRef(_Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     expect: Verdict | None = None
+    #: the expected verdict about the sweep's limit (a study with ``limit:``): one for every
+    #: direction, or one per direction ({0: consistent, .inf: not_the_limit})
+    expect_limit: LimitVerdict | dict[float, LimitVerdict] | None = None
     atol: Float | None = Field(default=None, ge=0)
     rtol: Float | None = Field(default=None, ge=0)
 
@@ -70,15 +77,7 @@ class VerdictSettings(_Strict):
     shrink_budget: Int = Field(default=6000, ge=4, description="instance solves each shrink may spend")
 
 
-ReportFormat = Literal["table", "markdown", "json"]
-
-
-def _all_formats() -> list[ReportFormat]:
-    return ["table", "markdown", "json"]
-
-
 class ReportSettings(_Strict):
-    formats: list[ReportFormat] = Field(default_factory=_all_formats)
     triples: bool | Annotated[int, Field(ge=0)] = Field(default=True, description=(
         "list solved triples (True, False or at most N rows)"))
     digits: Int = Field(default=6, ge=1, le=17)
@@ -86,11 +85,50 @@ class ReportSettings(_Strict):
         "study triples listed in results.json (every triple is in results.sqlite)"))
 
 
+class LimitSettings(_Strict):
+    """Judge each member's trend toward a limit of the swept scale (``init.scale → 0``): the
+    sweep's ``path`` and the direction(s) ``to`` (0, .inf, or both)."""
+
+    path: str = Field(description="the swept option, e.g. init.scale (must be the sweep's path)")
+    to: float | list[float] = Field(description="0 or .inf (or [0, .inf]): the limit of the scale")
+
+
+class BudgetSettings(_Strict):
+    """How long a study may take: each plugin call (``deadline``) and the whole (``max_hours``)."""
+
+    deadline: Float | None = Field(default=60.0, gt=0, description=(
+        "seconds one plugin call (a solver's chunk, a construction, a hypothesis on a block) may take; a call "
+        "past it is stopped and reported in its row; null: no deadline"))
+    max_hours: Float = Field(default=1.0, gt=0, description=(
+        "a study whose work is estimated beyond this many hours is refused before it runs"))
+
+
 class SweepSettings(_Strict):
     """Repeat the study for each value of one option (e.g. ``init.scale``) and tabulate."""
 
     path: str = Field(description="dotted option path, e.g. init.scale or model.width")
     values: list[Any] = Field(min_length=1, description="one run per value (at least one)")
+
+
+class FitSettings(_Strict):
+    """``fit:``, what ``ibtest fit STUDY`` does with the study (the command line may override
+    ``family`` and ``strict``): the families to fit, their options, strict convexity, the share of
+    study instances held out for the falsifier, and what is expected."""
+
+    family: str | Annotated[list[str], Field(min_length=1)] | None = Field(default=None, description=(
+        "the family (or families) to fit"))
+    options: dict[str, Any] = Field(default_factory=dict, description="options of the families (a c grid, degrees)")
+    strict: Float | None = Field(default=None, ge=0, description=(
+        "ask R - strict*|x - x0|^2/2 convex (lambda normalized to unit growth): only strictly convex members"))
+    holdout: Float = Field(default=0.5, ge=0, lt=1, description="share of the study's instances held out")
+    expect: Literal["fits", "no_fit"] | dict[str, Literal["fits", "no_fit"]] | None = Field(default=None, description=(
+        "the expected outcome, for every family or per family"))
+    verdict: Verdict | None = Field(default=None, description="expected verdict of the fitted member on held-out triples")
+    truth: dict[str, Any] = Field(default_factory=dict, description=(
+        "known values of the fitted parameters (a number, a list, 'identity' for a matrix, 'sweep' for the "
+        "sweep's value)"))
+    rtol: Float = Field(default=1e-6, gt=0, description="relative tolerance of the truth comparison")
+    ties: bool | None = Field(default=None, description="expect the fit to only tie (distinct admissible pairs rated equal)")
 
 
 class StudyModel(_Strict):
@@ -108,13 +146,16 @@ class StudyModel(_Strict):
     verdict: VerdictSettings = Field(default_factory=VerdictSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     sweep: SweepSettings | None = None
+    limit: LimitSettings | None = None
     device: Literal["cpu", "cuda"] = "cpu"
     chunk_size: Int = Field(default=20000, ge=1, description="instances solved per batch")
     block_size: Int = Field(default=20000, ge=1, description=(
         "instances streamed through the whole pipeline at a time (memory is O(block)); own-triple "
         "pairs are formed within a block"))
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
     executor: PluginRef | None = Field(default=None, description=(
         "where the blocks run: {name: local} (default) or {name: ray, address: ..., num_cpus_per_task: ...}"))
+    fit: FitSettings | None = Field(default=None, description="what ibtest fit does with this study")
 
 
 # ----------------------------------------------------------------------------------------
@@ -166,6 +207,7 @@ class HypothesisUse:
     atol: float
     rtol: float
     path: tuple[Any, ...]
+    expect_limit: dict[float, str] = field(default_factory=dict)  # direction (0 or inf) -> limit verdict
 
 
 @dataclass
@@ -187,10 +229,25 @@ class Study:
     report: ReportSettings
     plugin_files: list[str]
     sweep: SweepSettings | None = None
+    limit: LimitSettings | None = None
     device: str = "cpu"
     chunk_size: int = 20000
     block_size: int = 20000
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     executor: PluginUse[Executor] | None = None  # None: the local executor with its defaults
+    fit: FitSettings | None = None  # ``ibtest fit``'s settings (the study's ``fit:``)
+    #: hypothesis kind → the claim kinds that judge it (registration order), for every kind the
+    #: study's hypotheses use
+    kinds: dict[str, tuple[ClaimKind, ...]] = field(default_factory=dict)
+    budget: BudgetSettings = field(default_factory=BudgetSettings)
+    warnings: list[str] = field(default_factory=list)  # said before the study runs (e.g. its estimated work)
+
+    def claim_kinds(self, use: HypothesisUse) -> tuple[ClaimKind, ...]:
+        """The claim kinds that judge each run of a hypothesis of this study (those that score)."""
+        return tuple(k for k in self.kinds.get(use.spec.kind, ()) if k.score is not None and k.finish is not None)
+
+    def kind_named(self, use: HypothesisUse, name: str) -> ClaimKind | None:
+        """The claim kind ``name`` among those of the hypothesis's kind (certificate-only ones too)."""
+        return next((k for k in self.kinds.get(use.spec.kind, ()) if k.name == name), None)
 

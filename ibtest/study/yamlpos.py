@@ -43,17 +43,23 @@ class _DepthLimitedLoader(yaml.SafeLoader):
     """SafeLoader whose composer refuses nesting deeper than ``max_depth`` (it is recursive)."""
 
     max_depth = MAX_DEPTH
+    max_nodes = MAX_NODES
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self._depth = 0
+        self._nodes = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         self._depth += 1
+        self._nodes += 1
         try:
             if self._depth > self.max_depth:
                 mark = self.peek_event().start_mark
                 raise YAMLInputError(mark.line + 1, (), f"nested more than {self.max_depth} levels deep")
+            if self._nodes > self.max_nodes:  # a million values written out: refused as it is read, not after
+                mark = self.peek_event().start_mark
+                raise YAMLInputError(mark.line + 1, (), f"the document holds more than {self.max_nodes} values")
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -66,6 +72,7 @@ def load_with_lines(
     errors and :class:`YAMLInputError` for documents refused as described in the module doc."""
     loader = _DepthLimitedLoader(text)
     loader.max_depth = max_depth
+    loader.max_nodes = max_nodes
     count = 0
     try:
         try:

@@ -36,12 +36,19 @@ from ibtest.plugin.manager import Registry, load_registry
 from ibtest.testing.checks import check_dataset, check_hypothesis, check_model
 from ibtest.testing.runs import run_dataset, run_hypothesis, run_model
 from ibtest.testing.studies import STUDIES, builtin_study, plugin_path, registered_names
-from ibtest.testing.verdicts import assert_falsified, assert_inconclusive, assert_survives, assert_verdict, verdict_of
+from ibtest.testing.verdicts import (
+    assert_falsified,
+    assert_inconclusive,
+    assert_survives,
+    assert_unrefuted,
+    assert_verdict,
+    verdict_of,
+)
 
 __all__ = [
     "STUDIES", "builtin_study", "plugin_path", "registered_names", "run_hypothesis", "run_model",
     "run_dataset", "check_hypothesis", "check_model", "check_dataset", "verdict_of", "assert_verdict",
-    "assert_falsified", "assert_survives", "assert_inconclusive", "ibtest_registry", "ibtest_run",
+    "assert_falsified", "assert_survives", "assert_unrefuted", "assert_inconclusive", "ibtest_registry", "ibtest_run",
 ]
 
 

@@ -11,13 +11,13 @@ import torch
 from ibtest.judge.zeroset import Polyhedron
 from ibtest.plugin.manager import Registry, load_registry
 from ibtest.plugin.specs import LossHessian, PiecewiseLinearUnits
-from ibtest.testing.studies import _local_files
+from ibtest.testing.studies import local_files
 
 Tensor = torch.Tensor
 
 
 def _registry(plugin) -> Registry:
-    return load_registry(_local_files([plugin] if plugin is not None else []))
+    return load_registry(local_files([plugin] if plugin is not None else []))
 
 
 def check_hypothesis(plugin: str | Path | types.ModuleType | None, name: str, params: dict[str, Any] | None = None, *,

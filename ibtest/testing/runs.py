@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ibtest.testing.studies import _local_files, builtin_study, plugin_path, registered_names
+from ibtest.testing.studies import builtin_study, local_files, plugin_path, registered_names
 
 
 def _run(data: dict[str, Any], plugins: Sequence[str]):
@@ -38,7 +38,7 @@ def run_hypothesis(plugin: str | Path | types.ModuleType | None = None, study: s
     ``solver={"name": "exact", "fit_tol": 1e-18}``, ``datasets=[...]``.
     Nothing is written to disk.
     """
-    files = _local_files(([plugin] if plugin is not None else []) + list(plugins))
+    files = local_files(([plugin] if plugin is not None else []) + list(plugins))
     if plugin is not None:
         f = plugin_path(plugin)
         if names is None:
@@ -74,7 +74,7 @@ def run_model(plugin: str | Path | types.ModuleType | None, name: str, options: 
     fit_tol 1e-16 (works for any model with a gradient; ``{"name": "exact"}`` for piecewise-linear
     neurons).
     """
-    files = _local_files(([plugin] if plugin is not None else []) + list(plugins))
+    files = local_files(([plugin] if plugin is not None else []) + list(plugins))
     data = {
         "study": f"ibtest-testing-model-{name}",
         "seed": 0,
@@ -96,7 +96,7 @@ def run_dataset(plugin: str | Path | types.ModuleType | None, name: str, options
                 plugins: Iterable[str | Path] = (), **overrides: Any):
     """Run a small study on your dataset family: ``model`` (default the ReLU neuron, σ'(0) = 1,
     from θ0 = 0, exact solver), the given constructions and hypotheses. Returns the StudyResult."""
-    files = _local_files(([plugin] if plugin is not None else []) + list(plugins))
+    files = local_files(([plugin] if plugin is not None else []) + list(plugins))
     data = {
         "study": f"ibtest-testing-dataset-{name}",
         "seed": 0,

@@ -91,7 +91,7 @@ def _installed_sources() -> set[Path]:
     return out
 
 
-def _local_files(plugins: Iterable[str | Path | types.ModuleType]) -> list[str]:
+def local_files(plugins: Iterable[str | Path | types.ModuleType]) -> list[str]:
     """Absolute paths of the plugin files to load with ``--plugin``; a file that is already
     installed (an entry-point module, e.g. a built-in) is skipped, it would register twice."""
     files = []
@@ -108,7 +108,7 @@ def _local_files(plugins: Iterable[str | Path | types.ModuleType]) -> list[str]:
 def registered_names(plugin: str | Path | types.ModuleType, kind: str = "hypotheses") -> list[str]:
     """Names of the ``kind`` ("hypotheses", "models", "datasets", ...) a plugin file registers."""
     f = plugin_path(plugin)
-    reg = load_registry(_local_files([f]))
+    reg = load_registry(local_files([f]))
     return [n for n, item in reg.items[kind].items() if _same_file(item.source, f)]
 
 

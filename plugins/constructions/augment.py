@@ -28,12 +28,18 @@ def consistent_augmentation(model: ibtest.ModelBase, triples: ibtest.TripleBatch
     return ibtest.Partners(X, y, m, src, labels)
 
 
+def size(sources: int, n: int, count: int = 2, points: int = 1, scale: float = 1.0) -> tuple[int, int]:
+    """``count`` datasets of n + ``points`` points per triple."""
+    return count * sources, n + points
+
+
 @ibtest.hookimpl
 def ibtest_constructions():
     return [
         ibtest.Construction(
             name="consistent_augmentation",
             build=consistent_augmentation,
+            size=size,
             doc="add random points labelled by theta1's own predictions",
             options={
                 "count": Option(2, int, "augmented datasets per triple"),

@@ -14,6 +14,8 @@ while ⟨x, w_e⟩ > 0: the point is active early on and bends the path. For σ 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 import ibtest
@@ -48,7 +50,7 @@ def _free_direction(X: torch.Tensor, extra: list[torch.Tensor]) -> torch.Tensor:
 
 
 def blocking_point(model: ibtest.ModelBase, triples: ibtest.TripleBatch, rng: torch.Generator,
-                   scales: list[float] = (1.0, 2.0, 5.0), delta: float = 0.1,
+                   scales: Sequence[float] = (1.0, 2.0, 5.0), delta: float = 0.1,
                    free_direction: bool = True, early: float = 1e-3) -> ibtest.Partners | None:
     W1 = model.first_layer(triples.theta)
     if W1 is None or W1.shape[1] != 1:
@@ -58,7 +60,9 @@ def blocking_point(model: ibtest.ModelBase, triples: ibtest.TripleBatch, rng: to
     unit = data_unit(triples.X, triples.mask)
     size = torch.maximum(triples.theta.norm(dim=-1), th0.norm(dim=-1))
     tau = early * size / g0.norm(dim=-1).clamp_min(1e-300)
-    We = model.first_layer(th0 - tau[:, None] * g0)[:, 0]
+    W_early = model.first_layer(th0 - tau[:, None] * g0)
+    assert W_early is not None  # the model has a first layer (checked on θ above)
+    We = W_early[:, 0]
     w1 = W1[:, 0]
     what = w1 / w1.norm(dim=-1, keepdim=True).clamp_min(1e-300)
     along = (We * what).sum(-1)
@@ -90,12 +94,18 @@ def blocking_point(model: ibtest.ModelBase, triples: ibtest.TripleBatch, rng: to
     return ibtest.Partners(torch.cat(Xs), torch.cat(ys), torch.cat(ms), torch.cat(src), labels)
 
 
+def size(sources: int, n: int, scales: Sequence[float] = (1.0, 2.0, 5.0), **_: object) -> tuple[int, int]:
+    """One dataset of n + 1 points per triple and scale."""
+    return len(scales) * sources, n + 1
+
+
 @ibtest.hookimpl
 def ibtest_constructions():
     return [
         ibtest.Construction(
             name="blocking_point",
             build=blocking_point,
+            size=size,
             doc="add a zero-label point inactive at theta1 but active early on the path (the paper's x3)",
             options={
                 "scales": Option([1.0, 2.0, 5.0], list[float], "scales gamma of the new point, in units of the data's "

@@ -42,6 +42,11 @@ def rotate(model: ibtest.ModelBase, pairs: ibtest.PairBatch, rng: torch.Generato
     return ibtest.NewPairs(out, src)
 
 
+def size(sources: int, n: int, count: int = 3, max_pairs: int = 64) -> tuple[int, int]:
+    """Two new instances (a pair) per rotation, ``count`` rotations of at most ``max_pairs`` pairs."""
+    return 2 * count * min(sources, max_pairs), n
+
+
 @ibtest.hookimpl
 def ibtest_constructions():
     return [
@@ -49,6 +54,7 @@ def ibtest_constructions():
             name="rotate",
             build=rotate,
             stage="pair",
+            size=size,
             doc="re-solve admissible pairs under random rotations M of the inputs (and of theta0)",
             options={
                 "count": Option(3, int, "random rotations per pair"),

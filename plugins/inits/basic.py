@@ -1,6 +1,8 @@
 """Initializations θ0: zeros, Gaussian with a given norm scale, or a fixed vector."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 import ibtest
@@ -17,7 +19,7 @@ def gaussian(model: ibtest.ModelBase, d: int, count: int, rng: torch.Generator, 
     return torch.randn(count, P, generator=rng, dtype=torch.float64) * (scale / P**0.5)
 
 
-def fixed(model: ibtest.ModelBase, d: int, count: int, rng: torch.Generator, value: list[float] = ()) -> torch.Tensor:
+def fixed(model: ibtest.ModelBase, d: int, count: int, rng: torch.Generator, value: Sequence[float] = ()) -> torch.Tensor:
     P = model.n_params(d)
     v = torch.tensor(list(value), dtype=torch.float64)
     if v.numel() != P:

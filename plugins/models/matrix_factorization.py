@@ -65,7 +65,7 @@ class MatrixFactorization(ibtest.ModelBase):
         W = prefix[-1]
         r = (torch.einsum("bnd,bd->bn", X, W.reshape(B, -1)) - y) * mask
         G = torch.einsum("bn,bnd->bd", r, X).reshape(B, k, k)
-        grads = [None] * D
+        grads: list[torch.Tensor] = [eye] * D
         suffix = eye
         for j in range(D - 1, -1, -1):
             grads[j] = suffix.transpose(-1, -2) @ G @ prefix[j].transpose(-1, -2)

@@ -20,6 +20,7 @@ class PiecewiseNeuron(ibtest.ModelBase):
 
     #: a neuron's output weight is v ≡ 1 (:class:`ibtest.PiecewiseLinearUnits`, m = 1)
     train_output = False
+    piecewise: PiecewiseLinearNeuron  # always declared here (ModelBase's is optional)
 
     def __init__(self, piecewise: PiecewiseLinearNeuron, **options):
         super().__init__(**options)

@@ -140,6 +140,34 @@ class TwoLayerReLU(ibtest.ModelBase):
         W, v = self.split(theta)
         return v * v - (W * W).sum(-1)
 
+    def certified_min_norm(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+                           **options) -> list:
+        """θ [B, P] against the certified min of ½‖θ‖² (= min Σ|v_j|‖w_j‖) over all nets that fit
+        (X [B, n, d], y [B, n], mask [B, n]): one :class:`two_layer_convex.Check` per instance
+        (verdicts, a width-m witness θ' when beaten, the optimum and whether it is exact).
+        ``options`` go to :func:`two_layer_convex.check_theta` (atol, rtol, pattern options)."""
+        from .two_layer_convex import check_theta
+
+        if not self.train_output:
+            raise ValueError("certified_min_norm: the convex program needs trained output weights (train_output=True)")
+        return [check_theta(theta[b], X[b], y[b], mask[b], **options) for b in range(theta.shape[0])]
+
+    def certified_optimum(self, name: str, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor,
+                          mask: torch.Tensor, atol: float = 0.0, rtol: float = 0.0) -> list[ibtest.OptimumCheck] | None:
+        """``half_sq_norm`` (½‖θ‖²) and ``path_norm`` (Σ|v_j|‖w_j‖): both have the same certified
+        minimum over all interpolating nets, the group-lasso program of :mod:`two_layer_convex`
+        (Pilanci & Ergen 2020); exact where the data's activation patterns are enumerated."""
+        if name not in ("half_sq_norm", "path_norm") or not self.train_output:
+            return None
+        out = []
+        for c in self.certified_min_norm(theta, X, y, mask, atol=atol, rtol=rtol):
+            v = c.half_sq_norm if name == "half_sq_norm" else c.path_norm
+            out.append(ibtest.OptimumCheck(v.status, v.value, v.minimum, c.optimum.lower_bound, v.tol,
+                                           c.optimum.exact, v.reason,
+                                           None if v.status != "beaten" or c.witness is None
+                                           else torch.as_tensor(c.witness, dtype=theta.dtype)))
+        return out
+
 
 def two_layer_relu(width: int = 1, train_output: bool = True,
                    relu_grad_at_zero: Literal[0, 1] = 1) -> TwoLayerReLU:

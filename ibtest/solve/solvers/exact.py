@@ -73,26 +73,38 @@ import torch
 
 from ibtest.base.status import BUDGET, CONVERGED, DIVERGED, SLIDING, STALLED
 from ibtest.plugin.specs import PiecewiseLinearNeuron, SolveResult
-from ibtest.solve.solvers.exact_piece import _bmv, _leave_dir, _next_switch, _slope, _system
-from ibtest.solve.solvers.exact_roots import _G, _G1, _brackets, _fine_brackets, _log_grid, _refine  # noqa: F401
-from ibtest.solve.solvers.exact_scale import MAX_WORKERS, MIN_SHARE, _concat, _denormalize, _normalize, _pow2, _workers  # noqa: F401
+from ibtest.solve.solvers.exact_piece import bmv, leave_dir, next_switch, piece_system, side_slope
+from ibtest.solve.solvers.exact_scale import concat_results, denormalize, normalize, workers_for
 from ibtest.solve.solvers.exact_spec import DEFAULTS
-from ibtest.solve.solvers.exact_tol import (  # noqa: F401  (re-exported: exact_reference, tests)
-    CLUSTER_TOL,
-    COARSE,
+from ibtest.solve.solvers.exact_tol import (
     DERIV_TOL,
-    DIP_FRAC,
-    EIG_TOL,
-    EPS,
     F64,
-    LIMIT_TOL,
-    NOISE,
     ROUND_R,
     START_ZERO,
-    T_HI,
-    T_LO,
+    SV_TOL,
     Tensor,
 )
+
+
+def _spectrum(Xw: Tensor, yw: Tensor, mw: Tensor, side: Tensor, pos: float, neg: float
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A piece's rates and directions from the SVD of M = diag(c) X (c = slope·mask; A = MᵀM,
+    b = Mᵀy): λ = σ² ascending [B, d], Q = V [B, d, d], which are moving (σ > SV_TOL·σ_max) and
+    (Uᵀy)_k [B, d] so that u∞_k = (Uᵀy)_k / σ_k on them. The SVD of M resolves σ down to
+    eps·σ_max, where an eigendecomposition of A resolves λ only down to eps·λ_max: data with a
+    direction of σ = 1e-10·σ_max (A's λ = 1e-20·λ_max) still flows to its exact limit along it."""
+    c = side_slope(side, pos, neg) * mw
+    M = Xw * c.unsqueeze(-1)
+    n, d = M.shape[-2:]
+    U, S, Vh = torch.linalg.svd(M, full_matrices=True)
+    k = S.shape[-1]
+    sig = torch.cat([S, S.new_zeros(S.shape[0], d - k)], -1) if k < d else S
+    ry = bmv(U.transpose(1, 2), yw)[:, :k]
+    ry = torch.cat([ry, ry.new_zeros(ry.shape[0], d - k)], -1) if k < d else ry
+    smax = sig[:, :1]
+    posk = (sig > SV_TOL * max(n, d) * smax) & (smax > 0)
+    # ascending, as eigh orders them (the slowest rate first)
+    return sig.flip(-1) ** 2, Vh.transpose(1, 2).flip(-1), posk.flip(-1), ry.flip(-1)
 
 
 def tighten(options: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +137,7 @@ def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
     kernel's summation order may depend on the batch size: ~1e-16).
     """
     B = int(X.shape[0])
-    k = _workers(workers, B)
+    k = workers_for(workers, B)
     prev = torch.get_num_threads()
     change = bool(threads) and threads != prev
     if change:
@@ -134,9 +146,9 @@ def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
     def part(sl: slice) -> SolveResult:
         with torch.no_grad():
             ms = None if mask is None else mask[sl]
-            Xs, ys, ws, cx, a = _normalize(X[sl], y[sl], ms, w0[sl])
+            Xs, ys, ws, cx, a = normalize(X[sl], y[sl], ms, w0[sl])
             res = _solve_exact(Xs, ys, ms, ws, neuron, fit_tol=fit_tol, root_tol=root_tol, max_pieces=max_pieces, grid=grid)
-            return _denormalize(res, cx, a)
+            return denormalize(res, cx, a)
 
     try:
         if k <= 1:
@@ -146,7 +158,7 @@ def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
         cuts = [B * i // k for i in range(k + 1)]
         with ThreadPoolExecutor(k) as ex:
             parts = list(ex.map(part, [slice(cuts[i], cuts[i + 1]) for i in range(k)]))
-        return _concat(parts)
+        return concat_results(parts)
     finally:
         if change:
             torch.set_num_threads(prev)
@@ -179,9 +191,9 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
     xn = Xw.norm(dim=-1)
     live = xn > 0
     w = w0.clone()
-    z = _bmv(Xw, w)
+    z = bmv(Xw, w)
     zero = live & (z.abs() <= START_ZERO * xn * w.norm(dim=-1, keepdim=True))
-    side = _slope(z, 1.0, -1.0)
+    side = side_slope(z, 1.0, -1.0)
     fresh = zero.clone()
     tacc = torch.zeros(B, dtype=F64, device=dev)
     npc = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -199,12 +211,12 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
         if bool(fi.any()):
             J = fi.nonzero().squeeze(1)
             fJ = fresh[J]
-            c = torch.where(fJ, az, _slope(side[J], pos, neg)) * mw[J]
+            c = torch.where(fJ, az, side_slope(side[J], pos, neg)) * mw[J]
             res = c * (yw[J] - c * z[J])
-            v = _bmv(Xw[J].transpose(1, 2), res)
+            v = bmv(Xw[J].transpose(1, 2), res)
             vn = v.norm(dim=-1)
             stat = vn <= 1e-13 * (res.abs() * xn[J]).sum(-1)
-            vz = _bmv(Xw[J], v)
+            vz = bmv(Xw[J], v)
             sg = torch.where(vz.abs() > DERIV_TOL * xn[J] * vn.unsqueeze(-1), torch.sign(vz),
                              torch.full_like(vz, default_side))
             side[J] = torch.where(fJ, sg, side[J])
@@ -212,17 +224,17 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
             fresh = torch.zeros_like(fresh)
 
         # -- the pattern of this piece, made consistent on the kink -------------------------
-        A, b = _system(Xw, yw, mw, side, pos, neg)
+        A, b = piece_system(Xw, yw, mw, side, pos, neg)
         if can_switch:
             J = (zero.any(1) & ~done).nonzero().squeeze(1)
             kmax = 2 * n + 2
             for it in range(kmax + 1):
                 if J.numel() == 0:
                     break
-                r = b[J] - _bmv(A[J], w[J])
+                r = b[J] - bmv(A[J], w[J])
                 r_round = ROUND_R * (b[J].norm(dim=-1)
                                      + torch.linalg.matrix_norm(A[J]) * w[J].norm(dim=-1))
-                ell = _leave_dir(A[J], r, Xw[J], xn[J], r_round)
+                ell = leave_dir(A[J], r, Xw[J], xn[J], r_round)
                 inc = zero[J] & (ell != 0) & (ell != side[J])
                 bad = inc.any(1)
                 J, inc = J[bad], inc[bad]
@@ -237,7 +249,7 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
                     inc = torch.zeros_like(inc)
                     inc[torch.arange(J.numel()), first] = True
                 side[J] = torch.where(inc, -side[J], side[J])
-                A[J], b[J] = _system(Xw[J], yw[J], mw[J], side[J], pos, neg)
+                A[J], b[J] = piece_system(Xw[J], yw[J], mw[J], side[J], pos, neg)
 
         # -- closed form of the piece ------------------------------------------------------
         go = (~done).nonzero().squeeze(1)
@@ -248,16 +260,12 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
             def G(t: Tensor, allgo: bool = allgo, go: Tensor = go) -> Tensor:  # rows of the instances that go on
                 return t if allgo else t[go]
 
-            lam, Q = torch.linalg.eigh(G(A))
-            lmax = lam[:, -1:].clamp_min(0.0)
-            posk = lam > EIG_TOL * lmax
-            posk &= lmax > 0
+            lam, Q, posk, ry = _spectrum(G(Xw), G(yw), G(mw), G(side), pos, neg)
             wg = G(w)
-            ub = Q.transpose(1, 2) @ torch.stack([wg, G(b)], dim=-1)
-            u0, beta = ub[..., 0], ub[..., 1]
-            uinf = torch.where(posk, beta / torch.where(posk, lam, 1.0), u0)
+            u0 = bmv(Q.transpose(1, 2), wg)
+            uinf = torch.where(posk, ry / torch.where(posk, lam.sqrt(), 1.0), u0)
             du = u0 - uinf
-            wi = _bmv(Q, uinf)
+            wi = bmv(Q, uinf)
             if allgo:
                 winf = wi
             else:
@@ -278,9 +286,9 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
                 sw = torch.zeros_like(cand)
                 ci = cand.any(1).nonzero().squeeze(1)
                 if ci.numel() == go.numel():
-                    tstar, sw = _next_switch(lam, posk, a, L, sd, zr, cand, scale, grid, root_tol)
+                    tstar, sw = next_switch(lam, posk, a, L, sd, zr, cand, scale, grid, root_tol)
                 elif ci.numel():
-                    ts, swc = _next_switch(lam[ci], posk[ci], a[ci], L[ci], sd[ci], zr[ci],
+                    ts, swc = next_switch(lam[ci], posk[ci], a[ci], L[ci], sd[ci], zr[ci],
                                            cand[ci], scale[ci], grid, root_tol)
                     tstar[ci] = ts
                     sw[ci] = swc
@@ -291,8 +299,8 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
                 if mv.numel():
                     gi = go[mv]
                     e = torch.expm1(-torch.where(posk[mv], lam[mv], 0.0) * tstar[mv].unsqueeze(-1))
-                    w[gi] = wg[mv] + _bmv(Q[mv], du[mv] * e)
-                    z[gi] = _bmv(Xw[gi], w[gi])
+                    w[gi] = wg[mv] + bmv(Q[mv], du[mv] * e)
+                    z[gi] = bmv(Xw[gi], w[gi])
                     swm = sw[mv]
                     side[gi] = torch.where(swm, -side[gi], side[gi])
                     zero[gi] = swm
@@ -321,12 +329,12 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
         t_out[idx] = tacc
         pieces_out[idx] = npc
 
-    zf = _bmv(Xm, theta)
+    zf = bmv(Xm, theta)
     f = torch.where(zf > 0, pos * zf, neg * zf)
     r = (f - ym) * m
     loss = 0.5 * (r * r).sum(-1)
     # fit_tol is relative to the loss scale max(½‖y‖², L(w0)) (ibtest.solve.fit)
-    z0 = _bmv(Xm, w0)
+    z0 = bmv(Xm, w0)
     r0 = (torch.where(z0 > 0, pos * z0, neg * z0) - ym) * m
     scale = torch.maximum(0.5 * (ym * ym * m).sum(-1), 0.5 * (r0 * r0).sum(-1))
     fitted = loss <= fit_tol * scale

@@ -1,10 +1,10 @@
 r"""One linear piece of the exact single-neuron flow, and where it ends (exact solver).
 
 With every point on a side s_i (slope c_i = pos or neg), GF is dw/dt = −A w + b with
-A = Xᵀ diag(m c²) X and b = Xᵀ diag(m c) y (:func:`_system`). Along the piece
-z_i(t) = L_i + Σ_k a_ik e^{−λ_k t}; :func:`_next_switch` finds the first t > 0 where some
+A = Xᵀ diag(m c²) X and b = Xᵀ diag(m c) y (:func:`piece_system`). Along the piece
+z_i(t) = L_i + Σ_k a_ik e^{−λ_k t}; :func:`next_switch` finds the first t > 0 where some
 G_i(t) = s_i z_i(t) turns negative (Descartes' rule of signs bounds the roots; limits on the kink
-are decided by the slowest significant term), and :func:`_leave_dir` the side a point on the kink
+are decided by the slowest significant term), and :func:`leave_dir` the side a point on the kink
 leaves to: the sign of the first significant derivative ⟨x_i, (−A)^{j−1} r⟩. The full statement
 is the docstring of :mod:`ibtest.solve.solvers.exact`.
 """
@@ -12,28 +12,28 @@ from __future__ import annotations
 
 import torch
 
-from ibtest.solve.solvers.exact_roots import _brackets, _refine
+from ibtest.solve.solvers.exact_roots import bracket_roots, refine
 from ibtest.solve.solvers.exact_tol import CLUSTER_TOL, COARSE, DERIV_TOL, F64, LIMIT_TOL, T_HI, T_LO, Tensor
 
 
-def _bmv(M: Tensor, v: Tensor) -> Tensor:
+def bmv(M: Tensor, v: Tensor) -> Tensor:
     return (M @ v.unsqueeze(-1)).squeeze(-1)
 
 
-def _slope(side: Tensor, pos: float, neg: float) -> Tensor:
+def side_slope(side: Tensor, pos: float, neg: float) -> Tensor:
     """pos where side > 0, else neg (float64)."""
     return torch.where(side > 0, torch.tensor(pos, dtype=F64), torch.tensor(neg, dtype=F64))
 
 
-def _system(Xw: Tensor, yw: Tensor, mw: Tensor, side: Tensor, pos: float, neg: float):
-    c = _slope(side, pos, neg) * mw
+def piece_system(Xw: Tensor, yw: Tensor, mw: Tensor, side: Tensor, pos: float, neg: float):
+    c = side_slope(side, pos, neg) * mw
     Xc = Xw * c.unsqueeze(-1)
     A = Xc.transpose(1, 2) @ Xc
-    b = _bmv(Xc.transpose(1, 2), yw)
+    b = bmv(Xc.transpose(1, 2), yw)
     return A, b
 
 
-def _leave_dir(A: Tensor, r: Tensor, Xw: Tensor, xn: Tensor, r_round: Tensor | None = None) -> Tensor:
+def leave_dir(A: Tensor, r: Tensor, Xw: Tensor, xn: Tensor, r_round: Tensor | None = None) -> Tensor:
     """Sign of the first significant derivative of z_i(t) − z_i(0) under dw/dt = r − A(w − w0).
 
     D_j = ⟨x_i, (−A)^{j−1} r⟩ is significant when |D_j| > ‖x_i‖‖A‖^{j−1}·max(DERIV_TOL·‖r‖,
@@ -50,17 +50,17 @@ def _leave_dir(A: Tensor, r: Tensor, Xw: Tensor, xn: Tensor, r_round: Tensor | N
     ell = torch.zeros(Xw.shape[:2], dtype=F64, device=Xw.device)
     decided = torch.zeros(Xw.shape[:2], dtype=torch.bool, device=Xw.device)
     for _ in range(d):
-        D = _bmv(Xw, v)
+        D = bmv(Xw, v)
         sig = (D.abs() > DERIV_TOL * xn * scale.unsqueeze(-1)) & ~decided
         ell = torch.where(sig, torch.sign(D), ell)
         decided |= sig
-        v = -_bmv(A, v)
+        v = -bmv(A, v)
         scale = scale * an
     return ell
 
 
 
-def _next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: float):
+def next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: float):
     """First switch time t* [J] (inf: none) and the switching points [J, n] of one piece."""
     J, n, d = a.shape
     dev = a.device
@@ -118,7 +118,7 @@ def _next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: 
         lpos = torch.where(A_ != 0, lm, float("nan"))
         fast = torch.nan_to_num(lpos, nan=0.0).amax(-1)
         slow_ = torch.nan_to_num(lpos, nan=float("inf")).amin(-1)
-        found, lo, hi, flo, fhi = _brackets(s_, L_, A_, lm, T_LO / fast, T_HI / slow_, m, dips, df)
+        found, lo, hi, flo, fhi = bracket_roots(s_, L_, A_, lm, T_LO / fast, T_HI / slow_, m, dips, df)
         f = found
         parts.append((bi[f], pi[f], s_[f], L_[f], A_[f], lm[f], lo[f], hi[f], flo[f], fhi[f]))
     if parts:
@@ -128,7 +128,7 @@ def _next_switch(lam, posk, a, L, side, zero, cand, scale, grid: int, root_tol: 
         minhi.scatter_reduce_(0, bi, hi, reduce="amin")
         near = lo <= minhi[bi]
         bi, pi = bi[near], pi[near]
-        r = _refine(s_[near], L_[near], A_[near], lm[near], lo[near], hi[near], flo[near], fhi[near], root_tol)
+        r = refine(s_[near], L_[near], A_[near], lm[near], lo[near], hi[near], flo[near], fhi[near], root_tol)
         tstar.scatter_reduce_(0, bi, r, reduce="amin")
         sw = r <= tstar[bi] * (1 + 8 * root_tol) + 1e-300
         switch[bi[sw], pi[sw]] = True

@@ -13,16 +13,16 @@ import numpy as np
 from scipy.optimize import brentq, minimize_scalar
 
 from ibtest.base.status import BUDGET, CONVERGED, DIVERGED, SLIDING, STALLED
-from ibtest.solve.solvers.exact import CLUSTER_TOL, DERIV_TOL, DIP_FRAC, EIG_TOL, LIMIT_TOL, NOISE, START_ZERO, T_HI, T_LO
+from ibtest.solve.solvers.exact_tol import CLUSTER_TOL, DERIV_TOL, DIP_FRAC, EIG_TOL, LIMIT_TOL, NOISE, START_ZERO, T_HI, T_LO
 
 
-def _system(X, y, side, pos, neg):
+def piece_system(X, y, side, pos, neg):
     c = np.where(side > 0, pos, neg)
     Xc = X * c[:, None]
     return Xc.T @ Xc, Xc.T @ y
 
 
-def _leave_dir(A, r, x):
+def leave_dir(A, r, x):
     """Sign of the first significant derivative of ⟨x, w(t)⟩ at t = 0 (0: none)."""
     an = np.linalg.norm(A)
     v, scale, xn = r.copy(), np.linalg.norm(r), np.linalg.norm(x)
@@ -152,13 +152,13 @@ def solve_exact_reference(X, y, w0, pos: float = 1.0, neg: float = 0.0, at_zero:
                 big = abs(vz) > DERIV_TOL * xn[j] * np.linalg.norm(v)
                 side[j] = np.sign(vz) if big else default_side
             fresh[:] = False
-        A, b = _system(X, y, side, pos, neg)
+        A, b = piece_system(X, y, side, pos, neg)
         if can_switch and zero.any():
             kmax = 2 * n + 2
             for it in range(kmax + 1):
                 r = b - A @ w
                 inc = [i for i in np.nonzero(zero)[0]
-                       if (ell := _leave_dir(A, r, X[i])) != 0 and ell != side[i]]
+                       if (ell := leave_dir(A, r, X[i])) != 0 and ell != side[i]]
                 if not inc:
                     break
                 if it == kmax:
@@ -166,7 +166,7 @@ def solve_exact_reference(X, y, w0, pos: float = 1.0, neg: float = 0.0, at_zero:
                 if it > n:
                     inc = inc[:1]
                 side[inc] = -side[inc]
-                A, b = _system(X, y, side, pos, neg)
+                A, b = piece_system(X, y, side, pos, neg)
 
         lam, Q = np.linalg.eigh(A)
         lmax = max(lam[-1], 0.0)

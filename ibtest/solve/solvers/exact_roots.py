@@ -1,10 +1,10 @@
 r"""The first sign change of G(t) = s·(L + Σ_k a_k e^{−λ_k t}) on t > 0, batched (exact solver).
 
 G_i is a point's signed pre-activation along one linear piece (:mod:`ibtest.solve.solvers.exact`).
-:func:`_G` evaluates it with its rounding allowance NOISE·(|L| + Σ_k |a_k| e^{−λ_k t}) (a value
-counts as negative only below minus that, and minus the point's defect δ); :func:`_brackets` and
-:func:`_fine_brackets` find the first grid interval on a log grid t_lo … t_hi where G changes sign,
-refining discrete local minima (dips between grid points, DIP_FRAC); :func:`_refine` takes a
+:func:`exp_sum` evaluates it with its rounding allowance NOISE·(|L| + Σ_k |a_k| e^{−λ_k t}) (a value
+counts as negative only below minus that, and minus the point's defect δ); :func:`bracket_roots` and
+:func:`fine_brackets` find the first grid interval on a log grid t_lo … t_hi where G changes sign,
+refining discrete local minima (dips between grid points, DIP_FRAC); :func:`refine` takes a
 bracket [lo, hi] with G(lo) > 0 > G(hi) to the root by Newton's method on G, safeguarded by
 bisection, to ``root_tol`` relative.
 """
@@ -15,7 +15,7 @@ import torch
 from ibtest.solve.solvers.exact_tol import DIP_FRAC, EPS, F64, NOISE, Tensor
 
 
-def _G(t: Tensor, s: Tensor, L: Tensor, a: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+def exp_sum(t: Tensor, s: Tensor, L: Tensor, a: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
     """G = s(L + Σ_k a_k e^{−λ_k t}) and its rounding allowance; t [P, m] -> [P, m]."""
     E = (-lam).unsqueeze(-1) * t.unsqueeze(1)  # [P, d, m]
     E.exp_()
@@ -25,36 +25,36 @@ def _G(t: Tensor, s: Tensor, L: Tensor, a: Tensor, lam: Tensor) -> tuple[Tensor,
     return s.unsqueeze(-1) * g, noise
 
 
-def _G1(t: Tensor, s: Tensor, L: Tensor, a: Tensor, lam: Tensor) -> Tensor:
+def exp_sum_value(t: Tensor, s: Tensor, L: Tensor, a: Tensor, lam: Tensor) -> Tensor:
     return s * (L + (a * torch.exp(-lam * t.unsqueeze(-1))).sum(-1))
 
 
-def _log_grid(lo: Tensor, hi: Tensor, m: int) -> Tensor:
+def log_grid(lo: Tensor, hi: Tensor, m: int) -> Tensor:
     """[P, m+1]: 0 then m log-spaced points from lo to hi."""
     f = torch.linspace(0.0, 1.0, m, dtype=F64, device=lo.device)
     g = torch.exp(torch.log(lo).unsqueeze(-1) + torch.log(hi / lo).unsqueeze(-1) * f)
     return torch.cat([torch.zeros_like(lo).unsqueeze(-1), g], dim=-1)
 
 
-def _brackets(s, L, a, lam, t_lo, t_hi, m: int, dips: bool, defect: Tensor | None = None,
+def bracket_roots(s, L, a, lam, t_lo, t_hi, m: int, dips: bool, defect: Tensor | None = None,
               chunk: int = 4096):
     """First bracket of a root of G on [0, t_hi] for each pair.
 
     Returns (found [P] bool, lo, hi, flo, fhi); with ``dips`` also discrete local minima before
     the first sign change are refined and a dip below zero yields an earlier bracket (the fine
-    grid, evaluated where needed: see :func:`_fine_brackets`).
+    grid, evaluated where needed: see :func:`fine_brackets`).
     """
     if defect is None:
         defect = torch.zeros_like(L)
     if dips:
-        return _fine_brackets(s, L, a, lam, t_lo, t_hi, m, defect)
+        return fine_brackets(s, L, a, lam, t_lo, t_hi, m, defect)
     P = s.shape[0]
     out_found = torch.zeros(P, dtype=torch.bool)
     out = torch.zeros(4, P, dtype=F64)
     for c0 in range(0, P, chunk):
         sl = slice(c0, min(P, c0 + chunk))
-        tg = _log_grid(t_lo[sl], t_hi[sl], m)
-        g, nz = _G(tg, s[sl], L[sl], a[sl], lam[sl])
+        tg = log_grid(t_lo[sl], t_hi[sl], m)
+        g, nz = exp_sum(tg, s[sl], L[sl], a[sl], lam[sl])
         neg = g < -(nz + defect[sl].unsqueeze(-1))
         neg[:, 0] = False
         has = neg.any(-1)
@@ -71,8 +71,8 @@ def _brackets(s, L, a, lam, t_lo, t_hi, m: int, dips: bool, defect: Tensor | Non
 STRIDE = 8
 
 
-def _fine_brackets(s, L, a, lam, t_lo, t_hi, m: int, defect: Tensor):
-    r"""The fine-grid bracket of :func:`_brackets` (``dips``), evaluating the grid where needed.
+def fine_brackets(s, L, a, lam, t_lo, t_hi, m: int, defect: Tensor):
+    r"""The fine-grid bracket of :func:`bracket_roots` (``dips``), evaluating the grid where needed.
 
     The fine grid is t_0 = 0, t_j = t_lo·r^{j−1} (j = 1 … m).  A grid point j matters only if it
     can be negative (g_j < −noise_j) or a dip candidate (a discrete local minimum with
@@ -95,7 +95,7 @@ def _fine_brackets(s, L, a, lam, t_lo, t_hi, m: int, defect: Tensor):
     dev = a.device
     chunk = max(256, (1 << 22) // ((m // STRIDE + 3) * max(d, 1)))  # ~32 MB per subgrid tensor
     if P > chunk:
-        parts = [_fine_brackets(s[c:c + chunk], L[c:c + chunk], a[c:c + chunk], lam[c:c + chunk],
+        parts = [fine_brackets(s[c:c + chunk], L[c:c + chunk], a[c:c + chunk], lam[c:c + chunk],
                                 t_lo[c:c + chunk], t_hi[c:c + chunk], m, defect[c:c + chunk])
                  for c in range(0, P, chunk)]
         return tuple(torch.cat(x) for x in zip(*parts))
@@ -112,7 +112,7 @@ def _fine_brackets(s, L, a, lam, t_lo, t_hi, m: int, defect: Tensor):
     aa = a.abs()
     sum_aa = aa.sum(-1)
 
-    def times(pi, j):  # fine grid points t_j of pairs pi (identical to _log_grid's values)
+    def times(pi, j):  # fine grid points t_j of pairs pi (identical to log_grid's values)
         tj = torch.exp(llo[pi] + lr[pi] * f[(j - 1).clamp_min(0)])
         return torch.where(j > 0, tj, 0.0)
 
@@ -208,7 +208,7 @@ def _fine_brackets(s, L, a, lam, t_lo, t_hi, m: int, defect: Tensor):
             b_ = torch.where(up, mid, b_)
             a_ = torch.where(up, a_, mid)
         tm = 0.5 * (a_ + b_)
-        gmin = _G1(tm, S, Lp, A_, lm)
+        gmin = exp_sum_value(tm, S, Lp, A_, lm)
         nmin = NOISE * (Lp.abs() + (A_.abs() * torch.exp(-lm * tm.unsqueeze(-1))).sum(-1)) + defect[pi]
         dip = gmin < -nmin
         if bool(dip.any()):
@@ -224,7 +224,7 @@ def _fine_brackets(s, L, a, lam, t_lo, t_hi, m: int, defect: Tensor):
     return found, out[0], out[1], out[2], out[3]
 
 
-def _refine(s, L, a, lam, lo, hi, flo, fhi, root_tol: float, max_iter: int = 100) -> Tensor:
+def refine(s, L, a, lam, lo, hi, flo, fhi, root_tol: float, max_iter: int = 100) -> Tensor:
     """Root of G in [lo, hi] (G(lo) > 0 > G(hi)): Newton safeguarded by the bracket.
 
     A Newton step that leaves the bracket is replaced by a bisection (in log t while the

@@ -14,8 +14,10 @@ EPS = torch.finfo(F64).eps
 
 #: |z_i| ≤ START_ZERO·‖x_i‖‖w‖ at a piece start: the point sits on the kink
 START_ZERO = 1e-14
-#: eigenvalues ≤ EIG_TOL·λ_max are null
+#: eigenvalues ≤ EIG_TOL·λ_max are null (the reference solver's eigendecomposition)
 EIG_TOL = 1e-12
+#: singular values of M = diag(c) X at most SV_TOL·max(n, d)·σ_max are null (rounding of the SVD)
+SV_TOL = 8 * EPS
 #: eigenvalues within CLUSTER_TOL·λ_max are one cluster (one exponential rate)
 CLUSTER_TOL = 1e-11
 #: |z_i(∞)| (and slow coefficients) ≤ LIMIT_TOL·‖x_i‖(‖w0‖ + ‖w∞‖): on the kink / insignificant
