@@ -74,9 +74,8 @@ Drift estimate (CONVERGED)
 Near a zero-loss point the remaining motion of the linearized flow is ‖J⁺r‖ ≤ ‖r‖/σ⁺_min(J);
 :func:`ibtest.solve.solvers.drift.drift_estimate` computes 2·‖b‖/σ⁺_min(Ĝ) from per-point gradients
 (see that module). It is an **estimate**, not a bound (independent tight solves exceeded it on a
-few percent of instances, issue 12): ``info["drift_estimate"]`` and, under its old name,
-``info["drift"]`` (same values). Verdicts re-measure the error by a tighter re-solve and read
-``drift`` only when that re-check is off. CONVERGED needs loss ≤ fit_tol and the estimate
+few percent of instances, issue 12): ``info["drift_estimate"]``. Verdicts re-measure the error
+by a tighter re-solve and read the estimate only when that re-check is off. CONVERGED needs loss ≤ fit_tol and the estimate
 ≤ ``drift_tol``; the Gauss–Newton end point θ − J⁺r is then returned.
 
 Sliding (``sliding: follow`` — the default — or ``stop``)
@@ -127,7 +126,6 @@ from ibtest.solve.solvers.adaptive_step import (
     stiffness_switch,
 )
 from ibtest.solve.solvers.adaptive_stop import checkpoints, drift_check, status_codes, zero_gradient
-from ibtest.solve.solvers.drift import drift_bound, drift_estimate  # noqa: F401  (drift_bound: the former name)
 from ibtest.solve.solvers.events import DenseOutput
 from ibtest.solve.solvers.kinks import kink_field
 
@@ -165,8 +163,7 @@ def solve_adaptive(
 
     X [B, n, d], y [B, n], mask [B, n], theta0 [B, P] (float64). Returns a :class:`SolveResult`
     with ``info``: ``t``, ``steps`` (accepted + rejected), ``drift_estimate`` (the drift
-    estimate at stop; inf where it was not established) and ``drift`` (the same values, the
-    former name), ``grad_norm``, ``growth`` (‖θ‖/‖θ0‖), ``growth_rate`` (fitted exponent of
+    estimate at stop; inf where it was not established), ``grad_norm``, ``growth`` (‖θ‖/‖θ0‖), ``growth_rate`` (fitted exponent of
     ‖θ‖ ~ t^p over the last doublings of t, 0 if not measured), and per triple [B]: ``slid``
     (1 if a sliding mode was followed), ``t_sliding``, ``sliding_episodes``, ``stiff_steps``
     (Rosenbrock steps of the stiff tail).

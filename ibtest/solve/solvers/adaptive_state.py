@@ -144,7 +144,7 @@ class Outputs:
     def info(self, growth: Tensor) -> dict[str, Tensor]:
         """The ``info`` dict of the instances' slots [B] (``growth`` [B]: ‖θ‖/‖θ0‖)."""
         B = growth.shape[0]
-        return {"t": self.t[:B], "steps": self.steps[:B], "drift": self.drift[:B], "grad_norm": self.gnorm[:B],
+        return {"t": self.t[:B], "steps": self.steps[:B], "grad_norm": self.gnorm[:B],
                 "growth": growth, "growth_rate": self.rate[:B], "drift_estimate": self.drift[:B],
                 "slid": (self.episodes[:B] > 0).long(), "t_sliding": self.tslide[:B],
                 "sliding_episodes": self.episodes[:B], "stiff_steps": self.stiff[:B],

@@ -343,7 +343,7 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
     status = torch.where(unset & ~fitted, STALLED, status)
     bad = ~torch.isfinite(theta).all(-1) | ~torch.isfinite(loss)
     status = torch.where(bad, DIVERGED, status)
-    info = {"t": t_out, "pieces": pieces_out, "drift": torch.zeros(B, dtype=F64, device=dev)}
+    info = {"t": t_out, "pieces": pieces_out, "drift_estimate": torch.zeros(B, dtype=F64, device=dev)}
     return SolveResult(theta=theta, status=status, loss=loss, info=info)
 
 
