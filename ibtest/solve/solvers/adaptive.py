@@ -249,8 +249,8 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
     report = solver_reporter()  # the progress bar of the call, if someone watches it
     while w.idx.numel() > 0:
         b = w.idx.numel()
-        if report is not None and n_iter % 8 == 0:
-            report(B - b, n_iter, float(w.t.min()))
+        if report is not None and n_iter % 8 == 0:  # instances done: none of their rows (branches) left
+            report(B - int(torch.unique(out.parent[w.idx]).numel()), n_iter, float(w.t.min()))
         # ---- one embedded RK step for every active instance (stiff rows: Rosenbrock) -------
         sliding_rows = sl.rows
         any_stiff = bool(w.stiff.any())

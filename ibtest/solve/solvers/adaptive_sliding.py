@@ -72,8 +72,8 @@ class Sliding:
         #: [r, m, d, d + n] (projector and pseudo-inverse, :meth:`KinkField.unit_pinv`)
         self.rows: Tensor | None = None
         self.inst: Tensor | None = None
-        self.S = torch.zeros(0)
-        self.Ap = torch.zeros(0)
+        self.S = torch.zeros(0, device=dense.U.device)
+        self.Ap = torch.zeros(0, device=dense.U.device)
         #: repelling releases of this iteration: (output slots [k], released entries [k, n, m]),
         #: for :func:`~ibtest.solve.solvers.adaptive_branches.open_branches`
         self.repelled: list[tuple[Tensor, Tensor]] = []

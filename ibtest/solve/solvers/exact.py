@@ -247,7 +247,7 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
                 if it > n:  # flip one point at a time to escape cycles
                     first = inc.to(torch.uint8).argmax(-1)
                     inc = torch.zeros_like(inc)
-                    inc[torch.arange(J.numel()), first] = True
+                    inc[torch.arange(J.numel(), device=inc.device), first] = True
                 side[J] = torch.where(inc, -side[J], side[J])
                 A[J], b[J] = piece_system(Xw[J], yw[J], mw[J], side[J], pos, neg)
 
