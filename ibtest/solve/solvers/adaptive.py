@@ -41,8 +41,9 @@ and checked for sliding as before. Every stopping rule below applies unchanged t
 step (the energy-identity test for pinned iterates skips Rosenbrock rows, which keep their
 pattern). ``info["stiff_steps"]`` counts the Rosenbrock steps of an instance. ``stiff_after=0`` disables the switch.
 
-Kinks (an activation switching) are handled by step rejection: the error estimate of a step that
-straddles a switch is large, the step shrinks until the switch is resolved to the tolerance.
+Kinks (an activation switching) are events: the field of a step is −∇L with the activation
+pattern held, smooth inside the step, and the first crossing in an accepted step is located on
+its dense output and the step cut there (:mod:`ibtest.solve.solvers.adaptive_sliding`).
 
 Stopping rules and statuses (per instance, checked after every accepted step)
 ----------------------------------------------------------------------------
@@ -80,27 +81,21 @@ by a tighter re-solve and read the estimate only when that re-check is off. CONV
 
 Sliding (``sliding: follow`` — the default — or ``stop``)
 ---------------------------------------------------------
-For models with ``hidden_preactivations(theta, X) -> [B, n, m]`` (or a single neuron's
-``preactivation -> [B, n]``) the solver looks, in every step that was rejected or flipped a
-pre-activation, for *evidence* that the field points at a kink z_e = 0 from both sides (beyond
-the rounding scale of z_e and ż_e: :func:`ibtest.solve.solvers.kinks.kink_evidence`).
+For models with :class:`ibtest.PiecewiseLinearUnits` the solver carries the side of every
+kink entry z_e = ⟨w_j, x_i⟩ = 0 and a set of *held* entries
+(:mod:`ibtest.solve.solvers.adaptive_sliding`, :mod:`ibtest.solve.solvers.kinks`). An entry
+whose one-sided fields both point at its kink is held: the field is then the Filippov /
+minimal-norm Clarke velocity, −∇L with the W blocks projected onto the held kinks' tangent
+space; with several candidates on a unit the box QP's λ* decides which are held. A held entry
+leaves when λ*_e reaches 0 or 1 (located by root finding on the interpolant), and is released
+at once when its kink turns concave (α_e < 0: repelling; the flow is not unique there). A
+repelling release is followed both ways (``branches``); an instance whose branches end apart is
+``AMBIGUOUS`` (``info["ambiguous"]``, ``info["branch_spread"]``). ``info``: ``slid``,
+``t_sliding``, ``sliding_episodes``, ``kink_events``, ``repelling_releases``, ``t_repelling``.
 
-``stop``: an entry with ``sliding_count`` such chatter events (counts reset after 200 accepted
-steps without an event) gives the instance the status SLIDING; its θ is the last iterate.
-
-``follow``: an entry with evidence is *pending*: the steps are capped at 0.8 of the time to its
-kink along the field, so θ reaches the kink geometrically without straddling it; once |z_e| ≤
-1e-10·‖x_i‖‖w_j‖, θ is projected onto the kink (v_j rescaled to keep v_j² − ‖w_j‖²) and the
-entry is *held* if it attracts (the minimal-norm λ*_e of the Clarke subdifferential is interior,
-0 < λ*_e < 1 exactly: the box QP puts λ* exactly on a bound otherwise; a margin of 1e-9 made a
-kink whose lower field is nearly tangent, λ* ≈ 9e-10, chatter at 1e-7 steps to the budget).
-While a set S of entries is held the field is the Filippov / minimal-norm Clarke velocity
-−g(λ*) of :class:`ibtest.solve.solvers.kinks.KinkField` (a batched box QP per stage for the sliding
-rows), tangent to every held kink, so each RK step keeps z_e = 0 to rounding. An entry whose
-λ*_e reaches 0 or 1 is released: the one-sided field of that side is tangent or points away.
-Such triples end CONVERGED or STALLED like any other; ``info["slid"]`` = 1,
-``info["t_sliding"]`` (flow time with some entry held) and ``info["sliding_episodes"]``.
-Models without a :class:`KinkField` (no known kinks) behave as under ``stop``.
+``stop``: an instance that would hold a kink ends with status SLIDING; its θ is the iterate at
+the kink. A model without :class:`ibtest.PiecewiseLinearUnits` is integrated on its classical
+field −∇L.
 """
 from __future__ import annotations
 
