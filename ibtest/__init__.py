@@ -8,6 +8,7 @@ from __future__ import annotations
 from ibtest._startup import gc_paused
 
 with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collect
+    from ibtest.judge.zeroset import Polyhedron
     from ibtest.plugin.hookspecs import hookimpl
     from ibtest.plugin.specs import (
         ClaimKind,
@@ -23,6 +24,7 @@ with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collec
         HypothesisContext,
         Init,
         InitContext,
+        LossHessian,
         Model,
         ModelBase,
         NewPairs,
@@ -31,6 +33,7 @@ with gc_paused():  # torch's import: ~10^6 long-lived objects, nothing to collec
         PairBatch,
         Partners,
         PiecewiseLinearNeuron,
+        PiecewiseLinearUnits,
         Solver,
         SolveResult,
         TripleBatch,
@@ -77,6 +80,9 @@ __all__ = [
     "PairBatch",
     "Partners",
     "PiecewiseLinearNeuron",
+    "PiecewiseLinearUnits",
+    "LossHessian",
+    "Polyhedron",
     "SolveResult",
     "Solver",
     "TripleBatch",

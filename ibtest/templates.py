@@ -200,8 +200,40 @@ class $cls(ibtest.ModelBase):
         construction. Delete it if your model has no such symmetry."""
         return torch.einsum("bij,bj->bi", M, theta)
 
-    # Optional: ``predictor(theta) -> [B, Q]``, the end-to-end predictor hypotheses declared
-    # with on="predictor" see (default: θ itself).
+    # Optional hooks. Delete one and a default takes its place; keep it and test_$name.py checks
+    # it (ibtest.testing.check_model).
+
+    def loss_hessian(self, theta: torch.Tensor, X: torch.Tensor, y: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+        """∇²L [B, P, P] = Σ_i mask_i (σ'(z_i)² + r_i σ''(z_i)) x_i x_iᵀ, r_i = f_θ(x_i) − y_i
+        (ibtest.LossHessian): the adaptive solver's stiff tail (a Rosenbrock step) uses it.
+        Without it the Hessian comes from automatic differentiation of ``grad``: slower."""
+        z = torch.einsum("bnd,bd->bn", X, theta)
+        t = torch.tanh(z)
+        s1 = 1.0 + self.bend * (1.0 - t * t)
+        s2 = -2.0 * self.bend * t * (1.0 - t * t)
+        c = mask * (s1 * s1 + (z + self.bend * t - y) * s2)
+        H = torch.matmul(X.transpose(1, 2) * c.unsqueeze(1), X)
+        return 0.5 * (H + H.transpose(1, 2))
+
+    def zero_set(self, X: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> ibtest.Polyhedron:
+        """Z(D) = {w : ⟨w, x_i⟩ = σ⁻¹(y_i)}: σ is strictly increasing, so each label fixes one
+        pre-activation and Z(D) is affine, an ibtest.Polyhedron in θ (padded points: zero rows).
+        The witness search and the optimality certificate then work on Z(D) exactly; without it
+        they follow r(θ) = 0 by Gauss–Newton projection."""
+        z = y / (1.0 + self.bend)
+        for _ in range(60):  # Newton on σ(z) = y (σ' ≥ 1)
+            t = torch.tanh(z)
+            z = z - (z + self.bend * t - y) / (1.0 + self.bend * (1.0 - t * t))
+        m = (mask > 0).to(X.dtype)
+        B, _, d = X.shape
+        return ibtest.Polyhedron("theta", X * m[..., None], z * m, X.new_zeros(B, 0, d), X.new_zeros(B, 0),
+                                 torch.ones(B, dtype=torch.bool))
+
+    # Also optional: ``predictor(theta) -> [B, Q]``, the end-to-end predictor hypotheses declared
+    # with on="predictor" see (default: θ itself); and for a net of piecewise-linear units
+    # f(x) = Σ_j v_j σ(⟨w_j, x⟩), the members of ibtest.PiecewiseLinearUnits (units, slopes,
+    # σ'(0), grad_on_pattern), with which the adaptive solver follows its kinks as events.
 
 
 def $name(bend: float = 0.5) -> $cls:
@@ -230,7 +262,9 @@ PLUGIN = Path(__file__).with_name("$name.py")
 
 
 def test_contract():
-    """Shapes, the square loss, grad against finite differences, blocks, predictor."""
+    """Shapes, the square loss, grad against finite differences, blocks, predictor, and the
+    optional hooks the model has (loss_hessian against autograd, zero_set contains θ on labels
+    θ fits)."""
     check_model(PLUGIN, "$name")
     check_model(PLUGIN, "$name", {"bend": 0.0})
 

@@ -37,7 +37,7 @@ def test_linear_model_matches_pseudoinverse():
     err = (res.theta - ref).norm(dim=-1)[conv]
     assert err.max() < 1e-8, err.max()
     # the drift bound is a bound on the actual remaining distance to the limit
-    assert (err <= res.info["drift"][conv] + 1e-12).all()
+    assert (err <= res.info["drift_estimate"][conv] + 1e-12).all()
     assert (res.loss[conv] <= 1e-20).all()
 
 

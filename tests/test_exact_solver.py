@@ -130,7 +130,7 @@ def test_relu_teacher_batch_matches_reference():
     frac_conv = float((r.status == CONVERGED).double().mean())
     assert 0.3 < frac_conv < 0.8
     assert int(r.info["pieces"].max()) >= 3
-    assert (r.info["drift"] == 0).all()
+    assert (r.info["drift_estimate"] == 0).all()
     ok = r.status == CONVERGED
     assert (r.loss[ok] <= 1e-20).all() and (r.loss[~ok] > 1e-20).all()
 

@@ -290,7 +290,7 @@ def test_a_call_past_the_studys_deadline_is_an_error_row(cli, tmp_path, plugin, 
 # class 4: work and memory estimates; certificates; Ray; a FIFO
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change, extra, needle", [
-    (("{name: exact}", "{name: adaptive, rtol: 0, atol: 0}"), "", "no step can meet a zero error tolerance"),
+    (("{name: exact}", "{name: adaptive, rtol: 0, atol: 0}"), "", "solver.rtol: Input should be greater than 0"),
     (("gamma: [0, 5]", "gamma: [0, 1, 2, 5, 20]"), "constructions: [{name: rotate, count: 1000000}]\n",
      "constructions"),
     (None, "constructions: [{name: consistent_augmentation, points: 100000}]\n", "witness search"),

@@ -310,10 +310,11 @@ def test_w2_hard_instances_finish_in_hundreds_of_steps(w2_cases):
     point's pre-activation sent every Rosenbrock step back to the explicit method) and 15,006
     before; seed 0 instance 924 ended ``budget`` at 20,000 steps (its consistent held set was
     dropped with an inconsistent candidate at every step); seed 1 instance 382 took thousands
-    with a tolerance in the leaving test. None ends ``budget`` or ``sliding``."""
+    with a tolerance in the leaving test. None ends ``budget`` or ``sliding`` (``ambiguous``:
+    a repelling release whose two branches end apart, seed 1 instance 4, is a finished flow)."""
     _, _, alone = w2_cases
     for (s, i), r in zip(_W2_CASES, alone):
-        assert r.status.item() in (st.CONVERGED, st.STALLED), (s, i, r.status)
+        assert r.status.item() in (st.CONVERGED, st.STALLED, st.AMBIGUOUS), (s, i, r.status)
         steps = int(r.info["steps"][0])
         if (s, i) in ((1, 39), (0, 924), (1, 382)):
             assert steps < 1000, (s, i, steps)

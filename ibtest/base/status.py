@@ -11,6 +11,7 @@ DIVERGED = 2  # ‖θ‖ → ∞ or a non-finite value appeared
 BUDGET = 3  # step, piece or time budget exhausted before a limit was certified
 SLIDING = 4  # Filippov sliding mode on a kink: no classical GF solution to follow
 FAILED = 5  # the solver raised, or claimed a fit the engine's rule rejects (reported, never judged)
+AMBIGUOUS = 6  # the flow is not unique (a repelling kink whose branches end apart): no one limit
 
 NAMES = {
     CONVERGED: "converged",
@@ -19,6 +20,7 @@ NAMES = {
     BUDGET: "budget",
     SLIDING: "sliding",
     FAILED: "failed",
+    AMBIGUOUS: "ambiguous",
 }
 
 

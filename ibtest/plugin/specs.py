@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -76,11 +76,12 @@ class ModelBase:
     follow. The gradient defaults to autograd; override :meth:`grad` with a hand-written one for
     speed or to fix a σ'(0) convention autograd would not follow.
 
-    Optional capabilities, found with ``getattr(model, name, None)`` (no default here):
+    Optional capabilities, declared as protocols (a model has one when it defines its members;
+    ``isinstance(model, PiecewiseLinearUnits)``):
 
-    * ``hidden_preactivations(theta [B, P], X [B, n, d]) -> [B, n, m]``: the pre-activations
-      (linear in θ) whose sign pattern the solvers watch for kinks;
-    * ``loss_hessian(theta [B, P], X [B, n, d], y [B, n], mask [B, n]) -> [B, P, P]``: the
+    * :class:`PiecewiseLinearUnits`: the hidden units, pre-activations and the gradient with the
+      activation pattern held, with which the ``adaptive`` solver follows kinks;
+    * :class:`LossHessian`, ``loss_hessian(theta [B, P], X [B, n, d], y [B, n], mask [B, n]) -> [B, P, P]``: the
       Hessian of L(θ) = ½ Σ_i mask_i r_i², r_i = f_θ(x_i) − y_i, on the activation pattern of θ,
       i.e. the derivative of the model's own :meth:`grad` with the pattern (every σ'(z), with the
       declared σ'(0) at z = 0) held fixed, so σ'' = 0 for piecewise-linear σ: the Gauss–Newton
@@ -187,6 +188,54 @@ class OptimumCheck:
     exact: bool
     reason: str = ""
     witness: Tensor | None = None
+
+
+@runtime_checkable
+class PiecewiseLinearUnits(Protocol):
+    """Capability: f_θ(x) = Σ_j v_j σ(⟨w_j, x⟩), m hidden units with σ piecewise linear with one
+    kink at 0 (σ'(z) = ``slopes[0]`` for z < 0, ``slopes[1]`` for z > 0).
+
+    A model that declares these members (a :class:`ModelBase` subclass; no base class needed,
+    the check is structural: ``isinstance(model, PiecewiseLinearUnits)``) has its kinks
+    z_ij = ⟨w_j, x_i⟩ = 0 followed by the ``adaptive`` solver: a crossing is an event located on
+    the step's dense output, a kink the flow presses on from both sides is held with the
+    Filippov (minimal-norm Clarke) velocity. A single neuron is the case m = 1, v ≡ 1
+    (``train_output`` False). :func:`ibtest.testing.check_model` checks the members against the
+    model's own ``predict`` and ``grad``.
+
+    * ``slopes``: (σ' below the kink, σ' above it); equal slopes mean no kink (a linear model);
+    * ``at_zero``: σ'(0), the derivative the model's ``grad`` uses at z = 0 exactly; a
+      pre-activation that starts at 0 starts on the side whose slope it is;
+    * ``train_output``: the output weights v are trained (False: frozen, or a neuron's v ≡ 1);
+    * ``hidden_preactivations(theta [B, P], X [B, n, d]) -> z [B, n, m]``, linear in θ;
+    * ``units(theta [B, P]) -> (W [B, m, d], v [B, m])`` and its inverse
+      ``from_units(W, v) -> theta [B, P]``;
+    * ``grad_on_pattern(theta, X, y, mask, slope [B, n, m]) -> [B, P]``: ∇L with the pattern held,
+      i.e. the gradient of ½ Σ_i mask_i (Σ_j v_j s_ij z_ij − y_i)² with s = ``slope`` fixed
+      (equal to ``grad`` where s_ij = σ'(z_ij)); frozen parameters get 0.
+    """
+
+    slopes: tuple[float, float]
+    at_zero: float
+    train_output: bool
+
+    def hidden_preactivations(self, theta: Tensor, X: Tensor) -> Tensor: ...
+
+    def units(self, theta: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def from_units(self, W: Tensor, v: Tensor) -> Tensor: ...
+
+    def grad_on_pattern(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class LossHessian(Protocol):
+    """Capability: ``loss_hessian(theta [B, P], X, y, mask) -> [B, P, P]``, the Hessian of the
+    loss on the activation pattern of θ (see :class:`ModelBase`). The stiff tail of the
+    ``adaptive`` solver uses it; without it the Hessian comes from forward-mode AD of ``grad``.
+    :func:`ibtest.testing.check_model` checks it against autograd."""
+
+    def loss_hessian(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -650,6 +699,8 @@ __all__: Sequence[str] = [
     "Option",
     "PiecewiseLinearNeuron",
     "ModelBase",
+    "PiecewiseLinearUnits",
+    "LossHessian",
     "OptimumCheck",
     "Model",
     "DataBatch",

@@ -242,6 +242,7 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
     for s in range(0, B, chunk):
         sl = slice(s, min(B, s + chunk))
         res, key = None, None
+        solved = False
         if ctx.store is not None:
             key = solve_key([X[sl], y[sl], mask[sl], theta0[sl]], settings)
             res = ctx.store.get_solve(key)
@@ -252,6 +253,7 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
         if res is None:
             ctx.solve_calls += 1
             calls += 1
+            solved = True
             c0 = time.perf_counter()
             # the solver and the model get their own copies: a plugin that writes into its inputs
             # cannot change the triples (and is reported)
@@ -259,7 +261,8 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
             versions = [v._version for v in given]
             try:  # raising, sys.exit, the deadline, a result of the wrong shape: all a failed chunk
                 gX, gy, gmask, gtheta0 = given
-                res = call_solver(ctx.solver, ctx.model, gX, gy, gmask, gtheta0, opts, ctx.fit_tol)
+                with ctx.progress.solving(sl.stop - sl.start):
+                    res = call_solver(ctx.solver, ctx.model, gX, gy, gmask, gtheta0, opts, ctx.fit_tol)
                 if [v._version for v in given] != versions:
                     raise PluginInputWritten("the solver or the model wrote into its inputs (X, y, mask or theta0); "
                                              "a plugin must compute on copies")
@@ -277,7 +280,8 @@ def solve(ctx: RunContext, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *
         stats.append(res.status.to(torch.int64).cpu())
         losses.append(res.loss.detach().to(torch.float64))
         infos.append(res.info)
-        ctx.progress.update(sl.stop - sl.start)
+        if not solved:  # a solved chunk moved the bar inside its call
+            ctx.progress.update(sl.stop - sl.start)
     theta = torch.cat(thetas) if thetas else theta0.clone()
     status = torch.cat(stats) if stats else torch.zeros(0, dtype=torch.int64)
     loss = torch.cat(losses) if losses else torch.zeros(0, dtype=torch.float64)

@@ -120,7 +120,7 @@ def distance_to_zero_set(model: ModelBase, theta: Tensor, X: Tensor, y: Tensor, 
             x0 = model.predictor(theta0) if on_pred else theta0
             A, b = poly.A_eq.to(x.dtype), poly.b_eq.to(x.dtype)
             if A.shape[1] == 0:
-                return torch.zeros(x.shape[0], dtype=torch.float64), _scale(x, x0)
+                return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device), _scale(x, x0)
             r = (A * x[:, None, :]).sum(-1) - b
             step = (torch.linalg.pinv(A) * r[:, None, :]).sum(-1)
             return step.norm(dim=-1).to(torch.float64), _scale(x, x0)

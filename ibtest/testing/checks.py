@@ -8,8 +8,12 @@ from typing import Any
 
 import torch
 
+from ibtest.judge.zeroset import Polyhedron
 from ibtest.plugin.manager import Registry, load_registry
+from ibtest.plugin.specs import LossHessian, PiecewiseLinearUnits
 from ibtest.testing.studies import local_files
+
+Tensor = torch.Tensor
 
 
 def _registry(plugin) -> Registry:
@@ -73,8 +77,11 @@ def check_model(plugin: str | Path | types.ModuleType | None, name: str, options
     Checks: ``n_params(d)`` = P > 0; ``blocks(d)`` slices cover [0, P) without overlap;
     ``predict`` gives [B, n]; ``loss`` equals ½ Σ (f − y)² (masked) and is [B]; ``grad`` [B, P]
     matches central finite differences of ``loss`` (relative error ≤ ``rtol``, at a random θ
-    where no pre-activation sits on a kink); ``predictor`` returns a [B, Q] tensor. Returns the
-    model instance.
+    where no pre-activation sits on a kink); ``predictor`` returns a [B, Q] tensor. The optional
+    hooks where the model has them: ``loss_hessian`` (:class:`~ibtest.LossHessian`) against
+    autograd's Hessian of ``loss``; the :class:`~ibtest.PiecewiseLinearUnits` members against
+    ``predict`` and ``grad``; ``zero_set`` (a :class:`~ibtest.Polyhedron` that contains θ on labels
+    θ fits, and not on labels it misses). Returns the model instance.
     """
     reg = _registry(plugin)
     m = reg.get("models", name).factory(**(options or {}))
@@ -109,7 +116,105 @@ def check_model(plugin: str | Path | types.ModuleType | None, name: str, options
     pr = m.predictor(theta)
     assert isinstance(pr, torch.Tensor) and pr.dim() == 2 and pr.shape[0] == batch, (
         f"{name}: predictor returned {getattr(pr, 'shape', pr)!r}, expected [B, Q]")
+    if isinstance(m, LossHessian):
+        _check_loss_hessian(name, m, theta, X, y, mask)
+    if isinstance(m, PiecewiseLinearUnits):
+        _check_units(name, m, theta, X, y, mask, g)
+    _check_zero_set(name, m, theta, X, mask)
     return m
+
+
+def _check_loss_hessian(name: str, m: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> None:
+    """``loss_hessian`` [B, P, P] is symmetric and equals autograd's Hessian of the loss at a
+    random θ (no pre-activation on a kink there)."""
+    B, P = theta.shape
+    H = m.loss_hessian(theta, X, y, mask)
+    assert isinstance(H, torch.Tensor) and H.shape == (B, P, P), (
+        f"{name}: loss_hessian returned {getattr(H, 'shape', H)!r}, expected [B, P, P] = [{B}, {P}, {P}]")
+    assert torch.allclose(H, H.transpose(1, 2), rtol=1e-12, atol=1e-12), f"{name}: loss_hessian is not symmetric"
+    for b in range(B):
+        Xb, yb, mb = X[b:b + 1], y[b:b + 1], mask[b:b + 1]
+        Ha = torch.autograd.functional.hessian(lambda t, Xb=Xb, yb=yb, mb=mb: m.loss(t.unsqueeze(0), Xb, yb, mb).sum(),
+                                               theta[b])
+        err = float((H[b] - Ha).norm() / max(float(Ha.norm()), 1e-12))
+        assert err <= 1e-8, f"{name}: loss_hessian differs from autograd's Hessian of loss by {err:.3g} (relative)"
+
+
+def _check_units(name: str, m: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, g: torch.Generator) -> None:
+    """The :class:`~ibtest.PiecewiseLinearUnits` members agree with the model's own ``predict``
+    and ``grad``: f_θ(x_i) = Σ_j v_j σ(z_ij) with z = ``hidden_preactivations`` = ⟨w_j, x_i⟩ from
+    ``units``, ``from_units`` inverts ``units``, z is linear in θ, and ``grad_on_pattern`` equals
+    ``grad`` on θ's own pattern and the gradient of the pattern's loss (finite differences) on a
+    random pattern."""
+    lo, hi = (float(s) for s in m.slopes)
+    assert isinstance(m.train_output, bool), f"{name}: train_output must be a bool"
+    float(m.at_zero)
+    B, P = theta.shape
+    n, d = X.shape[1:]
+    W, v = m.units(theta)
+    assert W.dim() == 3 and W.shape[0] == B and W.shape[2] == d and v.shape == W.shape[:2], (
+        f"{name}: units returned W {tuple(W.shape)}, v {tuple(v.shape)}; expected [B, m, d] and [B, m]")
+    assert torch.equal(m.from_units(W, v), theta), f"{name}: from_units(*units(theta)) is not theta"
+    z = m.hidden_preactivations(theta, X)
+    assert z.shape == (B, n, W.shape[1]), f"{name}: hidden_preactivations returned {tuple(z.shape)}, expected [B, n, m]"
+    assert torch.allclose(z, torch.einsum("bnd,bmd->bnm", X, W), rtol=1e-12, atol=1e-12), (
+        f"{name}: hidden_preactivations is not <w_j, x_i> of units(theta)")
+    th2 = torch.randn(theta.shape, generator=g, dtype=theta.dtype)
+    lin = m.hidden_preactivations(2.0 * theta - 3.0 * th2, X)
+    assert torch.allclose(lin, 2.0 * z - 3.0 * m.hidden_preactivations(th2, X), rtol=1e-10, atol=1e-10), (
+        f"{name}: hidden_preactivations is not linear in theta")
+    sig = torch.where(z > 0, hi * z, lo * z)
+    f = (sig * v.unsqueeze(1)).sum(-1)
+    assert torch.allclose(m.predict(theta, X), f, rtol=1e-10, atol=1e-12), (
+        f"{name}: predict is not sum_j v_j sigma(z_ij) with the declared slopes {m.slopes}")
+    own = torch.where(z > 0, hi, torch.where(z < 0, lo, torch.full_like(z, float(m.at_zero))))
+    G = m.grad_on_pattern(theta, X, y, mask, own)
+    assert torch.allclose(G, m.grad(theta, X, y, mask), rtol=1e-10, atol=1e-12), (
+        f"{name}: grad_on_pattern on theta's own pattern differs from grad")
+    pat = torch.where(torch.rand(z.shape, generator=g) < 0.5, lo, hi).to(theta.dtype)
+
+    def loss_on(t: Tensor) -> Tensor:
+        Wt, vt = m.units(t)
+        zt = torch.einsum("bnd,bmd->bnm", X, Wt)
+        r = ((pat * zt * vt.unsqueeze(1)).sum(-1) - y) * mask
+        return 0.5 * (r * r).sum(-1)
+    Gp = m.grad_on_pattern(theta, X, y, mask, pat)
+    h = 1e-6
+    fd = torch.zeros_like(theta)
+    for j in range(P):
+        e = torch.zeros(P, dtype=theta.dtype)
+        e[j] = h
+        fd[:, j] = (loss_on(theta + e) - loss_on(theta - e)) / (2 * h)
+    if not m.train_output:  # frozen output weights: their gradient is 0
+        fd = torch.where(Gp == 0, torch.zeros_like(fd), fd)
+    err = float((Gp - fd).norm() / max(float(fd.norm()), 1e-12))
+    assert err <= 1e-5, f"{name}: grad_on_pattern differs from finite differences of the pattern's loss by {err:.3g}"
+
+
+def _check_zero_set(name: str, m: Any, theta: Tensor, X: Tensor, mask: Tensor) -> None:
+    """``zero_set`` on labels made by θ itself (y = f_θ(X), so θ ∈ Z(D)) returns None or a
+    :class:`~ibtest.Polyhedron` of the right shapes that contains θ (or its predictor), is
+    feasible, and excludes a θ that does not fit."""
+    B, P = theta.shape
+    y_fit = m.predict(theta, X).detach()
+    Z = m.zero_set(X, y_fit, mask)
+    if Z is None:
+        return
+    assert isinstance(Z, Polyhedron), f"{name}: zero_set returned {type(Z).__name__}, expected ibtest.Polyhedron or None"
+    x = theta if Z.on == "theta" else m.predictor(theta)
+    Q = x.shape[1]
+    assert Z.A_eq.shape[0] == B and Z.A_eq.shape[2] == Q and Z.b_eq.shape == Z.A_eq.shape[:2], (
+        f"{name}: zero_set A_eq {tuple(Z.A_eq.shape)} / b_eq {tuple(Z.b_eq.shape)} do not fit x [B, Q] = [{B}, {Q}]")
+    assert Z.A_ub.shape[0] == B and Z.A_ub.shape[2] == Q and Z.b_ub.shape == Z.A_ub.shape[:2], (
+        f"{name}: zero_set A_ub {tuple(Z.A_ub.shape)} / b_ub {tuple(Z.b_ub.shape)} do not fit x [B, Q] = [{B}, {Q}]")
+    assert bool(Z.feasible.all()), f"{name}: zero_set calls a dataset fitted by theta infeasible"
+    scale = 1.0 + float(x.abs().max()) * float(X.abs().max())
+    viol = Z.violation(x)
+    assert bool((viol <= 1e-9 * scale).all()), f"{name}: zero_set excludes theta on labels theta fits (violation {viol.tolist()})"
+    far = m.zero_set(X, y_fit + mask, mask)  # every real label moved by 1: theta no longer fits
+    if isinstance(far, Polyhedron):
+        assert bool((far.violation(x) > 1e-6).all() | ~far.feasible.all()), (
+            f"{name}: zero_set contains theta on labels theta does not fit")
 
 
 def check_dataset(plugin: str | Path | types.ModuleType | None, name: str, options: dict[str, Any] | None = None, *,

@@ -25,10 +25,12 @@ class DiagonalLinear(ibtest.ModelBase):
         return u * u - v * v
 
     def zero_set(self, X, y, mask):
-        """Z(D) = {β : Xβ = y}, affine in the predictor (every β is u∘u − v∘v for some θ)."""
-        from ibtest.judge.zeroset import linear_predictor_zero_set
-
-        return linear_predictor_zero_set(X, y, mask)
+        """Z(D) = {β : Xβ = y}, affine in the predictor (every β is u∘u − v∘v for some θ); padded
+        points are zero rows."""
+        m = (mask > 0).to(X.dtype)
+        B, _, d = X.shape
+        return ibtest.Polyhedron("predictor", X * m[..., None], y * m, X.new_zeros(B, 0, d), X.new_zeros(B, 0),
+                                 torch.ones(B, dtype=torch.bool, device=X.device))
 
     def from_predictor(self, beta: torch.Tensor) -> torch.Tensor:
         """θ = (√β₊, √β₋): its predictor is β."""

@@ -58,7 +58,7 @@ class MatrixFactorization(ibtest.ModelBase):
         B, k, D = theta.shape[0], self.k, self.D
         Ws = self.factors(theta)
         # prefix[j] = W_j ⋯ W_1 (prefix[0] = I); suffix[j] = W_D ⋯ W_{j+1}
-        eye = torch.eye(k, dtype=theta.dtype).expand(B, k, k)
+        eye = torch.eye(k, dtype=theta.dtype, device=theta.device).expand(B, k, k)
         prefix = [eye]
         for Wj in Ws:
             prefix.append(Wj @ prefix[-1])

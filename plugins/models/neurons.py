@@ -18,11 +18,15 @@ from ibtest import Option, PiecewiseLinearNeuron
 class PiecewiseNeuron(ibtest.ModelBase):
     """f_w(x) = σ(⟨w, x⟩) for σ given by a :class:`PiecewiseLinearNeuron`."""
 
+    #: a neuron's output weight is v ≡ 1 (:class:`ibtest.PiecewiseLinearUnits`, m = 1)
+    train_output = False
     piecewise: PiecewiseLinearNeuron  # always declared here (ModelBase's is optional)
 
     def __init__(self, piecewise: PiecewiseLinearNeuron, **options):
         super().__init__(**options)
         self.piecewise = piecewise
+        self.slopes = (float(piecewise.neg), float(piecewise.pos))
+        self.at_zero = float(piecewise.at_zero)
 
     def n_params(self, d: int) -> int:
         return d
@@ -34,9 +38,31 @@ class PiecewiseNeuron(ibtest.ModelBase):
         """z_i = ⟨w, x_i⟩, [B, n]."""
         return torch.einsum("bnd,bd->bn", X, theta)
 
+    # -- the kink capability (ibtest.PiecewiseLinearUnits): one unit, v ≡ 1 -----------------
+    def hidden_preactivations(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        """z_i1 = ⟨w, x_i⟩, [B, n, 1]."""
+        return self.preactivation(theta, X).unsqueeze(-1)
+
+    def units(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W = w [B, 1, d], v = 1 [B, 1])."""
+        return theta.unsqueeze(1), torch.ones(theta.shape[0], 1, dtype=theta.dtype, device=theta.device)
+
+    def from_units(self, W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return W[:, 0]
+
+    def grad_on_pattern(self, theta, X, y, mask, slope):
+        """∇L [B, d] with σ'(z_i) = slope_i1 and σ(z_i) = slope_i1·z_i held."""
+        s = slope[..., 0]
+        r = (s * self.preactivation(theta, X) - y) * mask * s
+        return torch.einsum("bn,bnd->bd", r, X)
+
     def _slopes(self, z: torch.Tensor) -> torch.Tensor:
+        """σ'(z_i) [B, n] in z's dtype (the declared σ'(0) at 0). The slopes are float64
+        tensors: ``torch.where`` of Python floats is float32 (0.1 became 0.10000000149, so
+        ``grad`` was not quite the gradient of ``loss``)."""
         pw = self.piecewise
-        return torch.where(z > 0, pw.pos, torch.where(z < 0, pw.neg, pw.at_zero)).to(z.dtype)
+        t = lambda c: torch.tensor(c, dtype=z.dtype, device=z.device)  # noqa: E731
+        return torch.where(z > 0, t(pw.pos), torch.where(z < 0, t(pw.neg), t(pw.at_zero)))
 
     def predict(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         z = self.preactivation(theta, X)
@@ -50,17 +76,10 @@ class PiecewiseNeuron(ibtest.ModelBase):
 
     def loss_hessian(self, theta, X, y, mask):
         """∇²L = Σ_i mask_i s_i² x_i x_iᵀ [B, d, d] on the activation pattern of w (s_i = σ'(z_i),
-        the declared σ'(0) at z_i = 0; σ'' = 0 there). Symmetric.
-
-        The derivative of :meth:`grad` as written: one factor s_i is :meth:`_slopes` (built from
-        Python floats by ``torch.where``, i.e. rounded to float32: 0.1 becomes 0.10000000149),
-        the other the float64 slope of :meth:`predict`."""
+        the declared σ'(0) at z_i = 0; σ'' = 0 there). Symmetric."""
         z = self.preactivation(theta, X)
-        pw = self.piecewise
-        assert pw is not None
-        t = lambda c: torch.tensor(c, dtype=z.dtype)  # noqa: E731
-        s = torch.where(z > 0, t(pw.pos), torch.where(z < 0, t(pw.neg), t(pw.at_zero)))
-        H = torch.matmul(X.transpose(1, 2) * (mask * self._slopes(z) * s).unsqueeze(1), X)
+        s = self._slopes(z)
+        H = torch.matmul(X.transpose(1, 2) * (mask * s * s).unsqueeze(1), X)
         return 0.5 * (H + H.transpose(1, 2))
 
     def rotate(self, theta: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
@@ -71,10 +90,18 @@ class PiecewiseNeuron(ibtest.ModelBase):
         return theta.unsqueeze(1)
 
     def zero_set(self, X, y, mask):
-        """Exact polyhedral Z(D) in w (ibtest.judge.zeroset.neuron_zero_set): one-sided for ReLU zero labels."""
-        from ibtest.judge.zeroset import neuron_zero_set
-
-        return neuron_zero_set(self.piecewise.pos, self.piecewise.neg, X, y, mask)
+        """Z(D) in w, an exact polyhedron (:class:`ibtest.Polyhedron`): a positive label y_i fits
+        iff ⟨w, x_i⟩ = y_i/pos; a zero label iff ⟨w, x_i⟩ ≤ 0 for ReLU (neg = 0, one inequality
+        row), ⟨w, x_i⟩ = 0 otherwise; a negative label iff ⟨w, x_i⟩ = y_i/neg (unfittable by a
+        ReLU: infeasible). Padded points are zero rows."""
+        pos, neg = self.piecewise.pos, self.piecewise.neg
+        real = mask > 0
+        ub = real & (y == 0) if neg == 0 else torch.zeros_like(real)
+        eq = real & ~ub
+        rhs = torch.where(y > 0, y / pos, torch.where(y < 0, y / (neg if neg != 0 else 1.0), torch.zeros_like(y)))
+        feasible = ~(real & (y < 0)).any(-1) if neg == 0 else torch.ones(y.shape[0], dtype=torch.bool, device=y.device)
+        e, u = eq.to(X.dtype), ub.to(X.dtype)
+        return ibtest.Polyhedron("theta", X * e[..., None], rhs * e, X * u[..., None], torch.zeros_like(y), feasible)
 
 
 def relu_neuron(relu_grad_at_zero: Literal[0, 1] = 1) -> PiecewiseNeuron:

@@ -3,9 +3,10 @@
 θ = (W flattened row-major [m·d], v [m]), P = m·d + m; blocks ``w`` and ``v``. The gradient is
 hand-written so that it follows the declared σ'(0) (``relu_grad_at_zero``) at a pre-activation
 that is exactly 0 (autograd would not). With ``train_output=False`` the output weights are
-frozen (their gradient is 0). The model exposes ``hidden_preactivations`` so the adaptive
-solver can detect Filippov sliding on a kink, and ``loss_hessian`` (the analytic Hessian on the
-activation pattern) for the Rosenbrock step of its stiff tail.
+frozen (their gradient is 0). The model declares the capabilities the ``adaptive`` solver
+uses (:class:`ibtest.PiecewiseLinearUnits`: pre-activations, units, slopes, σ'(0) and the
+gradient with the activation pattern held, with which it follows kinks; :class:`ibtest.LossHessian`:
+the analytic Hessian on the activation pattern, for the Rosenbrock step of its stiff tail).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ class TwoLayerReLU(ibtest.ModelBase):
         self.m = int(width)
         self.train_output = bool(train_output)
         self.at_zero = float(relu_grad_at_zero)
+        self.slopes = (0.0, 1.0)
 
     # -- structure -----------------------------------------------------------------------
     def n_params(self, d: int) -> int:
@@ -44,6 +46,14 @@ class TwoLayerReLU(ibtest.ModelBase):
         m = self.m
         d = (theta.shape[-1] - m) // m
         return theta[:, : m * d].reshape(-1, m, d), theta[:, m * d:]
+
+    def units(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [B, m, d], v [B, m]) (:class:`ibtest.PiecewiseLinearUnits`)."""
+        return self.split(theta)
+
+    def from_units(self, W: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """θ [B, P] from W [B, m, d] and v [B, m]."""
+        return torch.cat([W.flatten(1), v], -1)
 
     # -- maths ---------------------------------------------------------------------------
     def hidden_preactivations(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -71,6 +81,19 @@ class TwoLayerReLU(ibtest.ModelBase):
             gv = torch.zeros_like(v)
         return torch.cat([gW.flatten(1), gv], dim=-1)
 
+    def grad_on_pattern(self, theta, X, y, mask, slope):
+        """∇L [B, P] with the activation pattern held: σ'(z_ij) = slope_ij and σ(z_ij) =
+        slope_ij·z_ij (:class:`ibtest.PiecewiseLinearUnits`); equal to :meth:`grad` where the
+        slope is the ReLU's own (1 above the kink, 0 below, the declared σ'(0) at it)."""
+        W, v = self.split(theta)
+        z = torch.matmul(X, W.transpose(1, 2))  # [B, n, m]
+        a = slope * z
+        r = (torch.matmul(a, v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
+        c = r.unsqueeze(-1) * slope * v.unsqueeze(1)  # [B, n, m]
+        gW = torch.matmul(c.transpose(1, 2), X)  # [B, m, d]
+        gv = torch.matmul(r.unsqueeze(1), a).squeeze(1) if self.train_output else torch.zeros_like(v)
+        return torch.cat([gW.flatten(1), gv], dim=-1)
+
     def loss_hessian(self, theta, X, y, mask):
         """∇²L [B, P, P] on the activation pattern of θ (s_ij = σ'(z_ij), declared σ'(0) at 0).
 
@@ -86,7 +109,7 @@ class TwoLayerReLU(ibtest.ModelBase):
         Jw = ((s * v.unsqueeze(1)).unsqueeze(-1) * X.unsqueeze(2)).flatten(2)  # [B, n, m·d]
         if not self.train_output:
             H = torch.matmul(Jw.transpose(1, 2) * mask.unsqueeze(1), Jw)
-            Hf = torch.zeros(B, md + m, md + m, dtype=z.dtype)
+            Hf = torch.zeros(B, md + m, md + m, dtype=z.dtype, device=z.device)
             Hf[:, :md, :md] = H
             return 0.5 * (Hf + Hf.transpose(1, 2))
         J = torch.cat([Jw, z.clamp_min(0.0)], dim=-1)  # [B, n, P]
@@ -94,7 +117,7 @@ class TwoLayerReLU(ibtest.ModelBase):
         r = (torch.matmul(z.clamp_min(0.0), v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
         C = torch.matmul((r.unsqueeze(-1) * s).transpose(1, 2), X)  # [B, m, d]: Σ_i r_i s_ij x_i
         # the w_j, v_j block: 2·C into the upper block only, the symmetrization halves it into both
-        R = (2.0 * C).unsqueeze(-1) * torch.eye(m, dtype=z.dtype).unsqueeze(1)  # [B, m, d, m]
+        R = (2.0 * C).unsqueeze(-1) * torch.eye(m, dtype=z.dtype, device=z.device).unsqueeze(1)  # [B, m, d, m]
         H[:, :md, md:] += R.reshape(B, md, m)
         return 0.5 * (H + H.transpose(1, 2))
 

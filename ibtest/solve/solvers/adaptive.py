@@ -41,8 +41,9 @@ and checked for sliding as before. Every stopping rule below applies unchanged t
 step (the energy-identity test for pinned iterates skips Rosenbrock rows, which keep their
 pattern). ``info["stiff_steps"]`` counts the Rosenbrock steps of an instance. ``stiff_after=0`` disables the switch.
 
-Kinks (an activation switching) are handled by step rejection: the error estimate of a step that
-straddles a switch is large, the step shrinks until the switch is resolved to the tolerance.
+Kinks (an activation switching) are events: the field of a step is −∇L with the activation
+pattern held, smooth inside the step, and the first crossing in an accepted step is located on
+its dense output and the step cut there (:mod:`ibtest.solve.solvers.adaptive_sliding`).
 
 Stopping rules and statuses (per instance, checked after every accepted step)
 ----------------------------------------------------------------------------
@@ -74,44 +75,40 @@ Drift estimate (CONVERGED)
 Near a zero-loss point the remaining motion of the linearized flow is ‖J⁺r‖ ≤ ‖r‖/σ⁺_min(J);
 :func:`ibtest.solve.solvers.drift.drift_estimate` computes 2·‖b‖/σ⁺_min(Ĝ) from per-point gradients
 (see that module). It is an **estimate**, not a bound (independent tight solves exceeded it on a
-few percent of instances, issue 12): ``info["drift_estimate"]`` and, under its old name,
-``info["drift"]`` (same values). Verdicts re-measure the error by a tighter re-solve and read
-``drift`` only when that re-check is off. CONVERGED needs loss ≤ fit_tol and the estimate
+few percent of instances, issue 12): ``info["drift_estimate"]``. Verdicts re-measure the error
+by a tighter re-solve and read the estimate only when that re-check is off. CONVERGED needs loss ≤ fit_tol and the estimate
 ≤ ``drift_tol``; the Gauss–Newton end point θ − J⁺r is then returned.
 
 Sliding (``sliding: follow`` — the default — or ``stop``)
 ---------------------------------------------------------
-For models with ``hidden_preactivations(theta, X) -> [B, n, m]`` (or a single neuron's
-``preactivation -> [B, n]``) the solver looks, in every step that was rejected or flipped a
-pre-activation, for *evidence* that the field points at a kink z_e = 0 from both sides (beyond
-the rounding scale of z_e and ż_e: :func:`ibtest.solve.solvers.kinks.kink_evidence`).
+For models with :class:`ibtest.PiecewiseLinearUnits` the solver carries the side of every
+kink entry z_e = ⟨w_j, x_i⟩ = 0 and a set of *held* entries
+(:mod:`ibtest.solve.solvers.adaptive_sliding`, :mod:`ibtest.solve.solvers.kinks`). An entry
+whose one-sided fields both point at its kink is held: the field is then the Filippov /
+minimal-norm Clarke velocity, −∇L with the W blocks projected onto the held kinks' tangent
+space; with several candidates on a unit the box QP's λ* decides which are held. A held entry
+leaves when λ*_e reaches 0 or 1 (located by root finding on the interpolant), and is released
+at once when its kink turns concave (α_e < 0: repelling; the flow is not unique there). A
+repelling release is followed both ways (``branches``); an instance whose branches end apart is
+``AMBIGUOUS`` (``info["ambiguous"]``, ``info["branch_spread"]``). ``info``: ``slid``,
+``t_sliding``, ``sliding_episodes``, ``kink_events``, ``repelling_releases``, ``t_repelling``.
 
-``stop``: an entry with ``sliding_count`` such chatter events (counts reset after 200 accepted
-steps without an event) gives the instance the status SLIDING; its θ is the last iterate.
-
-``follow``: an entry with evidence is *pending*: the steps are capped at 0.8 of the time to its
-kink along the field, so θ reaches the kink geometrically without straddling it; once |z_e| ≤
-1e-10·‖x_i‖‖w_j‖, θ is projected onto the kink (v_j rescaled to keep v_j² − ‖w_j‖²) and the
-entry is *held* if it attracts (the minimal-norm λ*_e of the Clarke subdifferential is interior,
-0 < λ*_e < 1 exactly: the box QP puts λ* exactly on a bound otherwise; a margin of 1e-9 made a
-kink whose lower field is nearly tangent, λ* ≈ 9e-10, chatter at 1e-7 steps to the budget).
-While a set S of entries is held the field is the Filippov / minimal-norm Clarke velocity
-−g(λ*) of :class:`ibtest.solve.solvers.kinks.KinkField` (a batched box QP per stage for the sliding
-rows), tangent to every held kink, so each RK step keeps z_e = 0 to rounding. An entry whose
-λ*_e reaches 0 or 1 is released: the one-sided field of that side is tangent or points away.
-Such triples end CONVERGED or STALLED like any other; ``info["slid"]`` = 1,
-``info["t_sliding"]`` (flow time with some entry held) and ``info["sliding_episodes"]``.
-Models without a :class:`KinkField` (no known kinks) behave as under ``stop``.
+``stop``: an instance that would hold a kink ends with status SLIDING; its θ is the iterate at
+the kink. A model without :class:`ibtest.PiecewiseLinearUnits` is integrated on its classical
+field −∇L.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
 
 import torch
 
-from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
+from ibtest.base import status as st
+from ibtest.base.progress import solver_reporter
+from ibtest.plugin.specs import DEFAULT_FIT_TOL, ModelBase, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
+from ibtest.solve.solvers.adaptive_branches import fold_branches, open_branches
+from ibtest.solve.solvers.adaptive_options import DEFAULTS, OPTIONS, tighten
 from ibtest.solve.solvers.adaptive_sliding import Sliding
 from ibtest.solve.solvers.adaptive_state import Outputs, WorkingSet
 from ibtest.solve.solvers.adaptive_step import (
@@ -124,8 +121,8 @@ from ibtest.solve.solvers.adaptive_step import (
     stiffness_switch,
 )
 from ibtest.solve.solvers.adaptive_stop import checkpoints, drift_check, status_codes, zero_gradient
-from ibtest.solve.solvers.drift import drift_bound, drift_estimate  # noqa: F401  (drift_bound: the former name)
-from ibtest.solve.solvers.kinks import kink_field, preact_fn
+from ibtest.solve.solvers.events import DenseOutput
+from ibtest.solve.solvers.kinks import kink_field
 
 Tensor = torch.Tensor
 
@@ -140,29 +137,28 @@ def solve_adaptive(
     mask: Tensor,
     theta0: Tensor,
     *,
-    rtol: float = 1e-10,
-    atol: float = 1e-12,
-    fit_tol: float = 1e-20,
-    drift_tol: float = 1e-9,
-    t_max: float = 1e7,
-    max_steps: int = 200_000,
-    div_norm: float = 1e8,
-    order: int = 8,
-    sliding_count: int = 8,
-    growth_window: int = 8,
-    growth_t_min: float = 100.0,
-    growth_min_rate: float = 0.02,
-    sliding: str = "follow",
-    stiff_after: int = 100,
-    stiff_method: str = "rodas5",
-    threads: int = 1,
+    rtol: float = DEFAULTS["rtol"],
+    atol: float = DEFAULTS["atol"],
+    fit_tol: float = DEFAULT_FIT_TOL,
+    drift_tol: float = DEFAULTS["drift_tol"],
+    t_max: float = DEFAULTS["t_max"],
+    max_steps: int = DEFAULTS["max_steps"],
+    div_norm: float = DEFAULTS["div_norm"],
+    order: int = DEFAULTS["order"],
+    growth_window: int = DEFAULTS["growth_window"],
+    growth_t_min: float = DEFAULTS["growth_t_min"],
+    growth_min_rate: float = DEFAULTS["growth_min_rate"],
+    sliding: str = DEFAULTS["sliding"],
+    stiff_after: int = DEFAULTS["stiff_after"],
+    stiff_method: str = DEFAULTS["stiff_method"],
+    threads: int = DEFAULTS["threads"],
+    branches: int = DEFAULTS["branches"],
 ) -> SolveResult:
     """Integrate gradient flow for B instances at once; see the module docstring for the rules.
 
     X [B, n, d], y [B, n], mask [B, n], theta0 [B, P] (float64). Returns a :class:`SolveResult`
     with ``info``: ``t``, ``steps`` (accepted + rejected), ``drift_estimate`` (the drift
-    estimate at stop; inf where it was not established) and ``drift`` (the same values, the
-    former name), ``grad_norm``, ``growth`` (‖θ‖/‖θ0‖), ``growth_rate`` (fitted exponent of
+    estimate at stop; inf where it was not established), ``grad_norm``, ``growth`` (‖θ‖/‖θ0‖), ``growth_rate`` (fitted exponent of
     ‖θ‖ ~ t^p over the last doublings of t, 0 if not measured), and per triple [B]: ``slid``
     (1 if a sliding mode was followed), ``t_sliding``, ``sliding_episodes``, ``stiff_steps``
     (Rosenbrock steps of the stiff tail).
@@ -181,9 +177,10 @@ def solve_adaptive(
         with torch.no_grad():
             return _solve(model, X, y, mask, theta0, rtol=rtol, atol=atol, fit_tol=fit_tol,
                           drift_tol=drift_tol, t_max=t_max, max_steps=max_steps, div_norm=div_norm,
-                          order=order, sliding_count=sliding_count, growth_window=growth_window,
+                          order=order, growth_window=growth_window,
                           growth_t_min=growth_t_min, growth_min_rate=growth_min_rate,
-                          sliding=sliding, stiff_after=stiff_after, stiff_method=stiff_method)
+                          sliding=sliding, stiff_after=stiff_after, stiff_method=stiff_method,
+                          branches=branches)
     finally:
         if threads and threads != prev_threads:
             torch.set_num_threads(prev_threads)
@@ -191,100 +188,97 @@ def solve_adaptive(
 
 def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor, *, rtol: float, atol: float,
            fit_tol: float, drift_tol: float, t_max: float, max_steps: int, div_norm: float, order: int,
-           sliding_count: int, growth_window: int, growth_t_min: float, growth_min_rate: float,
-           sliding: str = "follow", stiff_after: int = 100, stiff_method: str = "rodas5") -> SolveResult:
+           growth_window: int, growth_t_min: float, growth_min_rate: float, sliding: str, stiff_after: int,
+           stiff_method: str, branches: int) -> SolveResult:
     """The loop of :func:`solve_adaptive` (same arguments; X [B, n, d], y [B, n], mask [B, n],
     theta0 [B, P]): one step of every row of the working set per iteration, then the stopping
     rules, then the finished rows leave."""
     if sliding not in ("follow", "stop"):
         raise ValueError(f"sliding must be 'follow' or 'stop', got {sliding!r}")
     rk = RKMethod(int(order), stiff_method)
-    A, bw = rk.A, rk.bw
+    A = rk.A
 
     dt = torch.float64
     X, y, mask = X.to(dt), y.to(dt), mask.to(dt)
     theta0 = theta0.to(dt)
+    dev = theta0.device
+    rk.to(dev)
     B, P = theta0.shape
-    preact = preact_fn(model)
-    kf = kink_field(model) if sliding == "follow" else None
-    sl = Sliding(model, preact, kf, sliding_count)
-    F = sl.plain
-    out = Outputs.start(theta0)
+    kf = kink_field(model)
+    sl = Sliding(model, kf, sliding == "follow", DenseOutput(int(order), dev))
+    out = Outputs.start(theta0, branches)
 
     th = theta0.clone()
-    f = F(th, X, y, mask)
     loss = model.loss(th, X, y, mask)
-    h = initial_step(F, th, f, X, y, mask, rtol, atol, rk.order, t_max)
     # the fit threshold per instance: fit_tol relative to the loss scale max(½‖y‖², L(θ0))
     fit = fit_threshold(model, X, y, mask, theta0, fit_tol).to(dt)
     W = int(growth_window)
-    if preact is not None:
-        z_old = preact(th, X)
-    else:  # no kinks: empty entry sets [B, 0, 0]
-        z_old = torch.zeros(B, 0, 0, dtype=dt)
+    E = (B, X.shape[1], kf.preact(th[:1], X[:1]).shape[-1]) if kf is not None else (B, 0, 0)
     i64 = torch.int64
+
+    def full(v: float, dtype: torch.dtype = dt, shape: tuple[int, ...] = (B,)) -> Tensor:
+        return torch.full(shape, v, dtype=dtype, device=dev)
+
     w = WorkingSet(
-        idx=torch.arange(B), th=th, f=f, t=torch.zeros(B, dtype=dt), h=h, loss=loss, Xa=X, ya=y, ma=mask,
-        growth_lim=torch.full((B,), FAC_MAX, dtype=dt), fit=fit,
-        next_check=1e6 * fit, h_cap=torch.full((B,), math.inf, dtype=dt),
-        drift=torch.full((B,), math.inf, dtype=dt),
-        ck_next=torch.full((B,), 1e-3, dtype=dt), ck_hist=torch.full((B, W + 1, 4), math.nan, dtype=dt),
-        ck_n=torch.zeros(B, dtype=i64), rate=torch.zeros(B, dtype=dt), diss=torch.zeros(B, dtype=dt),
-        ck_loss=loss.clone(), z_old=z_old, pos_old=z_old > 0, chat=torch.zeros(z_old.shape, dtype=i64),
-        quiet=torch.zeros(B, dtype=i64), S_hold=torch.zeros(z_old.shape, dtype=torch.bool),
-        qp=torch.zeros(B, dtype=torch.bool),
-        pend=torch.zeros(z_old.shape, dtype=torch.bool), t_slide=torch.zeros(B, dtype=dt),
-        episodes=torch.zeros(B, dtype=i64), stiff=torch.zeros(B, dtype=torch.bool),
-        h_ex=torch.zeros(B, dtype=dt), st_cnt=torch.zeros(B, dtype=i64), st_non=torch.zeros(B, dtype=i64),
-        st_block=torch.zeros(B, dtype=i64), st_steps=torch.zeros(B, dtype=i64))
+        idx=torch.arange(B, device=dev), th=th, f=torch.zeros_like(th), t=full(0.0), h=full(0.0), loss=loss,
+        Xa=X, ya=y, ma=mask, growth_lim=full(FAC_MAX), fit=fit, next_check=1e6 * fit, h_cap=full(math.inf),
+        drift=full(math.inf), ck_next=full(1e-3), ck_hist=full(math.nan, shape=(B, W + 1, 4)),
+        ck_n=full(0, i64), rate=full(0.0), slope=full(0.0, shape=E), S_hold=full(False, torch.bool, E),
+        t_slide=full(0.0), episodes=full(0, i64), events=full(0, i64), repel=full(0, i64), t_repel=full(math.inf),
+        stiff=full(False, torch.bool), h_ex=full(0.0), st_cnt=full(0, i64), st_non=full(0, i64),
+        st_block=full(0, i64), st_steps=full(0, i64))
+    if kf is not None:
+        slid0 = sl.start(w)
+    else:
+        w.f = sl.plain(th, X, y, mask)
+        slid0 = None
+    w.h = initial_step(sl.stage_field(w), w.th, w.f, X, y, mask, rtol, atol, rk.order, t_max)
     th0n = theta0.norm(dim=-1)
     can_stiff = bool(stiff_after) and stiff_after > 0
     n_iter = 0  # every active instance takes one (accepted or rejected) step per iteration
+    if slid0 is not None and bool(slid0.any()):  # sliding: stop, and a kink held from the start
+        out.retire(w, slid0, st.SLIDING, n_iter)
+        w.keep(~slid0)
+        sl.setup(w)
 
+    report = solver_reporter()  # the progress bar of the call, if someone watches it
     while w.idx.numel() > 0:
         b = w.idx.numel()
+        if report is not None and n_iter % 8 == 0:  # instances done: none of their rows (branches) left
+            report(B - int(torch.unique(out.parent[w.idx]).numel()), n_iter, float(w.t.min()))
         # ---- one embedded RK step for every active instance (stiff rows: Rosenbrock) -------
         sliding_rows = sl.rows
         any_stiff = bool(w.stiff.any())
+        explicit = ~w.stiff  # the rows taking an explicit step (the switch below may change w.stiff)
         h = w.h
         if any_stiff:  # the explicit stages of the explicit rows only
             ex_rows = (~w.stiff).nonzero().squeeze(-1)
-            K, th_new, y_s = rk.stages(F, w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
+            K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
                                        F_rows=sl.stage_field(w, ex_rows))
         else:
             K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma)
         err = rk.error(K, w.th, th_new, h, rtol, atol)
-        # projected sliding steps whose held λ* left (0, 1): rejected, retried with the box QP
-        retry = sl.check(w, th_new, err) if sliding_rows is not None else None
         kinked = None
         if any_stiff:
-            th_new, kinked = stiff_rows(model, preact, kf, rk, w, K, th_new, err, rtol, atol)
+            th_new, kinked = stiff_rows(model, sl, rk, w, K, th_new, err, rtol, atol)
         accept = err <= 1.0
         n_iter += 1
 
         # ---- step size update, stiffness switch ----------------------------------------------
-        th_old, h_next = advance(model, rk, w, K, th_new, err, accept, any_stiff, sliding_rows, t_max)
-        if sliding_rows is not None:
-            w.qp &= ~accept
-            if retry is not None:
-                h_next[retry] = h[retry]
+        t_old = w.t
+        th_old, h_next = advance(model, rk, w, K, th_new, err, accept, any_stiff, sliding_rows)
         if kinked is not None and bool(kinked.any()):
-            # the activation pattern changed within a Rosenbrock step: back to the explicit
-            # method (it resolves kinks and detects sliding), no switch for RESWITCH_AFTER steps
+            # the Rosenbrock step crossed or left a kink: back to the explicit method (it locates
+            # the event), no switch for RESWITCH_AFTER steps
             w.stiff &= ~kinked
             h_next = torch.where(kinked, w.h_ex, h_next)
             w.st_block = torch.where(kinked, n_iter + RESWITCH_AFTER, w.st_block)
         if can_stiff:
             stiffness_switch(rk, w, K, th_new, y_s, h, h_next, accept, n_iter, stiff_after)
 
-        # ---- sliding detection -------------------------------------------------------------
-        slid = None
-        if sliding_rows is not None:
-            rel = sl.release(w, sliding_rows, accept)
-            if rel is not None:  # a released row was put on the side it leaves to
-                th_new[rel] = w.th[rel]
-        if preact is not None:
-            slid = sl.detect(w, preact, A, bw, th_new, th_old, K, h, h_next, accept, any_stiff, kinked)
+        # ---- kink events: the first in each accepted explicit step (the step is cut there) ----
+        slid = sl.after_step(w, A, K, th_old, t_old, h, accept & explicit)
+        h_next = torch.minimum(h_next, (t_max - w.t).clamp_min_(0.0))  # t lands exactly on t_max
         w.h = h_next
 
         # ---- status checks -----------------------------------------------------------------
@@ -293,8 +287,7 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         converged = drift_check(model, w, accept, diverged, drift_tol)
         not_conv = ~diverged if converged is None else ~diverged & ~converged
         stalled = zero_gradient(w, accept, not_conv)
-        escaped, stalled, slid = checkpoints(w, sl, accept, not_conv, thn, stalled, slid, growth_t_min,
-                                             growth_min_rate)
+        escaped, stalled = checkpoints(w, accept, not_conv, thn, stalled, growth_t_min, growth_min_rate, sl)
         # the drift bound is kept only while the loss stays fitted (converged rows have loss_gn ≤ fit_tol)
         w.drift.masked_fill_(w.loss > w.fit, math.inf)
 
@@ -306,31 +299,21 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
                 done |= flag
         if budget_all or bool(done.any()):
             if budget_all:
-                done = torch.ones(b, dtype=torch.bool)
+                done = torch.ones(b, dtype=torch.bool, device=dev)
             out.retire(w, done, status_codes(b, diverged, converged, stalled, escaped, slid), n_iter)
             w.keep(~done)
-            if sl.rows is not None:
-                sl.setup(w)
+            sl.setup(w)
+        if sl.repelled:  # follow this iteration's repelling releases both ways, in branches
+            open_branches(model, w, out, sl)
 
-    loss_out = model.loss(out.theta, X, y, mask)
-    tn = out.theta.norm(dim=-1)
+    if report is not None:
+        report(B, n_iter, float(out.t.min()) if B else 0.0)
+    folded = fold_branches(out, B)
+    theta = out.theta[:B]
+    loss_out = model.loss(theta, X, y, mask)
+    tn = theta.norm(dim=-1)
     growth = torch.where(th0n > 0, tn / th0n.clamp_min(1e-300), tn)
-    return SolveResult(out.theta, out.status, loss_out, out.info(growth))
-
-
-def tighten(options: dict[str, Any]) -> dict[str, Any]:
-    """Settings of a re-solve with a smaller error: rtol, atol and drift_tol divided by 100.
-
-    Floors: rtol ≥ 1e-13 and atol ≥ 1e-15 (below them float64 round-off dominates the error
-    estimate and steps shrink for nothing), drift_tol ≥ 1e-12 (the drift bound is ~‖r‖/σ and
-    float64 residuals are not resolved much below 1e-13·|y|). The step budget is doubled.
-    """
-    o = dict(options)
-    o["rtol"] = max(float(o.get("rtol", 1e-10)) / 100.0, 1e-13)
-    o["atol"] = max(float(o.get("atol", 1e-12)) / 100.0, 1e-15)
-    o["drift_tol"] = max(float(o.get("drift_tol", 1e-9)) / 100.0, 1e-12)
-    o["max_steps"] = 2 * int(o.get("max_steps", 200_000))
-    return o
+    return SolveResult(theta, out.status[:B], loss_out, out.info(growth) | folded)
 
 
 SPEC = Solver(
@@ -338,26 +321,6 @@ SPEC = Solver(
     solve=solve_adaptive,
     doc="batched embedded Runge-Kutta (DOP853 or Dormand-Prince 5(4)) with per-instance step "
         "size, drift-bounded convergence and divergence/stall/sliding detection; every model",
-    options={
-        "rtol": Option(1e-10, float, "relative local error tolerance"),
-        "atol": Option(1e-12, float, "absolute local error tolerance"),
-        "drift_tol": Option(1e-9, float, "bound on the remaining motion |theta(t) - theta(inf)|"),
-        "t_max": Option(1e7, float, "flow-time budget"),
-        "max_steps": Option(200_000, int, "step budget (accepted + rejected) per instance"),
-        "div_norm": Option(1e8, float, "|theta| beyond which an instance is diverged"),
-        "order": Option(8, int, "8: DOP853, 5: Dormand-Prince 5(4)"),
-        "sliding_count": Option(8, int, "chatter events on one pre-activation that mean sliding"),
-        "growth_window": Option(8, int, "doublings of t over which power-law escape is fitted"),
-        "growth_t_min": Option(100.0, float, "flow time before power-law escape may be declared"),
-        "growth_min_rate": Option(0.02, float, "smallest exponent p of |theta| ~ t^p called escape"),
-        "sliding": Option("follow", Literal["follow", "stop"],
-                          "on a Filippov sliding mode: follow it (minimal-norm Clarke velocity) "
-                          "or stop with status sliding"),
-        "stiff_after": Option(100, int, "steps before a stability-limited instance may switch to "
-                              "the Rosenbrock tail integrator (0: never)"),
-        "stiff_method": Option("rodas5", Literal["rodas5", "rodas3"],
-                               "Rosenbrock method of the stiff tail: rodas5 (order 5) or rodas3 (order 3)"),
-        "threads": Option(1, int, "torch intra-op threads during the solve (0: leave as is)"),
-    },
+    options=OPTIONS,
     tighten=tighten,
 )

@@ -1,37 +1,57 @@
-"""Sliding in the ``adaptive`` solver: chatter detection, pending and held kinks, and the
-Filippov field of the held kinks (the rules are in :mod:`ibtest.solve.solvers.adaptive`, the kink
-geometry in :mod:`ibtest.solve.solvers.kinks`).
+"""Kinks in the ``adaptive`` solver: the activation pattern, events, and held kinks (the rules
+are in :mod:`ibtest.solve.solvers.adaptive`, the kink geometry in
+:mod:`ibtest.solve.solvers.kinks`, the interpolant and root finding in
+:mod:`ibtest.solve.solvers.events`).
 
-Per working-set row a set S of kink entries is *held* (``WorkingSet.S_hold``, empty: the
-classical field −∇L) and a set is *pending* (``WorkingSet.pend``: evidence of sliding, the kink is
-being approached). :class:`Sliding` caches the rows with some entry held and their entry lists
-and tangent projectors while S is unchanged (:meth:`Sliding.setup` after every change), so the
-field of a Runge–Kutta stage (:meth:`Sliding.stage_field`) costs nothing extra when nothing slides
-and one batched product per stage on the sliding rows (the tangent projection −Π∇L, which is the
-Filippov velocity while the held λ* are interior); the box QP runs once per step, at the proposal
-(:meth:`Sliding.check`), and at every stage only of a step being retried because the flow left a
-held kink in it.
+Per working-set row the solver carries the side of its kink every entry is on
+(``WorkingSet.slope``: σ'₊ above, σ'₋ below) and a set S of entries *held* at their kinks
+(``WorkingSet.S_hold``). The field of a Runge–Kutta stage is −∇L with that pattern held, and on
+the rows that hold kinks its W blocks are projected onto the kinks' tangent space (the
+Filippov velocity while every held kink attracts; :meth:`Sliding.stage_field`). The field is
+smooth inside a step, so the step is accepted or rejected by accuracy alone. After an accepted
+step, :meth:`Sliding.after_step` looks for the first *event* in it:
+
+* a free entry whose pre-activation crosses its kink against its side (its polynomial on the
+  dense output changes sign beyond rounding): the arrival is located by root finding on the
+  interpolant (no field evaluation);
+* a held entry that stops being held (min(α_e, μ_e, α_e − μ_e) reaches 0:
+  :meth:`KinkField.hold_margin`): located by root finding with one field evaluation per
+  iteration on the rows concerned.
+
+The step is cut at the first event (θ from the interpolant), and :meth:`Sliding.settle` decides
+the pattern there: the arriving entries and the held ones are held if together they attract
+(every α_e > 0 and λ*_e in (0, 1)), else dropped (arrivals first) and put on the side their
+one-sided normal velocities take them to. The next step starts there with the step size the
+controller proposed: a transversal crossing costs one cut step, not a cascade of rejected ones,
+and crossings later in the same step are found, in order, by the next steps.
+
+``sliding: stop``: a row that would hold a kink ends with status SLIDING instead.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
 from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers.adaptive_state import WorkingSet
-from ibtest.solve.solvers.kinks import KinkField, Preact, kink_evidence
+from ibtest.solve.solvers.events import DenseOutput, first_crossing, horner, illinois
+from ibtest.solve.solvers.kinks import KinkField, _pack, unit_factors, unit_identity
 
 Tensor = torch.Tensor
 #: the field of a stage: (θ [b, P], X [b, n, d], y [b, n], mask [b, n]) -> f [b, P]
 Field = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-#: a released kink entry is left at z_e = ±RELEASE_OFFSET·‖x_i‖‖w_j‖, on the side the flow leaves to
-#: (far above the rounding of z, ~1e-16 of that scale; far below the solver's tolerances)
+#: an entry that leaves its kink (or crosses it) is put at z_e = ±RELEASE_OFFSET·‖x_i‖‖w_j‖ on its
+#: side (far above the rounding of z, ~1e-16 of that scale; far below the solver's tolerances),
+#: so that its sign agrees with its side
 RELEASE_OFFSET = 1e-12
-#: |z_e| ≤ AT_KINK·‖x_i‖‖w_j‖: a pending entry is at its kink (entered, θ projected onto it), and a
-#: released one that has not left this band is put at ±RELEASE_OFFSET
+#: |z_e| ≤ AT_KINK·‖x_i‖‖w_j‖: an entry settled at an event is at its kink, and goes to ±offset
 AT_KINK = 1e-10
+#: Illinois iterations of a held kink's leave root. Its bracket is the whole step (a crossing's
+#: is 1/16 of it), and φ = min(α, μ, α − μ) bends where the minimum changes hands: 8 iterations
+#: left the leave time 3.3e-6 off (width 16, seed 11, instance 6: point 5 left four units when
+#: its residual crossed 0), and the limit 4.7e-3 off a tightened re-solve's
+LEAVE_ITERS = 40
 
 
 def entries(Sm: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,29 +63,25 @@ def entries(Sm: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class Sliding:
-    """The kink bookkeeping of one solve. ``preact`` None: the model has no known kinks (no
-    detection); ``kf`` None: ``sliding: stop`` or no :class:`KinkField` (chatter counting, status
-    SLIDING); else ``sliding: follow`` (pending/held kinks, Filippov field)."""
+    """The kink bookkeeping of one solve (``kf`` None: the model has no kinks the solver knows;
+    every method is then a no-op or the classical field). ``follow``: hold attracting kinks
+    (``sliding: follow``); else a row that reaches one is flagged SLIDING."""
 
-    def __init__(self, model: ModelBase, preact: Preact | None, kf: KinkField | None,
-                 sliding_count: int) -> None:
+    def __init__(self, model: ModelBase, kf: KinkField | None, follow: bool, dense: DenseOutput) -> None:
         self.model = model
-        self.preact = preact
         self.kf = kf
-        self.sliding_count = sliding_count
-        #: working-set rows with some entry held [r] (None: none), their masks [r, n, m] and
-        #: entry lists ent/ok [r, k]
+        self.follow = follow
+        self.dense = dense
+        #: working-set rows with some entry held [r] (None: none), their instances [r] (to
+        #: re-align the cache when rows leave), held masks [r, n, m] and per-unit factors
+        #: [r, m, d, d + n] (projector and pseudo-inverse, :meth:`KinkField.unit_pinv`)
         self.rows: Tensor | None = None
-        self.S = self.ent = self.ok = torch.zeros(0)
-        #: their tangent projectors [r, m, d, d] (:meth:`KinkField.tangent_projector`) and
-        #: instance indices [r] (to reuse the projectors across :meth:`setup`)
-        self.Pi = torch.zeros(0)
         self.inst: Tensor | None = None
-        #: the held entries [r, k] whose kink the flow leaves at the proposal of this step
-        #: (:meth:`KinkField.field_leave`; False where not evaluated)
-        self.last_leave = torch.zeros(0, dtype=torch.bool)
-        #: λ* [r, k] there (where box-QP'd; the side a released kink is left on)
-        self.last_lam = torch.zeros(0)
+        self.S = torch.zeros(0, device=dense.U.device)
+        self.Ap = torch.zeros(0, device=dense.U.device)
+        #: repelling releases of this iteration: (output slots [k], released entries [k, n, m]),
+        #: for :func:`~ibtest.solve.solvers.adaptive_branches.open_branches`
+        self.repelled: list[tuple[Tensor, Tensor]] = []
 
     # ---- the field ----------------------------------------------------------------------
     def plain(self, theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
@@ -73,298 +89,358 @@ class Sliding:
         return -self.model.grad(theta, Xs, ys, ms)
 
     def stage_field(self, w: WorkingSet, rows: Tensor | None = None) -> Field:
-        """The field of this step's Runge–Kutta stages: −∇L, and on the rows that hold kinks the
-        Filippov velocity, in one of two forms (module docstring): −Π∇L (the tangent
-        projection, a product per stage) on the rows whose held kinks the flow did not leave
-        at the end of their last step, the box QP of :meth:`KinkField.field_leave` on the rows
-        marked ``w.qp`` (a step being retried because the flow left a held kink in it; their
-        ``last_leave`` is that of the last stage, the proposal).
-
-        ``rows`` [r]: the field of those working-set rows alone (the explicit rows of a step
-        that has stiff rows; the field is then called on θ [r, P]). The held entries of rows
-        whose stages are not box-QP'd here do not leave (``last_leave`` False): projected rows
-        are tested by :meth:`check`, stiff rows by their Rosenbrock step."""
-        if self.rows is None:
-            return self.plain
+        """The field of this step's stages for the working-set rows ``rows`` [r] (None: all):
+        −∇L with each row's pattern held, its W blocks projected onto the tangent space of the
+        row's held kinks (module docstring)."""
         kf = self.kf
-        assert kf is not None
-        if rows is None:
-            r = self.rows
-            kp = torch.ones(r.numel(), dtype=torch.bool)
-        else:
-            pos = torch.full((w.idx.numel(),), -1, dtype=torch.long)
-            pos[rows] = torch.arange(rows.numel())
-            r = pos[self.rows]
-            kp = r >= 0
-        ex = kp & w.qp[self.rows]
-        pr = kp & ~ex
-        r_pr, Pi_pr = r[pr], self.Pi[pr]
-        r_ex, S_ex, ent_ex, ok_ex = r[ex], self.S[ex], self.ent[ex], self.ok[ex]
-        self.last_leave = torch.zeros(self.ok.shape, dtype=torch.bool)
-        self.last_lam = torch.full(self.ok.shape, 0.5, dtype=torch.float64)
-        any_pr, any_ex = r_pr.numel() > 0, r_ex.numel() > 0
+        if kf is None:
+            return self.plain
+        slope = w.slope if rows is None else w.slope[rows]
+        pr, Ap = self._held_positions(w, rows)
 
         def F(theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
-            g = -self.model.grad(theta, Xs, ys, ms)
-            if any_pr:
-                g[r_pr] = kf.project_field(Pi_pr, g[r_pr])
-            if any_ex:
-                fs, lam, leave = kf.field_leave(theta[r_ex], Xs[r_ex], ys[r_ex], ms[r_ex], S_ex, ent_ex, ok_ex)
-                g[r_ex] = fs
-                self.last_leave[ex] = leave & ok_ex
-                self.last_lam[ex] = lam
-            return g
+            g = kf.grad(theta, Xs, ys, ms, slope)
+            if pr is not None:
+                g[pr] = kf.project_field(Ap, Xs[pr], g[pr])
+            return -g
         return F
 
-    def check(self, w: WorkingSet, th_new: Tensor, err: Tensor) -> Tensor | None:
-        """After the stages: the leaving test (:meth:`KinkField.field_leave`) at the proposal
-        θ_new [b, P] of the sliding rows that took a projected explicit step (one box QP per
-        step instead of one per stage). Where the flow leaves a held kink the projected field
-        was not the Filippov velocity somewhere in the step: the step is rejected (err [b] set
-        to inf in place) and retried with the same h and the box-QP field at every stage
-        (``w.qp``), which releases the kink (:meth:`release`). Returns the retried rows [q]
-        (None: none)."""
+    def _held_positions(self, w: WorkingSet, rows: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        """Positions (within ``rows``, or the working set) of the rows that hold kinks, and their
+        cached pseudo-inverses."""
         if self.rows is None:
-            return None
-        kf = self.kf
-        assert kf is not None
-        sel = ~w.qp[self.rows] & ~w.stiff[self.rows]
-        if not bool(sel.any()):
-            return None
-        rr = self.rows[sel]
-        ok = self.ok[sel]
-        _, _, leave = kf.field_leave(th_new[rr], w.Xa[rr], w.ya[rr], w.ma[rr], self.S[sel], self.ent[sel], ok)
-        out = (ok & leave).any(-1)
-        if not bool(out.any()):
-            return None
-        q = rr[out]
-        err[q] = math.inf
-        w.qp[q] = True
-        return q
-
-    def setup(self, w: WorkingSet) -> None:
-        """Recompute the cache of sliding rows after S_hold changed (or rows left): their masks,
-        entry lists and tangent projectors (reused for an instance whose S is unchanged: they
-        depend on X and S only)."""
-        rows = w.S_hold.flatten(1).any(-1).nonzero().squeeze(-1)
-        if rows.numel() == 0:
-            self.rows = None
-            self.inst = None
-            return
-        kf = self.kf
-        assert kf is not None
-        S = w.S_hold[rows]
-        ent, ok = entries(S)
-        inst = w.idx[rows]
-        reuse = torch.zeros(rows.numel(), dtype=torch.bool)
-        Pi = None
-        if self.inst is not None:
-            # instance indices are ascending in the working set (rows only ever leave it)
-            j = torch.searchsorted(self.inst, inst).clamp_max(self.inst.numel() - 1)
-            reuse = (self.inst[j] == inst) & (self.S[j] == S).flatten(1).all(-1)
-            if bool(reuse.all()):
-                Pi = self.Pi[j]
-            elif bool(reuse.any()):
-                Pi = torch.empty(rows.numel(), *self.Pi.shape[1:], dtype=self.Pi.dtype)
-                Pi[reuse] = self.Pi[j[reuse]]
-        new = ~reuse
-        if Pi is None:
-            Pi = kf.tangent_projector(w.Xa[rows], S)
-        elif bool(new.any()):
-            Pi[new] = kf.tangent_projector(w.Xa[rows[new]], S[new])
-        self.rows, self.S, self.ent, self.ok, self.Pi, self.inst = rows, S, ent, ok, Pi, inst
-        w.qp[rows[~reuse]] = False
+            return None, self.Ap
+        if rows is None:
+            return self.rows, self.Ap
+        pos = torch.full((w.idx.numel(),), -1, dtype=torch.long, device=w.idx.device)
+        pos[rows] = torch.arange(rows.numel(), device=w.idx.device)
+        p = pos[self.rows]
+        keep = p >= 0
+        if not bool(keep.any()):
+            return None, self.Ap
+        return p[keep], self.Ap[keep]
 
     def field_at(self, w: WorkingSet, rr: Tensor) -> Tensor:
-        """The field [r, P] (Filippov where S is held) at the working-set rows rr [r]."""
-        g = -self.model.grad(w.th[rr], w.Xa[rr], w.ya[rr], w.ma[rr])
-        has = w.S_hold[rr].flatten(1).any(-1)
-        if bool(has.any()):
-            assert self.kf is not None
-            sub = rr[has]
-            ent, ok = entries(w.S_hold[sub])
-            g[has] = self.kf.field(w.th[sub], w.Xa[sub], w.ya[sub], w.ma[sub], w.S_hold[sub], ent, ok)[0]
-        return g
+        """The field [r, P] at the working-set rows rr [r] (pattern held, projected where held)."""
+        return self.stage_field(w, rr)(w.th[rr], w.Xa[rr], w.ya[rr], w.ma[rr])
 
-    # ---- holding kinks ------------------------------------------------------------------
-    def enter(self, w: WorkingSet, rows: Tensor, cand: Tensor) -> Tensor:
-        """Try to hold the candidate entries ``cand`` [r, n, m] (plus those held) of working-set
-        rows ``rows`` [r] at their kinks: keep the attracting ones (the flow does not leave them
-        at θ projected onto them: λ* interior, α ≠ 0;
-        :meth:`KinkField.field_leave`) at that projected θ. Leaving entries are dropped
-        until the rest is consistent, candidates before held entries; a row whose candidates are
-        all dropped keeps its held set as it is (W2 seed 0, instance 22: read at z_e = rounding,
-        the held set alone looked left and was dropped at the kink rather than released on the
-        flow's side, 1.6e-8 from the tight solve at t = 50; now 7.9e-10). Returns the rows that
-        now slide (bool [r])."""
-        kf, preact = self.kf, self.preact
-        assert kf is not None and preact is not None
-        Xr, yr, mr = w.Xa[rows], w.ya[rows], w.ma[rows]
-        z = preact(w.th[rows], Xr)
-        near = z.abs() <= 1e-6 * kf.scale(w.th[rows], Xr)
-        held0 = w.S_hold[rows]
-        C = (cand & near) | held0
-        per_row = (-1,) + (1,) * (C.dim() - 1)  # a per-row flag [r] broadcast over C's entries
-        # drop entries the flow leaves, one batch of them per pass, until the set is consistent:
-        # leaving candidates first, a held entry only when no candidate of its row leaves and one
-        # stays (a held set that was consistent is not thrown away with an inconsistent
-        # candidate: W2 seed 0, instance 924 lost its two held kinks that way at every step)
-        for _ in range(int(C.flatten(1).sum(-1).max()) + 1 if C.numel() else 0):
-            if not bool(C.any()):
-                break
-            ent, ok = entries(C)
-            thp = kf.project(w.th[rows], Xr, C)
-            _, _, leave = kf.field_leave(thp, Xr, yr, mr, C, ent, ok)
-            bad = ok & leave
-            if not bool(bad.any()):
-                break
-            badm = torch.zeros(C.shape[0], C[0].numel(), dtype=torch.bool)
-            badm.scatter_(1, ent, bad)
-            badm = badm.view_as(C)
-            new_bad = badm & ~held0
-            # a row back at its held set keeps it: its held kinks are left by the step's own
-            # leaving test and released on the flow's side (:meth:`release`), not here at z_e = 0
-            only_held = (C == held0).flatten(1).all(-1)
-            badm &= ~only_held.view(per_row)
-            if not bool(badm.any()):
-                break
-            has_new = new_bad.flatten(1).any(-1).view(per_row)
-            C = C & ~torch.where(has_new, new_bad, badm)
-        now = C.flatten(1).any(-1)
-        rr = rows[now]
-        if bool(now.any()):
-            new_ep = ~w.S_hold[rr].flatten(1).any(-1)
-            w.episodes[rr] += new_ep.long()
-            w.th[rr] = kf.project(w.th[rr], w.Xa[rr], C[now])
-            w.S_hold[rr] = C[now]
-        w.S_hold[rows[~now]] = False
-        w.chat[rows] = 0
-        self.setup(w)
-        if bool(now.any()):
-            w.f[rr] = self.field_at(w, rr)
-            w.loss[rr] = self.model.loss(w.th[rr], w.Xa[rr], w.ya[rr], w.ma[rr])
-        return now
-
-    def approach(self, w: WorkingSet, h_next: Tensor) -> None:
-        """Rows with pending kink entries: enter the entries that are at their kink to rounding
-        (|z_e| ≤ ``AT_KINK``·‖x_i‖‖w_j‖; θ is then projected onto it); else cap the next step
-        h_next [b] (in place) at 0.8 of the time to the nearest pending kink along the current
-        field (z_e·ż_e < 0; entries the field leaves are dropped), so the kink is reached
-        geometrically without a step straddling it."""
-        kf, preact = self.kf, self.preact
-        assert kf is not None and preact is not None
-        rows = w.pend.flatten(1).any(-1).nonzero().squeeze(-1)
-        if rows.numel() == 0:
+    # ---- the cache of held rows ---------------------------------------------------------
+    def setup(self, w: WorkingSet) -> None:
+        """Re-align the cache with the working set after S_hold changed or rows left: the
+        pseudo-inverses of an instance's units are kept where its held set on that unit is
+        unchanged, and recomputed for the changed units only."""
+        kf = self.kf
+        if kf is None:
             return
-        Xr = w.Xa[rows]
-        z = preact(w.th[rows], Xr)
-        zd = preact(w.f[rows], Xr)
-        mag = kf.scale(w.th[rows], Xr)
-        p = w.pend[rows]
-        ready = z.abs() <= AT_KINK * mag
-        toward = (z * zd < 0) & ~ready
-        p = p & (ready | toward)
-        go = (p & ready).flatten(1).any(-1)
-        w.pend[rows] = p & ~ready
-        if bool(go.any()):
-            self.enter(w, rows[go], (p & ready)[go])
-        wait = (p & ~ready).flatten(1).any(-1)
-        if bool(wait.any()):
-            tau = torch.where(p & ~ready, z.abs() / zd.abs().clamp_min(1e-300),
-                              torch.full_like(z, math.inf)).flatten(1).min(-1).values
-            wr = rows[wait]
-            h_next[wr] = torch.minimum(h_next[wr], 0.8 * tau[wait])
+        rows = w.S_hold.flatten(1).any(-1).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            self.rows = self.inst = None
+            return
+        S = w.S_hold[rows]
+        inst = w.idx[rows]
+        b, n, m = S.shape
+        d = w.Xa.shape[-1]
+        Ap = unit_identity(b, m, d, n, w.th)
+        todo = S.transpose(1, 2).any(-1)  # [r, m]: units with held entries
+        if self.inst is not None and self.rows is not None:
+            # instance indices are ascending in the working set (rows only ever leave it)
+            j = torch.searchsorted(self.inst, inst).clamp_max(self.inst.numel() - 1)
+            known = self.inst[j] == inst
+            if bool(known.any()):
+                same = (self.S[j] == S).all(1) & known.unsqueeze(-1)  # [r, m] unit unchanged
+                Ap = torch.where(same.view(b, m, 1, 1), self.Ap[j], Ap)
+                todo &= ~same
+        ru, ju = todo.nonzero(as_tuple=True)
+        if ru.numel():
+            Xs = w.Xa[rows[ru]] * S[ru, :, ju].unsqueeze(-1).to(w.Xa.dtype)  # [u, n, d]
+            Ap[ru, ju] = unit_factors(Xs)
+        self.rows, self.inst, self.S, self.Ap = rows, inst, S, Ap
 
-    # ---- after every step ---------------------------------------------------------------
-    def release(self, w: WorkingSet, sliding_rows: Tensor, accept: Tensor) -> Tensor | None:
-        """Leave the held kinks that the flow leaves at the proposal θ_new of an accepted step
-        (λ* at a bound and the one-sided field there pointing away beyond rounding:
-        :meth:`KinkField.field_leave`, of the last stage of a box-QP'd step). Returns the
-        working-set rows that released a kink (None: none).
-
-        The row is put on the side the flow leaves to: z_e = −ε (λ*_e = 0, the field below the
-        kink points away) or +ε (λ*_e = 1), ε = ``RELEASE_OFFSET``·‖x_i‖‖w_j‖, the other held
-        kinks staying at 0 (:meth:`KinkField.project`). Left at z_e = ±rounding, the classical
-        field would be read on the side σ'(0) picks: with σ'(0) = 1 the side above, which may
-        point up while the flow leaves below (both one-sided fields pointing away: the
-        minimal-norm velocity is the one below), and the row flew off on the wrong branch
-        (W2 seed 0, instance 952: 0.026 from the gradient-descent limit at t = 20). An entry
-        that has left the band |z_e| ≤ ``AT_KINK``·‖x_i‖‖w_j‖ on that side keeps its z_e: a
-        box-QP'd step integrates the one-sided field −g(λ*) with λ*_e at the bound past the
-        moment λ*_e reached it, so z_e has moved off the kink along the flow, and putting it back
-        at ±ε threw that motion away (W2 seed 0, instance 61: z_e = −2.5e-5, a jump of 1.2e-5
-        in θ, 4.2e-7 from the tight solve's limit; now 5.6e-10). Within the band (z_e at the
-        kink to the solver's resolution) it goes to ±ε: instance 952 releases two entries at
-        z_e ≈ −2e-11 with the field below nearly tangent and returns to the kink later; kept
-        there, it missed the return and ended 0.014 from gradient descent at t = 20."""
-        acc_r = accept[sliding_rows]
-        bound = self.ok & self.last_leave & acc_r.unsqueeze(-1)
-        if not bool(bound.any()):
+    # ---- events -------------------------------------------------------------------------
+    def after_step(self, w: WorkingSet, A: Tensor, K: Tensor, th_old: Tensor, t_old: Tensor, h: Tensor,
+                   accept: Tensor) -> Tensor | None:
+        """Find the first event in each accepted explicit step (``accept`` [b]: the rows whose
+        explicit step was accepted; module docstring), cut the step there and settle the
+        pattern. K [S+1, b, P] the stages, A [S, S] the tableau, θ_old [b, P] and t_old [b] the
+        start of the step, h [b]. Returns the rows flagged SLIDING (``stop``; bool [b]) or None."""
+        kf = self.kf
+        if kf is None:
             return None
+        look = accept
+        if not bool(look.any()):
+            return None
+        ri = look.nonzero().squeeze(-1)
+        Xr = w.Xa[ri]
+        live = (w.ma[ri] > 0).unsqueeze(-1)
+        S_r = w.S_hold[ri]
+        above = w.slope[ri] == kf.hi
+        sgn = torch.where(above, 1.0, -1.0).to(w.th.dtype)
+        free = ~S_r & live
+        tol = kf.rounding(th_old[ri], Xr)
+        z0 = kf.preact(th_old[ri], Xr)
+        # pre-activations at the stage points and at the end (z is linear in θ)
+        S1 = K.shape[0]
+        Kr = K[:, ri]
+        Zk = kf.preact(Kr.reshape(S1 * ri.numel(), -1), Xr.repeat(S1, 1, 1)).reshape(S1, -1)
+        hz = h[ri].view(-1, 1, 1)
+        past = (sgn * kf.preact(w.th[ri], Xr) < -tol) & free  # [r, n, m]: past the kink at the end
+        for s in range(1, A.shape[0]):  # the stage points (vector @ matrix: batch-independent bits)
+            zs = z0 + hz * (A[s, :s] @ Zk[:s]).view_as(z0)
+            past |= (sgn * zs < -tol) & free
+        cross = past.flatten(1).any(-1)
+        # held entries that stop being held by the end of the step
+        leave = torch.zeros_like(cross)
+        if self.rows is not None:
+            pr, Ap = self._held_positions(w, ri)
+            if pr is not None:
+                phi, _, _ = kf.hold_margin(w.th[ri][pr], Xr[pr], w.ya[ri][pr], w.ma[ri][pr], w.slope[ri][pr],
+                                           Ap, S_r[pr])
+                leave[pr] = (phi <= 0).flatten(1).any(-1)
+        ev = cross | leave
+        if not bool(ev.any()):
+            return None
+        # ---- locate the first event on the interpolant of the flagged rows
+        e = ev.nonzero().squeeze(-1)
+        re = ri[e]
+        F = self.stage_field(w, re)
+        Xe, ye, me = w.Xa[re], w.ya[re], w.ma[re]
+        Ke = self.dense.extend(lambda u: F(u, Xe, ye, me), th_old[re], K[:, re], h[re])
+        C = self.dense.coefficients(Ke, h[re])  # [deg, r, P]
+        deg, r, P = C.shape
+        Zc = kf.preact(C.reshape(deg * r, P), Xe.repeat(deg, 1, 1)).view(deg, r, -1)
+        E = Zc.shape[-1]
+        x_c, hit = first_crossing(z0[e].reshape(r, E), Zc, sgn[e].reshape(r, E), past[e].reshape(r, E),
+                                  tol[e].reshape(r, E))
+        hit = hit.view_as(z0[e])
+        x_l = torch.full_like(x_c, float("inf"))
+        leave_e = leave[e]
+        forced = torch.zeros_like(z0[e], dtype=torch.int8)
+        f_rep = torch.zeros_like(z0[e], dtype=torch.bool)  # forced leaves that are repelling releases
+        if bool(leave_e.any()):
+            li = leave_e.nonzero().squeeze(-1)
+            pr, Ap = self._held_positions(w, re[li])
+            assert pr is not None
+            lr = li[pr]
+            th0_l, C_l = th_old[re[lr]], C[:, lr]
+            Xl, yl, ml, sl_l, S_l = Xe[lr], ye[lr], me[lr], w.slope[re[lr]], w.S_hold[re[lr]]
+
+            def margin(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                th_x = horner(th0_l, C_l, x.unsqueeze(-1))
+                return kf.hold_margin(th_x, Xl, yl, ml, sl_l, Ap, S_l)
+
+            def Phi(x: Tensor) -> Tensor:
+                return margin(x)[0].flatten(1).min(-1).values
+
+            # a held entry can leave before the row's first crossing only if it is no longer held
+            # there: one evaluation at that point, the root only where that is so
+            x_top = x_c[lr].clamp(max=1.0)
+            g_top = Phi(x_top)
+            go_l = g_top <= 0
+            if bool(go_l.any()):
+                lr, x_top, g_top = lr[go_l], x_top[go_l], g_top[go_l]
+                th0_l, C_l = th0_l[go_l], C_l[:, go_l]
+                Xl, yl, ml, sl_l, S_l, Ap = Xl[go_l], yl[go_l], ml[go_l], sl_l[go_l], S_l[go_l], Ap[go_l]
+                x0 = torch.zeros_like(x_top)
+                phi0, al0, mu0 = margin(x0)
+                xl = illinois(Phi, x0, x_top, phi0.flatten(1).min(-1).values, g_top, iters=LEAVE_ITERS)
+                x_l[lr] = xl
+                # the entry that leaves, and to which side: μ → 0: below; μ → α: above; α → 0
+                # (the kink turns concave, repelling): the side with λ* = μ/α at the step's
+                # start, where it held, above when λ* ≥ ½ (gradient descent's more likely side)
+                phi, al, mu = margin(xl)
+                k = phi.flatten(1).argmin(-1).unsqueeze(-1)
+                al_k = al.flatten(1).gather(1, k).squeeze(-1)
+                mu_k = mu.flatten(1).gather(1, k).squeeze(-1)
+                rep = al_k <= torch.minimum(mu_k, al_k - mu_k)
+                lam0 = mu0.flatten(1).gather(1, k).squeeze(-1) / al0.flatten(1).gather(1, k).squeeze(-1).clamp_min(1e-300)
+                up = torch.where(rep, lam0 >= 0.5, (al_k - mu_k) <= mu_k)
+                fl = torch.zeros(lr.numel(), E, dtype=torch.int8, device=x_c.device)
+                fl.scatter_(1, k, torch.where(up, 1, -1).to(torch.int8).unsqueeze(-1))
+                forced[lr] = fl.view(-1, *z0.shape[1:])
+                f_rep[lr] = (fl != 0).view(-1, *z0.shape[1:]) & rep.view(-1, 1, 1)
+        use_l = x_l <= x_c
+        x_ev = torch.minimum(x_c, x_l)
+        go = torch.isfinite(x_ev)
+        if not bool(go.any()):
+            return None
+        gi = go.nonzero().squeeze(-1)
+        rg = re[gi]
+        xg = x_ev[gi].clamp(0.0, 1.0)
+        th_ev = horner(th_old[rg], C[:, gi], xg.unsqueeze(-1))
+        th_ev = torch.where((xg >= 1.0).unsqueeze(-1), w.th[rg], th_ev)
+        # the step ends at the event
+        t_ev = t_old[rg] + xg * h[rg]
+        if self.rows is not None:
+            was = w.S_hold[rg].flatten(1).any(-1)
+            w.t_slide[rg] -= torch.where(was, w.t[rg] - t_ev, torch.zeros_like(t_ev))
+        w.th[rg] = th_ev
+        w.t[rg] = t_ev
+        arrive = torch.where(use_l[gi].view(-1, 1, 1), torch.zeros_like(hit[gi]), hit[gi])
+        frc = torch.where(use_l[gi].view(-1, 1, 1), forced[gi], torch.zeros_like(forced[gi]))
+        frep = f_rep[gi] & use_l[gi].view(-1, 1, 1)
+        w.events[rg] += 1
+        return self.settle(w, rg, arrive, frc, frep)
+
+    def settle(self, w: WorkingSet, rows: Tensor, arrive: Tensor, forced: Tensor,
+               repelled: Tensor | None = None) -> Tensor | None:
+        """Decide the pattern at an event for the working-set rows ``rows`` [r] (θ at the event):
+        the entries ``arrive`` [r, n, m] are at their kinks, the held entries with ``forced``
+        [r, n, m] ≠ 0 leave (+1 above, −1 below). Only the units these entries belong to change
+        (the units decouple); on them the arrivals and the other held entries are held where
+        together they attract (:meth:`KinkField.hold_margin` > 0, beyond its rounding allowance
+        :meth:`KinkField.hold_tolerance` for an arrival), dropping inconsistent arrivals first
+        and then the most violating held entry; a dropped entry goes to the side its one-sided
+        normal velocities a₋ (below) and a₊ (above) take it to (both < 0: below, both > 0: above;
+        a₊ < 0 < a₋, or a concave kink a₋ < 0 < a₊: above when a₋/(a₋ − a₊) ≥ ½, the latter
+        counted as a repelling release, like the forced leaves marked in ``repelled``). θ is put
+        on the held kinks and at ±``RELEASE_OFFSET`` on the dropped ones that are within
+        ``AT_KINK`` of theirs. Repelling releases are counted and queued for a branch
+        (``self.repelled``). ``stop``: rows that would hold a kink are returned (bool [b])
+        unchanged; else None."""
         kf = self.kf
         assert kf is not None
-        sub = bound.any(-1)
-        rr = sliding_rows[sub]
-        Sf = w.S_hold[rr].flatten(1)
-        drop = torch.zeros_like(Sf)
-        drop.scatter_(1, self.ent[sub], bound[sub])
-        side = torch.zeros(Sf.shape, dtype=w.th.dtype)
-        up = (self.last_lam[sub] >= 1.0).to(side.dtype)
-        side.scatter_(1, self.ent[sub], (2.0 * up - 1.0) * bound[sub])
-        Xr = w.Xa[rr]
-        sv = side.view_as(w.S_hold[rr])
-        z = self.preact(w.th[rr], Xr) if self.preact is not None else torch.zeros_like(sv)
-        mag = kf.scale(w.th[rr], Xr)
-        beyond = sv * z > AT_KINK * mag
-        target = sv * torch.where(beyond, sv * z, RELEASE_OFFSET * mag)
-        w.th[rr] = kf.project(w.th[rr], Xr, w.S_hold[rr], target)
-        w.S_hold[rr] = (Sf & ~drop).view_as(w.S_hold[rr])
+        dt = w.th.dtype
+        th = w.th[rows]
+        Xr, yr, mr = w.Xa[rows], w.ya[rows], w.ma[rows]
+        held0 = w.S_hold[rows]
+        fl = forced != 0
+        above = torch.where(fl, forced > 0, w.slope[rows] == kf.hi)
+        touched = (arrive | fl).any(1, keepdim=True)  # [r, 1, m]: the units whose pattern is decided
+        keep = held0 & ~touched  # held entries of the other units stay held
+        C = ((held0 & ~fl) | arrive) & touched
+        shape = (-1,) + (1,) * (C.dim() - 1)
+        lo = torch.tensor(kf.lo, dtype=dt, device=th.device)
+        # one candidate alone on its unit (the common case): it is held iff it attracts beyond
+        # rounding, a₋ > tol and a₊ < −tol (the same test as φ > tol, from one field
+        # evaluation, no factorization); else it goes to the side a₋, a₊ take it to
+        single = C & (C.sum(1, keepdim=True) == 1)
+        multi = C & ~single
+        slope = torch.where(C | keep, lo, kf.slope_of(above))
+        g0 = kf.grad(th, Xr, yr, mr, slope)
+        a_lo = -kf.preact(g0, Xr)
+        al = kf.alpha(th, kf.residual(th, Xr, yr, mr, slope))
+        nx = (Xr * Xr).sum(-1).unsqueeze(-1)  # ‖x_i‖² [r, n, 1]
+        a_hi = a_lo - al * nx
+        tol_v = kf.hold_tolerance(th, Xr, yr, mr, slope) * nx
+        held_1 = single & (a_lo > tol_v) & (a_hi < -tol_v)
+        free_new = single & ~held_1 & ~fl
+        dropped = fl | (single & ~held_1)
+        C = multi
+        if bool(multi.any()):
+            # several candidates on a unit: the Filippov velocity's own active set first. The
+            # box QP's λ* on all candidates: an entry with λ*_e at a bound (or on a concave kink,
+            # α_e ≤ 0) is not held by the minimal-norm velocity and leaves (KKT: its one-sided
+            # field points off the kink). Dropping one violating entry at a time instead, with
+            # the others projected, could drop entries the velocity holds, which then arrived
+            # again at once: a cycle of events at one instant (width 16, seed 11, instance 0:
+            # 1,500 events at t = 0.0465).
+            thq = kf.project(th, Xr, multi)
+            sq = torch.where(multi | keep | held_1, lo, kf.slope_of(above))
+            lam_q, al_q, _, _ = kf.unit_qp(thq, Xr, yr, mr, sq, multi)
+            out_q = multi & ((lam_q <= 0) | (lam_q >= 1) | (al_q <= 0))
+            C = multi & ~out_q
+            dropped |= out_q
+            # on the side of its bound: the field of the entries left is the one with λ_e = 1
+            # above (σ'₊) and λ_e = 0 below
+            above = torch.where(out_q, lam_q >= 0.5, above)
+        # then, until those left attract together beyond rounding: drop inconsistent arrivals
+        # first, then the most violating held entry
+        for _ in range(int(C.flatten(1).sum(-1).max()) + 1 if bool(C.any()) else 0):
+            thp = kf.project(th, Xr, C)
+            slope = torch.where(C | keep | held_1, lo, kf.slope_of(above))
+            phi, _, _ = kf.hold_margin(thp, Xr, yr, mr, slope, kf.unit_pinv(Xr, C), C)
+            need = torch.where(arrive, kf.hold_tolerance(thp, Xr, yr, mr, slope), torch.zeros_like(phi))
+            bad = C & (phi <= need)
+            if not bool(bad.any()):
+                break
+            new_bad = bad & arrive
+            has_new = new_bad.flatten(1).any(-1).view(shape)
+            worst = torch.where(bad, phi - need, torch.full_like(phi, float("inf"))).flatten(1).argmin(-1)
+            one = torch.zeros_like(bad).flatten(1)
+            one.scatter_(1, worst.unsqueeze(-1), True)
+            drop = torch.where(has_new, new_bad, one.view_as(bad) & bad)
+            C = C & ~drop
+            dropped |= drop
+            if not bool(C.any()):
+                break
+        free_m = (multi & dropped) & ~fl
+        C = C | held_1
+        flag = None
+        if not self.follow:
+            sliding = C.flatten(1).any(-1)
+            if bool(sliding.any()):
+                flag = torch.zeros(w.idx.numel(), dtype=torch.bool, device=rows.device)
+                flag[rows[sliding]] = True
+                if bool(sliding.all()):
+                    return flag
+                C = C & ~sliding.view(shape)  # the other rows still take their new sides
+        if bool(free_m.any()):
+            # the normal velocities of the entries dropped from a unit that holds others: with
+            # the field projected onto the kinks that unit keeps
+            # (a₊ − a₋ = −α_e‖Π_j x_i‖²: the jump α_e x_i of the field, projected)
+            thp = kf.project(th, Xr, C)
+            slope = torch.where(C | keep | free_m, lo, kf.slope_of(above))
+            Fm = kf.unit_pinv(Xr, C)
+            gm = kf.project_field(Fm, Xr, kf.grad(thp, Xr, yr, mr, slope))
+            a_lo = torch.where(free_m, -kf.preact(gm, Xr), a_lo)
+            al_m = kf.alpha(thp, kf.residual(thp, Xr, yr, mr, slope))
+            a_hi = torch.where(free_m, a_lo - al_m * kf.projected_norms(Fm, Xr), a_hi)
+            free_new = free_new | free_m
+        if bool(free_new.any()):
+            # sides: both velocities ≤ 0 below, ≥ 0 above; mixed (an attracting kink within
+            # rounding, or a concave one: repelling) above when a₋/(a₋ − a₊) ≥ ½
+            down = (a_lo <= 0) & (a_hi <= 0)
+            up = (a_lo >= 0) & (a_hi >= 0) & ~down
+            mixed = ~down & ~up
+            lam = a_lo / (a_lo - a_hi).where(a_lo != a_hi, torch.ones_like(a_lo))
+            above = torch.where(free_new, torch.where(mixed, lam >= 0.5, up), above)
+            repel = free_new & mixed & (a_lo < 0)
+            repelled = repel if repelled is None else repelled | repel
+        if repelled is not None and bool(repelled.any()):
+            w.repel[rows] += repelled.flatten(1).sum(-1)
+            first_rep = (w.repel[rows] > 0) & ~torch.isfinite(w.t_repel[rows])
+            w.t_repel[rows] = torch.where(first_rep, w.t[rows], w.t_repel[rows])
+            has = repelled.flatten(1).any(-1)
+            self.repelled.append((w.idx[rows[has]], repelled[has]))
+        # θ onto the held kinks; the entries that left within AT_KINK of theirs at ±offset
+        moved = (arrive | dropped) & ~C
+        z = kf.preact(th, Xr)
+        mag = kf.scale(th, Xr)
+        sgn = torch.where(above, 1.0, -1.0).to(dt)
+        near = moved & (sgn * z <= AT_KINK * mag)
+        target = torch.where(near, sgn * RELEASE_OFFSET * mag, torch.zeros_like(z))
+        th_new = kf.project(th, Xr, C | near, target)
+        S_new = C | keep
+        new_ep = S_new.flatten(1).any(-1) & ~held0.flatten(1).any(-1)
+        w.episodes[rows] += new_ep.long()
+        w.th[rows] = th_new
+        w.S_hold[rows] = S_new
+        w.slope[rows] = torch.where(S_new, lo, kf.slope_of(above))
         self.setup(w)
-        w.f[rr] = self.field_at(w, rr)
-        w.loss[rr] = self.model.loss(w.th[rr], Xr, w.ya[rr], w.ma[rr])
-        return rr
+        w.f[rows] = self.field_at(w, rows)
+        w.loss[rows] = self.model.loss(th_new, Xr, yr, mr)
+        return flag
 
-    def detect(self, w: WorkingSet, preact: Preact, A: Tensor, bw: Tensor, th_new: Tensor,
-               th_old: Tensor, K: Tensor, h: Tensor, h_next: Tensor, accept: Tensor,
-               any_stiff: bool, kinked: Tensor | None) -> Tensor | None:
-        """Examine the steps that were rejected or whose proposal flipped a pre-activation for
-        kink evidence (tableau A [S, S], bw [S]; θ_new, θ_old [b, P]; stages K [S+1, b, P]; step
-        h [b], accept [b]). ``follow``: evidence makes entries pending, and pending kinks are
-        approached (h_next [b] capped in place). ``stop``: chatter counts per entry (reset lazily
-        after 200 quiet accepted steps); returns the rows that reached ``sliding_count``
-        (bool [b]) or None."""
+    def start(self, w: WorkingSet) -> Tensor | None:
+        """The pattern at the start of a solve: every entry on the side of its sign (σ'(0)
+        decides for an entry exactly at 0); entries at 0 that the field with that pattern
+        drives to the other side, or presses from both sides, are settled at once."""
         kf = self.kf
-        sliding = None
-        z_new = preact(th_new, w.Xa)
-        pos_new = z_new > 0
-        look = (pos_new != w.pos_old).flatten(1).any(-1).logical_or_(~accept)
-        if any_stiff:
-            look &= ~w.stiff if kinked is None else ~(w.stiff | kinked)
-        w.quiet += accept
-        if bool(look.any()):
-            ri = look.nonzero().squeeze(-1)
-            ev = kink_evidence(preact, A, bw, th_old[ri], K[:, ri], h[ri], w.Xa[ri], w.ma[ri])
-            hit = ev.flatten(1).any(-1)
-            if kf is not None and bool(hit.any()):
-                # follow: approach these kinks without crossing, then hold the attracting ones
-                w.pend[ri[hit]] |= ev[hit]
-            elif bool(hit.any()):
-                rj = ri[hit]
-                chat = w.chat
-                stale = (w.quiet[rj] > 200).view(-1, *([1] * (chat.dim() - 1)))
-                cj = torch.where(stale, torch.zeros_like(chat[rj]), chat[rj]) + ev[hit].long()
-                chat[rj] = cj
-                w.quiet[rj] = 0
-                slid = cj.flatten(1).max(-1).values >= self.sliding_count
-                if bool(slid.any()):
-                    if kf is not None:  # follow: hold the attracting kinks
-                        self.enter(w, rj[slid], cj[slid] > 0)
-                    else:
-                        sliding = torch.zeros(w.idx.numel(), dtype=torch.bool)
-                        sliding[rj[slid]] = True
-        z_old = w.z_old
-        w.z_old = torch.where(accept.view(-1, *([1] * (z_old.dim() - 1))), z_new, z_old)
-        w.pos_old = w.z_old > 0
-        if kf is not None:
-            self.approach(w, h_next)
-        return sliding
+        if kf is None:
+            return None
+        z = kf.preact(w.th, w.Xa)
+        w.slope = kf.slope_of(kf.start_side(z))
+        w.f = self.field_at(w, torch.arange(w.idx.numel(), device=w.idx.device))
+        at0 = (z == 0) & (w.ma > 0).unsqueeze(-1)
+        if not bool(at0.any()):
+            return None
+        zd = kf.preact(w.f, w.Xa)
+        sgn = torch.where(w.slope == kf.hi, 1.0, -1.0).to(z.dtype)
+        against = at0 & (sgn * zd < 0)
+        rows = against.flatten(1).any(-1).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            return None
+        return self.settle(w, rows, against[rows], torch.zeros_like(against[rows], dtype=torch.int8))
+
+
+__all__ = ["Sliding", "entries", "Field", "RELEASE_OFFSET", "AT_KINK", "_pack"]

@@ -16,9 +16,8 @@ import torch
 
 from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers import stiff as _stiff
-from ibtest.solve.solvers.adaptive_sliding import Field
+from ibtest.solve.solvers.adaptive_sliding import Field, Sliding
 from ibtest.solve.solvers.adaptive_state import WorkingSet
-from ibtest.solve.solvers.kinks import KinkField, Preact
 from ibtest.solve.solvers.rosenbrock import TABLEAUS
 from ibtest.solve.solvers.tableau import tableau
 
@@ -63,6 +62,12 @@ class RKMethod:
         #: 0.7 of the real stability interval (Hairer's stiffness test)
         self.stab = 0.7 * (6.0 if self.E3 is not None else 3.3)
 
+    def to(self, device: torch.device) -> None:
+        """Move the tableau's tensors to ``device``."""
+        self.A, self.bw, self.E = self.A.to(device), self.bw.to(device), self.E.to(device)
+        self.E3 = self.E3.to(device) if self.E3 is not None else None
+        self.A_rows = [a.to(device) for a in self.A_rows]
+
     def stages(self, F: Field, th: Tensor, f: Tensor, h_rk: Tensor, Xa: Tensor, ya: Tensor,
                ma: Tensor, rows: Tensor | None = None, F_rows: Field | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The stages K [S+1, b, P] (K[0] = f, K[S] the field at the proposal) of a step h_rk [b]
@@ -87,7 +92,7 @@ class RKMethod:
                 ma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         S = self.S
         b, P = th.shape
-        K = torch.empty(S + 1, b, P, dtype=th.dtype)
+        K = torch.empty(S + 1, b, P, dtype=th.dtype, device=th.device)
         Kf = K.view(S + 1, b * P)
         K[0] = f
         hc = h_rk.unsqueeze(-1)
@@ -131,31 +136,41 @@ def initial_step(F: Field, th: Tensor, f: Tensor, Xa: Tensor, ya: Tensor, ma: Te
     return torch.minimum(100 * h0, h1).clamp(max=t_max)
 
 
-def stiff_rows(model: ModelBase, preact: Preact | None, kf: KinkField | None, rk: RKMethod, w: WorkingSet,
-               K: Tensor, th_new: Tensor, err: Tensor, rtol: float, atol: float) -> tuple[Tensor, Tensor]:
+def stiff_rows(model: ModelBase, sl: Sliding, rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Tensor,
+               err: Tensor, rtol: float, atol: float) -> tuple[Tensor, Tensor]:
     """Replace the explicit step of the stiff rows by a Rosenbrock step (their explicit step had
     h = 0): θ_new [b, P] (returned), K[S] and err [b] (in place). Returns (θ_new, kinked [b]: the
-    Rosenbrock step changed the activation pattern). Counts the step in ``w.st_steps``."""
+    Rosenbrock step crossed a kink against the pattern or left a held one). Counts the step in
+    ``w.st_steps``."""
     rs = w.stiff.nonzero().squeeze(-1)
-    ths, fs, errs, kk = _stiff.tail_step(model, preact, w.th[rs], w.f[rs], w.h[rs], w.Xa[rs], w.ya[rs],
-                                         w.ma[rs], rtol, atol, held=w.S_hold[rs] if kf is not None else None,
-                                         kf=kf, tab=rk.stiff_tab)
+    F = sl.stage_field(w, rs)
+    Xs, ys, ms = w.Xa[rs], w.ya[rs], w.ma[rs]
+    kf = sl.kf
+    Ap = None
+    if kf is not None:
+        pr, Ap_r = sl._held_positions(w, rs)  # ascending in rs, as tail_step's held rows
+        if pr is not None:
+            Ap = Ap_r
+    ths, fs, errs, kk = _stiff.tail_step(model, lambda u: F(u, Xs, ys, ms), w.th[rs], w.f[rs], w.h[rs], Xs, ys,
+                                         ms, rtol, atol, kf=kf, slope=w.slope[rs] if kf is not None else None,
+                                         held=w.S_hold[rs] if kf is not None else None, Ap=Ap,
+                                         tab=rk.stiff_tab)
     th_new = th_new.index_copy(0, rs, ths)
     K[-1].index_copy_(0, rs, fs)
     err.index_copy_(0, rs, errs)
-    kinked = torch.zeros(err.shape[0], dtype=torch.bool).index_copy_(0, rs, kk)
+    kinked = torch.zeros(err.shape[0], dtype=torch.bool, device=err.device).index_copy_(0, rs, kk)
     w.st_steps += w.stiff
     return th_new, kinked
 
 
 def advance(model: ModelBase, rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Tensor, err: Tensor,
-            accept: Tensor, any_stiff: bool, sliding_rows: Tensor | None, t_max: float) -> tuple[Tensor, Tensor]:
+            accept: Tensor, any_stiff: bool, sliding_rows: Tensor | None) -> tuple[Tensor, Tensor]:
     """Take the accepted steps (accept [b]) and propose the next step size.
 
-    Updates θ, f, t, L, ∫‖∇L‖²dt, the sliding time and the growth limit of ``w``; returns
+    Updates θ, f, t, L, the sliding time and the growth limit of ``w``; returns
     (θ_old [b, P], h_next [b]): the step-size factor (err = 0 gives FAC_MAX through the clamp;
-    after a rejection the step may not grow) times h, capped by h_cap (stability) and so that t
-    lands exactly on t_max."""
+    after a rejection the step may not grow) times h, capped by h_cap (stability); the caller caps
+    it so that t lands exactly on t_max, once the step's events have set t."""
     S = rk.S
     h = w.h
     b, P = th_new.shape
@@ -165,18 +180,15 @@ def advance(model: ModelBase, rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Te
     w.growth_lim = torch.where(accept, FAC_MAX, 1.0)
     acc_c = accept.unsqueeze(-1)
     h_acc = h * accept
-    # ∫‖∇L‖²dt over the step by the method's own quadrature (weights b at the stages)
-    Kf = K.view(S + 1, b * P)
-    w.diss.addcmul_(h_acc, rk.bw @ Kf[:S].square().view(S, b, P).sum(-1))
     th_old = w.th
     w.th = torch.where(acc_c, th_new, th_old)
     w.f = torch.where(acc_c, K[S], w.f)
-    w.t = t = w.t + h_acc
+    w.t = w.t + h_acc
     if sliding_rows is not None:
         w.t_slide[sliding_rows] += h_acc[sliding_rows]
     w.loss = torch.where(accept, model.loss(th_new, w.Xa, w.ya, w.ma), w.loss)
     cap = torch.where(w.stiff, math.inf, w.h_cap) if any_stiff else w.h_cap
-    h_next = torch.minimum(h * fac, torch.minimum(cap, (t_max - t).clamp_min_(0.0)))
+    h_next = torch.minimum(h * fac, cap)
     return th_old, h_next
 
 
@@ -187,8 +199,8 @@ def stiffness_switch(rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Tensor, y_s
     stability-limited explicit steps; after 15 (6 unlimited steps reset the count) and at least
     ``stiff_after`` iterations, switch the row to the Rosenbrock step, remembering h_next [b] as
     its explicit step. Held kinks are followed in the Rosenbrock phase (``stiff.tail_step``) and a
-    pending kink does not block the switch: a Rosenbrock step that reaches it changes the pattern
-    and sends the row back (blocking made a row whose pre-activation only tends to 0, never
+    kink about to be crossed does not block the switch: a Rosenbrock step that reaches it changes
+    the pattern and sends the row back (blocking made a row whose pre-activation only tends to 0, never
     reaching the kink, run its whole stiff tail explicitly: W2 seed 0, instance 233, 17,744 steps
     against 173)."""
     S = rk.S

@@ -7,8 +7,7 @@ Rare events are found by one cheap test each; their bookkeeping runs only when t
   and CONVERGED with the Gauss–Newton end point θ − J⁺r;
 * :func:`zero_gradient`: ∇L = 0 exactly with the loss above the fit threshold — STALLED;
 * :func:`checkpoints`: t passed a doubling checkpoint — STALLED by rate, DIVERGED by power-law
-  escape, and the energy identity L(t0) − L(t1) = ∫‖∇L‖²dt (a large deficit means iterates
-  pinned on a kink: SLIDING under ``stop``, held kinks under ``follow``);
+  escape;
 * :func:`status_codes`: the status of the rows that finish.
 """
 from __future__ import annotations
@@ -17,6 +16,7 @@ import torch
 
 from ibtest.base import status as st
 from ibtest.plugin.specs import ModelBase
+from ibtest.solve.solvers.adaptive_saddle import leaves_saddle
 from ibtest.solve.solvers.adaptive_sliding import Sliding
 from ibtest.solve.solvers.adaptive_state import WorkingSet
 from ibtest.solve.solvers.drift import drift_estimate
@@ -49,7 +49,7 @@ def drift_check(model: ModelBase, w: WorkingSet, accept: Tensor, diverged: Tenso
     w.drift[ci] = 1.5 * dr  # ‖θ_gn − θ(∞)‖ ≤ ‖θ − θ(∞)‖ + ‖J⁺r‖ ≤ 1.5 · bound
     th[ci[ok]] = th_gn[ok]
     loss[ci[ok]] = loss_gn[ok]
-    converged = torch.zeros(th.shape[0], dtype=torch.bool)
+    converged = torch.zeros(th.shape[0], dtype=torch.bool, device=th.device)
     converged[ci[ok]] = True
     # next check once the loss has fallen so that √L scaling would meet drift_tol
     ratio = (drift_tol / dr.clamp_min(1e-300)) ** 2
@@ -70,29 +70,27 @@ def zero_gradient(w: WorkingSet, accept: Tensor, not_conv: Tensor) -> Tensor | N
     return accept & not_conv & (w.loss > w.fit) & zero_g
 
 
-def checkpoints(w: WorkingSet, sl: Sliding, accept: Tensor, not_conv: Tensor, thn: Tensor,
-                stalled: Tensor | None, sliding: Tensor | None, growth_t_min: float,
-                growth_min_rate: float) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+def checkpoints(w: WorkingSet, accept: Tensor, not_conv: Tensor, thn: Tensor, stalled: Tensor | None,
+                growth_t_min: float, growth_min_rate: float,
+                sl: Sliding | None = None) -> tuple[Tensor | None, Tensor | None]:
     """The doubling checkpoints of t for the rows [b] that passed theirs (‖θ‖ = thn [b]).
 
     Appends (log t, log‖θ‖, log L, log‖g‖) to the ring ``w.ck_hist`` [b, W+1, 4] and sets:
-    STALLED by rate (‖∇L‖ decays at μ > 0 with ‖∇L‖²/(2μ) < 1e-6·L and L > 1e6·fit), DIVERGED by
-    power-law escape of ‖θ‖ over the window (``w.rate`` = fitted exponent), and pinned iterates
-    by the energy identity (``stop``: SLIDING; ``follow``: the kinks near θ are entered).
-    Returns (escaped, stalled, sliding), each bool [b] or None (no checkpoint passed; the inputs
-    ``stalled``/``sliding`` are returned unchanged then, else extended)."""
+    STALLED by rate (‖∇L‖ decays at μ > 0 with ‖∇L‖²/(2μ) < 1e-6·L and L > 1e6·fit; with ``sl``
+    given, not where the row is near a saddle it will leave: :mod:`~ibtest.solve.solvers.adaptive_saddle`) and DIVERGED
+    by power-law escape of ‖θ‖ over the window (``w.rate`` = fitted exponent). Returns (escaped,
+    stalled), each bool [b] or None (no checkpoint passed; the input ``stalled`` is returned
+    unchanged then, else extended)."""
     ck = (w.t >= w.ck_next) & accept
     if not bool(ck.any()):
-        return None, stalled, sliding
+        return None, stalled
     b = ck.shape[0]
     W = w.ck_hist.shape[1] - 1
     loss, fit, t = w.loss, w.fit, w.t
     ck &= not_conv
-    escaped = torch.zeros(b, dtype=torch.bool)
+    escaped = torch.zeros(b, dtype=torch.bool, device=ck.device)
     if stalled is None:
-        stalled = torch.zeros(b, dtype=torch.bool)
-    if sliding is None:
-        sliding = torch.zeros(b, dtype=torch.bool)
+        stalled = torch.zeros(b, dtype=torch.bool, device=ck.device)
     gnorm = w.f.norm(dim=-1)
     ci = ck.nonzero().squeeze(-1)
     rec = torch.stack([t[ci].log(), thn[ci].clamp_min(1e-300).log(),
@@ -107,6 +105,14 @@ def checkpoints(w: WorkingSet, sl: Sliding, accept: Tensor, not_conv: Tensor, th
     mu = (prev[:, 3] - rec[:, 3]) / dtt
     g_ = rec[:, 3].exp()
     st_rate = have2 & (mu > 0) & (g_ * g_ / (2 * mu) < 1e-6 * loss[ci]) & (loss[ci] > 1e6 * fit[ci])
+    if bool(st_rate.any()) and sl is not None:
+        # near a saddle the flow will leave (negative curvature, an unstable component above
+        # rounding): a plateau, not the end of the flow
+        si = ci[st_rate]
+        held = w.S_hold[si] if sl.kf is not None else None
+        go_on = leaves_saddle(sl.model, sl.kf, w.th[si], w.f[si], w.Xa[si], w.ya[si], w.ma[si], held)
+        st_rate = st_rate.clone()
+        st_rate[st_rate.nonzero().squeeze(-1)[go_on]] = False
     stalled[ci[st_rate]] = True
     # power-law escape of ‖θ‖ with the loss falling
     full = (w.ck_n[ci] >= W + 1) & (hist[:, 0, 0].exp() >= growth_t_min)
@@ -121,34 +127,14 @@ def checkpoints(w: WorkingSet, sl: Sliding, accept: Tensor, not_conv: Tensor, th
     esc = esc & (loss[ci] > 0)
     w.rate[ci] = torch.where(full, p, w.rate[ci])
     escaped[ci[esc]] = True
-    # energy identity: along a classical solution L(t0) − L(t1) = ∫‖∇L‖²dt. A large deficit
-    # means the iterates are pinned on a kink (Filippov sliding), not following GF.
-    e_exp = w.diss[ci]  # accumulated since the last checkpoint (no cancellation)
-    dL = w.ck_loss[ci] - loss[ci]
-    pinned = (e_exp > 1e-3 * w.ck_loss[ci]) & (dL < 0.1 * e_exp) & (loss[ci] > fit[ci])
-    if sl.preact is not None:
-        # only when some pre-activation sits at a kink (0 < |z| ≤ 1e-6·max|z|): the
-        # quadrature of ∫‖∇L‖² is not exact on stiff steps, a kink must be in play
-        zc = w.z_old[ci].abs()
-        near = (zc > 0) & (zc <= 1e-6 * zc.flatten(1).max(-1).values.view(-1, *([1] * (zc.dim() - 1))))
-        at_kink = near.flatten(1).any(-1)
-        pk = pinned & at_kink & ~w.stiff[ci]  # a stiff row keeps its pattern: not pinned
-        if sl.kf is not None:
-            pk &= ~w.S_hold[ci].flatten(1).any(-1)
-            if bool(pk.any()):
-                sl.enter(w, ci[pk], near[pk])
-        else:
-            sliding[ci[pk]] = True
-    w.diss[ci] = 0.0
-    w.ck_loss[ci] = w.loss[ci]
-    return escaped, stalled, sliding
+    return escaped, stalled
 
 
 def status_codes(b: int, diverged: Tensor, converged: Tensor | None, stalled: Tensor | None,
                  escaped: Tensor | None, sliding: Tensor | None) -> Tensor:
     """Status codes [b] int64 by precedence: DIVERGED > CONVERGED > escape (DIVERGED) > STALLED >
     SLIDING > BUDGET (each flag bool [b] or None)."""
-    code = torch.full((b,), st.BUDGET, dtype=torch.int64)
+    code = torch.full((b,), st.BUDGET, dtype=torch.int64, device=diverged.device)
     if sliding is not None:
         code[sliding] = st.SLIDING
     if stalled is not None:

@@ -72,10 +72,11 @@ from typing import Any
 import torch
 
 from ibtest.base.status import BUDGET, CONVERGED, DIVERGED, SLIDING, STALLED
-from ibtest.plugin.specs import PiecewiseLinearNeuron, SolveResult
+from ibtest.plugin.specs import DEFAULT_FIT_TOL, PiecewiseLinearNeuron, SolveResult
 from ibtest.solve.fit import scale_of
 from ibtest.solve.solvers.exact_piece import bmv, leave_dir, next_switch, piece_system, side_slope
 from ibtest.solve.solvers.exact_scale import concat_results, denormalize, normalize, workers_for
+from ibtest.solve.solvers.exact_spec import DEFAULTS
 from ibtest.solve.solvers.exact_tol import (
     DERIV_TOL,
     F64,
@@ -110,8 +111,8 @@ def _spectrum(Xw: Tensor, yw: Tensor, mw: Tensor, side: Tensor, pos: float, neg:
 def tighten(options: dict[str, Any]) -> dict[str, Any]:
     """Settings of a re-solve with a smaller error (used to measure the solver error)."""
     out = dict(options)
-    out["root_tol"] = max(float(out.get("root_tol", 1e-14)) / 1e3, 1e-16)
-    out["grid"] = int(out.get("grid", 192)) * 2
+    out["root_tol"] = max(float(out.get("root_tol", DEFAULTS["root_tol"])) / 1e3, 1e-16)
+    out["grid"] = int(out.get("grid", DEFAULTS["grid"])) * 2
     return out
 
 
@@ -120,8 +121,9 @@ def tighten(options: dict[str, Any]) -> dict[str, Any]:
 # the solver
 # ----------------------------------------------------------------------------------------------
 def solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
-                neuron: PiecewiseLinearNeuron, *, fit_tol: float = 1e-20, root_tol: float = 1e-14,
-                max_pieces: int = 64, grid: int = 192, threads: int = 1, workers: int = 1) -> SolveResult:
+                neuron: PiecewiseLinearNeuron, *, fit_tol: float = DEFAULT_FIT_TOL,
+                root_tol: float = DEFAULTS["root_tol"], max_pieces: int = DEFAULTS["max_pieces"],
+                grid: int = DEFAULTS["grid"], threads: int = 1, workers: int = DEFAULTS["workers"]) -> SolveResult:
     """Exact GF limit of B single-neuron instances (see the module docstring).
 
     ``threads``: torch intra-op threads during the solve (restored afterwards; 0 leaves the
@@ -246,7 +248,7 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
                 if it > n:  # flip one point at a time to escape cycles
                     first = inc.to(torch.uint8).argmax(-1)
                     inc = torch.zeros_like(inc)
-                    inc[torch.arange(J.numel()), first] = True
+                    inc[torch.arange(J.numel(), device=inc.device), first] = True
                 side[J] = torch.where(inc, -side[J], side[J])
                 A[J], b[J] = piece_system(Xw[J], yw[J], mw[J], side[J], pos, neg)
 
@@ -341,7 +343,7 @@ def _solve_exact(X: Tensor, y: Tensor, mask: Tensor | None, w0: Tensor,
     status = torch.where(unset & ~fitted, STALLED, status)
     bad = ~torch.isfinite(theta).all(-1) | ~torch.isfinite(loss)
     status = torch.where(bad, DIVERGED, status)
-    info = {"t": t_out, "pieces": pieces_out, "drift": torch.zeros(B, dtype=F64, device=dev)}
+    info = {"t": t_out, "pieces": pieces_out, "drift_estimate": torch.zeros(B, dtype=F64, device=dev)}
     return SolveResult(theta=theta, status=status, loss=loss, info=info)
 
 

@@ -22,7 +22,8 @@ def bmv(M: Tensor, v: Tensor) -> Tensor:
 
 def side_slope(side: Tensor, pos: float, neg: float) -> Tensor:
     """pos where side > 0, else neg (float64)."""
-    return torch.where(side > 0, torch.tensor(pos, dtype=F64), torch.tensor(neg, dtype=F64))
+    return torch.where(side > 0, torch.tensor(pos, dtype=F64, device=side.device),
+                       torch.tensor(neg, dtype=F64, device=side.device))
 
 
 def piece_system(Xw: Tensor, yw: Tensor, mw: Tensor, side: Tensor, pos: float, neg: float):

@@ -49,8 +49,8 @@ def bracket_roots(s, L, a, lam, t_lo, t_hi, m: int, dips: bool, defect: Tensor |
     if dips:
         return fine_brackets(s, L, a, lam, t_lo, t_hi, m, defect)
     P = s.shape[0]
-    out_found = torch.zeros(P, dtype=torch.bool)
-    out = torch.zeros(4, P, dtype=F64)
+    out_found = torch.zeros(P, dtype=torch.bool, device=s.device)
+    out = torch.zeros(4, P, dtype=F64, device=s.device)
     for c0 in range(0, P, chunk):
         sl = slice(c0, min(P, c0 + chunk))
         tg = log_grid(t_lo[sl], t_hi[sl], m)
@@ -59,7 +59,7 @@ def bracket_roots(s, L, a, lam, t_lo, t_hi, m: int, dips: bool, defect: Tensor |
         neg[:, 0] = False
         has = neg.any(-1)
         jf = torch.where(has, neg.to(torch.uint8).argmax(-1), torch.full_like(has, m + 1, dtype=torch.int64))
-        p = torch.arange(sl.stop - sl.start)
+        p = torch.arange(sl.stop - sl.start, device=s.device)
         jc = jf.clamp(max=m)
         out_found[sl] = has
         out[0, sl], out[1, sl] = tg[p, jc - 1], tg[p, jc]

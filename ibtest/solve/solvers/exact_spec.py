@@ -32,17 +32,23 @@ def _tighten(options: dict) -> dict:
 
 
 
+#: the options of ``exact``, declared once (:func:`ibtest.solve.solvers.exact.solve_exact`'s
+#: signature and its ``tighten`` read them)
+OPTIONS: dict[str, Option] = {
+    "root_tol": Option(1e-14, Annotated[float, Field(gt=0, lt=1)], "relative tolerance of the switch times"),
+    "max_pieces": Option(64, Annotated[int, Field(ge=1)], "budget of linear pieces"),
+    "grid": Option(192, Annotated[int, Field(ge=2)], "points of the log-spaced bracketing grid per piece"),
+    "workers": Option(1, int, "threads sharing a large batch (0: one per CPU, at most 4, and "
+                              "1 for batches under 2048 per thread)"),
+}
+DEFAULTS = {k: o.default for k, o in OPTIONS.items()}
+
+
 SPEC = Solver(
     name="exact",
     solve=_solve,
     doc="GF in closed form on each linear piece, switches by root finding, exact t -> inf limit",
-    options={
-        "root_tol": Option(1e-14, Annotated[float, Field(gt=0, lt=1)], "relative tolerance of the switch times"),
-        "max_pieces": Option(64, Annotated[int, Field(ge=1)], "budget of linear pieces"),
-        "grid": Option(192, Annotated[int, Field(ge=2)], "points of the log-spaced bracketing grid per piece"),
-        "workers": Option(1, int, "threads sharing a large batch (0: one per CPU, at most 4, and "
-                                  "1 for batches under 2048 per thread)"),
-    },
+    options=OPTIONS,
     applies=_applies,
     tighten=_tighten,
 )

@@ -14,8 +14,17 @@ import torch
 from pydantic import Field
 
 from ibtest.base import status as st
-from ibtest.plugin.specs import ModelBase, Option, Solver, SolveResult
+from ibtest.plugin.specs import DEFAULT_FIT_TOL, ModelBase, Option, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
+
+#: the options of ``gd``, declared once (the signature and :func:`tighten_gd` read them)
+OPTIONS: dict[str, Option] = {
+    "lr": Option(1e-2, Annotated[float, Field(gt=0)], "step size eta"),
+    "steps": Option(100_000, Annotated[int, Field(ge=1)], "step budget"),
+    "grad_tol": Option(1e-14, float, "gradient norm below which a positive-loss instance has stalled"),
+    "div_norm": Option(1e8, float, "parameter norm above which an instance has diverged"),
+}
+DEFAULTS = {k: o.default for k, o in OPTIONS.items()}
 
 
 def solve_gd(
@@ -25,19 +34,20 @@ def solve_gd(
     mask: torch.Tensor,
     theta0: torch.Tensor,
     *,
-    lr: float = 1e-2,
-    steps: int = 100_000,
-    fit_tol: float = 1e-20,
-    grad_tol: float = 1e-14,
-    div_norm: float = 1e8,
+    lr: float = DEFAULTS["lr"],
+    steps: int = DEFAULTS["steps"],
+    fit_tol: float = DEFAULT_FIT_TOL,
+    grad_tol: float = DEFAULTS["grad_tol"],
+    div_norm: float = DEFAULTS["div_norm"],
     check_every: int = 50,
 ) -> SolveResult:
     """Run GD on all B instances at once; finished instances leave the working set."""
     B = theta0.shape[0]
     theta = theta0.clone()
-    status = torch.full((B,), st.BUDGET, dtype=torch.int64)
-    done_steps = torch.zeros(B, dtype=torch.int64)
-    active = torch.arange(B)
+    dev = theta0.device
+    status = torch.full((B,), st.BUDGET, dtype=torch.int64, device=dev)
+    done_steps = torch.zeros(B, dtype=torch.int64, device=dev)
+    active = torch.arange(B, device=dev)
     fit_abs = fit_threshold(model, X, y, mask, theta0, fit_tol)  # fit_tol is relative (ibtest.solve.fit)
     k = 0
     while k < steps and active.numel():
@@ -63,9 +73,10 @@ def solve_gd(
 
 
 def tighten_gd(options: dict) -> dict:
+    """A tenth of the step size, ten times the steps (options not given start from their defaults)."""
     out = dict(options)
-    out["lr"] = options.get("lr", 1e-2) / 10
-    out["steps"] = int(options.get("steps", 100_000)) * 10
+    out["lr"] = float(options.get("lr", DEFAULTS["lr"])) / 10
+    out["steps"] = int(options.get("steps", DEFAULTS["steps"])) * 10
     return out
 
 
@@ -73,11 +84,6 @@ SPEC = Solver(
     name="gd",
     solve=solve_gd,
     doc="plain gradient descent with a step size and a step budget (a baseline, not GF)",
-    options={
-        "lr": Option(1e-2, Annotated[float, Field(gt=0)], "step size eta"),
-        "steps": Option(100_000, Annotated[int, Field(ge=1)], "step budget"),
-        "grad_tol": Option(1e-14, float, "gradient norm below which a positive-loss instance has stalled"),
-        "div_norm": Option(1e8, float, "parameter norm above which an instance has diverged"),
-    },
+    options=OPTIONS,
     tighten=tighten_gd,
 )

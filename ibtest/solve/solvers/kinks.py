@@ -1,22 +1,20 @@
-r"""Kinks of ReLU-type models for the ``adaptive`` solver: evidence of sliding, and the Filippov
-(minimal-norm Clarke) velocity that follows a sliding mode.
+r"""Kinks of piecewise-linear units for the ``adaptive`` solver: the field with the activation
+pattern held, the Filippov (minimal-norm Clarke) velocity of held kinks, and the per-unit
+factorizations it needs.
 
 Kink entries
 ------------
-A model with ``hidden_preactivations(θ, X) -> [B, n, m]`` (the one-hidden-layer net, z_ij =
-⟨w_j, x_i⟩) or a piecewise-linear neuron (``preactivation``, m = 1) has one kink per entry
-e = (i, j): the set z_e = 0. Pre-activations are *linear* in θ, so the rate of z_e along a field
-value K is z_e(K) and the rounding scale of z_e is z_e(|θ|; |X|) (the sum of the magnitudes of
-its terms).
+A model with the capability :class:`ibtest.PiecewiseLinearUnits` (f_θ(x) = Σ_j v_j σ(⟨w_j, x⟩),
+σ'(z) = σ'₋ below the kink, σ'₊ above) has one kink per entry e = (i, j): the set z_e = 0,
+z_e = ⟨w_j, x_i⟩. Pre-activations are *linear* in θ, so the rate of z_e along a field value K is
+z_e(K), and the rounding scale of z_e is z_e(|θ|; |X|) (the sum of the magnitudes of its terms).
 
-Evidence (:func:`kink_evidence`)
---------------------------------
-Entry e shows the field pointing at its kink from both sides when, among the stage points of a
-step, one has z_e > τ_z and ż_e < −τ_ż and another z_e < −τ_z and ż_e > τ_ż, with
-τ = ``ROUND``·(magnitude of the terms): a value at round-off level is on neither side. Without
-the tolerance a zero-label point hovering at its kink on a continuous field (z and ż both at
-round-off) and orthogonal inputs (ż = 0 in exact arithmetic on the inactive side) gave false
-evidence (issue 12).
+The pattern. The solver carries, per entry, the side of its kink it is on (the slope s_e ∈
+{σ'₋, σ'₊} of that side) and integrates the field −∇L(θ; s) with the pattern *held*
+(``grad_on_pattern``): a polynomial in θ, smooth across a kink, so a Runge–Kutta step's error
+estimate is honest. Where the pattern disagrees with the sign of z_e the flow has crossed the
+kink inside the step: an event, located on the step's dense output
+(:mod:`ibtest.solve.solvers.events`).
 
 The Filippov / Clarke velocity (:class:`KinkField`)
 ---------------------------------------------------
@@ -32,91 +30,66 @@ subgradient curve of the Clarke subdifferential; for ReLU nets the standard defi
 
     θ' = −g(λ*),   λ* = argmin_{λ ∈ [0,1]^S} ½‖g₀ + Cλ‖²          (a box QP, |S| variables)
 
-KKT: for 0 < λ*_e < 1, ⟨c_e, g(λ*)⟩ = −α_e ż_e = 0, so the velocity is tangent to every kink
-whose λ* is interior; for one kink it is the unique convex combination of the two one-sided
-fields tangent to the kink (Filippov). A kink is *attracting* (sliding) when ż_e < 0 on its upper
-side and > 0 on its lower side, i.e. α_e > 0 with λ* interior; λ*_e at a bound means the one-sided
-field of that side is tangent or points away: the flow may leave the kink there.
+The units decouple: c_e lives in the block of w_j, so the QP is one small problem per unit (at
+most n variables), :meth:`KinkField.unit_qp`.
+
+Attracting, leaving, repelling. Near a held kink the loss is smooth plus α_e·max(0, z_e)
+(to first order): a *convex* kink when α_e > 0, which attracts gradient descent from both sides
+as long as λ*_e is interior (the one-sided normal velocities ż_e are < 0 above and > 0 below);
+λ*_e reaching 0 or 1 means the one-sided field of that side has become tangent and the flow
+leaves on that side. With all held kinks convex the subgradient flow is unique (a convex
+non-smooth part: Brezis). α_e < 0 is a *concave* kink: both one-sided fields point away (for one
+kink λ*_e = a₋/(a₋ − a₊) stays in (0, 1), which is why a rule on λ* alone holds it), and the
+flow is not unique: it may stay, or leave on either side at any time. It is released at once,
+on the side gradient descent is more likely on (above when λ*_e ≥ ½: descent chattering on the
+kink spends the fraction λ*_e of its steps above), and the instance counts a *repelling
+release*.
 
 How the solver evaluates it. With every held λ*_e interior, g(λ*) is orthogonal to each c_e and
-differs from g₀ by an element of span{c_e}, so −g(λ*) = −Π g for *any* member g of the family
-(the classical gradient with the model's σ'(0) is one): Π the orthogonal projector onto the
-tangent space {δ: ∇z_e·δ = 0, e ∈ S}, block-diagonal per unit and fixed while S is
-(:meth:`KinkField.tangent_projector`, :meth:`KinkField.project_field`). The ``adaptive`` solver
-uses that projection at every Runge–Kutta stage and solves the box QP once per step, at the
-proposal, for the leaving test (:meth:`KinkField.field_leave`); a step at whose end the flow leaves
-a held kink is retried with the box QP at every stage, which releases it.
+differs from g₀ by an element of span{c_e}, so −g(λ*) = −Π g₀, Π the orthogonal projector onto the
+tangent space {δ: ∇z_e·δ = 0, e ∈ S}: per unit Π_j = I − A_j⁺A_j, A_j [n, d] the inputs x_i held
+on unit j (other rows 0). The pseudo-inverses A_j⁺ [d, n] are cached per unit and recomputed
+only for the units whose held set changes (:meth:`KinkField.unit_pinv`): a stage costs one
+product with them, and the multipliers μ_j = −A_j⁺ᵀ g₀_j (with μ_e = λ*_e α_e for the held
+entries) give the leaving test of every held entry at the cost of one more product
+(:meth:`KinkField.hold_margin`: held while min(α_e, μ_e, α_e − μ_e) > 0).
 
 Since z_e is linear in θ and every stage velocity has ż_e = 0, an explicit Runge–Kutta step keeps
 z_e = 0 up to rounding (linear invariants are preserved by every RK method). Balancedness
 v_j² − ‖w_j‖² is conserved by the Clarke flow (⟨w_j, ∂_{w_j}L⟩ − v_j ∂_{v_j}L = Σ_i r_i v_j
-(σ'(z_ij) z_ij − σ(z_ij)) = 0 also for z_ij = 0), and by the projection onto the kinks used at
-the start of an episode (:meth:`KinkField.project` rescales v_j to keep it).
+(σ'(z_ij) z_ij − σ(z_ij)) = 0 also for z_ij = 0), and by the projection onto the kinks
+(:meth:`KinkField.project` rescales v_j to keep it).
 
-What it means for σ'(0): the convention σ'(0) = 0 or 1 of the classical field is used only off
-S; on S the derivative is whatever λ* makes it, which is the only choice that keeps the flow on
-an attracting kink. At a kink the flow merely crosses, both conventions give the same curve.
+What it means for σ'(0): the model's σ'(0) decides only the side a pre-activation that starts
+exactly at 0 starts on; on S the derivative is whatever λ* makes it, which is the only choice
+that keeps the flow on an attracting kink. At a kink the flow merely crosses, both conventions
+give the same curve.
 
 Why a hand-written batched QP and not scipy (``lsq_linear``/``nnls``): it is solved at every
-step for every sliding instance; a Python call per instance and step is the overhead the batched
-solver exists to avoid. |S| is small (1–3 in practice): a primal active-set
-method with dense batched solves converges in ≤ |S| + 2 passes (:func:`box_qp`).
+event for every instance that has one; a Python call per instance is the overhead the batched
+solver exists to avoid. A unit holds few kinks (at most d independent ones): a primal
+active-set method with dense batched solves converges in ≤ |S| + 2 passes (:func:`box_qp`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ibtest.plugin.specs import PiecewiseLinearUnits
+
 Tensor = torch.Tensor
-#: pre-activations of a model: (θ [b, P], X [b, n, d]) -> [b, n, m], linear in θ
-Preact = Callable[[Tensor, Tensor], Tensor]
 EPS = torch.finfo(torch.float64).eps
 #: rounding allowance of a pre-activation or its rate, in units of the magnitude of its terms
 ROUND = 64 * EPS
 
 
-def preact_fn(model: Any) -> Preact | None:
-    """A function θ, X -> pre-activations [B, n, m] (linear in θ), or None when the model has
-    no kinks the solver knows about."""
-    hp = getattr(model, "hidden_preactivations", None)
-    if callable(hp):
-        return hp
-    pa = getattr(model, "preactivation", None)
-    if callable(pa) and getattr(model, "piecewise", None) is not None:
-        pw = model.piecewise
-        if pw.pos != pw.neg:  # a real kink
-            return lambda th, X: pa(th, X).unsqueeze(-1)
-    return None
-
-
-def kink_evidence(preact: Preact, A: Tensor, bw: Tensor, th: Tensor, K: Tensor, h: Tensor, X: Tensor,
-                  mask: Tensor) -> Tensor:
-    """Entries [b, n, m] at which the field pointed at the kink from both sides among the stage
-    points θ_s = θ + h Σ_k A_sk K_k (field K_s) and the proposal (weights ``bw``, field K_S),
-    each side beyond the rounding scale (module docstring). K [S+1, b, P]."""
-    S = A.shape[0]
-    b, P = th.shape
-    Kst = K[: S + 1]
-    coef = torch.zeros(S + 1, S + 1, dtype=A.dtype)
-    coef[:S, :S] = A
-    coef[S, :S] = bw
-    pts = th.unsqueeze(0) + h.view(1, b, 1) * (coef @ Kst.reshape(S + 1, -1)).reshape(S + 1, b, P)
-    Xs = X.unsqueeze(0).expand(S + 1, *X.shape).reshape((S + 1) * b, *X.shape[1:])
-    Xa = Xs.abs()
-    flat = pts.reshape((S + 1) * b, P)
-    Kf = Kst.reshape((S + 1) * b, P)
-    z = preact(flat, Xs)
-    tz = ROUND * preact(flat.abs(), Xa)
-    zd = preact(Kf, Xs)
-    tzd = ROUND * preact(Kf.abs(), Xa)
-    shp = (S + 1, b) + z.shape[1:]
-    z, tz, zd, tzd = z.view(shp), tz.view(shp), zd.view(shp), tzd.view(shp)
-    down_above = ((z > tz) & (zd < -tzd)).any(0)
-    up_below = ((z < -tz) & (zd > tzd)).any(0)
-    live = (mask > 0).unsqueeze(-1)
-    return down_above & up_below & live
+def has_kinks(model: Any) -> bool:
+    """The model declares :class:`ibtest.PiecewiseLinearUnits` with a real kink (σ'₋ ≠ σ'₊)."""
+    if not isinstance(model, PiecewiseLinearUnits):
+        return False
+    lo, hi = model.slopes
+    return float(lo) != float(hi)
 
 
 def _mv(A: Tensor, x: Tensor) -> Tensor:
@@ -142,9 +115,9 @@ def box_qp(M: Tensor, q: Tensor, valid: Tensor, iters: int | None = None) -> Ten
         # (tests/test_kinks_qp.py checks this).
         lam1 = (-q[:, 0] * (1.0 / (M[:, 0, 0] + 4 * EPS * tr))).clamp(0.0, 1.0)
         return torch.where(valid, lam1.unsqueeze(-1), torch.zeros_like(q))
-    eye = torch.eye(k, dtype=M.dtype)
+    eye = torch.eye(k, dtype=M.dtype, device=M.device)
     Mr = M + (4 * EPS * tr).view(b, 1, 1) * eye
-    lam = torch.zeros(b, k, dtype=M.dtype)
+    lam = torch.zeros(b, k, dtype=M.dtype, device=M.device)
     free = valid.clone()
     at_one = torch.zeros_like(valid)
     iters = iters if iters is not None else 2 * k + 4
@@ -172,156 +145,283 @@ def box_qp(M: Tensor, q: Tensor, valid: Tensor, iters: int | None = None) -> Ten
         vv = torch.where(viol, grad.abs(), torch.full_like(grad, -1.0))
         j = vv.argmax(-1)
         rel = torch.zeros_like(viol)
-        rel[torch.arange(b), j] = viol.any(-1)
+        rel[torch.arange(b, device=M.device), j] = viol.any(-1)
         free = free | rel
         at_one = at_one & ~rel
     return torch.where(valid, lam.clamp(0.0, 1.0), torch.zeros_like(lam))
 
 
+def unit_factors(A: Tensor) -> Tensor:
+    """[u, d, d + n] = [Π | A⁺] for per-unit input matrices A [u, n, d] (rows of points not held
+    are 0): Π = I − VVᵀ the projector onto the orthogonal complement of A's row space and A⁺
+    [d, n] the pseudo-inverse, from one SVD A = U diag(σ) Vᵀ (singular values at or below
+    max(n, d)·eps·σ_max are null, as in ``torch.linalg.pinv``)."""
+    u, n, d = A.shape
+    U, sv, Vh = torch.linalg.svd(A, full_matrices=False)  # [u, n, k], [u, k], [u, k, d]
+    keep = sv > max(n, d) * EPS * sv[:, :1]
+    V = Vh.transpose(1, 2) * keep.unsqueeze(1).to(A.dtype)  # [u, d, k]
+    Pi = torch.eye(d, dtype=A.dtype, device=A.device) - V @ V.transpose(1, 2)
+    inv = torch.where(keep, 1.0 / sv.clamp_min(1e-300), torch.zeros_like(sv))
+    Ap = (V * inv.unsqueeze(1)) @ U.transpose(1, 2)  # [u, d, n]
+    return torch.cat([Pi, Ap], -1)
+
+
+def unit_identity(b: int, m: int, d: int, n: int, like: Tensor) -> Tensor:
+    """The factors [b, m, d, d + n] of units that hold nothing: Π = I, A⁺ = 0."""
+    F = torch.zeros(b, m, d, d + n, dtype=like.dtype, device=like.device)
+    F[..., :d] = torch.eye(d, dtype=like.dtype, device=like.device)
+    return F
+
+
+def _pack(C: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-unit lists of the entries of masks C [r, n, m]: (row [u], unit [u], point index
+    [u, k], ok [u, k]) for the u (row, unit) pairs with some entry; k the most entries of a
+    unit (padding: ok False)."""
+    Ct = C.transpose(1, 2)  # [r, m, n]
+    has = Ct.any(-1)
+    ru, ju = has.nonzero(as_tuple=True)
+    Cu = Ct[ru, ju]  # [u, n]
+    k = int(Cu.sum(-1).max()) if Cu.numel() else 0
+    ii = torch.argsort((~Cu).to(torch.int8), dim=-1, stable=True)[:, :k]
+    return ru, ju, ii, Cu.gather(1, ii)
+
+
 class KinkField:
-    """The classical and the Filippov field of a model with kinks (see the module docstring).
+    """The field with the pattern held, the Filippov field of held kinks and the per-unit
+    factorizations, for a model with :class:`ibtest.PiecewiseLinearUnits` (module docstring).
+    Only the protocol's members are used."""
 
-    Supported: the one-hidden-layer ReLU net (``split``, ``hidden_preactivations``,
-    ``train_output``) and piecewise-linear neurons (``piecewise``). :func:`kink_field` returns
-    None for other models (they get ``sliding: stop`` behaviour).
-    """
-
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: PiecewiseLinearUnits) -> None:
         self.model = model
-        pw = getattr(model, "piecewise", None)
-        if callable(getattr(model, "hidden_preactivations", None)):
-            self.kind = "net"
-            self.lo, self.hi = 0.0, 1.0
-            self.train_output = bool(getattr(model, "train_output", True))
-        else:
-            self.kind = "neuron"
-            assert pw is not None
-            self.lo, self.hi = float(pw.neg), float(pw.pos)
-        self.preact = preact_fn(model)
+        lo, hi = model.slopes
+        self.lo, self.hi = float(lo), float(hi)
+        self.jump = self.hi - self.lo
+        self.at_zero = float(model.at_zero)
+        self.train_output = bool(model.train_output)
+        #: a pre-activation exactly 0 at the start is on the side whose slope σ'(0) is
+        self.start_above = self.at_zero >= 0.5 * (self.lo + self.hi)
 
-    def _parts(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """(W [b, m, d], v [b, m]); a neuron is one unit with v = 1."""
-        if self.kind == "net":
-            return self.model.split(theta)
-        return theta.unsqueeze(1), torch.ones(theta.shape[0], 1, dtype=theta.dtype)
+    def preact(self, theta: Tensor, X: Tensor) -> Tensor:
+        """z [b, n, m] = ⟨w_j, x_i⟩ (linear in θ)."""
+        return self.model.hidden_preactivations(theta, X)
 
-    def _join(self, gW: Tensor, gv: Tensor) -> Tensor:
-        if self.kind == "net":
-            return torch.cat([gW.flatten(1), gv if self.train_output else torch.zeros_like(gv)], -1)
-        return gW[:, 0]
+    # ---- the pattern --------------------------------------------------------------------
+    def slope_of(self, above: Tensor) -> Tensor:
+        """The slope [b, n, m] of the side each entry is on (``above`` bool)."""
+        # float64 values: torch.where of two Python floats is float32 (0.1 -> 0.10000000149), and
+        # a slope off by 1.5e-9 moved the limit of the pattern's flow off the model's zero-loss
+        # set (a leaky neuron stuck at loss 1e-16)
+        hi = torch.tensor(self.hi, dtype=torch.float64, device=above.device)
+        return torch.where(above, hi, torch.tensor(self.lo, dtype=torch.float64, device=above.device))
 
-    def field(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, S: Tensor,
-              ent: Tensor, ent_ok: Tensor) -> tuple[Tensor, Tensor]:
-        """The Filippov velocity −g(λ*) [b, P] and λ* [b, k] (:meth:`field_leave` without the
-        leaving test)."""
-        vel, lam, _ = self.field_leave(theta, X, y, mask, S, ent, ent_ok)
-        return vel, lam
+    def start_side(self, z: Tensor) -> Tensor:
+        """The side [b, n, m] (True: above) of pre-activations z at the start of a solve."""
+        return (z > 0) | ((z == 0) & self.start_above)
+
+    def grad(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor) -> Tensor:
+        """∇L(θ; s) [b, P] with the pattern s [b, n, m] held."""
+        return self.model.grad_on_pattern(theta, X, y, mask, slope)
+
+    def residual(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor) -> Tensor:
+        """r_i = mask_i (Σ_j v_j s_ij z_ij − y_i) [b, n] on the pattern s."""
+        W, v = self.model.units(theta)
+        z = torch.matmul(X, W.transpose(1, 2))
+        return (torch.matmul(slope * z, v.unsqueeze(-1)).squeeze(-1) - y) * mask
+
+    def alpha(self, theta: Tensor, r: Tensor) -> Tensor:
+        """α_e = r_i v_j (σ'₊ − σ'₋) [b, n, m] (r [b, n] the residuals at θ)."""
+        _, v = self.model.units(theta)
+        return r.unsqueeze(-1) * v.unsqueeze(1) * self.jump
+
+    def _wblock(self, g: Tensor, m: int, d: int) -> Tensor:
+        return g[:, : m * d].reshape(-1, m, d)
+
+    # ---- held kinks: per-unit factorizations ----------------------------------------------
+    def unit_pinv(self, X: Tensor, S: Tensor) -> Tensor:
+        """The per-unit factors [b, m, d, d + n] of the held kinks S (:func:`unit_factors`),
+        computed for the units that hold an entry only."""
+        b, n, d = X.shape
+        m = S.shape[-1]
+        F = unit_identity(b, m, d, n, X)
+        St = S.transpose(1, 2)  # [b, m, n]
+        ru, ju = St.any(-1).nonzero(as_tuple=True)
+        if ru.numel():
+            F[ru, ju] = unit_factors(X[ru] * St[ru, ju].unsqueeze(-1).to(X.dtype))
+        return F
+
+    def multipliers(self, Ap: Tensor, g: Tensor) -> Tensor:
+        """μ [b, n, m]: μ_j = −A_j⁺ᵀ g₀_j, so that g₀_j + Σ_i μ_ij x_i = Π_j g₀_j (g [b, P] the
+        gradient g₀, Ap the factors of :meth:`unit_pinv`; held entries only, 0 elsewhere)."""
+        b, m, d, _ = Ap.shape
+        gW = self._wblock(g, m, d)
+        return -(Ap[..., d:] * gW.unsqueeze(-1)).sum(-2).transpose(1, 2)
+
+    def project_field(self, Ap: Tensor, X: Tensor, g: Tensor) -> Tensor:
+        """Π g [b, P]: the W blocks projected onto the tangent space of the held kinks, Π_j g_j
+        with Π_j = I − V_jV_jᵀ (V_j an orthonormal basis of span{x_i : (i, j) held}, from the
+        factors of :meth:`unit_pinv`); with every held λ* interior this is the Filippov
+        (minimal-norm) velocity's negative (module docstring). The normal components left are
+        ~1e-16 of the field's terms even for nearly collinear held inputs (g_j + A_jᵀμ_j left
+        4e-12, I − A_j⁺A_j 1e-13)."""
+        b, m, d, _ = Ap.shape
+        gW = _mv(Ap[..., :d], self._wblock(g, m, d))
+        return torch.cat([gW.flatten(1), g[:, m * d:]], -1)
+
+    def projected_norms(self, Ap: Tensor, X: Tensor) -> Tensor:
+        """‖Π_j x_i‖² [b, n, m] (Ap the factors of :meth:`unit_pinv`): how much of the jump of
+        the field at kink (i, j) is left normal to it once the held kinks of unit j take their
+        share."""
+        d = X.shape[-1]
+        Pi = Ap[..., :d]  # [b, m, d, d]
+        PX = torch.matmul(X.unsqueeze(1), Pi.transpose(-1, -2))  # [b, m, n, d]: rows Π_j x_i
+        return (PX * PX).sum(-1).transpose(1, 2)
+
+    def hold_margin(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor, Ap: Tensor,
+                    S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(φ [b, n, m], α, μ): φ_e = min(α_e, μ_e, α_e − μ_e) on the held entries S (+inf
+        elsewhere). A held entry stays held while φ_e > 0: convex (α_e > 0) with λ*_e = μ_e/α_e
+        in (0, 1). The slope s must be σ'₋ on S."""
+        g = self.grad(theta, X, y, mask, slope)
+        r = self.residual(theta, X, y, mask, slope)
+        al = self.alpha(theta, r)
+        mu = self.multipliers(Ap, g)
+        phi = torch.minimum(torch.minimum(al, mu), al - mu)
+        return torch.where(S, phi, torch.full_like(phi, float("inf"))), al, mu
+
+    def hold_tolerance(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor) -> Tensor:
+        """The rounding allowance [b, n, m] of :meth:`hold_margin`'s φ_e: ``ROUND`` times the
+        magnitude of the terms of μ_e (the normal rate ⟨x_i, g₀_j⟩/‖x_i‖², terms
+        |v_j| Σ_k |r_k| s_kj |⟨x_i, x_k⟩| / ‖x_i‖²) and of α_e (|v_j| (|y_i| + Σ_l |v_l s_il z_il|)
+        |σ'₊ − σ'₋|). A kink that arrives is held only when it attracts beyond it: on orthogonal
+        inputs the field below a kink is tangent to it (ż = 0 in exact arithmetic), and at
+        rounding level it read as attracting."""
+        W, v = self.model.units(theta)
+        z = torch.matmul(X, W.transpose(1, 2))
+        r = self.residual(theta, X, y, mask, slope).abs()
+        G = torch.matmul(X, X.transpose(1, 2)).abs()  # [b, n, n]
+        nx = torch.diagonal(G, dim1=-2, dim2=-1).clamp_min(1e-300).unsqueeze(-1)  # ‖x_i‖² [b, n, 1]
+        va = v.abs().unsqueeze(1)
+        T_mu = va * torch.matmul(G, r.unsqueeze(-1) * slope.abs()) / nx
+        out_mag = (slope * z * v.unsqueeze(1)).abs().sum(-1, keepdim=True) + y.abs().unsqueeze(-1)
+        T_al = va * out_mag * abs(self.jump)
+        return 16 * ROUND * (T_mu + T_al)
+
+    # ---- the box QP of a set of candidate kinks --------------------------------------------
+    def unit_qp(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor,
+                C: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The minimal-norm Clarke velocity with the entries C [r, n, m] held, per unit.
+
+        ``slope`` must be σ'₋ on C. Returns (λ* [r, n, m] (0 off C), α [r, n, m], the one-sided
+        normal velocities a₋, a₊ [r, n, m] of every C entry under the field with the others at
+        their λ* (a₋ with λ_e = 0, a₊ = a₋ − α_e‖x_i‖²): ż_e on each side of the kink)."""
+        g0 = self.grad(theta, X, y, mask, slope)
+        r = self.residual(theta, X, y, mask, slope)
+        al = self.alpha(theta, r)
+        W, _ = self.model.units(theta)
+        b, m, d = W.shape
+        g0W = self._wblock(g0, m, d)
+        lam = torch.zeros_like(al)
+        a_lo = torch.zeros_like(al)
+        a_hi = torch.zeros_like(al)
+        ru, ju, ii, ok = _pack(C)
+        if ru.numel() == 0:
+            return lam, al, a_lo, a_hi
+        k = ii.shape[1]
+        Xe = X[ru].gather(1, ii.unsqueeze(-1).expand(-1, k, d))  # [u, k, d]
+        ae = al[ru, :, ju].gather(1, ii) * ok  # [u, k]
+        G = Xe @ Xe.transpose(1, 2)  # [u, k, k]
+        gj = g0W[ru, ju]  # [u, d]
+        M = ae.unsqueeze(-1) * ae.unsqueeze(-2) * G
+        q = ae * _mv(Xe, gj)
+        valid = ok & (ae != 0)
+        lu = box_qp(M, q, valid)  # [u, k]
+        # g_j(λ*) and the normal velocities ż_e = −⟨x_e, g_j⟩ with λ_e set to 0 (below)
+        gl = gj + _mv(Xe.transpose(1, 2), lu * ae)  # [u, d]
+        a_l = -(_mv(Xe, gl)) + lu * ae * torch.diagonal(G, dim1=-2, dim2=-1)
+        a_h = a_l - ae * torch.diagonal(G, dim1=-2, dim2=-1)
+        for tgt, val in ((lam, lu), (a_lo, a_l), (a_hi, a_h)):
+            tu = tgt[ru, :, ju]  # [u, n] (a copy)
+            tu.scatter_(1, ii, torch.where(ok, val, tu.gather(1, ii)))
+            tgt[ru, :, ju] = tu
+        return lam, al, a_lo, a_hi
 
     def field_leave(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, S: Tensor,
                     ent: Tensor, ent_ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The Filippov velocity −g(λ*) [b, P], λ* [b, k] and ``leave`` [b, k] with the entries
-        of S held at their kinks. ``ent`` [b, k] lists the flat indices i·m + j of the entries
-        of S (padded, with ``ent_ok`` False), ``S`` [b, n, m] the same set as a mask.
-
-        ``leave``: the flow may leave entry e's kink: λ*_e is at a bound (0: the one-sided field
-        below is tangent to the kink or points away from it; 1: the field above does), or e is
-        padding or has α_e = 0 (nothing holds it). The test is exact, with no rounding
-        tolerance: a λ* at a bound by rounding only (the one-sided field ends tangent, λ*_e → 0
-        along the mode, W2 seed 0 instance 904) releases the entry, and :meth:`Sliding.release`
-        leaves it on the side the flow leaves to (z_e = ∓ε by the bound), so the classical field
-        read there is that side's and the row does not re-enter at once. A tolerance on
-        ⟨c_e, g(λ*)⟩ (tried: ``ROUND`` times its terms) made the test flicker in stiff tails where
-        λ*_e sits at 0 with ⟨c_e, g⟩ at round-off: W2 seed 1 instances 382, 317 and 109 took
-        thousands of steps with it; without it, 244, 423 and 418."""
-        W, v = self._parts(theta)
+        of S [b, n, m] held at their kinks (``ent`` [b, k]: their flat indices i·m + j, padded
+        with ``ent_ok`` False). The slope off S is the model's own σ'(z) (σ'(0) at z = 0).
+        ``leave``: λ*_e at a bound (the one-sided field of that side is tangent or points
+        away), α_e = 0, or padding. A reference form of the velocity the solver integrates as
+        −Π g₀ (:meth:`project_field`)."""
+        z = self.preact(theta, X)
+        slope = torch.where(z > 0, self.hi, torch.where(z < 0, self.lo, torch.full_like(z, self.at_zero)))
+        slope = torch.where(S, torch.full_like(slope, self.lo), slope)
+        lam, al, _, _ = self.unit_qp(theta, X, y, mask, slope, S)
+        g0 = self.grad(theta, X, y, mask, slope)
+        W, _ = self.model.units(theta)
         b, m, d = W.shape
-        z = torch.matmul(X, W.transpose(1, 2))  # [b, n, m]
-        act = torch.where(S, torch.zeros_like(z), z.clamp_min(0.0))
-        if self.kind == "neuron":
-            act = torch.where(z > 0, self.hi * z, self.lo * z).masked_fill(S, 0.0)
-        r = (torch.matmul(act, v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [b, n]
-        at0 = float(getattr(self.model, "at_zero", 1.0)) if self.kind == "net" else \
-            float(self.model.piecewise.at_zero)
-        if self.kind == "net":
-            s = torch.where(z > 0, 1.0, torch.where(z < 0, 0.0, at0))
-        else:
-            s = torch.where(z > 0, self.hi, torch.where(z < 0, self.lo, at0))
-        s = torch.where(S, torch.full_like(s, self.lo), s).to(z.dtype)
-        c = r.unsqueeze(-1) * s * v.unsqueeze(1)  # [b, n, m]
-        g0W = torch.matmul(c.transpose(1, 2), X)  # [b, m, d]
-        gv = torch.matmul(r.unsqueeze(1), act).squeeze(1)  # [b, m]
-        # the kink entries: α_e = r_i (σ'₊ − σ'₋) v_j, normal x_i in block j
-        k = ent.shape[1]
-        ii, jj = ent // m, ent % m
-        alpha = (r.gather(1, ii) * v.gather(1, jj) * (self.hi - self.lo)) * ent_ok
-        Xe = X.gather(1, ii.unsqueeze(-1).expand(b, k, d))  # [b, k, d]
-        same = (jj.unsqueeze(-1) == jj.unsqueeze(-2)).to(z.dtype)
-        M = alpha.unsqueeze(-1) * alpha.unsqueeze(-2) * (Xe @ Xe.transpose(1, 2)) * same
-        jx = jj.unsqueeze(-1).expand(b, k, d)
-        g0e = g0W.gather(1, jx)  # [b, k, d]
-        q = alpha * (Xe * g0e).sum(-1)
-        valid = ent_ok & (alpha != 0)
-        lam = box_qp(M, q, valid)
-        add = torch.zeros_like(g0W)
-        add.scatter_add_(1, jx, (lam * alpha).unsqueeze(-1) * Xe)
-        gW = g0W + add
-        leave = ~valid | (lam <= 0.0) | (lam >= 1.0)
-        return -self._join(gW, gv), lam, leave
+        gW = self._wblock(g0, m, d) + torch.matmul((lam * al).transpose(1, 2), X)
+        vel = -torch.cat([gW.flatten(1), g0[:, m * d:]], -1)
+        lam_e = lam.flatten(1).gather(1, ent) * ent_ok
+        al_e = al.flatten(1).gather(1, ent)
+        leave = ~ent_ok | (al_e == 0) | (lam_e <= 0.0) | (lam_e >= 1.0)
+        return vel, lam_e, leave
 
     def tangent_projector(self, X: Tensor, S: Tensor) -> Tensor:
-        """Per-unit projectors Π [b, m, d, d] onto the tangent space of the held kinks: Π_j =
-        I − A_j⁺A_j, A_j [n, d] the inputs x_i with (i, j) ∈ S (other rows 0). The normals
-        ∇_θ z_ij are x_i in block w_j, so the projector onto {δ: z_e(δ) = 0, e ∈ S} is
-        block-diagonal with these blocks on W and the identity on v; it depends on X and S
-        only (z is linear in θ). The pseudo-inverse keeps it exact for collinear inputs."""
-        d = X.shape[-1]
-        Xs = X.unsqueeze(1) * S.transpose(1, 2).unsqueeze(-1).to(X.dtype)  # [b, m, n, d]
-        return torch.eye(d, dtype=X.dtype) - torch.linalg.pinv(Xs) @ Xs
+        """Per-unit projectors Π_j [b, m, d, d] onto the tangent space of the held kinks
+        (block-diagonal in θ, the identity on v)."""
+        return self.unit_pinv(X, S)[..., : X.shape[-1]]
 
-    def project_field(self, Pi: Tensor, g: Tensor) -> Tensor:
-        """Π g [b, P] for g [b, P] and per-unit projectors Π [b, m, d, d]
-        (:meth:`tangent_projector`).
-
-        With every held λ*_e interior this *is* the Filippov velocity: by the KKT conditions
-        g(λ*) ⟂ c_e ∝ ∇z_e for each held e, and g(λ) − g₀ ∈ span{c_e}, so −g(λ*) = −Π g for
-        any element g of the affine family {g(λ)} (the classical gradient with either σ'(0) on
-        the held entries is one, up to the O(|z_e|) rounding of z_e ≈ 0)."""
-        if self.kind == "neuron":
-            return _mv(Pi[:, 0], g)
-        m, d = Pi.shape[1], Pi.shape[2]
-        gW = _mv(Pi, g[:, : m * d].reshape(-1, m, d)).flatten(1)
-        return torch.cat([gW, g[:, m * d:]], -1)
+    def full_projector(self, X: Tensor, S: Tensor, P: int) -> Tensor:
+        """The projector [b, P, P] onto the tangent space of the held kinks S, block-diagonal:
+        Π_j on the block of w_j, the identity elsewhere (for the Rosenbrock step's Jacobian)."""
+        Pi = self.tangent_projector(X, S)  # [b, m, d, d]
+        b, m, d, _ = Pi.shape
+        out = torch.eye(P, dtype=X.dtype, device=X.device).repeat(b, 1, 1)
+        base = (torch.arange(m, device=X.device) * d).view(m, 1, 1)
+        ar = torch.arange(d, device=X.device)
+        rr = (base + ar.view(1, d, 1)).expand(m, d, d)
+        cc = (base + ar.view(1, 1, d)).expand(m, d, d)
+        out[:, rr, cc] = Pi
+        return out
 
     def scale(self, theta: Tensor, X: Tensor) -> Tensor:
         """‖x_i‖·‖w_j‖ [b, n, m]: the size a pre-activation z_ij is measured against."""
-        W, _ = self._parts(theta)
+        W, _ = self.model.units(theta)
         return X.norm(dim=-1).unsqueeze(-1) * W.norm(dim=-1).unsqueeze(1)
+
+    def rounding(self, theta: Tensor, X: Tensor) -> Tensor:
+        """The rounding allowance of z [b, n, m]: ``ROUND`` times the magnitude of its terms."""
+        return ROUND * self.preact(theta.abs(), X.abs())
 
     def project(self, theta: Tensor, X: Tensor, S: Tensor, target: Tensor | None = None) -> Tensor:
         """θ moved onto {z_e = target_e, e ∈ S} (``target`` [b, n, m], default 0) by the least
-        change of each w_j (a correction in span{x_i : (i, j) ∈ S}); for the net with trained
-        output weights v_j is rescaled in magnitude so that v_j² − ‖w_j‖² is unchanged (frozen v
-        stays)."""
-        W, v = self._parts(theta)
-        Xs = X.unsqueeze(1) * S.transpose(1, 2).unsqueeze(-1).to(X.dtype)  # [b, m, n, d]
-        zw = _mv(Xs, W).unsqueeze(-1)  # [b, m, n, 1]
+        change of each w_j (a correction in span{x_i : (i, j) ∈ S}); with trained output weights
+        v_j is rescaled in magnitude so that v_j² − ‖w_j‖² is unchanged (frozen v stays). Units
+        without an entry in S are left as they are (bit for bit)."""
+        W, v = self.model.units(theta)
+        St = S.transpose(1, 2)  # [b, m, n]
+        ru, ju = St.any(-1).nonzero(as_tuple=True)
+        if ru.numel() == 0:
+            return theta
+        Xs = X[ru] * St[ru, ju].unsqueeze(-1).to(X.dtype)  # [u, n, d]
+        Wu = W[ru, ju]  # [u, d]
+        zw = _mv(Xs, Wu)  # [u, n]
         if target is not None:
-            zw = zw - (target * S).transpose(1, 2).unsqueeze(-1)
-        dW = _mv(torch.linalg.pinv(Xs), zw.squeeze(-1))  # [b, m, d]
-        W2 = W - dW
-        if self.kind == "neuron":
-            return W2[:, 0]
-        if not self.train_output:  # v is frozen: it stays
-            return torch.cat([W2.flatten(1), v], -1)
-        bal = v * v - (W * W).sum(-1)
-        v2 = torch.sign(v) * (bal + (W2 * W2).sum(-1)).clamp_min(0.0).sqrt()
-        return torch.cat([W2.flatten(1), v2], -1)
+            zw = zw - (target * S).transpose(1, 2)[ru, ju]
+        W2u = Wu - _mv(torch.linalg.pinv(Xs), zw)
+        W2 = W.clone()
+        W2[ru, ju] = W2u
+        if not self.train_output:  # v is frozen (or a neuron's v ≡ 1): it stays
+            return self.model.from_units(W2, v)
+        vu = v[ru, ju]
+        bal = vu * vu - (Wu * Wu).sum(-1)
+        v2 = v.clone()
+        v2[ru, ju] = torch.sign(vu) * (bal + (W2u * W2u).sum(-1)).clamp_min(0.0).sqrt()
+        return self.model.from_units(W2, v2)
 
 
 def kink_field(model: Any) -> KinkField | None:
-    """The :class:`KinkField` of a model, or None when its kinks are unknown to the solver."""
-    if preact_fn(model) is None:
-        return None
-    if callable(getattr(model, "hidden_preactivations", None)):
-        return KinkField(model) if callable(getattr(model, "split", None)) else None
-    return KinkField(model)
+    """The :class:`KinkField` of a model with :class:`ibtest.PiecewiseLinearUnits` and a real
+    kink, or None (no kinks the solver knows about: smooth models, the linear model)."""
+    return KinkField(model) if has_kinks(model) else None

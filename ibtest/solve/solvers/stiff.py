@@ -22,33 +22,37 @@ model code changes and no per-instance Python; :func:`hessian_ad`), the linear
 systems by one batched LU (``torch.linalg.lu_factor``/``lu_solve``, a LAPACK call per matrix:
 an instance's answer does not depend on its batch).
 
-Kinks. The Hessian is that of one activation pattern. A step whose stage points do not all have
-the pattern of θ (a pre-activation changed sign) is rejected and the instance returns to the
-explicit method, which resolves kinks by step rejection and detects sliding (``adaptive``).
+Kinks. The field is the one with the activation pattern held, and the Hessian that of the
+pattern. A step whose stage points cross a kink against the pattern, or at whose end a held kink
+stops being held, is rejected and the instance returns to the explicit method, which locates
+the event on its dense output (``adaptive``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from ibtest.solve.solvers.kinks import ROUND
+from ibtest.plugin.specs import LossHessian
+from ibtest.solve.solvers.kinks import KinkField
 from ibtest.solve.solvers.rosenbrock import RODAS5, RosenbrockTableau, rosenbrock_step
 
 Tensor = torch.Tensor
 
 
-def hessian(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+def hessian(model: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """∇²L [b, P, P] on the activation pattern of θ [b, P] (X [b, n, d], y and mask [b, n]):
-    the model's analytic ``loss_hessian`` when it has one (see :class:`ibtest.ModelBase`),
+    the model's analytic ``loss_hessian`` when it has the capability (:class:`ibtest.LossHessian`),
     else :func:`hessian_ad`."""
-    lh = getattr(model, "loss_hessian", None)
-    if callable(lh):
-        H = lh(theta, X, y, mask)
+    if isinstance(model, LossHessian):
+        H = model.loss_hessian(theta, X, y, mask)
         if H is not None:
             return H
     return hessian_ad(model, theta, X, y, mask)
 
 
-def hessian_ad(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+def hessian_ad(model: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """∇²L [b, P, P] on the activation pattern of θ by forward-mode AD: the derivative of
     ``model.grad`` along the P unit vectors, evaluated as one batched ``jvp`` on b·P rows, then
     symmetrized. H[b, l, k] = ∂g_k/∂θ_l before symmetrizing.
@@ -65,7 +69,7 @@ def hessian_ad(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tens
     necessarily the model's declared σ'(0); ``loss_hessian`` follows the declared one."""
     b, P = theta.shape
     rep = lambda a: a.repeat_interleave(P, 0)  # noqa: E731
-    E = torch.eye(P, dtype=theta.dtype).repeat(b, 1)
+    E = torch.eye(P, dtype=theta.dtype, device=theta.device).repeat(b, 1)
     Xr, yr, mr = rep(X), rep(y), rep(mask)
     Hc = torch.func.jvp(lambda t: model.grad(t, Xr, yr, mr), (rep(theta),), (E,))[1]
     H = Hc.view(b, P, P)
@@ -73,79 +77,49 @@ def hessian_ad(model, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tens
     return 0.5 * (H + H.transpose(1, 2)) * live.unsqueeze(1) * live.unsqueeze(2)
 
 
-def kink_projector(preact, held: Tensor, X: Tensor, P: int) -> Tensor:
-    """The orthogonal projector [b, P, P] onto {δ: z_e(δ) = 0 for every held entry e}. The
-    pre-activations are linear in θ, so the normals ∇_θ z_e are z_e of the unit vectors (one
-    batched call on b·P rows) and do not depend on θ."""
-    b = X.shape[0]
-    E = torch.eye(P, dtype=X.dtype).repeat(b, 1)
-    Z = preact(E, X.repeat_interleave(P, 0)).reshape(b, P, -1)  # [b, P, entries]
-    N = Z * held.flatten(1).unsqueeze(1).to(Z.dtype)  # normals of the held entries, 0 elsewhere
-    G = N.transpose(1, 2) @ N + torch.diag_embed((~held.flatten(1)).to(Z.dtype))
-    return torch.eye(P, dtype=X.dtype) - N @ torch.linalg.solve(G, N.transpose(1, 2))
-
-
-def tail_step(model, preact, theta: Tensor, f0: Tensor, h: Tensor, X: Tensor, y: Tensor,
-              mask: Tensor, rtol: float, atol: float, held: Tensor | None = None, kf=None,
-              tab: RosenbrockTableau = RODAS5):
+def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tensor, h: Tensor, X: Tensor,
+              y: Tensor, mask: Tensor, rtol: float, atol: float, kf: KinkField | None = None,
+              slope: Tensor | None = None, held: Tensor | None = None, Ap: Tensor | None = None,
+              tab: RosenbrockTableau = RODAS5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One Rosenbrock step (``tab``: Rodas5 by default) of the stiff rows of the ``adaptive`` solver.
 
-    Returns (θ_new, f(θ_new), scaled error norm [b] (the explicit method's norm: RMS of the error
-    over atol + rtol·max(|θ|, |θ_new|)), kinked [b]: a stage point has another activation pattern
-    than θ (then the error is inf: the step is rejected and the row returns to the explicit
-    method)).
+    ``F(θ)`` is the rows' field (the activation pattern held, projected onto held kinks), f0 =
+    F(θ). Returns (θ_new, F(θ_new), scaled error norm [b] (the explicit method's norm: RMS of
+    the error over atol + rtol·max(|θ|, |θ_new|)), kinked [b]: a stage point has crossed a kink
+    against the pattern ``slope`` [b, n, m] beyond rounding, or a held kink stops being held at
+    θ_new (then the error is inf: the step is rejected and the row returns to the explicit
+    method, which locates the event)).
 
-    ``held`` [b, n, m]: kink entries held by ``sliding: follow`` (rows without any: the classical
-    field). With every held λ*_e interior the Filippov velocity is −Π∇L, Π the projector onto the
-    kinks' (constant) tangent space (KKT of the minimal-norm problem: g(λ*) ⟂ every c_e ∝ ∇z_e),
-    so its Jacobian is −Π∇²LΠ (independent of σ'(0) on the held entries, whose normal parts Π
-    removes); every stage then keeps z_e fixed. The held entries are left out of the pattern
-    test; a step at whose end the flow leaves some held kink (``kf.field_leave``) counts as
-    kinked."""
-    Pi = None
-    if held is not None and bool(held.any()):
-        Pi = kink_projector(preact, held, X, theta.shape[1])
-
-    def field(u):
-        g = -model.grad(u, X, y, mask)
-        # (product and sum, not a batched matvec: that rounds differently alone and in a batch)
-        return g if Pi is None else (Pi * g.unsqueeze(-2)).sum(-1)
-
+    ``held`` [b, n, m]: kink entries held by ``sliding: follow``. With every held λ*_e interior
+    the Filippov velocity is −Π∇L, Π the projector onto the kinks' (constant) tangent space, so
+    its Jacobian is −Π∇²LΠ (independent of σ'(0) on the held entries, whose normal parts Π
+    removes); every stage then keeps z_e fixed. ``Ap``: the held rows' per-unit pseudo-inverses
+    (:meth:`KinkField.unit_pinv`) for the leaving test."""
+    P = theta.shape[1]
     H = hessian(model, theta, X, y, mask)
-    if Pi is not None:
-        H = Pi @ H @ Pi
-        f0 = field(theta)
-    th_new, f_new, e, points = rosenbrock_step(tab, field, theta, f0, h, H)
+    has = None
+    if kf is not None and held is not None:
+        has = held.flatten(1).any(-1)
+        if bool(has.any()):
+            Pi = kf.full_projector(X[has], held[has], P)
+            H = H.clone()
+            H[has] = Pi @ H[has] @ Pi
+    th_new, f_new, e, points = rosenbrock_step(tab, F, theta, f0, h, H)
     sc = torch.maximum(theta.abs(), th_new.abs()).mul_(rtol).add_(atol)
     err = (e / sc).square().mean(-1).sqrt()
     err = torch.nan_to_num(err, nan=float("inf"), posinf=float("inf"))
-    kinked = torch.zeros(theta.shape[0], dtype=torch.bool)
-    if preact is not None:
-        z0 = preact(theta, X)
-        pos = z0 > 0
-        Xa = X.abs()
-        # an entry whose pre-activation stays within rounding of 0 (ROUND times the magnitude of
-        # its terms) at both ends has not changed pattern: its sign is rounding noise (a fitted
-        # point on a kink, where the field is continuous). Counting it sent W2 seed 1 instance
-        # 39 back to the explicit method at every Rosenbrock step: 7,773 steps.
-        at0 = z0.abs() <= ROUND * preact(theta.abs(), Xa)
-        free = None
-        if Pi is not None:
-            assert held is not None
-            free = ~held
+    kinked = torch.zeros(theta.shape[0], dtype=torch.bool, device=theta.device)
+    if kf is not None and slope is not None and held is not None:
+        sgn = torch.where(slope == kf.hi, 1.0, -1.0).to(theta.dtype)
+        free = ~held & (mask > 0).unsqueeze(-1)
         for p in points:
-            zp = preact(p, X)
-            ch = ((zp > 0) != pos) & ~(at0 & (zp.abs() <= ROUND * preact(p.abs(), Xa)))
-            kinked |= (ch if free is None else ch & free).flatten(1).any(-1)
-        if Pi is not None and kf is not None:
-            assert held is not None
-            rows = held.flatten(1).any(-1).nonzero().squeeze(-1)
-            Hf = held[rows].flatten(1)
-            k = int(Hf.sum(-1).max())
-            ent = torch.argsort((~Hf).to(torch.int8), dim=-1, stable=True)[:, :k]
-            ok = Hf.gather(1, ent)
-            _, _, lv = kf.field_leave(th_new[rows], X[rows], y[rows], mask[rows], held[rows], ent, ok)
-            leave = (ok & lv).any(-1)
-            kinked[rows[leave]] = True
+            # an entry within rounding of its kink (ROUND times the magnitude of its terms) has
+            # not crossed it: a fitted point on a kink, where the field is continuous (counting it
+            # sent W2 seed 1 instance 39 back to the explicit method at every step: 7,773 steps)
+            past = (sgn * kf.preact(p, X) < -kf.rounding(p, X)) & free
+            kinked |= past.flatten(1).any(-1)
+        if has is not None and Ap is not None and bool(has.any()):
+            phi, _, _ = kf.hold_margin(th_new[has], X[has], y[has], mask[has], slope[has], Ap, held[has])
+            kinked[has] |= (phi <= 0).flatten(1).any(-1)
         err = torch.where(kinked, torch.full_like(err, float("inf")), err)
     return th_new, f_new, err, kinked
