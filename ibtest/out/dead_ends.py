@@ -2,7 +2,7 @@
 
 A ``budget`` triple names the solver options that bound its work (the options whose doc says
 "budget") with their current values, to raise; ``stalled``, ``diverged``, ``sliding`` and
-``failed`` say what they mean for the verdicts (none of them is ever judged: only converged
+``ambiguous`` and ``failed`` say what they mean for the verdicts (none of them is ever judged: only converged
 triples are zero-loss solutions a hypothesis can be checked on).
 """
 from __future__ import annotations
@@ -19,6 +19,9 @@ MEANING = {
                 "so these triples count for no verdict (the growth is in the triples table)",
     "sliding": "the flow entered a sliding mode on a kink (no classical GF solution): not judged; "
                "a solver that can follow it (adaptive, sliding: follow) continues along the kink",
+    "ambiguous": "the flow is not unique: a kink turned repelling and the ways off it end at different "
+                 "limits (info: branches, branch_spread), so GD as lr -> 0 may follow either and there is "
+                 "no one θ∞ to judge: not judged (a study needing these triples says so by its counts)",
     "failed": "the solver raised, ran past its deadline, or claimed a fit the engine's rule rejects: "
               "not judged (the errors say which)",
 }
