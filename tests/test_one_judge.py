@@ -260,6 +260,27 @@ def test_shrink_caps_the_certificates_solver_options_as_verify_does(tmp_path):
     assert any("solver.tightened.fit_tol is not a solver option" in n for n in J.rules.notes), J.rules.notes
 
 
+@pytest.mark.parametrize("key, value, needle", [
+    ("order", 7, "solver.order: Input should be 5 or 8"),
+    ("max_steps", 0, "solver.max_steps: Input should be greater than or equal to 1"),
+    ("fit_tol", 1.5, "solver.fit_tol: fit_tol is the study's fit rule"),
+])
+def test_solver_options_are_bounded_by_their_one_declaration(tmp_path, cli, key, value, needle):
+    """Item 7 of the issue: adaptive took order 7 (a FAILED row, exit 1), max_steps 0 and fit_tol 1.5."""
+    study = yaml.safe_load((STUDIES / "linear_control.yaml").read_text())
+    study["solver"] = {"name": "adaptive", key: value}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    r = cli("run", path, "--out", tmp_path / "run")
+    assert r.code == 2 and needle in r.err, r
+    assert not (tmp_path / "run").exists()
+    study["solver"] = {"name": "adaptive"}
+    study["fit_tol"] = 1.5  # the fit rule, where it lives, is bounded too
+    path.write_text(yaml.safe_dump(study))
+    r = cli("run", path, "--out", tmp_path / "run")
+    assert r.code == 2 and "fit_tol: Input should be less than 1" in r.err, r
+
+
 # ------------------------------------------------------------------------------------------
 # 8. the witness path is scale-free too; beyond float64 nothing survives
 # ------------------------------------------------------------------------------------------
