@@ -92,12 +92,13 @@ def test_woodworth_limits_study_and_its_limit_certificates(tmp_path, cli):
     assert "Limits over init.alpha" in r.out
     cert = limits[("l1_norm", "0")]["certificate"]
     v = cli("verify", cert)
-    assert v.code == 0 and "re-judged: consistent" in v.out and "refutation CONFIRMED" in v.out, v
+    assert v.code == 0 and "re-judged: consistent" in v.out and "limit verdict CONFIRMED" in v.out, v
     data = json.loads(open(cert).read())
     data["verdict"] = "not_the_limit"  # an edited claim is withdrawn, not confirmed
     edited = tmp_path / "edited.json"
     edited.write_text(json.dumps(data))
-    assert cli("verify", edited).code == 1
+    w = cli("verify", edited)
+    assert w.code == 1 and "limit verdict WITHDRAWN" in w.out and "refutation" not in w.out, w
     p = cli("show", cert, "--plot", tmp_path / "limit.png")
     assert p.code == 0 and (tmp_path / "limit.png").stat().st_size > 10_000
 

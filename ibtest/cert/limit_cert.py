@@ -80,7 +80,9 @@ def replay(cert: dict[str, Any], rp: Replay) -> VerifyResult:
                         + ("refuted (CONFIRMED)" if res.holds else "withdrawn (at the floor)"))
     v = judge_limit(rp.spec.name, new, direction, select=False)
     rp.lines.append(f"  re-judged: {v.verdict}: {v.reason}")
-    return rp.result(rp.verdict(v.verdict == cert["verdict"]))
+    ok = v.verdict == cert["verdict"]  # a limit verdict may be "consistent": it is no refutation
+    rp.lines.append("  limit verdict CONFIRMED" if ok else "  limit verdict WITHDRAWN")
+    return rp.result(ok)
 
 
 def _replay_one(rp: Replay, emb: dict[str, Any], where: str) -> VerifyResult:
