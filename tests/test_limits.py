@@ -132,3 +132,51 @@ def test_a_network_refuted_by_its_certified_minimum_norm_net(tmp_path, cli):
     assert cli("verify", cert).code == 0
     assert cli("show", cert, "--plot", tmp_path / "w.png").code == 0
     assert (tmp_path / "w.neurons.png").stat().st_size > 10_000
+
+
+def test_a_certified_network_survival_replays(tmp_path, cli):
+    """One hidden ReLU neuron from the paper's depth-2 init (w = 0, v = eps) on the Theorem 3 data
+    with gamma = 0: gradient flow ends at the minimum variation-norm net, (5, -1, 0) in u = v w; the
+    convex program certifies it (every activation pattern enumerated), and verify replays that."""
+    study = tmp_path / "s.yaml"
+    study.write_text("study: certified-net\nmodel: {name: two_layer_relu, width: 1}\n"
+                     "init: {name: output_eps, eps: 0.001}\n"
+                     "datasets: [{name: vardi_shamir_theorem3, gamma: 0}]\nsolver: {name: adaptive}\n"
+                     "hypotheses: [{name: variation_norm, expect: survives}]\n")
+    r = cli("run", study, "--out", tmp_path / "run", "-q")
+    assert r.code == 0, r
+    (v,) = results_json(tmp_path / "run")["verdicts"]
+    assert v["verdict"] == "survives" and v["grade"] == "certified", v
+    cert = tmp_path / "run" / "certificates" / "variation_norm.certified.json"
+    out = cli("verify", cert)
+    assert out.code == 0 and "certified optimum CONFIRMED" in out.out, out
+    assert "R(theta_inf) = 5.09901951359; minimum over Z(D) (model's certified optimum): 5.09901951359" in out.out
+
+
+@pytest.mark.slow
+def test_boursier_orthogonal_limits_as_derived(tmp_path, cli):
+    """The study's expectations (variation_norm and l2 of theta consistent as the scale -> 0,
+    predictor_norm p = 2 not the limit, balancedness conserved) hold, exit 0; the limit
+    certificate of variation_norm replays."""
+    r = cli("run", STUDIES / "boursier_orthogonal.yaml", "--out", tmp_path / "run", "-q")
+    assert r.code == 0, r
+    limits = {v["label"]: v for v in results_json(tmp_path / "run")["limits"]}
+    assert limits["variation_norm"]["verdict"] == "consistent"
+    assert limits["l2_norm"]["verdict"] == "consistent"
+    assert limits["predictor_norm[p=2]"]["verdict"] == "not_the_limit"
+    gaps = [p["g"] for p in limits["variation_norm"]["points"]]
+    assert gaps == sorted(gaps, reverse=True) and gaps[-1] < 0.02, gaps  # falls toward 0
+    v = cli("verify", limits["variation_norm"]["certificate"])
+    assert v.code == 0 and "limit verdict CONFIRMED" in v.out, v
+
+
+@pytest.mark.slow
+def test_min_norm_negative_control_is_not_the_limit(tmp_path, cli):
+    """Theorem 3 data lifted to a net: u3 -> -0.26, not the minimum-norm 0, so variation_norm and
+    l2 of theta are not the small-init limit (relative gap ~ 0.0013 = sqrt(1 + 0.26^2/26) - 1)."""
+    r = cli("run", STUDIES / "min_norm_negative_control.yaml", "--out", tmp_path / "run", "-q")
+    assert r.code == 0, r
+    limits = {v["label"]: v for v in results_json(tmp_path / "run")["limits"]}
+    assert limits["variation_norm"]["verdict"] == "not_the_limit"
+    assert limits["l2_norm"]["verdict"] == "not_the_limit"
+    assert abs(limits["variation_norm"]["points"][-1]["g"] - 0.0013) < 2e-4
