@@ -43,7 +43,9 @@ pattern). ``info["stiff_steps"]`` counts the Rosenbrock steps of an instance. ``
 
 Kinks (an activation switching) are events: the field of a step is −∇L with the activation
 pattern held, smooth inside the step, and the first crossing in an accepted step is located on
-its dense output and the step cut there (:mod:`ibtest.solve.solvers.adaptive_sliding`).
+its dense output and the step cut there (:mod:`ibtest.solve.solvers.adaptive_sliding`); a
+grazing crossing (the field points back on both sides: the interpolant's dip is integration
+error) is no event.
 
 Stopping rules and statuses (per instance, checked after every accepted step)
 ----------------------------------------------------------------------------

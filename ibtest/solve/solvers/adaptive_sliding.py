@@ -18,6 +18,12 @@ step, :meth:`Sliding.after_step` looks for the first *event* in it:
   :meth:`KinkField.hold_margin`): located by root finding with one field evaluation per
   iteration on the rows concerned.
 
+A crossing whose entry, at the located point, has both one-sided normal velocities pointing
+back to its side (beyond rounding) and is within ``AT_KINK`` of its kink at the end of the step
+is *grazing*, no event (:meth:`Sliding._grazing`): the interpolant dipped below the kink by the
+integration error of z. The step is kept whole and the entry put back at ``RELEASE_OFFSET`` on
+its side at its end.
+
 The step is cut at the first event (θ from the interpolant), and :meth:`Sliding.settle` decides
 the pattern there: the arriving entries and the held ones are held if together they attract
 (every α_e > 0 and λ*_e in (0, 1)), else dropped (arrivals first) and put on the side their
@@ -52,6 +58,8 @@ AT_KINK = 1e-10
 #: left the leave time 3.3e-6 off (width 16, seed 11, instance 6: point 5 left four units when
 #: its residual crossed 0), and the limit 4.7e-3 off a tightened re-solve's
 LEAVE_ITERS = 40
+#: rounds of dropping grazing crossings and locating the next first crossing (:meth:`Sliding._grazing`)
+GRAZE_ITERS = 4
 
 
 def entries(Sm: Tensor) -> tuple[Tensor, Tensor]:
@@ -162,7 +170,88 @@ class Sliding:
         """Find the first event in each accepted explicit step (``accept`` [b]: the rows whose
         explicit step was accepted; module docstring), cut the step there and settle the
         pattern. K [S+1, b, P] the stages, A [S, S] the tableau, θ_old [b, P] and t_old [b] the
-        start of the step, h [b]. Returns the rows flagged SLIDING (``stop``; bool [b]) or None."""
+        start of the step, h [b]. Returns the rows flagged SLIDING (``stop``; bool [b]) or None.
+        Grazing crossings (:meth:`_grazing`) are no events: their entries are put back on their
+        side at the end of the step (:meth:`_snap`)."""
+        self.grazed: tuple[Tensor, Tensor] | None = None
+        flag = self._events(w, A, K, th_old, t_old, h, accept)
+        if self.grazed is not None:
+            self._snap(w, *self.grazed)
+        return flag
+
+    def _grazing(self, w: WorkingSet, re: Tensor, th0: Tensor, C: Tensor, z0: Tensor, Zc: Tensor, sgn: Tensor,
+                 cand: Tensor, tol: Tensor, x_c: Tensor, hit: Tensor) -> tuple[Tensor, Tensor]:
+        """Drop the *grazing* crossings from the first crossings (x_c [r], hit [r, n, m]) of the
+        working-set rows ``re`` [r] and locate the first real one (returns the new x_c, hit).
+
+        A crossing is grazing when, at its located point, both one-sided normal velocities of the
+        entry point back to the side it came from beyond rounding (``hold_tolerance``; its unit
+        holds no kink), and at the end of the step the entry is within ``AT_KINK`` of its kink or
+        on its side: the flow does not cross there, and the interpolant's dip below the kink is
+        the integration error of z (about rtol·‖θ‖‖x_i‖, far above the rounding of z). An entry
+        that sits within that error of its kink with a normal velocity of the order of the
+        residuals otherwise dips at every step and each dip is an event that cuts the step early
+        and puts it back (W2, seed 0, instance 318: 11,879 such events)."""
+        kf = self.kf
+        assert kf is not None
+        Xe, ye, me, sl = w.Xa[re], w.ya[re], w.ma[re], w.slope[re]
+        shp = z0.shape
+        free_u = ~w.S_hold[re].any(1, keepdim=True)  # [r, 1, m]: units that hold no kink
+        th_end = w.th[re]
+        end_ok = sgn.view(shp) * kf.preact(th_end, Xe) >= -AT_KINK * kf.scale(th_end, Xe)
+        nx = (Xe * Xe).sum(-1).unsqueeze(-1)
+        grazed = torch.zeros_like(hit)
+        cand = cand.clone()
+        for _ in range(GRAZE_ITERS):
+            fin = torch.isfinite(x_c)
+            if not bool(fin.any()):
+                break
+            fi = fin.nonzero().squeeze(-1)
+            th_x = horner(th0[fi], C[:, fi], x_c[fi].clamp(0.0, 1.0).unsqueeze(-1))
+            Xf, yf, mf, sf = Xe[fi], ye[fi], me[fi], sl[fi]
+            zd = -kf.preact(kf.grad(th_x, Xf, yf, mf, sf), Xf)  # ż on the entry's own side
+            al = kf.alpha(th_x, kf.residual(th_x, Xf, yf, mf, sf))
+            tol_v = kf.hold_tolerance(th_x, Xf, yf, mf, sf) * nx[fi]
+            s = sgn.view(shp)[fi]
+            # the other side: a₋ = a₊ + α‖x_i‖² (from above), a₊ = a₋ − α‖x_i‖² (from below)
+            zo = zd + s * al * nx[fi]
+            g = hit[fi] & free_u[fi] & end_ok[fi] & (s * zd > tol_v) & (s * zo > tol_v)
+            if not bool(g.any()):
+                break
+            grazed[fi] |= g
+            cand[fi] &= ~g.flatten(1)
+            x_c, h2 = first_crossing(z0.flatten(1), Zc, sgn, cand, tol)
+            hit = h2.view_as(hit)
+        if bool(grazed.any()):
+            gr = grazed.flatten(1).any(-1)
+            self.grazed = (re[gr], grazed[gr])
+        return x_c, hit
+
+    def _snap(self, w: WorkingSet, rows: Tensor, ent: Tensor) -> None:
+        """The grazed entries ``ent`` [r, n, m] of the working-set rows ``rows`` [r] that are
+        closer to their kink than ``RELEASE_OFFSET`` (or past it) at the row's θ go to
+        ±``RELEASE_OFFSET`` on their side (as :meth:`settle` puts an entry that leaves), where
+        their unit still holds no kink; the field and loss are recomputed there."""
+        kf = self.kf
+        assert kf is not None
+        Xr = w.Xa[rows]
+        th = w.th[rows]
+        sgn = torch.where(w.slope[rows] == kf.hi, 1.0, -1.0).to(th.dtype)
+        z = kf.preact(th, Xr)
+        mag = kf.scale(th, Xr)
+        near = ent & ~w.S_hold[rows].any(1, keepdim=True) & (sgn * z < RELEASE_OFFSET * mag)
+        go = near.flatten(1).any(-1)
+        if not bool(go.any()):
+            return
+        rows, near, sgn, mag, th, Xr = rows[go], near[go], sgn[go], mag[go], th[go], Xr[go]
+        th_new = kf.project(th, Xr, near, torch.where(near, sgn * RELEASE_OFFSET * mag, torch.zeros_like(mag)))
+        w.th[rows] = th_new
+        w.f[rows] = self.field_at(w, rows)
+        w.loss[rows] = self.model.loss(th_new, Xr, w.ya[rows], w.ma[rows])
+
+    def _events(self, w: WorkingSet, A: Tensor, K: Tensor, th_old: Tensor, t_old: Tensor, h: Tensor,
+                accept: Tensor) -> Tensor | None:
+        """:meth:`after_step` without the snapping of grazed entries."""
         kf = self.kf
         if kf is None:
             return None
@@ -212,6 +301,9 @@ class Sliding:
         x_c, hit = first_crossing(z0[e].reshape(r, E), Zc, sgn[e].reshape(r, E), past[e].reshape(r, E),
                                   tol[e].reshape(r, E))
         hit = hit.view_as(z0[e])
+        if bool(torch.isfinite(x_c).any()):
+            x_c, hit = self._grazing(w, re, th_old[re], C, z0[e], Zc, sgn[e].reshape(r, E), past[e].reshape(r, E),
+                                     tol[e].reshape(r, E), x_c, hit)
         x_l = torch.full_like(x_c, float("inf"))
         leave_e = leave[e]
         forced = torch.zeros_like(z0[e], dtype=torch.int8)
