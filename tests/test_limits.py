@@ -114,19 +114,25 @@ def test_a_certified_survival_writes_a_certificate_that_verify_replays(tmp_path,
     assert s.code == 0 and "Certified survival:" in s.out
 
 
+def _run_net_study(tmp_path, cli, text: str) -> dict:
+    """Run a one-member network study (``text``, solved by ``adaptive``) that must exit 0: its verdict."""
+    study = tmp_path / "s.yaml"
+    study.write_text(text + "solver: {name: adaptive}\n")
+    r = cli("run", study, "--out", tmp_path / "run", "-q")
+    assert r.code == 0, r
+    (v,) = results_json(tmp_path / "run")["verdicts"]
+    return v
+
+
 @pytest.mark.slow
 def test_a_network_refuted_by_its_certified_minimum_norm_net(tmp_path, cli):
     """A width-4 net on one orthogonal point: the variation norm's minimum over Z(D) is certified by
     the convex program (every pattern enumerated), its net is the witness, verify confirms it, and
     the figure shows both nets' neurons."""
-    study = tmp_path / "s.yaml"
-    study.write_text("study: net\nseed: 1\nmodel: {name: two_layer_relu, width: 4}\n"
-                     "init: {name: gaussian, scale: 0.01}\n"
-                     "datasets: [{name: orthogonal, n: 1, d: 3, count: 2, labels: teacher_linear}]\n"
-                     "solver: {name: adaptive}\nhypotheses: [{name: variation_norm, expect: falsified}]\n")
-    r = cli("run", study, "--out", tmp_path / "run", "-q")
-    assert r.code == 0, r
-    v = results_json(tmp_path / "run")["verdicts"][0]
+    v = _run_net_study(tmp_path, cli, "study: net\nseed: 1\nmodel: {name: two_layer_relu, width: 4}\n"
+                       "init: {name: gaussian, scale: 0.01}\n"
+                       "datasets: [{name: orthogonal, n: 1, d: 3, count: 2, labels: teacher_linear}]\n"
+                       "hypotheses: [{name: variation_norm, expect: falsified}]\n")
     assert v["search"]["label"] == "certified" and v["evidence"]["kind"] == "witness"
     cert = v["certificate"]
     assert cli("verify", cert).code == 0
@@ -138,14 +144,10 @@ def test_a_certified_network_survival_replays(tmp_path, cli):
     """One hidden ReLU neuron from the paper's depth-2 init (w = 0, v = eps) on the Theorem 3 data
     with gamma = 0: gradient flow ends at the minimum variation-norm net, (5, -1, 0) in u = v w; the
     convex program certifies it (every activation pattern enumerated), and verify replays that."""
-    study = tmp_path / "s.yaml"
-    study.write_text("study: certified-net\nmodel: {name: two_layer_relu, width: 1}\n"
-                     "init: {name: output_eps, eps: 0.001}\n"
-                     "datasets: [{name: vardi_shamir_theorem3, gamma: 0}]\nsolver: {name: adaptive}\n"
-                     "hypotheses: [{name: variation_norm, expect: survives}]\n")
-    r = cli("run", study, "--out", tmp_path / "run", "-q")
-    assert r.code == 0, r
-    (v,) = results_json(tmp_path / "run")["verdicts"]
+    v = _run_net_study(tmp_path, cli, "study: certified-net\nmodel: {name: two_layer_relu, width: 1}\n"
+                       "init: {name: output_eps, eps: 0.001}\n"
+                       "datasets: [{name: vardi_shamir_theorem3, gamma: 0}]\n"
+                       "hypotheses: [{name: variation_norm, expect: survives}]\n")
     assert v["verdict"] == "survives" and v["grade"] == "certified", v
     cert = tmp_path / "run" / "certificates" / "variation_norm.certified.json"
     out = cli("verify", cert)

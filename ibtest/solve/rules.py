@@ -66,8 +66,15 @@ DEFAULT_SAFETY = 10.0
 BUDGET_FACTOR = 10.0
 
 
-class Verdict(str, Enum):
-    """A member's verdict. A ``str`` enum: it compares equal to, and serializes as, its value."""
+class _Named(str, Enum):
+    """A ``str`` enum that compares equal to, serializes as, and prints as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Verdict(_Named):
+    """A member's verdict (compares equal to, serializes and prints as its value)."""
 
     FALSIFIED = "falsified"
     SURVIVES = "survives"
@@ -75,20 +82,14 @@ class Verdict(str, Enum):
     INCONCLUSIVE = "inconclusive"
     ERROR = "error"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Grade(str, Enum):
+class Grade(_Named):
     """What a survival rests on (see the module docstring)."""
 
     CERTIFIED = "certified"
     PAIRS = "pairs"
     TRIPLES = "triples"
     VACUOUS = "vacuous"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: the verdicts a study may expect (``expect: survives`` is not met by ``unrefuted``)

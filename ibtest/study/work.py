@@ -38,6 +38,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ibtest.plugin.specs import DEFAULT_FIT_TOL
+
 #: per solver: (T0 seconds a step of a call, T1 seconds a step per instance, stages a step)
 PRICE: dict[str, tuple[float, float, int]] = {"exact": (1e-3, 2e-5, 1), "gd": (1e-4, 2e-7, 2),
                                               "adaptive": (2e-3, 5e-5, 12)}
@@ -62,7 +64,7 @@ def expected_steps(solver: str, options: dict[str, Any], n: int) -> tuple[float,
     if solver == "gd":
         steps = max(1.0, _num(options, "steps", 100_000))
         lr = _num(options, "lr", 1e-2)
-        stops = _num(options, "fit_tol", 1e-20) > 0 or _num(options, "grad_tol", 1e-14) > 0
+        stops = _num(options, "fit_tol", DEFAULT_FIT_TOL) > 0 or _num(options, "grad_tol", 1e-14) > 0
         if not stops or lr <= 0:
             return steps, None
         return min(steps, max(1.0, GD_FLOW_TIME / lr)), None
@@ -173,7 +175,7 @@ def estimate(study: Any, N: int, n: int, d: int, P: int) -> Estimate:
         tight = study.solver.spec.tighten(dict(opts))
     except Exception:  # noqa: BLE001 - judged when it runs
         tight = opts
-    fit_tol = {"fit_tol": getattr(study, "fit_tol", 1e-20)}  # the study's fit rule: every solver gets it
+    fit_tol = {"fit_tol": study.fit_tol}  # the study's fit rule: every solver call gets it
     solves("solve", B, n, {**opts, **fit_tol}, blocks)
     for name_c, k, m in built_by_constructions(study, B, n):
         solves(f"construction {name_c}", k, m, {**opts, **fit_tol}, blocks)
