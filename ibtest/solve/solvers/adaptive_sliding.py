@@ -42,7 +42,7 @@ import torch
 from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers.adaptive_state import WorkingSet
 from ibtest.solve.solvers.events import DenseOutput, first_crossing, horner, illinois
-from ibtest.solve.solvers.kinks import KinkField, _pack, unit_factors, unit_identity
+from ibtest.solve.solvers.kinks import KinkField, UnitFactors, _pack, unit_factors
 
 Tensor = torch.Tensor
 #: the field of a stage: (θ [b, P], X [b, n, d], y [b, n], mask [b, n]) -> f [b, P]
@@ -81,12 +81,17 @@ class Sliding:
         self.follow = follow
         self.dense = dense
         #: working-set rows with some entry held [r] (None: none), their instances [r] (to
-        #: re-align the cache when rows leave), held masks [r, n, m] and per-unit factors
-        #: [r, m, d, d + n] (projector and pseudo-inverse, :meth:`KinkField.unit_pinv`)
+        #: re-align the cache when rows leave), held masks [r, n, m] and the factors
+        #: (projector and pseudo-inverse, :func:`~ibtest.solve.solvers.kinks.unit_factors`) of
+        #: the units that hold entries, compact (:class:`UnitFactors`, rows numbered as in
+        #: ``rows``): at width 64 about half the units hold kinks, and a dense [r, m, d, d + n]
+        #: cache cost a copy of all of it at every event
         self.rows: Tensor | None = None
         self.inst: Tensor | None = None
         self.S = torch.zeros(0, device=dense.U.device)
-        self.Ap = torch.zeros(0, device=dense.U.device)
+        self.U = UnitFactors(torch.zeros(0, dtype=torch.long, device=dense.U.device),
+                             torch.zeros(0, dtype=torch.long, device=dense.U.device),
+                             torch.zeros(0, 0, 0, device=dense.U.device))
         #: repelling releases of this iteration: (output slots [k], released entries [k, n, m]),
         #: for :func:`~ibtest.solve.solvers.adaptive_branches.open_branches`
         self.repelled: list[tuple[Tensor, Tensor]] = []
@@ -104,29 +109,33 @@ class Sliding:
         if kf is None:
             return self.plain
         slope = w.slope if rows is None else w.slope[rows]
-        pr, Ap = self._held_positions(w, rows)
+        pr, U = self._held_positions(w, rows)
+        Uf = U.rows_to(pr) if pr is not None else None  # rows numbered as the field's rows
 
         def F(theta: Tensor, Xs: Tensor, ys: Tensor, ms: Tensor) -> Tensor:
             g = kf.grad(theta, Xs, ys, ms, slope)
-            if pr is not None:
-                g[pr] = kf.project_field(Ap, Xs[pr], g[pr])
+            if Uf is not None:
+                g = kf.project_field(Uf, Xs, g)
             return -g
         return F
 
-    def _held_positions(self, w: WorkingSet, rows: Tensor | None) -> tuple[Tensor | None, Tensor]:
-        """Positions (within ``rows``, or the working set) of the rows that hold kinks, and their
-        cached pseudo-inverses."""
+    def _held_positions(self, w: WorkingSet, rows: Tensor | None) -> tuple[Tensor | None, UnitFactors]:
+        """Positions (within ``rows``, or the working set) of the rows that hold kinks, and the
+        factors of their held units (:class:`UnitFactors`, rows numbered in the order of the
+        positions)."""
         if self.rows is None:
-            return None, self.Ap
+            return None, self.U
         if rows is None:
-            return self.rows, self.Ap
+            return self.rows, self.U
         pos = torch.full((w.idx.numel(),), -1, dtype=torch.long, device=w.idx.device)
         pos[rows] = torch.arange(rows.numel(), device=w.idx.device)
         p = pos[self.rows]
         keep = p >= 0
         if not bool(keep.any()):
-            return None, self.Ap
-        return p[keep], self.Ap[keep]
+            return None, self.U
+        if bool(keep.all()):
+            return p, self.U
+        return p[keep], self.U.take(keep)
 
     def field_at(self, w: WorkingSet, rr: Tensor) -> Tensor:
         """The field [r, P] at the working-set rows rr [r] (pattern held, projected where held)."""
@@ -135,8 +144,9 @@ class Sliding:
     # ---- the cache of held rows ---------------------------------------------------------
     def setup(self, w: WorkingSet) -> None:
         """Re-align the cache with the working set after S_hold changed or rows left: the
-        pseudo-inverses of an instance's units are kept where its held set on that unit is
-        unchanged, and recomputed for the changed units only."""
+        factors of an instance's unit are kept where its held set on that unit is unchanged,
+        and computed for the changed and new units only (an event changes one or two units of a
+        row)."""
         kf = self.kf
         if kf is None:
             return
@@ -147,22 +157,35 @@ class Sliding:
         S = w.S_hold[rows]
         inst = w.idx[rows]
         b, n, m = S.shape
-        d = w.Xa.shape[-1]
-        Ap = unit_identity(b, m, d, n, w.th)
-        todo = S.transpose(1, 2).any(-1)  # [r, m]: units with held entries
-        if self.inst is not None and self.rows is not None:
+        has = S.transpose(1, 2).any(-1)  # [r, m]: units with held entries
+        todo = has
+        parts_r, parts_j, parts_F = [], [], []
+        if self.inst is not None and self.rows is not None and self.U.row.numel():
             # instance indices are ascending in the working set (rows only ever leave it)
-            j = torch.searchsorted(self.inst, inst).clamp_max(self.inst.numel() - 1)
-            known = self.inst[j] == inst
-            if bool(known.any()):
-                same = (self.S[j] == S).all(1) & known.unsqueeze(-1)  # [r, m] unit unchanged
-                Ap = torch.where(same.view(b, m, 1, 1), self.Ap[j], Ap)
-                todo &= ~same
+            old = self.inst
+            j = torch.searchsorted(old, inst).clamp_max(old.numel() - 1)
+            known = old[j] == inst  # [r]
+            changed = ~known.unsqueeze(-1) | (self.S[j] != S).any(1)  # [r, m]
+            todo = has & changed
+            # the cached units of rows still held whose held set did not change: kept
+            k = torch.searchsorted(inst, old).clamp_max(b - 1)  # old row -> new row
+            present = inst[k] == old
+            U = self.U
+            nr = k[U.row]
+            stay = present[U.row] & ~changed[nr, U.unit] & has[nr, U.unit]
+            parts_r.append(nr[stay])
+            parts_j.append(U.unit[stay])
+            parts_F.append(U.F[stay])
         ru, ju = todo.nonzero(as_tuple=True)
         if ru.numel():
-            Xs = w.Xa[rows[ru]] * S[ru, :, ju].unsqueeze(-1).to(w.Xa.dtype)  # [u, n, d]
-            Ap[ru, ju] = unit_factors(Xs)
-        self.rows, self.inst, self.S, self.Ap = rows, inst, S, Ap
+            parts_r.append(ru)
+            parts_j.append(ju)
+            parts_F.append(unit_factors(w.Xa[rows[ru]] * S[ru, :, ju].unsqueeze(-1).to(w.Xa.dtype)))
+        if len(parts_r) == 1:
+            U_new = UnitFactors(parts_r[0], parts_j[0], parts_F[0])
+        else:
+            U_new = UnitFactors(torch.cat(parts_r), torch.cat(parts_j), torch.cat(parts_F))
+        self.rows, self.inst, self.S, self.U = rows, inst, S, U_new
 
     # ---- events -------------------------------------------------------------------------
     def after_step(self, w: WorkingSet, A: Tensor, K: Tensor, th_old: Tensor, t_old: Tensor, h: Tensor,
@@ -331,7 +354,8 @@ class Sliding:
             if bool(go_l.any()):
                 lr, x_top, g_top = lr[go_l], x_top[go_l], g_top[go_l]
                 th0_l, C_l = th0_l[go_l], C_l[:, go_l]
-                Xl, yl, ml, sl_l, S_l, Ap = Xl[go_l], yl[go_l], ml[go_l], sl_l[go_l], S_l[go_l], Ap[go_l]
+                Xl, yl, ml, sl_l, S_l = Xl[go_l], yl[go_l], ml[go_l], sl_l[go_l], S_l[go_l]
+                Ap = Ap.take(go_l)
                 x0 = torch.zeros_like(x_top)
                 phi0, al0, mu0 = margin(x0)
                 xl = illinois(Phi, x0, x_top, phi0.flatten(1).min(-1).values, g_top, iters=LEAVE_ITERS)
@@ -440,7 +464,7 @@ class Sliding:
         for _ in range(int(C.flatten(1).sum(-1).max()) + 1 if bool(C.any()) else 0):
             thp = kf.project(th, Xr, C)
             slope = torch.where(C | keep | held_1, lo, kf.slope_of(above))
-            phi, _, _ = kf.hold_margin(thp, Xr, yr, mr, slope, kf.unit_pinv(Xr, C), C)
+            phi, _, _ = kf.hold_margin(thp, Xr, yr, mr, slope, UnitFactors.of(Xr, C), C)
             need = torch.where(arrive, kf.hold_tolerance(thp, Xr, yr, mr, slope), torch.zeros_like(phi))
             bad = C & (phi <= need)
             if not bool(bad.any()):
@@ -472,11 +496,11 @@ class Sliding:
             # (a₊ − a₋ = −α_e‖Π_j x_i‖²: the jump α_e x_i of the field, projected)
             thp = kf.project(th, Xr, C)
             slope = torch.where(C | keep | free_m, lo, kf.slope_of(above))
-            Fm = kf.unit_pinv(Xr, C)
+            Fm = UnitFactors.of(Xr, C)
             gm = kf.project_field(Fm, Xr, kf.grad(thp, Xr, yr, mr, slope))
             a_lo = torch.where(free_m, -kf.preact(gm, Xr), a_lo)
             al_m = kf.alpha(thp, kf.residual(thp, Xr, yr, mr, slope))
-            a_hi = torch.where(free_m, a_lo - al_m * kf.projected_norms(Fm, Xr), a_hi)
+            a_hi = torch.where(free_m, a_lo - al_m * kf.projected_norms(Fm, Xr, C.shape[-1]), a_hi)
             free_new = free_new | free_m
         if bool(free_new.any()):
             # sides: both velocities ≤ 0 below, ≥ 0 above; mixed (an attracting kink within

@@ -14,8 +14,9 @@ z_e(x) = z_e(0) + Σ_k x^k z_e(C_k): its coefficients cost one pre-activation pr
 coefficient vector, and locating where it changes sign needs no field evaluation.
 :func:`first_crossing` samples the signed polynomials at ``SAMPLES`` points, takes per row the
 first sample interval in which an entry is past its kink beyond rounding, and refines the
-entries of that interval by the Illinois method (a fixed number of iterations, so that a row's
-answer does not depend on the other rows of its batch). :func:`first_root` does the same for a
+entries of that interval by the Illinois method (each row iterates until its own bracket is at
+rounding, at most a fixed number of times, so that a row's answer does not depend on the other
+rows of its batch). :func:`first_root` does the same for a
 function that needs evaluating (the held kinks' conditions, one field evaluation per iteration).
 
 Why by hand: scipy's ``solve_ivp`` locates events per instance (one Python call per instance
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 Tensor = torch.Tensor
+EPS = torch.finfo(torch.float64).eps
 #: sample points of the interpolant per step at which sign changes are looked for
 SAMPLES = 16
 #: Illinois iterations of a root refinement (superlinear: a simple root to rounding from a
@@ -172,25 +174,36 @@ def illinois(g: Callable[[Tensor], Tensor], a: Tensor, b: Tensor, ga: Tensor, gb
              iters: int = ILLINOIS) -> Tensor:
     """A point x ∈ (a, b] with g(x) ≤ 0 within the refinement's resolution of g's first root
     after a, for g(a) > 0 ≥ g(b) (elementwise; where g(a) ≤ 0 already, a itself). Illinois
-    (modified regula falsi) for ``iters`` iterations; returns the right end of the final bracket,
-    so that g ≤ 0 there (the event has happened)."""
+    (modified regula falsi) for at most ``iters`` iterations; returns the right end of the final
+    bracket, so that g ≤ 0 there (the event has happened).
+
+    A row whose bracket has shrunk to rounding (hi − lo ≤ 2·eps·hi) or whose right end is an
+    exact root is *frozen*: it takes no further update, so its answer depends on its own
+    iterations only (not on how long the other rows of the batch need), and the loop ends when
+    every row is frozen: a simple root takes ~5–10 evaluations of g, not ``iters``."""
     at_a = ga <= 0
     lo, hi, glo, ghi = a.clone(), b.clone(), ga.clone(), gb.clone()
     side = torch.zeros_like(a)  # +1: the last two updates moved lo; −1: hi
+    tiny = torch.finfo(a.dtype).tiny
+    done = at_a | (hi - lo <= 2 * EPS * hi.abs().clamp_min(tiny))
     for _ in range(iters):
+        if bool(done.all()):
+            break
         den = glo - ghi
         x = torch.where(den > 0, lo + (hi - lo) * (glo / den.clamp_min(1e-300)), 0.5 * (lo + hi))
         x = torch.minimum(torch.maximum(x, lo), hi)
         gx = g(x)
-        up = gx > 0
+        up = (gx > 0) & ~done
+        dn = ~(gx > 0) & ~done
         lo = torch.where(up, x, lo)
         glo = torch.where(up, gx, glo)
-        hi = torch.where(up, hi, x)
-        ghi = torch.where(up, ghi, gx)
+        hi = torch.where(dn, x, hi)
+        ghi = torch.where(dn, gx, ghi)
         # Illinois: halve the value of the end that stayed twice in a row
-        glo = torch.where(~up & (side < 0), 0.5 * glo, glo)
+        glo = torch.where(dn & (side < 0), 0.5 * glo, glo)
         ghi = torch.where(up & (side > 0), 0.5 * ghi, ghi)
-        side = torch.where(up, torch.ones_like(side), -torch.ones_like(side))
+        side = torch.where(up, torch.ones_like(side), torch.where(dn, -torch.ones_like(side), side))
+        done = done | (hi - lo <= 2 * EPS * hi.abs().clamp_min(tiny)) | (ghi == 0)
     return torch.where(at_a, a, hi)
 
 

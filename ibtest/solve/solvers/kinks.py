@@ -72,7 +72,7 @@ active-set method with dense batched solves converges in ≤ |S| + 2 passes (:fu
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -186,6 +186,39 @@ def _pack(C: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return ru, ju, ii, Cu.gather(1, ii)
 
 
+class UnitFactors(NamedTuple):
+    """The factors of :func:`unit_factors` of only the units that hold entries, compact: the
+    (row [u], unit [u]) pairs and their F [u, d, d + n]. The units not listed hold nothing
+    (Π = I, A⁺ = 0). :meth:`KinkField.multipliers`, :meth:`KinkField.project_field` and
+    :meth:`KinkField.projected_norms` take these or the dense [b, m, d, d + n] factors and give
+    the same values; at an event, where only the units of the arriving and leaving entries are
+    factored, the compact form costs O(those units) instead of O(b·m)."""
+
+    row: Tensor
+    unit: Tensor
+    F: Tensor
+
+    def take(self, keep: Tensor) -> "UnitFactors":
+        """The factors of the rows ``keep`` [b] (bool) only, rows renumbered in order."""
+        new = torch.cumsum(keep.long(), 0) - 1
+        sel = keep[self.row]
+        return UnitFactors(new[self.row[sel]], self.unit[sel], self.F[sel])
+
+    def rows_to(self, pos: Tensor) -> "UnitFactors":
+        """The same factors with row k renamed pos[k] (``pos`` [b] long)."""
+        return UnitFactors(pos[self.row], self.unit, self.F)
+
+    @staticmethod
+    def of(X: Tensor, S: Tensor) -> "UnitFactors":
+        """The factors of the units with an entry in the masks S [b, n, m] (X [b, n, d])."""
+        St = S.transpose(1, 2)  # [b, m, n]
+        ru, ju = St.any(-1).nonzero(as_tuple=True)
+        b, n, d = X.shape
+        if ru.numel() == 0:
+            return UnitFactors(ru, ju, X.new_zeros(0, d, d + n))
+        return UnitFactors(ru, ju, unit_factors(X[ru] * St[ru, ju].unsqueeze(-1).to(X.dtype)))
+
+
 class KinkField:
     """The field with the pattern held, the Filippov field of held kinks and the per-unit
     factorizations, for a model with :class:`ibtest.PiecewiseLinearUnits` (module docstring).
@@ -249,35 +282,59 @@ class KinkField:
             F[ru, ju] = unit_factors(X[ru] * St[ru, ju].unsqueeze(-1).to(X.dtype))
         return F
 
-    def multipliers(self, Ap: Tensor, g: Tensor) -> Tensor:
+    def multipliers(self, Ap: Tensor | UnitFactors, g: Tensor) -> Tensor:
         """μ [b, n, m]: μ_j = −A_j⁺ᵀ g₀_j, so that g₀_j + Σ_i μ_ij x_i = Π_j g₀_j (g [b, P] the
         gradient g₀, Ap the factors of :meth:`unit_pinv`; held entries only, 0 elsewhere)."""
+        if isinstance(Ap, UnitFactors):
+            W, _ = self.model.units(g)
+            b, m, d = W.shape
+            n = Ap.F.shape[-1] - d
+            mu = g.new_zeros(b, m, n)
+            if Ap.row.numel():
+                mu[Ap.row, Ap.unit] = -(Ap.F[..., d:] * W[Ap.row, Ap.unit].unsqueeze(-1)).sum(-2)
+            return mu.transpose(1, 2)
         b, m, d, _ = Ap.shape
         gW = self._wblock(g, m, d)
         return -(Ap[..., d:] * gW.unsqueeze(-1)).sum(-2).transpose(1, 2)
 
-    def project_field(self, Ap: Tensor, X: Tensor, g: Tensor) -> Tensor:
+    def project_field(self, Ap: Tensor | UnitFactors, X: Tensor, g: Tensor) -> Tensor:
         """Π g [b, P]: the W blocks projected onto the tangent space of the held kinks, Π_j g_j
         with Π_j = I − V_jV_jᵀ (V_j an orthonormal basis of span{x_i : (i, j) held}, from the
         factors of :meth:`unit_pinv`); with every held λ* interior this is the Filippov
         (minimal-norm) velocity's negative (module docstring). The normal components left are
         ~1e-16 of the field's terms even for nearly collinear held inputs (g_j + A_jᵀμ_j left
         4e-12, I − A_j⁺A_j 1e-13)."""
+        if isinstance(Ap, UnitFactors):
+            if Ap.row.numel() == 0:
+                return g
+            W, v = self.model.units(g)
+            d = W.shape[-1]
+            W = W.clone()
+            W[Ap.row, Ap.unit] = _mv(Ap.F[..., :d], W[Ap.row, Ap.unit])
+            return self.model.from_units(W, v)
         b, m, d, _ = Ap.shape
         gW = _mv(Ap[..., :d], self._wblock(g, m, d))
         return torch.cat([gW.flatten(1), g[:, m * d:]], -1)
 
-    def projected_norms(self, Ap: Tensor, X: Tensor) -> Tensor:
-        """‖Π_j x_i‖² [b, n, m] (Ap the factors of :meth:`unit_pinv`): how much of the jump of
-        the field at kink (i, j) is left normal to it once the held kinks of unit j take their
-        share."""
+    def projected_norms(self, Ap: Tensor | UnitFactors, X: Tensor, m: int) -> Tensor:
+        """‖Π_j x_i‖² [b, n, m] (Ap the factors of :meth:`unit_pinv`, dense, or
+        :class:`UnitFactors`): how much of the jump of the field at kink (i, j) is left normal
+        to it once the held kinks of unit j take their share."""
         d = X.shape[-1]
+        if isinstance(Ap, UnitFactors):
+            # Π = I off the listed units: ‖x_i‖²; on them Π_j x_i as products and sums (no
+            # batched matrix product, whose rounding may depend on how many units are listed)
+            out = (X * X).sum(-1).unsqueeze(-1).repeat(1, 1, m)  # [b, n, m]
+            if Ap.row.numel():
+                PX = (Ap.F[:, None, :, :d] * X[Ap.row].unsqueeze(-2)).sum(-1)  # [u, n, d]: Π_j x_i
+                out[Ap.row, :, Ap.unit] = (PX * PX).sum(-1)
+            return out
         Pi = Ap[..., :d]  # [b, m, d, d]
         PX = torch.matmul(X.unsqueeze(1), Pi.transpose(-1, -2))  # [b, m, n, d]: rows Π_j x_i
         return (PX * PX).sum(-1).transpose(1, 2)
 
-    def hold_margin(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor, Ap: Tensor,
-                    S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def hold_margin(self, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor,
+                    Ap: Tensor | UnitFactors, S: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(φ [b, n, m], α, μ): φ_e = min(α_e, μ_e, α_e − μ_e) on the held entries S (+inf
         elsewhere). A held entry stays held while φ_e > 0: convex (α_e > 0) with λ*_e = μ_e/α_e
         in (0, 1). The slope s must be σ'₋ on S."""
