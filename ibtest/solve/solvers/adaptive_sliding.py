@@ -53,13 +53,62 @@ Field = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 RELEASE_OFFSET = 1e-12
 #: |z_e| ≤ AT_KINK·‖x_i‖‖w_j‖: an entry settled at an event is at its kink, and goes to ±offset
 AT_KINK = 1e-10
-#: Illinois iterations of a held kink's leave root. Its bracket is the whole step (a crossing's
-#: is 1/16 of it), and φ = min(α, μ, α − μ) bends where the minimum changes hands: 8 iterations
-#: left the leave time 3.3e-6 off (width 16, seed 11, instance 6: point 5 left four units when
-#: its residual crossed 0), and the limit 4.7e-3 off a tightened re-solve's
+#: at most this many Illinois iterations per round of :func:`leave_root` (a row stops when its
+#: bracket is at rounding). Its bracket is the whole step (a crossing's is 1/16 of it); a leave
+#: time left 3.3e-6 off (8 iterations on φ itself) put the limit 4.7e-3 off a tightened
+#: re-solve's (width 16, seed 11, instance 6: point 5 left four units when its residual crossed 0)
 LEAVE_ITERS = 40
+#: rounds of :func:`leave_root` (a new round only where another condition turned out to fail
+#: before the one refined)
+LEAVE_ROUNDS = 4
 #: rounds of dropping grazing crossings and locating the next first crossing (:meth:`Sliding._grazing`)
 GRAZE_ITERS = 4
+
+
+def _conditions(m: tuple[Tensor, Tensor, Tensor], S: Tensor) -> Tensor:
+    """The hold conditions α_e, μ_e, α_e − μ_e of the held entries S [r, n, m] side by side,
+    [r, 3·n·m] (+inf off S), from :meth:`KinkField.hold_margin`'s (φ, α, μ)."""
+    _, al, mu = m
+    inf = torch.full_like(al, float("inf"))
+    return torch.stack([torch.where(S, al, inf), torch.where(S, mu, inf), torch.where(S, al - mu, inf)],
+                       1).flatten(1)
+
+
+def leave_root(margin: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]], S: Tensor,
+               at0: tuple[Tensor, Tensor, Tensor], x_top: Tensor) -> Tensor:
+    """The first x ∈ (0, x_top] [r] where a held entry of S [r, n, m] stops being held, i.e.
+    where φ = min_e min(α_e, μ_e, α_e − μ_e) reaches 0 (``margin(x)`` gives (φ, α, μ) at the
+    interpolant's point x [r]; ``at0`` is its value at 0, where every condition holds; φ ≤ 0 at
+    x_top). Returns a point with φ ≤ 0 within rounding of the root.
+
+    φ is a minimum of smooth conditions and bends where the minimum changes hands, which slows a
+    root finder on φ itself (Illinois needed ~30 evaluations). Instead, each round takes the
+    condition that is most violated at the current right end, refines *its* root (smooth: a few
+    Illinois iterations), and checks at that root that no other condition is more violated (it
+    would have failed earlier): if one is, the next round does the same on [0, that root]."""
+    hi = x_top.clone()
+    c0 = _conditions(at0, S)
+    lo = torch.zeros_like(x_top)
+    c_hi = _conditions(margin(hi), S)
+    todo = torch.ones_like(x_top, dtype=torch.bool)
+    for _ in range(LEAVE_ROUNDS):
+        k = c_hi.argmin(-1, keepdim=True)  # [r, 1]: the condition most violated at hi
+        g_lo = c0.gather(1, k).squeeze(-1)
+        g_hi = c_hi.gather(1, k).squeeze(-1)
+
+        def g(x: Tensor, k: Tensor = k) -> Tensor:
+            return _conditions(margin(x), S).gather(1, k).squeeze(-1)
+
+        x = illinois(g, lo, hi, g_lo, g_hi, iters=LEAVE_ITERS)
+        c_x = _conditions(margin(x), S)
+        # done where the refined condition is (one of) the most violated at its root
+        ok = c_x.gather(1, k).squeeze(-1) <= c_x.min(-1).values
+        hi = torch.where(todo, x, hi)
+        c_hi = torch.where(todo.unsqueeze(-1), c_x, c_hi)
+        todo = todo & ~ok
+        if not bool(todo.any()):
+            break
+    return hi
 
 
 def entries(Sm: Tensor) -> tuple[Tensor, Tensor]:
@@ -358,7 +407,7 @@ class Sliding:
                 Ap = Ap.take(go_l)
                 x0 = torch.zeros_like(x_top)
                 phi0, al0, mu0 = margin(x0)
-                xl = illinois(Phi, x0, x_top, phi0.flatten(1).min(-1).values, g_top, iters=LEAVE_ITERS)
+                xl = leave_root(margin, S_l, (phi0, al0, mu0), x_top)
                 x_l[lr] = xl
                 # the entry that leaves, and to which side: μ → 0: below; μ → α: above; α → 0
                 # (the kink turns concave, repelling): the side with λ* = μ/α at the step's
