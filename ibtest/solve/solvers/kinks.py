@@ -198,18 +198,18 @@ class UnitFactors(NamedTuple):
     unit: Tensor
     F: Tensor
 
-    def take(self, keep: Tensor) -> "UnitFactors":
+    def take(self, keep: Tensor) -> UnitFactors:
         """The factors of the rows ``keep`` [b] (bool) only, rows renumbered in order."""
         new = torch.cumsum(keep.long(), 0) - 1
         sel = keep[self.row]
         return UnitFactors(new[self.row[sel]], self.unit[sel], self.F[sel])
 
-    def rows_to(self, pos: Tensor) -> "UnitFactors":
+    def rows_to(self, pos: Tensor) -> UnitFactors:
         """The same factors with row k renamed pos[k] (``pos`` [b] long)."""
         return UnitFactors(pos[self.row], self.unit, self.F)
 
     @staticmethod
-    def of(X: Tensor, S: Tensor) -> "UnitFactors":
+    def of(X: Tensor, S: Tensor) -> UnitFactors:
         """The factors of the units with an entry in the masks S [b, n, m] (X [b, n, d])."""
         St = S.transpose(1, 2)  # [b, m, n]
         ru, ju = St.any(-1).nonzero(as_tuple=True)

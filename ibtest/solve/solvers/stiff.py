@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ibtest.plugin.specs import LossHessian
-from ibtest.solve.solvers.kinks import KinkField
+from ibtest.solve.solvers.kinks import KinkField, UnitFactors
 from ibtest.solve.solvers.rosenbrock import RODAS5, RosenbrockTableau, rosenbrock_step
 
 Tensor = torch.Tensor
@@ -79,7 +79,7 @@ def hessian_ad(model: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) ->
 
 def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tensor, h: Tensor, X: Tensor,
               y: Tensor, mask: Tensor, rtol: float, atol: float, kf: KinkField | None = None,
-              slope: Tensor | None = None, held: Tensor | None = None, Ap: Tensor | None = None,
+              slope: Tensor | None = None, held: Tensor | None = None, Ap: Tensor | UnitFactors | None = None,
               tab: RosenbrockTableau = RODAS5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One Rosenbrock step (``tab``: Rodas5 by default) of the stiff rows of the ``adaptive`` solver.
 
