@@ -74,38 +74,43 @@ def _conditions(m: tuple[Tensor, Tensor, Tensor], S: Tensor) -> Tensor:
                        1).flatten(1)
 
 
-def leave_root(margin: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]], S: Tensor,
+def leave_root(margin: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], S: Tensor,
                at0: tuple[Tensor, Tensor, Tensor], x_top: Tensor) -> Tensor:
     """The first x ∈ (0, x_top] [r] where a held entry of S [r, n, m] stops being held, i.e.
-    where φ = min_e min(α_e, μ_e, α_e − μ_e) reaches 0 (``margin(x)`` gives (φ, α, μ) at the
-    interpolant's point x [r]; ``at0`` is its value at 0, where every condition holds; φ ≤ 0 at
-    x_top). Returns a point with φ ≤ 0 within rounding of the root.
+    where φ = min_e min(α_e, μ_e, α_e − μ_e) reaches 0 (``margin(x, rows)`` gives (φ, α, μ) of
+    the rows ``rows`` [k] (ascending) at their interpolants' points x [k]; ``at0`` is its value at
+    0 on every row, where every condition holds; φ ≤ 0 at x_top). Returns a point with φ ≤ 0
+    within rounding of the root.
 
     φ is a minimum of smooth conditions and bends where the minimum changes hands, which slows a
     root finder on φ itself (Illinois needed ~30 evaluations). Instead, each round takes the
     condition that is most violated at the current right end, refines *its* root (smooth: a few
     Illinois iterations), and checks at that root that no other condition is more violated (it
-    would have failed earlier): if one is, the next round does the same on [0, that root]."""
+    would have failed earlier): if one is, the next round does the same on [0, that root]. Only
+    the rows still searching are evaluated."""
+    r = x_top.shape[0]
+    everyone = torch.arange(r, device=x_top.device)
     hi = x_top.clone()
     c0 = _conditions(at0, S)
-    lo = torch.zeros_like(x_top)
-    c_hi = _conditions(margin(hi), S)
+    c_hi = _conditions(margin(hi, everyone), S)
     todo = torch.ones_like(x_top, dtype=torch.bool)
     for _ in range(LEAVE_ROUNDS):
         k = c_hi.argmin(-1, keepdim=True)  # [r, 1]: the condition most violated at hi
         g_lo = c0.gather(1, k).squeeze(-1)
         g_hi = c_hi.gather(1, k).squeeze(-1)
 
-        def g(x: Tensor, k: Tensor = k) -> Tensor:
-            return _conditions(margin(x), S).gather(1, k).squeeze(-1)
+        def g(x: Tensor, rows: Tensor, k: Tensor = k) -> Tensor:
+            return _conditions(margin(x, rows), S[rows]).gather(1, k[rows]).squeeze(-1)
 
-        x = illinois(g, lo, hi, g_lo, g_hi, iters=LEAVE_ITERS)
-        c_x = _conditions(margin(x), S)
+        lo = torch.where(todo, torch.zeros_like(hi), hi)  # an empty bracket: the row is done
+        x = illinois(g, lo, hi, torch.where(todo, g_lo, g_hi), g_hi, iters=LEAVE_ITERS, partial=True)
+        act = todo.nonzero().squeeze(-1)
+        c_x = _conditions(margin(x[act], act), S[act])
         # done where the refined condition is (one of) the most violated at its root
-        ok = c_x.gather(1, k).squeeze(-1) <= c_x.min(-1).values
-        hi = torch.where(todo, x, hi)
-        c_hi = torch.where(todo.unsqueeze(-1), c_x, c_hi)
-        todo = todo & ~ok
+        ok = c_x.gather(1, k[act]).squeeze(-1) <= c_x.min(-1).values
+        hi[act] = x[act]
+        c_hi[act] = c_x
+        todo[act] = ~ok
         if not bool(todo.any()):
             break
     return hi
@@ -388,9 +393,14 @@ class Sliding:
             th0_l, C_l = th_old[re[lr]], C[:, lr]
             Xl, yl, ml, sl_l, S_l = Xe[lr], ye[lr], me[lr], w.slope[re[lr]], w.S_hold[re[lr]]
 
-            def margin(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-                th_x = horner(th0_l, C_l, x.unsqueeze(-1))
-                return kf.hold_margin(th_x, Xl, yl, ml, sl_l, Ap, S_l)
+            def margin(x: Tensor, rows: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                if rows is None or rows.numel() == th0_l.shape[0]:
+                    th_x = horner(th0_l, C_l, x.unsqueeze(-1))
+                    return kf.hold_margin(th_x, Xl, yl, ml, sl_l, Ap, S_l)
+                sel = torch.zeros(th0_l.shape[0], dtype=torch.bool, device=x.device)
+                sel[rows] = True
+                th_x = horner(th0_l[rows], C_l[:, rows], x.unsqueeze(-1))
+                return kf.hold_margin(th_x, Xl[rows], yl[rows], ml[rows], sl_l[rows], Ap.take(sel), S_l[rows])
 
             def Phi(x: Tensor) -> Tensor:
                 return margin(x)[0].flatten(1).min(-1).values

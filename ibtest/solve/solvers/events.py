@@ -170,8 +170,8 @@ def first_crossing(z0: Tensor, Zc: Tensor, side: Tensor, cand: Tensor, tol: Tens
     return x_ev, hit
 
 
-def illinois(g: Callable[[Tensor], Tensor], a: Tensor, b: Tensor, ga: Tensor, gb: Tensor,
-             iters: int = ILLINOIS) -> Tensor:
+def illinois(g: Callable[..., Tensor], a: Tensor, b: Tensor, ga: Tensor, gb: Tensor,
+             iters: int = ILLINOIS, partial: bool = False) -> Tensor:
     """A point x ∈ (a, b] with g(x) ≤ 0 within the refinement's resolution of g's first root
     after a, for g(a) > 0 ≥ g(b) (elementwise; where g(a) ≤ 0 already, a itself). Illinois
     (modified regula falsi) for at most ``iters`` iterations; returns the right end of the final
@@ -180,7 +180,11 @@ def illinois(g: Callable[[Tensor], Tensor], a: Tensor, b: Tensor, ga: Tensor, gb
     A row whose bracket has shrunk to rounding (hi − lo ≤ 2·eps·hi) or whose right end is an
     exact root is *frozen*: it takes no further update, so its answer depends on its own
     iterations only (not on how long the other rows of the batch need), and the loop ends when
-    every row is frozen: a simple root takes ~5–10 evaluations of g, not ``iters``."""
+    every row is frozen: a simple root takes ~5–10 evaluations of g, not ``iters``.
+
+    ``partial``: g is called as g(x_rows, rows) on the rows not frozen only (rows [k] ascending
+    indices): for a g that costs a field evaluation per row (a held kink's conditions), the
+    rows that have converged are not evaluated again."""
     at_a = ga <= 0
     lo, hi, glo, ghi = a.clone(), b.clone(), ga.clone(), gb.clone()
     side = torch.zeros_like(a)  # +1: the last two updates moved lo; −1: hi
@@ -192,7 +196,12 @@ def illinois(g: Callable[[Tensor], Tensor], a: Tensor, b: Tensor, ga: Tensor, gb
         den = glo - ghi
         x = torch.where(den > 0, lo + (hi - lo) * (glo / den.clamp_min(1e-300)), 0.5 * (lo + hi))
         x = torch.minimum(torch.maximum(x, lo), hi)
-        gx = g(x)
+        if partial:
+            act = (~done).nonzero().squeeze(-1)
+            gx = torch.zeros_like(x)
+            gx[act] = g(x[act], act)
+        else:
+            gx = g(x)
         up = (gx > 0) & ~done
         dn = ~(gx > 0) & ~done
         lo = torch.where(up, x, lo)
