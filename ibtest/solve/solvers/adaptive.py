@@ -260,9 +260,9 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         else:
             K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma)
         err = rk.error(K, w.th, th_new, h, rtol, atol)
-        kinked = None
+        kinked = grazed = None
         if any_stiff:
-            th_new, kinked = stiff_rows(model, sl, rk, w, K, th_new, err, rtol, atol)
+            th_new, kinked, grazed = stiff_rows(model, sl, rk, w, K, th_new, err, rtol, atol)
         accept = err <= 1.0
         n_iter += 1
 
@@ -279,7 +279,10 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
             stiffness_switch(rk, w, K, th_new, y_s, h, h_next, accept, n_iter, stiff_after)
 
         # ---- kink events: the first in each accepted explicit step (the step is cut there) ----
-        slid = sl.after_step(w, A, K, th_old, t_old, h, accept & explicit)
+        if grazed is not None:  # the grazed entries of accepted Rosenbrock steps
+            ga = accept[grazed[0]]
+            grazed = (grazed[0][ga], grazed[1][ga]) if bool(ga.any()) else None
+        slid = sl.after_step(w, A, K, th_old, t_old, h, accept & explicit, grazed)
         h_next = torch.minimum(h_next, (t_max - w.t).clamp_min_(0.0))  # t lands exactly on t_max
         w.h = h_next
 

@@ -166,17 +166,21 @@ class Sliding:
 
     # ---- events -------------------------------------------------------------------------
     def after_step(self, w: WorkingSet, A: Tensor, K: Tensor, th_old: Tensor, t_old: Tensor, h: Tensor,
-                   accept: Tensor) -> Tensor | None:
+                   accept: Tensor, stiff_grazed: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
         """Find the first event in each accepted explicit step (``accept`` [b]: the rows whose
         explicit step was accepted; module docstring), cut the step there and settle the
         pattern. K [S+1, b, P] the stages, A [S, S] the tableau, θ_old [b, P] and t_old [b] the
         start of the step, h [b]. Returns the rows flagged SLIDING (``stop``; bool [b]) or None.
         Grazing crossings (:meth:`_grazing`) are no events: their entries are put back on their
-        side at the end of the step (:meth:`_snap`)."""
+        side at the end of the step (:meth:`_snap`), as are ``stiff_grazed`` (working-set rows
+        [r], entries [r, n, m]): the grazing entries of accepted Rosenbrock steps
+        (:func:`ibtest.solve.solvers.stiff.tail_step`; their rows are not in ``accept``)."""
         self.grazed: tuple[Tensor, Tensor] | None = None
         flag = self._events(w, A, K, th_old, t_old, h, accept)
         if self.grazed is not None:
             self._snap(w, *self.grazed)
+        if stiff_grazed is not None:
+            self._snap(w, *stiff_grazed)
         return flag
 
     def _grazing(self, w: WorkingSet, re: Tensor, th0: Tensor, C: Tensor, z0: Tensor, Zc: Tensor, sgn: Tensor,

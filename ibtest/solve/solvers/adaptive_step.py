@@ -16,7 +16,7 @@ import torch
 
 from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers import stiff as _stiff
-from ibtest.solve.solvers.adaptive_sliding import Field, Sliding
+from ibtest.solve.solvers.adaptive_sliding import AT_KINK, Field, Sliding
 from ibtest.solve.solvers.adaptive_state import WorkingSet
 from ibtest.solve.solvers.rosenbrock import TABLEAUS
 from ibtest.solve.solvers.tableau import tableau
@@ -137,11 +137,13 @@ def initial_step(F: Field, th: Tensor, f: Tensor, Xa: Tensor, ya: Tensor, ma: Te
 
 
 def stiff_rows(model: ModelBase, sl: Sliding, rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Tensor,
-               err: Tensor, rtol: float, atol: float) -> tuple[Tensor, Tensor]:
+               err: Tensor, rtol: float, atol: float) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
     """Replace the explicit step of the stiff rows by a Rosenbrock step (their explicit step had
     h = 0): θ_new [b, P] (returned), K[S] and err [b] (in place). Returns (θ_new, kinked [b]: the
-    Rosenbrock step crossed a kink against the pattern or left a held one). Counts the step in
-    ``w.st_steps``."""
+    Rosenbrock step crossed a kink against the pattern or left a held one, grazed: (working-set
+    rows [r], entries [r, n, m]) that were past their kink at a stage point but graze it
+    (:mod:`ibtest.solve.solvers.stiff`), or None; :meth:`Sliding.after_step` puts them back on
+    their side where the step is accepted). Counts the step in ``w.st_steps``."""
     rs = w.stiff.nonzero().squeeze(-1)
     F = sl.stage_field(w, rs)
     Xs, ys, ms = w.Xa[rs], w.ya[rs], w.ma[rs]
@@ -151,16 +153,21 @@ def stiff_rows(model: ModelBase, sl: Sliding, rk: RKMethod, w: WorkingSet, K: Te
         pr, Ap_r = sl._held_positions(w, rs)  # ascending in rs, as tail_step's held rows
         if pr is not None:
             Ap = Ap_r
-    ths, fs, errs, kk = _stiff.tail_step(model, lambda u: F(u, Xs, ys, ms), w.th[rs], w.f[rs], w.h[rs], Xs, ys,
-                                         ms, rtol, atol, kf=kf, slope=w.slope[rs] if kf is not None else None,
-                                         held=w.S_hold[rs] if kf is not None else None, Ap=Ap,
-                                         tab=rk.stiff_tab)
+    ths, fs, errs, kk, gz = _stiff.tail_step(model, lambda u: F(u, Xs, ys, ms), w.th[rs], w.f[rs], w.h[rs], Xs,
+                                             ys, ms, rtol, atol, kf=kf, slope=w.slope[rs] if kf is not None else None,
+                                             held=w.S_hold[rs] if kf is not None else None, Ap=Ap,
+                                             tab=rk.stiff_tab, at_kink=AT_KINK)
     th_new = th_new.index_copy(0, rs, ths)
     K[-1].index_copy_(0, rs, fs)
     err.index_copy_(0, rs, errs)
     kinked = torch.zeros(err.shape[0], dtype=torch.bool, device=err.device).index_copy_(0, rs, kk)
     w.st_steps += w.stiff
-    return th_new, kinked
+    grazed = None
+    if gz is not None:
+        g = gz.flatten(1).any(-1)
+        if bool(g.any()):
+            grazed = (rs[g], gz[g])
+    return th_new, kinked, grazed
 
 
 def advance(model: ModelBase, rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Tensor, err: Tensor,

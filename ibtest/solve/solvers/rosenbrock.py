@@ -84,12 +84,13 @@ TABLEAUS = {t.name: t for t in (RODAS3, RODAS5)}
 
 
 def rosenbrock_step(tab: RosenbrockTableau, field: Callable[[Tensor], Tensor], theta: Tensor, f0: Tensor,
-                    h: Tensor, H: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+                    h: Tensor, H: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
     """One step of ``tab`` for b instances. ``field(θ) -> f`` [b, P], f0 = field(θ), h [b],
     H [b, P, P] the Hessian of the loss (the Jacobian of the field is −H).
 
-    Returns (θ_new, f(θ_new), error vector [b, P], the stage points and θ_new [list of [b, P]]);
-    rows whose matrix could not be factored get an infinite error."""
+    Returns (θ_new, f(θ_new), error vector [b, P], the stage points and θ_new [list of [b, P]],
+    the field at each of them [list of [b, P]], already computed by the step); rows whose matrix
+    could not be factored get an infinite error."""
     b, P = theta.shape
     hc = h.unsqueeze(-1)
     Mat = H + torch.diag_embed((1.0 / (tab.gamma * h)).unsqueeze(-1).expand(b, P))
@@ -100,6 +101,7 @@ def rosenbrock_step(tab: RosenbrockTableau, field: Callable[[Tensor], Tensor], t
 
     K: list[Tensor] = []
     points: list[Tensor] = []
+    fields: list[Tensor] = []
     fi = f0
     for i in range(tab.stages):
         ai = tab.a[i]
@@ -110,6 +112,7 @@ def rosenbrock_step(tab: RosenbrockTableau, field: Callable[[Tensor], Tensor], t
                     yi = yi + x * K[j]
             fi = field(yi)
             points.append(yi)
+            fields.append(fi)
         rhs = fi
         for j, x in enumerate(tab.c[i]):
             if x != 0.0:
@@ -128,7 +131,8 @@ def rosenbrock_step(tab: RosenbrockTableau, field: Callable[[Tensor], Tensor], t
         err = torch.where(bad.unsqueeze(-1), torch.full_like(err, float("inf")), err)
     f_new = field(th_new)
     points.append(th_new)
-    return th_new, f_new, err, points
+    fields.append(f_new)
+    return th_new, f_new, err, points, fields
 
 
 def observed_errors(tab: RosenbrockTableau, steps: tuple[float, ...] = (0.2, 0.1, 0.05)) -> list[float]:
@@ -149,7 +153,7 @@ def observed_errors(tab: RosenbrockTableau, steps: tuple[float, ...] = (0.2, 0.1
         th = th0.clone()
         hh = torch.full((1,), h, dtype=torch.float64)
         for _ in range(int(round(1 / h))):
-            th, _, _, _ = rosenbrock_step(tab, lambda u: -grad(u), th, -grad(th), hh, hess(th))
+            th, _, _, _, _ = rosenbrock_step(tab, lambda u: -grad(u), th, -grad(th), hh, hess(th))
         return th
 
     ref = run(1e-3)
