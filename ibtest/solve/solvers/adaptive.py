@@ -115,10 +115,10 @@ from ibtest.solve.solvers.adaptive_sliding import Sliding
 from ibtest.solve.solvers.adaptive_state import Outputs, WorkingSet
 from ibtest.solve.solvers.adaptive_step import (
     FAC_MAX,
-    RESWITCH_AFTER,
     RKMethod,
     advance,
     initial_step,
+    stiff_exit,
     stiff_rows,
     stiffness_switch,
 )
@@ -250,19 +250,26 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
             report(B - int(torch.unique(out.parent[w.idx]).numel()), n_iter, float(w.t.min()))
         # ---- one embedded RK step for every active instance (stiff rows: Rosenbrock) -------
         sliding_rows = sl.rows
-        any_stiff = bool(w.stiff.any())
+        n_stiff = int(w.stiff.sum()) if can_stiff else 0
+        any_stiff = n_stiff > 0
+        all_stiff = n_stiff == b  # no explicit step this iteration: its stages, error and tests are skipped
         explicit = ~w.stiff  # the rows taking an explicit step (the switch below may change w.stiff)
         h = w.h
-        if any_stiff:  # the explicit stages of the explicit rows only
-            ex_rows = (~w.stiff).nonzero().squeeze(-1)
-            K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
-                                       F_rows=sl.stage_field(w, ex_rows))
+        if all_stiff:  # K = f at every stage (an explicit step of h = 0); stiff_rows fills K[S] and err
+            K, th_new, y_s = w.f.unsqueeze(0).repeat(rk.S + 1, 1, 1), w.th, w.th
+            err = torch.empty_like(h)
         else:
-            K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma)
-        err = rk.error(K, w.th, th_new, h, rtol, atol)
+            if any_stiff:  # the explicit stages of the explicit rows only
+                ex_rows = explicit.nonzero().squeeze(-1)
+                K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
+                                           F_rows=sl.stage_field(w, ex_rows))
+            else:
+                K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma)
+            err = rk.error(K, w.th, th_new, h, rtol, atol)
         kinked = grazed = None
+        frac = h
         if any_stiff:
-            th_new, kinked, grazed = stiff_rows(model, sl, rk, w, K, th_new, err, rtol, atol)
+            th_new, kinked, frac, grazed = stiff_rows(model, sl, rk, w, K, th_new, err, rtol, atol)
         accept = err <= 1.0
         n_iter += 1
 
@@ -270,12 +277,10 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         t_old = w.t
         th_old, h_next = advance(model, rk, w, K, th_new, err, accept, any_stiff, sliding_rows)
         if kinked is not None and bool(kinked.any()):
-            # the Rosenbrock step crossed or left a kink: back to the explicit method (it locates
-            # the event), no switch for RESWITCH_AFTER steps
-            w.stiff &= ~kinked
-            h_next = torch.where(kinked, w.h_ex, h_next)
-            w.st_block = torch.where(kinked, n_iter + RESWITCH_AFTER, w.st_block)
-        if can_stiff:
+            # the Rosenbrock step crossed or left a kink: a shorter one, or back to the explicit
+            # method (it locates the event), no switch for RESWITCH_AFTER steps
+            h_next = stiff_exit(w, kinked, frac, h, h_next, n_iter)
+        if can_stiff and not all_stiff:  # the test counts explicit steps only
             stiffness_switch(rk, w, K, th_new, y_s, h, h_next, accept, n_iter, stiff_after)
 
         # ---- kink events: the first in each accepted explicit step (the step is cut there) ----

@@ -83,6 +83,24 @@ RODAS5 = RosenbrockTableau(
 TABLEAUS = {t.name: t for t in (RODAS3, RODAS5)}
 
 
+#: per (tableau, device, dtype): the rows of a and c as vectors (None for an all-zero row), m and e
+_COEF: dict[tuple[str, torch.device, torch.dtype],
+            tuple[list[Tensor | None], list[Tensor | None], Tensor, Tensor]] = {}
+
+
+def _coefficients(tab: RosenbrockTableau, like: Tensor) -> tuple[list[Tensor | None], list[Tensor | None], Tensor, Tensor]:
+    key = (tab.name, like.device, like.dtype)
+    if key not in _COEF:
+        def vec(row: tuple[float, ...]) -> Tensor | None:
+            if not any(x != 0.0 for x in row):
+                return None
+            return torch.tensor(row, dtype=like.dtype, device=like.device)
+        m = torch.tensor(tab.m, dtype=like.dtype, device=like.device)
+        e = torch.tensor(tab.e, dtype=like.dtype, device=like.device)
+        _COEF[key] = ([vec(r) for r in tab.a], [vec(r) for r in tab.c], m, e)
+    return _COEF[key]
+
+
 def rosenbrock_step(tab: RosenbrockTableau, field: Callable[[Tensor], Tensor], theta: Tensor, f0: Tensor,
                     h: Tensor, H: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
     """One step of ``tab`` for b instances. ``field(θ) -> f`` [b, P], f0 = field(θ), h [b],
@@ -90,42 +108,33 @@ def rosenbrock_step(tab: RosenbrockTableau, field: Callable[[Tensor], Tensor], t
 
     Returns (θ_new, f(θ_new), error vector [b, P], the stage points and θ_new [list of [b, P]],
     the field at each of them [list of [b, P]], already computed by the step); rows whose matrix
-    could not be factored get an infinite error."""
+    could not be factored get an infinite error.
+
+    The sums Σ_j a_ij K_j, Σ_j c_ij K_j, Σ m_i K_i and Σ e_i K_i are one vector @ matrix product
+    each on the flat [s, b·P] view of the stages (as the explicit stages: few tensor operations,
+    and rounding that does not depend on the batch size)."""
     b, P = theta.shape
     hc = h.unsqueeze(-1)
     Mat = H + torch.diag_embed((1.0 / (tab.gamma * h)).unsqueeze(-1).expand(b, P))
     LU, piv, info = torch.linalg.lu_factor_ex(Mat)
-
-    def solve(rhs: Tensor) -> Tensor:
-        return torch.linalg.lu_solve(LU, piv, rhs.unsqueeze(-1)).squeeze(-1)
-
-    K: list[Tensor] = []
+    a_rows, c_rows, m, e = _coefficients(tab, theta)
+    s = tab.stages
+    K = torch.empty(s, b, P, dtype=theta.dtype, device=theta.device)
+    Kf = K.view(s, b * P)
     points: list[Tensor] = []
     fields: list[Tensor] = []
     fi = f0
-    for i in range(tab.stages):
-        ai = tab.a[i]
-        if any(x != 0.0 for x in ai):
-            yi = theta
-            for j, x in enumerate(ai):
-                if x != 0.0:
-                    yi = yi + x * K[j]
+    for i in range(s):
+        ai, ci = a_rows[i], c_rows[i]
+        if ai is not None:
+            yi = theta + (ai @ Kf[:i]).view(b, P)
             fi = field(yi)
             points.append(yi)
             fields.append(fi)
-        rhs = fi
-        for j, x in enumerate(tab.c[i]):
-            if x != 0.0:
-                rhs = rhs + (x / hc) * K[j]
-        K.append(solve(rhs))
-    th_new = theta
-    for x, k in zip(tab.m, K):
-        if x != 0.0:
-            th_new = th_new + x * k
-    err = torch.zeros_like(theta)
-    for x, k in zip(tab.e, K):
-        if x != 0.0:
-            err = err + x * k
+        rhs = fi if ci is None else fi + (ci @ Kf[:i]).view(b, P) / hc
+        K[i] = torch.linalg.lu_solve(LU, piv, rhs.unsqueeze(-1)).squeeze(-1)
+    th_new = theta + (m @ Kf).view(b, P)
+    err = (e @ Kf).view(b, P)
     bad = info != 0
     if bool(bad.any()):
         err = torch.where(bad.unsqueeze(-1), torch.full_like(err, float("inf")), err)

@@ -49,7 +49,7 @@ away from it), or θ_new is past by more than ``AT_KINK``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -112,22 +112,36 @@ def grazes_back(kf: KinkField, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor
     return (sgn * zd > tol_v) & (sgn * zo > tol_v)
 
 
+class TailStep(NamedTuple):
+    """The result of :func:`tail_step` for b rows."""
+
+    theta: Tensor  #: θ_new [b, P]
+    f: Tensor  #: F(θ_new) [b, P]
+    err: Tensor  #: scaled error norm [b] (inf where kinked)
+    kinked: Tensor  #: bool [b]: a real crossing or a held kink left (the step is rejected)
+    grazed: Tensor | None  #: bool [b, n, m]: entries past their kink that graze it (not kinked rows)
+    frac: Tensor  #: [b] where the step first crosses, as a fraction of h (nan: not estimated)
+
+
 def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tensor, h: Tensor, X: Tensor,
               y: Tensor, mask: Tensor, rtol: float, atol: float, kf: KinkField | None = None,
               slope: Tensor | None = None, held: Tensor | None = None, Ap: Tensor | None = None,
               tab: RosenbrockTableau = RODAS5,
-              at_kink: float | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+              at_kink: float | None = None) -> TailStep:
     """One Rosenbrock step (``tab``: Rodas5 by default) of the stiff rows of the ``adaptive`` solver.
 
     ``F(θ)`` is the rows' field (the activation pattern held, projected onto held kinks), f0 =
-    F(θ). Returns (θ_new, F(θ_new), scaled error norm [b] (the explicit method's norm: RMS of
-    the error over atol + rtol·max(|θ|, |θ_new|)), kinked [b]: a stage point has crossed a kink
-    against the pattern ``slope`` [b, n, m] beyond rounding, or a held kink stops being held at
-    θ_new (then the error is inf: the step is rejected and the row returns to the explicit
-    method, which locates the event), grazed [b, n, m] or None: the entries past their kink at
-    some point of a step that is not kinked because they graze (module docstring; only with
-    ``at_kink`` given, the end-of-step allowance ``AT_KINK``: None counts every entry past its
-    kink as a crossing)).
+    F(θ). Returns a :class:`TailStep`: θ_new, F(θ_new), the scaled error norm [b] (the explicit
+    method's norm: RMS of the error over atol + rtol·max(|θ|, |θ_new|)), kinked [b]: a stage
+    point has crossed a kink against the pattern ``slope`` [b, n, m] beyond rounding, or a held
+    kink stops being held at θ_new (then the error is inf: the step is rejected; the solver
+    shortens it or returns the row to the explicit method, which locates the event), grazed
+    [b, n, m] or None: the entries past their kink at some point of a step that is not kinked
+    because they graze (module docstring; only with ``at_kink`` given, the end-of-step allowance
+    ``AT_KINK``: None counts every entry past its kink as a crossing), and frac [b]: on kinked
+    rows with an entry past its kink at θ_new, the smallest fraction s·z(θ)/(s·z(θ) − s·z(θ_new))
+    of the step at which such an entry's pre-activation, interpolated linearly, reaches its kink
+    (nan elsewhere; an estimate of where to end a shorter step).
 
     ``held`` [b, n, m]: kink entries held by ``sliding: follow``. With every held λ*_e interior
     the Filippov velocity is −Π∇L, Π the projector onto the kinks' (constant) tangent space, so
@@ -148,6 +162,7 @@ def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tens
     err = (e / sc).square().mean(-1).sqrt()
     err = torch.nan_to_num(err, nan=float("inf"), posinf=float("inf"))
     kinked = torch.zeros(theta.shape[0], dtype=torch.bool, device=theta.device)
+    frac = torch.full_like(err, float("nan"))
     grazed = None
     if kf is not None and slope is not None and held is not None:
         sgn = torch.where(slope == kf.hi, 1.0, -1.0).to(theta.dtype)
@@ -155,10 +170,14 @@ def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tens
         # an entry within rounding of its kink (ROUND times the magnitude of its terms) has
         # not crossed it: a fitted point on a kink, where the field is continuous (counting it
         # sent W2 seed 1 instance 39 back to the explicit method at every step: 7,773 steps)
-        pasts = [(sgn * kf.preact(p, X) < -kf.rounding(p, X)) & free for p in points]
-        past = pasts[0]
-        for q in pasts[1:]:
-            past = past | q
+        n_pt = len(points)
+        pts = torch.cat(points)  # [k·b, P]: the pre-activations of every point at once
+        Xk = X.repeat(n_pt, 1, 1)
+        zs = kf.preact(pts, Xk)
+        tl = kf.rounding(pts, Xk)
+        past_k = ((sgn.repeat(n_pt, 1, 1) * zs < -tl) & free.repeat(n_pt, 1, 1)).view(n_pt, *sgn.shape)
+        pasts = list(past_k.unbind(0))
+        past = past_k.any(0)
         crossed = past.flatten(1).any(-1)
         if at_kink is not None and bool(crossed.any()):
             # grazing entries (module docstring): checked on the rows with a past entry only
@@ -187,4 +206,12 @@ def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tens
         err = torch.where(kinked, torch.full_like(err, float("inf")), err)
         if grazed is not None:
             grazed &= ~kinked.view(-1, 1, 1)
-    return th_new, f_new, err, kinked, grazed
+        if bool(kinked.any()):
+            ki = kinked.nonzero().squeeze(-1)
+            z0 = (sgn[ki] * kf.preact(theta[ki], X[ki])).clamp_min(0.0)
+            z1 = sgn[ki] * kf.preact(th_new[ki], X[ki])
+            end = pasts[-1][ki]  # past at θ_new
+            x = torch.where(end, z0 / (z0 - z1).clamp_min(1e-300), torch.full_like(z0, float("inf")))
+            xm = x.flatten(1).amin(-1)
+            frac[ki] = torch.where(torch.isfinite(xm), xm, torch.full_like(xm, float("nan")))
+    return TailStep(th_new, f_new, err, kinked, grazed, frac)
