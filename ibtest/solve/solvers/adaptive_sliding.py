@@ -43,6 +43,7 @@ from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers.adaptive_state import WorkingSet
 from ibtest.solve.solvers.events import DenseOutput, first_crossing, horner, illinois
 from ibtest.solve.solvers.kinks import KinkField, _pack, unit_factors, unit_identity
+from ibtest.solve.solvers.stiff import grazes_back
 
 Tensor = torch.Tensor
 #: the field of a stage: (θ [b, P], X [b, n, d], y [b, n], mask [b, n]) -> f [b, P]
@@ -202,30 +203,48 @@ class Sliding:
         shp = z0.shape
         free_u = ~w.S_hold[re].any(1, keepdim=True)  # [r, 1, m]: units that hold no kink
         th_end = w.th[re]
-        end_ok = sgn.view(shp) * kf.preact(th_end, Xe) >= -AT_KINK * kf.scale(th_end, Xe)
-        nx = (Xe * Xe).sum(-1).unsqueeze(-1)
+        # the entries that may graze: on a unit that holds no kink, within AT_KINK of the kink or on
+        # their side at the end of the step (a real crossing that ends beyond AT_KINK costs nothing more)
+        may = free_u & (sgn.view(shp) * kf.preact(th_end, Xe) >= -AT_KINK * kf.scale(th_end, Xe))
         grazed = torch.zeros_like(hit)
         cand = cand.clone()
+        x_c, hit = x_c.clone(), hit.clone()
+        E = cand.shape[1]
         for _ in range(GRAZE_ITERS):
-            fin = torch.isfinite(x_c)
-            if not bool(fin.any()):
+            # only the rows whose first crossing has an entry that may graze (after the first
+            # round: the rows re-located after dropping one); the others keep their crossing
+            at = (hit & may).flatten(1).any(-1)
+            if not bool(at.any()):
                 break
-            fi = fin.nonzero().squeeze(-1)
+            fi = at.nonzero().squeeze(-1)
             th_x = horner(th0[fi], C[:, fi], x_c[fi].clamp(0.0, 1.0).unsqueeze(-1))
             Xf, yf, mf, sf = Xe[fi], ye[fi], me[fi], sl[fi]
-            zd = -kf.preact(kf.grad(th_x, Xf, yf, mf, sf), Xf)  # ż on the entry's own side
-            al = kf.alpha(th_x, kf.residual(th_x, Xf, yf, mf, sf))
-            tol_v = kf.hold_tolerance(th_x, Xf, yf, mf, sf) * nx[fi]
             s = sgn.view(shp)[fi]
-            # the other side: a₋ = a₊ + α‖x_i‖² (from above), a₊ = a₋ − α‖x_i‖² (from below)
-            zo = zd + s * al * nx[fi]
-            g = hit[fi] & free_u[fi] & end_ok[fi] & (s * zd > tol_v) & (s * zo > tol_v)
+            zd = -kf.preact(kf.grad(th_x, Xf, yf, mf, sf), Xf)  # ż on the entry's own side
+            g = hit[fi] & may[fi] & (s * zd > 0)  # the test below needs s·ż > tolerance ≥ 0
             if not bool(g.any()):
                 break
+            g &= grazes_back(kf, th_x, Xf, yf, mf, sf, s, zd)
+            gi = g.flatten(1).any(-1)
+            if not bool(gi.any()):
+                break
+            fi, g = fi[gi], g[gi]
             grazed[fi] |= g
             cand[fi] &= ~g.flatten(1)
-            x_c, h2 = first_crossing(z0.flatten(1), Zc, sgn, cand, tol)
-            hit = h2.view_as(hit)
+            # the next crossing of the rows that dropped a grazing one (none where no candidate is
+            # left; first_crossing's answer for a row does not depend on the other rows)
+            hit[fi] = False
+            x_c[fi] = float("inf")
+            left = cand[fi].any(-1)
+            if not bool(left.any()):
+                break
+            fl = fi[left]
+            x2, h2 = first_crossing(z0[fl].reshape(-1, E), Zc[:, fl], sgn[fl], cand[fl], tol[fl])
+            x_c[fl] = x2
+            hit[fl] = h2.view(-1, *shp[1:])
+            may_r = torch.zeros_like(at)
+            may_r[fl] = True
+            may = may & may_r.view(-1, 1, 1)  # later rounds: the re-located rows only
         if bool(grazed.any()):
             gr = grazed.flatten(1).any(-1)
             self.grazed = (re[gr], grazed[gr])
