@@ -29,17 +29,23 @@ stability region while the tail lasts t ~ 1/σ_min², far beyond any step budget
 explicit step applies Hairer's stiffness test (h·‖K_S − K_{S−1}‖/‖θ_new − Y_{S−1}‖ above 0.7 of the
 real stability interval, or the stability cap h_cap of the drift check binding); after 15 such
 steps (6 unlimited steps reset the count) and at least ``stiff_after`` steps (default 100), the
-instance switches to a batched Rosenbrock step (``stiff_method``: Rodas5, order 5, by default, or
-Rodas3; L-stable, exact Hessian on the current activation pattern:
+instance switches to a batched Rosenbrock step (``stiff_method``: Rodas5P, order 5, by default,
+Rodas5 or Rodas3; L-stable, exact Hessian on the current activation pattern:
 :mod:`ibtest.solve.solvers.stiff`, :mod:`ibtest.solve.solvers.rosenbrock`), whose step is limited
-by accuracy only. Its explicit stages are then skipped. Held kinks are followed in that phase
-(the Filippov field there is −Π∇L, see :func:`ibtest.solve.solvers.stiff.tail_step`); a pending
-kink does not block the switch. A Rosenbrock step whose stage points change the activation
-pattern is rejected and the instance returns to the explicit method (its last explicit step
-size; no new switch for ``RESWITCH_AFTER`` = 50 steps), so kinks crossed in the tail are resolved
-and checked for sliding as before. Every stopping rule below applies unchanged to both kinds of
-step (the energy-identity test for pinned iterates skips Rosenbrock rows, which keep their
-pattern). ``info["stiff_steps"]`` counts the Rosenbrock steps of an instance. ``stiff_after=0`` disables the switch.
+by accuracy only. Its explicit stages are then skipped (an iteration in which every row is
+stiff takes no explicit stages, error norm or stiffness test at all). Held kinks are followed in
+that phase (the Filippov field there is −Π∇L, see :func:`ibtest.solve.solvers.stiff.tail_step`);
+a pending kink does not block the switch. An entry that only grazes its kink at the stage
+points does not reject the step (the grazing rule below, :mod:`ibtest.solve.solvers.stiff`). A
+Rosenbrock step whose stage points cross a kink against the pattern (or at whose end a held kink
+stops being held) is rejected; while the step shortened toward the crossing stays above
+``APPROACH`` = 2 explicit steps the row retries it, else it returns to the explicit method (its
+last explicit step size h_ex; no new switch for the steps that cover twice the rejected step at
+h_ex, at most ``RESWITCH_AFTER`` = 50: :func:`~ibtest.solve.solvers.adaptive_step.stiff_exit`), so
+kinks crossed in the tail are resolved and checked for sliding as before. Every stopping rule
+below applies unchanged to both kinds of step (the energy-identity test for pinned iterates skips
+Rosenbrock rows, which keep their pattern). ``info["stiff_steps"]`` counts the Rosenbrock steps
+of an instance. ``stiff_after=0`` disables the switch.
 
 Kinks (an activation switching) are events: the field of a step is −∇L with the activation
 pattern held, smooth inside the step, and the first crossing in an accepted step is located on

@@ -47,7 +47,7 @@ def rpow(x: Tensor, e: Tensor | float) -> Tensor:
 class RKMethod:
     """An embedded explicit Runge–Kutta pair: DOP853 (``order=8``) or Dormand–Prince 5(4)."""
 
-    def __init__(self, order: int, stiff_method: str = "rodas5") -> None:
+    def __init__(self, order: int, stiff_method: str = "rodas5p") -> None:
         if stiff_method not in TABLEAUS:
             raise ValueError(f"stiff_method must be one of {sorted(TABLEAUS)}, got {stiff_method!r}")
         #: the Rosenbrock method of the stiff rows and its step-size exponent

@@ -1,5 +1,5 @@
-r"""The stiff tail of the ``adaptive`` solver: a batched Rosenbrock step (Rodas5 by default, or
-Rodas3) with the exact Hessian of the loss, for instances whose explicit step is
+r"""The stiff tail of the ``adaptive`` solver: a batched Rosenbrock step (Rodas5P by default, or
+Rodas5, Rodas3) with the exact Hessian of the loss, for instances whose explicit step is
 stability-limited (issue 12).
 
 Why. On a slow last piece the flow θ' = −∇L(θ) has Jacobian −∇²L with eigenvalues from −λ_max
@@ -13,7 +13,10 @@ pattern (the region where the flow is smooth). Why Rodas5 (order 5, 8 stages) an
 (order 3, 4 stages): at the tolerances verdicts need (rtol 1e-10) an order-3 step is accuracy-
 limited to ~(1e-10)^(1/3) of the solution's time scale, often *below* the explicit method's
 stability limit, so the switch bought nothing (W2 instance 994 of seed 0: 5,148 Rodas3 steps
-against 579 Rodas5 steps to the same limit, within 1e-9).
+against 579 Rodas5 steps to the same limit, within 1e-9). Why Rodas5P and not Rodas5: the same
+8 stages, and no order reduction where the fast modes track a slow motion (a singularly
+perturbed flow, W2's tails past a saddle): instance 527 of seed 0 took 944 Rodas5 steps at
+h ≈ 0.3 (:mod:`ibtest.solve.solvers.rosenbrock`).
 
 H is the model's analytic ``loss_hessian`` where it defines one (``two_layer_relu``, the
 single neurons: a few batched tensor operations), otherwise it is computed by forward-mode
@@ -24,8 +27,9 @@ an instance's answer does not depend on its batch).
 
 Kinks. The field is the one with the activation pattern held, and the Hessian that of the
 pattern. A step whose stage points cross a kink against the pattern, or at whose end a held kink
-stops being held, is rejected and the instance returns to the explicit method, which locates
-the event on its dense output (``adaptive``).
+stops being held, is rejected; it is retried shorter while it is well above the explicit step,
+else the instance returns to the explicit method, which locates the event on its dense output
+(``adaptive``, :func:`~ibtest.solve.solvers.adaptive_step.stiff_exit`).
 
 Grazing entries (the rule of the explicit path, :meth:`Sliding._grazing
 <ibtest.solve.solvers.adaptive_sliding.Sliding._grazing>`, applied to the stage points). A free
