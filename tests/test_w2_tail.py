@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -118,7 +119,7 @@ def test_rejected_long_rosenbrock_step_is_shortened_then_returns_to_the_explicit
     step would be within APPROACH explicit steps, the row returns to the explicit method with its
     explicit step size, blocked from switching back for the steps covering twice the rejected
     step (at most RESWITCH_AFTER; with APPROACH = 2 and the factor ≥ 0.1 at most 40)."""
-    w = SimpleNamespace(h_ex=torch.tensor([0.5, 0.5, 0.5], dtype=F64), stiff=torch.tensor([True, True, True]),
+    w: Any = SimpleNamespace(h_ex=torch.tensor([0.5, 0.5, 0.5], dtype=F64), stiff=torch.tensor([True, True, True]),
                         st_block=torch.zeros(3, dtype=torch.int64))
     kinked = torch.tensor([True, True, False])
     frac = torch.tensor([0.5, math.nan, math.nan], dtype=F64)
