@@ -24,10 +24,13 @@ from ibtest.solve.solvers.tableau import tableau
 Tensor = torch.Tensor
 #: step-size controller: safety factor and the range of the step-size factor
 SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 10.0
-#: iterations a row stays explicit after its Rosenbrock step changed the activation pattern (the
-#: explicit method resolves the kink in a few steps; the stiffness test then needs 15 limited
-#: steps again). Blocking for ``stiff_after`` steps instead made an instance whose tail crosses
-#: kinks run the explicit method for most of it (W2 seed 1, instance 925: 20,000 steps, budget).
+#: the most iterations a row stays explicit after its Rosenbrock step changed the activation
+#: pattern (:func:`stiff_exit` blocks the switch for the explicit steps that cover twice the
+#: rejected step, at most 40 with ``APPROACH``; the stiffness test then needs 15 limited steps
+#: again). A fixed block of 50 made a row whose Rosenbrock steps met a kink they only approach
+#: (W2 seed 0, instance 502) run 50 explicit steps per rejection; blocking for ``stiff_after``
+#: steps made an instance whose tail crosses kinks run the explicit method for most of it (W2
+#: seed 1, instance 925: 20,000 steps, budget).
 RESWITCH_AFTER = 50
 #: a Rosenbrock step rejected at a kink is shortened (and retried) while the shorter step stays
 #: above this many explicit step sizes h_ex; below, the row returns to the explicit method
