@@ -29,17 +29,23 @@ stability region while the tail lasts t ~ 1/σ_min², far beyond any step budget
 explicit step applies Hairer's stiffness test (h·‖K_S − K_{S−1}‖/‖θ_new − Y_{S−1}‖ above 0.7 of the
 real stability interval, or the stability cap h_cap of the drift check binding); after 15 such
 steps (6 unlimited steps reset the count) and at least ``stiff_after`` steps (default 100), the
-instance switches to a batched Rosenbrock step (``stiff_method``: Rodas5, order 5, by default, or
-Rodas3; L-stable, exact Hessian on the current activation pattern:
+instance switches to a batched Rosenbrock step (``stiff_method``: Rodas5P, order 5, by default,
+Rodas5 or Rodas3; L-stable, exact Hessian on the current activation pattern:
 :mod:`ibtest.solve.solvers.stiff`, :mod:`ibtest.solve.solvers.rosenbrock`), whose step is limited
-by accuracy only. Its explicit stages are then skipped. Held kinks are followed in that phase
-(the Filippov field there is −Π∇L, see :func:`ibtest.solve.solvers.stiff.tail_step`); a pending
-kink does not block the switch. A Rosenbrock step whose stage points change the activation
-pattern is rejected and the instance returns to the explicit method (its last explicit step
-size; no new switch for ``RESWITCH_AFTER`` = 50 steps), so kinks crossed in the tail are resolved
-and checked for sliding as before. Every stopping rule below applies unchanged to both kinds of
-step (the energy-identity test for pinned iterates skips Rosenbrock rows, which keep their
-pattern). ``info["stiff_steps"]`` counts the Rosenbrock steps of an instance. ``stiff_after=0`` disables the switch.
+by accuracy only. Its explicit stages are then skipped (an iteration in which every row is
+stiff takes no explicit stages, error norm or stiffness test at all). Held kinks are followed in
+that phase (the Filippov field there is −Π∇L, see :func:`ibtest.solve.solvers.stiff.tail_step`);
+a pending kink does not block the switch. An entry that only grazes its kink at the stage
+points does not reject the step (the grazing rule below, :mod:`ibtest.solve.solvers.stiff`). A
+Rosenbrock step whose stage points cross a kink against the pattern (or at whose end a held kink
+stops being held) is rejected; while the step shortened toward the crossing stays above
+``APPROACH`` = 2 explicit steps the row retries it, else it returns to the explicit method (its
+last explicit step size h_ex; no new switch for the steps that cover twice the rejected step at
+h_ex, at most ``RESWITCH_AFTER`` = 50: :func:`~ibtest.solve.solvers.adaptive_step.stiff_exit`), so
+kinks crossed in the tail are resolved and checked for sliding as before. Every stopping rule
+below applies unchanged to both kinds of step (the energy-identity test for pinned iterates skips
+Rosenbrock rows, which keep their pattern). ``info["stiff_steps"]`` counts the Rosenbrock steps
+of an instance. ``stiff_after=0`` disables the switch.
 
 Kinks (an activation switching) are events: the field of a step is −∇L with the activation
 pattern held, smooth inside the step, and the first crossing in an accepted step is located on
@@ -115,10 +121,10 @@ from ibtest.solve.solvers.adaptive_sliding import Sliding
 from ibtest.solve.solvers.adaptive_state import Outputs, WorkingSet
 from ibtest.solve.solvers.adaptive_step import (
     FAC_MAX,
-    RESWITCH_AFTER,
     RKMethod,
     advance,
     initial_step,
+    stiff_exit,
     stiff_rows,
     stiffness_switch,
 )
@@ -250,19 +256,26 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
             report(B - int(torch.unique(out.parent[w.idx]).numel()), n_iter, float(w.t.min()))
         # ---- one embedded RK step for every active instance (stiff rows: Rosenbrock) -------
         sliding_rows = sl.rows
-        any_stiff = bool(w.stiff.any())
+        n_stiff = int(w.stiff.sum()) if can_stiff else 0
+        any_stiff = n_stiff > 0
+        all_stiff = n_stiff == b  # no explicit step this iteration: its stages, error and tests are skipped
         explicit = ~w.stiff  # the rows taking an explicit step (the switch below may change w.stiff)
         h = w.h
-        if any_stiff:  # the explicit stages of the explicit rows only
-            ex_rows = (~w.stiff).nonzero().squeeze(-1)
-            K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
-                                       F_rows=sl.stage_field(w, ex_rows))
+        if all_stiff:  # K = f at every stage (an explicit step of h = 0); stiff_rows fills K[S] and err
+            K, th_new, y_s = w.f.unsqueeze(0).repeat(rk.S + 1, 1, 1), w.th, w.th
+            err = torch.empty_like(h)
         else:
-            K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma)
-        err = rk.error(K, w.th, th_new, h, rtol, atol)
-        kinked = None
+            if any_stiff:  # the explicit stages of the explicit rows only
+                ex_rows = explicit.nonzero().squeeze(-1)
+                K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma, rows=ex_rows,
+                                           F_rows=sl.stage_field(w, ex_rows))
+            else:
+                K, th_new, y_s = rk.stages(sl.stage_field(w), w.th, w.f, h, w.Xa, w.ya, w.ma)
+            err = rk.error(K, w.th, th_new, h, rtol, atol)
+        kinked = grazed = None
+        frac = h
         if any_stiff:
-            th_new, kinked = stiff_rows(model, sl, rk, w, K, th_new, err, rtol, atol)
+            th_new, kinked, frac, grazed = stiff_rows(model, sl, rk, w, K, th_new, err, rtol, atol)
         accept = err <= 1.0
         n_iter += 1
 
@@ -270,16 +283,17 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         t_old = w.t
         th_old, h_next = advance(model, rk, w, K, th_new, err, accept, any_stiff, sliding_rows)
         if kinked is not None and bool(kinked.any()):
-            # the Rosenbrock step crossed or left a kink: back to the explicit method (it locates
-            # the event), no switch for RESWITCH_AFTER steps
-            w.stiff &= ~kinked
-            h_next = torch.where(kinked, w.h_ex, h_next)
-            w.st_block = torch.where(kinked, n_iter + RESWITCH_AFTER, w.st_block)
-        if can_stiff:
+            # the Rosenbrock step crossed or left a kink: a shorter one, or back to the explicit
+            # method (it locates the event), no switch for RESWITCH_AFTER steps
+            h_next = stiff_exit(w, kinked, frac, h, h_next, n_iter)
+        if can_stiff and not all_stiff:  # the test counts explicit steps only
             stiffness_switch(rk, w, K, th_new, y_s, h, h_next, accept, n_iter, stiff_after)
 
         # ---- kink events: the first in each accepted explicit step (the step is cut there) ----
-        slid = sl.after_step(w, A, K, th_old, t_old, h, accept & explicit)
+        if grazed is not None:  # the grazed entries of accepted Rosenbrock steps
+            ga = accept[grazed[0]]
+            grazed = (grazed[0][ga], grazed[1][ga]) if bool(ga.any()) else None
+        slid = sl.after_step(w, A, K, th_old, t_old, h, accept & explicit, grazed)
         h_next = torch.minimum(h_next, (t_max - w.t).clamp_min_(0.0))  # t lands exactly on t_max
         w.h = h_next
 

@@ -29,8 +29,9 @@ OPTIONS: dict[str, Option] = {
                       "or stop with status sliding"),
     "stiff_after": Option(100, Annotated[int, Field(ge=0)], "steps before a stability-limited instance may "
                           "switch to the Rosenbrock tail integrator (0: never)"),
-    "stiff_method": Option("rodas5", Literal["rodas5", "rodas3"],
-                           "Rosenbrock method of the stiff tail: rodas5 (order 5) or rodas3 (order 3)"),
+    "stiff_method": Option("rodas5p", Literal["rodas5p", "rodas5", "rodas3"],
+                           "Rosenbrock method of the stiff tail: rodas5p (order 5, no order reduction on "
+                           "singularly perturbed tails), rodas5 (order 5) or rodas3 (order 3)"),
     "threads": Option(1, Annotated[int, Field(ge=0)], "torch intra-op threads during the solve (0: leave as is)"),
     "branches": Option(3, Annotated[int, Field(ge=0)], "repelling releases per instance followed both ways "
                        "(the other side in a branch of the solve); a limit that depends on the branch, or a "

@@ -43,6 +43,7 @@ from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers.adaptive_state import WorkingSet
 from ibtest.solve.solvers.events import DenseOutput, first_crossing, horner, illinois
 from ibtest.solve.solvers.kinks import KinkField, UnitFactors, _pack, unit_factors
+from ibtest.solve.solvers.stiff import grazes_back
 
 Tensor = torch.Tensor
 #: the field of a stage: (θ [b, P], X [b, n, d], y [b, n], mask [b, n]) -> f [b, P]
@@ -243,17 +244,21 @@ class Sliding:
 
     # ---- events -------------------------------------------------------------------------
     def after_step(self, w: WorkingSet, A: Tensor, K: Tensor, th_old: Tensor, t_old: Tensor, h: Tensor,
-                   accept: Tensor) -> Tensor | None:
+                   accept: Tensor, stiff_grazed: tuple[Tensor, Tensor] | None = None) -> Tensor | None:
         """Find the first event in each accepted explicit step (``accept`` [b]: the rows whose
         explicit step was accepted; module docstring), cut the step there and settle the
         pattern. K [S+1, b, P] the stages, A [S, S] the tableau, θ_old [b, P] and t_old [b] the
         start of the step, h [b]. Returns the rows flagged SLIDING (``stop``; bool [b]) or None.
         Grazing crossings (:meth:`_grazing`) are no events: their entries are put back on their
-        side at the end of the step (:meth:`_snap`)."""
+        side at the end of the step (:meth:`_snap`), as are ``stiff_grazed`` (working-set rows
+        [r], entries [r, n, m]): the grazing entries of accepted Rosenbrock steps
+        (:func:`ibtest.solve.solvers.stiff.tail_step`; their rows are not in ``accept``)."""
         self.grazed: tuple[Tensor, Tensor] | None = None
         flag = self._events(w, A, K, th_old, t_old, h, accept)
         if self.grazed is not None:
             self._snap(w, *self.grazed)
+        if stiff_grazed is not None:
+            self._snap(w, *stiff_grazed)
         return flag
 
     def _grazing(self, w: WorkingSet, re: Tensor, th0: Tensor, C: Tensor, z0: Tensor, Zc: Tensor, sgn: Tensor,
@@ -275,30 +280,48 @@ class Sliding:
         shp = z0.shape
         free_u = ~w.S_hold[re].any(1, keepdim=True)  # [r, 1, m]: units that hold no kink
         th_end = w.th[re]
-        end_ok = sgn.view(shp) * kf.preact(th_end, Xe) >= -AT_KINK * kf.scale(th_end, Xe)
-        nx = (Xe * Xe).sum(-1).unsqueeze(-1)
+        # the entries that may graze: on a unit that holds no kink, within AT_KINK of the kink or on
+        # their side at the end of the step (a real crossing that ends beyond AT_KINK costs nothing more)
+        may = free_u & (sgn.view(shp) * kf.preact(th_end, Xe) >= -AT_KINK * kf.scale(th_end, Xe))
         grazed = torch.zeros_like(hit)
         cand = cand.clone()
+        x_c, hit = x_c.clone(), hit.clone()
+        E = cand.shape[1]
         for _ in range(GRAZE_ITERS):
-            fin = torch.isfinite(x_c)
-            if not bool(fin.any()):
+            # only the rows whose first crossing has an entry that may graze (after the first
+            # round: the rows re-located after dropping one); the others keep their crossing
+            at = (hit & may).flatten(1).any(-1)
+            if not bool(at.any()):
                 break
-            fi = fin.nonzero().squeeze(-1)
+            fi = at.nonzero().squeeze(-1)
             th_x = horner(th0[fi], C[:, fi], x_c[fi].clamp(0.0, 1.0).unsqueeze(-1))
             Xf, yf, mf, sf = Xe[fi], ye[fi], me[fi], sl[fi]
-            zd = -kf.preact(kf.grad(th_x, Xf, yf, mf, sf), Xf)  # ż on the entry's own side
-            al = kf.alpha(th_x, kf.residual(th_x, Xf, yf, mf, sf))
-            tol_v = kf.hold_tolerance(th_x, Xf, yf, mf, sf) * nx[fi]
             s = sgn.view(shp)[fi]
-            # the other side: a₋ = a₊ + α‖x_i‖² (from above), a₊ = a₋ − α‖x_i‖² (from below)
-            zo = zd + s * al * nx[fi]
-            g = hit[fi] & free_u[fi] & end_ok[fi] & (s * zd > tol_v) & (s * zo > tol_v)
+            zd = -kf.preact(kf.grad(th_x, Xf, yf, mf, sf), Xf)  # ż on the entry's own side
+            g = hit[fi] & may[fi] & (s * zd > 0)  # the test below needs s·ż > tolerance ≥ 0
             if not bool(g.any()):
                 break
+            g &= grazes_back(kf, th_x, Xf, yf, mf, sf, s, zd)
+            gi = g.flatten(1).any(-1)
+            if not bool(gi.any()):
+                break
+            fi, g = fi[gi], g[gi]
             grazed[fi] |= g
             cand[fi] &= ~g.flatten(1)
-            x_c, h2 = first_crossing(z0.flatten(1), Zc, sgn, cand, tol)
-            hit = h2.view_as(hit)
+            # the next crossing of the rows that dropped a grazing one (none where no candidate is
+            # left; first_crossing's answer for a row does not depend on the other rows)
+            hit[fi] = False
+            x_c[fi] = float("inf")
+            left = cand[fi].any(-1)
+            if not bool(left.any()):
+                break
+            fl = fi[left]
+            x2, h2 = first_crossing(z0[fl].reshape(-1, E), Zc[:, fl], sgn[fl], cand[fl], tol[fl])
+            x_c[fl] = x2
+            hit[fl] = h2.view(-1, *shp[1:])
+            may_r = torch.zeros_like(at)
+            may_r[fl] = True
+            may = may & may_r.view(-1, 1, 1)  # later rounds: the re-located rows only
         if bool(grazed.any()):
             gr = grazed.flatten(1).any(-1)
             self.grazed = (re[gr], grazed[gr])

@@ -16,7 +16,7 @@ import torch
 
 from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers import stiff as _stiff
-from ibtest.solve.solvers.adaptive_sliding import Field, Sliding
+from ibtest.solve.solvers.adaptive_sliding import AT_KINK, Field, Sliding
 from ibtest.solve.solvers.adaptive_state import WorkingSet
 from ibtest.solve.solvers.rosenbrock import TABLEAUS
 from ibtest.solve.solvers.tableau import tableau
@@ -24,11 +24,18 @@ from ibtest.solve.solvers.tableau import tableau
 Tensor = torch.Tensor
 #: step-size controller: safety factor and the range of the step-size factor
 SAFETY, FAC_MIN, FAC_MAX = 0.9, 0.2, 10.0
-#: iterations a row stays explicit after its Rosenbrock step changed the activation pattern (the
-#: explicit method resolves the kink in a few steps; the stiffness test then needs 15 limited
-#: steps again). Blocking for ``stiff_after`` steps instead made an instance whose tail crosses
-#: kinks run the explicit method for most of it (W2 seed 1, instance 925: 20,000 steps, budget).
+#: the most iterations a row stays explicit after its Rosenbrock step changed the activation
+#: pattern (:func:`stiff_exit` blocks the switch for the explicit steps that cover twice the
+#: rejected step, at most 40 with ``APPROACH``; the stiffness test then needs 15 limited steps
+#: again). A fixed block of 50 made a row whose Rosenbrock steps met a kink they only approach
+#: (W2 seed 0, instance 502) run 50 explicit steps per rejection; blocking for ``stiff_after``
+#: steps made an instance whose tail crosses kinks run the explicit method for most of it (W2
+#: seed 1, instance 925: 20,000 steps, budget).
 RESWITCH_AFTER = 50
+#: a Rosenbrock step rejected at a kink is shortened (and retried) while the shorter step stays
+#: above this many explicit step sizes h_ex; below, the row returns to the explicit method
+#: (:func:`stiff_exit`)
+APPROACH = 2.0
 
 
 def rpow(x: Tensor, e: Tensor | float) -> Tensor:
@@ -43,7 +50,7 @@ def rpow(x: Tensor, e: Tensor | float) -> Tensor:
 class RKMethod:
     """An embedded explicit Runge–Kutta pair: DOP853 (``order=8``) or Dormand–Prince 5(4)."""
 
-    def __init__(self, order: int, stiff_method: str = "rodas5") -> None:
+    def __init__(self, order: int, stiff_method: str = "rodas5p") -> None:
         if stiff_method not in TABLEAUS:
             raise ValueError(f"stiff_method must be one of {sorted(TABLEAUS)}, got {stiff_method!r}")
         #: the Rosenbrock method of the stiff rows and its step-size exponent
@@ -137,11 +144,14 @@ def initial_step(F: Field, th: Tensor, f: Tensor, Xa: Tensor, ya: Tensor, ma: Te
 
 
 def stiff_rows(model: ModelBase, sl: Sliding, rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Tensor,
-               err: Tensor, rtol: float, atol: float) -> tuple[Tensor, Tensor]:
+               err: Tensor, rtol: float, atol: float) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
     """Replace the explicit step of the stiff rows by a Rosenbrock step (their explicit step had
     h = 0): θ_new [b, P] (returned), K[S] and err [b] (in place). Returns (θ_new, kinked [b]: the
-    Rosenbrock step crossed a kink against the pattern or left a held one). Counts the step in
-    ``w.st_steps``."""
+    Rosenbrock step crossed a kink against the pattern or left a held one, frac [b]: where the
+    kinked step first crossed, as a fraction of h (nan: not estimated; :func:`stiff_exit`),
+    grazed: (working-set rows [r], entries [r, n, m]) that were past their kink at a stage point
+    but graze it (:mod:`ibtest.solve.solvers.stiff`), or None; :meth:`Sliding.after_step` puts
+    them back on their side where the step is accepted). Counts the step in ``w.st_steps``."""
     rs = w.stiff.nonzero().squeeze(-1)
     F = sl.stage_field(w, rs)
     Xs, ys, ms = w.Xa[rs], w.ya[rs], w.ma[rs]
@@ -151,16 +161,43 @@ def stiff_rows(model: ModelBase, sl: Sliding, rk: RKMethod, w: WorkingSet, K: Te
         pr, Ap_r = sl._held_positions(w, rs)  # ascending in rs, as tail_step's held rows
         if pr is not None:
             Ap = Ap_r
-    ths, fs, errs, kk = _stiff.tail_step(model, lambda u: F(u, Xs, ys, ms), w.th[rs], w.f[rs], w.h[rs], Xs, ys,
-                                         ms, rtol, atol, kf=kf, slope=w.slope[rs] if kf is not None else None,
-                                         held=w.S_hold[rs] if kf is not None else None, Ap=Ap,
-                                         tab=rk.stiff_tab)
-    th_new = th_new.index_copy(0, rs, ths)
-    K[-1].index_copy_(0, rs, fs)
-    err.index_copy_(0, rs, errs)
-    kinked = torch.zeros(err.shape[0], dtype=torch.bool, device=err.device).index_copy_(0, rs, kk)
+    ts = _stiff.tail_step(model, lambda u: F(u, Xs, ys, ms), w.th[rs], w.f[rs], w.h[rs], Xs, ys, ms, rtol, atol,
+                          kf=kf, slope=w.slope[rs] if kf is not None else None,
+                          held=w.S_hold[rs] if kf is not None else None, Ap=Ap, tab=rk.stiff_tab, at_kink=AT_KINK)
+    th_new = th_new.index_copy(0, rs, ts.theta)
+    K[-1].index_copy_(0, rs, ts.f)
+    err.index_copy_(0, rs, ts.err)
+    kinked = torch.zeros(err.shape[0], dtype=torch.bool, device=err.device).index_copy_(0, rs, ts.kinked)
+    frac = torch.full_like(err, math.nan).index_copy_(0, rs, ts.frac)
     w.st_steps += w.stiff
-    return th_new, kinked
+    grazed = None
+    if ts.grazed is not None:
+        g = ts.grazed.flatten(1).any(-1)
+        if bool(g.any()):
+            grazed = (rs[g], ts.grazed[g])
+    return th_new, kinked, frac, grazed
+
+
+def stiff_exit(w: WorkingSet, kinked: Tensor, frac: Tensor, h: Tensor, h_next: Tensor, n_iter: int) -> Tensor:
+    """The step after a rejected Rosenbrock step that crossed a kink or left a held one (kinked
+    [b]; frac [b] from :func:`stiff_rows`, h [b] the step, h_next [b] the controller's proposal):
+    returns the new h_next.
+
+    While the shortened step ``h·clamp(0.8·frac, 0.1, 0.5)`` (frac nan: 0.3) stays above
+    ``APPROACH``·h_ex, the row stays on the Rosenbrock step with it: the steps up to the kink
+    have the pattern's smooth field, and the kink is approached in a few Rosenbrock steps instead
+    of explicit steps at the stability limit (W2 seed 0, instance 318: a crossing 19 time units
+    into a rejected Rosenbrock step took 65 explicit steps of 0.45 to reach). Else the row
+    returns to the explicit method with its last explicit step size h_ex, which locates the
+    event on its dense output, and no new switch for ``RESWITCH_AFTER`` steps."""
+    q = torch.where(torch.isnan(frac), torch.full_like(frac, 0.3), (0.8 * frac).clamp(0.1, 0.5))
+    h_try = h * q
+    stay = kinked & (h_try > APPROACH * w.h_ex)
+    back = kinked & ~stay
+    w.stiff &= ~back
+    blk = (2.0 * h / w.h_ex.clamp_min(1e-300)).ceil().clamp(max=RESWITCH_AFTER).long()
+    w.st_block = torch.where(back, n_iter + blk, w.st_block)
+    return torch.where(back, w.h_ex, torch.where(stay, h_try, h_next))
 
 
 def advance(model: ModelBase, rk: RKMethod, w: WorkingSet, K: Tensor, th_new: Tensor, err: Tensor,

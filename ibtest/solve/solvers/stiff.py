@@ -1,5 +1,5 @@
-r"""The stiff tail of the ``adaptive`` solver: a batched Rosenbrock step (Rodas5 by default, or
-Rodas3) with the exact Hessian of the loss, for instances whose explicit step is
+r"""The stiff tail of the ``adaptive`` solver: a batched Rosenbrock step (Rodas5P by default, or
+Rodas5, Rodas3) with the exact Hessian of the loss, for instances whose explicit step is
 stability-limited (issue 12).
 
 Why. On a slow last piece the flow θ' = −∇L(θ) has Jacobian −∇²L with eigenvalues from −λ_max
@@ -13,7 +13,10 @@ pattern (the region where the flow is smooth). Why Rodas5 (order 5, 8 stages) an
 (order 3, 4 stages): at the tolerances verdicts need (rtol 1e-10) an order-3 step is accuracy-
 limited to ~(1e-10)^(1/3) of the solution's time scale, often *below* the explicit method's
 stability limit, so the switch bought nothing (W2 instance 994 of seed 0: 5,148 Rodas3 steps
-against 579 Rodas5 steps to the same limit, within 1e-9).
+against 579 Rodas5 steps to the same limit, within 1e-9). Why Rodas5P and not Rodas5: the same
+8 stages, and no order reduction where the fast modes track a slow motion (a singularly
+perturbed flow, W2's tails past a saddle): instance 527 of seed 0 took 944 Rodas5 steps at
+h ≈ 0.3 (:mod:`ibtest.solve.solvers.rosenbrock`).
 
 H is the model's analytic ``loss_hessian`` where it defines one (``two_layer_relu``, the
 single neurons: a few batched tensor operations), otherwise it is computed by forward-mode
@@ -24,13 +27,33 @@ an instance's answer does not depend on its batch).
 
 Kinks. The field is the one with the activation pattern held, and the Hessian that of the
 pattern. A step whose stage points cross a kink against the pattern, or at whose end a held kink
-stops being held, is rejected and the instance returns to the explicit method, which locates
-the event on its dense output (``adaptive``).
+stops being held, is rejected; it is retried shorter while it is well above the explicit step,
+else the instance returns to the explicit method, which locates the event on its dense output
+(``adaptive``, :func:`~ibtest.solve.solvers.adaptive_step.stiff_exit`).
+
+Grazing entries (the rule of the explicit path, :meth:`Sliding._grazing
+<ibtest.solve.solvers.adaptive_sliding.Sliding._grazing>`, applied to the stage points). A free
+entry seen past its kink at some stage point (or at θ_new) does not reject the step when it
+*grazes*: at every point where it is past, both one-sided normal velocities of the entry point
+back to its side beyond rounding (:func:`grazes_back`: the field of the pattern there and the
+field with the entry's slope switched, ``hold_tolerance`` as the allowance), its unit holds no
+kink, and at θ_new it is on its side or within ``AT_KINK`` of its kink. Then the flow cannot
+cross there: at those positions it is pushed back to the entry's side from both sides, so the
+half-space of its side is not left, and the dip of a stage point below the kink is the
+integration error of z (a Rosenbrock stage point is a low-order approximation of the solution,
+off it by far more than the rounding of z). Such an entry sits within that error of its kink
+with a normal velocity of the order of the residuals; counting it sent W2 seed 0 instance 318
+back to the explicit method at two of every three Rosenbrock steps (1,072 steps, only 41 of
+them Rosenbrock). The grazed entries are returned, and the solver puts those closer to their
+kink than ``RELEASE_OFFSET`` (or past it) at θ_new back at that offset on their side, as the
+explicit path does. A real crossing still rejects the step: at the point where it is past, the
+flow there moves on across (the velocity on its own side points at the kink or the other side's
+away from it), or θ_new is past by more than ``AT_KINK``.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -77,18 +100,52 @@ def hessian_ad(model: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) ->
     return 0.5 * (H + H.transpose(1, 2)) * live.unsqueeze(1) * live.unsqueeze(2)
 
 
+def grazes_back(kf: KinkField, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor, slope: Tensor, sgn: Tensor,
+                zd: Tensor) -> Tensor:
+    """[b, n, m]: both one-sided normal velocities of each entry point back to its side beyond
+    rounding at θ [b, P]: sgn·a > tol for a = ż on the entry's own side (``zd`` [b, n, m], the
+    pre-activations of the field of the pattern ``slope``) and for the other side's, a₋ = a₊ +
+    α‖x_i‖² (from above), a₊ = a₋ − α‖x_i‖² (from below), tol = ``hold_tolerance``·‖x_i‖². ``sgn``
+    [b, n, m]: ±1, the side of each entry. Valid for entries on units that hold no kink (the
+    field of such a unit is not projected). The grazing test of the explicit path
+    (:meth:`~ibtest.solve.solvers.adaptive_sliding.Sliding._grazing`) and of the Rosenbrock step."""
+    nx = (X * X).sum(-1).unsqueeze(-1)
+    al = kf.alpha(theta, kf.residual(theta, X, y, mask, slope))
+    tol_v = kf.hold_tolerance(theta, X, y, mask, slope) * nx
+    zo = zd + sgn * al * nx
+    return (sgn * zd > tol_v) & (sgn * zo > tol_v)
+
+
+class TailStep(NamedTuple):
+    """The result of :func:`tail_step` for b rows."""
+
+    theta: Tensor  #: θ_new [b, P]
+    f: Tensor  #: F(θ_new) [b, P]
+    err: Tensor  #: scaled error norm [b] (inf where kinked)
+    kinked: Tensor  #: bool [b]: a real crossing or a held kink left (the step is rejected)
+    grazed: Tensor | None  #: bool [b, n, m]: entries past their kink that graze it (not kinked rows)
+    frac: Tensor  #: [b] where the step first crosses, as a fraction of h (nan: not estimated)
+
+
 def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tensor, h: Tensor, X: Tensor,
               y: Tensor, mask: Tensor, rtol: float, atol: float, kf: KinkField | None = None,
               slope: Tensor | None = None, held: Tensor | None = None, Ap: Tensor | UnitFactors | None = None,
-              tab: RosenbrockTableau = RODAS5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              tab: RosenbrockTableau = RODAS5,
+              at_kink: float | None = None) -> TailStep:
     """One Rosenbrock step (``tab``: Rodas5 by default) of the stiff rows of the ``adaptive`` solver.
 
     ``F(θ)`` is the rows' field (the activation pattern held, projected onto held kinks), f0 =
-    F(θ). Returns (θ_new, F(θ_new), scaled error norm [b] (the explicit method's norm: RMS of
-    the error over atol + rtol·max(|θ|, |θ_new|)), kinked [b]: a stage point has crossed a kink
-    against the pattern ``slope`` [b, n, m] beyond rounding, or a held kink stops being held at
-    θ_new (then the error is inf: the step is rejected and the row returns to the explicit
-    method, which locates the event)).
+    F(θ). Returns a :class:`TailStep`: θ_new, F(θ_new), the scaled error norm [b] (the explicit
+    method's norm: RMS of the error over atol + rtol·max(|θ|, |θ_new|)), kinked [b]: a stage
+    point has crossed a kink against the pattern ``slope`` [b, n, m] beyond rounding, or a held
+    kink stops being held at θ_new (then the error is inf: the step is rejected; the solver
+    shortens it or returns the row to the explicit method, which locates the event), grazed
+    [b, n, m] or None: the entries past their kink at some point of a step that is not kinked
+    because they graze (module docstring; only with ``at_kink`` given, the end-of-step allowance
+    ``AT_KINK``: None counts every entry past its kink as a crossing), and frac [b]: on kinked
+    rows with an entry past its kink at θ_new, the smallest fraction s·z(θ)/(s·z(θ) − s·z(θ_new))
+    of the step at which such an entry's pre-activation, interpolated linearly, reaches its kink
+    (nan elsewhere; an estimate of where to end a shorter step).
 
     ``held`` [b, n, m]: kink entries held by ``sliding: follow``. With every held λ*_e interior
     the Filippov velocity is −Π∇L, Π the projector onto the kinks' (constant) tangent space, so
@@ -104,22 +161,61 @@ def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tens
             Pi = kf.full_projector(X[has], held[has], P)
             H = H.clone()
             H[has] = Pi @ H[has] @ Pi
-    th_new, f_new, e, points = rosenbrock_step(tab, F, theta, f0, h, H)
+    th_new, f_new, e, points, fields = rosenbrock_step(tab, F, theta, f0, h, H)
     sc = torch.maximum(theta.abs(), th_new.abs()).mul_(rtol).add_(atol)
     err = (e / sc).square().mean(-1).sqrt()
     err = torch.nan_to_num(err, nan=float("inf"), posinf=float("inf"))
     kinked = torch.zeros(theta.shape[0], dtype=torch.bool, device=theta.device)
+    frac = torch.full_like(err, float("nan"))
+    grazed = None
     if kf is not None and slope is not None and held is not None:
         sgn = torch.where(slope == kf.hi, 1.0, -1.0).to(theta.dtype)
         free = ~held & (mask > 0).unsqueeze(-1)
-        for p in points:
-            # an entry within rounding of its kink (ROUND times the magnitude of its terms) has
-            # not crossed it: a fitted point on a kink, where the field is continuous (counting it
-            # sent W2 seed 1 instance 39 back to the explicit method at every step: 7,773 steps)
-            past = (sgn * kf.preact(p, X) < -kf.rounding(p, X)) & free
-            kinked |= past.flatten(1).any(-1)
+        # an entry within rounding of its kink (ROUND times the magnitude of its terms) has
+        # not crossed it: a fitted point on a kink, where the field is continuous (counting it
+        # sent W2 seed 1 instance 39 back to the explicit method at every step: 7,773 steps)
+        n_pt = len(points)
+        pts = torch.cat(points)  # [k·b, P]: the pre-activations of every point at once
+        Xk = X.repeat(n_pt, 1, 1)
+        zs = kf.preact(pts, Xk)
+        tl = kf.rounding(pts, Xk)
+        past_k = ((sgn.repeat(n_pt, 1, 1) * zs < -tl) & free.repeat(n_pt, 1, 1)).view(n_pt, *sgn.shape)
+        pasts = list(past_k.unbind(0))
+        past = past_k.any(0)
+        crossed = past.flatten(1).any(-1)
+        if at_kink is not None and bool(crossed.any()):
+            # grazing entries (module docstring): checked on the rows with a past entry only
+            ri = crossed.nonzero().squeeze(-1)
+            Xr, yr, mr, sr, sg = X[ri], y[ri], mask[ri], slope[ri], sgn[ri]
+            ok = past[ri] & ~held[ri].any(1, keepdim=True)  # on a unit that holds no kink
+            th_e = th_new[ri]
+            ok &= sg * kf.preact(th_e, Xr) >= -at_kink * kf.scale(th_e, Xr)
+            for p, fp, q in zip(points, fields, pasts):
+                q = q[ri]
+                at = q.flatten(1).any(-1) & ok.flatten(1).any(-1)
+                if not bool(at.any()):
+                    continue
+                ai = at.nonzero().squeeze(-1)
+                back = grazes_back(kf, p[ri[ai]], Xr[ai], yr[ai], mr[ai], sr[ai], sg[ai], kf.preact(fp[ri[ai]], Xr[ai]))
+                ok[ai] &= ~q[ai] | back
+            real = past[ri] & ~ok
+            crossed = crossed.clone()
+            crossed[ri] = real.flatten(1).any(-1)
+            grazed = torch.zeros_like(past)
+            grazed[ri] = ok & ~real.flatten(1).any(-1).view(-1, 1, 1)
+        kinked |= crossed
         if has is not None and Ap is not None and bool(has.any()):
             phi, _, _ = kf.hold_margin(th_new[has], X[has], y[has], mask[has], slope[has], Ap, held[has])
             kinked[has] |= (phi <= 0).flatten(1).any(-1)
         err = torch.where(kinked, torch.full_like(err, float("inf")), err)
-    return th_new, f_new, err, kinked
+        if grazed is not None:
+            grazed &= ~kinked.view(-1, 1, 1)
+        if bool(kinked.any()):
+            ki = kinked.nonzero().squeeze(-1)
+            z0 = (sgn[ki] * kf.preact(theta[ki], X[ki])).clamp_min(0.0)
+            z1 = sgn[ki] * kf.preact(th_new[ki], X[ki])
+            end = pasts[-1][ki]  # past at θ_new
+            x = torch.where(end, z0 / (z0 - z1).clamp_min(1e-300), torch.full_like(z0, float("inf")))
+            xm = x.flatten(1).amin(-1)
+            frac[ki] = torch.where(torch.isfinite(xm), xm, torch.full_like(xm, float("nan")))
+    return TailStep(th_new, f_new, err, kinked, grazed, frac)
