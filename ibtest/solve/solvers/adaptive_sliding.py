@@ -22,7 +22,14 @@ A crossing whose entry, at the located point, has both one-sided normal velociti
 back to its side (beyond rounding) and is within ``AT_KINK`` of its kink at the end of the step
 is *grazing*, no event (:meth:`Sliding._grazing`): the interpolant dipped below the kink by the
 integration error of z. The step is kept whole and the entry put back at ``RELEASE_OFFSET`` on
-its side at its end.
+its side at its end. The Rosenbrock step of the stiff tail applies the same rule
+(:func:`~ibtest.solve.solvers.stiff.grazes_back`): a grazing entry does not reject it.
+
+Cost. Everything an event touches is proportional to what changes: the factors of held kinks
+are cached per held unit (:class:`~ibtest.solve.solvers.kinks.UnitFactors`, compact), and an
+event recomputes only the units whose held set changed; :meth:`Sliding.settle` factors only the
+units of the arriving and leaving entries; a held kink's leave time is refined on one smooth
+condition at a time (:func:`leave_root`), on the rows still searching.
 
 The step is cut at the first event (θ from the interpolant), and :meth:`Sliding.settle` decides
 the pattern there: the arriving entries and the held ones are held if together they attract
