@@ -66,6 +66,9 @@ AT_KINK = 1e-10
 #: time left 3.3e-6 off (8 iterations on φ itself) put the limit 4.7e-3 off a tightened
 #: re-solve's (width 16, seed 11, instance 6: point 5 left four units when its residual crossed 0)
 LEAVE_ITERS = 40
+#: a leave root is refined to 1e-13 of its step (a time error ~1e-13·h, far below rtol; a leave
+#: located 3.3e-6 off moved a limit by 4.7e-3, see above); below that g is rounding noise
+LEAVE_XTOL = 1e-13
 #: rounds of :func:`leave_root` (a new round only where another condition turned out to fail
 #: before the one refined)
 LEAVE_ROUNDS = 4
@@ -111,7 +114,8 @@ def leave_root(margin: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
             return _conditions(margin(x, rows), S[rows]).gather(1, k[rows]).squeeze(-1)
 
         lo = torch.where(todo, torch.zeros_like(hi), hi)  # an empty bracket: the row is done
-        x = illinois(g, lo, hi, torch.where(todo, g_lo, g_hi), g_hi, iters=LEAVE_ITERS, partial=True)
+        x = illinois(g, lo, hi, torch.where(todo, g_lo, g_hi), g_hi, iters=LEAVE_ITERS, partial=True,
+                     xtol=LEAVE_XTOL)
         act = todo.nonzero().squeeze(-1)
         c_x = _conditions(margin(x[act], act), S[act])
         # done where the refined condition is (one of) the most violated at its root

@@ -171,16 +171,19 @@ def first_crossing(z0: Tensor, Zc: Tensor, side: Tensor, cand: Tensor, tol: Tens
 
 
 def illinois(g: Callable[..., Tensor], a: Tensor, b: Tensor, ga: Tensor, gb: Tensor,
-             iters: int = ILLINOIS, partial: bool = False) -> Tensor:
+             iters: int = ILLINOIS, partial: bool = False, xtol: float = 0.0) -> Tensor:
     """A point x ∈ (a, b] with g(x) ≤ 0 within the refinement's resolution of g's first root
     after a, for g(a) > 0 ≥ g(b) (elementwise; where g(a) ≤ 0 already, a itself). Illinois
     (modified regula falsi) for at most ``iters`` iterations; returns the right end of the final
     bracket, so that g ≤ 0 there (the event has happened).
 
-    A row whose bracket has shrunk to rounding (hi − lo ≤ 2·eps·hi) or whose right end is an
-    exact root is *frozen*: it takes no further update, so its answer depends on its own
-    iterations only (not on how long the other rows of the batch need), and the loop ends when
-    every row is frozen: a simple root takes ~5–10 evaluations of g, not ``iters``.
+    A row whose bracket has shrunk to rounding (hi − lo ≤ max(2·eps·hi, ``xtol``)) or whose
+    right end is an exact root is *frozen*: it takes no further update, so its answer depends on
+    its own iterations only (not on how long the other rows of the batch need), and the loop ends
+    when every row is frozen: a simple root takes ~5–10 evaluations of g, not ``iters``. Near
+    the root g is rounding noise, where regula falsi can creep: a row whose bracket did not
+    halve over two iterations bisects once (Dekker's safeguard), so the bracket at least halves
+    every three iterations.
 
     ``partial``: g is called as g(x_rows, rows) on the rows not frozen only (rows [k] ascending
     indices): for a g that costs a field evaluation per row (a held kink's conditions), the
@@ -189,12 +192,19 @@ def illinois(g: Callable[..., Tensor], a: Tensor, b: Tensor, ga: Tensor, gb: Ten
     lo, hi, glo, ghi = a.clone(), b.clone(), ga.clone(), gb.clone()
     side = torch.zeros_like(a)  # +1: the last two updates moved lo; −1: hi
     tiny = torch.finfo(a.dtype).tiny
-    done = at_a | (hi - lo <= 2 * EPS * hi.abs().clamp_min(tiny))
+
+    def small(lo: Tensor, hi: Tensor) -> Tensor:
+        return hi - lo <= torch.clamp_min(2 * EPS * hi.abs(), max(xtol, tiny))
+
+    done = at_a | small(lo, hi)
+    width = [hi - lo, hi - lo]  # the bracket's width one and two iterations ago
+    bisect = torch.zeros_like(done)
     for _ in range(iters):
         if bool(done.all()):
             break
         den = glo - ghi
         x = torch.where(den > 0, lo + (hi - lo) * (glo / den.clamp_min(1e-300)), 0.5 * (lo + hi))
+        x = torch.where(bisect, 0.5 * (lo + hi), x)
         x = torch.minimum(torch.maximum(x, lo), hi)
         if partial:
             act = (~done).nonzero().squeeze(-1)
@@ -212,7 +222,10 @@ def illinois(g: Callable[..., Tensor], a: Tensor, b: Tensor, ga: Tensor, gb: Ten
         glo = torch.where(dn & (side < 0), 0.5 * glo, glo)
         ghi = torch.where(up & (side > 0), 0.5 * ghi, ghi)
         side = torch.where(up, torch.ones_like(side), torch.where(dn, -torch.ones_like(side), side))
-        done = done | (hi - lo <= 2 * EPS * hi.abs().clamp_min(tiny)) | (ghi == 0)
+        done = done | small(lo, hi) | (ghi == 0)
+        w_now = hi - lo
+        bisect = w_now > 0.5 * width[1]
+        width = [w_now, width[0]]
     return torch.where(at_a, a, hi)
 
 
