@@ -139,3 +139,27 @@ def test_grazing_kink_is_no_event_storm():
     tight = solve_adaptive(model, X[sl], y[sl], mask[sl], th0[sl], **tighten({}))
     assert int(tight.status[0]) == st.CONVERGED
     assert float((res.theta - tight.theta).norm()) <= 1e-8
+
+
+def test_events_piling_up_at_one_instant_end_the_instance_ambiguous(monkeypatch):
+    """The guard against a cycle of the event rule at one instant (ZENO_EVENTS events within
+    ZENO_DT·max(1, t) of each other; found at width 64, make_w2(8, seed=11, m=64), instance 1,
+    with a root finder that bisected: the box QP of unit 11 released two entries at λ* = 1, one
+    came back 1e-12 later and was held, the other followed, thousands of times, until the step
+    budget). Here the window is widened so that an ordinary width-16 run trips it: the row ends
+    AMBIGUOUS with ``info["ambiguous"]`` = 3 at once, never with a limit; with the guard out of
+    reach the same batch gives a row the bits it has alone."""
+    from ibtest.solve.solvers import adaptive
+
+    X, y, mask, th0 = make_w2(2, seed=11, m=16, d=10, n=20)
+    model = two_layer_relu(width=16)
+    alone = solve_adaptive(model, X[1:], y[1:], mask[1:], th0[1:], max_steps=300)
+    monkeypatch.setattr(adaptive_sliding, "ZENO_DT", 1.0)
+    monkeypatch.setattr(adaptive, "ZENO_EVENTS", 20)
+    r = solve_adaptive(model, X, y, mask, th0, max_steps=300)
+    assert r.status.tolist() == [st.AMBIGUOUS, st.AMBIGUOUS], [st.name(int(c)) for c in r.status]
+    assert r.info["ambiguous"].tolist() == [3, 3]
+    assert int(r.info["kink_events"][0]) <= 25
+    monkeypatch.setattr(adaptive, "ZENO_EVENTS", 10**9)
+    again = solve_adaptive(model, X, y, mask, th0, max_steps=300)
+    assert torch.equal(again.theta[1:], alone.theta)

@@ -21,7 +21,9 @@ MEANING = {
                "a solver that can follow it (adaptive, sliding: follow) continues along the kink",
     "ambiguous": "the flow is not unique: a kink turned repelling and the ways off it end at different "
                  "limits (info: branches, branch_spread), so GD as lr -> 0 may follow either and there is "
-                 "no one θ∞ to judge: not judged (a study needing these triples says so by its counts)",
+                 "no one θ∞ to judge (or: kink events piled up at one instant, a tangent configuration "
+                 "the event rule cannot settle; info ambiguous = 3): not judged (a study needing these "
+                 "triples says so by its counts)",
     "failed": "the solver raised, ran past its deadline, or claimed a fit the engine's rule rejects: "
               "not judged (the errors say which)",
 }

@@ -117,7 +117,7 @@ from ibtest.plugin.specs import DEFAULT_FIT_TOL, ModelBase, Solver, SolveResult
 from ibtest.solve.fit import fit_threshold
 from ibtest.solve.solvers.adaptive_branches import fold_branches, open_branches
 from ibtest.solve.solvers.adaptive_options import DEFAULTS, OPTIONS, tighten
-from ibtest.solve.solvers.adaptive_sliding import Sliding
+from ibtest.solve.solvers.adaptive_sliding import ZENO_EVENTS, Sliding
 from ibtest.solve.solvers.adaptive_state import Outputs, WorkingSet
 from ibtest.solve.solvers.adaptive_step import (
     FAC_MAX,
@@ -234,7 +234,7 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         ck_n=full(0, i64), rate=full(0.0), slope=full(0.0, shape=E), S_hold=full(False, torch.bool, E),
         t_slide=full(0.0), episodes=full(0, i64), events=full(0, i64), repel=full(0, i64), t_repel=full(math.inf),
         stiff=full(False, torch.bool), h_ex=full(0.0), st_cnt=full(0, i64), st_non=full(0, i64),
-        st_block=full(0, i64), st_steps=full(0, i64))
+        st_block=full(0, i64), st_steps=full(0, i64), z_t=full(-math.inf), z_n=full(0, i64))
     if kf is not None:
         slid0 = sl.start(w)
     else:
@@ -310,13 +310,21 @@ def _solve(model: ModelBase, X: Tensor, y: Tensor, mask: Tensor, theta0: Tensor,
         budget_all = n_iter >= max_steps
         budget = h_next <= 1e-15 * w.t.clamp_min(1.0)  # the step underflowed (or t reached t_max)
         done = diverged | budget
-        for flag in (converged, stalled, escaped, slid):
+        # events piling up at one instant: a tangent kink configuration the event rule cannot
+        # settle (it releases an entry that re-arrives at once); the flow's continuation there is
+        # not decided: AMBIGUOUS (info["ambiguous"] = 3), never a limit
+        piled = w.z_n >= ZENO_EVENTS
+        zeno = piled if bool(piled.any()) else None
+        for flag in (converged, stalled, escaped, slid, zeno):
             if flag is not None:
                 done |= flag
         if budget_all or bool(done.any()):
             if budget_all:
                 done = torch.ones(b, dtype=torch.bool, device=dev)
-            out.retire(w, done, status_codes(b, diverged, converged, stalled, escaped, slid), n_iter)
+            codes = status_codes(b, diverged, converged, stalled, escaped, slid)
+            if zeno is not None:
+                codes = torch.where(zeno & ~diverged, torch.full_like(codes, st.AMBIGUOUS), codes)
+            out.retire(w, done, codes, n_iter)
             w.keep(~done)
             sl.setup(w)
         if sl.repelled:  # follow this iteration's repelling releases both ways, in branches

@@ -18,7 +18,10 @@ a copy of the row with the released entries on the other side, solved on in the 
   branches of a repelling release end apart);
 * a repelling release with no branch left to check it: ``info["ambiguous"]`` = 2 (reason:
   unchecked repelling release), and a converged instance becomes AMBIGUOUS — its limit is the
-  solver's choice of branch, not the flow's.
+  solver's choice of branch, not the flow's;
+* events piling up at one instant (``ZENO_EVENTS`` within ``ZENO_DT``, see
+  :mod:`~ibtest.solve.solvers.adaptive_sliding`): ``info["ambiguous"]`` = 3 (reason: the event
+  rule cycles at a tangent kink configuration; the row ended there, AMBIGUOUS).
 
 An AMBIGUOUS triple is never judged (only CONVERGED ones are).
 """
@@ -103,6 +106,9 @@ def fold_branches(out: Outputs, B: int) -> dict[str, Tensor]:
         reason.index_put_((par[apart],), torch.ones_like(par[apart]))
     unchecked = (out.unchecked[:B] > 0) & (reason == 0)
     reason = torch.where(unchecked, torch.full_like(reason, 2), reason)
+    # an instance the loop ended AMBIGUOUS itself: its events piled up at one instant (zeno)
+    zeno = (out.status[:B] == st.AMBIGUOUS) & (reason == 0)
+    reason = torch.where(zeno, torch.full_like(reason, 3), reason)
     amb = (reason == 1) | ((reason == 2) & (out.status[:B] == st.CONVERGED))
     out.status[:B] = torch.where(amb, torch.full_like(out.status[:B], st.AMBIGUOUS), out.status[:B])
     return {"branches": n_br, "branch_spread": spread, "ambiguous": reason}

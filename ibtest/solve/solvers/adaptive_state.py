@@ -56,6 +56,8 @@ class WorkingSet:
     st_non: Tensor  # [b] int64 unlimited steps since the last limited one
     st_block: Tensor  # [b] int64 no switch to the Rosenbrock step before this iteration
     st_steps: Tensor  # [b] int64 Rosenbrock steps taken
+    z_t: Tensor  # [b] flow time of the first of the row's latest run of events at one instant
+    z_n: Tensor  # [b] int64 events in that run (ZENO_EVENTS of them end the row AMBIGUOUS)
 
     def keep(self, mask: Tensor) -> None:
         """Index every field by the bool mask [b] (the rows that stay)."""

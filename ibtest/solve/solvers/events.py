@@ -181,9 +181,8 @@ def illinois(g: Callable[..., Tensor], a: Tensor, b: Tensor, ga: Tensor, gb: Ten
     right end is an exact root is *frozen*: it takes no further update, so its answer depends on
     its own iterations only (not on how long the other rows of the batch need), and the loop ends
     when every row is frozen: a simple root takes ~5–10 evaluations of g, not ``iters``. Near
-    the root g is rounding noise, where regula falsi can creep: a row whose bracket did not
-    halve over two iterations bisects once (Dekker's safeguard), so the bracket at least halves
-    every three iterations.
+    the root g is rounding noise, where the bracket can creep: ``xtol`` stops a row whose bracket
+    is that narrow (the leave roots: 1e-13 of the step).
 
     ``partial``: g is called as g(x_rows, rows) on the rows not frozen only (rows [k] ascending
     indices): for a g that costs a field evaluation per row (a held kink's conditions), the
@@ -197,14 +196,11 @@ def illinois(g: Callable[..., Tensor], a: Tensor, b: Tensor, ga: Tensor, gb: Ten
         return hi - lo <= torch.clamp_min(2 * EPS * hi.abs(), max(xtol, tiny))
 
     done = at_a | small(lo, hi)
-    width = [hi - lo, hi - lo]  # the bracket's width one and two iterations ago
-    bisect = torch.zeros_like(done)
     for _ in range(iters):
         if bool(done.all()):
             break
         den = glo - ghi
         x = torch.where(den > 0, lo + (hi - lo) * (glo / den.clamp_min(1e-300)), 0.5 * (lo + hi))
-        x = torch.where(bisect, 0.5 * (lo + hi), x)
         x = torch.minimum(torch.maximum(x, lo), hi)
         if partial:
             act = (~done).nonzero().squeeze(-1)
@@ -223,9 +219,6 @@ def illinois(g: Callable[..., Tensor], a: Tensor, b: Tensor, ga: Tensor, gb: Ten
         ghi = torch.where(up & (side > 0), 0.5 * ghi, ghi)
         side = torch.where(up, torch.ones_like(side), torch.where(dn, -torch.ones_like(side), side))
         done = done | small(lo, hi) | (ghi == 0)
-        w_now = hi - lo
-        bisect = w_now > 0.5 * width[1]
-        width = [w_now, width[0]]
     return torch.where(at_a, a, hi)
 
 
