@@ -76,11 +76,15 @@ def test_leave_root_finds_the_first_condition_to_fail_even_when_another_is_worse
 
     S = torch.tensor([[[True, True]], [[True, False]]])
     x0 = torch.zeros(2, dtype=F64)
-    root = leave_root(margin, S, margin_all(x0), torch.ones(2, dtype=F64))
+    x1 = torch.ones(2, dtype=F64)
+    root, at_root = leave_root(margin, S, margin_all(x0), x1, margin_all(x1))
     assert abs(float(root[0]) - 5.0 / 6.0) < 1e-14
     assert abs(float(root[1]) - 7.0 / 11.0) < 1e-14
     # past the root: the condition fails there (the event has happened)
     assert bool((margin_all(root)[0].flatten(1).min(-1).values <= 0).all())
+    # and (φ, α, μ) at the root come back with it
+    for got, want in zip(at_root, margin_all(root)):
+        assert torch.equal(got, want)
     # two rounds of a few Illinois iterations on row 0, one on row 1; converged rows are not
     # evaluated again
     assert sum(calls) < 40, calls

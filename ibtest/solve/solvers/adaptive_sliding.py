@@ -49,7 +49,7 @@ import torch
 from ibtest.plugin.specs import ModelBase
 from ibtest.solve.solvers.adaptive_state import WorkingSet
 from ibtest.solve.solvers.events import DenseOutput, first_crossing, horner, illinois
-from ibtest.solve.solvers.kinks import KinkField, UnitFactors, _pack, unit_factors
+from ibtest.solve.solvers.kinks import KinkField, UnitFactors, _pack
 from ibtest.solve.solvers.stiff import grazes_back
 
 Tensor = torch.Tensor
@@ -93,12 +93,13 @@ def _conditions(m: tuple[Tensor, Tensor, Tensor], S: Tensor) -> Tensor:
 
 
 def leave_root(margin: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]], S: Tensor,
-               at0: tuple[Tensor, Tensor, Tensor], x_top: Tensor) -> Tensor:
+               at0: tuple[Tensor, Tensor, Tensor], x_top: Tensor,
+               at_top: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
     """The first x ∈ (0, x_top] [r] where a held entry of S [r, n, m] stops being held, i.e.
     where φ = min_e min(α_e, μ_e, α_e − μ_e) reaches 0 (``margin(x, rows)`` gives (φ, α, μ) of
     the rows ``rows`` [k] (ascending) at their interpolants' points x [k]; ``at0`` is its value at
-    0 on every row, where every condition holds; φ ≤ 0 at x_top). Returns a point with φ ≤ 0
-    within rounding of the root.
+    0 on every row, where every condition holds; ``at_top`` at x_top, where φ ≤ 0). Returns a
+    point with φ ≤ 0 within rounding of the root, and (φ, α, μ) there.
 
     φ is a minimum of smooth conditions and bends where the minimum changes hands, which slows a
     root finder on φ itself (Illinois needed ~30 evaluations). Instead, each round takes the
@@ -106,11 +107,10 @@ def leave_root(margin: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
     Illinois iterations), and checks at that root that no other condition is more violated (it
     would have failed earlier): if one is, the next round does the same on [0, that root]. Only
     the rows still searching are evaluated."""
-    r = x_top.shape[0]
-    everyone = torch.arange(r, device=x_top.device)
     hi = x_top.clone()
+    m_hi = tuple(t.clone() for t in at_top)
     c0 = _conditions(at0, S)
-    c_hi = _conditions(margin(hi, everyone), S)
+    c_hi = _conditions(at_top, S)
     todo = torch.ones_like(x_top, dtype=torch.bool)
     for _ in range(LEAVE_ROUNDS):
         k = c_hi.argmin(-1, keepdim=True)  # [r, 1]: the condition most violated at hi
@@ -124,7 +124,10 @@ def leave_root(margin: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
         x = illinois(g, lo, hi, torch.where(todo, g_lo, g_hi), g_hi, iters=LEAVE_ITERS, partial=True,
                      xtol=LEAVE_XTOL)
         act = todo.nonzero().squeeze(-1)
-        c_x = _conditions(margin(x[act], act), S[act])
+        m_x = margin(x[act], act)
+        c_x = _conditions(m_x, S[act])
+        for t, v in zip(m_hi, m_x):
+            t[act] = v
         # done where the refined condition is (one of) the most violated at its root
         ok = c_x.gather(1, k[act]).squeeze(-1) <= c_x.min(-1).values
         hi[act] = x[act]
@@ -132,7 +135,7 @@ def leave_root(margin: Callable[[Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
         todo[act] = ~ok
         if not bool(todo.any()):
             break
-    return hi
+    return hi, (m_hi[0], m_hi[1], m_hi[2])
 
 
 def entries(Sm: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,11 +252,11 @@ class Sliding:
             parts_r.append(nr[stay])
             parts_j.append(U.unit[stay])
             parts_F.append(U.F[stay])
-        ru, ju = todo.nonzero(as_tuple=True)
-        if ru.numel():
-            parts_r.append(ru)
-            parts_j.append(ju)
-            parts_F.append(unit_factors(w.Xa[rows[ru]] * S[ru, :, ju].unsqueeze(-1).to(w.Xa.dtype)))
+        new = UnitFactors.of(w.Xa[rows], S & todo.unsqueeze(1))  # the changed and new units
+        if new.row.numel():
+            parts_r.append(new.row)
+            parts_j.append(new.unit)
+            parts_F.append(new.F)
         if len(parts_r) == 1:
             U_new = UnitFactors(parts_r[0], parts_j[0], parts_F[0])
         else:
@@ -443,27 +446,24 @@ class Sliding:
                 th_x = horner(th0_l[rows], C_l[:, rows], x.unsqueeze(-1))
                 return kf.hold_margin(th_x, Xl[rows], yl[rows], ml[rows], sl_l[rows], Ap.take(sel), S_l[rows])
 
-            def Phi(x: Tensor) -> Tensor:
-                return margin(x)[0].flatten(1).min(-1).values
-
             # a held entry can leave before the row's first crossing only if it is no longer held
             # there: one evaluation at that point, the root only where that is so
             x_top = x_c[lr].clamp(max=1.0)
-            g_top = Phi(x_top)
-            go_l = g_top <= 0
+            top = margin(x_top)
+            go_l = top[0].flatten(1).min(-1).values <= 0
             if bool(go_l.any()):
-                lr, x_top, g_top = lr[go_l], x_top[go_l], g_top[go_l]
+                lr, x_top = lr[go_l], x_top[go_l]
+                top = (top[0][go_l], top[1][go_l], top[2][go_l])
                 th0_l, C_l = th0_l[go_l], C_l[:, go_l]
                 Xl, yl, ml, sl_l, S_l = Xl[go_l], yl[go_l], ml[go_l], sl_l[go_l], S_l[go_l]
                 Ap = Ap.take(go_l)
                 x0 = torch.zeros_like(x_top)
                 phi0, al0, mu0 = margin(x0)
-                xl = leave_root(margin, S_l, (phi0, al0, mu0), x_top)
+                xl, (phi, al, mu) = leave_root(margin, S_l, (phi0, al0, mu0), x_top, top)
                 x_l[lr] = xl
                 # the entry that leaves, and to which side: μ → 0: below; μ → α: above; α → 0
                 # (the kink turns concave, repelling): the side with λ* = μ/α at the step's
                 # start, where it held, above when λ* ≥ ½ (gradient descent's more likely side)
-                phi, al, mu = margin(xl)
                 k = phi.flatten(1).argmin(-1).unsqueeze(-1)
                 al_k = al.flatten(1).gather(1, k).squeeze(-1)
                 mu_k = mu.flatten(1).gather(1, k).squeeze(-1)

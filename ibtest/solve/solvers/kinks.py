@@ -274,12 +274,10 @@ class KinkField:
         """The per-unit factors [b, m, d, d + n] of the held kinks S (:func:`unit_factors`),
         computed for the units that hold an entry only."""
         b, n, d = X.shape
-        m = S.shape[-1]
-        F = unit_identity(b, m, d, n, X)
-        St = S.transpose(1, 2)  # [b, m, n]
-        ru, ju = St.any(-1).nonzero(as_tuple=True)
-        if ru.numel():
-            F[ru, ju] = unit_factors(X[ru] * St[ru, ju].unsqueeze(-1).to(X.dtype))
+        F = unit_identity(b, S.shape[-1], d, n, X)
+        U = UnitFactors.of(X, S)
+        if U.row.numel():
+            F[U.row, U.unit] = U.F
         return F
 
     def multipliers(self, Ap: Tensor | UnitFactors, g: Tensor) -> Tensor:
