@@ -147,3 +147,24 @@ def test_the_cache_after_events_and_departures_equals_a_fresh_one():
     sl.setup(w)
     for a, b in zip(table(sl), table(fresh(w))):
         assert torch.equal(a, b)
+
+
+@settings(max_examples=20, deadline=None)
+@given(hs.integers(0, 10_000), hs.integers(1, 6), hs.integers(2, 5), hs.integers(2, 6))
+def test_blockwise_projected_hessian_equals_the_dense_product(seed, m, d, n):
+    # Π H Π with Π the full [P, P] block-diagonal projector (Π_j on w_j's block, I on v), built
+    # here by hand, against the block-by-block product the Rosenbrock step uses
+    model, kf, X, y, mask, th, S = _instances(seed, 6, m, d, n)
+    P = m * d + m
+    g = torch.Generator().manual_seed(seed + 1)
+    H = torch.randn(6, P, P, generator=g, dtype=F64)
+    H = H + H.transpose(1, 2)
+    Pi_j = kf.tangent_projector(X, S)
+    full = torch.eye(P, dtype=F64).repeat(6, 1, 1)
+    for j in range(m):
+        full[:, j * d:(j + 1) * d, j * d:(j + 1) * d] = Pi_j[:, j]
+    out = kf.project_hessian(X, S, H)
+    assert torch.allclose(out, full @ H @ full, rtol=0, atol=1e-12 * float(H.abs().max()))
+    assert torch.equal(out[0], H[0])  # a row that holds nothing: H unchanged, bit for bit
+    # the projected directions: Π H Π maps into the tangent space and kills its normal
+    assert torch.allclose(full @ out, out, atol=1e-10 * float(H.abs().max()))

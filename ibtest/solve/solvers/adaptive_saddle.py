@@ -41,10 +41,8 @@ def leaves_saddle(model: Any, kf: KinkField | None, theta: Tensor, f: Tensor, X:
     """For rows θ [r, P] with field f [r, P] (the Filippov field where kinks are held, ``held``
     [r, n, m]): True where the flow is near a saddle it will leave (module docstring), bool [r]."""
     H = hessian(model, theta, X, y, mask)
-    P = theta.shape[1]
     if kf is not None and held is not None and bool(held.any()):
-        Pi = kf.full_projector(X, held, P)
-        H = Pi @ H @ Pi
+        H = kf.project_hessian(X, held, H)
     H = 0.5 * (H + H.transpose(1, 2))
     ev, U = torch.linalg.eigh(H)
     lmin, lmax = ev[:, 0], ev[:, -1].abs()

@@ -427,18 +427,19 @@ class KinkField:
         (block-diagonal in θ, the identity on v)."""
         return self.unit_pinv(X, S)[..., : X.shape[-1]]
 
-    def full_projector(self, X: Tensor, S: Tensor, P: int) -> Tensor:
-        """The projector [b, P, P] onto the tangent space of the held kinks S, block-diagonal:
-        Π_j on the block of w_j, the identity elsewhere (for the Rosenbrock step's Jacobian)."""
+    def project_hessian(self, X: Tensor, S: Tensor, H: Tensor) -> Tensor:
+        """Π H Π [b, P, P] for H [b, P, P], Π the projector onto the tangent space of the held
+        kinks S [b, n, m]: block-diagonal, Π_j [d, d] on the block of w_j (θ[j·d : (j+1)·d]) and
+        the identity elsewhere (the Jacobian of the Filippov field, for the Rosenbrock step and
+        the saddle test). Applied block by block: O(P·m·d²) per side instead of the O(P³) of two
+        dense products with the full [P, P] projector (at width 64, P = 704: 1.4 GFLOP per row,
+        a third of a width-64 solve's time)."""
         Pi = self.tangent_projector(X, S)  # [b, m, d, d]
         b, m, d, _ = Pi.shape
-        out = torch.eye(P, dtype=X.dtype, device=X.device).repeat(b, 1, 1)
-        base = (torch.arange(m, device=X.device) * d).view(m, 1, 1)
-        ar = torch.arange(d, device=X.device)
-        rr = (base + ar.view(1, d, 1)).expand(m, d, d)
-        cc = (base + ar.view(1, 1, d)).expand(m, d, d)
-        out[:, rr, cc] = Pi
-        return out
+        md, P = m * d, H.shape[-1]
+        G = torch.cat([torch.matmul(Pi, H[:, :md].reshape(b, m, d, P)).reshape(b, md, P), H[:, md:]], 1)  # Π H
+        cols = torch.matmul(G[:, :, :md].reshape(b, P, m, d).transpose(1, 2), Pi)  # [b, m, P, d]: (ΠH)_j Π_j
+        return torch.cat([cols.transpose(1, 2).reshape(b, P, md), G[:, :, md:]], -1)
 
     def scale(self, theta: Tensor, X: Tensor) -> Tensor:
         """‖x_i‖·‖w_j‖ [b, n, m]: the size a pre-activation z_ij is measured against."""

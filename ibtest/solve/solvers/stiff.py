@@ -152,15 +152,13 @@ def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tens
     its Jacobian is −Π∇²LΠ (independent of σ'(0) on the held entries, whose normal parts Π
     removes); every stage then keeps z_e fixed. ``Ap``: the held rows' per-unit pseudo-inverses
     (:meth:`KinkField.unit_pinv`) for the leaving test."""
-    P = theta.shape[1]
     H = hessian(model, theta, X, y, mask)
     has = None
     if kf is not None and held is not None:
         has = held.flatten(1).any(-1)
         if bool(has.any()):
-            Pi = kf.full_projector(X[has], held[has], P)
             H = H.clone()
-            H[has] = Pi @ H[has] @ Pi
+            H[has] = kf.project_hessian(X[has], held[has], H[has])
     th_new, f_new, e, points, fields = rosenbrock_step(tab, F, theta, f0, h, H)
     sc = torch.maximum(theta.abs(), th_new.abs()).mul_(rtol).add_(atol)
     err = (e / sc).square().mean(-1).sqrt()
