@@ -10,7 +10,7 @@ import torch
 
 from ibtest.judge.zeroset import Polyhedron
 from ibtest.plugin.manager import Registry, load_registry
-from ibtest.plugin.specs import LossHessian, PiecewiseLinearUnits
+from ibtest.plugin.specs import LossHessian, LossHessianParts, PiecewiseLinearUnits
 from ibtest.testing.studies import local_files
 
 Tensor = torch.Tensor
@@ -79,7 +79,8 @@ def check_model(plugin: str | Path | types.ModuleType | None, name: str, options
     matches central finite differences of ``loss`` (relative error ≤ ``rtol``, at a random θ
     where no pre-activation sits on a kink); ``predictor`` returns a [B, Q] tensor. The optional
     hooks where the model has them: ``loss_hessian`` (:class:`~ibtest.LossHessian`) against
-    autograd's Hessian of ``loss``; the :class:`~ibtest.PiecewiseLinearUnits` members against
+    autograd's Hessian of ``loss`` and ``loss_hessian_parts`` (:class:`~ibtest.LossHessianParts`)
+    against ``loss_hessian``; the :class:`~ibtest.PiecewiseLinearUnits` members against
     ``predict`` and ``grad``; ``zero_set`` (a :class:`~ibtest.Polyhedron` that contains θ on labels
     θ fits, and not on labels it misses). Returns the model instance.
     """
@@ -118,10 +119,29 @@ def check_model(plugin: str | Path | types.ModuleType | None, name: str, options
         f"{name}: predictor returned {getattr(pr, 'shape', pr)!r}, expected [B, Q]")
     if isinstance(m, LossHessian):
         _check_loss_hessian(name, m, theta, X, y, mask)
+        if isinstance(m, LossHessianParts):
+            _check_loss_hessian_parts(name, m, theta, X, y, mask)
     if isinstance(m, PiecewiseLinearUnits):
         _check_units(name, m, theta, X, y, mask, g)
     _check_zero_set(name, m, theta, X, mask)
     return m
+
+
+def _check_loss_hessian_parts(name: str, m: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> None:
+    """``loss_hessian_parts`` (:class:`~ibtest.LossHessianParts`) has the declared shapes and
+    disjoint blocks, and assembles to ``loss_hessian``."""
+    B, P = theta.shape
+    parts = m.loss_hessian_parts(theta, X, y, mask)
+    J, R, idx = parts
+    u, k = idx.shape
+    assert J.shape == (B, X.shape[1], P) and R.shape == (B, u, k, k), (
+        f"{name}: loss_hessian_parts returned J {tuple(J.shape)}, R {tuple(R.shape)}, idx {tuple(idx.shape)}; "
+        f"expected J [B, n, P] = [{B}, {X.shape[1]}, {P}] and R [B, u, k, k] for idx [u, k]")
+    assert idx.unique().numel() == idx.numel() and int(idx.min()) >= 0 and int(idx.max()) < P, (
+        f"{name}: loss_hessian_parts' blocks must be disjoint positions in [0, {P})")
+    H = m.loss_hessian(theta, X, y, mask)
+    err = float((parts.dense() - H).norm() / max(float(H.norm()), 1e-12))
+    assert err <= 1e-12, f"{name}: loss_hessian_parts assembles to a Hessian {err:.3g} (relative) from loss_hessian"
 
 
 def _check_loss_hessian(name: str, m: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> None:

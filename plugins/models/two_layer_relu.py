@@ -121,6 +121,29 @@ class TwoLayerReLU(ibtest.ModelBase):
         H[:, :md, md:] += R.reshape(B, md, m)
         return 0.5 * (H + H.transpose(1, 2))
 
+    def loss_hessian_parts(self, theta, X, y, mask):
+        """:meth:`loss_hessian` in parts (:class:`ibtest.LossHessianParts`): J [B, n, P] with rows
+        √mask_i J_i, and the residual term as one block per unit j on (w_j, v_j) [d + 1]:
+        [[0, C_j], [C_jᵀ, 0]], C_j = Σ_i r_i s_ij x_i (0 with ``train_output=False``)."""
+        W, v = self.split(theta)
+        B, m, d = W.shape
+        z = torch.matmul(X, W.transpose(1, 2))  # [B, n, m]
+        s = ((z >= 0) if self.at_zero == 1.0 else (z > 0)).to(z.dtype)
+        a = z.clamp_min(0.0)
+        sq = mask.clamp_min(0.0).sqrt().unsqueeze(-1)  # [B, n, 1]
+        Jw = ((s * v.unsqueeze(1)).unsqueeze(-1) * X.unsqueeze(2)).flatten(2)  # [B, n, m·d]
+        Jv = a if self.train_output else torch.zeros_like(a)
+        J = torch.cat([Jw, Jv], -1) * sq
+        R = torch.zeros(B, m, d + 1, d + 1, dtype=z.dtype, device=z.device)
+        if self.train_output:
+            r = (torch.matmul(a, v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
+            C = torch.matmul((r.unsqueeze(-1) * s).transpose(1, 2), X)  # [B, m, d]
+            R[..., :d, d] = C
+            R[..., d, :d] = C
+        ar = torch.arange(m, device=z.device)
+        idx = torch.cat([(ar * d).unsqueeze(-1) + torch.arange(d, device=z.device), (m * d + ar).unsqueeze(-1)], -1)
+        return ibtest.HessianParts(J, R, idx)
+
     def predictor(self, theta: torch.Tensor) -> torch.Tensor:
         """u = v·w [B, d] for m = 1; the concatenation of v_j·w_j [B, m·d] for m > 1."""
         W, v = self.split(theta)

@@ -76,7 +76,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ibtest.plugin.specs import PiecewiseLinearUnits
+from ibtest.plugin.specs import HessianParts, PiecewiseLinearUnits
 
 Tensor = torch.Tensor
 EPS = torch.finfo(torch.float64).eps
@@ -440,6 +440,25 @@ class KinkField:
         G = torch.cat([torch.matmul(Pi, H[:, :md].reshape(b, m, d, P)).reshape(b, md, P), H[:, md:]], 1)  # Π H
         cols = torch.matmul(G[:, :, :md].reshape(b, P, m, d).transpose(1, 2), Pi)  # [b, m, P, d]: (ΠH)_j Π_j
         return torch.cat([cols.transpose(1, 2).reshape(b, P, md), G[:, :, md:]], -1)
+
+    def project_parts(self, X: Tensor, S: Tensor, parts: HessianParts) -> HessianParts | None:
+        """:meth:`project_hessian` on the Hessian in parts: ΠHΠ = (JΠ)ᵀ(JΠ) + Σ_j E_jᵀ(Π̂_jR_jΠ̂_j)E_j
+        with Π̂_j = diag(Π_j, I) on block j. Only for parts whose block j starts with the d
+        positions of w_j in order (``two_layer_relu``'s (w_j, v_j)); None otherwise (the caller
+        assembles H and projects it densely)."""
+        J, R, idx = parts
+        Pi = self.tangent_projector(X, S)  # [b, m, d, d]
+        b, m, d, _ = Pi.shape
+        u, k = idx.shape
+        lay = (torch.arange(m, device=idx.device) * d).unsqueeze(-1) + torch.arange(d, device=idx.device)
+        if u != m or k < d or not torch.equal(idx[:, :d], lay):
+            return None
+        n, md = J.shape[1], m * d
+        Jw = torch.matmul(J[..., :md].reshape(b, n, m, d).transpose(1, 2), Pi)  # [b, m, n, d]: J_j Π_j
+        J2 = torch.cat([Jw.transpose(1, 2).reshape(b, n, md), J[..., md:]], -1)
+        E = torch.eye(k, dtype=R.dtype, device=R.device).repeat(b, m, 1, 1)
+        E[..., :d, :d] = Pi
+        return HessianParts(J2, torch.matmul(torch.matmul(E, R), E), idx)
 
     def scale(self, theta: Tensor, X: Tensor) -> Tensor:
         """‖x_i‖·‖w_j‖ [b, n, m]: the size a pre-activation z_ij is measured against."""

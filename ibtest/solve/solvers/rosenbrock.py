@@ -7,9 +7,12 @@ Jacobian–vector products in the stages; autonomous problem):
     (I/(hγ) + H) K_i = f(θ + Σ_{j<i} a_ij K_j) + Σ_{j<i} (c_ij/h) K_j,     i = 1..s
     θ_new = θ + Σ_i m_i K_i,      error estimate = Σ_i e_i K_i.
 
-One LU factorization of I/(hγ) + H per step ([b, P, P], batched LAPACK: an instance's answer does
-not depend on its batch), s triangular solves, and one field evaluation per stage whose row of
-``a`` is non-zero (stage 1 uses f(θ); a stage with a zero row reuses it).
+One factorization of I/(hγ) + H per step, s solves, and one field evaluation per stage whose row
+of ``a`` is non-zero (stage 1 uses f(θ); a stage with a zero row reuses it). The systems
+(:mod:`ibtest.solve.solvers.stiff_linear`): a batched LU of the dense [b, P, P] matrix (LAPACK:
+an instance's answer does not depend on its batch), or, for a Hessian in parts
+(:class:`ibtest.HessianParts`, wide networks), the Woodbury identity on its Gauss–Newton factor
+and block-diagonal residual term with one refinement step, O(P) instead of O(P³).
 
 Methods (coefficients as published; the tests check the orders numerically):
 
@@ -40,6 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from ibtest.plugin.specs import HessianParts
+from ibtest.solve.solvers.stiff_linear import shifted_system
 
 Tensor = torch.Tensor
 
@@ -136,9 +142,10 @@ def _coefficients(tab: RosenbrockTableau, like: Tensor) -> tuple[list[Tensor | N
 
 
 def rosenbrock_step(tab: RosenbrockTableau, field: Callable[[Tensor], Tensor], theta: Tensor, f0: Tensor,
-                    h: Tensor, H: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
+                    h: Tensor, H: Tensor | HessianParts) -> tuple[Tensor, Tensor, Tensor, list[Tensor], list[Tensor]]:
     """One step of ``tab`` for b instances. ``field(θ) -> f`` [b, P], f0 = field(θ), h [b],
-    H [b, P, P] the Hessian of the loss (the Jacobian of the field is −H).
+    H [b, P, P] the Hessian of the loss (the Jacobian of the field is −H), or the Hessian in parts
+    (:class:`ibtest.HessianParts`: its systems solved by :mod:`~ibtest.solve.solvers.stiff_linear`).
 
     Returns (θ_new, f(θ_new), error vector [b, P], the stage points and θ_new [list of [b, P]],
     the field at each of them [list of [b, P]], already computed by the step); rows whose matrix
@@ -149,8 +156,7 @@ def rosenbrock_step(tab: RosenbrockTableau, field: Callable[[Tensor], Tensor], t
     and rounding that does not depend on the batch size)."""
     b, P = theta.shape
     hc = h.unsqueeze(-1)
-    Mat = H + torch.diag_embed((1.0 / (tab.gamma * h)).unsqueeze(-1).expand(b, P))
-    LU, piv, info = torch.linalg.lu_factor_ex(Mat)
+    system = shifted_system(H, 1.0 / (tab.gamma * h))
     a_rows, c_rows, m, e = _coefficients(tab, theta)
     s = tab.stages
     K = torch.empty(s, b, P, dtype=theta.dtype, device=theta.device)
@@ -166,10 +172,10 @@ def rosenbrock_step(tab: RosenbrockTableau, field: Callable[[Tensor], Tensor], t
             points.append(yi)
             fields.append(fi)
         rhs = fi if ci is None else fi + (ci @ Kf[:i]).view(b, P) / hc
-        K[i] = torch.linalg.lu_solve(LU, piv, rhs.unsqueeze(-1)).squeeze(-1)
+        K[i] = system.solve(rhs)
     th_new = theta + (m @ Kf).view(b, P)
     err = (e @ Kf).view(b, P)
-    bad = info != 0
+    bad = system.bad
     if bool(bad.any()):
         err = torch.where(bad.unsqueeze(-1), torch.full_like(err, float("inf")), err)
     f_new = field(th_new)

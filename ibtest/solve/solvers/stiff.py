@@ -57,9 +57,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ibtest.plugin.specs import LossHessian
+from ibtest.plugin.specs import HessianParts, LossHessian, LossHessianParts
 from ibtest.solve.solvers.kinks import KinkField, UnitFactors
 from ibtest.solve.solvers.rosenbrock import RODAS5, RosenbrockTableau, rosenbrock_step
+from ibtest.solve.solvers.stiff_linear import PARTS_MIN_P
 
 Tensor = torch.Tensor
 
@@ -73,6 +74,30 @@ def hessian(model: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Te
         if H is not None:
             return H
     return hessian_ad(model, theta, X, y, mask)
+
+
+def step_hessian(model: Any, kf: KinkField | None, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor,
+                 held: Tensor | None, has: Tensor | None) -> Tensor | HessianParts:
+    """The Jacobian's negative for a Rosenbrock step of the rows θ [b, P]: ∇²L, projected
+    (ΠHΠ) on the rows ``has`` [b] that hold kinks (``held`` [b, n, m]). In parts
+    (:class:`ibtest.HessianParts`) where the model gives them (:class:`ibtest.LossHessianParts`)
+    and P ≥ ``PARTS_MIN_P`` (then the step's systems are solved in O(P),
+    :mod:`~ibtest.solve.solvers.stiff_linear`), else dense [b, P, P]."""
+    if isinstance(model, LossHessianParts) and theta.shape[1] >= PARTS_MIN_P:
+        parts = model.loss_hessian_parts(theta, X, y, mask)
+        if kf is None or has is None or held is None or not bool(has.any()):
+            return parts
+        hp = HessianParts(parts.J[has], parts.R[has], parts.idx)
+        proj = kf.project_parts(X[has], held[has], hp)
+        if proj is not None:
+            J, R = parts.J.clone(), parts.R.clone()
+            J[has], R[has] = proj.J, proj.R
+            return HessianParts(J, R, parts.idx)
+    H = hessian(model, theta, X, y, mask)
+    if kf is not None and has is not None and held is not None and bool(has.any()):
+        H = H.clone()
+        H[has] = kf.project_hessian(X[has], held[has], H[has])
+    return H
 
 
 def hessian_ad(model: Any, theta: Tensor, X: Tensor, y: Tensor, mask: Tensor) -> Tensor:
@@ -152,13 +177,8 @@ def tail_step(model: Any, F: Callable[[Tensor], Tensor], theta: Tensor, f0: Tens
     its Jacobian is −Π∇²LΠ (independent of σ'(0) on the held entries, whose normal parts Π
     removes); every stage then keeps z_e fixed. ``Ap``: the held rows' per-unit pseudo-inverses
     (:meth:`KinkField.unit_pinv`) for the leaving test."""
-    H = hessian(model, theta, X, y, mask)
-    has = None
-    if kf is not None and held is not None:
-        has = held.flatten(1).any(-1)
-        if bool(has.any()):
-            H = H.clone()
-            H[has] = kf.project_hessian(X[has], held[has], H[has])
+    has = held.flatten(1).any(-1) if kf is not None and held is not None else None
+    H = step_hessian(model, kf, theta, X, y, mask, held, has)
     th_new, f_new, e, points, fields = rosenbrock_step(tab, F, theta, f0, h, H)
     sc = torch.maximum(theta.abs(), th_new.abs()).mul_(rtol).add_(atol)
     err = (e / sc).square().mean(-1).sqrt()
