@@ -162,3 +162,14 @@ def test_check_model_checks_the_parts_against_the_hessian(monkeypatch):
     monkeypatch.setattr(TwoLayerReLU, "loss_hessian_parts", off)
     with pytest.raises(AssertionError, match="loss_hessian_parts assembles to a Hessian"):
         check_model(None, "two_layer_relu", {"width": 5})
+
+
+def test_a_rows_structured_solve_does_not_depend_on_its_batch():
+    model, X, y, mask, th, g = _problem(11, 5, 64, 10, 20)
+    parts = model.loss_hessian_parts(0.1 * th, X, y, mask)
+    c = torch.tensor([3.0, 0.5, 40.0, 1.0, 7.0], dtype=F64)
+    rhs = torch.randn(5, th.shape[1], generator=g, dtype=F64)
+    x = PartsSystem(parts, c).solve(rhs)
+    for k in range(5):
+        one = ibtest.HessianParts(parts.J[k:k + 1], parts.R[k:k + 1], parts.idx)
+        assert torch.equal(PartsSystem(one, c[k:k + 1]).solve(rhs[k:k + 1])[0], x[k]), k

@@ -19,6 +19,15 @@ import ibtest
 from ibtest import Option
 
 
+def _out(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Σ_j a_ij v_j [B, n] for a [B, n, m], v [B, m], as a product and a sum over j: the batched
+    matrix–vector product ``a @ v[..., None]`` rounds differently for one instance and for a
+    batch from m = 64 on (a batched GEMM against a GEMV), and an instance's bits must not
+    depend on its batch (width 64: the same instance stopped at t = 5.79 in a batch of 8 and
+    6.05 alone)."""
+    return (a * v.unsqueeze(1)).sum(-1)
+
+
 class TwoLayerReLU(ibtest.ModelBase):
     """f(x) = Σ_j v_j max(0, ⟨w_j, x⟩) with width m."""
 
@@ -64,14 +73,14 @@ class TwoLayerReLU(ibtest.ModelBase):
     def predict(self, theta: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         W, v = self.split(theta)
         z = torch.matmul(X, W.transpose(1, 2))
-        return torch.matmul(z.clamp_min(0.0), v.unsqueeze(-1)).squeeze(-1)
+        return _out(z.clamp_min(0.0), v)
 
     def grad(self, theta, X, y, mask):
         # matmul rather than einsum: these tensors are tiny and per-call overhead dominates
         W, v = self.split(theta)
         z = torch.matmul(X, W.transpose(1, 2))  # [B, n, m]
         a = z.clamp_min(0.0)
-        r = (torch.matmul(a, v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
+        r = (_out(a, v) - y) * mask  # [B, n]
         s = (z >= 0) if self.at_zero == 1.0 else (z > 0)  # σ'(z) with the declared σ'(0)
         c = r.unsqueeze(-1) * s * v.unsqueeze(1)  # [B, n, m]
         gW = torch.matmul(c.transpose(1, 2), X)  # [B, m, d]
@@ -88,7 +97,7 @@ class TwoLayerReLU(ibtest.ModelBase):
         W, v = self.split(theta)
         z = torch.matmul(X, W.transpose(1, 2))  # [B, n, m]
         a = slope * z
-        r = (torch.matmul(a, v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
+        r = (_out(a, v) - y) * mask  # [B, n]
         c = r.unsqueeze(-1) * slope * v.unsqueeze(1)  # [B, n, m]
         gW = torch.matmul(c.transpose(1, 2), X)  # [B, m, d]
         gv = torch.matmul(r.unsqueeze(1), a).squeeze(1) if self.train_output else torch.zeros_like(v)
@@ -114,7 +123,7 @@ class TwoLayerReLU(ibtest.ModelBase):
             return 0.5 * (Hf + Hf.transpose(1, 2))
         J = torch.cat([Jw, z.clamp_min(0.0)], dim=-1)  # [B, n, P]
         H = torch.matmul(J.transpose(1, 2) * mask.unsqueeze(1), J)
-        r = (torch.matmul(z.clamp_min(0.0), v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
+        r = (_out(z.clamp_min(0.0), v) - y) * mask  # [B, n]
         C = torch.matmul((r.unsqueeze(-1) * s).transpose(1, 2), X)  # [B, m, d]: Σ_i r_i s_ij x_i
         # the w_j, v_j block: 2·C into the upper block only, the symmetrization halves it into both
         R = (2.0 * C).unsqueeze(-1) * torch.eye(m, dtype=z.dtype, device=z.device).unsqueeze(1)  # [B, m, d, m]
@@ -136,7 +145,7 @@ class TwoLayerReLU(ibtest.ModelBase):
         J = torch.cat([Jw, Jv], -1) * sq
         R = torch.zeros(B, m, d + 1, d + 1, dtype=z.dtype, device=z.device)
         if self.train_output:
-            r = (torch.matmul(a, v.unsqueeze(-1)).squeeze(-1) - y) * mask  # [B, n]
+            r = (_out(a, v) - y) * mask  # [B, n]
             C = torch.matmul((r.unsqueeze(-1) * s).transpose(1, 2), X)  # [B, m, d]
             R[..., :d, d] = C
             R[..., d, :d] = C

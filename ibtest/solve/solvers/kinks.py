@@ -259,7 +259,8 @@ class KinkField:
         """r_i = mask_i (Σ_j v_j s_ij z_ij − y_i) [b, n] on the pattern s."""
         W, v = self.model.units(theta)
         z = torch.matmul(X, W.transpose(1, 2))
-        return (torch.matmul(slope * z, v.unsqueeze(-1)).squeeze(-1) - y) * mask
+        return (((slope * z) * v.unsqueeze(1)).sum(-1) - y) * mask  # a product and a sum, not a
+        # batched matrix–vector product: its rounding depends on the batch from m = 64 on
 
     def alpha(self, theta: Tensor, r: Tensor) -> Tensor:
         """α_e = r_i v_j (σ'₊ − σ'₋) [b, n, m] (r [b, n] the residuals at θ)."""

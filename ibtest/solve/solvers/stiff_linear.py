@@ -22,6 +22,11 @@ and H the (projected) Hessian of the loss [b, P, P], either dense or in parts.
   backward error ‖b − (c·I + H)x‖∞ / (‖c·I + H‖∞‖x‖∞ + ‖b‖∞) stays above ``BACKWARD_TOL``
   is solved again by the dense LU (:class:`DenseSystem` on the assembled matrix of that row),
   for this and every later stage of the step. The dense LU's own backward error is ~P·eps.
+
+Bits. An instance's answer must not depend on its batch: factorizations and solves are LAPACK
+calls per matrix, matrix products of [b, ·, ·] operands batched GEMMs, and matrix–vector
+products are written as a product and a sum over the last axis (a batched ``A @ x[..., None]``
+rounds differently for one instance and for a batch).
 """
 from __future__ import annotations
 
@@ -75,9 +80,12 @@ class PartsSystem:
         D = R + c.view(b, 1, 1, 1) * torch.eye(k, dtype=J.dtype, device=J.device)
         self.DLU, self.Dpiv, info_d = torch.linalg.lu_factor_ex(D)  # [b, u, k, k]
         Y = self._dinv(J.transpose(1, 2))  # [b, P, n]
-        S = torch.eye(n, dtype=J.dtype, device=J.device) + torch.matmul(J, Y)
+        Yt = Y.transpose(1, 2)  # [b, n, P]; J Y as a product and a sum over P (a batched GEMM with
+        # an inner dimension of P rounds differently for one row and for a batch)
+        S = torch.eye(n, dtype=J.dtype, device=J.device) + (J.unsqueeze(2) * Yt.unsqueeze(1)).sum(-1)
         self.SLU, self.Spiv, info_s = torch.linalg.lu_factor_ex(S)
         self.Y = Y
+        self.Jt = J.transpose(1, 2).contiguous()  # [b, P, n]
         # ‖c·I + H‖∞ bounded by c + max_p Σ_l |R|_pl + max_p Σ_i |J_ip| Σ_l |J_il|
         rowJ = torch.matmul(J.abs().transpose(1, 2), J.abs().sum(-1, keepdim=True)).squeeze(-1)  # [b, P]
         rowR = torch.zeros(b, P, dtype=J.dtype, device=J.device)
@@ -105,15 +113,17 @@ class PartsSystem:
         b, P = x.shape
         u, k = idx.shape
         flat = self.flat
-        out = self.c.unsqueeze(-1) * x + torch.matmul(J.transpose(1, 2), torch.matmul(J, x.unsqueeze(-1))).squeeze(-1)
-        xb = x[:, flat].reshape(b, u, k, 1)
-        out[:, flat] += torch.matmul(R, xb).reshape(b, u * k)
+        Jx = (J * x.unsqueeze(1)).sum(-1)  # [b, n]
+        out = self.c.unsqueeze(-1) * x + (self.Jt * Jx.unsqueeze(1)).sum(-1)
+        xb = x[:, flat].reshape(b, u, 1, k)
+        out[:, flat] += (R * xb).sum(-1).reshape(b, u * k)
         return out
 
     def _woodbury(self, r: Tensor) -> Tensor:
-        z = self._dinv(r.unsqueeze(-1))  # [b, P, 1]
-        t = torch.linalg.lu_solve(self.SLU, self.Spiv, torch.matmul(self.parts.J, z))  # [b, n, 1]
-        return (z - torch.matmul(self.Y, t)).squeeze(-1)
+        # matrix–vector products as products and sums (module docstring: batch-independent bits)
+        z = self._dinv(r.unsqueeze(-1)).squeeze(-1)  # [b, P]
+        t = torch.linalg.lu_solve(self.SLU, self.Spiv, (self.parts.J * z.unsqueeze(1)).sum(-1).unsqueeze(-1))
+        return z - (self.Y * t.transpose(1, 2)).sum(-1)
 
     def backward_error(self, rhs: Tensor, x: Tensor) -> Tensor:
         """‖rhs − (c·I + H)x‖∞ / (‖c·I + H‖∞‖x‖∞ + ‖rhs‖∞) [b]."""
