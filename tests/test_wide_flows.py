@@ -1,6 +1,6 @@
 """Issue 24: the ``adaptive`` solver on the networks where today's conjectures live (width 16 to
 256, small init): kink crossings located as events, repelling kinks released where gradient
-descent leaves them, batch independence at width 16, and a width-64 instance at the default
+descent leaves them, batch independence at widths 16 and 64, and a width-64 instance at the default
 budget."""
 from __future__ import annotations
 
