@@ -61,12 +61,17 @@ def _calls(log: Path) -> int:
     return len(log.read_text().splitlines()) if log.exists() else 0
 
 
-def _stored(run: Path) -> int:
-    try:
-        with sqlite3.connect(run / "results.sqlite") as db:
-            return int(db.execute("SELECT COUNT(*) FROM solves").fetchone()[0])
-    except sqlite3.Error:
-        return 0
+def _stored(run: Path, tries: int = 1) -> int:
+    """Solves stored in the run's database; 0 while it cannot be read (not there yet, or locked
+    by the writer), after ``tries`` attempts 0.1 s apart."""
+    for k in range(tries):
+        try:
+            with sqlite3.connect(run / "results.sqlite") as db:
+                return int(db.execute("SELECT COUNT(*) FROM solves").fetchone()[0])
+        except sqlite3.Error:
+            if k + 1 < tries:
+                time.sleep(0.1)
+    return 0
 
 
 @pytest.mark.slow
@@ -83,14 +88,21 @@ def test_resume_after_kill_recomputes_nothing(resumable, monkeypatch):
     run = tmp / "run"
     env = dict(os.environ, IBTEST_SLEEP="0.15")
     exe = [sys.executable, "-m", "ibtest.cli", "run", str(tmp / "study.yaml"), "--out", str(run), "-q"]
-    proc = subprocess.Popen(exe, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while _stored(run) < 4 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    stored = _stored(run)
-    assert 4 <= stored < total_calls, "the kill must land mid-study"
+    err = tmp / "run.stderr"
+    with open(err, "wb") as fe:
+        proc = subprocess.Popen(exe, env=env, stdout=subprocess.DEVNULL, stderr=fe)
+        deadline = time.time() + 120
+        while _stored(run) < 4 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        ended = proc.poll()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    # the database after the kill: read until it opens (a reader can meet the dead writer's journal)
+    stored = _stored(run, tries=50)
+    assert 4 <= stored < total_calls, (
+        f"the kill must land mid-study: {stored} of {total_calls} solves stored; the run had "
+        f"{'ended with ' + str(ended) if ended is not None else 'not ended'} before the kill; "
+        f"stderr: {err.read_text()[-2000:]!r}")
     with pytest.raises(Exception, match="has no results yet"):
         load_results(run)
     log.unlink()

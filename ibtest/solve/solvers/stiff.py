@@ -7,7 +7,7 @@ Why. On a slow last piece the flow θ' = −∇L(θ) has Jacobian −∇²L with
 stability while the tail lasts t ~ 1/σ_min², i.e. millions of steps. A linearly implicit
 (Rosenbrock) method is L-stable: its step is limited by accuracy only and grows with t.
 
-Method. :mod:`ibtest.solve.solvers.rosenbrock` (the W-transformed form, one batched LU of
+Method. :mod:`ibtest.solve.solvers.rosenbrock` (the W-transformed form, one factorization of
 I/(hγ) + H per step), with J = −H and H the Hessian of the loss on the current activation
 pattern (the region where the flow is smooth). Why Rodas5 (order 5, 8 stages) and not Rodas3
 (order 3, 4 stages): at the tolerances verdicts need (rtol 1e-10) an order-3 step is accuracy-
@@ -23,7 +23,11 @@ single neurons: a few batched tensor operations), otherwise it is computed by fo
 automatic differentiation of ``model.grad`` (one ``jvp`` on the b·P rows θ ⊗ unit vectors, so no
 model code changes and no per-instance Python; :func:`hessian_ad`), the linear
 systems by one batched LU (``torch.linalg.lu_factor``/``lu_solve``, a LAPACK call per matrix:
-an instance's answer does not depend on its batch).
+an instance's answer does not depend on its batch). A model that also gives its Hessian in parts
+(:class:`ibtest.LossHessianParts`: the Gauss–Newton factor and a block-diagonal residual term)
+has its systems solved in O(P) from ``PARTS_MIN_P`` parameters on (:func:`step_hessian`,
+:mod:`ibtest.solve.solvers.stiff_linear`): a width-256 network (P = 2,816) no longer factors a
+[P, P] matrix at every step.
 
 Kinks. The field is the one with the activation pattern held, and the Hessian that of the
 pattern. A step whose stage points cross a kink against the pattern, or at whose end a held kink
