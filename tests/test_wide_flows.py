@@ -71,17 +71,15 @@ def test_repelling_kink_is_released_and_gd_approaches_it():
     assert full.status.item() == st.AMBIGUOUS and int(full.info["ambiguous"][0]) >= 1
 
 
-def test_width16_instance_bits_do_not_depend_on_its_batch():
-    """Width 16 (d = 10, n = 20, ‖θ0‖ = 0.1), through the early phase of kink crossings and held
-    kinks: alone or in a batch of 3, θ, t, the status and the step and event counts are
-    identical bit for bit."""
-    X, y, mask, th0 = make_w2(3, seed=9201, m=16, d=10, n=20)
-    model = two_layer_relu(width=16)
-    kw = dict(max_steps=120)
-    res = solve_adaptive(model, X, y, mask, th0, **kw)
-    assert int(res.info["kink_events"].min()) > 20
-    for k in range(3):
-        r = solve_adaptive(model, X[k:k + 1], y[k:k + 1], mask[k:k + 1], th0[k:k + 1], **kw)
+def _same_bits_alone_and_in_batch(width: int, data: tuple[torch.Tensor, ...], max_steps: int, min_events: int) -> None:
+    """Each instance of ``data`` (X, y, mask, θ0 of a batch) solved alone and in the batch: θ, t,
+    the status and the step, event and sliding-episode counts identical bit for bit."""
+    X, y, mask, th0 = data
+    model = two_layer_relu(width=width)
+    res = solve_adaptive(model, X, y, mask, th0, max_steps=max_steps)
+    assert int(res.info["kink_events"].min()) > min_events
+    for k in range(X.shape[0]):
+        r = solve_adaptive(model, X[k:k + 1], y[k:k + 1], mask[k:k + 1], th0[k:k + 1], max_steps=max_steps)
         assert torch.equal(res.theta[k], r.theta[0]), k
         assert torch.equal(res.info["t"][k], r.info["t"][0]), k
         assert res.status[k].item() == r.status.item(), k
@@ -89,20 +87,18 @@ def test_width16_instance_bits_do_not_depend_on_its_batch():
             assert int(res.info[key][k]) == int(r.info[key][0]), (k, key)
 
 
+def test_width16_instance_bits_do_not_depend_on_its_batch():
+    """Width 16 (d = 10, n = 20, ‖θ0‖ = 0.1), through the early phase of kink crossings and held
+    kinks: alone or in a batch of 3, the same bits."""
+    _same_bits_alone_and_in_batch(16, make_w2(3, seed=9201, m=16, d=10, n=20), 120, 20)
+
+
 def test_width64_instance_bits_do_not_depend_on_its_batch():
     """Width 64: alone or in a batch of 3, the same bits through 100 steps of kink crossings.
     (The residual Σ_j a_ij v_j as a batched matrix–vector product rounded differently for one
     instance and for a batch from m = 64 on: make_w2(8, seed=11, m=64), instance 7, took other
     stage values from step 77 on and stopped at t = 5.79 in a batch of 8, 6.05 alone.)"""
-    X, y, mask, th0 = (a[5:8] for a in make_w2(8, seed=11, m=64, d=10, n=20))
-    model = two_layer_relu(width=64)
-    kw = dict(max_steps=100)
-    res = solve_adaptive(model, X, y, mask, th0, **kw)
-    assert int(res.info["kink_events"].min()) > 50
-    for k in range(3):
-        r = solve_adaptive(model, X[k:k + 1], y[k:k + 1], mask[k:k + 1], th0[k:k + 1], **kw)
-        assert torch.equal(res.theta[k], r.theta[0]), k
-        assert torch.equal(res.info["t"][k], r.info["t"][0]), k
+    _same_bits_alone_and_in_batch(64, tuple(a[5:8] for a in make_w2(8, seed=11, m=64, d=10, n=20)), 100, 50)
 
 
 @pytest.mark.slow

@@ -66,17 +66,15 @@ class PartsSystem:
     """(c·I + JᵀJ + Σ_u E_uᵀR_uE_u) x = rhs by the Woodbury identity with one refinement step,
     the dense LU for rows it does not solve to ``BACKWARD_TOL`` (module docstring). ``bad`` [b]:
     rows that are singular to working precision for the dense LU too. ``fallback`` [b]: rows
-    solved densely (counted by the caller's diagnostics, tested)."""
+    solved densely."""
 
     def __init__(self, parts: HessianParts, c: Tensor) -> None:
         J, R, idx = parts
         b, n, P = J.shape
         u, k = idx.shape
         self.parts, self.c = parts, c
-        self.idx = idx
         self.flat = flat = idx.reshape(-1)
-        self.free = torch.ones(P, dtype=torch.bool, device=J.device)  # positions in no block
-        self.free[flat] = False
+        self.has_free = flat.numel() < P  # positions in no block (idx disjoint): D = c there
         D = R + c.view(b, 1, 1, 1) * torch.eye(k, dtype=J.dtype, device=J.device)
         self.DLU, self.Dpiv, info_d = torch.linalg.lu_factor_ex(D)  # [b, u, k, k]
         Y = self._dinv(J.transpose(1, 2))  # [b, P, n]
@@ -87,7 +85,7 @@ class PartsSystem:
         self.Y = Y
         self.Jt = J.transpose(1, 2).contiguous()  # [b, P, n]
         # ‖c·I + H‖∞ bounded by c + max_p Σ_l |R|_pl + max_p Σ_i |J_ip| Σ_l |J_il|
-        rowJ = torch.matmul(J.abs().transpose(1, 2), J.abs().sum(-1, keepdim=True)).squeeze(-1)  # [b, P]
+        rowJ = (self.Jt.abs() * J.abs().sum(-1).unsqueeze(1)).sum(-1)  # [b, P]
         rowR = torch.zeros(b, P, dtype=J.dtype, device=J.device)
         rowR[:, flat] = R.abs().sum(-1).reshape(b, -1)
         self.norm = c + (rowJ + rowR).amax(-1)
@@ -101,8 +99,8 @@ class PartsSystem:
     def _dinv(self, V: Tensor) -> Tensor:
         """D⁻¹V for V [b, P, q] (block solves; c⁻¹ on the positions in no block)."""
         b, P, q = V.shape
-        u, k = self.idx.shape
-        out = V / self.c.view(b, 1, 1) if bool(self.free.any()) else torch.empty_like(V)
+        u, k = self.parts.idx.shape
+        out = V / self.c.view(b, 1, 1) if self.has_free else torch.empty_like(V)
         Vb = V[:, self.flat].reshape(b, u, k, q)
         out[:, self.flat] = torch.linalg.lu_solve(self.DLU, self.Dpiv, Vb).reshape(b, u * k, q)
         return out
